@@ -1,0 +1,151 @@
+/* Gradient checking: the analytic Jacobian, one backward per output element, against
+ * central differences, one pair of forwards per input element (PyTorch's slow mode). */
+#include "graph/internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+tg_gradcheck_options tg_gradcheck_options_default(void) {
+  return (tg_gradcheck_options){.eps = 1e-6, .atol = 1e-5, .rtol = 1e-3};
+}
+
+/* fn(inputs) flattened to doubles, outside the tape. */
+static int eval(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n,
+                double *out, int64_t n_out) {
+  tg_no_grad_begin();
+  tg_tensor *y = fn(inputs, n, ctx);
+  tg_no_grad_end();
+  if (!y)
+    return -1;
+  int rc = 0;
+  if (y->numel != n_out)
+    rc = tg__error("tg_gradcheck: fn returned %lld elements, then %lld for a perturbed "
+                   "input",
+                   (long long)n_out, (long long)y->numel);
+  for (int64_t i = 0; rc == 0 && i < n_out; i++)
+    out[i] = tg__get(y, i);
+  tg_tensor_free(y);
+  return rc;
+}
+
+int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_inputs,
+                 const tg_gradcheck_options *options) {
+  tg_gradcheck_options o = options ? *options : tg_gradcheck_options_default();
+  if (!fn || !inputs || n_inputs <= 0)
+    return tg__error("tg_gradcheck: expected fn and at least one input");
+  for (int i = 0; i < n_inputs; i++) {
+    if (!tg__nonnull(inputs[i], "tg_gradcheck", "inputs[i]"))
+      return -1;
+    if (inputs[i]->requires_grad && inputs[i]->dtype != TG_F64)
+      return tg__error("tg_gradcheck: input %d requires grad but is %s; gradcheck needs "
+                       "float64 inputs for its finite differences to be meaningful",
+                       i, tg_dtype_name(inputs[i]->dtype));
+    if (inputs[i]->requires_grad && inputs[i]->device.type != TG_DEVICE_CPU)
+      return tg__error("tg_gradcheck: input %d is on cuda; finite differences perturb "
+                       "host memory, so pass CPU inputs (compare devices separately)",
+                       i);
+  }
+  tg_scope_begin();
+  tg_tensor *y = fn(inputs, n_inputs, ctx);
+  int rc = 0;
+  if (!y) {
+    tg_scope_end();
+    return -1;
+  }
+  int64_t n_out = y->numel;
+  int64_t n_in_total = 0;
+  for (int i = 0; i < n_inputs; i++)
+    if (inputs[i]->requires_grad)
+      n_in_total += inputs[i]->numel;
+  /* analytic[j][k]: d out_j / d in_k, k running over all inputs that require grad. */
+  double *analytic = calloc((size_t)(n_out * n_in_total + 1), sizeof(double));
+  double *plus = calloc((size_t)n_out + 1, sizeof(double));
+  double *minus = calloc((size_t)n_out + 1, sizeof(double));
+  if (!analytic || !plus || !minus) {
+    rc = tg__error("tg_gradcheck: out of memory for a %lld x %lld Jacobian",
+                   (long long)n_out, (long long)n_in_total);
+    goto done;
+  }
+  if (!y->requires_grad) {
+    if (n_in_total)
+      rc = tg__error("tg_gradcheck: the output does not require grad although inputs "
+                     "do (the op recorded nothing on the tape)");
+    goto done;
+  }
+  tg_tensor *seed = tg_zeros(y->shape, y->ndim, y->dtype, TG_CPU);
+  if (!seed) {
+    rc = -1;
+    goto done;
+  }
+  for (int64_t j = 0; j < n_out && rc == 0; j++) {
+    for (int i = 0; i < n_inputs; i++)
+      tg_zero_grad(inputs[i]);
+    tg__set(seed, j, 1.0);
+    rc = tg_backward_ex(y, seed, true);
+    tg__set(seed, j, 0.0);
+    int64_t k0 = 0;
+    for (int i = 0; i < n_inputs && rc == 0; i++) {
+      if (!inputs[i]->requires_grad)
+        continue;
+      const tg_tensor *g = inputs[i]->grad;
+      for (int64_t k = 0; k < inputs[i]->numel; k++)
+        analytic[j * n_in_total + k0 + k] = g ? tg__get(g, k) : 0.0;
+      k0 += inputs[i]->numel;
+    }
+  }
+  for (int i = 0; i < n_inputs; i++)
+    tg_zero_grad(inputs[i]);
+  if (rc)
+    goto done;
+
+  double worst_excess = 0;
+  int worst_input = -1;
+  int64_t worst_in = 0, worst_out = 0;
+  double worst_a = 0, worst_n = 0;
+  int64_t k0 = 0;
+  for (int i = 0; i < n_inputs && rc == 0; i++) {
+    tg_tensor *x = inputs[i];
+    if (!x->requires_grad)
+      continue;
+    double *xd = tg__data(x);
+    for (int64_t k = 0; k < x->numel && rc == 0; k++) {
+      double orig = xd[k];
+      xd[k] = orig + o.eps;
+      rc = eval(fn, ctx, inputs, n_inputs, plus, n_out);
+      xd[k] = orig - o.eps;
+      if (rc == 0)
+        rc = eval(fn, ctx, inputs, n_inputs, minus, n_out);
+      xd[k] = orig;
+      for (int64_t j = 0; j < n_out && rc == 0; j++) {
+        double num = (plus[j] - minus[j]) / (2 * o.eps);
+        double ana = analytic[j * n_in_total + k0 + k];
+        double excess = fabs(ana - num) - (o.atol + o.rtol * fabs(num));
+        if (excess > worst_excess || isnan(ana) != isnan(num)) {
+          worst_excess = isnan(excess) ? INFINITY : excess;
+          worst_input = i;
+          worst_in = k;
+          worst_out = j;
+          worst_a = ana;
+          worst_n = num;
+        }
+      }
+    }
+    k0 += x->numel;
+  }
+  if (rc == 0 && worst_input >= 0) {
+    char buf[TG_SHAPE_STR_LEN];
+    rc = tg__error("tg_gradcheck: Jacobian mismatch for output %lld with respect to "
+                   "input %d (shape %s), element %lld: analytic %.10g vs numerical %.10g "
+                   "(atol %g, rtol %g)",
+                   (long long)worst_out, worst_input,
+                   tg_shape_str(inputs[worst_input], buf, sizeof buf), (long long)worst_in,
+                   worst_a, worst_n, o.atol, o.rtol);
+  }
+done:
+  free(analytic);
+  free(plus);
+  free(minus);
+  tg_scope_end();
+  /* The scope released y; a leftover graph (retain_graph) goes with it. */
+  return rc;
+}

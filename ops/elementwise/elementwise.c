@@ -1,0 +1,279 @@
+/* Elementwise ops: broadcasting binary arithmetic, scalar arithmetic, unary math and
+ * activations. Each backward is the derivative applied to the saved input (or, for
+ * ops whose derivative is cheaper from the result, the node's output). */
+#include "graph/internal.h"
+
+#include <tgmath.h>
+
+/* ------------------------------------------------------------- binary -- */
+
+typedef enum { B_ADD, B_SUB, B_MUL, B_DIV } binary_kind;
+static const char *const binary_names[] = {"tg_add", "tg_sub", "tg_mul", "tg_div"};
+
+#define BINARY_LOOP(K, EXPR)                                                   \
+  case K:                                                                      \
+    for (int64_t j = 0; j < inner; j++) {                                      \
+      T x = pa[j * sa], y = pb[j * sb];                                        \
+      po[j] = EXPR;                                                            \
+    }                                                                          \
+    break;
+
+/* out = a (op) b over the broadcast shape of out: rows of the last dim, each row's
+ * offsets in a and b found from the broadcast strides. */
+static void binary_kernel(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
+                          tg_tensor *out) {
+  int nd = out->ndim;
+  int64_t sa_all[TG_MAX_DIMS], sb_all[TG_MAX_DIMS];
+  tg__broadcast_strides(a, out->shape, nd, sa_all);
+  tg__broadcast_strides(b, out->shape, nd, sb_all);
+  int64_t inner = nd ? out->shape[nd - 1] : 1;
+  int64_t sa = nd ? sa_all[nd - 1] : 0, sb = nd ? sb_all[nd - 1] : 0;
+  if (a->numel == out->numel && b->numel == out->numel) { /* same shape: one row */
+    inner = out->numel;
+    sa = sb = 1;
+    nd = 1;
+  }
+  int64_t rows = inner ? out->numel / inner : 0;
+  TG_DISPATCH_FLOAT(out->dtype, T, {
+    const T *A = tg__data(a), *B = tg__data(b);
+    T *O = tg__data(out);
+_Pragma("omp parallel for num_threads(tg__threads(out->numel))")
+    for (int64_t r = 0; r < rows; r++) {
+      int64_t oa = 0, ob = 0, rem = r;
+      for (int d = nd - 2; d >= 0; d--) {
+        int64_t idx = rem % out->shape[d];
+        rem /= out->shape[d];
+        oa += idx * sa_all[d];
+        ob += idx * sb_all[d];
+      }
+      const T *pa = A + oa, *pb = B + ob;
+      T *po = O + r * inner;
+      switch (kind) {
+        BINARY_LOOP(B_ADD, x + y)
+        BINARY_LOOP(B_SUB, x - y)
+        BINARY_LOOP(B_MUL, x * y)
+        BINARY_LOOP(B_DIV, x / y)
+      }
+    }
+  });
+}
+
+static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b);
+
+/* d(a op b): sum the broadcast gradient back to each input's shape. */
+static int binary_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
+  binary_kind kind = *(binary_kind *)n->ctx;
+  const tg_tensor *a = n->inputs[0], *b = n->inputs[1];
+  for (int i = 0; i < 2; i++) {
+    if (!tg__input_needs_grad(n, i))
+      continue;
+    tg_tensor *full = NULL;
+    switch (kind) {
+    case B_ADD:
+      full = tg__alias(g, g->shape, g->ndim);
+      break;
+    case B_SUB:
+      full = i == 0 ? tg__alias(g, g->shape, g->ndim) : tg_neg(g);
+      break;
+    case B_MUL:
+      full = tg_mul(g, i == 0 ? b : a);
+      break;
+    case B_DIV:
+      if (i == 0) {
+        full = tg_div(g, b);
+      } else { /* -g * a / b^2 = -(g * out) / b */
+        tg_tensor *go = tg_mul(g, n->output);
+        tg_tensor *q = tg_div(go, b);
+        full = tg_neg(q);
+      }
+      break;
+    }
+    if (!full)
+      return -1;
+    gi[i] = tg__sum_to_shape(full, n->inputs[i]->shape, n->inputs[i]->ndim);
+    if (!gi[i])
+      return -1;
+  }
+  return 0;
+}
+
+static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b) {
+  const char *op = binary_names[kind];
+  if (!tg__nonnull(a, op, "a") || !tg__nonnull(b, op, "b"))
+    return NULL;
+  const tg_tensor *in[2] = {a, b};
+  if (tg__check_same(op, 2, in, true) < 0)
+    return NULL;
+  int64_t shape[TG_MAX_DIMS];
+  int nd;
+  if (tg__broadcast_shape(a, b, shape, &nd, op) < 0)
+    return NULL;
+  if (a->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(op, a), NULL;
+  tg_tensor *out = tg__new(shape, nd, a->dtype, a->device);
+  if (!out)
+    return NULL;
+  binary_kernel(kind, a, b, out);
+  tg_node *node;
+  out = tg__finish(op, out, 2, in, binary_backward, &node);
+  if (node)
+    *(binary_kind *)tg__ctx(node, sizeof(binary_kind)) = kind;
+  return out;
+}
+
+tg_tensor *tg_add(const tg_tensor *a, const tg_tensor *b) { return binary(B_ADD, a, b); }
+tg_tensor *tg_sub(const tg_tensor *a, const tg_tensor *b) { return binary(B_SUB, a, b); }
+tg_tensor *tg_mul(const tg_tensor *a, const tg_tensor *b) { return binary(B_MUL, a, b); }
+tg_tensor *tg_div(const tg_tensor *a, const tg_tensor *b) { return binary(B_DIV, a, b); }
+
+/* -------------------------------------------------------------- unary -- */
+
+typedef enum {
+  U_NEG,
+  U_EXP,
+  U_LOG,
+  U_SQRT,
+  U_ABS,
+  U_RELU,
+  U_LEAKY_RELU,
+  U_SIGMOID,
+  U_TANH,
+  U_GELU,
+  U_ADD_S,
+  U_MUL_S,
+  U_POW,
+} unary_kind;
+
+static const char *const unary_names[] = {
+    "tg_neg",  "tg_exp",     "tg_log",        "tg_sqrt", "tg_abs",
+    "tg_relu", "tg_leaky_relu", "tg_sigmoid", "tg_tanh", "tg_gelu",
+    "tg_add_scalar", "tg_mul_scalar", "tg_pow"};
+
+typedef struct {
+  unary_kind kind;
+  double param;
+} unary_ctx;
+
+#define UNARY_LOOP(K, EXPR)                                                    \
+  case K:                                                                      \
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (         \
+        int64_t i = 0; i < n; i++) {                                           \
+      T x = X[i];                                                              \
+      Y[i] = EXPR;                                                             \
+    }                                                                          \
+    break;
+
+static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
+                         tg_tensor *out) {
+  int64_t n = in->numel;
+  TG_DISPATCH_FLOAT(in->dtype, T, {
+    const T *X = tg__data(in);
+    T *Y = tg__data(out);
+    const T p = (T)param;
+    (void)p;
+    switch (kind) {
+      UNARY_LOOP(U_NEG, -x)
+      UNARY_LOOP(U_EXP, exp(x))
+      UNARY_LOOP(U_LOG, log(x))
+      UNARY_LOOP(U_SQRT, sqrt(x))
+      UNARY_LOOP(U_ABS, fabs(x))
+      UNARY_LOOP(U_RELU, x > 0 ? x : (T)0)
+      UNARY_LOOP(U_LEAKY_RELU, x > 0 ? x : x * p)
+      UNARY_LOOP(U_SIGMOID, (T)1 / ((T)1 + exp(-x)))
+      UNARY_LOOP(U_TANH, tanh(x))
+      UNARY_LOOP(U_GELU, (T)0.5 * x * ((T)1 + erf(x * (T)M_SQRT1_2)))
+      UNARY_LOOP(U_ADD_S, x + p)
+      UNARY_LOOP(U_MUL_S, x * p)
+      UNARY_LOOP(U_POW, pow(x, p))
+    }
+  });
+}
+
+#define UNARY_GRAD(K, EXPR)                                                    \
+  case K:                                                                      \
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (         \
+        int64_t i = 0; i < n; i++) {                                           \
+      T x = X[i], y = Y[i], g = G[i];                                          \
+      (void)x;                                                                 \
+      (void)y;                                                                 \
+      D[i] = EXPR;                                                             \
+    }                                                                          \
+    break;
+
+/* dx = g * f'(x), with y = f(x) at hand for the ops whose derivative uses it. */
+static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const unary_ctx *c = node->ctx;
+  const tg_tensor *in = node->inputs[0];
+  tg_tensor *dx = tg__new_like(in);
+  if (!dx)
+    return -1;
+  const int64_t n = in->numel;
+  TG_DISPATCH_FLOAT(in->dtype, T, {
+    const T *X = tg__data(in), *Y = tg__data(node->output), *G = tg__data(g);
+    T *D = tg__data(dx);
+    const T p = (T)c->param;
+    (void)p;
+    switch (c->kind) {
+      UNARY_GRAD(U_NEG, -g)
+      UNARY_GRAD(U_EXP, g * y)
+      UNARY_GRAD(U_LOG, g / x)
+      UNARY_GRAD(U_SQRT, g / ((T)2 * y))
+      UNARY_GRAD(U_ABS, x > 0 ? g : x < 0 ? -g : (T)0)
+      UNARY_GRAD(U_RELU, x > 0 ? g : (T)0)
+      UNARY_GRAD(U_LEAKY_RELU, x > 0 ? g : g * p)
+      UNARY_GRAD(U_SIGMOID, g * y * ((T)1 - y))
+      UNARY_GRAD(U_TANH, g * ((T)1 - y * y))
+      UNARY_GRAD(U_GELU, g * ((T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2)) +
+                              x * exp((T)-0.5 * x * x) * (T)(0.5 * M_2_SQRTPI * M_SQRT1_2)))
+      UNARY_GRAD(U_ADD_S, g)
+      UNARY_GRAD(U_MUL_S, g * p)
+      UNARY_GRAD(U_POW, p == 0 ? (T)0 : g * p * pow(x, p - (T)1))
+    }
+  });
+  gi[0] = dx;
+  return 0;
+}
+
+static tg_tensor *unary(unary_kind kind, const tg_tensor *a, double param) {
+  const char *op = unary_names[kind];
+  if (!tg__nonnull(a, op, "input"))
+    return NULL;
+  if (tg__check_same(op, 1, &a, true) < 0)
+    return NULL;
+  if (a->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(op, a), NULL;
+  tg_tensor *out = tg__new_like(a);
+  if (!out)
+    return NULL;
+  unary_kernel(kind, param, a, out);
+  tg_node *node;
+  out = tg__finish(op, out, 1, &a, unary_backward, &node);
+  if (node) {
+    unary_ctx *c = tg__ctx(node, sizeof *c);
+    c->kind = kind;
+    c->param = param;
+  }
+  return out;
+}
+
+tg_tensor *tg_neg(const tg_tensor *a) { return unary(U_NEG, a, 0); }
+tg_tensor *tg_exp(const tg_tensor *a) { return unary(U_EXP, a, 0); }
+tg_tensor *tg_log(const tg_tensor *a) { return unary(U_LOG, a, 0); }
+tg_tensor *tg_sqrt(const tg_tensor *a) { return unary(U_SQRT, a, 0); }
+tg_tensor *tg_abs(const tg_tensor *a) { return unary(U_ABS, a, 0); }
+tg_tensor *tg_relu(const tg_tensor *a) { return unary(U_RELU, a, 0); }
+tg_tensor *tg_leaky_relu(const tg_tensor *a, double slope) {
+  return unary(U_LEAKY_RELU, a, slope);
+}
+tg_tensor *tg_sigmoid(const tg_tensor *a) { return unary(U_SIGMOID, a, 0); }
+tg_tensor *tg_tanh(const tg_tensor *a) { return unary(U_TANH, a, 0); }
+tg_tensor *tg_gelu(const tg_tensor *a) { return unary(U_GELU, a, 0); }
+tg_tensor *tg_add_scalar(const tg_tensor *a, double s) { return unary(U_ADD_S, a, s); }
+tg_tensor *tg_sub_scalar(const tg_tensor *a, double s) { return unary(U_ADD_S, a, -s); }
+tg_tensor *tg_mul_scalar(const tg_tensor *a, double s) { return unary(U_MUL_S, a, s); }
+tg_tensor *tg_div_scalar(const tg_tensor *a, double s) {
+  return unary(U_MUL_S, a, 1.0 / s); /* s == 0 gives inf/nan, as x / 0 in PyTorch */
+}
+tg_tensor *tg_pow(const tg_tensor *a, double exponent) {
+  return unary(U_POW, a, exponent);
+}

@@ -1,0 +1,122 @@
+/* Internal runtime API shared by runtime/, graph/, ops/ and nn/. Not installed. */
+#ifndef TG_RUNTIME_INTERNAL_H
+#define TG_RUNTIME_INTERNAL_H
+
+#include "tapegrad.h"
+
+#include <stdarg.h>
+
+typedef struct tg_node tg_node;
+typedef struct tg_scope tg_scope;
+
+typedef struct {
+  int refcount;
+  void *data;
+  size_t bytes;
+  tg_device device;
+} tg_storage;
+
+/* All tensors are contiguous and row-major; views (reshape, detach) share storage. */
+struct tg_tensor {
+  int refcount;
+  tg_dtype dtype;
+  tg_device device;
+  int ndim;
+  int64_t shape[TG_MAX_DIMS];
+  int64_t numel;
+  tg_storage *storage;
+  bool requires_grad;
+  tg_tensor *grad;   /* accumulated gradient of a leaf (owned) */
+  tg_node *grad_fn;  /* producing node (owned reference); NULL for leaves */
+  tg_scope *scope;   /* scope holding one reference, or NULL */
+  int64_t scope_slot;
+  tg_tensor *bwd_grad; /* scratch used while backward runs */
+};
+
+/* ---- errors ---- */
+/* Sets this thread's error message (printf-style) and returns -1. */
+int tg__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* True when t is non-NULL. When NULL, sets "<op>: argument '<arg>' is NULL" unless
+ * an earlier error is pending, so the first failure of a chain is what users see. */
+bool tg__nonnull(const tg_tensor *t, const char *op, const char *arg);
+/* "[2, 3]" of a raw shape, into buf. */
+char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
+#define TG_SHAPE_STR_LEN 160
+
+/* ---- tensors ---- */
+/* New uninitialised tensor recorded in the current scope (if one is open). */
+tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg__new_like(const tg_tensor *t);
+/* New tensor object sharing t's storage with another shape of equal numel. */
+tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
+/* Removes t from its scope: the caller now holds that reference for good (grads,
+ * variables, optimizer state and other long-lived tensors). Returns t. */
+tg_tensor *tg__unscope(tg_tensor *t);
+/* Drops one reference without touching scopes (used by scopes and the tape). */
+void tg__release(tg_tensor *t);
+static inline void *tg__data(const tg_tensor *t) { return t->storage->data; }
+static inline bool tg__is_float(tg_dtype d) { return d == TG_F32 || d == TG_F64; }
+/* Wraps a negative dim; sets an error like PyTorch's "Dimension out of range
+ * (expected to be in range of [-2, 1], but got 2)" and returns -1 when invalid. */
+int tg__wrap_dim(int dim, int ndim, const char *op);
+/* Checks shape sizes (>= 0, ndim <= 8, numel and bytes without int64 overflow). */
+int tg__check_shape(const int64_t *shape, int ndim, tg_dtype dtype, const char *op);
+/* Same dtype and device for all non-NULL tensors; float dtype when need_float. */
+int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_float);
+/* Error for ops that have no kernel for t's device yet. */
+int tg__unsupported_device(const char *op, const tg_tensor *t);
+/* Element i of a float tensor as double / set from double (slow; tests, init). */
+double tg__get(const tg_tensor *t, int64_t i);
+void tg__set(tg_tensor *t, int64_t i, double v);
+
+/* ---- dtype dispatch: runs the body with T bound to float or double. ----
+ *   TG_DISPATCH_FLOAT(t->dtype, T, { T *x = tg__data(t); ... });            */
+#define TG_DISPATCH_FLOAT(dtype, T, ...)                                       \
+  do {                                                                         \
+    if ((dtype) == TG_F32) {                                                   \
+      typedef float T;                                                         \
+      __VA_ARGS__                                                              \
+    } else {                                                                   \
+      typedef double T;                                                        \
+      __VA_ARGS__                                                              \
+    }                                                                          \
+  } while (0)
+
+/* ---- broadcasting ---- */
+/* Output shape of broadcasting a with b; -1 with PyTorch's message on mismatch. */
+int tg__broadcast_shape(const tg_tensor *a, const tg_tensor *b, int64_t *out,
+                        int *out_ndim, const char *op);
+/* Strides (in elements) of t viewed with out's shape: 0 on broadcast dims. */
+void tg__broadcast_strides(const tg_tensor *t, const int64_t *out_shape, int out_ndim,
+                           int64_t *strides);
+/* Sums g (broadcast result) down to shape/ndim; returns a new reference (an alias
+ * of g when the shapes already match). */
+tg_tensor *tg__sum_to_shape(const tg_tensor *g, const int64_t *shape, int ndim);
+
+/* ---- in-place helpers outside the tape ---- */
+/* dst += alpha * src (same shape, dtype, device). */
+int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src);
+/* dst *= alpha. */
+int tg__scale_(tg_tensor *dst, double alpha);
+/* Sum of squares of all elements (float64 accumulation). */
+double tg__sumsq(const tg_tensor *t);
+
+/* ---- random numbers (global generator, locked) ---- */
+uint64_t tg__rand_u64(void);
+/* Fills n doubles uniform in [0, 1) / standard normal. */
+void tg__rand_fill_uniform(double *out, int64_t n);
+void tg__rand_fill_normal(double *out, int64_t n);
+
+/* ---- threads ---- */
+/* Threads for one parallel loop of `work` elementary operations: 1 when the loop is
+ * too small to be worth waking the pool. Use as
+ *   #pragma omp parallel for num_threads(tg__threads(work))
+ * Do not call BLAS from inside a parallel region. */
+int tg__threads(int64_t work);
+
+/* ---- CUDA (runtime/cuda.c; stubs when built without CUDA) ---- */
+void *tg__cuda_malloc(size_t bytes, int device);
+void tg__cuda_free(void *p, size_t bytes, int device);
+int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size_t n);
+
+#endif

@@ -1,0 +1,693 @@
+/* Tensors, storage, scopes and creation. */
+#include "graph/internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- dtypes -- */
+
+const char *tg_dtype_name(tg_dtype dtype) {
+  switch (dtype) {
+  case TG_F32:
+    return "float32";
+  case TG_F64:
+    return "float64";
+  case TG_I64:
+    return "int64";
+  }
+  return "unknown";
+}
+
+size_t tg_dtype_size(tg_dtype dtype) {
+  switch (dtype) {
+  case TG_F32:
+    return 4;
+  case TG_F64:
+  case TG_I64:
+    return 8;
+  }
+  return 0;
+}
+
+static bool valid_dtype(tg_dtype d) { return d == TG_F32 || d == TG_F64 || d == TG_I64; }
+
+/* ------------------------------------------------------------- scopes -- */
+
+struct tg_scope {
+  tg_tensor **items;
+  int64_t len, cap;
+  tg_scope *parent;
+};
+
+static _Thread_local tg_scope *current_scope;
+
+void tg_scope_begin(void) {
+  tg_scope *s = calloc(1, sizeof *s);
+  if (!s)
+    return; /* without a scope, references are simply not recorded */
+  s->parent = current_scope;
+  current_scope = s;
+}
+
+int tg_scope_end(void) {
+  tg_scope *s = current_scope;
+  if (!s)
+    return tg__error("tg_scope_end: no scope is open (unbalanced tg_scope_begin/end)");
+  current_scope = s->parent;
+  for (int64_t i = s->len - 1; i >= 0; i--) {
+    tg_tensor *t = s->items[i];
+    if (!t)
+      continue;
+    t->scope = NULL;
+    tg__release(t);
+  }
+  free(s->items);
+  free(s);
+  return 0;
+}
+
+static void scope_add(tg_tensor *t) {
+  tg_scope *s = current_scope;
+  if (!s)
+    return;
+  if (s->len == s->cap) {
+    int64_t cap = s->cap ? s->cap * 2 : 64;
+    tg_tensor **items = realloc(s->items, (size_t)cap * sizeof *items);
+    if (!items)
+      return; /* the caller keeps the reference; it is only not auto-released */
+    s->items = items;
+    s->cap = cap;
+  }
+  t->scope = s;
+  t->scope_slot = s->len;
+  s->items[s->len++] = t;
+}
+
+tg_tensor *tg__unscope(tg_tensor *t) {
+  if (t && t->scope) {
+    t->scope->items[t->scope_slot] = NULL;
+    t->scope = NULL;
+  }
+  return t;
+}
+
+/* ------------------------------------------------------------ storage -- */
+
+static tg_storage *storage_new(size_t bytes, tg_device device) {
+  tg_storage *s = calloc(1, sizeof *s);
+  if (!s)
+    goto oom;
+  s->refcount = 1;
+  s->bytes = bytes;
+  s->device = device;
+  if (device.type == TG_DEVICE_CPU) {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    s->data = aligned_alloc(64, rounded ? rounded : 64);
+  } else {
+    s->data = tg__cuda_malloc(bytes ? bytes : 1, device.index);
+    if (!s->data) {
+      free(s);
+      return NULL; /* tg__cuda_malloc set the message */
+    }
+  }
+  if (!s->data) {
+    free(s);
+    goto oom;
+  }
+  return s;
+oom:
+  tg__error("out of memory: failed to allocate %zu bytes on %s", bytes,
+            device.type == TG_DEVICE_CPU ? "cpu" : "cuda");
+  return NULL;
+}
+
+static void storage_unref(tg_storage *s) {
+  if (!s || --s->refcount > 0)
+    return;
+  if (s->device.type == TG_DEVICE_CPU)
+    free(s->data);
+  else
+    tg__cuda_free(s->data, s->bytes, s->device.index);
+  free(s);
+}
+
+/* ------------------------------------------------------------ tensors -- */
+
+int tg__check_shape(const int64_t *shape, int ndim, tg_dtype dtype, const char *op) {
+  if (ndim < 0 || ndim > TG_MAX_DIMS)
+    return tg__error("%s: tensors have at most %d dimensions, got %d", op, TG_MAX_DIMS,
+                     ndim);
+  if (ndim > 0 && !shape)
+    return tg__error("%s: shape is NULL for a %d-dimensional tensor", op, ndim);
+  if (!valid_dtype(dtype))
+    return tg__error("%s: unknown dtype %d", op, (int)dtype);
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) {
+      char buf[TG_SHAPE_STR_LEN];
+      return tg__error("%s: negative dimension %lld in shape %s", op,
+                       (long long)shape[i], tg__shape_fmt(shape, ndim, buf, sizeof buf));
+    }
+    if (shape[i] > 0 && numel > INT64_MAX / shape[i]) {
+      char buf[TG_SHAPE_STR_LEN];
+      return tg__error("%s: shape %s has more elements than int64 can count", op,
+                       tg__shape_fmt(shape, ndim, buf, sizeof buf));
+    }
+    numel *= shape[i];
+  }
+  if (numel > (int64_t)(SIZE_MAX / 2 / tg_dtype_size(dtype))) {
+    char buf[TG_SHAPE_STR_LEN];
+    return tg__error("%s: shape %s of %s is too large to allocate", op,
+                     tg__shape_fmt(shape, ndim, buf, sizeof buf), tg_dtype_name(dtype));
+  }
+  return 0;
+}
+
+static int check_device(tg_device d, const char *op) {
+  if (d.type == TG_DEVICE_CPU)
+    return 0;
+  if (d.type != TG_DEVICE_CUDA)
+    return tg__error("%s: unknown device type %d", op, (int)d.type);
+  int n = tg_cuda_device_count();
+  if (d.index < 0 || d.index >= n)
+    return tg__error("%s: cuda:%d is not available (%d CUDA device%s found%s)", op,
+                     d.index, n, n == 1 ? "" : "s",
+                     tg_cuda_is_available() || n ? "" : "; built without CUDA or no GPU");
+  return 0;
+}
+
+static tg_tensor *tensor_object(const int64_t *shape, int ndim, tg_dtype dtype,
+                                tg_device device) {
+  tg_tensor *t = calloc(1, sizeof *t);
+  if (!t) {
+    tg__error("out of memory: failed to allocate a tensor header");
+    return NULL;
+  }
+  t->refcount = 1;
+  t->dtype = dtype;
+  t->device = device;
+  t->ndim = ndim;
+  t->numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    t->shape[i] = shape[i];
+    t->numel *= shape[i];
+  }
+  return t;
+}
+
+tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  if (tg__check_shape(shape, ndim, dtype, "tg_empty") < 0 ||
+      check_device(device, "tg_empty") < 0)
+    return NULL;
+  tg_tensor *t = tensor_object(shape, ndim, dtype, device);
+  if (!t)
+    return NULL;
+  t->storage = storage_new((size_t)t->numel * tg_dtype_size(dtype), device);
+  if (!t->storage) {
+    free(t);
+    return NULL;
+  }
+  scope_add(t);
+  return t;
+}
+
+tg_tensor *tg__new_like(const tg_tensor *t) {
+  return tg__new(t->shape, t->ndim, t->dtype, t->device);
+}
+
+tg_tensor *tg__alias(const tg_tensor *src, const int64_t *shape, int ndim) {
+  tg_tensor *t = tensor_object(shape, ndim, src->dtype, src->device);
+  if (!t)
+    return NULL;
+  t->storage = src->storage;
+  t->storage->refcount++;
+  scope_add(t);
+  return t;
+}
+
+tg_tensor *tg_tensor_retain(tg_tensor *t) {
+  if (t)
+    t->refcount++;
+  return t;
+}
+
+void tg__release(tg_tensor *t) {
+  if (!t || --t->refcount > 0)
+    return;
+  if (t->scope)
+    tg__unscope(t);
+  tg__release(t->grad);
+  tg__release(t->bwd_grad);
+  if (t->grad_fn)
+    tg__node_unref(t->grad_fn);
+  storage_unref(t->storage);
+  free(t);
+}
+
+void tg_tensor_free(tg_tensor *t) {
+  if (!t)
+    return;
+  tg__unscope(t);
+  tg__release(t);
+}
+
+int tg_ndim(const tg_tensor *t) { return t ? t->ndim : -1; }
+const int64_t *tg_shape(const tg_tensor *t) { return t ? t->shape : NULL; }
+int64_t tg_numel(const tg_tensor *t) { return t ? t->numel : -1; }
+tg_dtype tg_dtype_of(const tg_tensor *t) { return t ? t->dtype : TG_F32; }
+tg_device tg_device_of(const tg_tensor *t) { return t ? t->device : TG_CPU; }
+
+int64_t tg_size(const tg_tensor *t, int dim) {
+  if (!tg__nonnull(t, "tg_size", "t"))
+    return -1;
+  int d = tg__wrap_dim(dim, t->ndim, "tg_size");
+  return d < 0 ? -1 : t->shape[d];
+}
+
+void *tg_data(tg_tensor *t) {
+  if (!tg__nonnull(t, "tg_data", "t"))
+    return NULL;
+  if (t->device.type != TG_DEVICE_CPU) {
+    tg__error("tg_data: tensor is on cuda:%d; copy it with tg_tensor_copy_to_host",
+              t->device.index);
+    return NULL;
+  }
+  return t->storage->data;
+}
+
+int tg__wrap_dim(int dim, int ndim, const char *op) {
+  int n = ndim > 0 ? ndim : 1;
+  if (dim < -n || dim >= n)
+    return tg__error("%s: Dimension out of range (expected to be in range of [%d, %d], "
+                     "but got %d)",
+                     op, -n, n - 1, dim);
+  return dim < 0 ? dim + n : dim;
+}
+
+int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_float) {
+  const tg_tensor *first = NULL;
+  for (int i = 0; i < n; i++) {
+    const tg_tensor *t = ts[i];
+    if (!t)
+      continue;
+    if (need_float && !tg__is_float(t->dtype))
+      return tg__error("%s: expected a floating point tensor (float32 or float64), "
+                       "got %s",
+                       op, tg_dtype_name(t->dtype));
+    if (!first) {
+      first = t;
+      continue;
+    }
+    if (t->dtype != first->dtype)
+      return tg__error("%s: expected all tensors to have the same dtype, but found "
+                       "%s and %s",
+                       op, tg_dtype_name(first->dtype), tg_dtype_name(t->dtype));
+    if (t->device.type != first->device.type || t->device.index != first->device.index)
+      return tg__error("%s: expected all tensors to be on the same device, but found "
+                       "at least two devices, %s:%d and %s:%d",
+                       op, first->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
+                       first->device.index, t->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
+                       t->device.index);
+  }
+  return 0;
+}
+
+int tg__unsupported_device(const char *op, const tg_tensor *t) {
+  return tg__error("%s: no kernel for tensors on cuda:%d in this build", op,
+                   t->device.index);
+}
+
+double tg__get(const tg_tensor *t, int64_t i) {
+  switch (t->dtype) {
+  case TG_F32:
+    return ((const float *)tg__data(t))[i];
+  case TG_F64:
+    return ((const double *)tg__data(t))[i];
+  case TG_I64:
+    return (double)((const int64_t *)tg__data(t))[i];
+  }
+  return NAN;
+}
+
+void tg__set(tg_tensor *t, int64_t i, double v) {
+  switch (t->dtype) {
+  case TG_F32:
+    ((float *)tg__data(t))[i] = (float)v;
+    break;
+  case TG_F64:
+    ((double *)tg__data(t))[i] = v;
+    break;
+  case TG_I64:
+    ((int64_t *)tg__data(t))[i] = (int64_t)v;
+    break;
+  }
+}
+
+/* ----------------------------------------------------------- creation -- */
+
+tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  return tg__new(shape, ndim, dtype, device);
+}
+
+int tg_fill_(tg_tensor *t, double value) {
+  if (!tg__nonnull(t, "tg_fill_", "t"))
+    return -1;
+  if (t->device.type != TG_DEVICE_CPU) {
+    tg_tensor *h = tg_full(t->shape, t->ndim, value, t->dtype, TG_CPU);
+    int rc = h ? tg_copy_(t, h) : -1;
+    tg_tensor_free(h);
+    return rc;
+  }
+  switch (t->dtype) {
+  case TG_F32: {
+    float *p = tg__data(t);
+    for (int64_t i = 0; i < t->numel; i++)
+      p[i] = (float)value;
+    break;
+  }
+  case TG_F64: {
+    double *p = tg__data(t);
+    for (int64_t i = 0; i < t->numel; i++)
+      p[i] = value;
+    break;
+  }
+  case TG_I64: {
+    int64_t *p = tg__data(t);
+    for (int64_t i = 0; i < t->numel; i++)
+      p[i] = (int64_t)value;
+    break;
+  }
+  }
+  return 0;
+}
+
+tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
+                   tg_device device) {
+  tg_tensor *t = tg__new(shape, ndim, dtype, device);
+  if (t && tg_fill_(t, value) < 0) {
+    tg_tensor_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+tg_tensor *tg_zeros(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  return tg_full(shape, ndim, 0.0, dtype, device);
+}
+
+tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  return tg_full(shape, ndim, 1.0, dtype, device);
+}
+
+tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device) {
+  return tg_full(NULL, 0, value, dtype, device);
+}
+
+tg_tensor *tg_zeros_like(const tg_tensor *t) {
+  if (!tg__nonnull(t, "tg_zeros_like", "t"))
+    return NULL;
+  return tg_zeros(t->shape, t->ndim, t->dtype, t->device);
+}
+
+tg_tensor *tg_ones_like(const tg_tensor *t) {
+  if (!tg__nonnull(t, "tg_ones_like", "t"))
+    return NULL;
+  return tg_ones(t->shape, t->ndim, t->dtype, t->device);
+}
+
+tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
+                     tg_device device) {
+  if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step))
+    return tg__error("tg_arange: step must be nonzero and bounds finite (got start=%g, "
+                     "end=%g, step=%g)",
+                     start, end, step),
+           NULL;
+  if ((step > 0 && end < start) || (step < 0 && end > start))
+    return tg__error("tg_arange: upper bound and larger bound inconsistent with step "
+                     "sign (start=%g, end=%g, step=%g)",
+                     start, end, step),
+           NULL;
+  double count = ceil((end - start) / step);
+  if (count > 1e15)
+    return tg__error("tg_arange: %g elements are too many", count), NULL;
+  int64_t n = (int64_t)count;
+  tg_tensor *host = tg__new(&n, 1, dtype, TG_CPU);
+  if (!host)
+    return NULL;
+  for (int64_t i = 0; i < n; i++)
+    tg__set(host, i, start + (double)i * step);
+  if (device.type == TG_DEVICE_CPU)
+    return host;
+  tg_tensor *t = tg_tensor_to(host, device);
+  tg_tensor_free(host);
+  return t;
+}
+
+static tg_tensor *random_tensor(const int64_t *shape, int ndim, tg_dtype dtype,
+                                tg_device device, bool normal, double a, double b,
+                                const char *op) {
+  if (!tg__is_float(dtype))
+    return tg__error("%s: expected a floating point dtype, got %s", op,
+                     tg_dtype_name(dtype)),
+           NULL;
+  tg_tensor *host = tg__new(shape, ndim, dtype, TG_CPU);
+  if (!host)
+    return NULL;
+  double *tmp = malloc((size_t)(host->numel ? host->numel : 1) * sizeof *tmp);
+  if (!tmp) {
+    tg_tensor_free(host);
+    return tg__error("%s: out of memory", op), NULL;
+  }
+  if (normal)
+    tg__rand_fill_normal(tmp, host->numel);
+  else
+    tg__rand_fill_uniform(tmp, host->numel);
+  for (int64_t i = 0; i < host->numel; i++)
+    tg__set(host, i, normal ? a + b * tmp[i] : a + (b - a) * tmp[i]);
+  free(tmp);
+  if (device.type == TG_DEVICE_CPU)
+    return host;
+  tg_tensor *t = tg_tensor_to(host, device);
+  tg_tensor_free(host);
+  return t;
+}
+
+tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  return random_tensor(shape, ndim, dtype, device, false, 0, 1, "tg_rand");
+}
+
+tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
+  return random_tensor(shape, ndim, dtype, device, true, 0, 1, "tg_randn");
+}
+
+tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
+                      tg_dtype dtype, tg_device device) {
+  if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
+    return tg__error("tg_uniform: expects lo <= hi, both finite, but got lo=%g, hi=%g",
+                     lo, hi),
+           NULL;
+  return random_tensor(shape, ndim, dtype, device, false, lo, hi, "tg_uniform");
+}
+
+tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
+                               tg_dtype dtype, tg_device device) {
+  if (tg__check_shape(shape, ndim, dtype, "tg_tensor_from_data") < 0)
+    return NULL;
+  tg_tensor *t = tg__new(shape, ndim, dtype, device);
+  if (!t)
+    return NULL;
+  size_t bytes = (size_t)t->numel * tg_dtype_size(dtype);
+  if (bytes && !data) {
+    tg_tensor_free(t);
+    return tg__error("tg_tensor_from_data: data is NULL for %lld elements",
+                     (long long)t->numel),
+           NULL;
+  }
+  if (bytes && tg__cuda_memcpy(t->storage->data, device, data, TG_CPU, bytes) < 0) {
+    tg_tensor_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+int tg_tensor_copy_to_host(const tg_tensor *t, void *dst, size_t dst_bytes) {
+  if (!tg__nonnull(t, "tg_tensor_copy_to_host", "t"))
+    return -1;
+  size_t bytes = (size_t)t->numel * tg_dtype_size(t->dtype);
+  if (bytes && !dst)
+    return tg__error("tg_tensor_copy_to_host: dst is NULL");
+  if (dst_bytes < bytes)
+    return tg__error("tg_tensor_copy_to_host: destination holds %zu bytes but the "
+                     "tensor needs %zu",
+                     dst_bytes, bytes);
+  return bytes ? tg__cuda_memcpy(dst, TG_CPU, t->storage->data, t->device, bytes) : 0;
+}
+
+int tg_copy_(tg_tensor *dst, const tg_tensor *src) {
+  if (!tg__nonnull(dst, "tg_copy_", "dst") || !tg__nonnull(src, "tg_copy_", "src"))
+    return -1;
+  if (dst->numel != src->numel || dst->dtype != src->dtype) {
+    char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN];
+    return tg__error("tg_copy_: cannot copy %s %s into %s %s (same numel and dtype "
+                     "required)",
+                     tg_dtype_name(src->dtype), tg_shape_str(src, a, sizeof a),
+                     tg_dtype_name(dst->dtype), tg_shape_str(dst, b, sizeof b));
+  }
+  size_t bytes = (size_t)src->numel * tg_dtype_size(src->dtype);
+  if (!bytes || dst->storage->data == src->storage->data)
+    return 0;
+  return tg__cuda_memcpy(dst->storage->data, dst->device, src->storage->data,
+                         src->device, bytes);
+}
+
+double tg_item(const tg_tensor *t) {
+  if (!tg__nonnull(t, "tg_item", "t"))
+    return NAN;
+  if (t->numel != 1) {
+    char buf[TG_SHAPE_STR_LEN];
+    tg__error("tg_item: a Tensor with %lld elements cannot be converted to Scalar "
+              "(shape %s)",
+              (long long)t->numel, tg_shape_str(t, buf, sizeof buf));
+    return NAN;
+  }
+  if (t->device.type == TG_DEVICE_CPU)
+    return tg__get(t, 0);
+  union {
+    float f;
+    double d;
+    int64_t i;
+  } v;
+  if (tg_tensor_copy_to_host(t, &v, sizeof v) < 0)
+    return NAN;
+  return t->dtype == TG_F32 ? v.f : t->dtype == TG_F64 ? v.d : (double)v.i;
+}
+
+/* --------------------------------------------------------- conversion -- */
+
+static int to_dtype_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
+  gi[0] = tg_to_dtype(g, n->inputs[0]->dtype);
+  return gi[0] ? 0 : -1;
+}
+
+tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype) {
+  if (!tg__nonnull(t, "tg_to_dtype", "t"))
+    return NULL;
+  if (!valid_dtype(dtype))
+    return tg__error("tg_to_dtype: unknown dtype %d", (int)dtype), NULL;
+  if (t->device.type != TG_DEVICE_CPU) {
+    tg__unsupported_device("tg_to_dtype", t);
+    return NULL;
+  }
+  tg_tensor *out = tg__new(t->shape, t->ndim, dtype, t->device);
+  if (!out)
+    return NULL;
+  int64_t n = t->numel;
+  if (t->dtype == dtype) {
+    memcpy(tg__data(out), tg__data(t), (size_t)n * tg_dtype_size(dtype));
+  } else if (t->dtype == TG_F32 && dtype == TG_F64) {
+    const float *s = tg__data(t);
+    double *d = tg__data(out);
+    for (int64_t i = 0; i < n; i++)
+      d[i] = s[i];
+  } else if (t->dtype == TG_F64 && dtype == TG_F32) {
+    const double *s = tg__data(t);
+    float *d = tg__data(out);
+    for (int64_t i = 0; i < n; i++)
+      d[i] = (float)s[i];
+  } else {
+    for (int64_t i = 0; i < n; i++)
+      tg__set(out, i, tg__get(t, i));
+  }
+  if (!tg__is_float(dtype) || !tg__is_float(t->dtype))
+    return out;
+  const tg_tensor *in[1] = {t};
+  return tg__finish("tg_to_dtype", out, 1, in, to_dtype_backward, NULL);
+}
+
+tg_tensor *tg_clone(const tg_tensor *t) {
+  if (!tg__nonnull(t, "tg_clone", "t"))
+    return NULL;
+  return tg_to_dtype(t, t->dtype);
+}
+
+static int to_device_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
+  gi[0] = tg_tensor_to(g, n->inputs[0]->device);
+  return gi[0] ? 0 : -1;
+}
+
+tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device) {
+  if (!tg__nonnull(t, "tg_tensor_to", "t"))
+    return NULL;
+  if (check_device(device, "tg_tensor_to") < 0)
+    return NULL;
+  if (device.type == t->device.type && device.index == t->device.index)
+    return tg_reshape(t, t->shape, t->ndim);
+  tg_tensor *out = tg__new(t->shape, t->ndim, t->dtype, device);
+  if (!out)
+    return NULL;
+  if (tg_copy_(out, t) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
+  if (!tg__is_float(t->dtype))
+    return out;
+  const tg_tensor *in[1] = {t};
+  return tg__finish("tg_tensor_to", out, 1, in, to_device_backward, NULL);
+}
+
+/* ----------------------------------------------------------- printing -- */
+
+static void print_rec(const tg_tensor *t, FILE *f, int dim, int64_t offset, int indent) {
+  enum { EDGE = 3 };
+  int64_t n = t->shape[dim];
+  int64_t inner = 1;
+  for (int d = dim + 1; d < t->ndim; d++)
+    inner *= t->shape[d];
+  fputc('[', f);
+  for (int64_t i = 0; i < n; i++) {
+    if (n > 2 * EDGE && i == EDGE) {
+      fputs(dim == t->ndim - 1 ? "..., " : "...,\n", f);
+      if (dim != t->ndim - 1)
+        fprintf(f, "%*s", indent + 1, "");
+      i = n - EDGE;
+    }
+    if (dim == t->ndim - 1) {
+      double v = tg__get(t, offset + i);
+      if (t->dtype == TG_I64)
+        fprintf(f, "%lld", (long long)v);
+      else
+        fprintf(f, "%.4g", v);
+    } else {
+      print_rec(t, f, dim + 1, offset + i * inner, indent + 1);
+    }
+    if (i + 1 < n)
+      fputs(dim == t->ndim - 1 ? ", " : ",\n", f);
+    if (i + 1 < n && dim != t->ndim - 1)
+      fprintf(f, "%*s", indent + 1, "");
+  }
+  fputc(']', f);
+}
+
+void tg_tensor_print(const tg_tensor *t, FILE *out) {
+  if (!out)
+    out = stdout;
+  if (!t) {
+    fprintf(out, "tensor(NULL)\n");
+    return;
+  }
+  char buf[TG_SHAPE_STR_LEN];
+  fprintf(out, "tensor(%s %s%s", tg_dtype_name(t->dtype), tg_shape_str(t, buf, sizeof buf),
+          t->device.type == TG_DEVICE_CUDA ? " cuda" : "");
+  if (t->requires_grad)
+    fprintf(out, ", requires_grad");
+  fprintf(out, ")\n");
+  if (t->device.type != TG_DEVICE_CPU)
+    return;
+  if (t->ndim == 0)
+    fprintf(out, "%.6g\n", tg__get(t, 0));
+  else if (t->numel > 0) {
+    print_rec(t, out, 0, 0, 0);
+    fputc('\n', out);
+  }
+}

@@ -1,0 +1,448 @@
+/*
+ * tapegrad — tensors, a tape that records differentiable ops, backward passes,
+ * nn layers on a variable store and SGD, in plain C11.
+ *
+ * Ownership, in one place:
+ *  - Every function that returns a tg_tensor * returns a NEW REFERENCE unless its
+ *    comment says "borrowed". Release a reference with tg_tensor_free().
+ *  - Scopes make training loops free of bookkeeping: between tg_scope_begin() and
+ *    tg_scope_end(), every new reference returned to you is also recorded in the
+ *    scope, and tg_scope_end() releases them all. Inside a scope you may still call
+ *    tg_tensor_free() early (the scope forgets that tensor). To keep a result alive
+ *    past the scope, take an extra reference with tg_tensor_retain() before ending it.
+ *    Scopes nest and are per thread.
+ *  - The tape is owned by the tensors: a result holds its producing node, a node
+ *    holds the inputs it needs. Releasing the last reference to the loss releases the
+ *    whole graph behind it. Parameters are owned by their tg_varstore.
+ *  - Pointers returned as "borrowed" stay valid as long as their owner does.
+ *
+ * Errors are values: a fallible call returns NULL or a negative status and
+ * tg_last_error() says what rule was broken, with the shapes and dtypes involved.
+ * Any op given a NULL tensor returns NULL and keeps the earlier message, so a chain
+ * of ops can be checked once at its end. Nothing aborts on bad input.
+ *
+ * Threads: errors, scopes, grad mode and anomaly mode are per thread. Separate
+ * tensors, var stores and optimizers may be used from separate threads at once;
+ * one tensor, graph or var store must not be used by two threads at the same time.
+ * The random generator (tg_manual_seed) is global and guarded by a lock.
+ */
+#ifndef TAPEGRAD_H
+#define TAPEGRAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TG_MAX_DIMS 8
+
+/* ---------------------------------------------------------------- types -- */
+
+typedef enum { TG_F32 = 0, TG_F64 = 1, TG_I64 = 2 } tg_dtype;
+
+typedef enum { TG_DEVICE_CPU = 0, TG_DEVICE_CUDA = 1 } tg_device_type;
+typedef struct {
+  tg_device_type type;
+  int index;
+} tg_device;
+
+#define TG_CPU ((tg_device){TG_DEVICE_CPU, 0})
+tg_device tg_cuda(int index);
+bool tg_cuda_is_available(void);
+int tg_cuda_device_count(void);
+
+typedef struct tg_tensor tg_tensor;
+
+/* Shape literal helper: tg_zeros(TG_SHAPE(2, 3), TG_F32, TG_CPU). */
+#define TG_SHAPE(...)                                                          \
+  (const int64_t[]){__VA_ARGS__},                                              \
+      (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
+
+typedef enum {
+  TG_REDUCTION_NONE = 0,
+  TG_REDUCTION_MEAN = 1,
+  TG_REDUCTION_SUM = 2
+} tg_reduction;
+
+/* --------------------------------------------------------------- errors -- */
+
+/* Borrowed: the last error message of this thread ("" when none). */
+const char *tg_last_error(void);
+void tg_clear_error(void);
+
+/* -------------------------------------------------------------- runtime -- */
+
+const char *tg_dtype_name(tg_dtype dtype);
+size_t tg_dtype_size(tg_dtype dtype);
+
+/* Seeds the global generator used by rand/randn/uniform/dropout/init. */
+void tg_manual_seed(uint64_t seed);
+/* Threads used by tapegrad's kernels and by OpenBLAS. Default: env TG_NUM_THREADS,
+ * else the number of cores. Returns 0, or -1 for n < 1. */
+int tg_set_num_threads(int n);
+int tg_get_num_threads(void);
+
+void tg_scope_begin(void);
+/* Releases every reference recorded since the matching tg_scope_begin(). Returns 0,
+ * or -1 when no scope is open. */
+int tg_scope_end(void);
+
+/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device. */
+tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
+                               tg_dtype dtype, tg_device device);
+tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg_zeros(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
+                   tg_device device);
+tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device); /* 0-dim */
+/* [start, end) by step, like torch.arange. */
+tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
+                     tg_device device);
+tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
+                      tg_dtype dtype, tg_device device);
+tg_tensor *tg_zeros_like(const tg_tensor *t);
+tg_tensor *tg_ones_like(const tg_tensor *t);
+
+/* Adds a reference to t and returns t. */
+tg_tensor *tg_tensor_retain(tg_tensor *t);
+/* Releases one reference (NULL is a no-op). */
+void tg_tensor_free(tg_tensor *t);
+
+int tg_ndim(const tg_tensor *t);
+/* Borrowed: tg_ndim(t) sizes. */
+const int64_t *tg_shape(const tg_tensor *t);
+/* Size of dim (negative counts from the end); -1 on error. */
+int64_t tg_size(const tg_tensor *t, int dim);
+int64_t tg_numel(const tg_tensor *t);
+tg_dtype tg_dtype_of(const tg_tensor *t);
+tg_device tg_device_of(const tg_tensor *t);
+/* Borrowed pointer to the elements of a CPU tensor (row-major, contiguous);
+ * NULL for GPU tensors. Writing through it bypasses the tape. */
+void *tg_data(tg_tensor *t);
+/* Copies all elements to host memory; dst_bytes must be at least numel*dtype size.
+ * Returns 0 or -1. */
+int tg_tensor_copy_to_host(const tg_tensor *t, void *dst, size_t dst_bytes);
+/* Value of a one-element tensor as double; NAN with an error otherwise. */
+double tg_item(const tg_tensor *t);
+/* Copy converted to dtype (differentiable between float dtypes). */
+tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype);
+/* Copy on device (differentiable). A same-device call returns a new reference to t. */
+tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device);
+/* Differentiable copy with its own storage. */
+tg_tensor *tg_clone(const tg_tensor *t);
+/* In-place fill / copy, outside the tape (for init and optimizers). Return 0 or -1. */
+int tg_fill_(tg_tensor *t, double value);
+int tg_copy_(tg_tensor *dst, const tg_tensor *src);
+/* Prints dtype, shape and (up to a few elements per dim) the values. */
+void tg_tensor_print(const tg_tensor *t, FILE *out);
+/* Writes "[2, 3, 4]" into buf; returns buf. */
+char *tg_shape_str(const tg_tensor *t, char *buf, size_t len);
+
+/* ------------------------------------------------------ shape ops ------- */
+/* All tensors are contiguous. reshape/view/flatten/squeeze/unsqueeze share storage
+ * with their input; permute/transpose/narrow/cat/contiguous produce new storage. All
+ * are differentiable. */
+tg_tensor *tg_reshape(const tg_tensor *t, const int64_t *shape, int ndim); /* one -1 */
+tg_tensor *tg_view(const tg_tensor *t, const int64_t *shape, int ndim);
+tg_tensor *tg_flatten(const tg_tensor *t, int start_dim, int end_dim);
+tg_tensor *tg_squeeze(const tg_tensor *t, int dim); /* no-op if size != 1 */
+tg_tensor *tg_squeeze_all(const tg_tensor *t);
+tg_tensor *tg_unsqueeze(const tg_tensor *t, int dim);
+tg_tensor *tg_permute(const tg_tensor *t, const int *dims, int ndim);
+tg_tensor *tg_transpose(const tg_tensor *t, int dim0, int dim1);
+tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length);
+tg_tensor *tg_cat(tg_tensor *const *tensors, int n, int dim);
+tg_tensor *tg_contiguous(const tg_tensor *t);
+
+/* --------------------------------------------------------------- autograd -- */
+
+/* Leaves only (tensors no op produced). Float dtypes only. Returns 0 or -1. */
+int tg_set_requires_grad(tg_tensor *t, bool requires_grad);
+bool tg_requires_grad(const tg_tensor *t);
+/* Backpropagates from a one-element loss: fills .grad of every leaf that requires
+ * grad, accumulating into what is there. Releases the graph's saved tensors; a second
+ * backward through the same graph is an error. Returns 0 or -1. */
+int tg_backward(tg_tensor *loss);
+/* As tg_backward for any shape: grad_output has t's shape (NULL = ones for a
+ * one-element t); retain_graph keeps saved tensors for another backward. */
+int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph);
+/* Borrowed: the accumulated gradient of t, or NULL before any backward. */
+tg_tensor *tg_grad(const tg_tensor *t);
+/* Drops the gradient of t (next backward starts from zero). */
+void tg_zero_grad(tg_tensor *t);
+/* No-grad mode: ops record nothing. Calls nest. */
+void tg_no_grad_begin(void);
+void tg_no_grad_end(void);
+bool tg_is_grad_enabled(void);
+/* New tensor sharing t's storage, with no history and requires_grad false. */
+tg_tensor *tg_detach(const tg_tensor *t);
+/* Anomaly mode (per thread): every op checks its forward and backward results for
+ * NaN/Inf and fails naming the op, its position on the tape and the shapes. */
+void tg_set_detect_anomaly(bool enabled);
+bool tg_is_anomaly_enabled(void);
+
+/* Gradient check: compares the analytic Jacobian of fn with central differences.
+ * Inputs that require grad must be float64. fn returns a new reference (any shape).
+ * Returns 0 when every element agrees (|a - n| <= atol + rtol*|n|), -1 otherwise with
+ * the worst element in tg_last_error(). */
+typedef tg_tensor *(*tg_gradcheck_fn)(tg_tensor *const *inputs, int n_inputs,
+                                      void *ctx);
+typedef struct {
+  double eps, atol, rtol;
+} tg_gradcheck_options;
+tg_gradcheck_options tg_gradcheck_options_default(void); /* 1e-6, 1e-5, 1e-3 */
+int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs,
+                 int n_inputs, const tg_gradcheck_options *options);
+
+/* ------------------------------------------------------- elementwise ops -- */
+/* Binary ops broadcast like NumPy/PyTorch; dtypes must match. */
+tg_tensor *tg_add(const tg_tensor *a, const tg_tensor *b);
+tg_tensor *tg_sub(const tg_tensor *a, const tg_tensor *b);
+tg_tensor *tg_mul(const tg_tensor *a, const tg_tensor *b);
+tg_tensor *tg_div(const tg_tensor *a, const tg_tensor *b);
+tg_tensor *tg_add_scalar(const tg_tensor *a, double s);
+tg_tensor *tg_sub_scalar(const tg_tensor *a, double s);
+tg_tensor *tg_mul_scalar(const tg_tensor *a, double s);
+tg_tensor *tg_div_scalar(const tg_tensor *a, double s);
+tg_tensor *tg_pow(const tg_tensor *a, double exponent);
+tg_tensor *tg_neg(const tg_tensor *a);
+tg_tensor *tg_exp(const tg_tensor *a);
+tg_tensor *tg_log(const tg_tensor *a);
+tg_tensor *tg_sqrt(const tg_tensor *a);
+tg_tensor *tg_abs(const tg_tensor *a);
+tg_tensor *tg_relu(const tg_tensor *a);
+tg_tensor *tg_leaky_relu(const tg_tensor *a, double negative_slope);
+tg_tensor *tg_sigmoid(const tg_tensor *a);
+tg_tensor *tg_tanh(const tg_tensor *a);
+tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
+
+/* ------------------------------------------------------------ reductions -- */
+tg_tensor *tg_sum(const tg_tensor *t);  /* all elements -> 0-dim */
+tg_tensor *tg_mean(const tg_tensor *t); /* all elements -> 0-dim */
+tg_tensor *tg_sum_dims(const tg_tensor *t, const int *dims, int n_dims, bool keepdim);
+tg_tensor *tg_mean_dims(const tg_tensor *t, const int *dims, int n_dims,
+                        bool keepdim);
+/* Max over dim; indices (TG_I64) returned in *indices when non-NULL (new ref). */
+tg_tensor *tg_max_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
+tg_tensor *tg_argmax(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
+
+/* ---------------------------------------------------------------- matmul -- */
+/* 2-D [m,k]x[k,n], or batched [...,m,k]x[...,k,n] with broadcast batch dims. */
+tg_tensor *tg_matmul(const tg_tensor *a, const tg_tensor *b);
+/* x [..., in] times weight [out, in] transposed, plus bias [out] (bias may be NULL). */
+tg_tensor *tg_linear(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias);
+
+/* ------------------------------------------------------ softmax & losses -- */
+tg_tensor *tg_softmax(const tg_tensor *t, int dim);
+tg_tensor *tg_log_softmax(const tg_tensor *t, int dim);
+/* input [N, C] or [N, C, d1, ...] logits; target TG_I64 [N] or [N, d1, ...] class
+ * indices. Targets equal to ignore_index (PyTorch default -100) are skipped; the mean
+ * divides by the number of targets not ignored. */
+tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
+                            tg_reduction reduction, int64_t ignore_index);
+tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
+                       tg_reduction reduction, int64_t ignore_index);
+tg_tensor *tg_mse_loss(const tg_tensor *input, const tg_tensor *target,
+                       tg_reduction reduction);
+tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
+                                               const tg_tensor *target,
+                                               tg_reduction reduction);
+
+/* ------------------------------------------------------------ GroupNorm -- */
+/* x [N, C, *]; weight/bias [C] or NULL; C % num_groups == 0; biased variance. */
+tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups,
+                         const tg_tensor *weight, const tg_tensor *bias, double eps);
+
+/* ------------------------------------------------------- other norms -------- */
+/* x [N, C, *]. In training, batch statistics normalize and the running stats (may be
+ * NULL) are updated in place with momentum (unbiased variance), as PyTorch does. */
+tg_tensor *tg_batch_norm(const tg_tensor *x, const tg_tensor *weight,
+                         const tg_tensor *bias, tg_tensor *running_mean,
+                         tg_tensor *running_var, bool training, double momentum,
+                         double eps);
+/* Normalizes over the trailing n_norm dims whose sizes are normalized_shape. */
+tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape,
+                         int n_norm, const tg_tensor *weight, const tg_tensor *bias,
+                         double eps);
+
+/* ---------------------------------------------------------- conv & pool -- */
+/* x [N, Cin, H, W], weight [Cout, Cin/groups, kH, kW], bias [Cout] or NULL. */
+tg_tensor *tg_conv2d(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
+                     const int64_t stride[2], const int64_t padding[2],
+                     const int64_t dilation[2], int64_t groups);
+/* weight [Cin, Cout/groups, kH, kW], as PyTorch's conv_transpose2d. */
+tg_tensor *tg_conv_transpose2d(const tg_tensor *x, const tg_tensor *weight,
+                               const tg_tensor *bias, const int64_t stride[2],
+                               const int64_t padding[2],
+                               const int64_t output_padding[2],
+                               const int64_t dilation[2], int64_t groups);
+tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
+                         const int64_t stride[2], const int64_t padding[2]);
+/* count_include_pad = true, as PyTorch's default. */
+tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
+                         const int64_t stride[2], const int64_t padding[2]);
+tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[2]);
+tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
+/* align_corners = false. */
+tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
+/* Zeroes elements with probability p and scales the rest by 1/(1-p) when train. */
+tg_tensor *tg_dropout(const tg_tensor *x, double p, bool train);
+
+/* -------------------------------------------------------------------- nn -- */
+typedef struct tg_varstore tg_varstore;
+typedef struct tg_path tg_path;
+typedef struct tg_module tg_module;
+
+typedef enum {
+  TG_INIT_CONST,
+  TG_INIT_UNIFORM,         /* a = lo, b = hi */
+  TG_INIT_RANDN,           /* a = mean, b = std */
+  TG_INIT_KAIMING_UNIFORM, /* PyTorch's default for conv/linear weights */
+} tg_init_kind;
+typedef struct {
+  tg_init_kind kind;
+  double a, b;
+} tg_init;
+tg_init tg_init_const(double value);
+tg_init tg_init_uniform(double lo, double hi);
+tg_init tg_init_randn(double mean, double std);
+tg_init tg_init_kaiming_uniform(void);
+
+/* A var store owns its variables, paths and modules: tg_varstore_free releases all. */
+tg_varstore *tg_varstore_new(tg_device device);
+void tg_varstore_free(tg_varstore *vs);
+tg_device tg_varstore_device(const tg_varstore *vs);
+/* Borrowed (owned by vs). */
+tg_path *tg_varstore_root(tg_varstore *vs);
+/* Borrowed (owned by the var store): the path "<path>.<name>". */
+tg_path *tg_path_sub(tg_path *path, const char *name);
+/* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
+ * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
+ * (shape[2:]) as in PyTorch. */
+tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
+                       tg_init init);
+/* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
+tg_tensor *tg_path_var_frozen(tg_path *path, const char *name, const int64_t *shape,
+                              int ndim, tg_init init);
+int tg_varstore_len(const tg_varstore *vs);
+/* Borrowed: i-th variable in creation order, and its full name. */
+tg_tensor *tg_varstore_var(const tg_varstore *vs, int i, const char **name);
+/* Borrowed: the variable called name, or NULL. */
+tg_tensor *tg_varstore_get(const tg_varstore *vs, const char *name);
+bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
+/* Freezes/unfreezes every trainable variable. */
+void tg_varstore_freeze(tg_varstore *vs);
+void tg_varstore_unfreeze(tg_varstore *vs);
+/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
+ * checks every name, shape and dtype (float64 files load into float32 stores and
+ * vice versa are rejected) and names what is missing, extra or mismatched. */
+int tg_varstore_save(const tg_varstore *vs, const char *filename);
+int tg_varstore_load(tg_varstore *vs, const char *filename);
+
+/* Modules. Borrowed: owned by the var store of the path they were created on. */
+tg_tensor *tg_module_forward(tg_module *m, const tg_tensor *x, bool train);
+
+typedef struct {
+  bool bias;
+  tg_init ws_init, bs_init; /* default: Kaiming uniform, as PyTorch */
+} tg_linear_config;
+tg_linear_config tg_linear_config_default(void);
+tg_module *tg_nn_linear(tg_path *path, int64_t in_dim, int64_t out_dim,
+                        tg_linear_config config);
+
+typedef struct {
+  int64_t stride, padding, dilation, groups;
+  bool bias;
+  tg_init ws_init, bs_init;
+} tg_conv2d_config;
+tg_conv2d_config tg_conv2d_config_default(void); /* 1, 0, 1, 1, true, Kaiming */
+tg_module *tg_nn_conv2d(tg_path *path, int64_t in_channels, int64_t out_channels,
+                        int64_t kernel_size, tg_conv2d_config config);
+
+typedef struct {
+  int64_t stride, padding, output_padding, dilation, groups;
+  bool bias;
+  tg_init ws_init, bs_init;
+} tg_conv_transpose2d_config;
+tg_conv_transpose2d_config tg_conv_transpose2d_config_default(void);
+tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
+                                  int64_t out_channels, int64_t kernel_size,
+                                  tg_conv_transpose2d_config config);
+
+/* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
+ * always uses its own kernels. */
+typedef struct {
+  bool cudnn_enabled;
+  double eps;
+  bool affine;
+  tg_init ws_init, bs_init;
+} tg_group_norm_config;
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
+                            tg_group_norm_config config);
+
+typedef struct {
+  double eps, momentum;
+  bool affine;
+  tg_init ws_init, bs_init;
+} tg_batch_norm_config;
+tg_batch_norm_config tg_batch_norm_config_default(void); /* 1e-5, 0.1, true, 1, 0 */
+tg_module *tg_nn_batch_norm2d(tg_path *path, int64_t num_features,
+                              tg_batch_norm_config config);
+
+typedef struct {
+  double eps;
+  bool elementwise_affine;
+  tg_init ws_init, bs_init;
+} tg_layer_norm_config;
+tg_layer_norm_config tg_layer_norm_config_default(void); /* 1e-5, true, 1, 0 */
+tg_module *tg_nn_layer_norm(tg_path *path, const int64_t *normalized_shape, int n_dims,
+                            tg_layer_norm_config config);
+
+/* A module around a function of one tensor (tg_relu, a user function...). */
+typedef tg_tensor *(*tg_module_fn)(const tg_tensor *x, bool train, void *ctx);
+tg_module *tg_nn_func(tg_varstore *vs, tg_module_fn fn, void *ctx);
+tg_module *tg_nn_relu(tg_varstore *vs);
+/* Runs its modules in order. */
+tg_module *tg_nn_sequential(tg_varstore *vs);
+int tg_sequential_add(tg_module *seq, tg_module *m);
+
+/* ------------------------------------------------------------- optimizers -- */
+typedef struct tg_optimizer tg_optimizer;
+
+/* torch.optim.SGD's update, exactly (dampening on the momentum buffer, nesterov). */
+typedef struct {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov;
+} tg_sgd_config;
+tg_sgd_config tg_sgd_config_default(double lr); /* momentum 0, ..., nesterov false */
+/* Optimizes the trainable variables of vs that exist now. Owned by the caller. */
+tg_optimizer *tg_sgd_new(tg_varstore *vs, tg_sgd_config config);
+
+typedef struct {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled; /* true: AdamW */
+} tg_adam_config;
+tg_adam_config tg_adam_config_default(double lr); /* 0.9, 0.999, 1e-8, 0, false */
+tg_optimizer *tg_adam_new(tg_varstore *vs, tg_adam_config config);
+
+void tg_optimizer_zero_grad(tg_optimizer *opt);
+int tg_optimizer_step(tg_optimizer *opt);
+void tg_optimizer_set_lr(tg_optimizer *opt, double lr);
+double tg_optimizer_lr(const tg_optimizer *opt);
+void tg_optimizer_free(tg_optimizer *opt);
+/* Scales the gradients of vs's trainable variables so their total L2 norm is at most
+ * max_norm; returns the norm before clipping (negative on error). */
+double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TAPEGRAD_H */

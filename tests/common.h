@@ -1,0 +1,57 @@
+/* Shared test helpers: PyTorch reference data, comparisons, gradcheck shorthands.
+ * Include after <cmocka.h>'s prerequisites; tests include this header only. */
+#ifndef TG_TEST_COMMON_H
+#define TG_TEST_COMMON_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "tapegrad.h"
+
+/* ---- reference data written by tests/ref/gen_*.py (PyTorch) ---- */
+typedef struct ref_file ref_file;
+/* Loads tests/data/<family>.txt; fails the test if missing. */
+ref_file *ref_open(const char *family);
+void ref_close(ref_file *f);
+/* New tensor (caller frees) holding case/label converted to dtype; fails the test if
+ * absent. */
+tg_tensor *ref_get(ref_file *f, const char *case_name, const char *label, tg_dtype dtype);
+/* Whether case/label exists. */
+int ref_has(ref_file *f, const char *case_name, const char *label);
+/* Number of cases and the name of case i (borrowed). */
+int ref_num_cases(ref_file *f);
+const char *ref_case_name(ref_file *f, int i);
+
+/* ---- comparisons ---- */
+/* Fails the test (with the worst element) unless |a-b| <= atol + rtol*|b| everywhere
+ * and the shapes agree. */
+void assert_close_impl(const tg_tensor *a, const tg_tensor *b, double atol, double rtol,
+                       const char *what, const char *file, int line);
+#define assert_close(a, b, atol, rtol)                                         \
+  assert_close_impl((a), (b), (atol), (rtol), #a " vs " #b, __FILE__, __LINE__)
+/* Fails unless the call returned NULL/negative and tg_last_error() contains every
+ * fragment given (NULL-terminated). Clears the error afterwards. */
+void assert_error_impl(int failed, const char *file, int line, ...);
+#define assert_error(failed, ...)                                              \
+  assert_error_impl((failed), __FILE__, __LINE__, __VA_ARGS__, (const char *)NULL)
+/* Fails the test with tg_last_error() when cond is false. */
+#define assert_ok(cond)                                                        \
+  do {                                                                         \
+    if (!(cond))                                                               \
+      fail_msg("%s failed: %s", #cond, tg_last_error());                       \
+  } while (0)
+
+/* ---- inputs ---- */
+/* Random normal tensor (float64 unless dtype says otherwise) that requires grad. */
+tg_tensor *rand_leaf(const int64_t *shape, int ndim, tg_dtype dtype);
+/* Runs tg_gradcheck with default options and fails the test with its message. */
+void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n);
+
+/* Group setup that seeds the generator and checks for leaked scopes/errors. */
+int test_setup(void **state);
+
+#endif
