@@ -22,9 +22,11 @@
  * of ops can be checked once at its end. Nothing aborts on bad input.
  *
  * Threads: errors, scopes, grad mode and anomaly mode are per thread. Separate
- * tensors, var stores and optimizers may be used from separate threads at once;
- * one tensor, graph or var store must not be used by two threads at the same time.
- * The random generator (tg_manual_seed) is global and guarded by a lock.
+ * tensors, tapes, var stores and optimizers may be used from separate threads at once,
+ * and a tensor may be read (used as an op input) by several threads at once, as its
+ * reference count is atomic. A graph (backward), a var store, an optimizer or a
+ * tensor being written must be used by one thread at a time. The random generator
+ * (tg_manual_seed) is global and guarded by a lock.
  */
 #ifndef TAPEGRAD_H
 #define TAPEGRAD_H
@@ -273,7 +275,8 @@ tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape,
                          double eps);
 
 /* ---------------------------------------------------------- conv & pool -- */
-/* x [N, Cin, H, W], weight [Cout, Cin/groups, kH, kW], bias [Cout] or NULL. */
+/* x [N, Cin, H, W], weight [Cout, Cin/groups, kH, kW], bias [Cout] or NULL.
+ * stride/padding/dilation are {height, width}; NULL means 1 / 0 / 1 (also below). */
 tg_tensor *tg_conv2d(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
                      const int64_t stride[2], const int64_t padding[2],
                      const int64_t dilation[2], int64_t groups);
@@ -283,6 +286,7 @@ tg_tensor *tg_conv_transpose2d(const tg_tensor *x, const tg_tensor *weight,
                                const int64_t padding[2],
                                const int64_t output_padding[2],
                                const int64_t dilation[2], int64_t groups);
+/* Pooling on [N, C, H, W]; stride NULL = kernel, padding NULL = 0 (<= kernel/2). */
 tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
                          const int64_t stride[2], const int64_t padding[2]);
 /* count_include_pad = true, as PyTorch's default. */
@@ -292,7 +296,8 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
-/* Zeroes elements with probability p and scales the rest by 1/(1-p) when train. */
+/* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
+ * !train or p == 0 returns an alias of x. The mask comes from the global generator. */
 tg_tensor *tg_dropout(const tg_tensor *x, double p, bool train);
 
 /* -------------------------------------------------------------------- nn -- */
@@ -319,6 +324,12 @@ tg_init tg_init_kaiming_uniform(void);
 tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
+/* Float dtype of the store's variables (default float32). Setting it converts the
+ * existing float variables in place (their gradients are dropped) and applies to
+ * variables created later, as tch's VarStore::set_kind. Call it before creating
+ * optimizers. Returns 0 or -1. */
+int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
+tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */
 tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */

@@ -138,8 +138,8 @@ int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_
                    "input %d (shape %s), element %lld: analytic %.10g vs numerical %.10g "
                    "(atol %g, rtol %g)",
                    (long long)worst_out, worst_input,
-                   tg_shape_str(inputs[worst_input], buf, sizeof buf), (long long)worst_in,
-                   worst_a, worst_n, o.atol, o.rtol);
+                   tg_shape_str(inputs[worst_input], buf, sizeof buf),
+                   (long long)worst_in, worst_a, worst_n, o.atol, o.rtol);
   }
 done:
   free(analytic);

@@ -18,19 +18,19 @@ typedef int (*tg_backward_fn)(tg_node *node, const tg_tensor *grad_out,
 
 struct tg_node {
   int refcount;
-  const char *op;      /* static string: the op's public name, e.g. "tg_mul" */
-  int64_t seq;         /* creation order: a valid topological order */
+  const char *op; /* static string: the op's public name, e.g. "tg_mul" */
+  int64_t seq;    /* creation order: a valid topological order */
   tg_backward_fn backward;
   int n_inputs;
-  tg_tensor **inputs;  /* owned references; NULL entries for absent inputs */
-  tg_tensor *output;   /* not owned: alive whenever the node can be reached. Ops whose
-                          backward needs their result read it here; saving it with
-                          tg__save would make a reference cycle. */
+  tg_tensor **inputs; /* owned references; NULL entries for absent inputs */
+  tg_tensor *output;  /* not owned: alive whenever the node can be reached. Ops whose
+                         backward needs their result read it here; saving it with
+                         tg__save would make a reference cycle. */
   tg_tensor *saved[TG_NODE_MAX_SAVED]; /* owned; released with the graph */
   int n_saved;
-  void *ctx;           /* op-specific plain data, free()d with the graph */
-  bool released;       /* saved state dropped after backward */
-  int64_t visit;       /* id of the last backward pass that collected it */
+  void *ctx;     /* op-specific plain data, free()d with the graph */
+  bool released; /* saved state dropped after backward */
+  int64_t visit; /* id of the last backward pass that collected it */
 };
 
 /* True when grad mode is on and any non-NULL input requires grad. */

@@ -76,9 +76,9 @@ int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
     T *d = tg__data(dst);
     const T *s = tg__data(src);
     T a = (T)alpha;
-_Pragma("omp parallel for simd num_threads(tg__threads(n))")
-    for (int64_t i = 0; i < n; i++)
-      d[i] += a * s[i];
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
+                                                                      i < n; i++) d[i] +=
+        a * s[i];
   });
   return 0;
 }
@@ -88,9 +88,9 @@ int tg__scale_(tg_tensor *dst, double alpha) {
   TG_DISPATCH_FLOAT(dst->dtype, T, {
     T *d = tg__data(dst);
     T a = (T)alpha;
-_Pragma("omp parallel for simd num_threads(tg__threads(n))")
-    for (int64_t i = 0; i < n; i++)
-      d[i] *= a;
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
+                                                                      i < n; i++) d[i] *=
+        a;
   });
   return 0;
 }
@@ -100,9 +100,12 @@ double tg__sumsq(const tg_tensor *t) {
   int64_t n = t->numel;
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *d = tg__data(t);
-_Pragma("omp parallel for reduction(+ : acc) num_threads(tg__threads(n))")
-    for (int64_t i = 0; i < n; i++)
-      acc += (double)d[i] * (double)d[i];
+    _Pragma(
+        "omp parallel for reduction(+ : acc) num_threads(tg__threads(n))") for (int64_t
+                                                                                    i = 0;
+                                                                                i < n;
+                                                                                i++)
+        acc += (double)d[i] * (double)d[i];
   });
   return acc;
 }

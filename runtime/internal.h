@@ -10,7 +10,7 @@ typedef struct tg_node tg_node;
 typedef struct tg_scope tg_scope;
 
 typedef struct {
-  int refcount;
+  _Atomic int refcount; /* atomic: tensors may be read by several threads at once */
   void *data;
   size_t bytes;
   tg_device device;
@@ -18,7 +18,7 @@ typedef struct {
 
 /* All tensors are contiguous and row-major; views (reshape, detach) share storage. */
 struct tg_tensor {
-  int refcount;
+  _Atomic int refcount;
   tg_dtype dtype;
   tg_device device;
   int ndim;
@@ -26,9 +26,9 @@ struct tg_tensor {
   int64_t numel;
   tg_storage *storage;
   bool requires_grad;
-  tg_tensor *grad;   /* accumulated gradient of a leaf (owned) */
-  tg_node *grad_fn;  /* producing node (owned reference); NULL for leaves */
-  tg_scope *scope;   /* scope holding one reference, or NULL */
+  tg_tensor *grad;  /* accumulated gradient of a leaf (owned) */
+  tg_node *grad_fn; /* producing node (owned reference); NULL for leaves */
+  tg_scope *scope;  /* scope holding one reference, or NULL */
   int64_t scope_slot;
   tg_tensor *bwd_grad; /* scratch used while backward runs */
 };
@@ -71,15 +71,15 @@ void tg__set(tg_tensor *t, int64_t i, double v);
 
 /* ---- dtype dispatch: runs the body with T bound to float or double. ----
  *   TG_DISPATCH_FLOAT(t->dtype, T, { T *x = tg__data(t); ... });            */
-#define TG_DISPATCH_FLOAT(dtype, T, ...)                                       \
-  do {                                                                         \
-    if ((dtype) == TG_F32) {                                                   \
-      typedef float T;                                                         \
-      __VA_ARGS__                                                              \
-    } else {                                                                   \
-      typedef double T;                                                        \
-      __VA_ARGS__                                                              \
-    }                                                                          \
+#define TG_DISPATCH_FLOAT(dtype, T, ...)                                                 \
+  do {                                                                                   \
+    if ((dtype) == TG_F32) {                                                             \
+      typedef float T;                                                                   \
+      __VA_ARGS__                                                                        \
+    } else {                                                                             \
+      typedef double T;                                                                  \
+      __VA_ARGS__                                                                        \
+    }                                                                                    \
   } while (0)
 
 /* ---- broadcasting ---- */

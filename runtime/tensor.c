@@ -146,8 +146,8 @@ int tg__check_shape(const int64_t *shape, int ndim, tg_dtype dtype, const char *
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
       char buf[TG_SHAPE_STR_LEN];
-      return tg__error("%s: negative dimension %lld in shape %s", op,
-                       (long long)shape[i], tg__shape_fmt(shape, ndim, buf, sizeof buf));
+      return tg__error("%s: negative dimension %lld in shape %s", op, (long long)shape[i],
+                       tg__shape_fmt(shape, ndim, buf, sizeof buf));
     }
     if (shape[i] > 0 && numel > INT64_MAX / shape[i]) {
       char buf[TG_SHAPE_STR_LEN];
@@ -307,8 +307,8 @@ int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_
       return tg__error("%s: expected all tensors to be on the same device, but found "
                        "at least two devices, %s:%d and %s:%d",
                        op, first->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
-                       first->device.index, t->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
-                       t->device.index);
+                       first->device.index,
+                       t->device.type == TG_DEVICE_CPU ? "cpu" : "cuda", t->device.index);
   }
   return 0;
 }
@@ -537,8 +537,8 @@ int tg_copy_(tg_tensor *dst, const tg_tensor *src) {
   size_t bytes = (size_t)src->numel * tg_dtype_size(src->dtype);
   if (!bytes || dst->storage->data == src->storage->data)
     return 0;
-  return tg__cuda_memcpy(dst->storage->data, dst->device, src->storage->data,
-                         src->device, bytes);
+  return tg__cuda_memcpy(dst->storage->data, dst->device, src->storage->data, src->device,
+                         bytes);
 }
 
 double tg_item(const tg_tensor *t) {
@@ -677,7 +677,8 @@ void tg_tensor_print(const tg_tensor *t, FILE *out) {
     return;
   }
   char buf[TG_SHAPE_STR_LEN];
-  fprintf(out, "tensor(%s %s%s", tg_dtype_name(t->dtype), tg_shape_str(t, buf, sizeof buf),
+  fprintf(out, "tensor(%s %s%s", tg_dtype_name(t->dtype),
+          tg_shape_str(t, buf, sizeof buf),
           t->device.type == TG_DEVICE_CUDA ? " cuda" : "");
   if (t->requires_grad)
     fprintf(out, ", requires_grad");

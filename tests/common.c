@@ -130,7 +130,8 @@ int ref_has(ref_file *f, const char *case_name, const char *label) {
   return find(f, case_name, label) != NULL;
 }
 
-tg_tensor *ref_get(ref_file *f, const char *case_name, const char *label, tg_dtype dtype) {
+tg_tensor *ref_get(ref_file *f, const char *case_name, const char *label,
+                   tg_dtype dtype) {
   ref_tensor *r = find(f, case_name, label);
   if (!r)
     fail_msg("reference %s/%s not found", case_name, label);

@@ -31,18 +31,18 @@ const char *ref_case_name(ref_file *f, int i);
  * and the shapes agree. */
 void assert_close_impl(const tg_tensor *a, const tg_tensor *b, double atol, double rtol,
                        const char *what, const char *file, int line);
-#define assert_close(a, b, atol, rtol)                                         \
+#define assert_close(a, b, atol, rtol)                                                   \
   assert_close_impl((a), (b), (atol), (rtol), #a " vs " #b, __FILE__, __LINE__)
 /* Fails unless the call returned NULL/negative and tg_last_error() contains every
  * fragment given (NULL-terminated). Clears the error afterwards. */
 void assert_error_impl(int failed, const char *file, int line, ...);
-#define assert_error(failed, ...)                                              \
+#define assert_error(failed, ...)                                                        \
   assert_error_impl((failed), __FILE__, __LINE__, __VA_ARGS__, (const char *)NULL)
 /* Fails the test with tg_last_error() when cond is false. */
-#define assert_ok(cond)                                                        \
-  do {                                                                         \
-    if (!(cond))                                                               \
-      fail_msg("%s failed: %s", #cond, tg_last_error());                       \
+#define assert_ok(cond)                                                                  \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
+      fail_msg("%s failed: %s", #cond, tg_last_error());                                 \
   } while (0)
 
 /* ---- inputs ---- */

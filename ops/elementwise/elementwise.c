@@ -10,12 +10,12 @@
 typedef enum { B_ADD, B_SUB, B_MUL, B_DIV } binary_kind;
 static const char *const binary_names[] = {"tg_add", "tg_sub", "tg_mul", "tg_div"};
 
-#define BINARY_LOOP(K, EXPR)                                                   \
-  case K:                                                                      \
-    for (int64_t j = 0; j < inner; j++) {                                      \
-      T x = pa[j * sa], y = pb[j * sb];                                        \
-      po[j] = EXPR;                                                            \
-    }                                                                          \
+#define BINARY_LOOP(K, EXPR)                                                             \
+  case K:                                                                                \
+    for (int64_t j = 0; j < inner; j++) {                                                \
+      T x = pa[j * sa], y = pb[j * sb];                                                  \
+      po[j] = EXPR;                                                                      \
+    }                                                                                    \
     break;
 
 /* out = a (op) b over the broadcast shape of out: rows of the last dim, each row's
@@ -37,8 +37,8 @@ static void binary_kernel(binary_kind kind, const tg_tensor *a, const tg_tensor 
   TG_DISPATCH_FLOAT(out->dtype, T, {
     const T *A = tg__data(a), *B = tg__data(b);
     T *O = tg__data(out);
-_Pragma("omp parallel for num_threads(tg__threads(out->numel))")
-    for (int64_t r = 0; r < rows; r++) {
+    _Pragma("omp parallel for num_threads(tg__threads(out->numel))") for (int64_t r = 0;
+                                                                          r < rows; r++) {
       int64_t oa = 0, ob = 0, rem = r;
       for (int d = nd - 2; d >= 0; d--) {
         int64_t idx = rem % out->shape[d];
@@ -145,8 +145,8 @@ typedef enum {
 } unary_kind;
 
 static const char *const unary_names[] = {
-    "tg_neg",  "tg_exp",     "tg_log",        "tg_sqrt", "tg_abs",
-    "tg_relu", "tg_leaky_relu", "tg_sigmoid", "tg_tanh", "tg_gelu",
+    "tg_neg",        "tg_exp",        "tg_log",     "tg_sqrt", "tg_abs",
+    "tg_relu",       "tg_leaky_relu", "tg_sigmoid", "tg_tanh", "tg_gelu",
     "tg_add_scalar", "tg_mul_scalar", "tg_pow"};
 
 typedef struct {
@@ -154,13 +154,13 @@ typedef struct {
   double param;
 } unary_ctx;
 
-#define UNARY_LOOP(K, EXPR)                                                    \
-  case K:                                                                      \
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (         \
-        int64_t i = 0; i < n; i++) {                                           \
-      T x = X[i];                                                              \
-      Y[i] = EXPR;                                                             \
-    }                                                                          \
+#define UNARY_LOOP(K, EXPR)                                                              \
+  case K:                                                                                \
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;     \
+                                                                      i < n; i++) {      \
+      T x = X[i];                                                                        \
+      Y[i] = EXPR;                                                                       \
+    }                                                                                    \
     break;
 
 static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
@@ -189,15 +189,15 @@ static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
   });
 }
 
-#define UNARY_GRAD(K, EXPR)                                                    \
-  case K:                                                                      \
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (         \
-        int64_t i = 0; i < n; i++) {                                           \
-      T x = X[i], y = Y[i], g = G[i];                                          \
-      (void)x;                                                                 \
-      (void)y;                                                                 \
-      D[i] = EXPR;                                                             \
-    }                                                                          \
+#define UNARY_GRAD(K, EXPR)                                                              \
+  case K:                                                                                \
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;     \
+                                                                      i < n; i++) {      \
+      T x = X[i], y = Y[i], g = G[i];                                                    \
+      (void)x;                                                                           \
+      (void)y;                                                                           \
+      D[i] = EXPR;                                                                       \
+    }                                                                                    \
     break;
 
 /* dx = g * f'(x), with y = f(x) at hand for the ops whose derivative uses it. */
@@ -223,8 +223,9 @@ static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
       UNARY_GRAD(U_LEAKY_RELU, x > 0 ? g : g * p)
       UNARY_GRAD(U_SIGMOID, g * y * ((T)1 - y))
       UNARY_GRAD(U_TANH, g * ((T)1 - y * y))
-      UNARY_GRAD(U_GELU, g * ((T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2)) +
-                              x * exp((T)-0.5 * x * x) * (T)(0.5 * M_2_SQRTPI * M_SQRT1_2)))
+      UNARY_GRAD(U_GELU,
+                 g * ((T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2)) +
+                      x * exp((T)-0.5 * x * x) * (T)(0.5 * M_2_SQRTPI * M_SQRT1_2)))
       UNARY_GRAD(U_ADD_S, g)
       UNARY_GRAD(U_MUL_S, g * p)
       UNARY_GRAD(U_POW, p == 0 ? (T)0 : g * p * pow(x, p - (T)1))

@@ -62,8 +62,8 @@ static void sum_kernel(const tg_tensor *x, const reduce_plan *p, tg_tensor *out)
     T *O = tg__data(out);
     if (trailing) {
       int64_t r = n_out ? n_in / n_out : 0;
-_Pragma("omp parallel for num_threads(tg__threads(n_in))")
-      for (int64_t o = 0; o < n_out; o++) {
+      _Pragma("omp parallel for num_threads(tg__threads(n_in))") for (int64_t o = 0;
+                                                                      o < n_out; o++) {
         double acc = 0;
         const T *row = X + o * r;
         for (int64_t j = 0; j < r; j++)
@@ -198,8 +198,8 @@ static int max_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   return 0;
 }
 
-static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim,
-                           tg_tensor **indices, bool want_values, const char *op) {
+static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices,
+                           bool want_values, const char *op) {
   if (indices)
     *indices = NULL;
   if (!tg__nonnull(t, op, "input"))
@@ -243,21 +243,25 @@ static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim,
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *X = tg__data(t);
     T *V = val ? tg__data(val) : NULL;
-_Pragma("omp parallel for num_threads(tg__threads(t->numel))")
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t k = 0; k < inner; k++) {
-        const T *p = X + o * r * inner + k;
-        int64_t best = 0;
-        T bv = p[0];
-        for (int64_t j = 1; j < r && !isnan(bv); j++)
-          if (p[j * inner] > bv || isnan(p[j * inner])) {
-            bv = p[j * inner];
-            best = j;
-          }
-        I[o * inner + k] = best;
-        if (V)
-          V[o * inner + k] = bv;
-      }
+    _Pragma(
+        "omp parallel for num_threads(tg__threads(t->numel))") for (int64_t o = 0;
+                                                                    o < outer;
+                                                                    o++) for (int64_t k =
+                                                                                  0;
+                                                                              k < inner;
+                                                                              k++) {
+      const T *p = X + o * r * inner + k;
+      int64_t best = 0;
+      T bv = p[0];
+      for (int64_t j = 1; j < r && !isnan(bv); j++)
+        if (p[j * inner] > bv || isnan(p[j * inner])) {
+          bv = p[j * inner];
+          best = j;
+        }
+      I[o * inner + k] = best;
+      if (V)
+        V[o * inner + k] = bv;
+    }
   });
   if (!want_values)
     return idx;

@@ -145,8 +145,8 @@ static void permute_kernel(const tg_tensor *x, const int *perm, tg_tensor *out) 
   int64_t inner = nd ? out->shape[nd - 1] : 1;
   int64_t rows = inner ? out->numel / inner : 0;
   int64_t istride = nd ? ostr[nd - 1] : 1;
-_Pragma("omp parallel for num_threads(tg__threads(out->numel))")
-  for (int64_t r = 0; r < rows; r++) {
+  _Pragma("omp parallel for num_threads(tg__threads(out->numel))") for (int64_t r = 0;
+                                                                        r < rows; r++) {
     int64_t off = 0, rem = r;
     for (int d = nd - 2; d >= 0; d--) {
       off += (rem % out->shape[d]) * ostr[d];

@@ -44,5 +44,5 @@ class RefWriter:
 
 def leaf(*shape, gen, scale=1.0, offset=0.0):
     """A float64 leaf drawn from a seeded generator."""
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+    return (torch.randn(tuple(shape), generator=gen, dtype=torch.float64) * scale
             + offset).requires_grad_(True)
