@@ -236,21 +236,29 @@ tg_tensor *tg_max_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **ind
 tg_tensor *tg_argmax(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
 
 /* ---------------------------------------------------------------- matmul -- */
-/* 2-D [m,k]x[k,n], or batched [...,m,k]x[...,k,n] with broadcast batch dims. */
+/* 2-D [m,k]x[k,n], or batched [...,m,k]x[...,k,n] with broadcast batch dims. A 1-D
+ * operand acts as a row (a) or column (b) vector whose dim is dropped from the result,
+ * as torch.matmul. */
 tg_tensor *tg_matmul(const tg_tensor *a, const tg_tensor *b);
-/* x [..., in] times weight [out, in] transposed, plus bias [out] (bias may be NULL). */
+/* x [..., in] times weight [out, in] transposed, plus bias [out] (bias may be NULL):
+ * one GEMM, -> [..., out]. */
 tg_tensor *tg_linear(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias);
 
 /* ------------------------------------------------------ softmax & losses -- */
+/* Over any dim (negative counts from the end); max-subtracted, so huge logits stay
+ * finite. */
 tg_tensor *tg_softmax(const tg_tensor *t, int dim);
 tg_tensor *tg_log_softmax(const tg_tensor *t, int dim);
-/* input [N, C] or [N, C, d1, ...] logits; target TG_I64 [N] or [N, d1, ...] class
- * indices. Targets equal to ignore_index (PyTorch default -100) are skipped; the mean
- * divides by the number of targets not ignored. */
+/* Losses return the target's shape for TG_REDUCTION_NONE, else a 0-dim tensor.
+ * input [N, C] or [N, C, d1, ...] logits (or [C] with a 0-dim target); target TG_I64
+ * [N] or [N, d1, ...] class indices in [0, C). Targets equal to ignore_index (PyTorch
+ * default -100) are skipped; the mean divides by the number of targets not ignored
+ * (NaN when all are). */
 tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
                             tg_reduction reduction, int64_t ignore_index);
 tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
                        tg_reduction reduction, int64_t ignore_index);
+/* input and target of the same shape; both get gradients when they require them. */
 tg_tensor *tg_mse_loss(const tg_tensor *input, const tg_tensor *target,
                        tg_reduction reduction);
 tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
@@ -258,18 +266,21 @@ tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
                                                tg_reduction reduction);
 
 /* ------------------------------------------------------------ GroupNorm -- */
-/* x [N, C, *]; weight/bias [C] or NULL; C % num_groups == 0; biased variance. */
+/* x [N, C, *] (any number of trailing dims, none included); weight/bias [C] or NULL;
+ * C % num_groups == 0; biased variance, eps > 0 inside the sqrt. New reference. */
 tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups,
                          const tg_tensor *weight, const tg_tensor *bias, double eps);
 
 /* ------------------------------------------------------- other norms -------- */
 /* x [N, C, *]. In training, batch statistics normalize and the running stats (may be
- * NULL) are updated in place with momentum (unbiased variance), as PyTorch does. */
+ * NULL, both or neither) are updated in place with momentum (unbiased variance), as
+ * PyTorch does; evaluation needs them. Running stats get no gradient. New reference. */
 tg_tensor *tg_batch_norm(const tg_tensor *x, const tg_tensor *weight,
                          const tg_tensor *bias, tg_tensor *running_mean,
                          tg_tensor *running_var, bool training, double momentum,
                          double eps);
-/* Normalizes over the trailing n_norm dims whose sizes are normalized_shape. */
+/* Normalizes over the trailing n_norm dims whose sizes are normalized_shape; weight
+ * and bias (each may be NULL) have that shape. New reference. */
 tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape,
                          int n_norm, const tg_tensor *weight, const tg_tensor *bias,
                          double eps);
@@ -405,6 +416,9 @@ typedef struct {
   tg_init ws_init, bs_init;
 } tg_batch_norm_config;
 tg_batch_norm_config tg_batch_norm_config_default(void); /* 1e-5, 0.1, true, 1, 0 */
+/* Variables as in PyTorch's state_dict: weight, bias (when affine), and frozen
+ * running_mean, running_var and num_batches_tracked (int64 scalar, counts training
+ * forwards), so PyTorch checkpoints load by name. */
 tg_module *tg_nn_batch_norm2d(tg_path *path, int64_t num_features,
                               tg_batch_norm_config config);
 
