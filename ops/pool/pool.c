@@ -1,0 +1,537 @@
+/* Pooling and resampling on [N, C, H, W]: max/avg pooling, adaptive average pooling,
+ * nearest and bilinear upsampling. Every op works plane by plane (one image channel),
+ * planes in parallel; each backward scatters the output gradient back along the same
+ * windows or source indices, PyTorch's formulas throughout. */
+#include "graph/internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  int64_t kh, kw, sh, sw, ph, pw;
+} window;
+
+static int check_input(const char *op, const tg_tensor *x) {
+  if (!tg__nonnull(x, op, "input") || tg__check_same(op, 1, &x, true) < 0)
+    return -1;
+  if (x->ndim != 4) {
+    char s[TG_SHAPE_STR_LEN];
+    return tg__error("%s: expected a 4D (batch mode) tensor [N, C, H, W] for input, but "
+                     "got input of size %s",
+                     op, tg_shape_str(x, s, sizeof s));
+  }
+  return 0;
+}
+
+static tg_tensor *new_output(const char *op, const tg_tensor *x, int64_t oh, int64_t ow) {
+  if (x->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(op, x), NULL;
+  int64_t shape[4] = {x->shape[0], x->shape[1], oh, ow};
+  return tg__new(shape, 4, x->dtype, x->device);
+}
+
+static int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+/* PyTorch's pool2d_shape_check (dilation 1, ceil_mode false). */
+static int window_check(const char *op, const tg_tensor *x, const int64_t kernel[2],
+                        const int64_t stride[2], const int64_t padding[2], window *w,
+                        int64_t *oh, int64_t *ow) {
+  if (check_input(op, x) < 0)
+    return -1;
+  if (!kernel)
+    return tg__error("%s: argument 'kernel' is NULL", op);
+  *w = (window){kernel[0],
+                kernel[1],
+                stride ? stride[0] : kernel[0],
+                stride ? stride[1] : kernel[1],
+                padding ? padding[0] : 0,
+                padding ? padding[1] : 0};
+  if (w->kh <= 0 || w->kw <= 0)
+    return tg__error("%s: kernel size should be greater than zero, but got kH: %lld kW: "
+                     "%lld",
+                     op, (long long)w->kh, (long long)w->kw);
+  if (w->sh <= 0 || w->sw <= 0)
+    return tg__error("%s: stride should be greater than zero, but got dH: %lld dW: %lld",
+                     op, (long long)w->sh, (long long)w->sw);
+  if (w->ph < 0 || w->pw < 0)
+    return tg__error("%s: pad must be non-negative, but got padH: %lld padW: %lld", op,
+                     (long long)w->ph, (long long)w->pw);
+  if (w->kw / 2 < w->pw || w->kh / 2 < w->ph)
+    return tg__error(
+        "%s: pad should be smaller than or equal to half of kernel size, but "
+        "got padW = %lld, padH = %lld, kW = %lld, kH = %lld",
+        op, (long long)w->pw, (long long)w->ph, (long long)w->kw, (long long)w->kh);
+  const int64_t *s = x->shape;
+  *oh = floor_div(s[2] + 2 * w->ph - w->kh, w->sh) + 1;
+  *ow = floor_div(s[3] + 2 * w->pw - w->kw, w->sw) + 1;
+  if (*oh < 1 || *ow < 1)
+    return tg__error("%s: Given input size: (%lldx%lldx%lld). Calculated output size: "
+                     "(%lldx%lldx%lld). Output size is too small",
+                     op, (long long)s[1], (long long)s[2], (long long)s[3],
+                     (long long)s[1], (long long)*oh, (long long)*ow);
+  return 0;
+}
+
+/* One job over all planes (n, c): input planes [h, w], output planes [oh, ow]. In a
+ * backward, src is the output gradient and dst the input gradient. */
+typedef struct {
+  tg_dtype dtype;
+  int64_t h, w, oh, ow;
+  window win;
+  const void *src;
+  void *dst;
+  int64_t *idx;
+  const struct linear_tap *xtaps; /* bilinear: the taps of every output column */
+} plane_job;
+
+typedef void (*plane_fn)(const plane_job *job, int64_t p);
+
+static plane_job job_of(const tg_tensor *x, const tg_tensor *y, const void *src,
+                        void *dst) {
+  return (plane_job){.dtype = x->dtype,
+                     .h = x->shape[2],
+                     .w = x->shape[3],
+                     .oh = y->shape[2],
+                     .ow = y->shape[3],
+                     .src = src,
+                     .dst = dst};
+}
+
+/* Planes in parallel; `cost` is the work per output element. */
+static void for_each_plane(plane_fn fn, const plane_job *job, int64_t planes,
+                           int64_t cost) {
+#pragma omp parallel for num_threads(tg__threads(planes * job->oh * job->ow * cost))
+  for (int64_t p = 0; p < planes; p++)
+    fn(job, p);
+}
+
+static int64_t planes_of(const tg_tensor *x) { return x->shape[0] * x->shape[1]; }
+
+/* ------------------------------------------------------------ max pool -- */
+
+/* out = max over the window clipped to the image; idx = its flat index in the plane
+ * (the first maximum, or a NaN, as PyTorch). idx may be NULL. */
+static void max_pool_plane(const plane_job *j, int64_t p) {
+  const window *w = &j->win;
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * j->h * j->w;
+    T *out = (T *)j->dst + p * j->oh * j->ow;
+    int64_t *idx = j->idx ? j->idx + p * j->oh * j->ow : NULL;
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      int64_t y0 = oy * w->sh - w->ph, y1 = y0 + w->kh < j->h ? y0 + w->kh : j->h;
+      y0 = y0 > 0 ? y0 : 0;
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        int64_t x0 = ox * w->sw - w->pw, x1 = x0 + w->kw < j->w ? x0 + w->kw : j->w;
+        x0 = x0 > 0 ? x0 : 0;
+        int64_t best = y0 * j->w + x0;
+        T m = -INFINITY;
+        for (int64_t y = y0; y < y1; y++)
+          for (int64_t x = x0; x < x1; x++) {
+            T v = src[y * j->w + x];
+            if (v > m || isnan(v)) {
+              m = v;
+              best = y * j->w + x;
+            }
+          }
+        out[oy * j->ow + ox] = m;
+        if (idx)
+          idx[oy * j->ow + ox] = best;
+      }
+    }
+  });
+}
+
+/* dx[plane][idx] += g: every output routes its gradient to its argmax. */
+static void max_unpool_plane(const plane_job *j, int64_t p) {
+  const int64_t n = j->oh * j->ow;
+  const int64_t *idx = j->idx + p * n;
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *g = (const T *)j->src + p * n;
+    T *dx = (T *)j->dst + p * j->h * j->w;
+    for (int64_t k = 0; k < n; k++)
+      dx[idx[k]] += g[k];
+  });
+}
+
+static int max_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
+  job.idx = tg__data(node->saved[0]);
+  for_each_plane(max_unpool_plane, &job, planes_of(x), 1);
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
+                         const int64_t stride[2], const int64_t padding[2]) {
+  const char *op = "tg_max_pool2d";
+  window w;
+  int64_t oh, ow;
+  if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
+    return NULL;
+  tg_tensor *out = new_output(op, x, oh, ow), *idx = NULL;
+  if (!out)
+    return NULL;
+  if (tg__should_record(1, &x) && !(idx = tg__new(out->shape, 4, TG_I64, x->device))) {
+    tg_tensor_free(out);
+    return NULL;
+  }
+  plane_job job = job_of(x, out, tg__data(x), tg__data(out));
+  job.win = w;
+  job.idx = idx ? tg__data(idx) : NULL;
+  for_each_plane(max_pool_plane, &job, planes_of(x), w.kh * w.kw);
+  tg_node *node;
+  out = tg__finish(op, out, 1, &x, max_pool_backward, &node);
+  if (node)
+    tg__save(node, idx);
+  tg_tensor_free(idx);
+  return out;
+}
+
+/* ------------------------------------------------------------ avg pool -- */
+
+/* Output (oy, ox) averages the window clipped to the image, dividing by the window
+ * clipped to the padded image (count_include_pad), as PyTorch. */
+typedef struct {
+  int64_t y0, y1, x0, x1;
+  double count;
+} avg_window;
+
+static avg_window avg_window_at(const plane_job *j, int64_t oy, int64_t ox) {
+  const window *w = &j->win;
+  int64_t y0 = oy * w->sh - w->ph, x0 = ox * w->sw - w->pw;
+  int64_t y1 = y0 + w->kh < j->h + w->ph ? y0 + w->kh : j->h + w->ph;
+  int64_t x1 = x0 + w->kw < j->w + w->pw ? x0 + w->kw : j->w + w->pw;
+  avg_window a = {y0 > 0 ? y0 : 0, y1 < j->h ? y1 : j->h, x0 > 0 ? x0 : 0,
+                  x1 < j->w ? x1 : j->w, (double)((y1 - y0) * (x1 - x0))};
+  return a;
+}
+
+static void avg_pool_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * j->h * j->w;
+    T *out = (T *)j->dst + p * j->oh * j->ow;
+    for (int64_t oy = 0; oy < j->oh; oy++)
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        avg_window a = avg_window_at(j, oy, ox);
+        double acc = 0;
+        for (int64_t y = a.y0; y < a.y1; y++)
+          for (int64_t x = a.x0; x < a.x1; x++)
+            acc += src[y * j->w + x];
+        out[oy * j->ow + ox] = (T)(acc / a.count);
+      }
+  });
+}
+
+static void avg_unpool_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *g = (const T *)j->src + p * j->oh * j->ow;
+    T *dx = (T *)j->dst + p * j->h * j->w;
+    for (int64_t oy = 0; oy < j->oh; oy++)
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        avg_window a = avg_window_at(j, oy, ox);
+        T share = (T)(g[oy * j->ow + ox] / a.count);
+        for (int64_t y = a.y0; y < a.y1; y++)
+          for (int64_t x = a.x0; x < a.x1; x++)
+            dx[y * j->w + x] += share;
+      }
+  });
+}
+
+static int avg_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
+  job.win = *(const window *)node->ctx;
+  for_each_plane(avg_unpool_plane, &job, planes_of(x), job.win.kh * job.win.kw);
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
+                         const int64_t stride[2], const int64_t padding[2]) {
+  const char *op = "tg_avg_pool2d";
+  window w;
+  int64_t oh, ow;
+  if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
+    return NULL;
+  tg_tensor *out = new_output(op, x, oh, ow);
+  if (!out)
+    return NULL;
+  plane_job job = job_of(x, out, tg__data(x), tg__data(out));
+  job.win = w;
+  for_each_plane(avg_pool_plane, &job, planes_of(x), w.kh * w.kw);
+  tg_node *node;
+  out = tg__finish(op, out, 1, &x, avg_pool_backward, &node);
+  if (node)
+    *(window *)tg__ctx(node, sizeof w) = w;
+  return out;
+}
+
+/* --------------------------------------------------- adaptive avg pool -- */
+
+/* Output o of `out` covers input [floor(o*in/out), ceil((o+1)*in/out)). */
+static int64_t adaptive_start(int64_t o, int64_t out, int64_t in) {
+  return (o / out) * in + ((o % out) * in) / out;
+}
+static int64_t adaptive_end(int64_t o, int64_t out, int64_t in) {
+  return 1 + ((o + 1) * in - 1) / out;
+}
+
+/* backward = false: out = mean of the window; true: dx[window] += g / size. */
+static void adaptive_plane(const plane_job *j, int64_t p, bool backward) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
+    T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      int64_t y0 = adaptive_start(oy, j->oh, j->h), y1 = adaptive_end(oy, j->oh, j->h);
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        int64_t x0 = adaptive_start(ox, j->ow, j->w), x1 = adaptive_end(ox, j->ow, j->w);
+        double size = (double)((y1 - y0) * (x1 - x0));
+        if (backward) {
+          T share = (T)(src[oy * j->ow + ox] / size);
+          for (int64_t y = y0; y < y1; y++)
+            for (int64_t x = x0; x < x1; x++)
+              dst[y * j->w + x] += share;
+        } else {
+          double acc = 0;
+          for (int64_t y = y0; y < y1; y++)
+            for (int64_t x = x0; x < x1; x++)
+              acc += src[y * j->w + x];
+          dst[oy * j->ow + ox] = (T)(acc / size);
+        }
+      }
+    }
+  });
+}
+
+static void adaptive_fwd_plane(const plane_job *j, int64_t p) {
+  adaptive_plane(j, p, false);
+}
+static void adaptive_bwd_plane(const plane_job *j, int64_t p) {
+  adaptive_plane(j, p, true);
+}
+
+/* Work per output: about the input elements each window covers. */
+static int64_t adaptive_cost(const plane_job *j) {
+  return (j->h / (j->oh ? j->oh : 1) + 1) * (j->w / (j->ow ? j->ow : 1) + 1);
+}
+
+static int adaptive_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
+  for_each_plane(adaptive_bwd_plane, &job, planes_of(x), adaptive_cost(&job));
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[2]) {
+  const char *op = "tg_adaptive_avg_pool2d";
+  if (check_input(op, x) < 0)
+    return NULL;
+  if (!output_size)
+    return tg__error("%s: argument 'output_size' is NULL", op), NULL;
+  char s[TG_SHAPE_STR_LEN];
+  if (output_size[0] < 0 || output_size[1] < 0)
+    return tg__error("%s: elements of output_size must be greater than or equal to 0 but "
+                     "received {%lld, %lld}",
+                     op, (long long)output_size[0], (long long)output_size[1]),
+           NULL;
+  for (int d = 2; d < 4; d++)
+    if (x->shape[d] == 0)
+      return tg__error("%s: Expected input to have non-zero size for non-batch "
+                       "dimensions, but input has sizes %s with dimension %d being empty",
+                       op, tg_shape_str(x, s, sizeof s), d),
+             NULL;
+  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
+  if (!out)
+    return NULL;
+  plane_job job = job_of(x, out, tg__data(x), tg__data(out));
+  for_each_plane(adaptive_fwd_plane, &job, planes_of(x), adaptive_cost(&job));
+  return tg__finish(op, out, 1, &x, adaptive_backward, NULL);
+}
+
+/* ------------------------------------------------------------ upsample -- */
+
+static int check_upsample(const char *op, const tg_tensor *x, const int64_t size[2]) {
+  if (check_input(op, x) < 0)
+    return -1;
+  if (!size)
+    return tg__error("%s: argument 'output_size' is NULL", op);
+  if (x->shape[2] <= 0 || x->shape[3] <= 0 || size[0] <= 0 || size[1] <= 0)
+    return tg__error("%s: Input and output sizes should be greater than 0, but got input "
+                     "(H: %lld, W: %lld) output (H: %lld, W: %lld)",
+                     op, (long long)x->shape[2], (long long)x->shape[3],
+                     (long long)size[0], (long long)size[1]);
+  return 0;
+}
+
+/* PyTorch's nearest source index: floor(dst * (float)in/out), in float arithmetic. */
+static int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
+  if (out == in)
+    return dst;
+  if (out == 2 * in)
+    return dst >> 1;
+  float scale = (float)in / (float)out;
+  int64_t s = (int64_t)floorf((float)dst * scale);
+  return s < in - 1 ? s : in - 1;
+}
+
+/* backward = false: out[dst] = x[src]; true: dx[src] += g[dst]. */
+static void nearest_plane(const plane_job *j, int64_t p, bool backward) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
+    T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      const int64_t row = nearest_src(oy, j->h, j->oh) * j->w;
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        int64_t s = row + nearest_src(ox, j->w, j->ow), d = oy * j->ow + ox;
+        if (backward)
+          dst[s] += src[d];
+        else
+          dst[d] = src[s];
+      }
+    }
+  });
+}
+
+static void nearest_fwd_plane(const plane_job *j, int64_t p) {
+  nearest_plane(j, p, false);
+}
+static void nearest_bwd_plane(const plane_job *j, int64_t p) {
+  nearest_plane(j, p, true);
+}
+
+static int nearest_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
+  for_each_plane(nearest_bwd_plane, &job, planes_of(x), 1);
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]) {
+  const char *op = "tg_upsample_nearest2d";
+  if (check_upsample(op, x, output_size) < 0)
+    return NULL;
+  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
+  if (!out)
+    return NULL;
+  plane_job job = job_of(x, out, tg__data(x), tg__data(out));
+  for_each_plane(nearest_fwd_plane, &job, planes_of(x), 1);
+  return tg__finish(op, out, 1, &x, nearest_backward, NULL);
+}
+
+/* Bilinear, align_corners = false: output o maps to src = (o + 0.5) * in/out - 0.5,
+ * clamped at 0, between pixels i0 = floor(src) and i1 = min(i0 + 1, in - 1) with
+ * weights l0 = 1 - l1, l1 = src - i0. In the tensor's dtype, as PyTorch. */
+typedef struct linear_tap {
+  int64_t i0, i1;
+  double l0, l1;
+} linear_tap;
+
+static linear_tap linear_tap_at(tg_dtype dtype, int64_t o, int64_t in, int64_t out) {
+  linear_tap t = {o, o, 1, 0};
+  if (in == out)
+    return t;
+  TG_DISPATCH_FLOAT(dtype, T, {
+    T src = (T)in / (T)out * ((T)o + (T)0.5) - (T)0.5;
+    src = src < 0 ? (T)0 : src;
+    t.i0 = (int64_t)src;
+    t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
+    T l1 = src - (T)t.i0;
+    l1 = l1 < 0 ? (T)0 : l1 > 1 ? (T)1 : l1;
+    t.l1 = l1;
+    t.l0 = (T)1 - l1;
+  });
+  return t;
+}
+
+/* backward = false: out = the bilinear blend of x; true: dx gets g times each weight. */
+static void bilinear_plane(const plane_job *j, int64_t p, bool backward) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
+    T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      linear_tap ty = linear_tap_at(j->dtype, oy, j->h, j->oh);
+      const int64_t r0 = ty.i0 * j->w, r1 = ty.i1 * j->w;
+      const T ly0 = (T)ty.l0, ly1 = (T)ty.l1;
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        const linear_tap tx = j->xtaps[ox];
+        const T lx0 = (T)tx.l0, lx1 = (T)tx.l1;
+        const int64_t d = oy * j->ow + ox;
+        if (backward) {
+          T g = src[d];
+          dst[r0 + tx.i0] += ly0 * lx0 * g;
+          dst[r0 + tx.i1] += ly0 * lx1 * g;
+          dst[r1 + tx.i0] += ly1 * lx0 * g;
+          dst[r1 + tx.i1] += ly1 * lx1 * g;
+        } else {
+          dst[d] = ly0 * (lx0 * src[r0 + tx.i0] + lx1 * src[r0 + tx.i1]) +
+                   ly1 * (lx0 * src[r1 + tx.i0] + lx1 * src[r1 + tx.i1]);
+        }
+      }
+    }
+  });
+}
+
+static void bilinear_fwd_plane(const plane_job *j, int64_t p) {
+  bilinear_plane(j, p, false);
+}
+static void bilinear_bwd_plane(const plane_job *j, int64_t p) {
+  bilinear_plane(j, p, true);
+}
+
+/* Runs one bilinear pass with the column taps computed once. */
+static int bilinear_run(plane_job *job, int64_t planes, bool backward) {
+  linear_tap *taps = malloc((size_t)job->ow * sizeof *taps);
+  if (!taps)
+    return tg__error("tg_upsample_bilinear2d: out of memory");
+  for (int64_t ox = 0; ox < job->ow; ox++)
+    taps[ox] = linear_tap_at(job->dtype, ox, job->w, job->ow);
+  job->xtaps = taps;
+  for_each_plane(backward ? bilinear_bwd_plane : bilinear_fwd_plane, job, planes, 4);
+  free(taps);
+  return 0;
+}
+
+static int bilinear_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
+  if (bilinear_run(&job, planes_of(x), true) < 0)
+    return -1;
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]) {
+  const char *op = "tg_upsample_bilinear2d";
+  if (check_upsample(op, x, output_size) < 0)
+    return NULL;
+  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
+  if (!out)
+    return NULL;
+  plane_job job = job_of(x, out, tg__data(x), tg__data(out));
+  if (bilinear_run(&job, planes_of(x), false) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
+  return tg__finish(op, out, 1, &x, bilinear_backward, NULL);
+}
