@@ -1,0 +1,55 @@
+/* Internal API of nn/: the var store's layout, module plumbing and init helpers. */
+#ifndef TG_NN_INTERNAL_H
+#define TG_NN_INTERNAL_H
+
+#include "graph/internal.h"
+
+typedef struct {
+  char *name;     /* full name, as in a PyTorch state_dict: "enc.conv1.weight" */
+  tg_tensor *t;   /* owned reference, out of every scope */
+  bool trainable; /* a parameter (tg_path_var); false for buffers (running stats) */
+} tg__var;
+
+struct tg_path {
+  tg_varstore *vs;
+  char *prefix; /* "" for the root */
+};
+
+typedef tg_tensor *(*tg__module_forward_fn)(tg_module *m, const tg_tensor *x, bool train);
+
+/* Every layer embeds this as its first member. */
+struct tg_module {
+  const char *kind; /* static: "linear", "sequential"... */
+  const char *name; /* the path prefix it was created on (owned by its path) */
+  tg__module_forward_fn forward;
+  void (*release)(tg_module *m); /* frees what the layer allocated besides itself */
+};
+
+struct tg_varstore {
+  tg_device device;
+  tg_dtype dtype;
+  tg__var *vars; /* creation order; lookups are linear, fine for thousands */
+  int n_vars, cap_vars;
+  tg_path **paths;
+  int n_paths, cap_paths;
+  tg_module **modules;
+  int n_modules, cap_modules;
+};
+
+/* New variable of an explicit dtype (num_batches_tracked is int64 in PyTorch). */
+tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape,
+                           int ndim, tg_init init, tg_dtype dtype, bool trainable);
+/* fan_in of a weight shape as PyTorch computes it: shape[1] * prod(shape[2:]). */
+int64_t tg__fan_in(const int64_t *shape, int ndim);
+/* PyTorch's bias init for conv/linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the
+ * weight's fan_in when init is Kaiming uniform; any other init unchanged. */
+tg_init tg__bias_init(tg_init init, int64_t weight_fan_in);
+/* New tensor (recorded in the current scope) filled by init; `what` names it in
+ * error messages of `op`. Random inits draw on the host, then copy to device. */
+tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtype dtype,
+                           tg_device device, const char *what, const char *op);
+/* Hands m (malloc'ed, kind/forward set; NULL when that allocation failed) to vs,
+ * which frees it with m->release and free(). Returns m, or NULL (m freed). */
+tg_module *tg__module_register(tg_varstore *vs, tg_module *m, const char *op);
+
+#endif

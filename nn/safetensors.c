@@ -1,0 +1,908 @@
+/* safetensors checkpoints of a var store.
+ *
+ * Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
+ *   {"__metadata__": {str: str} (optional),
+ *    "<name>": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...}
+ * padded with spaces to a multiple of 8, then the little-endian data buffer, each
+ * tensor at [begin, end) of it. We write what the safetensors package writes, byte for
+ * byte: tensors ordered by dtype (I64, F64, F32: its enum order, descending) then by
+ * name, the header in that order, no metadata.
+ *
+ * Loading parses the header with a strict, schema-driven parser (no recursion, every
+ * read bounded by the header length), validates the whole file against itself and
+ * against the store, and only then writes into the variables: a bad file is an error
+ * that leaves the store as it was. */
+#include "nn/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_HEADER_BYTES (100u << 20) /* as safetensors' own limit */
+#define MAX_FILE_DIMS 64
+
+/* ---------------------------------------------------------------- dtypes -- */
+
+/* Every dtype safetensors names, with its element size; only three map to ours. */
+static const struct {
+  const char *name;
+  size_t size;
+} st_dtypes[] = {
+    {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
+    {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+    {"F32", 4},  {"F64", 8}, {"I64", 8}, {"U64", 8},     {"C64", 8},
+};
+#define N_ST_DTYPES ((int)(sizeof st_dtypes / sizeof st_dtypes[0]))
+
+static const char *st_name(tg_dtype d) {
+  return d == TG_F32 ? "F32" : d == TG_F64 ? "F64" : "I64";
+}
+
+static int st_lookup(const char *name) {
+  for (int i = 0; i < N_ST_DTYPES; i++)
+    if (!strcmp(st_dtypes[i].name, name))
+      return i;
+  return -1;
+}
+
+/* Position in safetensors' Dtype enum among the dtypes we write. */
+static int st_rank(tg_dtype d) { return d == TG_F32 ? 0 : d == TG_F64 ? 1 : 2; }
+
+static bool host_is_little_endian(void) {
+  const uint16_t one = 1;
+  return *(const uint8_t *)&one == 1;
+}
+
+/* Little-endian bytes <-> host order, in place (a no-op on little-endian hosts). */
+static void to_little_endian(void *data, size_t bytes, size_t elem) {
+  if (host_is_little_endian() || elem == 1)
+    return;
+  uint8_t *p = data;
+  for (size_t i = 0; i + elem <= bytes; i += elem)
+    for (size_t a = 0, b = elem - 1; a < b; a++, b--) {
+      uint8_t t = p[i + a];
+      p[i + a] = p[i + b];
+      p[i + b] = t;
+    }
+}
+
+/* UTF-8 as Rust's str::from_utf8 accepts it: no overlongs, surrogates or > U+10FFFF. */
+static bool valid_utf8(const uint8_t *s, size_t n, size_t *bad) {
+  size_t i = 0;
+  while (i < n) {
+    uint8_t c = s[i];
+    size_t len = c < 0x80         ? 1
+                 : (c >> 5) == 6  ? 2
+                 : (c >> 4) == 14 ? 3
+                 : (c >> 3) == 30 ? 4
+                                  : 0;
+    if (!len || i + len > n)
+      goto fail;
+    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80)
+        goto fail;
+      cp = cp << 6 | (s[i + k] & 0x3f);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      goto fail;
+    i += len;
+  }
+  return true;
+fail:
+  if (bad)
+    *bad = i;
+  return false;
+}
+
+/* ------------------------------------------------------------------ saving -- */
+
+typedef struct {
+  char *s;
+  size_t len, cap;
+  bool oom;
+} strbuf;
+
+static void sb_add(strbuf *b, const char *s, size_t n) {
+  if (b->oom)
+    return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *p = realloc(b->s, cap);
+    if (!p) {
+      b->oom = true;
+      return;
+    }
+    b->s = p;
+    b->cap = cap;
+  }
+  memcpy(b->s + b->len, s, n);
+  b->len += n;
+  b->s[b->len] = '\0';
+}
+
+static void sb_str(strbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+static void sb_fmt(strbuf *b, const char *fmt, long long v) {
+  char tmp[32];
+  int n = snprintf(tmp, sizeof tmp, fmt, v);
+  sb_add(b, tmp, (size_t)n);
+}
+
+/* A JSON string escaped as serde_json does (so our headers match safetensors'). */
+static void sb_json_string(strbuf *b, const char *s) {
+  sb_add(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    const char *esc = NULL;
+    char u[8];
+    switch (*p) {
+    case '"':
+      esc = "\\\"";
+      break;
+    case '\\':
+      esc = "\\\\";
+      break;
+    case '\b':
+      esc = "\\b";
+      break;
+    case '\f':
+      esc = "\\f";
+      break;
+    case '\n':
+      esc = "\\n";
+      break;
+    case '\r':
+      esc = "\\r";
+      break;
+    case '\t':
+      esc = "\\t";
+      break;
+    default:
+      if (*p < 0x20) {
+        snprintf(u, sizeof u, "\\u%04x", *p);
+        esc = u;
+      }
+    }
+    if (esc)
+      sb_str(b, esc);
+    else
+      sb_add(b, (const char *)p, 1);
+  }
+  sb_add(b, "\"", 1);
+}
+
+static int by_dtype_then_name(const void *pa, const void *pb) {
+  const tg__var *a = *(const tg__var *const *)pa, *b = *(const tg__var *const *)pb;
+  int ra = st_rank(a->t->dtype), rb = st_rank(b->t->dtype);
+  if (ra != rb)
+    return rb - ra;
+  return strcmp(a->name, b->name);
+}
+
+/* vs's variables in file order (a new array). */
+static const tg__var **file_order(const tg_varstore *vs) {
+  const tg__var **order =
+      malloc((size_t)(vs->n_vars > 0 ? vs->n_vars : 1) * sizeof *order);
+  if (!order)
+    return NULL;
+  for (int i = 0; i < vs->n_vars; i++)
+    order[i] = &vs->vars[i];
+  qsort(order, (size_t)vs->n_vars, sizeof *order, by_dtype_then_name);
+  return order;
+}
+
+static int write_all(FILE *f, const void *p, size_t n) {
+  return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1;
+}
+
+/* Writes header and data to f. */
+static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
+                      const char *filename) {
+  strbuf h = {0};
+  uint64_t offset = 0;
+  sb_add(&h, "{", 1);
+  for (int k = 0; k < vs->n_vars; k++) {
+    const tg__var *v = order[k];
+    uint64_t bytes = (uint64_t)v->t->numel * tg_dtype_size(v->t->dtype);
+    if (k)
+      sb_add(&h, ",", 1);
+    sb_json_string(&h, v->name);
+    sb_str(&h, ":{\"dtype\":\"");
+    sb_str(&h, st_name(v->t->dtype));
+    sb_str(&h, "\",\"shape\":[");
+    for (int d = 0; d < v->t->ndim; d++)
+      sb_fmt(&h, d ? ",%lld" : "%lld", (long long)v->t->shape[d]);
+    sb_fmt(&h, "],\"data_offsets\":[%lld,", (long long)offset);
+    sb_fmt(&h, "%lld]}", (long long)(offset + bytes));
+    offset += bytes;
+  }
+  sb_add(&h, "}", 1);
+  while (!h.oom && h.len % 8)
+    sb_add(&h, " ", 1);
+  if (h.oom) {
+    free(h.s);
+    return tg__error("tg_varstore_save: out of memory");
+  }
+  uint8_t len8[8];
+  for (int i = 0; i < 8; i++)
+    len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
+  int rc = 0;
+  if (write_all(f, len8, 8) < 0 || write_all(f, h.s, h.len) < 0)
+    rc = tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+  free(h.s);
+
+  void *tmp = NULL; /* host copy for non-CPU tensors and big-endian hosts */
+  for (int k = 0; rc == 0 && k < vs->n_vars; k++) {
+    const tg_tensor *t = order[k]->t;
+    size_t esize = tg_dtype_size(t->dtype), bytes = (size_t)t->numel * esize;
+    const void *src = tg__data(t);
+    if (t->device.type != TG_DEVICE_CPU || !host_is_little_endian()) {
+      free(tmp);
+      tmp = malloc(bytes ? bytes : 1);
+      if (!tmp) {
+        rc = tg__error("tg_varstore_save: out of memory");
+        break;
+      }
+      if (tg_tensor_copy_to_host(t, tmp, bytes) < 0) {
+        rc = -1;
+        break;
+      }
+      to_little_endian(tmp, bytes, esize);
+      src = tmp;
+    }
+    if (write_all(f, src, bytes) < 0)
+      rc =
+          tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+  }
+  free(tmp);
+  return rc;
+}
+
+/* fsync of the directory holding path, so the rename itself is durable. Best effort:
+ * some filesystems do not support syncing directories. */
+static void sync_parent_dir(const char *path) {
+  char *dir = strdup(path);
+  if (!dir)
+    return;
+  char *slash = strrchr(dir, '/');
+  const char *d = slash == dir ? "/" : slash ? dir : ".";
+  if (slash && slash != dir)
+    *slash = '\0';
+  int fd = open(d, O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+  free(dir);
+}
+
+int tg_varstore_save(const tg_varstore *vs, const char *filename) {
+  if (!vs || !filename)
+    return tg__error("tg_varstore_save: argument '%s' is NULL", vs ? "filename" : "vs");
+  for (int i = 0; i < vs->n_vars; i++)
+    if (!valid_utf8((const uint8_t *)vs->vars[i].name, strlen(vs->vars[i].name), NULL))
+      return tg__error("tg_varstore_save: variable name '%s' is not valid UTF-8, which "
+                       "safetensors requires",
+                       vs->vars[i].name);
+  const tg__var **order = file_order(vs);
+  size_t tlen = strlen(filename) + 32;
+  char *tmp = malloc(tlen);
+  if (!order || !tmp) {
+    free((void *)order);
+    free(tmp);
+    return tg__error("tg_varstore_save: out of memory");
+  }
+  snprintf(tmp, tlen, "%s.tmp.%ld", filename, (long)getpid());
+  int rc = 0;
+  FILE *f = fopen(tmp, "wb");
+  if (!f) {
+    rc = tg__error("tg_varstore_save: cannot create %s: %s", tmp, strerror(errno));
+    goto done;
+  }
+  rc = write_file(vs, order, f, filename);
+  if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+    rc = tg__error("tg_varstore_save: flushing %s failed: %s", tmp, strerror(errno));
+  if (fclose(f) != 0 && rc == 0)
+    rc = tg__error("tg_varstore_save: closing %s failed: %s", tmp, strerror(errno));
+  if (rc == 0 && rename(tmp, filename) != 0)
+    rc = tg__error("tg_varstore_save: cannot rename %s to %s: %s", tmp, filename,
+                   strerror(errno));
+  if (rc == 0)
+    sync_parent_dir(filename);
+  else
+    unlink(tmp);
+done:
+  free(tmp);
+  free((void *)order);
+  return rc;
+}
+
+/* ----------------------------------------------------------------- parsing -- */
+
+typedef struct {
+  char *name;
+  int dtype; /* index in st_dtypes */
+  int ndim;
+  int64_t shape[MAX_FILE_DIMS];
+  uint64_t begin, end;
+  int var; /* index of the matching variable, or -1 */
+} st_entry;
+
+typedef struct {
+  const char *start, *p, *end;
+  st_entry *entries;
+  int n, cap;
+  char err[512];
+} parser;
+
+/* The reason a file is invalid, into ps->err; returns -1. */
+static int invalid(parser *ps, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int invalid(parser *ps, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ps->err, sizeof ps->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+/* As invalid(), for the parser, adding where in the header it stopped. */
+static int fail(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(parser *ps, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(ps->err, sizeof ps->err, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n < sizeof ps->err)
+    snprintf(ps->err + n, sizeof ps->err - (size_t)n, " (header byte %lld)",
+             (long long)(ps->p - ps->start));
+  return -1;
+}
+
+static void skip_ws(parser *ps) {
+  while (ps->p < ps->end &&
+         (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+    ps->p++;
+}
+
+static int expect(parser *ps, char c) {
+  skip_ws(ps);
+  if (ps->p >= ps->end)
+    return fail(ps, "invalid JSON: unexpected end of the header, expected '%c'", c);
+  if (*ps->p != c)
+    return fail(ps, "invalid JSON: expected '%c'", c);
+  ps->p++;
+  return 0;
+}
+
+/* Consumes c when it comes next (after whitespace). */
+static bool accept(parser *ps, char c) {
+  skip_ws(ps);
+  if (ps->p < ps->end && *ps->p == c) {
+    ps->p++;
+    return true;
+  }
+  return false;
+}
+
+static int hex4(parser *ps, uint32_t *out) {
+  if (ps->end - ps->p < 4)
+    return fail(ps, "invalid JSON: truncated \\u escape");
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = *ps->p++;
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : -1;
+    if (d < 0)
+      return fail(ps, "invalid JSON: bad \\u escape");
+    v = v << 4 | (uint32_t)d;
+  }
+  *out = v;
+  return 0;
+}
+
+static void put_utf8(char **o, uint32_t cp) {
+  unsigned char *q = (unsigned char *)*o;
+  if (cp < 0x80) {
+    *q++ = (unsigned char)cp;
+  } else if (cp < 0x800) {
+    *q++ = (unsigned char)(0xc0 | cp >> 6);
+    *q++ = (unsigned char)(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    *q++ = (unsigned char)(0xe0 | cp >> 12);
+    *q++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+    *q++ = (unsigned char)(0x80 | (cp & 0x3f));
+  } else {
+    *q++ = (unsigned char)(0xf0 | cp >> 18);
+    *q++ = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
+    *q++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
+    *q++ = (unsigned char)(0x80 | (cp & 0x3f));
+  }
+  *o = (char *)q;
+}
+
+/* A JSON string, unescaped into a new allocation (never longer than its source). The
+ * header was checked to be UTF-8, and escapes produce valid UTF-8. NUL characters are
+ * refused: names are C strings. */
+static int parse_string(parser *ps, char **out) {
+  *out = NULL;
+  if (expect(ps, '"') < 0)
+    return -1;
+  const char *q = ps->p;
+  while (q < ps->end && *q != '"')
+    q += *q == '\\' && q + 1 < ps->end ? 2 : 1;
+  if (q >= ps->end)
+    return fail(ps, "invalid JSON: unterminated string");
+  char *s = malloc((size_t)(q - ps->p) + 1), *o = s;
+  if (!s)
+    return fail(ps, "out of memory");
+  while (*ps->p != '"') {
+    unsigned char c = (unsigned char)*ps->p++;
+    if (c < 0x20) {
+      free(s);
+      ps->p--;
+      return fail(ps, "invalid JSON: control character in a string");
+    }
+    if (c != '\\') {
+      *o++ = (char)c;
+      continue;
+    }
+    char e = *ps->p++;
+    const char *simple = strchr("\"\\/bfnrt", e);
+    if (e && simple) {
+      *o++ = "\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"];
+      continue;
+    }
+    uint32_t cp, lo = 0;
+    if (e != 'u' || hex4(ps, &cp) < 0) {
+      if (e != 'u')
+        fail(ps, "invalid JSON: unknown escape in a string");
+      free(s);
+      return -1;
+    }
+    bool high = cp >= 0xd800 && cp < 0xdc00; /* needs a low half next */
+    bool paired = high && ps->end - ps->p >= 2 && ps->p[0] == '\\' && ps->p[1] == 'u';
+    if (paired) {
+      ps->p += 2;
+      paired = hex4(ps, &lo) == 0 && lo >= 0xdc00 && lo <= 0xdfff;
+      cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+    }
+    if ((high && !paired) || (cp >= 0xdc00 && cp <= 0xdfff)) {
+      free(s);
+      return fail(ps, "invalid JSON: lone surrogate in a \\u escape");
+    }
+    if (cp == 0) {
+      free(s);
+      return fail(ps, "names and metadata must not contain NUL characters");
+    }
+    put_utf8(&o, cp);
+  }
+  ps->p++; /* closing quote */
+  *o = '\0';
+  *out = s;
+  return 0;
+}
+
+/* A non-negative integer as safetensors' usize: digits only, no sign, fraction,
+ * exponent or leading zeros. */
+static int parse_uint(parser *ps, uint64_t *out) {
+  skip_ws(ps);
+  const char *s = ps->p;
+  uint64_t v = 0;
+  while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
+    unsigned d = (unsigned)(*ps->p - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return fail(ps, "integer too large");
+    v = v * 10 + d;
+    ps->p++;
+  }
+  if (ps->p == s)
+    return fail(ps, "invalid JSON: expected a non-negative integer");
+  if (ps->p - s > 1 && *s == '0')
+    return fail(ps, "invalid JSON: number with a leading zero");
+  if (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E'))
+    return fail(ps, "expected an integer, found a floating point number");
+  *out = v;
+  return 0;
+}
+
+/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]}: each key exactly once. */
+static int parse_info(parser *ps, st_entry *e) {
+  enum { DTYPE = 1, SHAPE = 2, OFFSETS = 4 };
+  int seen = 0;
+  if (expect(ps, '{') < 0)
+    return -1;
+  do {
+    char *key;
+    if (parse_string(ps, &key) < 0 || expect(ps, ':') < 0) {
+      free(key);
+      return -1;
+    }
+    int which = !strcmp(key, "dtype")          ? DTYPE
+                : !strcmp(key, "shape")        ? SHAPE
+                : !strcmp(key, "data_offsets") ? OFFSETS
+                                               : 0;
+    if (!which || (seen & which)) {
+      fail(ps, "tensor '%.200s': %s key '%.40s'", e->name, which ? "repeated" : "unknown",
+           key);
+      free(key);
+      return -1;
+    }
+    free(key);
+    seen |= which;
+    if (which == DTYPE) {
+      char *dt;
+      if (parse_string(ps, &dt) < 0)
+        return -1;
+      e->dtype = st_lookup(dt);
+      if (e->dtype < 0)
+        fail(ps, "tensor '%.200s': unknown dtype '%.40s'", e->name, dt);
+      free(dt);
+      if (e->dtype < 0)
+        return -1;
+    } else if (which == SHAPE) {
+      if (expect(ps, '[') < 0)
+        return -1;
+      if (!accept(ps, ']')) {
+        do {
+          uint64_t v;
+          if (e->ndim == MAX_FILE_DIMS)
+            return fail(ps, "tensor '%.200s': more than %d dimensions", e->name,
+                        MAX_FILE_DIMS);
+          if (parse_uint(ps, &v) < 0)
+            return -1;
+          if (v > INT64_MAX)
+            return fail(ps, "tensor '%.200s': dimension too large", e->name);
+          e->shape[e->ndim++] = (int64_t)v;
+        } while (accept(ps, ','));
+        if (expect(ps, ']') < 0)
+          return -1;
+      }
+    } else {
+      if (expect(ps, '[') < 0 || parse_uint(ps, &e->begin) < 0 || expect(ps, ',') < 0 ||
+          parse_uint(ps, &e->end) < 0 || expect(ps, ']') < 0)
+        return -1;
+    }
+  } while (accept(ps, ','));
+  if (expect(ps, '}') < 0)
+    return -1;
+  if (seen != (DTYPE | SHAPE | OFFSETS))
+    return fail(ps, "tensor '%.200s' lacks one of dtype, shape, data_offsets", e->name);
+  return 0;
+}
+
+/* {str: str, ...} */
+static int parse_metadata(parser *ps) {
+  if (expect(ps, '{') < 0)
+    return -1;
+  if (accept(ps, '}'))
+    return 0;
+  do {
+    char *k = NULL, *v = NULL;
+    int rc = parse_string(ps, &k);
+    if (rc == 0)
+      rc = expect(ps, ':');
+    skip_ws(ps);
+    if (rc == 0 && (ps->p >= ps->end || *ps->p != '"'))
+      rc = fail(ps, "__metadata__ values must be strings");
+    if (rc == 0)
+      rc = parse_string(ps, &v);
+    free(k);
+    free(v);
+    if (rc < 0)
+      return -1;
+  } while (accept(ps, ','));
+  return expect(ps, '}');
+}
+
+static int parse_header(parser *ps) {
+  bool metadata = false;
+  if (expect(ps, '{') < 0)
+    return -1;
+  if (!accept(ps, '}')) {
+    do {
+      char *name;
+      if (parse_string(ps, &name) < 0)
+        return -1;
+      if (expect(ps, ':') < 0) {
+        free(name);
+        return -1;
+      }
+      if (!strcmp(name, "__metadata__")) {
+        free(name);
+        if (metadata)
+          return fail(ps, "__metadata__ appears twice");
+        metadata = true;
+        if (parse_metadata(ps) < 0)
+          return -1;
+        continue;
+      }
+      if (ps->n == ps->cap) {
+        int cap = ps->cap ? 2 * ps->cap : 64;
+        st_entry *p = realloc(ps->entries, (size_t)cap * sizeof *p);
+        if (!p) {
+          free(name);
+          return fail(ps, "out of memory");
+        }
+        ps->entries = p;
+        ps->cap = cap;
+      }
+      st_entry *e = &ps->entries[ps->n++];
+      memset(e, 0, sizeof *e);
+      e->name = name;
+      e->var = -1;
+      if (parse_info(ps, e) < 0)
+        return -1;
+    } while (accept(ps, ','));
+    if (expect(ps, '}') < 0)
+      return -1;
+  }
+  skip_ws(ps);
+  if (ps->p != ps->end)
+    return fail(ps, "invalid JSON: trailing characters after the header object");
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
+}
+
+static int by_offsets(const void *pa, const void *pb) {
+  const st_entry *a = *(st_entry *const *)pa, *b = *(st_entry *const *)pb;
+  if (a->begin != b->begin)
+    return a->begin < b->begin ? -1 : 1;
+  return a->end < b->end ? -1 : a->end > b->end;
+}
+
+/* The file's own consistency: unique names, byte sizes equal to data_offsets, and
+ * offsets that tile the data buffer exactly, without overlap or gaps. Leaves the
+ * entries sorted by name. */
+static int check_entries(parser *ps, uint64_t data_bytes) {
+  typedef unsigned long long ull;
+  if (ps->n > 1)
+    qsort(ps->entries, (size_t)ps->n, sizeof *ps->entries, by_name);
+  for (int i = 1; i < ps->n; i++)
+    if (!strcmp(ps->entries[i].name, ps->entries[i - 1].name))
+      return invalid(ps, "duplicate tensor name '%.200s'", ps->entries[i].name);
+  for (int i = 0; i < ps->n; i++) {
+    st_entry *e = &ps->entries[i];
+    uint64_t numel = 1, esize = st_dtypes[e->dtype].size;
+    bool overflow = false;
+    for (int d = 0; d < e->ndim; d++) {
+      uint64_t s = (uint64_t)e->shape[d];
+      if (s && numel > UINT64_MAX / s)
+        overflow = true;
+      else
+        numel *= s;
+    }
+    overflow = overflow || numel > UINT64_MAX / esize;
+    if (e->end < e->begin)
+      return invalid(ps,
+                     "tensor '%.200s': data_offsets [%llu, %llu] end before they "
+                     "begin",
+                     e->name, (ull)e->begin, (ull)e->end);
+    if (overflow || numel * esize != e->end - e->begin) {
+      char sh[TG_SHAPE_STR_LEN], need[32] = "more than 2^64";
+      tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, sh,
+                    sizeof sh);
+      if (!overflow)
+        snprintf(need, sizeof need, "%llu", (ull)(numel * esize));
+      return invalid(ps,
+                     "tensor '%.200s': shape %s%s of %s needs %s bytes but "
+                     "data_offsets [%llu, %llu] span %llu",
+                     e->name, sh, e->ndim > TG_MAX_DIMS ? "..." : "",
+                     st_dtypes[e->dtype].name, need, (ull)e->begin, (ull)e->end,
+                     (ull)(e->end - e->begin));
+    }
+    if (e->end > data_bytes)
+      return invalid(ps,
+                     "tensor '%.200s': data_offsets [%llu, %llu] run past the end "
+                     "of the %llu-byte data buffer",
+                     e->name, (ull)e->begin, (ull)e->end, (ull)data_bytes);
+  }
+  st_entry **by_off = malloc((size_t)(ps->n > 0 ? ps->n : 1) * sizeof *by_off);
+  if (!by_off)
+    return invalid(ps, "out of memory");
+  for (int i = 0; i < ps->n; i++)
+    by_off[i] = &ps->entries[i];
+  qsort(by_off, (size_t)ps->n, sizeof *by_off, by_offsets);
+  uint64_t next = 0;
+  int rc = 0;
+  for (int i = 0; i < ps->n && rc == 0; i++) {
+    const st_entry *e = by_off[i];
+    if (e->begin != next)
+      rc = invalid(ps,
+                   "tensor '%.200s': data_offsets [%llu, %llu] %s (the tensors "
+                   "before it end at %llu)",
+                   e->name, (ull)e->begin, (ull)e->end,
+                   e->begin < next ? "overlap another tensor" : "leave a gap", (ull)next);
+    next = e->end;
+  }
+  free(by_off);
+  if (rc == 0 && next != data_bytes)
+    rc = invalid(ps, "the tensors cover %llu bytes but the data buffer holds %llu",
+                 (ull)next, (ull)data_bytes);
+  return rc;
+}
+
+/* ----------------------------------------------------------------- loading -- */
+
+/* A list of names in an error message, cut short (with a count) when long. */
+typedef struct {
+  char text[600]; /* three lists fit in one error message */
+  size_t len;
+  int count, shown;
+} name_list;
+
+static void list_add(name_list *l, const char *item) {
+  l->count++;
+  size_t n = strlen(item);
+  if (l->len + n + 2 >= sizeof l->text - 24)
+    return;
+  if (l->shown++) {
+    memcpy(l->text + l->len, ", ", 2);
+    l->len += 2;
+  }
+  memcpy(l->text + l->len, item, n + 1);
+  l->len += n;
+}
+
+static void list_end(name_list *l) {
+  if (l->count > l->shown)
+    snprintf(l->text + l->len, sizeof l->text - l->len, "%s... (%d more)",
+             l->shown ? ", " : "", l->count - l->shown);
+}
+
+/* Pairs every variable with its entry; an error naming what is missing, unexpected
+ * or mismatched when anything is. */
+static int match_store(const tg_varstore *vs, parser *ps, const char *filename) {
+  name_list missing = {0}, extra = {0}, bad = {0};
+  for (int i = 0; i < vs->n_vars; i++) {
+    const tg__var *v = &vs->vars[i];
+    st_entry key = {.name = v->name};
+    st_entry *e =
+        ps->n ? bsearch(&key, ps->entries, (size_t)ps->n, sizeof *e, by_name) : NULL;
+    if (!e) {
+      list_add(&missing, v->name);
+      continue;
+    }
+    e->var = i;
+    bool same_shape = e->ndim == v->t->ndim;
+    for (int d = 0; same_shape && d < e->ndim; d++)
+      same_shape = e->shape[d] == v->t->shape[d];
+    bool same_dtype = !strcmp(st_dtypes[e->dtype].name, st_name(v->t->dtype));
+    if (same_shape && same_dtype)
+      continue;
+    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
+    tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, fs, sizeof fs);
+    snprintf(item, sizeof item, "%.300s (file %s %s%s, store %s %s)", v->name,
+             st_dtypes[e->dtype].name, fs, e->ndim > TG_MAX_DIMS ? "..." : "",
+             st_name(v->t->dtype), tg_shape_str(v->t, ss, sizeof ss));
+    list_add(&bad, item);
+  }
+  for (int i = 0; i < ps->n; i++)
+    if (ps->entries[i].var < 0)
+      list_add(&extra, ps->entries[i].name);
+  if (!missing.count && !extra.count && !bad.count)
+    return 0;
+  name_list *lists[3] = {&missing, &extra, &bad};
+  const char *titles[3] = {
+      "missing from the file: ", "not in the var store: ", "dtype or shape mismatch: "};
+  char msg[2000];
+  size_t len = 0;
+  for (int k = 0; k < 3; k++) {
+    if (!lists[k]->count)
+      continue;
+    list_end(lists[k]);
+    len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
+                            titles[k], lists[k]->text);
+  }
+  return tg__error("tg_varstore_load: %s does not match the var store:%s", filename, msg);
+}
+
+static int read_exact(FILE *f, void *p, size_t n) {
+  return n == 0 || fread(p, 1, n, f) == n ? 0 : -1;
+}
+
+int tg_varstore_load(tg_varstore *vs, const char *filename) {
+  if (!vs || !filename)
+    return tg__error("tg_varstore_load: argument '%s' is NULL", vs ? "filename" : "vs");
+  FILE *f = fopen(filename, "rb");
+  if (!f)
+    return tg__error("tg_varstore_load: cannot open %s: %s", filename, strerror(errno));
+  parser ps = {0};
+  char *header = NULL;
+  uint8_t *data = NULL;
+  int rc = -1;
+  struct stat st;
+  uint8_t len8[8];
+  uint64_t hlen = 0;
+  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    tg__error("tg_varstore_load: %s is not a regular file", filename);
+    goto done;
+  }
+  uint64_t fsize = (uint64_t)st.st_size;
+  if (fsize < 8 || read_exact(f, len8, 8) < 0) {
+    invalid(&ps, "the file has %llu bytes, fewer than the 8 of the header length",
+            (unsigned long long)fsize);
+    goto invalid;
+  }
+  for (int i = 0; i < 8; i++)
+    hlen |= (uint64_t)len8[i] << (8 * i);
+  if (hlen > MAX_HEADER_BYTES) {
+    invalid(&ps, "header length %llu exceeds the limit of %u bytes",
+            (unsigned long long)hlen, MAX_HEADER_BYTES);
+    goto invalid;
+  }
+  if (hlen > fsize - 8) {
+    invalid(&ps,
+            "header length %llu runs past the end of the file (%llu bytes): "
+            "truncated?",
+            (unsigned long long)hlen, (unsigned long long)fsize);
+    goto invalid;
+  }
+  header = malloc(hlen ? hlen : 1);
+  if (!header) {
+    tg__error("tg_varstore_load: out of memory for a %llu-byte header",
+              (unsigned long long)hlen);
+    goto done;
+  }
+  if (read_exact(f, header, hlen) < 0) {
+    tg__error("tg_varstore_load: reading %s failed: %s", filename, strerror(errno));
+    goto done;
+  }
+  size_t bad_at;
+  if (!valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
+    invalid(&ps, "the header is not valid UTF-8 (byte %zu)", bad_at);
+    goto invalid;
+  }
+  ps.start = ps.p = header;
+  ps.end = header + hlen;
+  uint64_t data_bytes = fsize - 8 - hlen;
+  if (parse_header(&ps) < 0 || check_entries(&ps, data_bytes) < 0)
+    goto invalid;
+  if (match_store(vs, &ps, filename) < 0)
+    goto done;
+
+  /* Everything matches: the data buffer holds exactly the store's variables. */
+  data = malloc(data_bytes ? data_bytes : 1);
+  if (!data) {
+    tg__error("tg_varstore_load: out of memory for %llu bytes of data",
+              (unsigned long long)data_bytes);
+    goto done;
+  }
+  if (read_exact(f, data, data_bytes) < 0) {
+    tg__error("tg_varstore_load: reading %s failed (did it change while loading?)",
+              filename);
+    goto done;
+  }
+  rc = 0;
+  for (int i = 0; i < ps.n && rc == 0; i++) {
+    const st_entry *e = &ps.entries[i];
+    tg_tensor *t = vs->vars[e->var].t;
+    size_t bytes = (size_t)(e->end - e->begin);
+    to_little_endian(data + e->begin, bytes, tg_dtype_size(t->dtype));
+    if (bytes)
+      rc = tg__cuda_memcpy(tg__data(t), t->device, data + e->begin, TG_CPU, bytes);
+  }
+  goto done;
+invalid:
+  tg__error("tg_varstore_load: %s is not a valid safetensors file: %s", filename, ps.err);
+done:
+  for (int i = 0; i < ps.n; i++)
+    free(ps.entries[i].name);
+  free(ps.entries);
+  free(header);
+  free(data);
+  fclose(f);
+  return rc;
+}
