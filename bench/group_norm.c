@@ -1,0 +1,229 @@
+/* GroupNorm CPU benchmark: median times of forward, forward+backward and, as the
+ * baseline measured in the same run, a memcpy of the same tensor (read + write, split
+ * over the same number of threads). Prints the ratios; PyTorch's times beside ours
+ * when /usr/bin/python3 has torch.
+ *
+ *   bench/group_norm [reps]          (default 15 repetitions per measurement)
+ *
+ * fwd+bwd calls the node's backward directly (what a training step spends in
+ * GroupNorm); "api" is forward + tg_backward_ex, which also clones grad_output.
+ *
+ * glibc returns freed blocks of tens of MB to the kernel and page-faults them back on
+ * the next allocation (several ms for 25 MB), which would swamp the kernels: main()
+ * raises the mmap and trim thresholds first, as a long-running trainer would. */
+#include "graph/internal.h"
+
+#include <malloc.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+  int64_t n, c, h, w, g;
+} shape;
+
+static const shape SHAPES[] = {
+    {8, 256, 56, 56, 32},
+    {2, 320, 64, 64, 32},
+    {16, 64, 32, 32, 8},
+    {4, 512, 28, 28, 32},
+};
+#define N_SHAPES ((int)(sizeof SHAPES / sizeof *SHAPES))
+static const int THREADS[] = {1, 2};
+#define N_THREADS ((int)(sizeof THREADS / sizeof *THREADS))
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void parallel_memcpy(void *dst, const void *src, size_t bytes, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    size_t lo = bytes * (size_t)t / (size_t)nt, hi = bytes * (size_t)(t + 1) / (size_t)nt;
+    memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
+  }
+}
+
+/* Runs GroupNorm's backward on node as the engine does (no-grad, own scope). */
+static int node_backward(tg_node *node, const tg_tensor *dy) {
+  tg_tensor *gi[3] = {NULL, NULL, NULL};
+  tg_no_grad_begin();
+  tg_scope_begin();
+  int rc = node->backward(node, dy, gi);
+  tg_scope_end();
+  tg_no_grad_end();
+  return rc;
+}
+
+/* Median and minimum of each measurement: memcpy, fwd, fwd+bwd, api. */
+typedef struct {
+  double med[4], min[4];
+} timing;
+
+static int bench_one(const shape *s, int threads, int reps, timing *out) {
+  tg_set_num_threads(threads);
+  tg_scope_begin();
+  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
+  tg_tensor *x = tg_randn(dims, 4, TG_F32, TG_CPU);
+  tg_tensor *dy = tg_randn(dims, 4, TG_F32, TG_CPU);
+  tg_tensor *w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
+  tg_tensor *b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
+  tg_tensor *dst = tg_empty(dims, 4, TG_F32, TG_CPU);
+  if (!x || !dy || !w || !b || !dst)
+    return tg_scope_end(), -1;
+  tg_set_requires_grad(x, true);
+  tg_set_requires_grad(w, true);
+  tg_set_requires_grad(b, true);
+  const size_t bytes = (size_t)tg_numel(x) * sizeof(float);
+  double *t[4];
+  for (int k = 0; k < 4; k++)
+    t[k] = malloc((size_t)reps * sizeof(double));
+  /* each measurement in its own loop (two warm-up rounds), so each runs in its own
+   * steady state rather than after another one has flushed or warmed the caches */
+  int rc = 0;
+  for (int k = 0; k < 4 && rc == 0; k++)
+    for (int r = -2; r < reps && rc == 0; r++) {
+      tg_scope_begin();
+      double t0 = now();
+      if (k == 0) {
+        parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
+      } else {
+        tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
+        if (!y)
+          rc = -1;
+        else if (k == 2)
+          rc = node_backward(y->grad_fn, dy);
+        else if (k == 3)
+          rc = tg_backward_ex(y, dy, false);
+      }
+      double t1 = now();
+      tg_scope_end();
+      tg_zero_grad(x);
+      tg_zero_grad(w);
+      tg_zero_grad(b);
+      if (r >= 0)
+        t[k][r] = t1 - t0;
+    }
+  for (int k = 0; k < 4; k++) {
+    out->med[k] = median(t[k], reps); /* sorts t[k] */
+    out->min[k] = t[k][0];
+  }
+  for (int k = 0; k < 4; k++)
+    free(t[k]);
+  tg_scope_end();
+  return rc;
+}
+
+/* PyTorch's medians (ms) for every shape and thread count, one python run: lines of
+ * "fwd fwdbwd" in the order of the loops below. */
+static const char *TORCH_SCRIPT =
+    "import sys, time, torch, torch.nn.functional as F\n"
+    "reps = int(sys.argv[1]); shapes = eval(sys.argv[2]); threads = eval(sys.argv[3])\n"
+    "med = lambda v: sorted(v)[len(v) // 2]\n"
+    "for nt in threads:\n"
+    "    torch.set_num_threads(nt)\n"
+    "    for n, c, h, w, g in shapes:\n"
+    "        x = torch.randn(n, c, h, w, requires_grad=True); dy = torch.randn_like(x)\n"
+    "        wt = torch.ones(c, requires_grad=True); bt = torch.zeros(c, "
+    "requires_grad=True)\n"
+    "        tf, tb = [], []\n"
+    "        for r in range(reps + 2):\n"
+    "            t0 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
+    "            t1 = time.perf_counter(); del y\n"
+    "            t2 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
+    "            y.backward(dy); t3 = time.perf_counter()\n"
+    "            x.grad = wt.grad = bt.grad = None; del y\n"
+    "            tf.append(t1 - t0); tb.append(t3 - t2)\n"
+    "        print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), flush=True)\n";
+
+static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2]) {
+  FILE *probe = popen("/usr/bin/python3 -c 'import torch' 2>/dev/null", "r");
+  if (!probe || pclose(probe) != 0)
+    return -1;
+  char path[] = "/tmp/tg_bench_gn_XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0)
+    return -1;
+  FILE *f = fdopen(fd, "w");
+  fputs(TORCH_SCRIPT, f);
+  fclose(f);
+  char shapes[512] = "[", threads[64] = "[", cmd[1024];
+  for (int i = 0; i < N_SHAPES; i++)
+    snprintf(shapes + strlen(shapes), sizeof shapes - strlen(shapes),
+             "(%lld,%lld,%lld,%lld,%lld),", (long long)SHAPES[i].n,
+             (long long)SHAPES[i].c, (long long)SHAPES[i].h, (long long)SHAPES[i].w,
+             (long long)SHAPES[i].g);
+  strcat(shapes, "]");
+  for (int i = 0; i < N_THREADS; i++)
+    snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
+             THREADS[i]);
+  strcat(threads, "]");
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d '%s' '%s' 2>/dev/null", path, reps,
+           shapes, threads);
+  FILE *p = popen(cmd, "r");
+  int got = 0;
+  for (int t = 0; p && t < N_THREADS; t++)
+    for (int i = 0; i < N_SHAPES; i++)
+      got += fscanf(p, "%lf %lf", &torch_ms[t][i][0], &torch_ms[t][i][1]) == 2;
+  if (p)
+    pclose(p);
+  remove(path);
+  return got == N_THREADS * N_SHAPES ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  int reps = argc > 1 ? atoi(argv[1]) : 15;
+  if (reps < 1)
+    reps = 1;
+  double torch_ms[N_THREADS][N_SHAPES][2];
+  bool have_torch = torch_times(reps, torch_ms) == 0;
+  printf("GroupNorm float32: median of %d runs in ms, x = ratio to memcpy of the same "
+         "tensor;\nmin x = the same ratio between minimum times (steadier on a busy "
+         "machine)%s\n",
+         reps, have_torch ? "; torch = PyTorch's medians, same threads" : "");
+  printf("%-15s %3s %3s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]", "G",
+         "thr", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api", "x");
+  if (have_torch)
+    printf(" | %9s %9s", "torch fwd", "torch f+b");
+  printf("\n");
+  for (int t = 0; t < N_THREADS; t++)
+    for (int i = 0; i < N_SHAPES; i++) {
+      const shape *s = &SHAPES[i];
+      timing r;
+      if (bench_one(s, THREADS[t], reps, &r) != 0) {
+        fprintf(stderr, "group_norm bench failed: %s\n", tg_last_error());
+        return 1;
+      }
+      char name[64];
+      snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld]", (long long)s->n,
+               (long long)s->c, (long long)s->h, (long long)s->w);
+      const double *m = r.med, *mn = r.min;
+      printf(
+          "%-15s %3lld %3d | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f | %6.3f %5.2f",
+          name, (long long)s->g, THREADS[t], m[0] * 1e3, m[1] * 1e3, m[1] / m[0],
+          mn[1] / mn[0], m[2] * 1e3, m[2] / m[0], mn[2] / mn[0], m[3] * 1e3, m[3] / m[0]);
+      if (have_torch)
+        printf(" | %9.3f %9.3f", torch_ms[t][i][0], torch_ms[t][i][1]);
+      printf("\n");
+      fflush(stdout);
+    }
+  return 0;
+}

@@ -1,0 +1,212 @@
+/* GroupNorm (Wu & He, 2018) with PyTorch's semantics: x [N, C, *] is split into G
+ * groups of D = C / G consecutive channels; each (n, g) is normalised with its own
+ * mean and biased variance, then scaled and shifted per channel:
+ *   y = (x - mean[n,g]) * rstd[n,g] * gamma[c] + beta[c],  rstd = 1/sqrt(var + eps).
+ * The forward saves mean and rstd (norm_stats, float64 [N, G, 3]) for the backward. */
+#include "norm.h"
+
+#include <stdlib.h>
+
+static const char *const OP = "tg_group_norm";
+
+typedef struct {
+  int64_t N, C, G, HW; /* HW: product of the trailing dims */
+} gn_dims;
+
+/* Shape and argument rules, independent of the device. */
+static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_tensor *b,
+                    double eps, gn_dims *d) {
+  char sx[TG_SHAPE_STR_LEN], sp[TG_SHAPE_STR_LEN];
+  const tg_tensor *all[3] = {x, w, b};
+  if (tg__check_same(OP, 3, all, true) < 0)
+    return -1;
+  if (x->ndim < 2)
+    return tg__error("%s: Expected at least 2 dimensions for input tensor but received "
+                     "%d (input of shape %s)",
+                     OP, x->ndim, tg_shape_str(x, sx, sizeof sx));
+  if (G <= 0)
+    return tg__error("%s: Expected num groups to be greater than 0, got %lld", OP,
+                     (long long)G);
+  d->N = x->shape[0];
+  d->C = x->shape[1];
+  d->G = G;
+  d->HW = 1;
+  for (int i = 2; i < x->ndim; i++)
+    d->HW *= x->shape[i];
+  if (d->C % G != 0)
+    return tg__error("%s: Expected number of channels in input to be divisible by "
+                     "num_groups, but got input of shape %s and num_groups=%lld",
+                     OP, tg_shape_str(x, sx, sizeof sx), (long long)G);
+  const char *names[2] = {"weight", "bias"};
+  for (int i = 0; i < 2; i++) {
+    const tg_tensor *p = i ? b : w;
+    if (p && (p->ndim != 1 || p->shape[0] != d->C))
+      return tg__error("%s: Expected %s to be a vector of size equal to the number of "
+                       "channels in input, but got %s of shape %s and input of shape %s",
+                       OP, names[i], names[i], tg_shape_str(p, sp, sizeof sp),
+                       tg_shape_str(x, sx, sizeof sx));
+  }
+  return norm_check_eps(OP, eps);
+}
+
+/* ---------------------------------------------------------------- forward -- */
+
+/* One (n, g) at a time: its D*HW elements are contiguous and stay in L2 between the
+ * statistics pass and the normalising pass; each thread takes a contiguous run of
+ * groups, so on large inputs it prefetches its next group while writing this one.
+ * stats (may be NULL) gets the statistics. */
+static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                           gn_dims d, double eps, tg_tensor *y, norm_stats *stats) {
+  const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
+  const bool prefetch =
+      x->numel * (int64_t)tg_dtype_size(x->dtype) >= NORM_PREFETCH_BYTES;
+  TG_DISPATCH_FLOAT(x->dtype, T, {
+    const T *X = tg__data(x), *W = w ? tg__data(w) : NULL, *B = b ? tg__data(b) : NULL;
+    T *Y = tg__data(y);
+    _Pragma("omp parallel for schedule(static) num_threads(tg__threads(x->numel))") for (
+        int64_t ng = 0; ng < groups; ng++) {
+      const T *xg = X + ng * len, *next = prefetch && ng + 1 < groups ? xg + len : NULL;
+      T *yg = Y + ng * len;
+      norm_stats st;
+      norm_moments(xg, 1, len, 0, eps, &st);
+      if (stats)
+        stats[ng] = st;
+      /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
+      const T p = (T)st.pivot;
+      const int64_t c0 = (ng % d.G) * D;
+      for (int64_t k = 0; k < D; k++) {
+        double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
+        double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
+        norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
+                    next ? next + k * d.HW : NULL);
+      }
+    }
+  });
+}
+
+/* --------------------------------------------------------------- backward -- */
+
+/* PyTorch's GroupNorm backward, with x centred on the pivot p so float32 keeps its
+ * digits. Per (n, c): db = sum(dy), ds = sum(dy * (x - mean)). Per (n, g), with
+ * s = 1 / (D*HW), dbg = sum_c gamma_c db, dsg = sum_c gamma_c ds:
+ *   dx = (gamma_c*dy - dbg*s)*rstd + c2*(x - mean),  c2 = -dsg*rstd^3*s
+ * and over the batch: dgamma_c = sum_n ds*rstd, dbeta_c = sum_n db.
+ * sums gets (db, ds) per (n, c); dx may be NULL. */
+static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                            const norm_stats *stats, gn_dims d, tg_tensor *dx,
+                            double *sums) {
+  const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
+  const bool prefetch =
+      x->numel * (int64_t)tg_dtype_size(x->dtype) >= NORM_PREFETCH_BYTES;
+  const int nt = tg__threads(2 * x->numel);
+  TG_DISPATCH_FLOAT(x->dtype, T, {
+    const T *X = tg__data(x), *G = tg__data(g), *W = w ? tg__data(w) : NULL;
+    T *DX = dx ? tg__data(dx) : NULL;
+    _Pragma("omp parallel for schedule(static) num_threads(nt)") for (int64_t ng = 0;
+                                                                      ng < groups; ng++) {
+      const int64_t off = ng * len, c0 = (ng % d.G) * D;
+      const bool next = prefetch && ng + 1 < groups;
+      const norm_stats st = stats[ng];
+      const double rstd = st.rstd;
+      const T p = (T)st.pivot;
+      double *sg = sums + 2 * ng * D;
+      double dbg = 0, dsg = 0;
+      for (int64_t k = 0; k < D; k++) {
+        double db = 0, ds = 0;
+        norm_grad_sums(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, &db, &ds);
+        ds -= db * st.dmean;
+        sg[2 * k] = db;
+        sg[2 * k + 1] = ds;
+        double gamma = W ? (double)W[c0 + k] : 1.0;
+        dbg += gamma * db;
+        dsg += gamma * ds;
+      }
+      if (DX && len > 0) {
+        const double s = 1.0 / (double)len, c2 = -dsg * rstd * rstd * rstd * s;
+        const T m = (T)(dbg * s), c3 = (T)(-c2 * st.dmean);
+        for (int64_t k = 0; k < D; k++) {
+          const T gamma = W ? W[c0 + k] : (T)1;
+          const int64_t o = off + k * d.HW;
+          norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
+                  next ? G + o + len : NULL, next ? X + o + len : NULL);
+        }
+      }
+    }
+  });
+}
+
+/* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c]. */
+static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims d,
+                           tg_tensor *dw, tg_tensor *db) {
+  const int64_t D = d.C / d.G;
+  for (int64_t c = 0; c < d.C; c++) {
+    double gw = 0, gb = 0;
+    for (int64_t n = 0; n < d.N; n++) {
+      const double *s = sums + 2 * (n * d.C + c);
+      gb += s[0];
+      gw += s[1] * stats[n * d.G + c / D].rstd;
+    }
+    if (dw)
+      tg__set(dw, c, gw);
+    if (db)
+      tg__set(db, c, gb);
+  }
+}
+
+static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  gn_dims d = *(const gn_dims *)node->ctx;
+  tg_tensor *dx = NULL, *dw = NULL, *db = NULL;
+  if (tg__input_needs_grad(node, 0) && !(dx = tg__new_like(x)))
+    return -1;
+  if (tg__input_needs_grad(node, 1) && !(dw = tg__new_like(w)))
+    return -1;
+  if (tg__input_needs_grad(node, 2) && !(db = tg__new_like(node->inputs[2])))
+    return -1;
+  size_t n_sums = (size_t)(d.N * d.C * 2);
+  double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
+  if (!sums)
+    return tg__error("%s: out of memory in backward (%zu bytes)", OP,
+                     n_sums * sizeof *sums);
+  const norm_stats *stats = tg__data(node->saved[0]);
+  gn_backward_cpu(g, x, w, stats, d, dx, sums);
+  if (dw || db)
+    gn_param_grads(sums, stats, d, dw, db);
+  free(sums);
+  gi[0] = dx;
+  gi[1] = dw;
+  gi[2] = db;
+  return 0;
+}
+
+tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor *weight,
+                         const tg_tensor *bias, double eps) {
+  if (!tg__nonnull(x, OP, "input"))
+    return NULL;
+  gn_dims d;
+  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0)
+    return NULL;
+  if (x->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(OP, x), NULL;
+  const tg_tensor *in[3] = {x, weight, bias};
+  tg_tensor *stats = NULL;
+  if (tg__should_record(3, in)) {
+    stats = tg__new(TG_SHAPE(d.N, d.G, 3), TG_F64, x->device);
+    if (!stats)
+      return NULL;
+  }
+  tg_tensor *y = tg__new_like(x);
+  if (!y) {
+    tg_tensor_free(stats);
+    return NULL;
+  }
+  gn_forward_cpu(x, weight, bias, d, eps, y, stats ? tg__data(stats) : NULL);
+  tg_node *node;
+  y = tg__finish(OP, y, 3, in, gn_backward, &node);
+  if (node) {
+    tg__save(node, stats);
+    *(gn_dims *)tg__ctx(node, sizeof d) = d;
+  }
+  tg_tensor_free(stats);
+  return y;
+}

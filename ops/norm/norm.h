@@ -1,0 +1,62 @@
+/* Internal to ops/norm: the CPU kernels GroupNorm, BatchNorm and LayerNorm share
+ * (norm_tmpl.h, instantiated here for float and double) and common checks. */
+#ifndef TG_OPS_NORM_H
+#define TG_OPS_NORM_H
+
+#include "graph/internal.h"
+
+#include <math.h>
+
+/* Statistics of one normalised set: mean = pivot + dmean, where the pivot is exactly
+ * representable in the element type and dmean is small (see norm_tmpl.h). Saved for
+ * backward as float64 tensors [..., 3]. */
+typedef struct {
+  double pivot, dmean, rstd;
+} norm_stats;
+
+/* Elements summed in T before a block is merged into a double. */
+#define NORM_BLOCK 2048
+/* Elements whose mean is the first pivot of a statistics pass. */
+#define NORM_SAMPLE 64
+/* From this size on the input of GroupNorm comes from DRAM rather than from the last
+ * level cache, and its passes prefetch the next group while writing (a 15-20% gain
+ * there; below it the extra lines only evict the group being worked on). */
+#define NORM_PREFETCH_BYTES (16 << 20)
+
+#define T float
+#define LANES 32
+#define NK(name) norm_##name##_f
+#include "norm_tmpl.h"
+#undef T
+#undef LANES
+#undef NK
+
+#define T double
+#define LANES 16
+#define NK(name) norm_##name##_d
+#include "norm_tmpl.h"
+#undef T
+#undef LANES
+#undef NK
+
+/* Picks the float or double instance from the type of the first pointer argument. */
+#define NORM_PICK(name, p)                                                               \
+  _Generic((p), const float *: norm_##name##_f, float *: norm_##name##_f,      \
+           const double *: norm_##name##_d, double *: norm_##name##_d)
+#define norm_moments(x, ...) NORM_PICK(moments, x)(x, __VA_ARGS__)
+#define norm_affine(x, ...) NORM_PICK(affine, x)(x, __VA_ARGS__)
+#define norm_affine_vec(x, ...) NORM_PICK(affine_vec, x)(x, __VA_ARGS__)
+#define norm_grad_sums(dy, ...) NORM_PICK(grad_sums, dy)(dy, __VA_ARGS__)
+#define norm_grad_sums_vec(dy, ...) NORM_PICK(grad_sums_vec, dy)(dy, __VA_ARGS__)
+#define norm_dx(dy, ...) NORM_PICK(dx, dy)(dy, __VA_ARGS__)
+#define norm_dx_vec(dy, ...) NORM_PICK(dx_vec, dy)(dy, __VA_ARGS__)
+
+/* eps must be a positive number. */
+static inline int norm_check_eps(const char *op, double eps) {
+  if (!(eps > 0) || isinf(eps))
+    return tg__error("%s: expected eps to be a positive finite number, but got %g", op,
+                     eps);
+  return 0;
+}
+
+#endif

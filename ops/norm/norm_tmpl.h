@@ -1,0 +1,176 @@
+/* Normalisation kernels written once for an element type T; norm.h includes this file
+ * for float and double, with NK(name) naming each instance (name_f, name_d).
+ *
+ * Numerics, shared by GroupNorm, BatchNorm and LayerNorm:
+ *  - statistics come from sums of d = x - m and d^2 about a pivot m close to the
+ *    mean (in T): mean = m + sum(d)/n and var = sum(d^2)/n - (sum(d)/n)^2, with no
+ *    cancellation because m is within a fraction of a standard deviation of the
+ *    mean (checked; a second pass re-centres when it is not) — never the
+ *    E[x^2] - E[x]^2 of raw values;
+ *  - sums run in T over blocks of NORM_BLOCK elements in LANES independent lanes
+ *    (plain loops GCC and Clang vectorise) and blocks are merged in double, so the
+ *    float32 hot loops stay float32;
+ *  - the mean is kept as pivot + dmean, the pivot p rounded to T and dmean = mean - p
+ *    small; every elementwise pass subtracts p first: for x close to p that is exact,
+ *    so a group with mean 1e4 and std 1e-3 keeps all its digits (in float32 and in
+ *    float64); dmean is folded into per-segment constants computed in double. */
+
+/* s1 += sum(a1), s2 += sum(a2): lanes folded pairwise in T (vector adds, no long
+ * dependency chain), the last one merged into double. */
+static inline void NK(merge)(T *restrict a1, T *restrict a2, double *s1, double *s2) {
+  for (int w = LANES / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) {
+      a1[l] += a1[l + w];
+      a2[l] += a2[l + w];
+    }
+  *s1 += a1[0];
+  *s2 += a2[0];
+}
+
+/* s1 += sum(d), s2 += sum(d^2) with d = x - p. */
+static inline void NK(sum_dev2)(const T *x, int64_t n, T p, double *s1, double *s2) {
+  for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+    const T *b = x + i0;
+    int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK, i = 0;
+    T a1[LANES] = {0}, a2[LANES] = {0};
+    for (; i + LANES <= m; i += LANES)
+      for (int l = 0; l < LANES; l++) {
+        T d = b[i + l] - p;
+        a1[l] += d;
+        a2[l] += d * d;
+      }
+    for (; i < m; i++) {
+      T d = b[i] - p;
+      a1[0] += d;
+      a2[0] += d * d;
+    }
+    NK(merge)(a1, a2, s1, s2);
+  }
+}
+
+/* Statistics of nseg segments of len elements, segment k starting at x + k * stride:
+ * fills st (mean = pivot + dmean, rstd = 1/sqrt(var + eps)) and returns the biased
+ * variance. An empty set gives mean 0 and variance 0.
+ * One pass of sums about a pivot m, the mean of a small sample, usually suffices:
+ * var = sum(d^2)/n - dm^2 loses nothing while dm^2 <= var/16. Otherwise (a sample
+ * unlike the rest) a second pass centres on the mean just found. */
+static inline double NK(moments)(const T *x, int64_t nseg, int64_t len, int64_t stride,
+                                 double eps, norm_stats *st) {
+  const int64_t n = nseg * len;
+  double dm = 0, var = 0;
+  T m = 0;
+  if (n > 0) {
+    const int64_t ns = len < NORM_SAMPLE ? len : NORM_SAMPLE;
+    double s0 = 0;
+    for (int64_t i = 0; i < ns; i++)
+      s0 += x[i];
+    m = (T)(s0 / (double)ns);
+    for (int pass = 0; pass < 2; pass++) {
+      double s1 = 0, s2 = 0;
+      for (int64_t k = 0; k < nseg; k++)
+        NK(sum_dev2)(x + k * stride, len, m, &s1, &s2);
+      dm = s1 / (double)n;
+      var = s2 / (double)n - dm * dm;
+      if (pass == 1 || !(dm * dm > var * 0.0625))
+        break;
+      m = (T)(m + dm);
+    }
+    var = var > 0 ? var : 0;
+  }
+  st->pivot = m;
+  st->dmean = dm;
+  st->rstd = 1.0 / sqrt(var + eps);
+  return var;
+}
+
+/* y = (x - p) * a + b. While it runs, pf (NULL: none) is prefetched line by line: the
+ * next segment's input, so reading it from memory overlaps writing this output. */
+static inline void NK(affine)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
+                              T b, const T *pf) {
+  enum { LINE = 64 / sizeof(T) };
+  int64_t i = 0;
+  if (pf)
+    for (; i + LINE <= n; i += LINE) {
+      __builtin_prefetch(pf + i);
+      for (int64_t j = i; j < i + LINE; j++)
+        y[j] = (x[j] - p) * a + b;
+    }
+  for (; i < n; i++)
+    y[i] = (x[i] - p) * a + b;
+}
+
+/* y = ((x - p) * r + s) * gamma + beta, gamma and beta per element. */
+static inline void NK(affine_vec)(const T *restrict x, T *restrict y, int64_t n, T p, T r,
+                                  T s, const T *restrict gamma, const T *restrict beta) {
+  for (int64_t i = 0; i < n; i++)
+    y[i] = ((x[i] - p) * r + s) * gamma[i] + beta[i];
+}
+
+/* sdy += sum(dy), sdyx += sum(dy * (x - p)). */
+static inline void NK(grad_sums)(const T *dy, const T *x, int64_t n, T p, double *sdy,
+                                 double *sdyx) {
+  for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+    int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK, i = 0;
+    const T *g = dy + i0, *b = x + i0;
+    T a1[LANES] = {0}, a2[LANES] = {0};
+    for (; i + LANES <= m; i += LANES)
+      for (int l = 0; l < LANES; l++) {
+        a1[l] += g[i + l];
+        a2[l] += g[i + l] * (b[i + l] - p);
+      }
+    for (; i < m; i++) {
+      a1[0] += g[i];
+      a2[0] += g[i] * (b[i] - p);
+    }
+    NK(merge)(a1, a2, sdy, sdyx);
+  }
+}
+
+/* As grad_sums with dy scaled by gamma per element. */
+static inline void NK(grad_sums_vec)(const T *dy, const T *x, int64_t n, T p,
+                                     const T *gamma, double *sdy, double *sdyx) {
+  for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+    int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK, i = 0;
+    const T *g = dy + i0, *b = x + i0, *w = gamma + i0;
+    T a1[LANES] = {0}, a2[LANES] = {0};
+    for (; i + LANES <= m; i += LANES)
+      for (int l = 0; l < LANES; l++) {
+        T gd = g[i + l] * w[i + l];
+        a1[l] += gd;
+        a2[l] += gd * (b[i + l] - p);
+      }
+    for (; i < m; i++) {
+      T gd = g[i] * w[i];
+      a1[0] += gd;
+      a2[0] += gd * (b[i] - p);
+    }
+    NK(merge)(a1, a2, sdy, sdyx);
+  }
+}
+
+/* dx = (g * dy - m) * r + c2 * (x - p) + c3. Subtracting the mean m of g*dy before
+ * scaling by r keeps the cancellation in the small terms (a one-element group gives
+ * exactly 0). pf_dy and pf_x (NULL: none) are prefetched as in affine. */
+static inline void NK(dx)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                          int64_t n, T p, T g, T m, T r, T c2, T c3, const T *pf_dy,
+                          const T *pf_x) {
+  enum { LINE = 64 / sizeof(T) };
+  int64_t i = 0;
+  if (pf_dy)
+    for (; i + LINE <= n; i += LINE) {
+      __builtin_prefetch(pf_dy + i);
+      __builtin_prefetch(pf_x + i);
+      for (int64_t j = i; j < i + LINE; j++)
+        dx[j] = (g * dy[j] - m) * r + c2 * (x[j] - p) + c3;
+    }
+  for (; i < n; i++)
+    dx[i] = (g * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+}
+
+/* As dx with g per element. */
+static inline void NK(dx_vec)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                              int64_t n, T p, const T *restrict gamma, T m, T r, T c2,
+                              T c3) {
+  for (int64_t i = 0; i < n; i++)
+    dx[i] = (gamma[i] * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+}
