@@ -88,6 +88,10 @@ void tg_manual_seed(uint64_t seed);
 int tg_set_num_threads(int n);
 int tg_get_num_threads(void);
 
+/* Large freed CPU buffers are cached (up to 1 GiB) for reuse by the next tensors of
+ * the same size, so training steps do not go back to the OS; this returns them. */
+void tg_empty_cache(void);
+
 void tg_scope_begin(void);
 /* Releases every reference recorded since the matching tg_scope_begin(). Returns 0,
  * or -1 when no scope is open. */

@@ -279,14 +279,9 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
                        tg_dtype_name(grad_output->dtype), tg_shape_str(t, b, sizeof b),
                        tg_dtype_name(t->dtype));
     }
-    tg_no_grad_begin();
-    seed = tg_clone(grad_output);
-    tg_no_grad_end();
-    if (seed) {
-      tg_tensor *r = tg_reshape(seed, t->shape, t->ndim);
-      tg_tensor_free(seed);
-      seed = r;
-    }
+    /* An alias: backward functions never write into the gradient they are given, and
+     * accumulation copies before writing into anything shared. */
+    seed = tg__alias(grad_output, t->shape, t->ndim);
   } else {
     if (t->numel != 1) {
       char a[TG_SHAPE_STR_LEN];

@@ -114,6 +114,10 @@ void tg__rand_fill_normal(double *out, int64_t n);
  * Do not call BLAS from inside a parallel region. */
 int tg__threads(int64_t work);
 
+/* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
+void *tg__host_alloc(size_t bytes);
+void tg__host_free(void *p, size_t bytes);
+
 /* ---- CUDA (runtime/cuda.c; stubs when built without CUDA) ---- */
 void *tg__cuda_malloc(size_t bytes, int device);
 void tg__cuda_free(void *p, size_t bytes, int device);

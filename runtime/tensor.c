@@ -102,8 +102,7 @@ static tg_storage *storage_new(size_t bytes, tg_device device) {
   s->bytes = bytes;
   s->device = device;
   if (device.type == TG_DEVICE_CPU) {
-    size_t rounded = (bytes + 63) / 64 * 64;
-    s->data = aligned_alloc(64, rounded ? rounded : 64);
+    s->data = tg__host_alloc(bytes);
   } else {
     s->data = tg__cuda_malloc(bytes ? bytes : 1, device.index);
     if (!s->data) {
@@ -126,7 +125,7 @@ static void storage_unref(tg_storage *s) {
   if (!s || --s->refcount > 0)
     return;
   if (s->device.type == TG_DEVICE_CPU)
-    free(s->data);
+    tg__host_free(s->data, s->bytes);
   else
     tg__cuda_free(s->data, s->bytes, s->device.index);
   free(s);

@@ -207,8 +207,7 @@ tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape, in
   if (x->device.type != TG_DEVICE_CPU)
     return tg__unsupported_device(OP, x), NULL;
   const tg_tensor *in[3] = {x, weight, bias};
-  /* The kernel takes gamma and beta together: stand in ones or zeros for a missing one.
-   */
+  /* The kernel takes gamma and beta together: ones or zeros stand in for a missing one */
   tg_tensor *ones = NULL, *zeros = NULL;
   if (weight && !bias)
     zeros = tg_zeros_like(weight);
