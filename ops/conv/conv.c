@@ -249,10 +249,15 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int64_t dw_n = p->cf * kg;
   const bool direct = geom_is_identity(g);
   int nt = tg__threads(p->n * p->cf * L * kg);
+  /* Blocks of equal size, at most COL_BLOCK_BYTES of columns, and enough of them for
+   * every thread when the batch is small. */
   int64_t blk = clamp64((int64_t)(COL_BLOCK_BYTES / ((size_t)rows * es + 1)), g->ow, L);
-  if (p->n > 0 && p->n * ceil_div(L, blk) < nt) /* small batch: split the pixels */
-    blk = ceil_div(L, ceil_div(nt, p->n));
-  const int64_t nblk = L ? ceil_div(L, blk) : 0, items = p->n * nblk;
+  int64_t nblk = L ? ceil_div(L, blk) : 0;
+  if (p->n > 0 && p->n * nblk < nt)
+    nblk = ceil_div(nt, p->n) < L ? ceil_div(nt, p->n) : L;
+  blk = nblk ? ceil_div(L, nblk) : 0;
+  nblk = blk ? ceil_div(L, blk) : 0;
+  const int64_t items = p->n * nblk;
   if (items < nt)
     nt = items > 0 ? (int)items : 1;
   size_t col_bytes = direct ? 0 : round_up((size_t)(rows * blk) * es);
@@ -514,6 +519,51 @@ static int conv_check(const char *op, const tg_tensor *x, const tg_tensor *w,
 
 /* ----------------------------------------------------------------- ops -- */
 
+/* With stride 1 the input gradient is itself a convolution, dx = conv2d(dy, W') with
+ * W'[ci, co, i, j] = W[co, ci, kh-1-i, kw-1-j] per group and padding d*(k-1) - p. It
+ * gathers columns of dy where col2im would scatter columns of x's size, which is
+ * cheaper when dy has no more channels than x. Fills the plan of that product. */
+static bool dgrad_as_conv(const conv_plan *p, conv_plan *q) {
+  const geom *g = &p->g;
+  if (g->sh != 1 || g->sw != 1 || p->cf > g->c)
+    return false;
+  geom f = {.c = p->cf,
+            .h = g->oh,
+            .w = g->ow,
+            .kh = g->kh,
+            .kw = g->kw,
+            .sh = 1,
+            .sw = 1,
+            .ph = g->dh * (g->kh - 1) - g->ph,
+            .pw = g->dw * (g->kw - 1) - g->pw,
+            .dh = g->dh,
+            .dw = g->dw,
+            .oh = g->h,
+            .ow = g->w};
+  *q = (conv_plan){p->dtype, p->n, p->groups, g->c, f};
+  return true;
+}
+
+/* W' of dgrad_as_conv: [cin, cout/groups, kh, kw] from w [cout, cin/groups, kh, kw]. */
+static tg_tensor *flip_weight(const tg_tensor *w, int64_t groups) {
+  const int64_t co = w->shape[0], cig = w->shape[1], kk = w->shape[2] * w->shape[3];
+  const int64_t cog = co / groups;
+  tg_tensor *f =
+      tg__new(TG_SHAPE(cig * groups, cog, w->shape[2], w->shape[3]), w->dtype, w->device);
+  if (!f)
+    return NULL;
+  TG_DISPATCH_FLOAT(w->dtype, T, {
+    const T *W = tg__data(w);
+    T *F = tg__data(f);
+    for (int64_t o = 0; o < co; o++)
+      for (int64_t c = 0; c < cig; c++)
+        for (int64_t k = 0; k < kk; k++)
+          F[(((o / cog) * cig + c) * cog + o % cog) * kk + kk - 1 - k] =
+              W[(o * cig + c) * kk + k];
+  });
+  return f;
+}
+
 static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
   const conv_plan *p = node->ctx;
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
@@ -523,9 +573,18 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
       return -1;
   }
   if (tg__input_needs_grad(node, 0)) {
-    if (!(gi[0] = tg__new_like(x)) ||
-        col2im_drive(p, tg__data(gy), tg__data(w), NULL, tg__data(gi[0])) < 0)
+    conv_plan q;
+    tg_tensor *wf;
+    if (!(gi[0] = tg__new_like(x)))
       return -1;
+    if (dgrad_as_conv(p, &q)) {
+      if (!(wf = flip_weight(w, p->groups)) ||
+          im2col_drive(&q, tg__data(gy), tg__data(wf), NULL, tg__data(gi[0]), NULL,
+                       NULL) < 0)
+        return -1;
+    } else if (col2im_drive(p, tg__data(gy), tg__data(w), NULL, tg__data(gi[0])) < 0) {
+      return -1;
+    }
   }
   if (tg__input_needs_grad(node, 2)) {
     if (!(gi[2] = tg__new_like(node->inputs[2])))

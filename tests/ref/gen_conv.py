@@ -46,6 +46,12 @@ case("conv_1x1_stride2", (2, 3, 5, 5), (4, 3, 1, 1), stride=(2, 2))
 case("conv_nonsquare", (2, 2, 7, 10), (3, 2, 2, 5), stride=(2, 3), padding=(1, 2),
      dilation=(1, 2), bias=False)
 case("conv_kernel_is_input", (1, 1, 5, 5), (2, 1, 5, 5), bias=False)
+# stride 1 with no more output than input channels: dx takes the flipped-weight path,
+# including padding above d*(k-1) (cropping) and mixed dilations.
+case("conv_dx_as_conv", (2, 4, 6, 5), (3, 4, 3, 3), padding=(1, 1))
+case("conv_dx_crop", (1, 3, 3, 4), (2, 3, 1, 1), padding=(1, 1))
+case("conv_dx_dilated", (1, 4, 7, 6), (2, 2, 3, 2), padding=(2, 1), dilation=(2, 3),
+     groups=2)
 case("conv_mnist_like", (2, 1, 9, 9), (6, 1, 3, 3), padding=(1, 1))
 # conv_transpose2d
 case("convt_basic", (2, 3, 4, 5), (3, 2, 3, 3), transposed=True)
