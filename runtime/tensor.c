@@ -498,10 +498,9 @@ tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
     return NULL;
   size_t bytes = (size_t)t->numel * tg_dtype_size(dtype);
   if (bytes && !data) {
+    tg__error("tg_tensor_from_data: data is NULL for %lld elements", (long long)t->numel);
     tg_tensor_free(t);
-    return tg__error("tg_tensor_from_data: data is NULL for %lld elements",
-                     (long long)t->numel),
-           NULL;
+    return NULL;
   }
   if (bytes && tg__cuda_memcpy(t->storage->data, device, data, TG_CPU, bytes) < 0) {
     tg_tensor_free(t);
