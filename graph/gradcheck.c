@@ -31,6 +31,10 @@ static int eval(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n,
 int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_inputs,
                  const tg_gradcheck_options *options) {
   tg_gradcheck_options o = options ? *options : tg_gradcheck_options_default();
+  if (!(o.eps > 0) || !isfinite(o.eps) || !(o.atol >= 0) || !(o.rtol >= 0))
+    return tg__error("tg_gradcheck: expected eps > 0 and finite, atol >= 0, rtol >= 0, "
+                     "got eps=%g, atol=%g, rtol=%g",
+                     o.eps, o.atol, o.rtol);
   if (!fn || !inputs || n_inputs <= 0)
     return tg__error("tg_gradcheck: expected fn and at least one input");
   for (int i = 0; i < n_inputs; i++) {

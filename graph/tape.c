@@ -271,7 +271,10 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
                      "not have a grad_fn");
   tg_tensor *seed;
   if (grad_output) {
-    if (grad_output->numel != t->numel || grad_output->dtype != t->dtype) {
+    bool same = grad_output->ndim == t->ndim && grad_output->dtype == t->dtype;
+    for (int i = 0; same && i < t->ndim; i++)
+      same = grad_output->shape[i] == t->shape[i];
+    if (!same) {
       char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN];
       return tg__error("tg_backward: Mismatch in shape: grad_output has a shape of %s "
                        "(%s) and output has a shape of %s (%s)",

@@ -260,6 +260,9 @@ tg_device tg_device_of(const tg_tensor *t) { return t ? t->device : TG_CPU; }
 int64_t tg_size(const tg_tensor *t, int dim) {
   if (!tg__nonnull(t, "tg_size", "t"))
     return -1;
+  if (t->ndim == 0)
+    return tg__error("tg_size: Dimension specified as %d but tensor has no dimensions",
+                     dim);
   int d = tg__wrap_dim(dim, t->ndim, "tg_size");
   return d < 0 ? -1 : t->shape[d];
 }
@@ -329,6 +332,16 @@ double tg__get(const tg_tensor *t, int64_t i) {
   return NAN;
 }
 
+/* double -> int64 without undefined behaviour: NaN and out-of-range values saturate
+ * (NaN to INT64_MIN, as PyTorch's conversion gives on x86). */
+static int64_t to_i64(double v) {
+  if (isnan(v) || v <= -0x1p63)
+    return INT64_MIN;
+  if (v >= 0x1p63)
+    return INT64_MAX;
+  return (int64_t)v;
+}
+
 void tg__set(tg_tensor *t, int64_t i, double v) {
   switch (t->dtype) {
   case TG_F32:
@@ -338,7 +351,7 @@ void tg__set(tg_tensor *t, int64_t i, double v) {
     ((double *)tg__data(t))[i] = v;
     break;
   case TG_I64:
-    ((int64_t *)tg__data(t))[i] = (int64_t)v;
+    ((int64_t *)tg__data(t))[i] = to_i64(v);
     break;
   }
 }
@@ -352,6 +365,10 @@ tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device de
 int tg_fill_(tg_tensor *t, double value) {
   if (!tg__nonnull(t, "tg_fill_", "t"))
     return -1;
+  if (t->dtype == TG_I64 && !(value >= -0x1p63 && value < 0x1p63))
+    return tg__error("tg_fill_: value %g cannot be converted to type int64_t without "
+                     "overflow",
+                     value);
   if (t->device.type != TG_DEVICE_CPU) {
     tg_tensor *h = tg_full(t->shape, t->ndim, value, t->dtype, TG_CPU);
     int rc = h ? tg_copy_(t, h) : -1;
@@ -374,7 +391,7 @@ int tg_fill_(tg_tensor *t, double value) {
   case TG_I64: {
     int64_t *p = tg__data(t);
     for (int64_t i = 0; i < t->numel; i++)
-      p[i] = (int64_t)value;
+      p[i] = to_i64(value);
     break;
   }
   }

@@ -211,8 +211,17 @@ static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim, tg_tensor 
   int d = tg__wrap_dim(dim, t->ndim, op);
   if (d < 0)
     return NULL;
-  if (t->ndim == 0)
-    return tg_reshape(t, NULL, 0);
+  if (t->ndim == 0) { /* a 0-dim tensor is its own max, at index 0 */
+    tg_tensor *idx = tg_zeros(NULL, 0, TG_I64, t->device);
+    if (!want_values || !idx)
+      return idx;
+    tg_tensor *val = tg_reshape(t, NULL, 0);
+    if (indices && val)
+      *indices = idx;
+    else
+      tg_tensor_free(idx);
+    return val;
+  }
   if (t->shape[d] == 0) {
     char buf[TG_SHAPE_STR_LEN];
     return tg__error("%s: Expected reduction dim %d to have non-zero size (input shape "

@@ -21,6 +21,7 @@ static tg_tensor *reshape_impl(const tg_tensor *t, const int64_t *shape, int ndi
                      TG_MAX_DIMS, ndim),
            NULL;
   int64_t s[TG_MAX_DIMS], known = 1;
+  bool overflow = false;
   int infer = -1;
   for (int i = 0; i < ndim; i++) {
     s[i] = shape[i];
@@ -30,16 +31,19 @@ static tg_tensor *reshape_impl(const tg_tensor *t, const int64_t *shape, int ndi
       infer = i;
     } else if (s[i] < 0) {
       return tg__error("%s: invalid shape dimension %lld", op, (long long)s[i]), NULL;
-    } else {
-      known *= s[i];
+    } else if (__builtin_mul_overflow(known, s[i], &known)) {
+      overflow = true; /* more elements than int64 counts, even with a 0 dim */
     }
   }
-  if (infer >= 0 && known > 0 && t->numel % known == 0)
-    s[infer] = t->numel / known;
-  int64_t numel = 1;
-  for (int i = 0; i < ndim; i++)
-    numel *= s[i];
-  if ((infer >= 0 && (known == 0 || t->numel % known != 0)) || numel != t->numel) {
+  bool valid = !overflow;
+  if (valid && infer >= 0) {
+    valid = known > 0 && t->numel % known == 0;
+    if (valid)
+      s[infer] = t->numel / known;
+  } else if (valid) {
+    valid = known == t->numel;
+  }
+  if (!valid) {
     char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN];
     return tg__error("%s: shape '%s' is invalid for input of size %lld (input shape %s)",
                      op, tg__shape_fmt(shape, ndim, a, sizeof a), (long long)t->numel,
