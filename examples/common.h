@@ -1,0 +1,149 @@
+/* Shared by the example programs: command-line flags, a progress bar, a deterministic
+ * random generator, Ctrl-C handling, MNIST IDX files and PNG pictures. Not part of the
+ * library: examples use tapegrad.h only. */
+#ifndef TG_EXAMPLES_COMMON_H
+#define TG_EXAMPLES_COMMON_H
+
+#include "tapegrad.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Exit statuses: runtime failures (bad data, I/O, CUDA missing) and bad flags. */
+enum { EX_EXIT_FAILURE = 1, EX_EXIT_USAGE = 2 };
+
+/* ------------------------------------------------------------------ flags -- */
+typedef enum { EX_FLAG_INT, EX_FLAG_I64, EX_FLAG_DOUBLE, EX_FLAG_STRING } ex_flag_kind;
+
+/* One --name VALUE flag (also --name=VALUE). Numbers must lie in [lo, hi]. */
+typedef struct {
+  const char *name;
+  ex_flag_kind kind;
+  void *value; /* int *, int64_t *, double * or const char ** */
+  double lo, hi;
+  const char *metavar, *help;
+} ex_flag;
+
+/* Flags every example takes. */
+typedef struct {
+  const char *device_name; /* "cpu", "cuda" or "cuda:N" */
+  tg_device device;
+  int threads; /* 0: the library's default */
+  int epochs;
+  int64_t steps; /* 0: no limit */
+  int batch;
+  double lr;
+  int64_t seed;
+  const char *save, *load, *out;
+} ex_common_options;
+
+/* Appends the common flags to `flags` (room for 10 more), bound to `o`. */
+int ex_common_flags(ex_flag *flags, int n, ex_common_options *o);
+/* Parses argv. Returns 0 to run, 1 after printing --help (exit 0), or -1 after
+ * printing what was wrong and a pointer to --help (exit EX_EXIT_USAGE). */
+int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *flags,
+                   int n);
+/* Applies the common options: device availability, threads, seed. Prints the error
+ * and returns -1 when the device is unusable. */
+int ex_common_apply(ex_common_options *o);
+
+/* ---------------------------------------------------------------- progress -- */
+/* A live bar redrawn in place on a terminal; one plain line every `log_every` steps
+ * (and at the end of each epoch) when stdout is a file or a pipe. */
+typedef struct {
+  bool tty;
+  int64_t total_steps, log_every;
+  int64_t steps_done, images_done;
+  double t_start, t_drawn;
+  bool bar_visible;
+} ex_progress;
+
+double ex_now(void); /* monotonic seconds */
+void ex_progress_init(ex_progress *p, int64_t total_steps, int64_t log_every);
+/* Records one finished step of `images` images. `metrics` is a short text such as
+ * "loss 0.412 acc 86.1%". step_in_epoch is 1-based. */
+void ex_progress_step(ex_progress *p, int epoch, int epochs, int64_t step_in_epoch,
+                      int64_t steps_per_epoch, int64_t images, const char *metrics);
+/* Prints a line of its own (above the bar on a terminal). printf-style. */
+void ex_progress_print(ex_progress *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Ends the bar's line. */
+void ex_progress_finish(ex_progress *p);
+
+/* ------------------------------------------------------------------ random -- */
+/* splitmix64-seeded xoshiro256**: the examples' own stream, so shuffles and scenes do
+ * not depend on how many numbers the library drew. */
+typedef struct {
+  uint64_t s[4];
+} ex_rng;
+void ex_rng_seed(ex_rng *r, uint64_t seed);
+uint64_t ex_rng_u64(ex_rng *r);
+double ex_rng_uniform(ex_rng *r);          /* [0, 1) */
+double ex_rng_range(ex_rng *r, double lo, double hi);
+int64_t ex_rng_below(ex_rng *r, int64_t n); /* [0, n) */
+double ex_rng_normal(ex_rng *r);
+void ex_rng_shuffle(ex_rng *r, int64_t *a, int64_t n);
+/* Mixes two values into a seed (for "the i-th scene of stream s"). */
+uint64_t ex_hash2(uint64_t a, uint64_t b);
+
+/* ------------------------------------------------------------------ Ctrl-C -- */
+/* The first SIGINT asks to stop after the current step; a second one kills. */
+void ex_sigint_install(void);
+bool ex_interrupted(void);
+/* Where an interrupted run writes its checkpoint: --save, else OUT/interrupted. */
+const char *ex_interrupt_checkpoint(const ex_common_options *o, char *buf, size_t len);
+/* Saves vs to path (creating its directory), printing the outcome. Returns 0 or -1. */
+int ex_save_checkpoint(const tg_varstore *vs, const char *path);
+
+/* ------------------------------------------------------------------- files -- */
+/* mkdir -p. Returns 0, or -1 after printing the error. */
+int ex_mkdir_p(const char *dir);
+
+/* IDX files (MNIST's format), gzipped or not. Print an error naming the file and
+ * return -1 on a missing, truncated or malformed file. */
+typedef struct {
+  int64_t n, rows, cols;
+  uint8_t *pixels; /* n*rows*cols, row-major */
+} ex_idx_images;
+int ex_idx_read_images(const char *path, ex_idx_images *out);
+/* Labels must be < num_classes. */
+int ex_idx_read_labels(const char *path, int num_classes, int64_t *n, uint8_t **labels);
+/* DIR/NAME if it exists, else DIR/NAME.gz (into buf). */
+const char *ex_idx_path(const char *dir, const char *name, char *buf, size_t len);
+
+/* ---------------------------------------------------------------- pictures -- */
+typedef struct {
+  int w, h;
+  uint8_t *rgb; /* w*h*3 */
+} ex_canvas;
+typedef struct {
+  uint8_t r, g, b;
+} ex_color;
+
+int ex_canvas_init(ex_canvas *c, int w, int h, ex_color fill);
+void ex_canvas_free(ex_canvas *c);
+void ex_canvas_rect(ex_canvas *c, int x, int y, int w, int h, ex_color col);
+void ex_canvas_line(ex_canvas *c, double x0, double y0, double x1, double y1,
+                    ex_color col);
+/* Text in a 5x7 pixel font (scale times larger); returns the width drawn. */
+int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col,
+                   const char *text);
+int ex_text_width(const char *text, int scale);
+/* Writes an 8-bit RGB PNG. Returns 0, or -1 after printing the error. */
+int ex_png_write(const char *path, const ex_canvas *c);
+
+/* One line of a plot: x/y values; connects the points. */
+typedef struct {
+  const char *label;
+  const double *x, *y;
+  int64_t n;
+  ex_color color;
+  bool markers;
+} ex_series;
+/* Draws a framed plot with axes, ticks, a title and a legend into the rectangle
+ * (x, y, w, h) of c. y range: [y_lo, y_hi], or from the data when y_lo >= y_hi. */
+void ex_plot(ex_canvas *c, int x, int y, int w, int h, const char *title,
+             const char *x_label, const ex_series *series, int n_series, double y_lo,
+             double y_hi);
+
+#endif
