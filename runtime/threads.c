@@ -1,5 +1,18 @@
-/* Thread count shared by tapegrad's OpenMP loops and OpenBLAS, so the two pools never
- * oversubscribe the cores: BLAS is called outside parallel regions only. */
+/* Thread policy: tapegrad parallelises its own kernels with OpenMP and keeps OpenBLAS
+ * on one thread, so the two pools never run at once on the same cores.
+ *
+ * Why not let OpenBLAS have the cores too: its worker threads busy-wait (with
+ * sched_yield) for a long while after every call, and OpenMP's workers busy-wait
+ * between parallel regions; with both pools sized to the machine, a training step that
+ * alternates BLAS and OpenMP kernels has twice as many runnable threads as cores, and
+ * two threads ran slower than one. Kernels that want a parallel GEMM split it into
+ * per-thread blocks themselves (ops/conv), calling single-threaded BLAS from each
+ * thread.
+ *
+ * OpenMP's own waiting is set by the environment, not by an API: GOMP_SPINCOUNT and
+ * OMP_WAIT_POLICY are read once when libgomp loads. On a machine shared with other
+ * busy processes, OMP_WAIT_POLICY=passive avoids spinning threads stealing the CPU
+ * from the thread everyone waits for (bench/NOTES.md has figures). */
 #include "runtime/internal.h"
 
 #include <omp.h>
@@ -27,7 +40,7 @@ int tg_get_num_threads(void) {
     n = initial_threads();
     int expected = 0;
     if (atomic_compare_exchange_strong(&num_threads, &expected, n))
-      openblas_set_num_threads(n);
+      openblas_set_num_threads(1);
     else
       n = expected;
   }
@@ -38,9 +51,13 @@ int tg_set_num_threads(int n) {
   if (n < 1)
     return tg__error("tg_set_num_threads: expected a thread count >= 1, got %d", n);
   atomic_store(&num_threads, n);
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);
   return 0;
 }
+
+/* At load time, so that BLAS calls made before any tapegrad kernel already run on one
+ * thread (OpenBLAS, a dependency, is initialised before this). */
+__attribute__((constructor)) static void threads_init(void) { tg_get_num_threads(); }
 
 int tg__threads(int64_t work) {
   /* Below ~32k elementary operations a parallel region costs more than it saves. */

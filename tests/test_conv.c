@@ -200,6 +200,98 @@ static void test_large_vs_naive(void **state) {
   }
 }
 
+/* float32 stride-1 convolutions take the direct kernels (ops/conv/direct.c) where the
+ * CPU has AVX2 and FMA: output channels not a multiple of their 4-channel tiles, taps
+ * not a multiple of 3, rows shorter than a vector or ending in a partial one,
+ * dilation, no padding (the image read in place), padding too large for the direct
+ * input gradient, several row blocks per image and several images per weight-gradient
+ * group, on 1 and 3 threads: all against the direct loops in float64. */
+static void test_direct_vs_naive(void **state) {
+  (void)state;
+  const struct {
+    int64_t x[4], w[4], pad[2], dil[2];
+  } cases[] = {
+      {{3, 5, 9, 7}, {6, 5, 3, 3}, {1, 1}, {1, 1}},
+      {{2, 3, 12, 21}, {5, 3, 3, 5}, {1, 2}, {2, 1}},
+      {{4, 7, 17, 33}, {9, 7, 2, 2}, {0, 0}, {1, 1}},
+      {{2, 4, 10, 10}, {8, 4, 3, 3}, {3, 0}, {1, 1}},
+      {{1, 2, 5, 40}, {3, 2, 1, 1}, {1, 1}, {1, 1}},
+      {{1, 40, 70, 70}, {4, 40, 3, 3}, {1, 1}, {1, 1}},
+      {{20, 3, 6, 6}, {4, 3, 3, 3}, {1, 1}, {1, 1}},
+      {{3, 2, 4, 3}, {2, 2, 3, 3}, {1, 1}, {1, 1}},
+  };
+  int saved = tg_get_num_threads();
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+    for (int t = 0; t < 2; t++) {
+      tg_set_num_threads(t ? 3 : 1);
+      tg_scope_begin();
+      const conv_args a = {{1, 1},
+                           {cases[c].pad[0], cases[c].pad[1]},
+                           {cases[c].dil[0], cases[c].dil[1]},
+                           1,
+                           {0, 0},
+                           false};
+      tg_tensor *x = tg_randn(cases[c].x, 4, TG_F64, TG_CPU);
+      tg_tensor *w = tg_randn(cases[c].w, 4, TG_F64, TG_CPU);
+      tg_tensor *b = tg_randn(TG_SHAPE(cases[c].w[0]), TG_F64, TG_CPU);
+      tg_tensor *x32 = tg_to_dtype(x, TG_F32), *w32 = tg_to_dtype(w, TG_F32);
+      tg_tensor *b32 = tg_to_dtype(b, TG_F32);
+      tg_tensor *in[3] = {x32, w32, b32};
+      for (int i = 0; i < 3; i++)
+        assert_ok(tg_set_requires_grad(in[i], true) == 0);
+      tg_tensor *y = tg_conv2d(x32, w32, b32, a.stride, a.padding, a.dilation, 1);
+      assert_ok(y);
+      tg_tensor *gy = tg_randn(tg_shape(y), 4, TG_F64, TG_CPU);
+      tg_tensor *ey = tg_empty(tg_shape(y), 4, TG_F64, TG_CPU), *edx = tg_zeros_like(x);
+      tg_tensor *edw = tg_zeros_like(w), *edb = tg_zeros_like(b);
+      /* the rounded float32 inputs, so that only the arithmetic differs */
+      naive_conv2d(tg_to_dtype(x32, TG_F64), tg_to_dtype(w32, TG_F64),
+                   tg_to_dtype(b32, TG_F64), &a,
+                   tg_to_dtype(tg_to_dtype(gy, TG_F32), TG_F64), ey, edx, edw, edb);
+      assert_close(y, ey, 1e-4, 1e-4);
+      assert_ok(tg_backward_ex(y, tg_to_dtype(gy, TG_F32), false) == 0);
+      assert_close(tg_grad(x32), edx, 1e-4, 1e-4);
+      assert_close(tg_grad(w32), edw, 1e-3, 1e-4);
+      assert_close(tg_grad(b32), edb, 1e-3, 1e-4);
+      assert_int_equal(tg_scope_end(), 0);
+    }
+  tg_set_num_threads(saved);
+}
+
+/* An Inf in x reaches exactly the weight-gradient entries whose taps read it: the
+ * direct kernels' partial vectors (rows of 13 and of 5 pixels) never pair a lane they
+ * do not count with it (0 * Inf would be NaN). */
+static void test_direct_inf_stays_put(void **state) {
+  (void)state;
+  const int64_t widths[2] = {13, 5};
+  for (int c = 0; c < 2; c++) {
+    tg_scope_begin();
+    const conv_args a = {{1, 1}, {1, 1}, {1, 1}, 1, {0, 0}, false};
+    tg_tensor *x = tg_randn(TG_SHAPE(2, 2, 6, widths[c]), TG_F64, TG_CPU);
+    /* image 0, channel 1, row 3, last column */
+    ((double *)tg_data(x))[1 * 6 * widths[c] + 3 * widths[c] + widths[c] - 1] = INFINITY;
+    tg_tensor *w = tg_randn(TG_SHAPE(4, 2, 3, 3), TG_F64, TG_CPU);
+    tg_tensor *x32 = tg_to_dtype(x, TG_F32), *w32 = tg_to_dtype(w, TG_F32);
+    assert_ok(tg_set_requires_grad(w32, true) == 0);
+    tg_tensor *y = tg_conv2d(x32, w32, NULL, a.stride, a.padding, a.dilation, 1);
+    assert_ok(y);
+    tg_tensor *gy = tg_ones(tg_shape(y), 4, TG_F64, TG_CPU);
+    tg_tensor *ey = tg_empty(tg_shape(y), 4, TG_F64, TG_CPU), *edx = tg_zeros_like(x);
+    tg_tensor *edw = tg_zeros_like(w), *edb = tg_zeros(TG_SHAPE(4), TG_F64, TG_CPU);
+    naive_conv2d(x, w, NULL, &a, gy, ey, edx, edw, edb);
+    assert_ok(tg_backward_ex(y, tg_to_dtype(gy, TG_F32), false) == 0);
+    const float *dw = tg_data(tg_grad(w32));
+    const double *e = tg_data(edw);
+    int finite = 0;
+    for (int64_t i = 0; i < tg_numel(edw); i++) {
+      assert_true(isfinite(dw[i]) == isfinite(e[i]));
+      finite += isfinite(e[i]) != 0;
+    }
+    assert_true(finite > 0 && finite < tg_numel(edw));
+    assert_int_equal(tg_scope_end(), 0);
+  }
+}
+
 /* Work is split by images, pixels or channels depending on the thread count and the
  * batch: one thread and several agree (up to summation order) for small batches too. */
 static void test_threads_agree(void **state) {
@@ -351,11 +443,17 @@ static void test_errors(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_reference_f64),  cmocka_unit_test(test_reference_f32),
-      cmocka_unit_test(test_gradcheck),      cmocka_unit_test(test_partial_grads),
-      cmocka_unit_test(test_large_vs_naive), cmocka_unit_test(test_threads_agree),
-      cmocka_unit_test(test_adjoint),        cmocka_unit_test(test_edge_cases),
+      cmocka_unit_test(test_reference_f64),
+      cmocka_unit_test(test_reference_f32),
+      cmocka_unit_test(test_gradcheck),
+      cmocka_unit_test(test_partial_grads),
+      cmocka_unit_test(test_large_vs_naive),
+      cmocka_unit_test(test_threads_agree),
+      cmocka_unit_test(test_adjoint),
+      cmocka_unit_test(test_edge_cases),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_direct_vs_naive),
+      cmocka_unit_test(test_direct_inf_stays_put),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

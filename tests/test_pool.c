@@ -5,6 +5,7 @@
 #include "common.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { OP_MAX, OP_AVG, OP_ADAPTIVE, OP_NEAREST, OP_BILINEAR };
@@ -144,6 +145,59 @@ static void test_threads_agree(void **state) {
   assert_int_equal(tg_scope_end(), 0);
 }
 
+/* 2x2 max pooling with stride 2 has loops of its own (vectorised for float32) that
+ * keep no indices; PyTorch's rules (first maximum, last NaN, -inf windows) on every
+ * row length from 1 to 19 and odd heights, against the rules written out here, in
+ * float32 and float64, for the output and the input gradient. */
+static void test_max_2x2_rules(void **state) {
+  (void)state;
+  const int64_t k[2] = {2, 2};
+  for (int64_t w = 2; w <= 19; w++)
+    for (int dt = 0; dt < 2; dt++) {
+      tg_scope_begin();
+      const int64_t h = w % 3 + 4, n = 2 * 3 * h * w, oh = h / 2, ow = w / 2;
+      /* small integers make ties; some NaNs and -infs */
+      double *v = malloc((size_t)n * sizeof *v);
+      for (int64_t i = 0; i < n; i++) {
+        uint64_t r = (uint64_t)(i * 2654435761u + w * 40503u) % 97;
+        v[i] = r < 3 ? NAN : r < 6 ? -INFINITY : (double)(r % 5) - 2.0;
+      }
+      tg_tensor *x64 = tg_tensor_from_data(v, TG_SHAPE(2, 3, h, w), TG_F64, TG_CPU);
+      tg_tensor *x = dt ? x64 : tg_to_dtype(x64, TG_F32);
+      assert_ok(tg_set_requires_grad(x, true) == 0);
+      tg_tensor *y = tg_max_pool2d(x, k, NULL, NULL);
+      assert_ok(y);
+      tg_tensor *gy = tg_randn(tg_shape(y), 4, tg_dtype_of(x), TG_CPU);
+      assert_ok(tg_backward_ex(y, gy, false) == 0);
+      tg_tensor *y64 = tg_to_dtype(y, TG_F64), *g64 = tg_to_dtype(gy, TG_F64);
+      tg_tensor *dx64 = tg_to_dtype(tg_grad(x), TG_F64);
+      const double *Y = tg_data(y64), *G = tg_data(g64), *DX = tg_data(dx64);
+      double *expect_dx = calloc((size_t)n, sizeof *expect_dx);
+      for (int64_t p = 0; p < 6; p++)
+        for (int64_t oy = 0; oy < oh; oy++)
+          for (int64_t ox = 0; ox < ow; ox++) {
+            double m = -INFINITY;
+            int64_t best = p * h * w + 2 * oy * w + 2 * ox;
+            for (int64_t dy = 0; dy < 2; dy++)
+              for (int64_t dx = 0; dx < 2; dx++) {
+                int64_t i = p * h * w + (2 * oy + dy) * w + 2 * ox + dx;
+                if (v[i] > m || isnan(v[i])) {
+                  m = v[i];
+                  best = i;
+                }
+              }
+            const int64_t o = (p * oh + oy) * ow + ox;
+            assert_true(isnan(m) ? isnan(Y[o]) : Y[o] == m);
+            expect_dx[best] += G[o];
+          }
+      for (int64_t i = 0; i < n; i++)
+        assert_true(DX[i] == expect_dx[i]);
+      free(v);
+      free(expect_dx);
+      assert_int_equal(tg_scope_end(), 0);
+    }
+}
+
 static void test_errors(void **state) {
   (void)state;
   tg_scope_begin();
@@ -190,7 +244,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_reference_f64), cmocka_unit_test(test_reference_f32),
       cmocka_unit_test(test_max_rules),     cmocka_unit_test(test_threads_agree),
-      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_errors),        cmocka_unit_test(test_max_2x2_rules),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

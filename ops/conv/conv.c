@@ -1,4 +1,9 @@
-/* 2-D convolution and its adjoint, transposed convolution, as im2col + GEMM.
+/* 2-D convolution and its adjoint, transposed convolution.
+ *
+ * float32 convolutions with stride 1 and one group (most of a conv net's) run on the
+ * direct kernels of direct.c where the CPU has AVX2 and FMA: forward, input gradient
+ * and weight gradient. Everything else, and every CPU without them, runs on im2col +
+ * GEMM, below.
  *
  * Both ops share one geometry: an image [C, H, W] and a grid of oh x ow kernel
  * positions; position (oy, ox) and kernel tap (i, j) meet at image pixel
@@ -13,9 +18,10 @@
  *
  * Threads: the drivers split the batch (and, when it is small, the pixels or the
  * channels) into items and run each item's im2col, GEMM and col2im on one thread,
- * with OpenBLAS single-threaded meanwhile. A thread's columns stay in its own cache,
- * and no OpenMP pool spins against OpenBLAS's threads between the two. */
+ * calling single-threaded OpenBLAS (runtime/threads.c keeps it so). A thread's
+ * columns stay in its own cache. */
 #include "graph/internal.h"
+#include "ops/conv/direct.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -23,8 +29,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-void openblas_set_num_threads(int num_threads);
 
 /* ------------------------------------------------------------ geometry -- */
 
@@ -162,10 +166,6 @@ static void gemm(tg_dtype dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t
                 (int)ldb, beta, c, (int)ldc);
 }
 
-/* The drivers call BLAS from their own threads: OpenBLAS must not start its own. */
-static void blas_serial_begin(void) { openblas_set_num_threads(1); }
-static void blas_serial_end(void) { openblas_set_num_threads(tg_get_num_threads()); }
-
 /* ---------------------------------------------------------- workspace -- */
 
 /* Column buffers up to this size are kept per thread between calls: training loops
@@ -187,7 +187,7 @@ static _Thread_local struct {
 
 static void ws_key_init(void) { pthread_key_create(&ws_key, free); }
 
-static void *workspace_get(size_t bytes) {
+void *conv_workspace_get(size_t bytes) {
   if (bytes > WORKSPACE_KEEP_BYTES)
     return aligned_alloc(64, round_up(bytes));
   if (ws.bytes < bytes) {
@@ -200,7 +200,7 @@ static void *workspace_get(size_t bytes) {
   return ws.p;
 }
 
-static void workspace_put(void *p) {
+void conv_workspace_put(void *p) {
   if (p != ws.p)
     free(p);
 }
@@ -262,13 +262,13 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
     nt = items > 0 ? (int)items : 1;
   size_t col_bytes = direct ? 0 : round_up((size_t)(rows * blk) * es);
   size_t dw_bytes = dw ? round_up((size_t)dw_n * es) : 0;
-  char *buf = workspace_get((size_t)nt * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
+  char *buf =
+      conv_workspace_get((size_t)nt * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
   if (!buf)
     return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
                      (long long)rows, (long long)blk);
   if (dw)
     memset(dw, 0, dw_bytes);
-  blas_serial_begin();
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
@@ -299,10 +299,9 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
       }
     }
   }
-  blas_serial_end();
   if (dw && nt > 1)
     add_partials(p->dtype, dw, buf + (size_t)nt * col_bytes, nt - 1, dw_bytes / es, dw_n);
-  workspace_put(buf);
+  conv_workspace_put(buf);
   return 0;
 }
 
@@ -324,11 +323,10 @@ static int col2im_drive(const conv_plan *p, const void *flat_in, const void *w,
   if (items < nt)
     nt = items > 0 ? (int)items : 1;
   size_t col_bytes = direct ? 0 : round_up((size_t)(cblk * kk * L) * es);
-  char *buf = workspace_get((size_t)nt * col_bytes + 1);
+  char *buf = conv_workspace_get((size_t)nt * col_bytes + 1);
   if (!buf)
     return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
                      (long long)(cblk * kk), (long long)L);
-  blas_serial_begin();
 #pragma omp parallel num_threads(nt)
   {
     void *cols = buf + (size_t)omp_get_thread_num() * col_bytes;
@@ -351,8 +349,7 @@ static int col2im_drive(const conv_plan *p, const void *flat_in, const void *w,
       }
     }
   }
-  blas_serial_end();
-  workspace_put(buf);
+  conv_workspace_put(buf);
   return 0;
 }
 
@@ -437,6 +434,15 @@ static int conv_check(const char *op, const tg_tensor *x, const tg_tensor *w,
                      "got %d-dimensional input of size %s instead",
                      op, sw, x->ndim, sx);
   const int64_t *ws = w->shape, *xs = x->shape;
+  if (ws[2] <= 0 || ws[3] <= 0)
+    return tg__error(
+        "%s: kernel size should be greater than zero, but got kernel_height: "
+        "%lld kernel_width: %lld (weight of size %s)",
+        op, (long long)ws[2], (long long)ws[3], sw);
+  if (cp->transposed && (xs[2] == 0 || xs[3] == 0) && xs[0] != 0 && xs[1] != 0)
+    return tg__error("%s: Only zero batch or zero channel inputs are supported, but got "
+                     "input shape: %s",
+                     op, sx);
   if (ws[0] < groups)
     return tg__error("%s: Given groups=%lld, expected weight to be at least %lld at "
                      "dimension 0, but got weight of size %s instead",
@@ -469,19 +475,39 @@ static int conv_check(const char *op, const tg_tensor *x, const tg_tensor *w,
             .pw = pd[1],
             .dh = dl[0],
             .dw = dl[1]};
-  int64_t ekh = dl[0] * (ws[2] - 1) + 1, ekw = dl[1] * (ws[3] - 1) + 1;
+  /* Per spatial dim: effective kernel ek = d*(k-1) + 1, and for conv2d the padded
+   * input x + 2p, for conv_transpose2d the output (x-1)*s - 2p + ek + op; any of them
+   * may overflow int64 with absurd arguments. */
+  int64_t ek[2], sz[2];
+  bool ovf = false;
+  for (int i = 0; i < 2 && !ovf; i++) {
+    int64_t p2 = 0, t = 0;
+    ovf = __builtin_mul_overflow(dl[i], ws[2 + i] - 1, &ek[i]) ||
+          __builtin_add_overflow(ek[i], 1, &ek[i]) ||
+          __builtin_mul_overflow(pd[i], 2, &p2) ||
+          (!cp->transposed && __builtin_add_overflow(xs[2 + i], p2, &sz[i])) ||
+          (cp->transposed &&
+           (__builtin_mul_overflow(xs[2 + i] - 1, s[i], &t) ||
+            __builtin_sub_overflow(t, p2, &t) || __builtin_add_overflow(t, ek[i], &t) ||
+            __builtin_add_overflow(t, op_[i], &sz[i])));
+  }
+  if (ovf)
+    return tg__error("%s: sizes overflow int64 (input %s, weight %s, stride [%lld, "
+                     "%lld], padding [%lld, %lld], dilation [%lld, %lld])",
+                     op, sx, sw, (long long)s[0], (long long)s[1], (long long)pd[0],
+                     (long long)pd[1], (long long)dl[0], (long long)dl[1]);
   if (!cp->transposed) {
-    if (xs[2] + 2 * pd[0] < ekh || xs[3] + 2 * pd[1] < ekw)
+    if (sz[0] < ek[0] || sz[1] < ek[1])
       return tg__error("%s: Calculated padded input size per channel: (%lld x %lld). "
                        "Kernel size: (%lld x %lld). Kernel size can't be greater than "
                        "actual input size (input %s, weight %s)",
-                       op, (long long)(xs[2] + 2 * pd[0]), (long long)(xs[3] + 2 * pd[1]),
-                       (long long)ekh, (long long)ekw, sx, sw);
+                       op, (long long)sz[0], (long long)sz[1], (long long)ek[0],
+                       (long long)ek[1], sx, sw);
     g.c = xs[1];
     g.h = xs[2];
     g.w = xs[3];
-    g.oh = (xs[2] + 2 * pd[0] - ekh) / s[0] + 1;
-    g.ow = (xs[3] + 2 * pd[1] - ekw) / s[1] + 1;
+    g.oh = (sz[0] - ek[0]) / s[0] + 1;
+    g.ow = (sz[1] - ek[1]) / s[1] + 1;
     *plan = (conv_plan){x->dtype, xs[0], groups, cout, g};
     int64_t o[4] = {xs[0], cout, g.oh, g.ow};
     memcpy(out_shape, o, sizeof o);
@@ -493,8 +519,7 @@ static int conv_check(const char *op, const tg_tensor *x, const tg_tensor *w,
                        "%lld dilation_height: %lld dilation_width: %lld",
                        op, (long long)op_[0], (long long)op_[1], (long long)s[0],
                        (long long)s[1], (long long)dl[0], (long long)dl[1]);
-    int64_t oh = (xs[2] - 1) * s[0] - 2 * pd[0] + ekh + op_[0];
-    int64_t ow = (xs[3] - 1) * s[1] - 2 * pd[1] + ekw + op_[1];
+    const int64_t oh = sz[0], ow = sz[1];
     if (oh < 1 || ow < 1)
       return tg__error("%s: Given input size per channel: (%lld x %lld). Calculated "
                        "output size per channel: (%lld x %lld). Output size is too small "
@@ -510,9 +535,12 @@ static int conv_check(const char *op, const tg_tensor *x, const tg_tensor *w,
     int64_t o[4] = {xs[0], cout, oh, ow};
     memcpy(out_shape, o, sizeof o);
   }
-  /* BLAS takes int sizes. */
-  int64_t kg = g.c / groups * g.kh * g.kw, L = g.oh * g.ow;
-  if (kg > INT_MAX || L > INT_MAX || plan->cf > INT_MAX || g.h * g.w > INT_MAX)
+  if (tg__check_shape(out_shape, 4, x->dtype, op) < 0)
+    return -1;
+  /* BLAS takes int sizes (kg is at most the weight's numel). */
+  int64_t kg = g.c / groups * g.kh * g.kw, L, hw;
+  if (__builtin_mul_overflow(g.oh, g.ow, &L) || __builtin_mul_overflow(g.h, g.w, &hw) ||
+      kg > INT_MAX || L > INT_MAX || plan->cf > INT_MAX || hw > INT_MAX)
     return tg__error("%s: sizes too large for BLAS (input %s, weight %s)", op, sx, sw);
   return 0;
 }
@@ -564,20 +592,75 @@ static tg_tensor *flip_weight(const tg_tensor *w, int64_t groups) {
   return f;
 }
 
+/* The direct kernels (direct.c) take float32 convolutions with stride 1 and one
+ * group; fills their description of the forward product. */
+static bool direct_forward_plan(const conv_plan *p, direct_conv *d) {
+  const geom *g = &p->g;
+  if (p->dtype != TG_F32 || p->groups != 1 || g->sh != 1 || g->sw != 1 || p->n == 0 ||
+      g->c == 0 || p->cf == 0 || g->oh * g->ow == 0 || !conv_direct_available())
+    return false;
+  *d = (direct_conv){.n = p->n,
+                     .cin = g->c,
+                     .h = g->h,
+                     .w = g->w,
+                     .cout = p->cf,
+                     .kh = g->kh,
+                     .kw = g->kw,
+                     .ph = g->ph,
+                     .pw = g->pw,
+                     .dh = g->dh,
+                     .dw = g->dw,
+                     .oh = g->oh,
+                     .ow = g->ow};
+  return true;
+}
+
+/* The input gradient as a direct convolution of dy (see dgrad_as_conv): needs the
+ * padding d*(k-1) - p to be >= 0. */
+static bool direct_dgrad_plan(const conv_plan *p, direct_conv *d) {
+  const geom *g = &p->g;
+  direct_conv f;
+  if (!direct_forward_plan(p, &f) || g->ph > g->dh * (g->kh - 1) ||
+      g->pw > g->dw * (g->kw - 1))
+    return false;
+  /* input dy [n, cout, oh, ow], output dx [n, cin, h, w] */
+  *d = f;
+  d->cin = f.cout, d->h = f.oh, d->w = f.ow;
+  d->cout = f.cin, d->oh = f.h, d->ow = f.w;
+  d->ph = f.dh * (f.kh - 1) - f.ph;
+  d->pw = f.dw * (f.kw - 1) - f.pw;
+  return true;
+}
+
 static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
   const conv_plan *p = node->ctx;
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  bool need_b = tg__input_needs_grad(node, 2);
+  direct_conv d;
   if (tg__input_needs_grad(node, 1)) {
     if (!(gi[1] = tg__new_like(w)) ||
-        im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy), tg__data(gi[1])) < 0)
+        (need_b && !(gi[2] = tg__new_like(node->inputs[2]))))
       return -1;
+    if (direct_forward_plan(p, &d)) {
+      if (conv_direct_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
+                                  need_b ? tg__data(gi[2]) : NULL) < 0)
+        return -1;
+      need_b = false;
+    } else if (im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy),
+                            tg__data(gi[1])) < 0) {
+      return -1;
+    }
   }
   if (tg__input_needs_grad(node, 0)) {
     conv_plan q;
     tg_tensor *wf;
     if (!(gi[0] = tg__new_like(x)))
       return -1;
-    if (dgrad_as_conv(p, &q)) {
+    if (direct_dgrad_plan(p, &d)) {
+      if (conv_direct_forward(&d, tg__data(gy), tg__data(w), true, NULL,
+                              tg__data(gi[0])) < 0)
+        return -1;
+    } else if (dgrad_as_conv(p, &q)) {
       if (!(wf = flip_weight(w, p->groups)) ||
           im2col_drive(&q, tg__data(gy), tg__data(wf), NULL, tg__data(gi[0]), NULL,
                        NULL) < 0)
@@ -586,8 +669,8 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
       return -1;
     }
   }
-  if (tg__input_needs_grad(node, 2)) {
-    if (!(gi[2] = tg__new_like(node->inputs[2])))
+  if (need_b) {
+    if (!gi[2] && !(gi[2] = tg__new_like(node->inputs[2])))
       return -1;
     bias_grad(gy, gi[2]);
   }
@@ -629,10 +712,14 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
   if (!out)
     return NULL;
   const void *b = bias ? tg__data(bias) : NULL;
-  int rc =
-      cp->transposed
-          ? col2im_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out))
-          : im2col_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out), NULL, NULL);
+  direct_conv d;
+  int rc;
+  if (cp->transposed)
+    rc = col2im_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out));
+  else if (direct_forward_plan(&plan, &d))
+    rc = conv_direct_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
+  else
+    rc = im2col_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out), NULL, NULL);
   if (rc < 0) {
     tg_tensor_free(out);
     return NULL;

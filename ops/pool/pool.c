@@ -5,8 +5,19 @@
 #include "graph/internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2 1
+#include <immintrin.h>
+#include <stdatomic.h>
+#define TARGET __attribute__((target("avx2")))
+#define INLINE __attribute__((always_inline)) inline
+#else
+#define HAVE_AVX2 0
+#endif
 
 typedef struct {
   int64_t kh, kw, sh, sw, ph, pw;
@@ -24,15 +35,22 @@ static int check_input(const char *op, const tg_tensor *x) {
   return 0;
 }
 
+/* The output [N, C, oh, ow]; an impossible size fails naming op and x's shape. */
 static tg_tensor *new_output(const char *op, const tg_tensor *x, int64_t oh, int64_t ow) {
+  int64_t shape[4] = {x->shape[0], x->shape[1], oh, ow};
+  if (tg__check_shape(shape, 4, x->dtype, op) < 0) {
+    char msg[512], s[TG_SHAPE_STR_LEN];
+    snprintf(msg, sizeof msg, "%s", tg_last_error());
+    return tg__error("%s (input of size %s)", msg, tg_shape_str(x, s, sizeof s)), NULL;
+  }
   if (x->device.type != TG_DEVICE_CPU)
     return tg__unsupported_device(op, x), NULL;
-  int64_t shape[4] = {x->shape[0], x->shape[1], oh, ow};
   return tg__new(shape, 4, x->dtype, x->device);
 }
 
+/* floor(a / b) for b > 0, without overflow. */
 static int64_t floor_div(int64_t a, int64_t b) {
-  return a >= 0 ? a / b : -((-a + b - 1) / b);
+  return a >= 0 ? a / b : -(-(a + 1) / b) - 1;
 }
 
 /* PyTorch's pool2d_shape_check (dilation 1, ceil_mode false). */
@@ -65,8 +83,18 @@ static int window_check(const char *op, const tg_tensor *x, const int64_t kernel
         "got padW = %lld, padH = %lld, kW = %lld, kH = %lld",
         op, (long long)w->pw, (long long)w->ph, (long long)w->kw, (long long)w->kh);
   const int64_t *s = x->shape;
-  *oh = floor_div(s[2] + 2 * w->ph - w->kh, w->sh) + 1;
-  *ow = floor_div(s[3] + 2 * w->pw - w->kw, w->sw) + 1;
+  int64_t padded, area;
+  if (__builtin_add_overflow(s[2], 2 * w->ph, &padded) || /* 2p <= k: no overflow */
+      __builtin_add_overflow(s[3], 2 * w->pw, &padded) ||
+      __builtin_mul_overflow(w->kh, w->kw, &area))
+    return tg__error("%s: sizes overflow int64 (input of size (%lldx%lldx%lld), kernel "
+                     "%lld x %lld, padding %lld x %lld)",
+                     op, (long long)s[1], (long long)s[2], (long long)s[3],
+                     (long long)w->kh, (long long)w->kw, (long long)w->ph,
+                     (long long)w->pw);
+  /* (s - k) + 2p cannot overflow: s >= 0 < k and 2p <= k */
+  *oh = floor_div(s[2] - w->kh + 2 * w->ph, w->sh) + 1;
+  *ow = floor_div(s[3] - w->kw + 2 * w->pw, w->sw) + 1;
   if (*oh < 1 || *ow < 1)
     return tg__error("%s: Given input size: (%lldx%lldx%lld). Calculated output size: "
                      "(%lldx%lldx%lld). Output size is too small",
@@ -85,6 +113,7 @@ typedef struct {
   void *dst;
   int64_t *idx;
   const struct linear_tap *xtaps; /* bilinear: the taps of every output column */
+  const void *aux, *aux_out;      /* 2x2 max pool backward: the forward's x and y */
 } plane_job;
 
 typedef void (*plane_fn)(const plane_job *job, int64_t p);
@@ -100,10 +129,14 @@ static plane_job job_of(const tg_tensor *x, const tg_tensor *y, const void *src,
                      .dst = dst};
 }
 
-/* Planes in parallel; `cost` is the work per output element. */
+/* Planes in parallel; `cost` is the work per output element (the product saturates:
+ * it only picks a thread count). */
 static void for_each_plane(plane_fn fn, const plane_job *job, int64_t planes,
                            int64_t cost) {
-#pragma omp parallel for num_threads(tg__threads(planes * job->oh * job->ow * cost))
+  int64_t work;
+  if (__builtin_mul_overflow(planes * job->oh * job->ow, cost, &work))
+    work = INT64_MAX;
+#pragma omp parallel for num_threads(tg__threads(work))
   for (int64_t p = 0; p < planes; p++)
     fn(job, p);
 }
@@ -156,14 +189,208 @@ static void max_unpool_plane(const plane_job *j, int64_t p) {
   });
 }
 
+/* 2x2 windows with stride 2 and no padding, the pooling of most conv nets, have plain
+ * loops of their own, and keep no indices: the backward finds each window's maximum
+ * again from x and y, by the same rule (the first maximum, or the last NaN). */
+static bool is_2x2(const window *w) {
+  return w->kh == 2 && w->kw == 2 && w->sh == 2 && w->sw == 2 && w->ph == 0 && w->pw == 0;
+}
+
+/* m, or v when v wins the scan (larger, or NaN). */
+#define MAX_STEP(m, v) ((v) > (m) || (v) != (v) ? (v) : (m))
+
+static void max_pool_2x2_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * j->h * j->w;
+    T *out = (T *)j->dst + p * j->oh * j->ow;
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      const T *r0 = src + 2 * oy * j->w, *r1 = r0 + j->w;
+      T *o = out + oy * j->ow;
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        T m = r0[2 * ox];
+        m = MAX_STEP(m, r0[2 * ox + 1]);
+        m = MAX_STEP(m, r1[2 * ox]);
+        o[ox] = MAX_STEP(m, r1[2 * ox + 1]);
+      }
+    }
+  });
+}
+
+/* dx of a plane: each window's gradient to the position the forward picked, zero
+ * elsewhere (including a last odd row or column, which no window covers). src is the
+ * output gradient; j->aux the forward's input x and j->aux_out its output y. */
+static void max_unpool_2x2_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *x = (const T *)j->aux + p * j->h * j->w;
+    const T *y = (const T *)j->aux_out + p * j->oh * j->ow;
+    const T *g = (const T *)j->src + p * j->oh * j->ow;
+    T *dx = (T *)j->dst + p * j->h * j->w;
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      const T *x0 = x + 2 * oy * j->w, *x1 = x0 + j->w;
+      T *d0 = dx + 2 * oy * j->w, *d1 = d0 + j->w;
+      for (int64_t ox = 0; ox < j->ow; ox++) {
+        const T a = x0[2 * ox], b = x0[2 * ox + 1], c = x1[2 * ox], d = x1[2 * ox + 1];
+        const T m = y[oy * j->ow + ox], gv = g[oy * j->ow + ox];
+        int k; /* the last NaN, or the first maximum */
+        if (m != m)
+          k = d != d ? 3 : c != c ? 2 : b != b ? 1 : 0;
+        else
+          k = a == m ? 0 : b == m ? 1 : c == m ? 2 : 3;
+        d0[2 * ox] = k == 0 ? gv : 0;
+        d0[2 * ox + 1] = k == 1 ? gv : 0;
+        d1[2 * ox] = k == 2 ? gv : 0;
+        d1[2 * ox + 1] = k == 3 ? gv : 0;
+      }
+      if (j->w % 2)
+        d0[j->w - 1] = d1[j->w - 1] = 0;
+    }
+    if (j->h % 2)
+      memset(dx + (j->h - 1) * j->w, 0, (size_t)j->w * sizeof(T));
+  });
+}
+
+#if HAVE_AVX2
+/* float32 versions of the two loops above, 8 windows at a time (the scalar loops mix
+ * stride-2 loads with NaN tests, which compilers vectorise poorly). Rows end in
+ * masked loads and stores, so a row of any length is one loop. */
+
+static bool has_avx2(void) {
+  static atomic_int state; /* 0 unknown, 1 yes, 2 no; racing threads store the same */
+  int s = atomic_load_explicit(&state, memory_order_relaxed);
+  if (!s) {
+    __builtin_cpu_init();
+    s = __builtin_cpu_supports("avx2") ? 1 : 2;
+    atomic_store_explicit(&state, s, memory_order_relaxed);
+  }
+  return s == 1;
+}
+
+/* Lanes [0, n) of a vector. */
+TARGET static INLINE __m256i lanes(int64_t n) {
+  n = n < 0 ? 0 : n > 8 ? 8 : n;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+TARGET static INLINE __m256 load_n(const float *p, int64_t n) {
+  return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(n));
+}
+
+TARGET static INLINE void store_n(float *p, int64_t n, __m256 v) {
+  if (n >= 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, lanes(n), v);
+}
+
+/* The even and odd elements of the first n (<= 16) floats at p, in order. */
+TARGET static INLINE void split_pairs(const float *p, int64_t n, __m256 *even,
+                                      __m256 *odd) {
+  const __m256 lo = load_n(p, n), hi = load_n(p + 8, n - 8);
+  /* shuffle_ps works per 128-bit half: e = [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] */
+  const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xDD);
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+}
+
+/* The inverse: [a0 b0 a1 b1 ...], first n (<= 16) floats stored at p. */
+TARGET static INLINE void store_pairs(float *p, int64_t n, __m256 a, __m256 b) {
+  const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);
+  store_n(p, n, _mm256_permute2f128_ps(l, h, 0x20));
+  store_n(p + 8, n - 8, _mm256_permute2f128_ps(l, h, 0x31));
+}
+
+/* m, or v where v wins the scan (larger, or NaN). */
+TARGET static INLINE __m256 max_step(__m256 m, __m256 v) {
+  const __m256 win =
+      _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_ps(m, v, win);
+}
+
+TARGET static void max_pool_2x2_plane_f32(const plane_job *j, int64_t p) {
+  const float *src = (const float *)j->src + p * j->h * j->w;
+  float *out = (float *)j->dst + p * j->oh * j->ow;
+  for (int64_t oy = 0; oy < j->oh; oy++) {
+    const float *r0 = src + 2 * oy * j->w, *r1 = r0 + j->w;
+    for (int64_t ox = 0; ox < j->ow; ox += 8) {
+      const int64_t n = j->ow - ox;
+      __m256 a, b, c, d;
+      split_pairs(r0 + 2 * ox, 2 * n, &a, &b);
+      split_pairs(r1 + 2 * ox, 2 * n, &c, &d);
+      store_n(out + oy * j->ow + ox, n, max_step(max_step(max_step(a, b), c), d));
+    }
+  }
+}
+
+TARGET static void max_unpool_2x2_plane_f32(const plane_job *j, int64_t p) {
+  const float *x = (const float *)j->aux + p * j->h * j->w;
+  const float *y = (const float *)j->aux_out + p * j->oh * j->ow;
+  const float *g = (const float *)j->src + p * j->oh * j->ow;
+  float *dx = (float *)j->dst + p * j->h * j->w;
+  for (int64_t oy = 0; oy < j->oh; oy++) {
+    const float *x0 = x + 2 * oy * j->w, *x1 = x0 + j->w;
+    float *d0 = dx + 2 * oy * j->w, *d1 = d0 + j->w;
+    for (int64_t ox = 0; ox < j->ow; ox += 8) {
+      const int64_t n = j->ow - ox;
+      __m256 a, b, c, d;
+      split_pairs(x0 + 2 * ox, 2 * n, &a, &b);
+      split_pairs(x1 + 2 * ox, 2 * n, &c, &d);
+      const __m256 m = load_n(y + oy * j->ow + ox, n),
+                   gv = load_n(g + oy * j->ow + ox, n);
+      /* first maximum: e* ; last NaN: n* ; the window's NaN-ness picks */
+      const __m256 ea = _mm256_cmp_ps(a, m, _CMP_EQ_OQ);
+      const __m256 eb = _mm256_andnot_ps(ea, _mm256_cmp_ps(b, m, _CMP_EQ_OQ));
+      const __m256 eab = _mm256_or_ps(ea, eb);
+      const __m256 ec = _mm256_andnot_ps(eab, _mm256_cmp_ps(c, m, _CMP_EQ_OQ));
+      const __m256 nd = _mm256_cmp_ps(d, d, _CMP_UNORD_Q);
+      const __m256 nc = _mm256_andnot_ps(nd, _mm256_cmp_ps(c, c, _CMP_UNORD_Q));
+      const __m256 ncd = _mm256_or_ps(nc, nd);
+      const __m256 nb = _mm256_andnot_ps(ncd, _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
+      const __m256 nan = _mm256_cmp_ps(m, m, _CMP_UNORD_Q),
+                   ones = _mm256_cmp_ps(m, m, _CMP_TRUE_UQ);
+      const __m256 sa =
+          _mm256_blendv_ps(ea, _mm256_andnot_ps(_mm256_or_ps(nb, ncd), ones), nan);
+      const __m256 sb = _mm256_blendv_ps(eb, nb, nan);
+      const __m256 sc = _mm256_blendv_ps(ec, nc, nan);
+      const __m256 sd =
+          _mm256_blendv_ps(_mm256_andnot_ps(_mm256_or_ps(eab, ec), ones), nd, nan);
+      store_pairs(d0 + 2 * ox, 2 * n, _mm256_and_ps(sa, gv), _mm256_and_ps(sb, gv));
+      store_pairs(d1 + 2 * ox, 2 * n, _mm256_and_ps(sc, gv), _mm256_and_ps(sd, gv));
+    }
+    if (j->w % 2)
+      d0[j->w - 1] = d1[j->w - 1] = 0;
+  }
+  if (j->h % 2)
+    memset(dx + (j->h - 1) * j->w, 0, (size_t)j->w * sizeof(float));
+}
+#endif
+
+/* The 2x2 kernels for a dtype: AVX2 for float32 where the CPU has it. */
+static plane_fn max_pool_2x2_fn(tg_dtype dtype, bool backward) {
+#if HAVE_AVX2
+  if (dtype == TG_F32 && has_avx2())
+    return backward ? max_unpool_2x2_plane_f32 : max_pool_2x2_plane_f32;
+#else
+  (void)dtype;
+#endif
+  return backward ? max_unpool_2x2_plane : max_pool_2x2_plane;
+}
+
 static int max_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg_zeros_like(x);
+  const bool fast = *(const bool *)node->ctx;
+  tg_tensor *dx = fast ? tg__new_like(x) : tg_zeros_like(x);
   if (!dx)
     return -1;
   plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
-  job.idx = tg__data(node->saved[0]);
-  for_each_plane(max_unpool_plane, &job, planes_of(x), 1);
+  if (fast) {
+    job.aux = tg__data(x);
+    job.aux_out = tg__data(node->output);
+    for_each_plane(max_pool_2x2_fn(x->dtype, true), &job, planes_of(x), 4);
+  } else {
+    job.idx = tg__data(node->saved[0]);
+    for_each_plane(max_unpool_plane, &job, planes_of(x), 1);
+  }
   gi[0] = dx;
   return 0;
 }
@@ -178,18 +405,24 @@ tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
   tg_tensor *out = new_output(op, x, oh, ow), *idx = NULL;
   if (!out)
     return NULL;
-  if (tg__should_record(1, &x) && !(idx = tg__new(out->shape, 4, TG_I64, x->device))) {
+  const bool fast = is_2x2(&w);
+  if (!fast && tg__should_record(1, &x) &&
+      !(idx = tg__new(out->shape, 4, TG_I64, x->device))) {
     tg_tensor_free(out);
     return NULL;
   }
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
   job.win = w;
   job.idx = idx ? tg__data(idx) : NULL;
-  for_each_plane(max_pool_plane, &job, planes_of(x), w.kh * w.kw);
+  for_each_plane(fast ? max_pool_2x2_fn(x->dtype, false) : max_pool_plane, &job,
+                 planes_of(x), w.kh * w.kw);
   tg_node *node;
   out = tg__finish(op, out, 1, &x, max_pool_backward, &node);
-  if (node)
-    tg__save(node, idx);
+  if (node) {
+    *(bool *)tg__ctx(node, sizeof(bool)) = fast;
+    if (idx)
+      tg__save(node, idx);
+  }
   tg_tensor_free(idx);
   return out;
 }
@@ -413,13 +646,48 @@ static void nearest_bwd_plane(const plane_job *j, int64_t p) {
   nearest_plane(j, p, true);
 }
 
+/* Exact doubling (the U-Net's upsampling): pixel (y, x) feeds the 2x2 block at
+ * (2y, 2x). The backward writes every dx (no zero fill), adding the block in the
+ * order of nearest_plane's loop, so both give the same bits. */
+static bool is_double(const plane_job *j) {
+  return j->oh == 2 * j->h && j->ow == 2 * j->w;
+}
+
+static void nearest2_fwd_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *src = (const T *)j->src + p * j->h * j->w;
+    T *dst = (T *)j->dst + p * j->oh * j->ow;
+    for (int64_t y = 0; y < j->h; y++) {
+      T *d0 = dst + 2 * y * j->ow, *d1 = d0 + j->ow;
+      for (int64_t x = 0; x < j->w; x++) {
+        const T v = src[y * j->w + x];
+        d0[2 * x] = d0[2 * x + 1] = d1[2 * x] = d1[2 * x + 1] = v;
+      }
+    }
+  });
+}
+
+static void nearest2_bwd_plane(const plane_job *j, int64_t p) {
+  TG_DISPATCH_FLOAT(j->dtype, T, {
+    const T *g = (const T *)j->src + p * j->oh * j->ow;
+    T *dx = (T *)j->dst + p * j->h * j->w;
+    for (int64_t y = 0; y < j->h; y++) {
+      const T *g0 = g + 2 * y * j->ow, *g1 = g0 + j->ow;
+      for (int64_t x = 0; x < j->w; x++)
+        dx[y * j->w + x] = (T)0 + g0[2 * x] + g0[2 * x + 1] + g1[2 * x] + g1[2 * x + 1];
+    }
+  });
+}
+
 static int nearest_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg_zeros_like(x);
+  plane_job job = job_of(x, g, NULL, NULL);
+  const bool twice = is_double(&job);
+  tg_tensor *dx = twice ? tg__new_like(x) : tg_zeros_like(x);
   if (!dx)
     return -1;
-  plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
-  for_each_plane(nearest_bwd_plane, &job, planes_of(x), 1);
+  job = job_of(x, g, tg__data(g), tg__data(dx));
+  for_each_plane(twice ? nearest2_bwd_plane : nearest_bwd_plane, &job, planes_of(x), 1);
   gi[0] = dx;
   return 0;
 }
@@ -432,7 +700,8 @@ tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2
   if (!out)
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
-  for_each_plane(nearest_fwd_plane, &job, planes_of(x), 1);
+  for_each_plane(is_double(&job) ? nearest2_fwd_plane : nearest_fwd_plane, &job,
+                 planes_of(x), 1);
   return tg__finish(op, out, 1, &x, nearest_backward, NULL);
 }
 
