@@ -93,8 +93,7 @@ static int set_flag(const ex_flag *f, const char *arg) {
   errno = 0;
   if (f->kind == EX_FLAG_STRING) {
     if (!*arg)
-      return usage_error("--%s: expected a %s, got an empty string", f->name,
-                         f->metavar);
+      return usage_error("--%s: expected a %s, got an empty string", f->name, f->metavar);
     *(const char **)f->value = arg;
     return 0;
   }
@@ -430,12 +429,11 @@ int ex_mkdir_p(const char *dir) {
 }
 
 const char *ex_idx_path(const char *dir, const char *name, char *buf, size_t len) {
-  snprintf(buf, len, "%s/%s", dir, name);
-  if (access(buf, F_OK) == 0)
-    return buf;
-  snprintf(buf, len, "%s/%s.gz", dir, name);
-  if (access(buf, F_OK) == 0)
-    return buf;
+  for (int gz = 0; gz < 2; gz++) {
+    int n = snprintf(buf, len, "%s/%s%s", dir, name, gz ? ".gz" : "");
+    if (n > 0 && (size_t)n < len && access(buf, F_OK) == 0)
+      return buf;
+  }
   fprintf(stderr, "error: neither %s/%s nor %s/%s.gz exists (set --data DIR)\n", dir,
           name, dir, name);
   return NULL;
@@ -451,6 +449,9 @@ static int gz_read_all(gzFile f, const char *path, void *buf, size_t n,
     if (r < 0) {
       int errnum;
       const char *msg = gzerror(f, &errnum);
+      size_t skip = strlen(path); /* zlib prefixes its message with the path */
+      if (!strncmp(msg, path, skip) && !strncmp(msg + skip, ": ", 2))
+        msg += skip + 2;
       fprintf(stderr, "error: %s: cannot read %s: %s\n", path, what,
               errnum == Z_ERRNO ? strerror(errno) : msg);
       return -1;
@@ -460,10 +461,8 @@ static int gz_read_all(gzFile f, const char *path, void *buf, size_t n,
     got += (size_t)r;
   }
   if (got < n) {
-    int errnum;
-    const char *msg = gzerror(f, &errnum);
-    fprintf(stderr, "error: %s: truncated: %s needs %zu bytes, the file holds %zu%s%s\n",
-            path, what, n, got, errnum != Z_OK ? "; " : "", errnum != Z_OK ? msg : "");
+    fprintf(stderr, "error: %s: truncated: expected %zu bytes (%s), found only %zu\n",
+            path, n, what, got);
     return -1;
   }
   return 0;
@@ -516,10 +515,9 @@ int ex_idx_read_images(const char *path, ex_idx_images *out) {
   gzFile f = idx_open(path, 0x00000803, 3, dims, "unsigned-byte images");
   if (!f)
     return -1;
-  if (dims[0] == 0 || dims[1] == 0 || dims[2] == 0 || dims[1] > 4096 ||
-      dims[2] > 4096) {
-    fprintf(stderr, "error: %s: unusable image count/size %ux%ux%u in the header\n",
-            path, dims[0], dims[1], dims[2]);
+  if (dims[0] == 0 || dims[1] == 0 || dims[2] == 0 || dims[1] > 4096 || dims[2] > 4096) {
+    fprintf(stderr, "error: %s: unusable image count/size %ux%ux%u in the header\n", path,
+            dims[0], dims[1], dims[2]);
     gzclose(f);
     return -1;
   }
@@ -572,8 +570,9 @@ int ex_idx_read_labels(const char *path, int num_classes, int64_t *n, uint8_t **
   gzclose(f);
   for (uint32_t i = 0; i < count; i++) {
     if (l[i] >= num_classes) {
-      fprintf(stderr, "error: %s: label %d at index %u is out of range (expected 0..%d)\n",
-              path, l[i], i, num_classes - 1);
+      fprintf(stderr,
+              "error: %s: label %d at index %u is out of range (expected 0..%d)\n", path,
+              l[i], i, num_classes - 1);
       free(l);
       return -1;
     }
@@ -730,8 +729,7 @@ int ex_png_write(const char *path, const ex_canvas *c) {
   }
   png_init_io(png, f);
   png_set_IHDR(png, info, (png_uint_32)c->w, (png_uint_32)c->h, 8, PNG_COLOR_TYPE_RGB,
-               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   for (int y = 0; y < c->h; y++)
     png_write_row(png, c->rgb + (size_t)y * (size_t)c->w * 3);
@@ -805,8 +803,24 @@ void ex_plot(ex_canvas *c, int x, int y, int w, int h, const char *title,
   }
   ex_canvas_rect(c, left, top, 1, bottom - top + 1, black);
   ex_canvas_rect(c, left, bottom, right - left + 1, 1, black);
-  ex_canvas_text(c, left + (right - left - ex_text_width(x_label, 1)) / 2, bottom + 22,
-                 1, black, x_label);
+  ex_canvas_text(c, left + (right - left - ex_text_width(x_label, 1)) / 2, bottom + 22, 1,
+                 black, x_label);
+  /* Legend in the right corner (top or bottom) that hides fewer data points. */
+  int legend_w = 0, legend_h = 12 * n_series + 4;
+  for (int s = 0; s < n_series; s++)
+    if (ex_text_width(series[s].label, 1) + 30 > legend_w)
+      legend_w = ex_text_width(series[s].label, 1) + 30;
+  int64_t hidden_top = 0, hidden_bottom = 0;
+  for (int s = 0; s < n_series; s++)
+    for (int64_t i = 0; i < series[s].n; i++) {
+      double px = left + (series[s].x[i] - x_lo) * xs;
+      double py = bottom - (series[s].y[i] - y_lo) * ys;
+      if (px < right - legend_w - 8)
+        continue;
+      hidden_top += py < top + legend_h + 8;
+      hidden_bottom += py > bottom - legend_h - 8;
+    }
+  int legend_y = hidden_bottom < hidden_top ? bottom - legend_h - 4 : top + 4;
   for (int s = 0; s < n_series; s++) {
     const ex_series *se = &series[s];
     double px_prev = 0, py_prev = 0;
@@ -826,11 +840,11 @@ void ex_plot(ex_canvas *c, int x, int y, int w, int h, const char *title,
       py_prev = py;
       have_prev = true;
     }
-    /* Legend, top right, one row per series. */
-    int lw = ex_text_width(se->label, 1);
-    int ly = top + 6 + 12 * s, lx = right - 8 - lw;
-    ex_canvas_rect(c, lx - 22, ly - 2, lw + 26, 11, white);
-    ex_canvas_rect(c, lx - 18, ly + 2, 12, 3, se->color);
-    ex_canvas_text(c, lx, ly, 1, black, se->label);
+  }
+  ex_canvas_rect(c, right - legend_w - 4, legend_y, legend_w, legend_h, white);
+  for (int s = 0; s < n_series; s++) {
+    int ly = legend_y + 4 + 12 * s, lx = right - legend_w + 20;
+    ex_canvas_rect(c, lx - 18, ly + 2, 12, 3, series[s].color);
+    ex_canvas_text(c, lx, ly, 1, black, series[s].label);
   }
 }

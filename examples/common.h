@@ -78,7 +78,7 @@ typedef struct {
 } ex_rng;
 void ex_rng_seed(ex_rng *r, uint64_t seed);
 uint64_t ex_rng_u64(ex_rng *r);
-double ex_rng_uniform(ex_rng *r);          /* [0, 1) */
+double ex_rng_uniform(ex_rng *r); /* [0, 1) */
 double ex_rng_range(ex_rng *r, double lo, double hi);
 int64_t ex_rng_below(ex_rng *r, int64_t n); /* [0, n) */
 double ex_rng_normal(ex_rng *r);
@@ -126,8 +126,7 @@ void ex_canvas_rect(ex_canvas *c, int x, int y, int w, int h, ex_color col);
 void ex_canvas_line(ex_canvas *c, double x0, double y0, double x1, double y1,
                     ex_color col);
 /* Text in a 5x7 pixel font (scale times larger); returns the width drawn. */
-int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col,
-                   const char *text);
+int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col, const char *text);
 int ex_text_width(const char *text, int scale);
 /* Writes an 8-bit RGB PNG. Returns 0, or -1 after printing the error. */
 int ex_png_write(const char *path, const ex_canvas *c);

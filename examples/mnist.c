@@ -29,8 +29,8 @@ static void dataset_free(dataset *d) {
   memset(d, 0, sizeof *d);
 }
 
-static int dataset_load(const char *dir, const char *images_name,
-                        const char *labels_name, dataset *d) {
+static int dataset_load(const char *dir, const char *images_name, const char *labels_name,
+                        dataset *d) {
   memset(d, 0, sizeof *d);
   char images_path[4096], labels_path[4096];
   if (!ex_idx_path(dir, images_name, images_path, sizeof images_path) ||
@@ -52,8 +52,8 @@ static int dataset_load(const char *dir, const char *images_name,
     return -1;
   }
   if (n_labels != im.n) {
-    fprintf(stderr, "error: %s holds %lld images but %s holds %lld labels\n",
-            images_path, (long long)im.n, labels_path, (long long)n_labels);
+    fprintf(stderr, "error: %s holds %lld images but %s holds %lld labels\n", images_path,
+            (long long)im.n, labels_path, (long long)n_labels);
     free(im.pixels);
     free(labels);
     return -1;
@@ -203,8 +203,8 @@ static void write_curves(const history *h, const char *out_dir) {
   if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0)
     return;
   ex_series loss = {"train loss", h->step, h->loss, h->n, {200, 60, 40}, false};
-  ex_series acc = {"test accuracy", h->eval_step, h->eval_acc, h->n_eval,
-                   {40, 90, 200}, true};
+  ex_series acc = {"test accuracy", h->eval_step,  h->eval_acc,
+                   h->n_eval,       {40, 90, 200}, true};
   ex_plot(&c, 0, 0, 480, 360, "TRAIN LOSS", "step", &loss, 1, 0, 0);
   ex_plot(&c, 480, 0, 480, 360, "TEST ACCURACY %", "step", &acc, 1, 0, 0);
   char path[4096];
@@ -216,10 +216,14 @@ static void write_curves(const history *h, const char *out_dir) {
 
 /* --------------------------------------------------------------------- main -- */
 int main(int argc, char **argv) {
-  ex_common_options o = {.device_name = "cpu", .epochs = 3, .batch = 64, .lr = 0.05,
-                         .seed = 0, .out = "out"};
+  ex_common_options o = {.device_name = "cpu",
+                         .epochs = 4,
+                         .batch = 64,
+                         .lr = 0.01,
+                         .seed = 0,
+                         .out = "out"};
   const char *data_dir = "/usr/share/datasets/fashion-mnist";
-  int64_t eval_batch = 1000;
+  int64_t eval_batch = 250;
   ex_flag flags[16] = {
       {"data", EX_FLAG_STRING, &data_dir, 0, 0, "DIR",
        "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"},
@@ -240,8 +244,8 @@ int main(int argc, char **argv) {
   if (dataset_load(data_dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                    &train) < 0)
     return EX_EXIT_FAILURE;
-  if (dataset_load(data_dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-                   &test) < 0) {
+  if (dataset_load(data_dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", &test) <
+      0) {
     dataset_free(&train);
     return EX_EXIT_FAILURE;
   }
@@ -279,9 +283,12 @@ int main(int argc, char **argv) {
          "%d threads\n",
          (long long)train.n, (long long)test.n, data_dir, (long long)num_params(m.vs),
          o.device_name, tg_get_num_threads());
-  printf("training: %d epoch(s), %lld steps of %d images, SGD lr %g (cosine), "
-         "momentum 0.9, seed %lld\n",
-         epochs, (long long)total, o.batch, o.lr, (long long)o.seed);
+  if (total == 0)
+    printf("no training steps: evaluating only\n");
+  else
+    printf("training: %d epoch(s), %lld steps of %d images, SGD lr %g (cosine), "
+           "momentum 0.9, seed %lld\n",
+           epochs, (long long)total, o.batch, o.lr, (long long)o.seed);
   fflush(stdout);
 
   ex_progress prog;
@@ -341,11 +348,11 @@ int main(int argc, char **argv) {
       hist.eval_step[hist.n_eval] = (double)step;
       hist.eval_acc[hist.n_eval++] = 100 * test_acc;
     }
-    ex_progress_print(&prog,
-                      "epoch %d/%d: train loss %.4f acc %.2f%% | test acc %.2f%% | %.1f s",
-                      epoch, epochs, loss_sum / (double)(seen ? seen : 1),
-                      100.0 * (double)correct / (double)(seen ? seen : 1),
-                      100 * test_acc, ex_now() - t0);
+    ex_progress_print(
+        &prog, "epoch %d/%d: train loss %.4f acc %.2f%% | test acc %.2f%% | %.1f s",
+        epoch, epochs, loss_sum / (double)(seen ? seen : 1),
+        100.0 * (double)correct / (double)(seen ? seen : 1), 100 * test_acc,
+        ex_now() - t0);
   }
   ex_progress_finish(&prog);
 

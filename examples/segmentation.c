@@ -36,7 +36,9 @@ typedef struct {
   uint8_t *labels; /* n * PIXELS */
 } scenes;
 
-static uint8_t clamp_u8(double v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v + 0.5); }
+static uint8_t clamp_u8(double v) {
+  return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v + 0.5);
+}
 
 /* Whether pixel centre (px, py) lies in shape `kind` (1 disc, 2 square, 3 triangle)
  * of radius r centred at (cx, cy), rotated by angle. Squares and triangles are sized
@@ -92,7 +94,8 @@ static void scene_make(uint64_t seed, uint8_t *rgb, uint8_t *label) {
       double w0 = sin(freq[0][0] * x + freq[0][1] * y + phase[0]);
       double w1 = sin(freq[1][0] * x + freq[1][1] * y + phase[1]);
       for (int c = 0; c < 3; c++)
-        rgb[(y * SIDE + x) * 3 + c] = clamp_u8(base[c] + w0 * tint[0][c] + w1 * tint[1][c]);
+        rgb[(y * SIDE + x) * 3 + c] =
+            clamp_u8(base[c] + w0 * tint[0][c] + w1 * tint[1][c]);
       label[y * SIDE + x] = 0;
     }
   /* Shapes, painted in order: later ones hide earlier ones. */
@@ -104,7 +107,8 @@ static void scene_make(uint64_t seed, uint8_t *rgb, uint8_t *label) {
     double cy = ex_rng_range(&r, 0.5 * rad, SIDE - 0.5 * rad);
     double angle = kind == 3 ? M_PI : 0; /* upright squares and triangles */
     double col[3];
-    hsv_color(ex_rng_uniform(&r), ex_rng_range(&r, 0.3, 1), ex_rng_range(&r, 0.7, 1), col);
+    hsv_color(ex_rng_uniform(&r), ex_rng_range(&r, 0.3, 1), ex_rng_range(&r, 0.7, 1),
+              col);
     double ext = 1.5 * rad + 1;
     int x0 = (int)fmax(0, floor(cx - ext)), x1 = (int)fmin(SIDE - 1, ceil(cx + ext));
     int y0 = (int)fmax(0, floor(cy - ext)), y1 = (int)fmin(SIDE - 1, ceil(cy + ext));
@@ -184,8 +188,8 @@ static tg_tensor *batch_targets(const scenes *s, const int64_t *idx, int64_t n,
 static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
                                 const int64_t *idx, int64_t n, double fg_weight,
                                 tg_device device) {
-  tg_tensor *ce = tg_cross_entropy(logits, batch_targets(s, idx, n, device),
-                                   TG_REDUCTION_NONE, -100);
+  tg_tensor *ce =
+      tg_cross_entropy(logits, batch_targets(s, idx, n, device), TG_REDUCTION_NONE, -100);
   if (fg_weight == 1)
     return tg_mean(ce);
   tg_tensor *w = tg_empty(TG_SHAPE(n, SIDE, SIDE), TG_F32, TG_CPU);
@@ -218,12 +222,13 @@ static tg_module *block(tg_varstore *vs, const char *name, int64_t in, int64_t o
   tg_module *seq = tg_nn_sequential(vs);
   if (!p || !seq)
     return NULL;
-  bool ok = tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "0"), in, out, 3, cc)) == 0 &&
-            tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "1"), 8, out, gc)) == 0 &&
-            tg_sequential_add(seq, tg_nn_relu(vs)) == 0 &&
-            tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "3"), out, out, 3, cc)) == 0 &&
-            tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0 &&
-            tg_sequential_add(seq, tg_nn_relu(vs)) == 0;
+  bool ok =
+      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "0"), in, out, 3, cc)) == 0 &&
+      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "1"), 8, out, gc)) == 0 &&
+      tg_sequential_add(seq, tg_nn_relu(vs)) == 0 &&
+      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "3"), out, out, 3, cc)) == 0 &&
+      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0 &&
+      tg_sequential_add(seq, tg_nn_relu(vs)) == 0;
   return ok ? seq : NULL;
 }
 
@@ -367,8 +372,8 @@ static int write_samples(unet *m, const scenes *held, tg_device device,
   int rc = pred && logits_host ? 0 : -1;
   tg_no_grad_begin();
   tg_scope_begin();
-  tg_tensor *logits = rc == 0 ? unet_forward(m, batch_images(held, idx, n, device), false)
-                              : NULL;
+  tg_tensor *logits =
+      rc == 0 ? unet_forward(m, batch_images(held, idx, n, device), false) : NULL;
   if (!logits || tg_tensor_copy_to_host(logits, logits_host,
                                         (size_t)n * CLASSES * PIXELS * sizeof(float)) < 0)
     rc = -1;
@@ -482,10 +487,10 @@ static int write_pictures(unet *m, const scenes *held, const history *h,
 
 /* --------------------------------------------------------------------- main -- */
 int main(int argc, char **argv) {
-  ex_common_options o = {.device_name = "cpu", .epochs = 4, .batch = 8, .lr = 0.05,
-                         .seed = 0, .out = "out"};
+  ex_common_options o = {
+      .device_name = "cpu", .epochs = 8, .batch = 4, .lr = 0.05, .seed = 0, .out = "out"};
   int64_t train_size = 2048, eval_size = 256, eval_batch = 32;
-  double fg_weight = 5;
+  double fg_weight = 10;
   ex_flag flags[16] = {
       {"fg-weight", EX_FLAG_DOUBLE, &fg_weight, 0.01, 1000, "X",
        "loss weight of shape pixels (background: 1)"},
@@ -547,9 +552,12 @@ int main(int argc, char **argv) {
          "parameters; device %s, %d threads\n",
          (long long)train.n, (long long)held.n, SIDE, SIDE, ex_now() - t0,
          (long long)n_params, o.device_name, tg_get_num_threads());
-  printf("training: %d epoch(s), %lld steps of %d scenes, SGD lr %g (cosine), "
-         "momentum 0.9, seed %lld\n",
-         epochs, (long long)total, o.batch, o.lr, (long long)o.seed);
+  if (total == 0)
+    printf("no training steps: evaluating only\n");
+  else
+    printf("training: %d epoch(s), %lld steps of %d scenes, SGD lr %g (cosine), "
+           "momentum 0.9, seed %lld\n",
+           epochs, (long long)total, o.batch, o.lr, (long long)o.seed);
   fflush(stdout);
 
   ex_progress prog;

@@ -116,17 +116,17 @@ static run_result run_ex(const char *const *argv, const char *interrupt_after) {
   return r;
 }
 
-#define assert_status(r, expected)                                             \
-  do {                                                                         \
-    if ((r).status != (expected))                                              \
-      fail_msg("exit status %d, expected %d; stdout:\n%s\nstderr:\n%s",        \
-               (r).status, (expected), (r).out, (r).err);                      \
+#define assert_status(r, expected)                                                       \
+  do {                                                                                   \
+    if ((r).status != (expected))                                                        \
+      fail_msg("exit status %d, expected %d; stdout:\n%s\nstderr:\n%s", (r).status,      \
+               (expected), (r).out, (r).err);                                            \
   } while (0)
 
-#define assert_contains(text, fragment)                                        \
-  do {                                                                         \
-    if (!strstr((text), (fragment)))                                           \
-      fail_msg("expected '%s' in:\n%s", (fragment), (text));                   \
+#define assert_contains(text, fragment)                                                  \
+  do {                                                                                   \
+    if (!strstr((text), (fragment)))                                                     \
+      fail_msg("expected '%s' in:\n%s", (fragment), (text));                             \
   } while (0)
 
 /* ---------------------------------------------------------- temp files -- */
@@ -360,9 +360,9 @@ static void test_mnist_train_save_load(void **state) {
   tmpdir *t = *state;
   const char *data = write_tiny_mnist(t);
   const char *ckpt = in_dir(t, "mnist.safetensors"), *out = in_dir(t, "out");
-  const char *train[] = {"mnist", "--data", data, "--epochs", "2", "--batch", "16",
-                         "--lr", "0.05", "--seed", "3", "--save", ckpt, "--out", out,
-                         NULL};
+  const char *train[] = {"mnist", "--data", data,   "--epochs", "2", "--batch",
+                         "16",    "--lr",   "0.05", "--seed",   "3", "--save",
+                         ckpt,    "--out",  out,    NULL};
   run_result a = run_ex(train, NULL);
   assert_status(a, 0);
   assert_contains(a.out, "epoch 2/2: train loss");
@@ -382,8 +382,8 @@ static void test_mnist_train_save_load(void **state) {
   assert_string_equal(aa, ab);
 
   /* The checkpoint gives back the same accuracy without training. */
-  const char *eval[] = {"mnist", "--data", data, "--epochs", "0", "--load", ckpt,
-                        "--out", out, NULL};
+  const char *eval[] = {"mnist",  "--data", data,    "--epochs", "0",
+                        "--load", ckpt,     "--out", out,        NULL};
   run_result c = run_ex(eval, NULL);
   assert_status(c, 0);
   char ac[32];
@@ -397,8 +397,8 @@ static void test_mnist_train_save_load(void **state) {
 /* Rewrites one file of the tiny dataset and expects exit 1 naming it. */
 static void expect_data_error(const tmpdir *t, const char *data, const char *file,
                               const char *fragment) {
-  const char *argv[] = {"mnist", "--data", data, "--epochs", "1", "--out",
-                        in_dir(t, "out"), NULL};
+  const char *argv[] = {"mnist", "--data",         data, "--epochs", "1",
+                        "--out", in_dir(t, "out"), NULL};
   run_result r = run_ex(argv, NULL);
   assert_status(r, 1);
   assert_contains(r.err, file);
@@ -437,7 +437,7 @@ static void test_mnist_malformed_data(void **state) {
   expect_data_error(t, data, path, "more data than its header declares");
   put_be32(b + 4, TEST_N);
   write_file(path, b, len);
-  uint8_t *bigger = calloc(1, len + 100);
+  uint8_t *bigger = calloc(1, len + SIDE * SIDE);
   memcpy(bigger, b, len);
   put_be32(bigger + 4, TEST_N + 1); /* images and labels disagree */
   write_file(path, bigger, 16 + (size_t)(TEST_N + 1) * SIDE * SIDE);
@@ -466,8 +466,8 @@ static void test_mnist_malformed_data(void **state) {
 static void test_mnist_sigint_checkpoint(void **state) {
   tmpdir *t = *state;
   const char *data = write_tiny_mnist(t), *out = in_dir(t, "out");
-  const char *argv[] = {"mnist", "--data", data, "--epochs", "1000000", "--batch", "8",
-                        "--out", out, NULL};
+  const char *argv[] = {"mnist",   "--data", data,    "--epochs", "1000000",
+                        "--batch", "8",      "--out", out,        NULL};
   run_result r = run_ex(argv, "training:");
   assert_status(r, 0);
   assert_contains(r.out, "interrupted after");
@@ -475,8 +475,8 @@ static void test_mnist_sigint_checkpoint(void **state) {
   assert_true(file_exists(ckpt));
   run_result_free(&r);
 
-  const char *eval[] = {"mnist", "--data", data, "--epochs", "0", "--load", ckpt,
-                        "--out", out, NULL};
+  const char *eval[] = {"mnist",  "--data", data,    "--epochs", "0",
+                        "--load", ckpt,     "--out", out,        NULL};
   r = run_ex(eval, NULL);
   assert_status(r, 0);
   assert_contains(r.out, "test accuracy: ");
@@ -496,9 +496,22 @@ static bool is_png(const char *path) {
 static void test_segmentation_few_steps(void **state) {
   tmpdir *t = *state;
   const char *out = in_dir(t, "seg"), *ckpt = in_dir(t, "seg.safetensors");
-  const char *argv[] = {"segmentation", "--train-size", "12", "--eval-size", "6",
-                        "--batch", "4", "--epochs", "2", "--steps", "4", "--out", out,
-                        "--save", ckpt, NULL};
+  const char *argv[] = {"segmentation",
+                        "--train-size",
+                        "12",
+                        "--eval-size",
+                        "6",
+                        "--batch",
+                        "4",
+                        "--epochs",
+                        "2",
+                        "--steps",
+                        "4",
+                        "--out",
+                        out,
+                        "--save",
+                        ckpt,
+                        NULL};
   run_result r = run_ex(argv, NULL);
   assert_status(r, 0);
   assert_contains(r.out, "held-out IoU: background ");
@@ -513,8 +526,18 @@ static void test_segmentation_few_steps(void **state) {
   run_result_free(&r);
 
   /* Loading the checkpoint reproduces the held-out numbers. */
-  const char *eval[] = {"segmentation", "--eval-size", "6", "--train-size", "4",
-                        "--epochs", "0", "--load", ckpt, "--out", out, NULL};
+  const char *eval[] = {"segmentation",
+                        "--eval-size",
+                        "6",
+                        "--train-size",
+                        "4",
+                        "--epochs",
+                        "0",
+                        "--load",
+                        ckpt,
+                        "--out",
+                        out,
+                        NULL};
   r = run_ex(eval, NULL);
   assert_status(r, 0);
   number_after(r.out, "held-out mIoU: ", m2, sizeof m2);
@@ -533,9 +556,20 @@ static void test_segmentation_few_steps(void **state) {
 static void test_segmentation_sigint_save(void **state) {
   tmpdir *t = *state;
   const char *ckpt = in_dir(t, "ckpt/seg.safetensors");
-  const char *argv[] = {"segmentation", "--train-size", "8", "--eval-size", "4",
-                        "--batch", "4", "--epochs", "1000000", "--out",
-                        in_dir(t, "seg"), "--save", ckpt, NULL};
+  const char *argv[] = {"segmentation",
+                        "--train-size",
+                        "8",
+                        "--eval-size",
+                        "4",
+                        "--batch",
+                        "4",
+                        "--epochs",
+                        "1000000",
+                        "--out",
+                        in_dir(t, "seg"),
+                        "--save",
+                        ckpt,
+                        NULL};
   run_result r = run_ex(argv, "training:");
   assert_status(r, 0);
   assert_contains(r.out, "interrupted after");
