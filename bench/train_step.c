@@ -9,13 +9,16 @@
  * peak resident memory of a step; with PyTorch (/usr/bin/python3 and torch), its
  * figures for the identical net, batch and step (bench/train_step.py) and the ratios.
  *
- *   bench/train_step [--steps N] [--warmup N] [--rounds N] [--no-torch]
+ *   bench/train_step [--steps N] [--warmup N] [--rounds N] [--net convnet|unet]
+ *                    [--threads 1|2] [--no-torch]
  *
  * Every measurement runs in a process of its own (fork for ours, python3 for
- * PyTorch's), so memory figures start from the same state and one net's caches do not
- * count against the next. Ours and PyTorch's alternate for `rounds` rounds and the
- * medians pool every round's steps: the machine may be shared, and alternating puts
- * both sides under the same load.
+ * PyTorch's, which gets OMP_NUM_THREADS = the thread count as well), so memory figures
+ * start from the same state and one net's caches do not count against the next. Ours
+ * and PyTorch's alternate for `rounds` rounds and the medians pool every round's
+ * steps: the machine may be shared, and alternating puts both sides under the same
+ * load. The CPU time per step (all threads) is printed too: on one thread it hardly
+ * moves when other processes compete for the cores, unlike the wall time.
  *
  * Memory: the peak resident set (VmHWM, reset through /proc/self/clear_refs) during
  * the warm-up and timed steps, minus the resident set just before the first step —
@@ -357,8 +360,10 @@ static bool have_torch(void) {
 static int measure_torch(net_kind kind, int threads, int warmup, int steps, result *r) {
   memset(r, 0, sizeof *r);
   char cmd[1024];
-  snprintf(cmd, sizeof cmd, "%s %s/train_step.py %s %d %d %d 2>&1", python(),
-           TG_BENCH_DIR, NET_NAMES[kind], threads, warmup, steps);
+  /* OMP_NUM_THREADS too: with it, torch's helper pools also keep to the thread count
+   * (a little faster on one thread than torch.set_num_threads alone) */
+  snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=%d %s %s/train_step.py %s %d %d %d 2>&1",
+           threads, python(), TG_BENCH_DIR, NET_NAMES[kind], threads, warmup, steps);
   fflush(stdout);
   FILE *p = popen(cmd, "r");
   if (!p)
@@ -451,7 +456,7 @@ int main(int argc, char **argv) {
          steps, rounds, warmup,
          torch ? "PyTorch from " TG_BENCH_DIR "/train_step.py, same threads, alternating "
                  "with ours"
-               : "PyTorch not run",
+               : "PyTorch not run (--no-torch, or torch does not import)",
          wait ? wait : "(unset)");
   uptime_line("start");
   static result sgemm[N_THREADS], ours[N_NETS][N_THREADS], theirs[N_NETS][N_THREADS], one;

@@ -153,14 +153,21 @@ TARGET static INLINE __m256i lane_mask(int64_t n) {
 static void pack_weights(const direct_conv *d, const float *w, bool flip, float *wp) {
   const int64_t kk = d->kh * d->kw, K = d->cin * kk, nb = ceil_div(d->cout, MR);
   for (int64_t cb = 0; cb < nb; cb++)
-    for (int64_t k = 0; k < K; k++)
-      for (int64_t r = 0; r < MR; r++) {
-        const int64_t o = cb * MR + r, c = k / kk, t = k % kk;
-        float v = 0;
-        if (o < d->cout)
-          v = flip ? w[(c * d->cout + o) * kk + kk - 1 - t] : w[o * K + k];
-        wp[(cb * K + k) * MR + r] = v;
+    for (int64_t r = 0; r < MR; r++) {
+      const int64_t o = cb * MR + r;
+      float *dst = wp + cb * K * MR + r;
+      if (o >= d->cout) {
+        for (int64_t k = 0; k < K; k++)
+          dst[k * MR] = 0;
+      } else if (!flip) {
+        for (int64_t k = 0; k < K; k++)
+          dst[k * MR] = w[o * K + k];
+      } else {
+        for (int64_t c = 0; c < d->cin; c++)
+          for (int64_t t = 0; t < kk; t++)
+            dst[(c * kk + t) * MR] = w[(c * d->cout + o) * kk + kk - 1 - t];
       }
+    }
 }
 
 /* Stores row r of a tile: vectors v0 (and v1 when nv == 2), the last one masked. */
