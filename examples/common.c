@@ -848,3 +848,40 @@ void ex_plot(ex_canvas *c, int x, int y, int w, int h, const char *title,
     ex_canvas_text(c, lx, ly, 1, black, series[s].label);
   }
 }
+
+/* ------------------------------------------------------------ training setup -- */
+
+tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
+                                int64_t n_train, ex_plan *plan) {
+  if (o->load) {
+    if (tg_varstore_load(vs, o->load) < 0) {
+      fprintf(stderr, "error: cannot load %s: %s\n", o->load, tg_last_error());
+      return NULL;
+    }
+    printf("loaded weights from %s\n", o->load);
+  }
+  tg_sgd_config sc = tg_sgd_config_default(o->lr);
+  sc.momentum = 0.9;
+  tg_optimizer *opt = tg_sgd_new(vs, sc);
+  if (!opt) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    return NULL;
+  }
+  ex_sigint_install();
+  plan->steps_per_epoch = (n_train + o->batch - 1) / o->batch;
+  plan->total = (int64_t)o->epochs * plan->steps_per_epoch;
+  if (o->steps > 0 && o->steps < plan->total)
+    plan->total = o->steps;
+  plan->epochs =
+      plan->steps_per_epoch
+          ? (int)((plan->total + plan->steps_per_epoch - 1) / plan->steps_per_epoch)
+          : 0;
+  return opt;
+}
+
+int64_t ex_num_params(const tg_varstore *vs) {
+  int64_t total = 0;
+  for (int i = 0; i < tg_varstore_len(vs); i++)
+    total += tg_numel(tg_varstore_var(vs, i, NULL));
+  return total;
+}

@@ -47,6 +47,19 @@ int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *fl
  * and returns -1 when the device is unusable. */
 int ex_common_apply(ex_common_options *o);
 
+/* How many steps a run takes. */
+typedef struct {
+  int64_t steps_per_epoch, total;
+  int epochs;
+} ex_plan;
+/* After the network is built: loads --load into vs when given, creates SGD with
+ * momentum 0.9 at --lr, installs the Ctrl-C handler and plans the steps over n_train
+ * examples. Returns the optimizer (caller frees), or NULL after printing the error. */
+tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
+                                int64_t n_train, ex_plan *plan);
+/* Number of elements over all variables of vs. */
+int64_t ex_num_params(const tg_varstore *vs);
+
 /* ---------------------------------------------------------------- progress -- */
 /* A live bar redrawn in place on a terminal; one plain line every `log_every` steps
  * (and at the end of each epoch) when stdout is a file or a pipe. */

@@ -171,12 +171,6 @@ static double evaluate(net *m, const dataset *d, int64_t batch, tg_device device
   return correct < 0 ? -1 : (double)correct / (double)d->n;
 }
 
-static int64_t num_params(const tg_varstore *vs) {
-  int64_t total = 0;
-  for (int i = 0; i < tg_varstore_len(vs); i++)
-    total += tg_numel(tg_varstore_var(vs, i, NULL));
-  return total;
-}
 
 /* Training curve: smoothed train loss per logged step and test accuracy per epoch. */
 typedef struct {
@@ -259,29 +253,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  if (o.load) {
-    if (tg_varstore_load(m.vs, o.load) < 0) {
-      fprintf(stderr, "error: cannot load %s: %s\n", o.load, tg_last_error());
-      goto done;
-    }
-    printf("loaded weights from %s\n", o.load);
-  }
-  tg_sgd_config sc = tg_sgd_config_default(o.lr);
-  sc.momentum = 0.9;
-  if (!(opt = tg_sgd_new(m.vs, sc))) {
-    fprintf(stderr, "error: %s\n", tg_last_error());
+  ex_plan plan;
+  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
     goto done;
-  }
-  ex_sigint_install();
-
-  int64_t steps_per_epoch = (train.n + o.batch - 1) / o.batch;
-  int64_t total = (int64_t)o.epochs * steps_per_epoch;
-  if (o.steps > 0 && o.steps < total)
-    total = o.steps;
-  int epochs = (int)((total + steps_per_epoch - 1) / steps_per_epoch);
+  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
+  int epochs = plan.epochs;
   printf("mnist: %lld train and %lld test images from %s; %lld parameters; device %s, "
          "%d threads\n",
-         (long long)train.n, (long long)test.n, data_dir, (long long)num_params(m.vs),
+         (long long)train.n, (long long)test.n, data_dir, (long long)ex_num_params(m.vs),
          o.device_name, tg_get_num_threads());
   if (total == 0)
     printf("no training steps: evaluating only\n");

@@ -525,33 +525,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  if (o.load) {
-    if (tg_varstore_load(m.vs, o.load) < 0) {
-      fprintf(stderr, "error: cannot load %s: %s\n", o.load, tg_last_error());
-      goto done;
-    }
-    printf("loaded weights from %s\n", o.load);
-  }
-  tg_sgd_config sc = tg_sgd_config_default(o.lr);
-  sc.momentum = 0.9;
-  if (!(opt = tg_sgd_new(m.vs, sc))) {
-    fprintf(stderr, "error: %s\n", tg_last_error());
+  ex_plan plan;
+  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
     goto done;
-  }
-  ex_sigint_install();
-
-  int64_t steps_per_epoch = (train.n + o.batch - 1) / o.batch;
-  int64_t total = (int64_t)o.epochs * steps_per_epoch;
-  if (o.steps > 0 && o.steps < total)
-    total = o.steps;
-  int epochs = (int)((total + steps_per_epoch - 1) / steps_per_epoch);
-  int64_t n_params = 0;
-  for (int i = 0; i < tg_varstore_len(m.vs); i++)
-    n_params += tg_numel(tg_varstore_var(m.vs, i, NULL));
+  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
+  int epochs = plan.epochs;
   printf("segmentation: %lld training and %lld held-out %dx%d scenes (%.1f s); %lld "
          "parameters; device %s, %d threads\n",
          (long long)train.n, (long long)held.n, SIDE, SIDE, ex_now() - t0,
-         (long long)n_params, o.device_name, tg_get_num_threads());
+         (long long)ex_num_params(m.vs), o.device_name, tg_get_num_threads());
   if (total == 0)
     printf("no training steps: evaluating only\n");
   else
