@@ -83,8 +83,10 @@ size_t tg_dtype_size(tg_dtype dtype);
 
 /* Seeds the global generator used by rand/randn/uniform/dropout/init. */
 void tg_manual_seed(uint64_t seed);
-/* Threads used by tapegrad's kernels and by OpenBLAS. Default: env TG_NUM_THREADS,
- * else the number of cores. Returns 0, or -1 for n < 1. */
+/* Threads used by tapegrad's kernels (OpenMP); OpenBLAS is kept on one thread and
+ * called per thread, so the two never oversubscribe the cores. Default: env
+ * TG_NUM_THREADS, else the number of cores. Returns 0, or -1 for n < 1. On machines
+ * shared with busy processes, OMP_WAIT_POLICY=passive avoids spin-waiting. */
 int tg_set_num_threads(int n);
 int tg_get_num_threads(void);
 

@@ -244,6 +244,7 @@ static void copy_block(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
   const char *S = tg__data(src);
   char *D = tg__data(dst);
   int64_t sd = src->shape[dim], dd = dst->shape[dim];
+#pragma omp parallel for num_threads(tg__threads(outer * len * inner))
   for (int64_t o = 0; o < outer; o++)
     memcpy(D + (size_t)((o * dd + dst_start) * inner) * es,
            S + (size_t)((o * sd + src_start) * inner) * es, (size_t)(len * inner) * es);
