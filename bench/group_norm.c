@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
   int64_t n, c, h, w, g;
@@ -71,10 +72,36 @@ static int node_backward(tg_node *node, const tg_tensor *dy) {
   return rc;
 }
 
-/* Median and minimum of each measurement: memcpy, fwd, fwd+bwd, api. */
+/* Median and minimum of each measurement (memcpy, fwd, fwd+bwd, api), warm and cold. */
 typedef struct {
-  double med[4], min[4];
+  double med[2][4], min[2][4];
 } timing;
+
+/* Cold runs start with the caches holding none of the tensors: a buffer of twice the
+ * last-level cache is read first (clean lines, so evicting them later costs nothing,
+ * and the previous run's dirty outputs are written back before the clock starts). */
+static const float *flush_buf;
+static size_t flush_len;
+static volatile float flush_sink;
+
+static int flush_init(void) {
+  long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  size_t bytes = 2 * (size_t)(l3 > (32l << 20) ? l3 : (32l << 20));
+  float *b = malloc(bytes);
+  if (!b)
+    return -1;
+  memset(b, 0, bytes);
+  flush_buf = b;
+  flush_len = bytes / sizeof *b;
+  return 0;
+}
+
+static void flush_caches(void) {
+  float s = 0;
+  for (size_t i = 0; i < flush_len; i += 16)
+    s += flush_buf[i];
+  flush_sink = s;
+}
 
 static int bench_one(const shape *s, int threads, int reps, timing *out) {
   tg_set_num_threads(threads);
@@ -97,8 +124,11 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
   /* each measurement in its own loop (two warm-up rounds), so each runs in its own
    * steady state rather than after another one has flushed or warmed the caches */
   int rc = 0;
+  for (int cold = 0; cold < 2; cold++)
   for (int k = 0; k < 4 && rc == 0; k++)
     for (int r = -2; r < reps && rc == 0; r++) {
+      if (cold)
+        flush_caches();
       tg_scope_begin();
       double t0 = now();
       if (k == 0) {
@@ -119,11 +149,11 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
       tg_zero_grad(b);
       if (r >= 0)
         t[k][r] = t1 - t0;
+      if (r == reps - 1) {
+        out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
+        out->min[cold][k] = t[k][0];
+      }
     }
-  for (int k = 0; k < 4; k++) {
-    out->med[k] = median(t[k], reps); /* sorts t[k] */
-    out->min[k] = t[k][0];
-  }
   for (int k = 0; k < 4; k++)
     free(t[k]);
   tg_scope_end();
@@ -135,6 +165,7 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
 static const char *TORCH_SCRIPT =
     "import sys, time, torch, torch.nn.functional as F\n"
     "reps = int(sys.argv[1]); shapes = eval(sys.argv[2]); threads = eval(sys.argv[3])\n"
+    "flush = torch.zeros(int(sys.argv[4]))\n"
     "med = lambda v: sorted(v)[len(v) // 2]\n"
     "for nt in threads:\n"
     "    torch.set_num_threads(nt)\n"
@@ -142,17 +173,21 @@ static const char *TORCH_SCRIPT =
     "        x = torch.randn(n, c, h, w, requires_grad=True); dy = torch.randn_like(x)\n"
     "        wt = torch.ones(c, requires_grad=True); bt = torch.zeros(c, "
     "requires_grad=True)\n"
-    "        tf, tb = [], []\n"
-    "        for r in range(reps + 2):\n"
-    "            t0 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
-    "            t1 = time.perf_counter(); del y\n"
-    "            t2 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
-    "            y.backward(dy); t3 = time.perf_counter()\n"
-    "            x.grad = wt.grad = bt.grad = None; del y\n"
-    "            tf.append(t1 - t0); tb.append(t3 - t2)\n"
-    "        print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), flush=True)\n";
+    "        for cold in (0, 1):\n"
+    "            tf, tb = [], []\n"
+    "            for r in range(reps + 2):\n"
+    "                if cold: flush.sum()\n"
+    "                t0 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
+    "                t1 = time.perf_counter(); del y\n"
+    "                if cold: flush.sum()\n"
+    "                t2 = time.perf_counter(); y = F.group_norm(x, g, wt, bt, 1e-5)\n"
+    "                y.backward(dy); t3 = time.perf_counter()\n"
+    "                x.grad = wt.grad = bt.grad = None; del y\n"
+    "                tf.append(t1 - t0); tb.append(t3 - t2)\n"
+    "            print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), "
+    "flush=True)\n";
 
-static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2]) {
+static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   FILE *probe = popen("/usr/bin/python3 -c 'import torch' 2>/dev/null", "r");
   if (!probe || pclose(probe) != 0)
     return -1;
@@ -174,17 +209,19 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2]) {
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              THREADS[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d '%s' '%s' 2>/dev/null", path, reps,
-           shapes, threads);
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d '%s' '%s' %zu 2>/dev/null", path,
+           reps, shapes, threads, flush_len);
   FILE *p = popen(cmd, "r");
   int got = 0;
   for (int t = 0; p && t < N_THREADS; t++)
     for (int i = 0; i < N_SHAPES; i++)
-      got += fscanf(p, "%lf %lf", &torch_ms[t][i][0], &torch_ms[t][i][1]) == 2;
+      for (int cold = 0; cold < 2; cold++)
+        got += fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0],
+                      &torch_ms[t][i][cold][1]) == 2;
   if (p)
     pclose(p);
   remove(path);
-  return got == N_THREADS * N_SHAPES ? 0 : -1;
+  return got == 2 * N_THREADS * N_SHAPES ? 0 : -1;
 }
 
 int main(int argc, char **argv) {
@@ -193,14 +230,19 @@ int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 15;
   if (reps < 1)
     reps = 1;
-  double torch_ms[N_THREADS][N_SHAPES][2];
+  if (flush_init() < 0) {
+    fprintf(stderr, "group_norm bench: out of memory\n");
+    return 1;
+  }
+  double torch_ms[N_THREADS][N_SHAPES][2][2];
   bool have_torch = torch_times(reps, torch_ms) == 0;
   printf("GroupNorm float32: median of %d runs in ms, x = ratio to memcpy of the same "
-         "tensor;\nmin x = the same ratio between minimum times (steadier on a busy "
-         "machine)%s\n",
-         reps, have_torch ? "; torch = PyTorch's medians, same threads" : "");
-  printf("%-15s %3s %3s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]", "G",
-         "thr", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api", "x");
+         "tensor in the same cache state;\nmin x = the same ratio between minimum times "
+         "(steadier on a busy machine). warm: runs back to back, tensors left in the "
+         "cache;\ncold: caches flushed before every run (of memcpy too)%s\n",
+         reps, have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
+  printf("%-15s %3s %3s %4s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]", "G",
+         "thr", "", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api", "x");
   if (have_torch)
     printf(" | %9s %9s", "torch fwd", "torch f+b");
   printf("\n");
@@ -215,14 +257,17 @@ int main(int argc, char **argv) {
       char name[64];
       snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld]", (long long)s->n,
                (long long)s->c, (long long)s->h, (long long)s->w);
-      const double *m = r.med, *mn = r.min;
-      printf(
-          "%-15s %3lld %3d | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f | %6.3f %5.2f",
-          name, (long long)s->g, THREADS[t], m[0] * 1e3, m[1] * 1e3, m[1] / m[0],
-          mn[1] / mn[0], m[2] * 1e3, m[2] / m[0], mn[2] / mn[0], m[3] * 1e3, m[3] / m[0]);
-      if (have_torch)
-        printf(" | %9.3f %9.3f", torch_ms[t][i][0], torch_ms[t][i][1]);
-      printf("\n");
+      for (int cold = 0; cold < 2; cold++) {
+        const double *m = r.med[cold], *mn = r.min[cold];
+        printf("%-15s %3lld %3d %4s | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f | "
+               "%6.3f %5.2f",
+               name, (long long)s->g, THREADS[t], cold ? "cold" : "warm", m[0] * 1e3,
+               m[1] * 1e3, m[1] / m[0], mn[1] / mn[0], m[2] * 1e3, m[2] / m[0],
+               mn[2] / mn[0], m[3] * 1e3, m[3] / m[0]);
+        if (have_torch)
+          printf(" | %9.3f %9.3f", torch_ms[t][i][cold][0], torch_ms[t][i][cold][1]);
+        printf("\n");
+      }
       fflush(stdout);
     }
   return 0;

@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------ gradcheck -- */
@@ -193,12 +194,14 @@ static void test_empty(void **state) {
   assert_int_equal(tg_scope_end(), 0);
 }
 
-/* Inputs of 16 MiB and more take the kernels' prefetching path: each sample of a
- * batch must give bit for bit what it gives alone (a small input, no prefetching). */
+/* Inputs of 16 MiB and more take the kernels' prefetching path, and with the
+ * streaming threshold set between the two sizes, non-temporal stores too: each sample
+ * of a batch must give bit for bit what it gives alone (a small input, neither). */
 static void test_large_input_path(void **state) {
   (void)state;
   tg_scope_begin();
-  const int64_t shape[4] = {3, 4, 600, 600}; /* 17.3 MB of float32 */
+  setenv("TG_NORM_STREAM_BYTES", "8000000", 1);
+  const int64_t shape[4] = {3, 4, 600, 600}; /* 17.3 MB of float32, 5.8 MB a sample */
   tg_tensor *x = rand_leaf(shape, 4, TG_F32);
   tg_tensor *dy = tg_randn(shape, 4, TG_F32, TG_CPU);
   tg_tensor *w = tg_uniform(TG_SHAPE(4), 0.5, 1.5, TG_F32, TG_CPU);
@@ -212,7 +215,53 @@ static void test_large_input_path(void **state) {
     assert_close(yn, tg_narrow(y, 0, n, 1), 0, 0);
     assert_close(tg_grad(xn), tg_narrow(tg_grad(x), 0, n, 1), 0, 0);
   }
+  unsetenv("TG_NORM_STREAM_BYTES");
   assert_int_equal(tg_scope_end(), 0);
+}
+
+/* y, dx, dweight, dbias of one GroupNorm with the outputs streamed or not. */
+static void gn_run(tg_tensor *x, int64_t groups, tg_tensor *w, tg_tensor *b,
+                   const tg_tensor *dy, bool stream, tg_tensor **out) {
+  setenv("TG_NORM_STREAM_BYTES", stream ? "0" : "9223372036854775807", 1);
+  tg_zero_grad(x);
+  tg_zero_grad(w);
+  tg_zero_grad(b);
+  out[0] = tg_group_norm(x, groups, w, b, 1e-5);
+  assert_ok(out[0] && tg_backward_ex(out[0], dy, false) == 0);
+  out[1] = tg_clone(tg_grad(x));
+  out[2] = tg_clone(tg_grad(w));
+  out[3] = tg_clone(tg_grad(b));
+  unsetenv("TG_NORM_STREAM_BYTES");
+}
+
+/* The non-temporal-store path (forced on small inputs) computes exactly what the
+ * ordinary one does, in float32 and float64, with channels that start on any
+ * alignment (odd H*W) and on 32-byte boundaries, one thread and two. */
+static void test_streaming_path(void **state) {
+  (void)state;
+  const int64_t shapes[3][4] = {{2, 6, 7, 13}, {3, 8, 16, 16}, {1, 4, 1, 3}};
+  const int64_t groups[3] = {3, 2, 4};
+  const tg_dtype dts[2] = {TG_F32, TG_F64};
+  int nt = tg_get_num_threads();
+  for (int t = 1; t <= 2; t++)
+    for (int d = 0; d < 2; d++)
+      for (int i = 0; i < 3; i++) {
+        tg_set_num_threads(t);
+        tg_scope_begin();
+        tg_tensor *x = rand_leaf(shapes[i], 4, dts[d]);
+        tg_tensor *dy = tg_randn(shapes[i], 4, dts[d], TG_CPU);
+        tg_tensor *w = tg_uniform(TG_SHAPE(shapes[i][1]), 0.5, 1.5, dts[d], TG_CPU);
+        tg_tensor *b = tg_randn(TG_SHAPE(shapes[i][1]), dts[d], TG_CPU);
+        tg_set_requires_grad(w, true);
+        tg_set_requires_grad(b, true);
+        tg_tensor *plain[4], *streamed[4];
+        gn_run(x, groups[i], w, b, dy, false, plain);
+        gn_run(x, groups[i], w, b, dy, true, streamed);
+        for (int k = 0; k < 4; k++)
+          assert_close(streamed[k], plain[k], 0, 0);
+        assert_int_equal(tg_scope_end(), 0);
+      }
+  tg_set_num_threads(nt);
 }
 
 /* Same values with 1 and 2 threads, and in no-grad mode (nothing recorded). */
@@ -286,6 +335,7 @@ int main(void) {
       cmocka_unit_test(test_degenerate_groups),
       cmocka_unit_test(test_empty),
       cmocka_unit_test(test_large_input_path),
+      cmocka_unit_test(test_streaming_path),
       cmocka_unit_test(test_threads_and_no_grad),
       cmocka_unit_test(test_errors),
   };

@@ -87,7 +87,7 @@ static void bn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
       const int64_t c = s % d.C;
       const double a = stats[c].rstd * (W ? (double)W[c] : 1.0);
       const double sh = (B ? (double)B[c] : 0.0) - stats[c].dmean * a;
-      norm_affine(X + s * d.HW, Y + s * d.HW, d.HW, (T)stats[c].pivot, (T)a, (T)sh, NULL);
+      norm_affine(X + s * d.HW, Y + s * d.HW, d.HW, (T)stats[c].pivot, (T)a, (T)sh, NULL, false);
     }
   });
 }
@@ -131,7 +131,8 @@ static void bn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
           c2 = -gamma * rstd * rstd * rstd * sums[2 * c + 1] / (double)count;
         }
         norm_dx(G + s * d.HW, X + s * d.HW, DX + s * d.HW, d.HW, (T)stats[c].pivot,
-                (T)gamma, (T)md, (T)rstd, (T)c2, (T)(-c2 * stats[c].dmean), NULL, NULL);
+                (T)gamma, (T)md, (T)rstd, (T)c2, (T)(-c2 * stats[c].dmean), NULL, NULL,
+                false);
       }
     }
   });

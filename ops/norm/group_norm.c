@@ -6,6 +6,7 @@
 #include "norm.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 static const char *const OP = "tg_group_norm";
 
@@ -49,37 +50,53 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
   return norm_check_eps(OP, eps);
 }
 
+/* Tensors from an eighth of the last-level cache on are written with non-temporal
+ * stores: from there the four tensors of a training step's GroupNorm (x, y, dy, dx)
+ * fill more than half of a cache that other threads and processes share, so outputs
+ * would be evicted before anyone reads them anyway. TG_NORM_STREAM_BYTES overrides the
+ * size (0: always, a huge value: never); the tests run both paths with it. */
+static int64_t stream_bytes(void) {
+  const char *env = getenv("TG_NORM_STREAM_BYTES");
+  if (env && *env)
+    return strtoll(env, NULL, 10);
+  long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return (l3 > 0 ? (int64_t)l3 : (int64_t)32 << 20) / 8;
+}
+
 /* ---------------------------------------------------------------- forward -- */
 
 /* One (n, g) at a time: its D*HW elements are contiguous and stay in L2 between the
  * statistics pass and the normalising pass; each thread takes a contiguous run of
- * groups, so on large inputs it prefetches its next group while writing this one.
- * stats (may be NULL) gets the statistics. */
+ * groups, so on large inputs it prefetches its next group while writing this one, and
+ * writes y with non-temporal stores. stats (may be NULL) gets the statistics. */
 static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
                            gn_dims d, double eps, tg_tensor *y, norm_stats *stats) {
   const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
-  const bool prefetch =
-      x->numel * (int64_t)tg_dtype_size(x->dtype) >= NORM_PREFETCH_BYTES;
+  const int64_t bytes = x->numel * (int64_t)tg_dtype_size(x->dtype);
+  const bool prefetch = bytes >= NORM_PREFETCH_BYTES, stream = bytes >= stream_bytes();
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *W = w ? tg__data(w) : NULL, *B = b ? tg__data(b) : NULL;
     T *Y = tg__data(y);
-    _Pragma("omp parallel for schedule(static) num_threads(tg__threads(x->numel))") for (
-        int64_t ng = 0; ng < groups; ng++) {
-      const T *xg = X + ng * len, *next = prefetch && ng + 1 < groups ? xg + len : NULL;
-      T *yg = Y + ng * len;
-      norm_stats st;
-      norm_moments(xg, 1, len, 0, eps, &st);
-      if (stats)
-        stats[ng] = st;
-      /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
-      const T p = (T)st.pivot;
-      const int64_t c0 = (ng % d.G) * D;
-      for (int64_t k = 0; k < D; k++) {
-        double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
-        double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
-        norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
-                    next ? next + k * d.HW : NULL);
+    _Pragma("omp parallel num_threads(tg__threads(x->numel))") {
+      _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
+        const T *xg = X + ng * len, *next = prefetch && ng + 1 < groups ? xg + len : NULL;
+        T *yg = Y + ng * len;
+        norm_stats st;
+        norm_moments(xg, 1, len, 0, eps, &st);
+        if (stats)
+          stats[ng] = st;
+        /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
+        const T p = (T)st.pivot;
+        const int64_t c0 = (ng % d.G) * D;
+        for (int64_t k = 0; k < D; k++) {
+          double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
+          double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
+          norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
+                      next ? next + k * d.HW : NULL, stream);
+        }
       }
+      if (stream)
+        norm_stream_fence();
     }
   });
 }
@@ -96,41 +113,44 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
                             const norm_stats *stats, gn_dims d, tg_tensor *dx,
                             double *sums) {
   const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
-  const bool prefetch =
-      x->numel * (int64_t)tg_dtype_size(x->dtype) >= NORM_PREFETCH_BYTES;
+  const int64_t bytes = x->numel * (int64_t)tg_dtype_size(x->dtype);
+  const bool prefetch = bytes >= NORM_PREFETCH_BYTES, stream = bytes >= stream_bytes();
   const int nt = tg__threads(2 * x->numel);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *G = tg__data(g), *W = w ? tg__data(w) : NULL;
     T *DX = dx ? tg__data(dx) : NULL;
-    _Pragma("omp parallel for schedule(static) num_threads(nt)") for (int64_t ng = 0;
-                                                                      ng < groups; ng++) {
-      const int64_t off = ng * len, c0 = (ng % d.G) * D;
-      const bool next = prefetch && ng + 1 < groups;
-      const norm_stats st = stats[ng];
-      const double rstd = st.rstd;
-      const T p = (T)st.pivot;
-      double *sg = sums + 2 * ng * D;
-      double dbg = 0, dsg = 0;
-      for (int64_t k = 0; k < D; k++) {
-        double db = 0, ds = 0;
-        norm_grad_sums(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, &db, &ds);
-        ds -= db * st.dmean;
-        sg[2 * k] = db;
-        sg[2 * k + 1] = ds;
-        double gamma = W ? (double)W[c0 + k] : 1.0;
-        dbg += gamma * db;
-        dsg += gamma * ds;
-      }
-      if (DX && len > 0) {
-        const double s = 1.0 / (double)len, c2 = -dsg * rstd * rstd * rstd * s;
-        const T m = (T)(dbg * s), c3 = (T)(-c2 * st.dmean);
+    _Pragma("omp parallel num_threads(nt)") {
+      _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
+        const int64_t off = ng * len, c0 = (ng % d.G) * D;
+        const bool next = prefetch && ng + 1 < groups;
+        const norm_stats st = stats[ng];
+        const double rstd = st.rstd;
+        const T p = (T)st.pivot;
+        double *sg = sums + 2 * ng * D;
+        double dbg = 0, dsg = 0;
         for (int64_t k = 0; k < D; k++) {
-          const T gamma = W ? W[c0 + k] : (T)1;
-          const int64_t o = off + k * d.HW;
-          norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
-                  next ? G + o + len : NULL, next ? X + o + len : NULL);
+          double db = 0, ds = 0;
+          norm_grad_sums(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, &db, &ds);
+          ds -= db * st.dmean;
+          sg[2 * k] = db;
+          sg[2 * k + 1] = ds;
+          double gamma = W ? (double)W[c0 + k] : 1.0;
+          dbg += gamma * db;
+          dsg += gamma * ds;
+        }
+        if (DX && len > 0) {
+          const double s = 1.0 / (double)len, c2 = -dsg * rstd * rstd * rstd * s;
+          const T m = (T)(dbg * s), c3 = (T)(-c2 * st.dmean);
+          for (int64_t k = 0; k < D; k++) {
+            const T gamma = W ? W[c0 + k] : (T)1;
+            const int64_t o = off + k * d.HW;
+            norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
+                    next ? G + o + len : NULL, next ? X + o + len : NULL, stream);
+          }
         }
       }
+      if (stream)
+        norm_stream_fence();
     }
   });
 }

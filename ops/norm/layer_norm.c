@@ -79,7 +79,7 @@ static void ln_forward_cpu(const tg_tensor *x, const void *gamma, const void *be
       if (W)
         norm_affine_vec(X + r * d.D, Y + r * d.D, d.D, p, rstd, s, W, B);
       else
-        norm_affine(X + r * d.D, Y + r * d.D, d.D, p, rstd, s, NULL);
+        norm_affine(X + r * d.D, Y + r * d.D, d.D, p, rstd, s, NULL, false);
     }
   });
 }
@@ -111,7 +111,7 @@ static void ln_dx_cpu(const tg_tensor *g, const tg_tensor *x, const void *gamma,
         norm_dx_vec(G + off, X + off, DX + off, d.D, p, W, m, (T)rstd, (T)c2, c3);
       else
         norm_dx(G + off, X + off, DX + off, d.D, p, (T)1, m, (T)rstd, (T)c2, c3, NULL,
-                NULL);
+                NULL, false);
     }
   });
 }

@@ -6,6 +6,7 @@
 #include "graph/internal.h"
 
 #include <math.h>
+#include <string.h>
 
 /* Statistics of one normalised set: mean = pivot + dmean, where the pivot is exactly
  * representable in the element type and dmean is small (see norm_tmpl.h). Saved for
@@ -22,6 +23,35 @@ typedef struct {
  * level cache, and its passes prefetch the next group while writing (a 15-20% gain
  * there; below it the extra lines only evict the group being worked on). */
 #define NORM_PREFETCH_BYTES (16 << 20)
+
+/* Non-temporal stores: outputs written with them go to memory without first being read
+ * into the cache (no read-for-ownership) and without evicting the inputs, which the
+ * backward reads again. Worth it only for tensors that would not stay in the cache
+ * anyway (GroupNorm decides by size). The generic loops compute a block into an L1
+ * buffer and norm_stream_T copies it out; after the last one a thread fences. */
+#define NORM_STREAM_BLOCK 64
+#if defined(__AVX__)
+#include <immintrin.h>
+enum { NORM_STREAM_ALIGN = 32 };
+static inline void norm_stream_f(float *dst, const float *src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_stream_ps(dst + i, _mm256_load_ps(src + i));
+}
+static inline void norm_stream_d(double *dst, const double *src, int64_t n) {
+  for (int64_t i = 0; i < n; i += 4)
+    _mm256_stream_pd(dst + i, _mm256_load_pd(src + i));
+}
+static inline void norm_stream_fence(void) { _mm_sfence(); }
+#else
+enum { NORM_STREAM_ALIGN = 1 };
+static inline void norm_stream_f(float *dst, const float *src, int64_t n) {
+  memcpy(dst, src, (size_t)n * sizeof *dst);
+}
+static inline void norm_stream_d(double *dst, const double *src, int64_t n) {
+  memcpy(dst, src, (size_t)n * sizeof *dst);
+}
+static inline void norm_stream_fence(void) {}
+#endif
 
 #define T float
 #define LANES 32

@@ -83,18 +83,32 @@ static inline double NK(moments)(const T *x, int64_t nseg, int64_t len, int64_t 
   return var;
 }
 
-/* y = (x - p) * a + b. While it runs, pf (NULL: none) is prefetched line by line: the
- * next segment's input, so reading it from memory overlaps writing this output. */
-static inline void NK(affine)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
-                              T b, const T *pf) {
-  enum { LINE = 64 / sizeof(T) };
-  int64_t i = 0;
+/* Prefetches the cache lines of pf[0, n) (pf NULL: none). */
+static inline void NK(prefetch)(const T *pf, int64_t n) {
   if (pf)
-    for (; i + LINE <= n; i += LINE) {
+    for (int64_t i = 0; i < n; i += 64 / sizeof(T))
       __builtin_prefetch(pf + i);
-      for (int64_t j = i; j < i + LINE; j++)
-        y[j] = (x[j] - p) * a + b;
-    }
+}
+
+/* y = (x - p) * a + b. While it runs, pf (NULL: none) is prefetched: the next segment's
+ * input, so reading it from memory overlaps writing this output. With stream, y is
+ * written with non-temporal stores (norm.h), through an L1 buffer; the caller fences. */
+static inline void NK(affine)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
+                              T b, const T *pf, bool stream) {
+  enum { BLOCK = NORM_STREAM_BLOCK };
+  int64_t i = 0;
+  if (stream)
+    for (; i < n && (uintptr_t)(y + i) % NORM_STREAM_ALIGN; i++)
+      y[i] = (x[i] - p) * a + b;
+  for (; i + BLOCK <= n; i += BLOCK) {
+    NK(prefetch)(pf ? pf + i : NULL, BLOCK);
+    _Alignas(64) T buf[BLOCK];
+    T *out = stream ? buf : y + i;
+    for (int64_t j = 0; j < BLOCK; j++)
+      out[j] = (x[i + j] - p) * a + b;
+    if (stream)
+      NK(stream)(y + i, buf, BLOCK);
+  }
   for (; i < n; i++)
     y[i] = (x[i] - p) * a + b;
 }
@@ -150,19 +164,26 @@ static inline void NK(grad_sums_vec)(const T *dy, const T *x, int64_t n, T p,
 
 /* dx = (g * dy - m) * r + c2 * (x - p) + c3. Subtracting the mean m of g*dy before
  * scaling by r keeps the cancellation in the small terms (a one-element group gives
- * exactly 0). pf_dy and pf_x (NULL: none) are prefetched as in affine. */
+ * exactly 0). pf_dy and pf_x (NULL: none) are prefetched and stream used as in
+ * affine. */
 static inline void NK(dx)(const T *restrict dy, const T *restrict x, T *restrict dx,
                           int64_t n, T p, T g, T m, T r, T c2, T c3, const T *pf_dy,
-                          const T *pf_x) {
-  enum { LINE = 64 / sizeof(T) };
+                          const T *pf_x, bool stream) {
+  enum { BLOCK = NORM_STREAM_BLOCK };
   int64_t i = 0;
-  if (pf_dy)
-    for (; i + LINE <= n; i += LINE) {
-      __builtin_prefetch(pf_dy + i);
-      __builtin_prefetch(pf_x + i);
-      for (int64_t j = i; j < i + LINE; j++)
-        dx[j] = (g * dy[j] - m) * r + c2 * (x[j] - p) + c3;
-    }
+  if (stream)
+    for (; i < n && (uintptr_t)(dx + i) % NORM_STREAM_ALIGN; i++)
+      dx[i] = (g * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+  for (; i + BLOCK <= n; i += BLOCK) {
+    NK(prefetch)(pf_dy ? pf_dy + i : NULL, BLOCK);
+    NK(prefetch)(pf_x ? pf_x + i : NULL, BLOCK);
+    _Alignas(64) T buf[BLOCK];
+    T *out = stream ? buf : dx + i;
+    for (int64_t j = 0; j < BLOCK; j++)
+      out[j] = (g * dy[i + j] - m) * r + c2 * (x[i + j] - p) + c3;
+    if (stream)
+      NK(stream)(dx + i, buf, BLOCK);
+  }
   for (; i < n; i++)
     dx[i] = (g * dy[i] - m) * r + c2 * (x[i] - p) + c3;
 }
