@@ -125,35 +125,35 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
    * steady state rather than after another one has flushed or warmed the caches */
   int rc = 0;
   for (int cold = 0; cold < 2; cold++)
-  for (int k = 0; k < 4 && rc == 0; k++)
-    for (int r = -2; r < reps && rc == 0; r++) {
-      if (cold)
-        flush_caches();
-      tg_scope_begin();
-      double t0 = now();
-      if (k == 0) {
-        parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
-      } else {
-        tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
-        if (!y)
-          rc = -1;
-        else if (k == 2)
-          rc = node_backward(y->grad_fn, dy);
-        else if (k == 3)
-          rc = tg_backward_ex(y, dy, false);
+    for (int k = 0; k < 4 && rc == 0; k++)
+      for (int r = -2; r < reps && rc == 0; r++) {
+        if (cold)
+          flush_caches();
+        tg_scope_begin();
+        double t0 = now();
+        if (k == 0) {
+          parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
+        } else {
+          tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
+          if (!y)
+            rc = -1;
+          else if (k == 2)
+            rc = node_backward(y->grad_fn, dy);
+          else if (k == 3)
+            rc = tg_backward_ex(y, dy, false);
+        }
+        double t1 = now();
+        tg_scope_end();
+        tg_zero_grad(x);
+        tg_zero_grad(w);
+        tg_zero_grad(b);
+        if (r >= 0)
+          t[k][r] = t1 - t0;
+        if (r == reps - 1) {
+          out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
+          out->min[cold][k] = t[k][0];
+        }
       }
-      double t1 = now();
-      tg_scope_end();
-      tg_zero_grad(x);
-      tg_zero_grad(w);
-      tg_zero_grad(b);
-      if (r >= 0)
-        t[k][r] = t1 - t0;
-      if (r == reps - 1) {
-        out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
-        out->min[cold][k] = t[k][0];
-      }
-    }
   for (int k = 0; k < 4; k++)
     free(t[k]);
   tg_scope_end();
@@ -216,8 +216,8 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   for (int t = 0; p && t < N_THREADS; t++)
     for (int i = 0; i < N_SHAPES; i++)
       for (int cold = 0; cold < 2; cold++)
-        got += fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0],
-                      &torch_ms[t][i][cold][1]) == 2;
+        got +=
+            fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0], &torch_ms[t][i][cold][1]) == 2;
   if (p)
     pclose(p);
   remove(path);
@@ -241,8 +241,9 @@ int main(int argc, char **argv) {
          "(steadier on a busy machine). warm: runs back to back, tensors left in the "
          "cache;\ncold: caches flushed before every run (of memcpy too)%s\n",
          reps, have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
-  printf("%-15s %3s %3s %4s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]", "G",
-         "thr", "", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api", "x");
+  printf("%-15s %3s %3s %4s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]",
+         "G", "thr", "", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api",
+         "x");
   if (have_torch)
     printf(" | %9s %9s", "torch fwd", "torch f+b");
   printf("\n");
