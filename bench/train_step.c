@@ -1,5 +1,5 @@
-/* Training-step benchmark: SGD steps of the two example nets, built with the nn API as
- * examples/mnist.c and examples/segmentation.c build them,
+/* Training-step benchmark: SGD steps of the two example nets of examples/nets.h, which
+ * examples/mnist.c and examples/segmentation.c train,
  *   convnet  conv 1->32, GN(8), ReLU, pool; conv 32->64, GN(8), ReLU, pool; linear
  *            3136->10; cross-entropy; batch 64 of 1x28x28
  *   unet     GroupNorm U-Net 3->16->32->64->32->16->4; per-pixel cross-entropy;
@@ -24,6 +24,7 @@
  * the warm-up and timed steps, minus the resident set just before the first step —
  * activations, gradients, optimizer state, workspaces and allocator caches, but not
  * the code, the libraries or the (identical) parameters and batch. */
+#include "nets.h"
 #include "tapegrad.h"
 
 #include <cblas.h>
@@ -95,89 +96,23 @@ static const int64_t BATCH[N_NETS] = {64, 8};
 
 typedef struct {
   net_kind kind;
-  tg_varstore *vs;
-  tg_module
-      *m[6]; /* convnet: conv1 gn1 conv2 gn2 fc; unet: enc1 enc2 mid dec2 dec1 head */
+  ex_convnet convnet;
+  ex_unet unet;
+  tg_varstore *vs; /* the built one's */
 } net;
-
-/* (conv 3x3 pad 1, GroupNorm(8, out), ReLU) x 2, as segmentation.c's block. */
-static tg_module *block(tg_varstore *vs, const char *name, int64_t in, int64_t out) {
-  tg_path *p = tg_path_sub(tg_varstore_root(vs), name);
-  tg_conv2d_config cc = tg_conv2d_config_default();
-  cc.padding = 1;
-  tg_group_norm_config gc = tg_group_norm_config_default();
-  tg_module *seq = tg_nn_sequential(vs);
-  if (!p || !seq)
-    return NULL;
-  bool ok =
-      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "0"), in, out, 3, cc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "1"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0 &&
-      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "3"), out, out, 3, cc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0;
-  return ok ? seq : NULL;
-}
 
 static int net_build(net *m, net_kind kind) {
   memset(m, 0, sizeof *m);
   m->kind = kind;
-  if (!(m->vs = tg_varstore_new(TG_CPU)))
-    return -1;
-  tg_path *root = tg_varstore_root(m->vs);
-  tg_conv2d_config cc = tg_conv2d_config_default();
-  if (kind == CONVNET) {
-    cc.padding = 1;
-    tg_group_norm_config gc = tg_group_norm_config_default();
-    m->m[0] = tg_nn_conv2d(tg_path_sub(root, "conv1"), 1, 32, 3, cc);
-    m->m[1] = tg_nn_group_norm(tg_path_sub(root, "gn1"), 8, 32, gc);
-    m->m[2] = tg_nn_conv2d(tg_path_sub(root, "conv2"), 32, 64, 3, cc);
-    m->m[3] = tg_nn_group_norm(tg_path_sub(root, "gn2"), 8, 64, gc);
-    m->m[4] =
-        tg_nn_linear(tg_path_sub(root, "fc"), 64 * 7 * 7, 10, tg_linear_config_default());
-    m->m[5] = m->m[4];
-  } else {
-    m->m[0] = block(m->vs, "enc1", 3, 16);
-    m->m[1] = block(m->vs, "enc2", 16, 32);
-    m->m[2] = block(m->vs, "mid", 32, 64);
-    m->m[3] = block(m->vs, "dec2", 64 + 32, 32);
-    m->m[4] = block(m->vs, "dec1", 32 + 16, 16);
-    m->m[5] = tg_nn_conv2d(tg_path_sub(root, "head"), 16, 4, 1, cc);
-  }
-  for (int i = 0; i < 6; i++)
-    if (!m->m[i])
-      return -1;
-  return 0;
+  int rc = kind == CONVNET ? ex_convnet_build(&m->convnet, TG_CPU)
+                           : ex_unet_build(&m->unet, TG_CPU);
+  m->vs = kind == CONVNET ? m->convnet.vs : m->unet.vs;
+  return rc;
 }
 
-/* Nearest upsample x2 of a, then [a, skip] along channels. */
-static tg_tensor *up_cat(const tg_tensor *a, tg_tensor *skip) {
-  const int64_t size[2] = {2 * tg_size(a, 2), 2 * tg_size(a, 3)};
-  tg_tensor *parts[2] = {tg_upsample_nearest2d(a, size), skip};
-  return parts[0] ? tg_cat(parts, 2, 1) : NULL;
-}
-
-static tg_tensor *net_forward(net *m, const tg_tensor *x) {
-  const int64_t two[2] = {2, 2}, zero[2] = {0, 0};
-  if (m->kind == CONVNET) {
-    tg_tensor *h = tg_module_forward(m->m[0], x, true);
-    h = tg_relu(tg_module_forward(m->m[1], h, true));
-    h = tg_max_pool2d(h, two, two, zero);
-    h = tg_module_forward(m->m[2], h, true);
-    h = tg_relu(tg_module_forward(m->m[3], h, true));
-    h = tg_max_pool2d(h, two, two, zero);
-    return tg_module_forward(m->m[4], tg_flatten(h, 1, -1), true);
-  }
-  tg_tensor *e1 = tg_module_forward(m->m[0], x, true);
-  tg_tensor *e2 = tg_module_forward(m->m[1], tg_max_pool2d(e1, two, two, zero), true);
-  tg_tensor *mid = tg_module_forward(m->m[2], tg_max_pool2d(e2, two, two, zero), true);
-  if (!mid)
-    return NULL;
-  tg_tensor *d2 = tg_module_forward(m->m[3], up_cat(mid, e2), true);
-  if (!d2)
-    return NULL;
-  tg_tensor *d1 = tg_module_forward(m->m[4], up_cat(d2, e1), true);
-  return tg_module_forward(m->m[5], d1, true);
+static tg_tensor *net_forward(const net *m, const tg_tensor *x) {
+  return m->kind == CONVNET ? ex_convnet_forward(&m->convnet, x, true)
+                            : ex_unet_forward(&m->unet, x, true);
 }
 
 /* Multiply-adds x 2 of a conv layer: forward, weight gradient and (when the layer's
@@ -222,8 +157,8 @@ static void measure_ours(net_kind kind, int threads, int warmup, int steps, resu
   net m;
   tg_optimizer *opt = NULL;
   tg_tensor *x = NULL, *y = NULL;
-  const int64_t nb = BATCH[kind], side = kind == CONVNET ? 28 : 64;
-  const int64_t classes = kind == CONVNET ? 10 : 4,
+  const int64_t nb = BATCH[kind], side = kind == CONVNET ? EX_CONVNET_SIDE : EX_UNET_SIDE;
+  const int64_t classes = kind == CONVNET ? EX_CONVNET_CLASSES : EX_UNET_CLASSES,
                 ny = kind == CONVNET ? nb : nb * side * side;
   int64_t *labels = malloc((size_t)ny * sizeof *labels);
   if (net_build(&m, kind) < 0 || !labels)

@@ -373,14 +373,6 @@ void ex_sigint_install(void) {
 
 bool ex_interrupted(void) { return interrupted != 0; }
 
-const char *ex_interrupt_checkpoint(const ex_common_options *o, char *buf, size_t len) {
-  if (o->save)
-    snprintf(buf, len, "%s", o->save);
-  else
-    snprintf(buf, len, "%s/interrupted.safetensors", o->out);
-  return buf;
-}
-
 int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", path);
@@ -397,6 +389,16 @@ int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
   printf("saved checkpoint %s\n", path);
   fflush(stdout);
   return 0;
+}
+
+int ex_save_interrupted(const tg_varstore *vs, const ex_common_options *o, int64_t step) {
+  char path[4096];
+  if (o->save)
+    snprintf(path, sizeof path, "%s", o->save);
+  else
+    snprintf(path, sizeof path, "%s/interrupted.safetensors", o->out);
+  printf("interrupted after %lld steps\n", (long long)step);
+  return ex_save_checkpoint(vs, path) == 0 ? 0 : EX_EXIT_FAILURE;
 }
 
 /* ------------------------------------------------------------------- files -- */
@@ -742,6 +744,28 @@ int ex_png_write(const char *path, const ex_canvas *c) {
   return 0;
 }
 
+void ex_curve_add(ex_curve *c, double x, double y) {
+  if (c->n == c->cap) {
+    int64_t cap = c->cap ? 2 * c->cap : 256;
+    double *xs = realloc(c->x, (size_t)cap * sizeof *xs);
+    if (xs)
+      c->x = xs;
+    double *ys = xs ? realloc(c->y, (size_t)cap * sizeof *ys) : NULL;
+    if (!ys)
+      return;
+    c->y = ys;
+    c->cap = cap;
+  }
+  c->x[c->n] = x;
+  c->y[c->n++] = y;
+}
+
+void ex_curve_free(ex_curve *c) {
+  free(c->x);
+  free(c->y);
+  memset(c, 0, sizeof *c);
+}
+
 /* Tick spacing of 1, 2 or 5 times a power of ten giving about `want` ticks. */
 static double nice_step(double range, int want) {
   double raw = range / want, mag = pow(10, floor(log10(raw))), r = raw / mag;
@@ -877,6 +901,37 @@ tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
           ? (int)((plan->total + plan->steps_per_epoch - 1) / plan->steps_per_epoch)
           : 0;
   return opt;
+}
+
+void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *items) {
+  if (plan->total == 0)
+    printf("no training steps: evaluating only\n");
+  else
+    printf("training: %d epoch(s), %lld steps of %d %s, SGD lr %g (cosine), "
+           "momentum 0.9, seed %lld\n",
+           plan->epochs, (long long)plan->total, o->batch, items, o->lr,
+           (long long)o->seed);
+  fflush(stdout);
+}
+
+double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total) {
+  return o->lr * 0.5 * (1 + cos(M_PI * (double)step / total));
+}
+
+void ex_epoch_order(int64_t *order, int64_t n, uint64_t seed) {
+  for (int64_t i = 0; i < n; i++)
+    order[i] = i;
+  ex_rng rng;
+  ex_rng_seed(&rng, seed);
+  ex_rng_shuffle(&rng, order, n);
+}
+
+tg_tensor *ex_to_device(tg_tensor *host, tg_device device) {
+  if (device.type == TG_DEVICE_CPU)
+    return host;
+  tg_tensor *on_device = tg_tensor_to(host, device);
+  tg_tensor_free(host);
+  return on_device;
 }
 
 int64_t ex_num_params(const tg_varstore *vs) {

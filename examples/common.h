@@ -57,6 +57,16 @@ typedef struct {
  * examples. Returns the optimizer (caller frees), or NULL after printing the error. */
 tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
                                 int64_t n_train, ex_plan *plan);
+/* Prints the plan: "training: E epoch(s), S steps of B <items>, SGD ..." (or that
+ * there is nothing to train), then flushes stdout. */
+void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *items);
+/* Learning rate of step (0-based) of total: --lr on a cosine schedule down to 0. */
+double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total);
+/* order[0..n) = a permutation of 0..n-1 drawn from seed (one epoch's batches). */
+void ex_epoch_order(int64_t *order, int64_t n, uint64_t seed);
+/* Moves host (a new tensor on the CPU) to device, freeing host when it copies.
+ * Returns the tensor on device, or NULL on error. */
+tg_tensor *ex_to_device(tg_tensor *host, tg_device device);
 /* Number of elements over all variables of vs. */
 int64_t ex_num_params(const tg_varstore *vs);
 
@@ -103,10 +113,11 @@ uint64_t ex_hash2(uint64_t a, uint64_t b);
 /* The first SIGINT asks to stop after the current step; a second one kills. */
 void ex_sigint_install(void);
 bool ex_interrupted(void);
-/* Where an interrupted run writes its checkpoint: --save, else OUT/interrupted. */
-const char *ex_interrupt_checkpoint(const ex_common_options *o, char *buf, size_t len);
 /* Saves vs to path (creating its directory), printing the outcome. Returns 0 or -1. */
 int ex_save_checkpoint(const tg_varstore *vs, const char *path);
+/* After Ctrl-C stopped training at `step`: says so and saves vs to --save, else to
+ * OUT/interrupted.safetensors. Returns the exit status. */
+int ex_save_interrupted(const tg_varstore *vs, const ex_common_options *o, int64_t step);
 
 /* ------------------------------------------------------------------- files -- */
 /* mkdir -p. Returns 0, or -1 after printing the error. */
@@ -143,6 +154,15 @@ int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col, const ch
 int ex_text_width(const char *text, int scale);
 /* Writes an 8-bit RGB PNG. Returns 0, or -1 after printing the error. */
 int ex_png_write(const char *path, const ex_canvas *c);
+
+/* A growing list of points, such as a training curve. */
+typedef struct {
+  double *x, *y;
+  int64_t n, cap;
+} ex_curve;
+/* Appends (x, y); drops the point when out of memory (the plot only misses it). */
+void ex_curve_add(ex_curve *c, double x, double y);
+void ex_curve_free(ex_curve *c);
 
 /* One line of a plot: x/y values; connects the points. */
 typedef struct {

@@ -1,29 +1,23 @@
-/* segmentation: a toy GroupNorm U-Net that labels every pixel of synthetic scenes as
- * background, disc, square or triangle.
+/* segmentation: a toy GroupNorm U-Net (ex_unet of nets.h) that labels every pixel of
+ * synthetic scenes as background, disc, square or triangle.
  *
  * Scenes (64x64 RGB) are drawn from a seed: a noisy textured background and 1-4
  * overlapping shapes of random size, position, rotation and colour. The training set
- * and the held-out set come from different seed streams.
- *
- *   block(in, out) = (conv 3x3 pad 1, GroupNorm(8, out), ReLU) x 2
- *   enc1 = block(3, 16)                        64x64
- *   enc2 = block(16, 32) after max-pool 2      32x32
- *   mid  = block(32, 64) after max-pool 2      16x16
- *   dec2 = block(96, 32) on [upsample(mid), enc2]
- *   dec1 = block(48, 16) on [upsample(dec2), enc1]
- *   head = conv 1x1 16 -> 4, per-pixel cross-entropy, SGD with momentum
+ * and the held-out set come from different seed streams. The net is trained with a
+ * class-weighted per-pixel cross-entropy and SGD with momentum.
  *
  * Variables are named as the state_dict of the PyTorch module with blocks written as
  * nn.Sequential(Conv2d, GroupNorm, ReLU, Conv2d, GroupNorm, ReLU): enc1.0.weight,
  * enc1.1.bias, enc1.3.weight, ..., head.weight. Inputs are RGB/255 mapped to [-1, 1]. */
 #include "common.h"
+#include "nets.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { SIDE = 64, PIXELS = SIDE * SIDE, CLASSES = 4 };
+enum { SIDE = EX_UNET_SIDE, PIXELS = SIDE * SIDE, CLASSES = EX_UNET_CLASSES };
 static const char *const class_names[CLASSES] = {"background", "disc", "square",
                                                  "triangle"};
 static const ex_color class_colors[CLASSES] = {
@@ -157,11 +151,7 @@ static tg_tensor *batch_images(const scenes *s, const int64_t *idx, int64_t n,
       for (int k = 0; k < PIXELS; k++)
         p[(i * 3 + c) * PIXELS + k] = (float)src[k * 3 + c] / 127.5f - 1.0f;
   }
-  if (device.type == TG_DEVICE_CPU)
-    return x;
-  tg_tensor *on_device = tg_tensor_to(x, device);
-  tg_tensor_free(x);
-  return on_device;
+  return ex_to_device(x, device);
 }
 
 /* Labels of scenes idx[0..n) as [n, 64, 64] int64 class indices, on device. */
@@ -174,11 +164,7 @@ static tg_tensor *batch_targets(const scenes *s, const int64_t *idx, int64_t n,
   for (int64_t i = 0; i < n; i++)
     for (int k = 0; k < PIXELS; k++)
       p[i * PIXELS + k] = s->labels[idx[i] * PIXELS + k];
-  if (device.type == TG_DEVICE_CPU)
-    return y;
-  tg_tensor *on_device = tg_tensor_to(y, device);
-  tg_tensor_free(y);
-  return on_device;
+  return ex_to_device(y, device);
 }
 
 /* Class-weighted mean of the per-pixel cross-entropy, as PyTorch's
@@ -202,71 +188,7 @@ static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
       p[i * PIXELS + k] = s->labels[idx[i] * PIXELS + k] ? (float)fg_weight : 1.0f;
       total += p[i * PIXELS + k];
     }
-  if (device.type != TG_DEVICE_CPU)
-    w = tg_tensor_to(w, device);
-  return tg_div_scalar(tg_sum(tg_mul(ce, w)), total);
-}
-
-/* ------------------------------------------------------------------- model -- */
-typedef struct {
-  tg_varstore *vs;
-  tg_module *enc1, *enc2, *mid, *dec2, *dec1, *head;
-} unet;
-
-/* (conv 3x3, GroupNorm(8), ReLU) x 2 as an nn.Sequential: children 0,1,(2),3,4,(5). */
-static tg_module *block(tg_varstore *vs, const char *name, int64_t in, int64_t out) {
-  tg_path *p = tg_path_sub(tg_varstore_root(vs), name);
-  tg_conv2d_config cc = tg_conv2d_config_default();
-  cc.padding = 1;
-  tg_group_norm_config gc = tg_group_norm_config_default();
-  tg_module *seq = tg_nn_sequential(vs);
-  if (!p || !seq)
-    return NULL;
-  bool ok =
-      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "0"), in, out, 3, cc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "1"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0 &&
-      tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "3"), out, out, 3, cc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0;
-  return ok ? seq : NULL;
-}
-
-static int unet_build(unet *m, tg_device device) {
-  memset(m, 0, sizeof *m);
-  if (!(m->vs = tg_varstore_new(device)))
-    return -1;
-  m->enc1 = block(m->vs, "enc1", 3, 16);
-  m->enc2 = block(m->vs, "enc2", 16, 32);
-  m->mid = block(m->vs, "mid", 32, 64);
-  m->dec2 = block(m->vs, "dec2", 64 + 32, 32);
-  m->dec1 = block(m->vs, "dec1", 32 + 16, 16);
-  m->head = tg_nn_conv2d(tg_path_sub(tg_varstore_root(m->vs), "head"), 16, CLASSES, 1,
-                         tg_conv2d_config_default());
-  return m->enc1 && m->enc2 && m->mid && m->dec2 && m->dec1 && m->head ? 0 : -1;
-}
-
-/* Nearest upsample x2 of a, then [a, skip] along channels. */
-static tg_tensor *up_cat(const tg_tensor *a, tg_tensor *skip) {
-  const int64_t size[2] = {2 * tg_size(a, 2), 2 * tg_size(a, 3)};
-  tg_tensor *parts[2] = {tg_upsample_nearest2d(a, size), skip};
-  return parts[0] ? tg_cat(parts, 2, 1) : NULL;
-}
-
-/* x [N, 3, 64, 64] -> logits [N, 4, 64, 64]. Intermediates belong to the caller's
- * scope. */
-static tg_tensor *unet_forward(unet *m, const tg_tensor *x, bool train) {
-  const int64_t two[2] = {2, 2}, zero[2] = {0, 0};
-  tg_tensor *e1 = tg_module_forward(m->enc1, x, train);
-  tg_tensor *e2 = tg_module_forward(m->enc2, tg_max_pool2d(e1, two, two, zero), train);
-  tg_tensor *mid = tg_module_forward(m->mid, tg_max_pool2d(e2, two, two, zero), train);
-  if (!mid)
-    return NULL;
-  tg_tensor *d2 = tg_module_forward(m->dec2, up_cat(mid, e2), train);
-  if (!d2)
-    return NULL;
-  tg_tensor *d1 = tg_module_forward(m->dec1, up_cat(d2, e1), train);
-  return tg_module_forward(m->head, d1, train);
+  return tg_div_scalar(tg_sum(tg_mul(ce, ex_to_device(w, device))), total);
 }
 
 /* ------------------------------------------------------------------ metrics -- */
@@ -318,7 +240,7 @@ static double confusion_iou(const confusion *cm, double iou[CLASSES]) {
 }
 
 /* Confusion over all of s, in eval mode without a tape; -1 on error. */
-static int evaluate(unet *m, const scenes *s, int64_t batch, tg_device device,
+static int evaluate(const ex_unet *m, const scenes *s, int64_t batch, tg_device device,
                     confusion *cm) {
   memset(cm, 0, sizeof *cm);
   int64_t *idx = malloc((size_t)batch * sizeof *idx);
@@ -329,7 +251,7 @@ static int evaluate(unet *m, const scenes *s, int64_t batch, tg_device device,
     for (int64_t i = 0; i < n; i++)
       idx[i] = start + i;
     tg_scope_begin();
-    tg_tensor *logits = unet_forward(m, batch_images(s, idx, n, device), false);
+    tg_tensor *logits = ex_unet_forward(m, batch_images(s, idx, n, device), false);
     rc = logits ? confusion_add(cm, logits, s, idx, n) : -1;
     tg_scope_end();
   }
@@ -359,7 +281,7 @@ static void draw_tile(ex_canvas *c, int x, int y, const uint8_t *rgb,
 }
 
 /* input | ground truth | prediction for the first held-out scenes, with a legend. */
-static int write_samples(unet *m, const scenes *held, tg_device device,
+static int write_samples(const ex_unet *m, const scenes *held, tg_device device,
                          const char *path) {
   int64_t n = GRID_ROWS * GRID_GROUPS;
   if (n > held->n)
@@ -373,7 +295,7 @@ static int write_samples(unet *m, const scenes *held, tg_device device,
   tg_no_grad_begin();
   tg_scope_begin();
   tg_tensor *logits =
-      rc == 0 ? unet_forward(m, batch_images(held, idx, n, device), false) : NULL;
+      rc == 0 ? ex_unet_forward(m, batch_images(held, idx, n, device), false) : NULL;
   if (!logits || tg_tensor_copy_to_host(logits, logits_host,
                                         (size_t)n * CLASSES * PIXELS * sizeof(float)) < 0)
     rc = -1;
@@ -432,33 +354,20 @@ static int write_samples(unet *m, const scenes *held, tg_device device,
   return rc;
 }
 
+/* Training curves: train loss and mIoU per plotted window, held-out mIoU per epoch. */
 typedef struct {
-  double *step, *loss, *miou;
-  int64_t n, cap;
-  double eval_step[1024], eval_miou[1024];
-  int n_eval;
+  ex_curve loss, miou, held_miou;
 } history;
-
-static void history_add(history *h, double step, double loss, double miou) {
-  if (h->n == h->cap) {
-    h->cap = h->cap ? 2 * h->cap : 256;
-    h->step = realloc(h->step, (size_t)h->cap * sizeof *h->step);
-    h->loss = realloc(h->loss, (size_t)h->cap * sizeof *h->loss);
-    h->miou = realloc(h->miou, (size_t)h->cap * sizeof *h->miou);
-  }
-  h->step[h->n] = step;
-  h->loss[h->n] = loss;
-  h->miou[h->n++] = miou;
-}
 
 static int write_curves(const history *h, const char *path) {
   ex_canvas c;
   if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0)
     return -1;
-  ex_series loss = {"train loss", h->step, h->loss, h->n, {200, 60, 40}, false};
+  const ex_curve *loss_c = &h->loss, *miou_c = &h->miou, *held_c = &h->held_miou;
+  ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series iou[2] = {
-      {"train mIoU", h->step, h->miou, h->n, {240, 160, 40}, false},
-      {"held-out mIoU", h->eval_step, h->eval_miou, h->n_eval, {40, 90, 200}, true},
+      {"train mIoU", miou_c->x, miou_c->y, miou_c->n, {240, 160, 40}, false},
+      {"held-out mIoU", held_c->x, held_c->y, held_c->n, {40, 90, 200}, true},
   };
   ex_plot(&c, 0, 0, 500, 380, "LOSS", "step", &loss, 1, 0, 0);
   ex_plot(&c, 500, 0, 500, 380, "MEAN IOU", "step", iou, 2, 0, 1);
@@ -467,7 +376,7 @@ static int write_curves(const history *h, const char *path) {
   return rc;
 }
 
-static int write_pictures(unet *m, const scenes *held, const history *h,
+static int write_pictures(const ex_unet *m, const scenes *held, const history *h,
                           const ex_common_options *o) {
   char path[4096];
   if (ex_mkdir_p(o->out) < 0)
@@ -477,7 +386,7 @@ static int write_pictures(unet *m, const scenes *held, const history *h,
     return -1;
   printf("wrote %s\n", path);
   snprintf(path, sizeof path, "%s/curves.png", o->out);
-  if (h->n > 0) {
+  if (h->loss.n > 0) {
     if (write_curves(h, path) < 0)
       return -1;
     printf("wrote %s\n", path);
@@ -510,7 +419,7 @@ int main(int argc, char **argv) {
     return rc;
 
   int status = EX_EXIT_FAILURE;
-  unet m = {0};
+  ex_unet m = {0};
   tg_optimizer *opt = NULL;
   history hist = {0};
   scenes train = {0}, held = {0};
@@ -521,7 +430,7 @@ int main(int argc, char **argv) {
   if (!order || scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
-  if (unet_build(&m, o.device) < 0) {
+  if (ex_unet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
@@ -534,13 +443,7 @@ int main(int argc, char **argv) {
          "parameters; device %s, %d threads\n",
          (long long)train.n, (long long)held.n, SIDE, SIDE, ex_now() - t0,
          (long long)ex_num_params(m.vs), o.device_name, tg_get_num_threads());
-  if (total == 0)
-    printf("no training steps: evaluating only\n");
-  else
-    printf("training: %d epoch(s), %lld steps of %d scenes, SGD lr %g (cosine), "
-           "momentum 0.9, seed %lld\n",
-           epochs, (long long)total, o.batch, o.lr, (long long)o.seed);
-  fflush(stdout);
+  ex_print_plan(&plan, &o, "scenes");
 
   ex_progress prog;
   ex_progress_init(&prog, total, steps_per_epoch / 10);
@@ -549,11 +452,7 @@ int main(int argc, char **argv) {
   confusion held_cm;
   bool evaluated = false;
   for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
-    for (int64_t i = 0; i < train.n; i++)
-      order[i] = i;
-    ex_rng rng;
-    ex_rng_seed(&rng, ex_hash2((uint64_t)o.seed, 100 + (uint64_t)epoch));
-    ex_rng_shuffle(&rng, order, train.n);
+    ex_epoch_order(order, train.n, ex_hash2((uint64_t)o.seed, 100 + (uint64_t)epoch));
     confusion epoch_cm = {0}, window_cm = {0};
     double loss_sum = 0, window_loss = 0;
     int64_t seen = 0, window_steps = 0;
@@ -563,10 +462,11 @@ int main(int argc, char **argv) {
       int64_t start = s * o.batch;
       int64_t n = train.n - start < o.batch ? train.n - start : o.batch;
       const int64_t *idx = order + start;
-      tg_optimizer_set_lr(opt, o.lr * 0.5 * (1 + cos(M_PI * (double)step / total)));
+      tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
 
       tg_scope_begin();
-      tg_tensor *logits = unet_forward(&m, batch_images(&train, idx, n, o.device), true);
+      tg_tensor *logits =
+          ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true);
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
       tg_optimizer_zero_grad(opt);
       bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
@@ -592,8 +492,8 @@ int main(int argc, char **argv) {
       window_steps++;
       if ((s + 1) % plot_every == 0 || s + 1 == epoch_steps) {
         double iou[CLASSES];
-        history_add(&hist, (double)step + 1, window_loss / (double)window_steps,
-                    confusion_iou(&window_cm, iou));
+        ex_curve_add(&hist.loss, (double)step + 1, window_loss / (double)window_steps);
+        ex_curve_add(&hist.miou, (double)step + 1, confusion_iou(&window_cm, iou));
         memset(&window_cm, 0, sizeof window_cm);
         window_loss = 0;
         window_steps = 0;
@@ -612,10 +512,7 @@ int main(int argc, char **argv) {
     }
     evaluated = true;
     double iou[CLASSES], miou = confusion_iou(&held_cm, iou);
-    if (hist.n_eval < 1024) {
-      hist.eval_step[hist.n_eval] = (double)step;
-      hist.eval_miou[hist.n_eval++] = miou;
-    }
+    ex_curve_add(&hist.held_miou, (double)step, miou);
     ex_progress_print(&prog, "epoch %d/%d: train loss %.4f | held-out mIoU %.4f | %.1f s",
                       epoch, epochs, loss_sum / (double)(seen ? seen : 1), miou,
                       ex_now() - t0);
@@ -623,10 +520,7 @@ int main(int argc, char **argv) {
   ex_progress_finish(&prog);
 
   if (ex_interrupted()) {
-    char path[4096];
-    ex_interrupt_checkpoint(&o, path, sizeof path);
-    printf("interrupted after %lld steps\n", (long long)step);
-    status = ex_save_checkpoint(m.vs, path) == 0 ? 0 : EX_EXIT_FAILURE;
+    status = ex_save_interrupted(m.vs, &o, step);
     goto done;
   }
   if (!evaluated && evaluate(&m, &held, eval_batch, o.device, &held_cm) < 0) {
@@ -641,19 +535,15 @@ int main(int argc, char **argv) {
          (long long)held.n, (long long)step, ex_now() - t0);
   if (write_pictures(&m, &held, &hist, &o) < 0)
     goto done;
-  status = 0;
-  if (o.save && ex_save_checkpoint(m.vs, o.save) < 0)
-    status = EX_EXIT_FAILURE;
+  status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
-  if (opt)
-    tg_optimizer_free(opt);
-  if (m.vs)
-    tg_varstore_free(m.vs);
+  tg_optimizer_free(opt);
+  tg_varstore_free(m.vs);
   free(order);
-  free(hist.step);
-  free(hist.loss);
-  free(hist.miou);
+  ex_curve_free(&hist.loss);
+  ex_curve_free(&hist.miou);
+  ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
   return status;
