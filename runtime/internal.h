@@ -113,6 +113,10 @@ void tg__rand_fill_normal(double *out, int64_t n);
  *   #pragma omp parallel for num_threads(tg__threads(work))
  * Do not call BLAS from inside a parallel region. */
 int tg__threads(int64_t work);
+/* Bytes of the last-level cache the calling CPU shares with its neighbours (one L3
+ * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
+ * some AMD parts), 32 MiB when unknown. Read once. */
+int64_t tg__llc_bytes(void);
 
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);

@@ -17,7 +17,9 @@
 
 #include <omp.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 void openblas_set_num_threads(int num_threads);
 
@@ -53,6 +55,45 @@ int tg_set_num_threads(int n) {
   atomic_store(&num_threads, n);
   openblas_set_num_threads(1);
   return 0;
+}
+
+/* The largest cache of cpu0 in sysfs (cache/indexN/level and size, "32768K"). */
+static int64_t sysfs_llc_bytes(void) {
+  int64_t best = 0;
+  for (int i = 0; i < 8; i++) {
+    char path[96];
+    long level = 0, size = 0;
+    char unit = 0;
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      break;
+    int ok = fscanf(f, "%ld", &level) == 1;
+    fclose(f);
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+    if (!ok || !(f = fopen(path, "r")))
+      continue;
+    ok = fscanf(f, "%ld%c", &size, &unit) >= 1;
+    fclose(f);
+    int64_t bytes = (int64_t)size * (unit == 'K' ? 1024 : unit == 'M' ? 1 << 20 : 1);
+    if (ok && level >= 2 && bytes > best)
+      best = bytes;
+  }
+  return best;
+}
+
+int64_t tg__llc_bytes(void) {
+  static _Atomic int64_t cached; /* 0: not read yet; racing threads store the same */
+  int64_t b = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (!b) {
+    b = sysfs_llc_bytes();
+    if (b <= 0) {
+      long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+      b = l3 > 0 ? (int64_t)l3 : (int64_t)32 << 20;
+    }
+    atomic_store_explicit(&cached, b, memory_order_relaxed);
+  }
+  return b;
 }
 
 /* At load time, so that BLAS calls made before any tapegrad kernel already run on one

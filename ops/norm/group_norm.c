@@ -6,7 +6,6 @@
 #include "norm.h"
 
 #include <stdlib.h>
-#include <unistd.h>
 
 static const char *const OP = "tg_group_norm";
 
@@ -59,8 +58,7 @@ static int64_t stream_bytes(void) {
   const char *env = getenv("TG_NORM_STREAM_BYTES");
   if (env && *env)
     return strtoll(env, NULL, 10);
-  long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  return (l3 > 0 ? (int64_t)l3 : (int64_t)32 << 20) / 8;
+  return tg__llc_bytes() / 8;
 }
 
 /* ---------------------------------------------------------------- forward -- */
