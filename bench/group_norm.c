@@ -1,7 +1,7 @@
 /* GroupNorm CPU benchmark: median times of forward, forward+backward and, as the
  * baseline measured in the same run, a memcpy of the same tensor (read + write, split
  * over the same number of threads). Prints the ratios; PyTorch's times beside ours
- * when /usr/bin/python3 has torch.
+ * when the Python of TG_BENCH_PYTHON (default /usr/bin/python3, Debian's) has torch.
  *
  *   bench/group_norm [reps]          (default 15 repetitions per measurement)
  *
@@ -188,7 +188,11 @@ static const char *TORCH_SCRIPT =
     "flush=True)\n";
 
 static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
-  FILE *probe = popen("/usr/bin/python3 -c 'import torch' 2>/dev/null", "r");
+  const char *py = getenv("TG_BENCH_PYTHON");
+  py = py && *py ? py : "/usr/bin/python3";
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
+  FILE *probe = popen(cmd, "r");
   if (!probe || pclose(probe) != 0)
     return -1;
   char path[] = "/tmp/tg_bench_gn_XXXXXX";
@@ -198,7 +202,7 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   FILE *f = fdopen(fd, "w");
   fputs(TORCH_SCRIPT, f);
   fclose(f);
-  char shapes[512] = "[", threads[64] = "[", cmd[1024];
+  char shapes[512] = "[", threads[64] = "[";
   for (int i = 0; i < N_SHAPES; i++)
     snprintf(shapes + strlen(shapes), sizeof shapes - strlen(shapes),
              "(%lld,%lld,%lld,%lld,%lld),", (long long)SHAPES[i].n,
@@ -209,8 +213,8 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              THREADS[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %d '%s' '%s' %zu 2>/dev/null", path,
-           reps, shapes, threads, flush_len);
+  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, reps, shapes,
+           threads, flush_len);
   FILE *p = popen(cmd, "r");
   int got = 0;
   for (int t = 0; p && t < N_THREADS; t++)
