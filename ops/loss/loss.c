@@ -44,9 +44,38 @@ typedef struct {
   double scale;
 } class_ctx;
 
-static int class_plan(const char *op, const tg_tensor *in, const tg_tensor *target,
-                      tg_reduction reduction, int64_t ignore_index, class_ctx *c) {
+/* Number of targets not ignored; -1 naming the first target outside [0, C). */
+static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
+                             int64_t ignore) {
+  const int64_t *t = tg__data(target);
+  const int64_t n = target->numel;
+  int64_t count = 0, bad = 0;
+#pragma omp parallel for reduction(+ : count, bad) num_threads(tg__threads(n))
+  for (int64_t i = 0; i < n; i++) {
+    if (t[i] == ignore)
+      continue;
+    if (t[i] < 0 || t[i] >= C)
+      bad++;
+    else
+      count++;
+  }
+  for (int64_t i = 0; bad && i < n; i++)
+    if (t[i] != ignore && (t[i] < 0 || t[i] >= C))
+      return tg__error("%s: Target %lld is out of bounds: expected a class index in "
+                       "[0, %lld) or ignore_index (%lld), found at target element %lld",
+                       op, (long long)t[i], (long long)C, (long long)ignore,
+                       (long long)i);
+  return count;
+}
+
+/* Checks the arguments of a class loss (messages call `in` in_name) and plans its
+ * kernels. Returns the number of targets not ignored, or -1. */
+static int64_t class_plan(const char *op, const char *in_name, const tg_tensor *in,
+                          const tg_tensor *target, tg_reduction reduction,
+                          int64_t ignore_index, class_ctx *c) {
   char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN], e[TG_SHAPE_STR_LEN];
+  if (!tg__nonnull(in, op, in_name) || !tg__nonnull(target, op, "target"))
+    return -1;
   if (check_reduction(op, reduction) < 0 || tg__check_same(op, 1, &in, true) < 0)
     return -1;
   if (target->dtype != TG_I64)
@@ -78,34 +107,12 @@ static int class_plan(const char *op, const tg_tensor *in, const tg_tensor *targ
                      "target shape %s",
                      op, tg__shape_fmt(want, wnd, e, sizeof e),
                      tg_shape_str(in, a, sizeof a), tg_shape_str(target, b, sizeof b));
+  if (in->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(op, in);
   c->s = slab_around(in->shape, in->ndim, cdim);
   c->reduction = reduction;
   c->ignore_index = ignore_index;
-  return 0;
-}
-
-/* Number of targets not ignored; -1 naming the first target outside [0, C). */
-static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
-                             int64_t ignore) {
-  const int64_t *t = tg__data(target);
-  const int64_t n = target->numel;
-  int64_t count = 0, bad = 0;
-#pragma omp parallel for reduction(+ : count, bad) num_threads(tg__threads(n))
-  for (int64_t i = 0; i < n; i++) {
-    if (t[i] == ignore)
-      continue;
-    if (t[i] < 0 || t[i] >= C)
-      bad++;
-    else
-      count++;
-  }
-  for (int64_t i = 0; bad && i < n; i++)
-    if (t[i] != ignore && (t[i] < 0 || t[i] >= C))
-      return tg__error("%s: Target %lld is out of bounds: expected a class index in "
-                       "[0, %lld) or ignore_index (%lld), found at target element %lld",
-                       op, (long long)t[i], (long long)C, (long long)ignore,
-                       (long long)i);
-  return count;
+  return count_targets(op, target, c->s.r, ignore_index);
 }
 
 /* loss_i = log(sum_c exp(x_ic)) - x_i,t = (m_i - x_i,t) + log(s_i),
@@ -130,20 +137,7 @@ _Pragma("omp parallel for reduction(+ : total) num_threads(tg__threads(x->numel 
       const int64_t w = l.w, ls = l.ls;
       T m[SLAB_TILE];
       double sum[SLAB_TILE];
-      for (int64_t j = 0; j < w; j++) {
-        m[j] = -INFINITY;
-        sum[j] = 0;
-      }
-      for (int64_t k = 0; k < C; k++) {
-        const T *xk = X + l.base + k * l.ks;
-        for (int64_t j = 0; j < w; j++)
-          m[j] = xk[j * ls] > m[j] ? xk[j * ls] : m[j];
-      }
-      for (int64_t k = 0; k < C; k++) {
-        const T *xk = X + l.base + k * l.ks;
-        for (int64_t j = 0; j < w; j++)
-          sum[j] += exp(xk[j * ls] - m[j]);
-      }
+      slab_max_sumexp(X, NULL, &l, C, &m, &sum);
       for (int64_t j = 0; j < w; j++) {
         int64_t pos = l.pos0 + j, k = tgt[pos];
         double log_sum = log(sum[j]);
@@ -209,14 +203,8 @@ _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
 tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
                             tg_reduction reduction, int64_t ignore_index) {
   const char *op = "tg_cross_entropy";
-  if (!tg__nonnull(input, op, "input") || !tg__nonnull(target, op, "target"))
-    return NULL;
   class_ctx c;
-  if (class_plan(op, input, target, reduction, ignore_index, &c) < 0)
-    return NULL;
-  if (input->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, input), NULL;
-  int64_t count = count_targets(op, target, c.s.r, ignore_index);
+  int64_t count = class_plan(op, "input", input, target, reduction, ignore_index, &c);
   if (count < 0)
     return NULL;
   int64_t stats_shape[2] = {2, c.s.outer * c.s.inner};
@@ -273,14 +261,9 @@ _Pragma("omp parallel for num_threads(tg__threads(npos))")
 tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
                        tg_reduction reduction, int64_t ignore_index) {
   const char *op = "tg_nll_loss";
-  if (!tg__nonnull(log_probs, op, "log_probs") || !tg__nonnull(target, op, "target"))
-    return NULL;
   class_ctx c;
-  if (class_plan(op, log_probs, target, reduction, ignore_index, &c) < 0)
-    return NULL;
-  if (log_probs->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, log_probs), NULL;
-  int64_t count = count_targets(op, target, c.s.r, ignore_index);
+  int64_t count =
+      class_plan(op, "log_probs", log_probs, target, reduction, ignore_index, &c);
   if (count < 0)
     return NULL;
   tg_tensor *out = new_loss(reduction, target, log_probs->dtype);

@@ -8,6 +8,7 @@
 #define TG_OPS_LOSS_SLAB_H
 
 #include <stdint.h>
+#include <tgmath.h>
 
 #define SLAB_TILE 64
 
@@ -69,5 +70,45 @@ static inline slab_lanes slab_task(const slab *s, int64_t t) {
   l.w = left < s->lanes ? left : s->lanes;
   return l;
 }
+
+/* Per lane j of task l: m[j] = max_k x_k and sum[j] = sum_k exp(x_k - m[j]) over its r
+ * elements x_k at X + base + k*ks + j*ls, the max-subtracted sum behind softmax and
+ * cross-entropy. Each exp(x_k - m[j]) is also stored at the same place in E unless E
+ * is NULL (softmax keeps them). The sums are double whatever T. m and sum point to
+ * whole tiles rather than to their first elements so that the compiler still knows
+ * j < SLAB_TILE: it unrolls the strided loops on that bound. */
+#define SLAB_MAX_SUMEXP(T)                                                               \
+  static inline void slab_max_sumexp_##T(const T *X, T *E, const slab_lanes *l,          \
+                                         int64_t r, T(*m)[SLAB_TILE],                    \
+                                         double(*sum)[SLAB_TILE]) {                      \
+    const int64_t w = l->w, ls = l->ls;                                                  \
+    for (int64_t j = 0; j < w; j++) {                                                    \
+      (*m)[j] = -INFINITY;                                                               \
+      (*sum)[j] = 0;                                                                     \
+    }                                                                                    \
+    for (int64_t k = 0; k < r; k++) {                                                    \
+      const T *xk = X + l->base + k * l->ks;                                             \
+      for (int64_t j = 0; j < w; j++)                                                    \
+        (*m)[j] = xk[j * ls] > (*m)[j] ? xk[j * ls] : (*m)[j];                           \
+    }                                                                                    \
+    for (int64_t k = 0; k < r; k++) {                                                    \
+      const T *xk = X + l->base + k * l->ks;                                             \
+      T *ek = E ? E + l->base + k * l->ks : NULL;                                        \
+      for (int64_t j = 0; j < w; j++) {                                                  \
+        T e = exp(xk[j * ls] - (*m)[j]);                                                 \
+        if (ek)                                                                          \
+          ek[j * ls] = e;                                                                \
+        (*sum)[j] += e;                                                                  \
+      }                                                                                  \
+    }                                                                                    \
+  }
+SLAB_MAX_SUMEXP(float)
+SLAB_MAX_SUMEXP(double)
+#undef SLAB_MAX_SUMEXP
+
+/* The float or double instance, from the type of X. */
+#define slab_max_sumexp(X, ...)                                                          \
+  _Generic((X), const float *: slab_max_sumexp_float,                                   \
+           const double *: slab_max_sumexp_double)(X, __VA_ARGS__)
 
 #endif

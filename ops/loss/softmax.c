@@ -27,25 +27,7 @@ _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
       const int64_t w = l.w, ls = l.ls;
       T m[SLAB_TILE];
       double sum[SLAB_TILE];
-      for (int64_t j = 0; j < w; j++) {
-        m[j] = -INFINITY;
-        sum[j] = 0;
-      }
-      for (int64_t k = 0; k < r; k++) {
-        const T *xk = X + l.base + k * l.ks;
-        for (int64_t j = 0; j < w; j++)
-          m[j] = xk[j * ls] > m[j] ? xk[j * ls] : m[j];
-      }
-      for (int64_t k = 0; k < r; k++) {
-        const T *xk = X + l.base + k * l.ks;
-        T *yk = Y + l.base + k * l.ks;
-        for (int64_t j = 0; j < w; j++) {
-          T e = exp(xk[j * ls] - m[j]);
-          if (!log_out)
-            yk[j * ls] = e;
-          sum[j] += e;
-        }
-      }
+      slab_max_sumexp(X, log_out ? NULL : Y, &l, r, &m, &sum);
       T f[SLAB_TILE]; /* log(sum) for log_softmax, 1/sum for softmax */
       for (int64_t j = 0; j < w; j++)
         f[j] = (T)(log_out ? log(sum[j]) : 1.0 / sum[j]);

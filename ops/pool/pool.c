@@ -143,6 +143,20 @@ static void for_each_plane(plane_fn fn, const plane_job *job, int64_t planes,
 
 static int64_t planes_of(const tg_tensor *x) { return x->shape[0] * x->shape[1]; }
 
+/* What a window covers along one axis: input [lo, hi), clipped to the image, and its
+ * size before clipping, the factor of the count a mean divides by. Rows and columns
+ * are separate so that a plane loop finds a row's extent once per row. */
+typedef struct {
+  int64_t lo, hi, size;
+} extent;
+
+/* Output o of a window of size k, stride s and padding pad over `in` inputs; size is
+ * clipped to the padded image (count_include_pad, as PyTorch's avg_pool). */
+static extent window_extent(int64_t o, int64_t k, int64_t s, int64_t pad, int64_t in) {
+  const int64_t a = o * s - pad, b = a + k;
+  return (extent){a > 0 ? a : 0, b < in ? b : in, (b < in + pad ? b : in + pad) - a};
+}
+
 /* ------------------------------------------------------------ max pool -- */
 
 /* out = max over the window clipped to the image; idx = its flat index in the plane
@@ -154,15 +168,13 @@ static void max_pool_plane(const plane_job *j, int64_t p) {
     T *out = (T *)j->dst + p * j->oh * j->ow;
     int64_t *idx = j->idx ? j->idx + p * j->oh * j->ow : NULL;
     for (int64_t oy = 0; oy < j->oh; oy++) {
-      int64_t y0 = oy * w->sh - w->ph, y1 = y0 + w->kh < j->h ? y0 + w->kh : j->h;
-      y0 = y0 > 0 ? y0 : 0;
+      const extent ey = window_extent(oy, w->kh, w->sh, w->ph, j->h);
       for (int64_t ox = 0; ox < j->ow; ox++) {
-        int64_t x0 = ox * w->sw - w->pw, x1 = x0 + w->kw < j->w ? x0 + w->kw : j->w;
-        x0 = x0 > 0 ? x0 : 0;
-        int64_t best = y0 * j->w + x0;
+        const extent ex = window_extent(ox, w->kw, w->sw, w->pw, j->w);
+        int64_t best = ey.lo * j->w + ex.lo;
         T m = -INFINITY;
-        for (int64_t y = y0; y < y1; y++)
-          for (int64_t x = x0; x < x1; x++) {
+        for (int64_t y = ey.lo; y < ey.hi; y++)
+          for (int64_t x = ex.lo; x < ex.hi; x++) {
             T v = src[y * j->w + x];
             if (v > m || isnan(v)) {
               m = v;
@@ -427,54 +439,65 @@ tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
   return out;
 }
 
-/* ------------------------------------------------------------ avg pool -- */
+/* ------------------------------- avg pool (fixed and adaptive windows) -- */
 
-/* Output (oy, ox) averages the window clipped to the image, dividing by the window
- * clipped to the padded image (count_include_pad), as PyTorch. */
-typedef struct {
-  int64_t y0, y1, x0, x1;
-  double count;
-} avg_window;
+/* Output o of `out` covers input [floor(o*in/out), ceil((o+1)*in/out)). */
+static int64_t adaptive_start(int64_t o, int64_t out, int64_t in) {
+  return (o / out) * in + ((o % out) * in) / out;
+}
+static int64_t adaptive_end(int64_t o, int64_t out, int64_t in) {
+  return 1 + ((o + 1) * in - 1) / out;
+}
 
-static avg_window avg_window_at(const plane_job *j, int64_t oy, int64_t ox) {
+static extent adaptive_extent(int64_t o, int64_t out, int64_t in) {
+  int64_t a = adaptive_start(o, out, in), b = adaptive_end(o, out, in);
+  return (extent){a, b, b - a};
+}
+
+/* avg_pool (fixed windows) and adaptive_avg_pool. backward = false: out = the mean of
+ * the window; true: dx[window] += g / count. Inline: each of the four entry points
+ * below gets its own loop with the two flags fixed. */
+static inline void mean_plane(const plane_job *j, int64_t p, bool adaptive,
+                              bool backward) {
   const window *w = &j->win;
-  int64_t y0 = oy * w->sh - w->ph, x0 = ox * w->sw - w->pw;
-  int64_t y1 = y0 + w->kh < j->h + w->ph ? y0 + w->kh : j->h + w->ph;
-  int64_t x1 = x0 + w->kw < j->w + w->pw ? x0 + w->kw : j->w + w->pw;
-  avg_window a = {y0 > 0 ? y0 : 0, y1 < j->h ? y1 : j->h, x0 > 0 ? x0 : 0,
-                  x1 < j->w ? x1 : j->w, (double)((y1 - y0) * (x1 - x0))};
-  return a;
-}
-
-static void avg_pool_plane(const plane_job *j, int64_t p) {
   TG_DISPATCH_FLOAT(j->dtype, T, {
-    const T *src = (const T *)j->src + p * j->h * j->w;
-    T *out = (T *)j->dst + p * j->oh * j->ow;
-    for (int64_t oy = 0; oy < j->oh; oy++)
+    const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
+    T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
+    for (int64_t oy = 0; oy < j->oh; oy++) {
+      const extent ey = adaptive ? adaptive_extent(oy, j->oh, j->h)
+                                 : window_extent(oy, w->kh, w->sh, w->ph, j->h);
       for (int64_t ox = 0; ox < j->ow; ox++) {
-        avg_window a = avg_window_at(j, oy, ox);
-        double acc = 0;
-        for (int64_t y = a.y0; y < a.y1; y++)
-          for (int64_t x = a.x0; x < a.x1; x++)
-            acc += src[y * j->w + x];
-        out[oy * j->ow + ox] = (T)(acc / a.count);
+        const extent ex = adaptive ? adaptive_extent(ox, j->ow, j->w)
+                                   : window_extent(ox, w->kw, w->sw, w->pw, j->w);
+        const double count = (double)(ey.size * ex.size);
+        if (backward) {
+          T share = (T)(src[oy * j->ow + ox] / count);
+          for (int64_t y = ey.lo; y < ey.hi; y++)
+            for (int64_t x = ex.lo; x < ex.hi; x++)
+              dst[y * j->w + x] += share;
+        } else {
+          double acc = 0;
+          for (int64_t y = ey.lo; y < ey.hi; y++)
+            for (int64_t x = ex.lo; x < ex.hi; x++)
+              acc += src[y * j->w + x];
+          dst[oy * j->ow + ox] = (T)(acc / count);
+        }
       }
+    }
   });
 }
 
-static void avg_unpool_plane(const plane_job *j, int64_t p) {
-  TG_DISPATCH_FLOAT(j->dtype, T, {
-    const T *g = (const T *)j->src + p * j->oh * j->ow;
-    T *dx = (T *)j->dst + p * j->h * j->w;
-    for (int64_t oy = 0; oy < j->oh; oy++)
-      for (int64_t ox = 0; ox < j->ow; ox++) {
-        avg_window a = avg_window_at(j, oy, ox);
-        T share = (T)(g[oy * j->ow + ox] / a.count);
-        for (int64_t y = a.y0; y < a.y1; y++)
-          for (int64_t x = a.x0; x < a.x1; x++)
-            dx[y * j->w + x] += share;
-      }
-  });
+static void avg_fwd_plane(const plane_job *j, int64_t p) {
+  mean_plane(j, p, false, false);
+}
+static void avg_bwd_plane(const plane_job *j, int64_t p) {
+  mean_plane(j, p, false, true);
+}
+static void adaptive_fwd_plane(const plane_job *j, int64_t p) {
+  mean_plane(j, p, true, false);
+}
+static void adaptive_bwd_plane(const plane_job *j, int64_t p) {
+  mean_plane(j, p, true, true);
 }
 
 static int avg_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
@@ -484,7 +507,7 @@ static int avg_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
     return -1;
   plane_job job = job_of(x, g, tg__data(g), tg__data(dx));
   job.win = *(const window *)node->ctx;
-  for_each_plane(avg_unpool_plane, &job, planes_of(x), job.win.kh * job.win.kw);
+  for_each_plane(avg_bwd_plane, &job, planes_of(x), job.win.kh * job.win.kw);
   gi[0] = dx;
   return 0;
 }
@@ -501,7 +524,7 @@ tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
   job.win = w;
-  for_each_plane(avg_pool_plane, &job, planes_of(x), w.kh * w.kw);
+  for_each_plane(avg_fwd_plane, &job, planes_of(x), w.kh * w.kw);
   tg_node *node;
   out = tg__finish(op, out, 1, &x, avg_pool_backward, &node);
   if (node)
@@ -510,48 +533,6 @@ tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
 }
 
 /* --------------------------------------------------- adaptive avg pool -- */
-
-/* Output o of `out` covers input [floor(o*in/out), ceil((o+1)*in/out)). */
-static int64_t adaptive_start(int64_t o, int64_t out, int64_t in) {
-  return (o / out) * in + ((o % out) * in) / out;
-}
-static int64_t adaptive_end(int64_t o, int64_t out, int64_t in) {
-  return 1 + ((o + 1) * in - 1) / out;
-}
-
-/* backward = false: out = mean of the window; true: dx[window] += g / size. */
-static void adaptive_plane(const plane_job *j, int64_t p, bool backward) {
-  TG_DISPATCH_FLOAT(j->dtype, T, {
-    const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
-    T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
-    for (int64_t oy = 0; oy < j->oh; oy++) {
-      int64_t y0 = adaptive_start(oy, j->oh, j->h), y1 = adaptive_end(oy, j->oh, j->h);
-      for (int64_t ox = 0; ox < j->ow; ox++) {
-        int64_t x0 = adaptive_start(ox, j->ow, j->w), x1 = adaptive_end(ox, j->ow, j->w);
-        double size = (double)((y1 - y0) * (x1 - x0));
-        if (backward) {
-          T share = (T)(src[oy * j->ow + ox] / size);
-          for (int64_t y = y0; y < y1; y++)
-            for (int64_t x = x0; x < x1; x++)
-              dst[y * j->w + x] += share;
-        } else {
-          double acc = 0;
-          for (int64_t y = y0; y < y1; y++)
-            for (int64_t x = x0; x < x1; x++)
-              acc += src[y * j->w + x];
-          dst[oy * j->ow + ox] = (T)(acc / size);
-        }
-      }
-    }
-  });
-}
-
-static void adaptive_fwd_plane(const plane_job *j, int64_t p) {
-  adaptive_plane(j, p, false);
-}
-static void adaptive_bwd_plane(const plane_job *j, int64_t p) {
-  adaptive_plane(j, p, true);
-}
 
 /* Work per output: about the input elements each window covers. */
 static int64_t adaptive_cost(const plane_job *j) {
@@ -597,17 +578,20 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 
 /* ------------------------------------------------------------ upsample -- */
 
-static int check_upsample(const char *op, const tg_tensor *x, const int64_t size[2]) {
+/* The output [N, C, size[0], size[1]] of an upsampling, after PyTorch's checks. */
+static tg_tensor *upsample_output(const char *op, const tg_tensor *x,
+                                  const int64_t size[2]) {
   if (check_input(op, x) < 0)
-    return -1;
+    return NULL;
   if (!size)
-    return tg__error("%s: argument 'output_size' is NULL", op);
+    return tg__error("%s: argument 'output_size' is NULL", op), NULL;
   if (x->shape[2] <= 0 || x->shape[3] <= 0 || size[0] <= 0 || size[1] <= 0)
     return tg__error("%s: Input and output sizes should be greater than 0, but got input "
                      "(H: %lld, W: %lld) output (H: %lld, W: %lld)",
                      op, (long long)x->shape[2], (long long)x->shape[3],
-                     (long long)size[0], (long long)size[1]);
-  return 0;
+                     (long long)size[0], (long long)size[1]),
+           NULL;
+  return new_output(op, x, size[0], size[1]);
 }
 
 /* PyTorch's nearest source index: floor(dst * (float)in/out), in float arithmetic. */
@@ -694,9 +678,7 @@ static int nearest_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
 
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]) {
   const char *op = "tg_upsample_nearest2d";
-  if (check_upsample(op, x, output_size) < 0)
-    return NULL;
-  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
+  tg_tensor *out = upsample_output(op, x, output_size);
   if (!out)
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
@@ -792,9 +774,7 @@ static int bilinear_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
 
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]) {
   const char *op = "tg_upsample_bilinear2d";
-  if (check_upsample(op, x, output_size) < 0)
-    return NULL;
-  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
+  tg_tensor *out = upsample_output(op, x, output_size);
   if (!out)
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
