@@ -53,11 +53,16 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
  * stores: from there the four tensors of a training step's GroupNorm (x, y, dy, dx)
  * fill more than half of a cache that other threads and processes share, so outputs
  * would be evicted before anyone reads them anyway. TG_NORM_STREAM_BYTES overrides the
- * size (0: always, a huge value: never); the tests run both paths with it. */
+ * size in bytes (0: always, a huge value: never; anything else that is not a
+ * non-negative integer is ignored); the tests run both paths with it. */
 static int64_t stream_bytes(void) {
   const char *env = getenv("TG_NORM_STREAM_BYTES");
-  if (env && *env)
-    return strtoll(env, NULL, 10);
+  if (env && *env) {
+    char *end;
+    long long v = strtoll(env, &end, 10);
+    if (!*end && v >= 0)
+      return v;
+  }
   return tg__llc_bytes() / 8;
 }
 
