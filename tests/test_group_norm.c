@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,13 +195,33 @@ static void test_empty(void **state) {
   assert_int_equal(tg_scope_end(), 0);
 }
 
+/* Sets TG_NORM_STREAM_BYTES for the calls that follow; restore_stream() puts back
+ * what the suite was started with (meson runs it once more with "0": every GroupNorm
+ * of every test streamed). */
+static char stream_env_saved[32];
+static bool stream_env_was_set;
+
+static void set_stream(const char *value) {
+  const char *old = getenv("TG_NORM_STREAM_BYTES");
+  stream_env_was_set = old != NULL;
+  snprintf(stream_env_saved, sizeof stream_env_saved, "%s", old ? old : "");
+  setenv("TG_NORM_STREAM_BYTES", value, 1);
+}
+
+static void restore_stream(void) {
+  if (stream_env_was_set)
+    setenv("TG_NORM_STREAM_BYTES", stream_env_saved, 1);
+  else
+    restore_stream();
+}
+
 /* Inputs of 16 MiB and more take the kernels' prefetching path, and with the
  * streaming threshold set between the two sizes, non-temporal stores too: each sample
  * of a batch must give bit for bit what it gives alone (a small input, neither). */
 static void test_large_input_path(void **state) {
   (void)state;
   tg_scope_begin();
-  setenv("TG_NORM_STREAM_BYTES", "8000000", 1);
+  set_stream("8000000");
   const int64_t shape[4] = {3, 4, 600, 600}; /* 17.3 MB of float32, 5.8 MB a sample */
   tg_tensor *x = rand_leaf(shape, 4, TG_F32);
   tg_tensor *dy = tg_randn(shape, 4, TG_F32, TG_CPU);
@@ -215,14 +236,14 @@ static void test_large_input_path(void **state) {
     assert_close(yn, tg_narrow(y, 0, n, 1), 0, 0);
     assert_close(tg_grad(xn), tg_narrow(tg_grad(x), 0, n, 1), 0, 0);
   }
-  unsetenv("TG_NORM_STREAM_BYTES");
+  restore_stream();
   assert_int_equal(tg_scope_end(), 0);
 }
 
 /* y, dx, dweight, dbias of one GroupNorm with the outputs streamed or not. */
 static void gn_run(tg_tensor *x, int64_t groups, tg_tensor *w, tg_tensor *b,
                    const tg_tensor *dy, bool stream, tg_tensor **out) {
-  setenv("TG_NORM_STREAM_BYTES", stream ? "0" : "9223372036854775807", 1);
+  set_stream(stream ? "0" : "9223372036854775807");
   tg_zero_grad(x);
   tg_zero_grad(w);
   tg_zero_grad(b);
@@ -231,7 +252,7 @@ static void gn_run(tg_tensor *x, int64_t groups, tg_tensor *w, tg_tensor *b,
   out[1] = tg_clone(tg_grad(x));
   out[2] = tg_clone(tg_grad(w));
   out[3] = tg_clone(tg_grad(b));
-  unsetenv("TG_NORM_STREAM_BYTES");
+  restore_stream();
 }
 
 /* The non-temporal-store path (forced on small inputs) computes exactly what the
