@@ -121,39 +121,44 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
   double *t[4];
   for (int k = 0; k < 4; k++)
     t[k] = malloc((size_t)reps * sizeof(double));
-  /* each measurement in its own loop (two warm-up rounds), so each runs in its own
-   * steady state rather than after another one has flushed or warmed the caches */
+  /* Runs of one measurement follow each other (after two warm-ups), so each sees its
+   * own steady cache state rather than one another has flushed or warmed; and the
+   * measurements take turns in rounds of ROUND runs, so that a burst of load from
+   * another process lands on all four rather than on one of them. */
+  enum { ROUND = 5 };
   int rc = 0;
-  for (int cold = 0; cold < 2; cold++)
-    for (int k = 0; k < 4 && rc == 0; k++)
-      for (int r = -2; r < reps && rc == 0; r++) {
-        if (cold)
-          flush_caches();
-        tg_scope_begin();
-        double t0 = now();
-        if (k == 0) {
-          parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
-        } else {
-          tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
-          if (!y)
-            rc = -1;
-          else if (k == 2)
-            rc = node_backward(y->grad_fn, dy);
-          else if (k == 3)
-            rc = tg_backward_ex(y, dy, false);
+  for (int cold = 0; cold < 2; cold++) {
+    for (int r0 = 0; r0 < reps && rc == 0; r0 += ROUND)
+      for (int k = 0; k < 4 && rc == 0; k++)
+        for (int r = r0 - 2; r < r0 + ROUND && r < reps && rc == 0; r++) {
+          if (cold)
+            flush_caches();
+          tg_scope_begin();
+          double t0 = now();
+          if (k == 0) {
+            parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
+          } else {
+            tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
+            if (!y)
+              rc = -1;
+            else if (k == 2)
+              rc = node_backward(y->grad_fn, dy);
+            else if (k == 3)
+              rc = tg_backward_ex(y, dy, false);
+          }
+          double t1 = now();
+          tg_scope_end();
+          tg_zero_grad(x);
+          tg_zero_grad(w);
+          tg_zero_grad(b);
+          if (r >= r0)
+            t[k][r] = t1 - t0;
         }
-        double t1 = now();
-        tg_scope_end();
-        tg_zero_grad(x);
-        tg_zero_grad(w);
-        tg_zero_grad(b);
-        if (r >= 0)
-          t[k][r] = t1 - t0;
-        if (r == reps - 1) {
-          out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
-          out->min[cold][k] = t[k][0];
-        }
-      }
+    for (int k = 0; k < 4; k++) {
+      out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
+      out->min[cold][k] = t[k][0];
+    }
+  }
   for (int k = 0; k < 4; k++)
     free(t[k]);
   tg_scope_end();
