@@ -7,13 +7,17 @@ NET is convnet or unet. Prints one line: "wall:cpu wall:cpu ... | peak_bytes
 rss_bytes", the wall-clock and CPU (all threads) milliseconds of every timed step,
 then the peak resident memory above what the process held before its first step, and
 the resident memory at that point.
+The nets are examples/pytorch_reference.py's, the twins of examples/nets.c.
 """
+import os
 import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from pytorch_reference import MnistNet as ConvNet, UNet  # noqa: E402
 
 
 def vm_kib(field):
@@ -31,43 +35,6 @@ def reset_peak():
             f.write("5")
     except OSError:
         pass
-
-
-class ConvNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.gn1 = nn.GroupNorm(8, 32)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.gn2 = nn.GroupNorm(8, 64)
-        self.fc = nn.Linear(64 * 7 * 7, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.gn1(self.conv1(x))), 2)
-        x = F.max_pool2d(F.relu(self.gn2(self.conv2(x))), 2)
-        return self.fc(x.flatten(1))
-
-
-def block(cin, cout):
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.ReLU(),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.ReLU())
-
-
-class UNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.enc1, self.enc2, self.mid = block(3, 16), block(16, 32), block(32, 64)
-        self.dec2, self.dec1 = block(96, 32), block(48, 16)
-        self.head = nn.Conv2d(16, 4, 1)
-
-    def forward(self, x):
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        mid = self.mid(F.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([F.interpolate(mid, scale_factor=2), e2], 1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2), e1], 1))
-        return self.head(d1)
 
 
 def main():

@@ -9,6 +9,8 @@ between them as safetensors files:
   python3 examples/pytorch_reference.py segmentation --export s.safetensors
   build/examples/segmentation --epochs 0 --load s.safetensors
 
+bench/train_step.py times these same classes against examples/nets.c.
+
 Needs torch and numpy only (safetensors files are written by hand: an 8-byte header
 length, a JSON header, then the raw little-endian tensors).
 """
