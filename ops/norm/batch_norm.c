@@ -8,6 +8,7 @@
 #include "norm.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static const char *const OP = "tg_batch_norm";
 
@@ -141,13 +142,10 @@ static void bn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
 static int bn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
   bn_dims d = *(const bn_dims *)node->ctx;
-  tg_tensor *dx = NULL, *dw = NULL, *db = NULL;
-  if (tg__input_needs_grad(node, 0) && !(dx = tg__new_like(x)))
+  tg_tensor *grads[3];
+  if (norm_new_grads(node, grads) < 0)
     return -1;
-  if (tg__input_needs_grad(node, 1) && !(dw = tg__new_like(w)))
-    return -1;
-  if (tg__input_needs_grad(node, 2) && !(db = tg__new_like(node->inputs[2])))
-    return -1;
+  tg_tensor *dx = grads[0], *dw = grads[1], *db = grads[2];
   const norm_stats *stats = tg__data(node->saved[0]);
   double *sums = NULL;
   if (d.training || dw || db) {
@@ -163,9 +161,7 @@ static int bn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
       tg__set(db, c, sums[2 * c]);
   }
   free(sums);
-  gi[0] = dx;
-  gi[1] = dw;
-  gi[2] = db;
+  memcpy(gi, grads, sizeof grads);
   return 0;
 }
 

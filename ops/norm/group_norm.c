@@ -6,6 +6,7 @@
 #include "norm.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static const char *const OP = "tg_group_norm";
 
@@ -179,13 +180,10 @@ static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims 
 static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
   gn_dims d = *(const gn_dims *)node->ctx;
-  tg_tensor *dx = NULL, *dw = NULL, *db = NULL;
-  if (tg__input_needs_grad(node, 0) && !(dx = tg__new_like(x)))
+  tg_tensor *grads[3];
+  if (norm_new_grads(node, grads) < 0)
     return -1;
-  if (tg__input_needs_grad(node, 1) && !(dw = tg__new_like(w)))
-    return -1;
-  if (tg__input_needs_grad(node, 2) && !(db = tg__new_like(node->inputs[2])))
-    return -1;
+  tg_tensor *dx = grads[0], *dw = grads[1], *db = grads[2];
   size_t n_sums = (size_t)(d.N * d.C * 2);
   double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
   if (!sums)
@@ -196,9 +194,7 @@ static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   if (dw || db)
     gn_param_grads(sums, stats, d, dw, db);
   free(sums);
-  gi[0] = dx;
-  gi[1] = dw;
-  gi[2] = db;
+  memcpy(gi, grads, sizeof grads);
   return 0;
 }
 

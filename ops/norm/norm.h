@@ -81,6 +81,17 @@ static inline void norm_stream_fence(void) {}
 #define norm_dx(dy, ...) NORM_PICK(dx, dy)(dy, __VA_ARGS__)
 #define norm_dx_vec(dy, ...) NORM_PICK(dx_vec, dy)(dy, __VA_ARGS__)
 
+/* New gradients for the inputs (x, weight, bias) of a normalisation node that need
+ * one, NULL for the others. Returns 0, or -1 (the backward's scope frees any made). */
+static inline int norm_new_grads(const tg_node *node, tg_tensor *grads[3]) {
+  for (int i = 0; i < 3; i++) {
+    grads[i] = NULL;
+    if (tg__input_needs_grad(node, i) && !(grads[i] = tg__new_like(node->inputs[i])))
+      return -1;
+  }
+  return 0;
+}
+
 /* eps must be a positive number. */
 static inline int norm_check_eps(const char *op, double eps) {
   if (!(eps > 0) || isinf(eps))
