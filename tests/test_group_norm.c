@@ -212,7 +212,7 @@ static void restore_stream(void) {
   if (stream_env_was_set)
     setenv("TG_NORM_STREAM_BYTES", stream_env_saved, 1);
   else
-    restore_stream();
+    unsetenv("TG_NORM_STREAM_BYTES");
 }
 
 /* Inputs of 16 MiB and more take the kernels' prefetching path, and with the
