@@ -285,6 +285,126 @@ static void test_streaming_path(void **state) {
   tg_set_num_threads(nt);
 }
 
+/* ---------------------------------------------- random shapes vs a naive model -- */
+
+/* GroupNorm forward and backward written the obvious way in float64 (two-pass
+ * statistics), on contiguous buffers: the model the kernels are checked against on
+ * shapes nobody picked by hand. */
+static void naive_group_norm(const double *x, const double *w, const double *b,
+                             const double *dy, int64_t N, int64_t C, int64_t HW,
+                             int64_t G, double eps, double *y, double *dx, double *dw,
+                             double *db) {
+  const int64_t D = C / G, len = D * HW;
+  for (int64_t c = 0; c < C; c++)
+    dw[c] = db[c] = 0;
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t o = (n * G + g) * len;
+      double mean = 0, var = 0;
+      for (int64_t i = 0; i < len; i++)
+        mean += x[o + i];
+      mean /= (double)len;
+      for (int64_t i = 0; i < len; i++)
+        var += (x[o + i] - mean) * (x[o + i] - mean);
+      const double rstd = 1 / sqrt(var / (double)len + eps);
+      double m1 = 0, m2 = 0; /* means of gamma*dy and gamma*dy*xhat */
+      for (int64_t i = 0; i < len; i++) {
+        const int64_t c = g * D + i / HW;
+        const double xhat = (x[o + i] - mean) * rstd, gamma = w ? w[c] : 1;
+        y[o + i] = xhat * gamma + (b ? b[c] : 0);
+        m1 += gamma * dy[o + i];
+        m2 += gamma * dy[o + i] * xhat;
+        dw[c] += dy[o + i] * xhat;
+        db[c] += dy[o + i];
+      }
+      m1 /= (double)len;
+      m2 /= (double)len;
+      for (int64_t i = 0; i < len; i++) {
+        const int64_t c = g * D + i / HW;
+        const double xhat = (x[o + i] - mean) * rstd, gamma = w ? w[c] : 1;
+        dx[o + i] = rstd * (gamma * dy[o + i] - m1 - xhat * m2);
+      }
+    }
+}
+
+/* A float64 copy of t's values (caller frees). */
+static double *values_f64(const tg_tensor *t) {
+  tg_tensor *d = tg_to_dtype(t, TG_F64);
+  assert_ok(d);
+  int64_t n = tg_numel(d);
+  double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+  memcpy(v, tg_data(d), (size_t)n * sizeof *v);
+  tg_tensor_free(d);
+  return v;
+}
+
+/* 60 random configurations (N, C = G*D, 0-3 trailing dims of 1-9, weight and bias
+ * present or not, inputs off-centre by up to 5 standard deviations of scale 1e-2 to
+ * 10), float64 and float32, streamed or not, on 1 and 2 threads: y, dx, dweight and
+ * dbias against the naive model. */
+static void test_random_shapes_vs_naive(void **state) {
+  (void)state;
+  uint64_t r = 0x9e3779b97f4a7c15u; /* splitmix-style stream of shape choices */
+  int nt = tg_get_num_threads();
+  for (int it = 0; it < 60; it++) {
+    int64_t pick[8];
+    for (int k = 0; k < 8; k++) {
+      r += 0x9e3779b97f4a7c15u;
+      uint64_t z = (r ^ (r >> 30)) * 0xbf58476d1ce4e5b9u;
+      pick[k] = (int64_t)((z ^ (z >> 27)) % 1000);
+    }
+    const int64_t N = 1 + pick[0] % 4, G = 1 + pick[1] % 6, D = 1 + pick[2] % 5;
+    const int nsp = (int)(pick[3] % 4);
+    int64_t shape[5] = {N, G * D, 1 + pick[4] % 9, 1 + pick[5] % 9, 1 + pick[6] % 9};
+    int64_t HW = 1;
+    for (int k = 0; k < nsp; k++)
+      HW *= shape[2 + k];
+    const tg_dtype dt = it % 2 ? TG_F32 : TG_F64;
+    const bool affine = pick[7] % 3 != 0, stream = it % 4 >= 2;
+    const double scale = pow(10, (double)(pick[7] % 4) - 2);
+    tg_set_num_threads(1 + it % 3 % 2);
+    set_stream(stream ? "0" : "9223372036854775807");
+    tg_scope_begin();
+    tg_tensor *x =
+        tg_add_scalar(tg_mul_scalar(tg_randn(shape, 2 + nsp, dt, TG_CPU), scale),
+                      scale * (double)(pick[6] % 11 - 5));
+    tg_tensor *dy = tg_randn(shape, 2 + nsp, dt, TG_CPU);
+    tg_tensor *w = affine ? tg_uniform(TG_SHAPE(G * D), 0.5, 1.5, dt, TG_CPU) : NULL;
+    tg_tensor *b = affine ? tg_randn(TG_SHAPE(G * D), dt, TG_CPU) : NULL;
+    x = tg_detach(x);
+    assert_ok(x && dy);
+    tg_set_requires_grad(x, true);
+    if (affine) {
+      tg_set_requires_grad(w, true);
+      tg_set_requires_grad(b, true);
+    }
+    tg_tensor *y = tg_group_norm(x, G, w, b, 1e-5);
+    assert_ok(y && tg_backward_ex(y, dy, false) == 0);
+
+    const int64_t n = tg_numel(x), C = G * D;
+    double *X = values_f64(x), *DY = values_f64(dy), *W = affine ? values_f64(w) : NULL;
+    double *B = affine ? values_f64(b) : NULL;
+    double *Y = malloc((size_t)n * sizeof *Y), *DX = malloc((size_t)n * sizeof *DX);
+    double *DW = malloc((size_t)C * sizeof *DW), *DB = malloc((size_t)C * sizeof *DB);
+    naive_group_norm(X, W, B, DY, N, C, HW, G, 1e-5, Y, DX, DW, DB);
+    const double tol = dt == TG_F64 ? 1e-9 : 2e-4;
+    const int64_t cshape[1] = {C};
+    tg_tensor *want[4] = {tg_tensor_from_data(Y, shape, 2 + nsp, TG_F64, TG_CPU),
+                          tg_tensor_from_data(DX, shape, 2 + nsp, TG_F64, TG_CPU),
+                          tg_tensor_from_data(DW, cshape, 1, TG_F64, TG_CPU),
+                          tg_tensor_from_data(DB, cshape, 1, TG_F64, TG_CPU)};
+    const tg_tensor *got[4] = {y, tg_grad(x), affine ? tg_grad(w) : NULL,
+                               affine ? tg_grad(b) : NULL};
+    for (int k = 0; k < 4; k++)
+      if (got[k])
+        assert_close(tg_to_dtype(got[k], TG_F64), want[k], tol, tol);
+    free(X), free(DY), free(W), free(B), free(Y), free(DX), free(DW), free(DB);
+    assert_int_equal(tg_scope_end(), 0);
+    restore_stream();
+  }
+  tg_set_num_threads(nt);
+}
+
 /* Same values with 1 and 2 threads, and in no-grad mode (nothing recorded). */
 static void test_threads_and_no_grad(void **state) {
   (void)state;
@@ -357,6 +477,7 @@ int main(void) {
       cmocka_unit_test(test_empty),
       cmocka_unit_test(test_large_input_path),
       cmocka_unit_test(test_streaming_path),
+      cmocka_unit_test(test_random_shapes_vs_naive),
       cmocka_unit_test(test_threads_and_no_grad),
       cmocka_unit_test(test_errors),
   };
