@@ -88,7 +88,8 @@ static void bn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
       const int64_t c = s % d.C;
       const double a = stats[c].rstd * (W ? (double)W[c] : 1.0);
       const double sh = (B ? (double)B[c] : 0.0) - stats[c].dmean * a;
-      norm_affine(X + s * d.HW, Y + s * d.HW, d.HW, (T)stats[c].pivot, (T)a, (T)sh, NULL, false);
+      norm_affine(X + s * d.HW, Y + s * d.HW, d.HW, (T)stats[c].pivot, (T)a, (T)sh, NULL,
+                  false);
     }
   });
 }
