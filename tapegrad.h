@@ -371,9 +371,13 @@ bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
 /* Freezes/unfreezes every trainable variable. */
 void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
-/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
- * checks every name, shape and dtype (float64 files load into float32 stores and
- * vice versa are rejected) and names what is missing, extra or mismatched. */
+/* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
+ * temporary file of its own in the target's directory, fsync, rename): readers see
+ * the old file or the new one. A symlink is followed and its target replaced; a
+ * FIFO, device, directory or socket is refused, as when loading, which never blocks.
+ * Loading checks every name, shape and dtype (float64 files load into float32
+ * stores and vice versa are rejected) and names what is missing, extra or
+ * mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -475,6 +479,22 @@ void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+/* ------------------------------------------------------------------ files -- */
+/* How the library opens files, for programs that want the same guarantees (the
+ * examples use them for their data and pictures). */
+
+/* Opens an existing file for reading when it is a regular file; a FIFO, a device,
+ * a directory or a socket is refused without blocking or reading it. Returns a
+ * descriptor (close-on-exec, blocking; the caller closes it), or -1 with an error
+ * naming op (NULL: "tg_file_open_read") and the path. */
+int tg_file_open_read(const char *path, const char *op);
+/* Replaces path with the n bytes at data atomically, as tg_varstore_save writes
+ * its checkpoints: readers see the old file or the new one, never a mix, even with
+ * concurrent writers. Returns 0, or -1 with an error naming op (NULL:
+ * "tg_file_write_atomic"). */
+int tg_file_write_atomic(const char *path, const void *data, size_t n,
+                         const char *op);
 
 #ifdef __cplusplus
 }

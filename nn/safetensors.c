@@ -265,22 +265,15 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
   return rc;
 }
 
-/* fsync of the directory holding path, so the rename itself is durable. Best effort:
- * some filesystems do not support syncing directories. */
-static void sync_parent_dir(const char *path) {
-  char *dir = strdup(path);
-  if (!dir)
-    return;
-  char *slash = strrchr(dir, '/');
-  const char *d = slash == dir ? "/" : slash ? dir : ".";
-  if (slash && slash != dir)
-    *slash = '\0';
-  int fd = open(d, O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-  free(dir);
+typedef struct {
+  const tg_varstore *vs;
+  const tg__var **order;
+  const char *filename;
+} save_job;
+
+static int write_job(FILE *f, void *ctx) {
+  const save_job *j = ctx;
+  return write_file(j->vs, j->order, f, j->filename);
 }
 
 int tg_varstore_save(const tg_varstore *vs, const char *filename) {
@@ -292,34 +285,10 @@ int tg_varstore_save(const tg_varstore *vs, const char *filename) {
                        "safetensors requires",
                        vs->vars[i].name);
   const tg__var **order = file_order(vs);
-  size_t tlen = strlen(filename) + 32;
-  char *tmp = malloc(tlen);
-  if (!order || !tmp) {
-    free((void *)order);
-    free(tmp);
+  if (!order)
     return tg__error("tg_varstore_save: out of memory");
-  }
-  snprintf(tmp, tlen, "%s.tmp.%ld", filename, (long)getpid());
-  int rc = 0;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    rc = tg__error("tg_varstore_save: cannot create %s: %s", tmp, strerror(errno));
-    goto done;
-  }
-  rc = write_file(vs, order, f, filename);
-  if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-    rc = tg__error("tg_varstore_save: flushing %s failed: %s", tmp, strerror(errno));
-  if (fclose(f) != 0 && rc == 0)
-    rc = tg__error("tg_varstore_save: closing %s failed: %s", tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, filename) != 0)
-    rc = tg__error("tg_varstore_save: cannot rename %s to %s: %s", tmp, filename,
-                   strerror(errno));
-  if (rc == 0)
-    sync_parent_dir(filename);
-  else
-    unlink(tmp);
-done:
-  free(tmp);
+  save_job job = {vs, order, filename};
+  int rc = tg__write_atomic(filename, "tg_varstore_save", write_job, &job);
   free((void *)order);
   return rc;
 }
@@ -816,9 +785,13 @@ static int read_exact(FILE *f, void *p, size_t n) {
 int tg_varstore_load(tg_varstore *vs, const char *filename) {
   if (!vs || !filename)
     return tg__error("tg_varstore_load: argument '%s' is NULL", vs ? "filename" : "vs");
-  FILE *f = fopen(filename, "rb");
-  if (!f)
-    return tg__error("tg_varstore_load: cannot open %s: %s", filename, strerror(errno));
+  int fd = tg_file_open_read(filename, "tg_varstore_load");
+  FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+  if (!f) {
+    if (fd >= 0)
+      close(fd);
+    return fd < 0 ? -1 : tg__error("tg_varstore_load: out of memory");
+  }
   parser ps = {0};
   char *header = NULL;
   uint8_t *data = NULL;

@@ -46,3 +46,58 @@ char *tg_shape_str(const tg_tensor *t, char *buf, size_t len) {
   }
   return tg__shape_fmt(t->shape, t->ndim, buf, len);
 }
+
+/* Appends c to buf (len bytes) at *pos, keeping room for the terminator. */
+static void put_char(char *buf, size_t len, size_t *pos, char c) {
+  if (*pos + 1 < len)
+    buf[(*pos)++] = c;
+}
+
+/* s[0..n) with control characters escaped (\n, \t, \x01) so they show. */
+static void put_escaped(char *buf, size_t len, size_t *pos, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    char esc[8];
+    if (c >= 0x20 && c != 0x7f) {
+      put_char(buf, len, pos, (char)c);
+      continue;
+    }
+    if (c == '\n' || c == '\t' || c == '\r')
+      snprintf(esc, sizeof esc, "\\%c", c == '\n' ? 'n' : c == '\t' ? 't' : 'r');
+    else
+      snprintf(esc, sizeof esc, "\\x%02x", c);
+    for (const char *e = esc; *e; e++)
+      put_char(buf, len, pos, *e);
+  }
+}
+
+const char *tg__quote(const char *s, char *buf, size_t len) {
+  enum { HEAD = 64, TAIL = 48 };
+  size_t pos = 0, n = s ? strlen(s) : 0;
+  if (!buf || len == 0)
+    return "";
+  if (!s) {
+    snprintf(buf, len, "(null)");
+    return buf;
+  }
+  put_char(buf, len, &pos, '\'');
+  if (n <= HEAD + TAIL + 16) {
+    put_escaped(buf, len, &pos, s, n);
+  } else {
+    /* Cut on UTF-8 character boundaries: continuation bytes are 10xxxxxx. */
+    size_t head = HEAD, tail = n - TAIL;
+    while (head > 0 && ((unsigned char)s[head] & 0xc0) == 0x80)
+      head--;
+    while (tail < n && ((unsigned char)s[tail] & 0xc0) == 0x80)
+      tail++;
+    put_escaped(buf, len, &pos, s, head);
+    for (const char *e = "..."; *e; e++)
+      put_char(buf, len, &pos, *e);
+    put_escaped(buf, len, &pos, s + tail, n - tail);
+  }
+  put_char(buf, len, &pos, '\'');
+  buf[pos] = '\0';
+  if (n > HEAD + TAIL + 16 && pos + 1 < len)
+    snprintf(buf + pos, len - pos, " (%zu bytes)", n);
+  return buf;
+}

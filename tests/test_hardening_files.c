@@ -1,0 +1,532 @@
+/* Hardening of files, names and messages (issue #15, items 5-10, 16 and 17): loads
+ * that must not hang on FIFOs, saves that stay atomic under concurrent writers and
+ * kills, through symlinks and never over devices, variable names safetensors cannot
+ * hold, messages that keep their rule, and name lookups that scale. */
+#include "common.h"
+#include "runtime/internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------- helpers -- */
+
+typedef struct {
+  char dir[64];
+} tmpdir;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int dir_setup(void **state) {
+  tmpdir *t = calloc(1, sizeof *t);
+  snprintf(t->dir, sizeof t->dir, "/tmp/tg_hfiles_XXXXXX");
+  if (!t || !mkdtemp(t->dir)) {
+    free(t);
+    return -1;
+  }
+  tg_manual_seed(1234);
+  tg_clear_error();
+  *state = t;
+  return 0;
+}
+
+static int dir_teardown(void **state) {
+  tmpdir *t = *state;
+  atomic_store(&tg__file_no_tmpfile, false);
+  nftw(t->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  free(t);
+  return 0;
+}
+
+/* t->dir/name, in one of 8 rotating buffers. */
+static const char *in_dir(const tmpdir *t, const char *name) {
+  static char bufs[8][600];
+  static int next;
+  char *b = bufs[next++ % 8];
+  snprintf(b, sizeof bufs[0], "%s/%s", t->dir, name);
+  return b;
+}
+
+/* A store with "w" [n] and "b" [7], every element `value`. */
+static tg_varstore *store_of(int64_t n, double value) {
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_path *root = tg_varstore_root(vs);
+  assert_non_null(tg_path_var(root, "w", TG_SHAPE(n), tg_init_const(value)));
+  assert_non_null(tg_path_var(root, "b", TG_SHAPE(7), tg_init_const(value)));
+  return vs;
+}
+
+/* The value every element of vs holds, or NAN when they differ (a torn file). */
+static double uniform(tg_varstore *vs) {
+  double v = NAN;
+  for (int i = 0; i < tg_varstore_len(vs); i++) {
+    tg_tensor *x = tg_varstore_var(vs, i, NULL);
+    const float *d = tg_data(x);
+    for (int64_t k = 0; k < tg_numel(x); k++) {
+      if (i == 0 && k == 0)
+        v = d[0];
+      else if (d[k] != v)
+        return NAN;
+    }
+  }
+  return v;
+}
+
+/* Names in t->dir other than the ones listed (NULL-terminated), joined by spaces. */
+static void others_in_dir(const tmpdir *t, char *buf, size_t len, ...) {
+  buf[0] = '\0';
+  DIR *d = opendir(t->dir);
+  assert_non_null(d);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+      continue;
+    bool known = false;
+    va_list ap;
+    va_start(ap, len);
+    for (const char *n; !known && (n = va_arg(ap, const char *));)
+      known = !strcmp(n, e->d_name);
+    va_end(ap);
+    if (!known)
+      snprintf(buf + strlen(buf), len - strlen(buf), "%s ", e->d_name);
+  }
+  closedir(d);
+}
+
+/* Runs fn(ctx) in a child process, which must exit 0 within `seconds`: a call that
+ * would hang fails the test instead of hanging the suite. */
+static void in_child_within(int seconds, void (*fn)(void *), void *ctx,
+                            const char *what) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm((unsigned)seconds);
+    fn(ctx);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (WIFSIGNALED(status))
+    fail_msg("%s: killed by signal %d (SIGALRM %d: it hung)", what, WTERMSIG(status),
+             SIGALRM);
+  if (WEXITSTATUS(status) != 0)
+    fail_msg("%s: child exited %d", what, WEXITSTATUS(status));
+}
+
+/* ------------------------------------------- 5: non-regular files, reading -- */
+
+typedef struct {
+  const char *path, *fragment;
+} load_case;
+
+static void load_refused(void *ctx) {
+  const load_case *c = ctx;
+  tg_varstore *vs = store_of(4, 0);
+  int rc = tg_varstore_load(vs, c->path);
+  bool ok = rc < 0 && strstr(tg_last_error(), c->fragment) &&
+            strstr(tg_last_error(), "tg_varstore_load") &&
+            strstr(tg_last_error(), "not a regular file");
+  if (!ok)
+    fprintf(stderr, "load %s: rc %d, message '%s' (expected '%s')\n", c->path, rc,
+            tg_last_error(), c->fragment);
+  int fd = tg_file_open_read(c->path, "reader");
+  ok = ok && fd < 0 && strstr(tg_last_error(), "reader: ") &&
+       strstr(tg_last_error(), c->fragment);
+  if (fd >= 0)
+    close(fd);
+  tg_varstore_free(vs);
+  _exit(ok ? 0 : 1);
+}
+
+static void test_load_refuses_non_regular_files_without_blocking(void **state) {
+  tmpdir *t = *state;
+  const char *fifo = in_dir(t, "fifo.safetensors");
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  load_case fifo_case = {fifo, "it is a FIFO"};
+  in_child_within(10, load_refused, &fifo_case, "tg_varstore_load on a FIFO");
+  load_case dir_case = {t->dir, "it is a directory"};
+  in_child_within(10, load_refused, &dir_case, "tg_varstore_load on a directory");
+  load_case dev_case = {"/dev/null", "it is a character device"};
+  in_child_within(10, load_refused, &dev_case, "tg_varstore_load on /dev/null");
+  /* Through a symlink, the FIFO is still refused. */
+  const char *link = in_dir(t, "link");
+  assert_int_equal(symlink("fifo.safetensors", link), 0);
+  load_case link_case = {link, "it is a FIFO"};
+  in_child_within(10, load_refused, &link_case, "tg_varstore_load via a link to a FIFO");
+
+  /* A regular file opens, blocking again, and reads. */
+  const char *reg = in_dir(t, "plain");
+  assert_int_equal(tg_file_write_atomic(reg, "hello", 5, NULL), 0);
+  int fd = tg_file_open_read(reg, NULL);
+  assert_true(fd >= 0);
+  assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+  assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+  char buf[8] = {0};
+  assert_int_equal(read(fd, buf, sizeof buf), 5);
+  assert_string_equal(buf, "hello");
+  close(fd);
+  assert_error(tg_file_open_read(in_dir(t, "missing"), NULL) < 0, "tg_file_open_read",
+               "cannot open", "missing'", "No such file");
+  assert_error(tg_file_open_read("", "op") < 0, "op: the file name is empty");
+  assert_error(tg_file_open_read(NULL, NULL) < 0, "'path' is NULL");
+}
+
+/* -------------------------------------------- 6: concurrent saves, atomic -- */
+
+enum { WRITERS = 4, SAVES = 12, BIG = 1 << 16 };
+
+typedef struct {
+  const char *path;
+  int id, failures;
+  char error[256];
+} writer_arg;
+
+static void *writer(void *p) {
+  writer_arg *a = p;
+  tg_varstore *vs = store_of(BIG, a->id);
+  for (int i = 0; i < SAVES; i++)
+    if (tg_varstore_save(vs, a->path) != 0) {
+      a->failures++;
+      snprintf(a->error, sizeof a->error, "%s", tg_last_error());
+    }
+  tg_varstore_free(vs);
+  return NULL;
+}
+
+typedef struct {
+  const char *path;
+  _Atomic bool *stop;
+  int loads, bad;
+  char error[256];
+} reader_arg;
+
+static void *reader(void *p) {
+  reader_arg *a = p;
+  tg_varstore *vs = store_of(BIG, -1);
+  while (!atomic_load(a->stop) || a->loads < 3) {
+    a->loads++;
+    double v = tg_varstore_load(vs, a->path) == 0 ? uniform(vs) : NAN;
+    if (!(v >= 0 && v <= 100 + WRITERS)) {
+      a->bad++;
+      snprintf(a->error, sizeof a->error, "value %g: %s", v, tg_last_error());
+    }
+  }
+  tg_varstore_free(vs);
+  return NULL;
+}
+
+static void test_concurrent_saves_are_atomic(void **state) {
+  tmpdir *t = *state;
+  const char *path = in_dir(t, "shared.safetensors");
+  tg_varstore *first = store_of(BIG, 0);
+  assert_ok(tg_varstore_save(first, path) == 0);
+  tg_varstore_free(first);
+
+  for (int mode = 0; mode < 2; mode++) { /* O_TMPFILE, then named temporaries */
+    atomic_store(&tg__file_no_tmpfile, mode == 1);
+    _Atomic bool stop = false;
+    reader_arg r = {path, &stop, 0, 0, ""};
+    pthread_t rt, wt[WRITERS];
+    writer_arg w[WRITERS];
+    assert_int_equal(pthread_create(&rt, NULL, reader, &r), 0);
+    /* Processes too: each child saves its own value. */
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+      kids[k] = fork();
+      assert_true(kids[k] >= 0);
+      if (kids[k] == 0) {
+        writer_arg a = {path, 100 + k, 0, ""};
+        writer(&a);
+        _exit(a.failures ? 1 : 0);
+      }
+    }
+    for (int i = 0; i < WRITERS; i++) {
+      w[i] = (writer_arg){path, i + 1, 0, ""};
+      assert_int_equal(pthread_create(&wt[i], NULL, writer, &w[i]), 0);
+    }
+    for (int i = 0; i < WRITERS; i++) {
+      pthread_join(wt[i], NULL);
+      if (w[i].failures)
+        fail_msg("writer %d: %d of %d saves failed: %s", i, w[i].failures, SAVES,
+                 w[i].error);
+    }
+    for (int k = 0; k < 2; k++) {
+      int status;
+      assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("writer process %d failed (status %d)", k, status);
+    }
+    atomic_store(&stop, true);
+    pthread_join(rt, NULL);
+    if (r.bad)
+      fail_msg("%d of %d concurrent loads saw a torn or missing file: %s", r.bad, r.loads,
+               r.error);
+    char extra[512];
+    others_in_dir(t, extra, sizeof extra, "shared.safetensors", (const char *)NULL);
+    if (extra[0])
+      fail_msg("temporaries left behind: %s", extra);
+  }
+}
+
+/* ------------------------------------------------ 7: long file names -- */
+
+static void test_longest_file_names_save(void **state) {
+  tmpdir *t = *state;
+  tg_varstore *vs = store_of(5, 3), *back = store_of(5, 0);
+  for (int len = 247; len <= 255; len += 8) {
+    char name[256];
+    memset(name, 'n', (size_t)len);
+    name[len] = '\0';
+    const char *path = in_dir(t, name);
+    assert_ok(tg_varstore_save(vs, path) == 0);
+    assert_ok(tg_varstore_load(back, path) == 0);
+    assert_true(uniform(back) == 3);
+    unlink(path);
+  }
+  /* One byte more is the filesystem's refusal, in a message that keeps its reason. */
+  char name[257];
+  memset(name, 'n', 256);
+  name[256] = '\0';
+  assert_error(tg_varstore_save(vs, in_dir(t, name)) < 0, "tg_varstore_save",
+               "File name too long");
+  tg_varstore_free(vs);
+  tg_varstore_free(back);
+}
+
+/* ---------------------------------------- 8: symlinks and special files -- */
+
+static bool is_kind(const char *path, mode_t kind) {
+  struct stat st;
+  return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == kind;
+}
+
+static void test_save_through_symlinks(void **state) {
+  tmpdir *t = *state;
+  tg_varstore *one = store_of(5, 1), *two = store_of(5, 2), *back = store_of(5, 0);
+  const char *real = in_dir(t, "real.safetensors"), *link = in_dir(t, "link");
+  assert_ok(tg_varstore_save(one, real) == 0);
+  assert_int_equal(chmod(real, 0640), 0);
+  assert_int_equal(symlink("real.safetensors", link), 0);
+  /* A relative link from another directory, and a link to the link. */
+  assert_int_equal(mkdir(in_dir(t, "sub"), 0700), 0);
+  assert_int_equal(symlink("../link", in_dir(t, "sub/chain")), 0);
+
+  assert_ok(tg_varstore_save(two, link) == 0);
+  assert_true(is_kind(link, S_IFLNK));
+  assert_true(is_kind(real, S_IFREG));
+  assert_ok(tg_varstore_load(back, real) == 0);
+  assert_true(uniform(back) == 2);
+  struct stat st;
+  assert_int_equal(stat(real, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0640); /* the replacement keeps the permissions */
+
+  assert_ok(tg_varstore_save(one, in_dir(t, "sub/chain")) == 0);
+  assert_true(is_kind(in_dir(t, "sub/chain"), S_IFLNK));
+  assert_true(is_kind(link, S_IFLNK));
+  assert_ok(tg_varstore_load(back, real) == 0);
+  assert_true(uniform(back) == 1);
+
+  /* A dangling symlink names the file to create, as open() would. */
+  const char *dangling = in_dir(t, "dangling");
+  assert_int_equal(symlink("created.safetensors", dangling), 0);
+  assert_ok(tg_varstore_save(two, dangling) == 0);
+  assert_true(is_kind(dangling, S_IFLNK));
+  assert_true(is_kind(in_dir(t, "created.safetensors"), S_IFREG));
+  assert_ok(tg_varstore_load(back, dangling) == 0);
+  assert_true(uniform(back) == 2);
+
+  /* A loop is an error, not a hang. */
+  assert_int_equal(symlink("loop_b", in_dir(t, "loop_a")), 0);
+  assert_int_equal(symlink("loop_a", in_dir(t, "loop_b")), 0);
+  assert_error(tg_varstore_save(one, in_dir(t, "loop_a")) < 0, "tg_varstore_save",
+               "levels of symbolic links");
+  char extra[512];
+  others_in_dir(t, extra, sizeof extra, "real.safetensors", "link", "sub", "dangling",
+                "created.safetensors", "loop_a", "loop_b", (const char *)NULL);
+  assert_string_equal(extra, "");
+  tg_varstore_free(one);
+  tg_varstore_free(two);
+  tg_varstore_free(back);
+}
+
+static void expect_refused(const tmpdir *t, const char *path, mode_t kind,
+                           const char *what) {
+  tg_varstore *vs = store_of(5, 1);
+  assert_error(tg_varstore_save(vs, path) < 0, "tg_varstore_save: cannot replace", what,
+               "not a regular file");
+  assert_true(is_kind(path, kind));
+  assert_error(tg_file_write_atomic(path, "x", 1, "writer") < 0, "writer: ", what);
+  assert_true(is_kind(path, kind));
+  char extra[512];
+  const char *slash = strrchr(path, '/');
+  others_in_dir(t, extra, sizeof extra, slash ? slash + 1 : path, "to_special",
+                (const char *)NULL);
+  assert_string_equal(extra, "");
+  tg_varstore_free(vs);
+}
+
+static void test_save_refuses_special_files(void **state) {
+  tmpdir *t = *state;
+  const char *fifo = in_dir(t, "fifo");
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  expect_refused(t, fifo, S_IFIFO, "it is a FIFO");
+  /* Via a symlink too: the link is followed, the FIFO refused. */
+  assert_int_equal(symlink("fifo", in_dir(t, "to_special")), 0);
+  tg_varstore *vs = store_of(5, 1);
+  assert_error(tg_varstore_save(vs, in_dir(t, "to_special")) < 0, "it is a FIFO");
+  assert_true(is_kind(fifo, S_IFIFO));
+  assert_true(is_kind(in_dir(t, "to_special"), S_IFLNK));
+  unlink(in_dir(t, "to_special"));
+  unlink(fifo);
+
+  const char *dir = in_dir(t, "dir");
+  assert_int_equal(mkdir(dir, 0700), 0);
+  expect_refused(t, dir, S_IFDIR, "it is a directory");
+  rmdir(dir);
+  assert_error(tg_varstore_save(vs, in_dir(t, "newdir/")) < 0, "ends in '/'");
+
+  const char *sock = in_dir(t, "sock");
+  int s = socket(AF_UNIX, SOCK_STREAM, 0);
+  assert_true(s >= 0);
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
+  assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
+  expect_refused(t, sock, S_IFSOCK, "it is a socket");
+  close(s);
+  unlink(sock);
+
+  assert_error(tg_varstore_save(vs, "") < 0, "tg_varstore_save: the file name is empty");
+  assert_null(strstr(tg_last_error(), ".tmp"));
+  tg_varstore_free(vs);
+}
+
+static void test_save_refuses_device_nodes(void **state) {
+  tmpdir *t = *state;
+  const char *dev = in_dir(t, "null");
+  if (mknod(dev, S_IFCHR | 0600, makedev(1, 3)) != 0)
+    skip(); /* needs root (CAP_MKNOD) */
+  expect_refused(t, dev, S_IFCHR, "it is a character device");
+}
+
+/* -------------------------------------------------- 10: killed saves -- */
+
+static int count_temps(const tmpdir *t) {
+  int n = 0;
+  DIR *d = opendir(t->dir);
+  struct dirent *e;
+  while ((e = readdir(d)))
+    n += !strncmp(e->d_name, ".tg-", 4);
+  closedir(d);
+  return n;
+}
+
+/* Kills a child that saves `vs` to path over and over, after `us` microseconds. */
+static void kill_saver(tg_varstore *vs, const char *path, long us) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0)
+    for (;;)
+      if (tg_varstore_save(vs, path) != 0)
+        _exit(3);
+  struct timespec ts = {0, us * 1000};
+  nanosleep(&ts, NULL);
+  kill(pid, SIGKILL);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (WIFEXITED(status))
+    fail_msg("saver exited %d: saves failed", WEXITSTATUS(status));
+}
+
+static void test_killed_saves_leave_nothing(void **state) {
+  tmpdir *t = *state;
+  const char *path = in_dir(t, "model.safetensors");
+  tg_varstore *vs = store_of(1 << 20, 5), *back = store_of(1 << 20, 0);
+  for (int round = 0; round < 12; round++)
+    kill_saver(vs, path, 2000 + round * 1500L);
+  char extra[512];
+  others_in_dir(t, extra, sizeof extra, "model.safetensors", (const char *)NULL);
+  if (extra[0])
+    fail_msg("killed saves left: %s", extra);
+  if (access(path, F_OK) == 0) {
+    assert_ok(tg_varstore_load(back, path) == 0);
+    assert_true(uniform(back) == 5);
+  }
+
+  /* Without O_TMPFILE, a killed save may leave its named temporary; the next save in
+   * the directory removes it once it is unlocked and a minute old. */
+  atomic_store(&tg__file_no_tmpfile, true);
+  for (int round = 0; round < 12 && count_temps(t) == 0; round++)
+    kill_saver(vs, path, 2000 + round * 1500L);
+  if (count_temps(t) == 0)
+    skip(); /* every kill landed between saves */
+  const char *fresh = in_dir(t, ".tg-00000000beef.tmp"),
+             *locked = in_dir(t, ".tg-00000000f00d.tmp"),
+             *other = in_dir(t, ".tg-notours.tmp");
+  assert_int_equal(tg_file_write_atomic(fresh, "", 0, NULL), 0);
+  assert_int_equal(tg_file_write_atomic(locked, "", 0, NULL), 0);
+  assert_int_equal(tg_file_write_atomic(other, "", 0, NULL), 0);
+  int lock_fd = open(locked, O_RDONLY);
+  assert_int_equal(flock(lock_fd, LOCK_EX), 0); /* a live writer holds it */
+  /* Age every temporary except `fresh` by two minutes. */
+  DIR *d = opendir(t->dir);
+  struct dirent *e;
+  struct timespec old[2] = {{time(NULL) - 120, 0}, {time(NULL) - 120, 0}};
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, ".tg-", 4) && strcmp(e->d_name, ".tg-00000000beef.tmp"))
+      assert_int_equal(utimensat(dirfd(d), e->d_name, old, AT_SYMLINK_NOFOLLOW), 0);
+  closedir(d);
+  assert_ok(tg_varstore_save(vs, path) == 0);
+  others_in_dir(t, extra, sizeof extra, "model.safetensors", ".tg-00000000beef.tmp",
+                ".tg-00000000f00d.tmp", ".tg-notours.tmp", (const char *)NULL);
+  if (extra[0])
+    fail_msg("stale temporaries survived a save: %s", extra);
+  assert_int_equal(access(fresh, F_OK), 0);
+  assert_int_equal(access(locked, F_OK), 0);
+  assert_int_equal(access(other, F_OK), 0);
+  close(lock_fd);
+  assert_ok(tg_varstore_load(back, path) == 0);
+  assert_true(uniform(back) == 5);
+  tg_varstore_free(vs);
+  tg_varstore_free(back);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(
+          test_load_refuses_non_regular_files_without_blocking, dir_setup, dir_teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_saves_are_atomic, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_longest_file_names_save, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_save_through_symlinks, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_save_refuses_special_files, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_save_refuses_device_nodes, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_killed_saves_leave_nothing, dir_setup,
+                                      dir_teardown),
+  };
+  return cmocka_run_group_tests(tests, test_setup, NULL);
+}
