@@ -19,16 +19,6 @@ tg_tensor *tg_module_forward(tg_module *m, const tg_tensor *x, bool train) {
   return m->forward(m, x, train);
 }
 
-/* Drops the variables created after the first `mark`, so a constructor that fails
- * half-way leaves the store as it found it. */
-static void rollback(tg_varstore *vs, int mark) {
-  while (vs->n_vars > mark) {
-    tg__var *v = &vs->vars[--vs->n_vars];
-    free(v->name);
-    tg_tensor_free(v->t);
-  }
-}
-
 static bool path_ok(tg_path *path, const char *op) {
   if (path)
     return true;
@@ -43,14 +33,14 @@ static tg_module *finish(tg_path *path, int mark, tg_module *m, bool ok, const c
   if (!m)
     tg__error("%s: out of memory", op);
   if (!m || !ok) {
-    rollback(path->vs, mark);
+    tg__varstore_truncate(path->vs, mark);
     free(m);
     return NULL;
   }
   m->name = path->prefix;
   tg_module *r = tg__module_register(path->vs, m, op);
   if (!r)
-    rollback(path->vs, mark);
+    tg__varstore_truncate(path->vs, mark);
   return r;
 }
 

@@ -70,36 +70,6 @@ static void to_little_endian(void *data, size_t bytes, size_t elem) {
     }
 }
 
-/* UTF-8 as Rust's str::from_utf8 accepts it: no overlongs, surrogates or > U+10FFFF. */
-static bool valid_utf8(const uint8_t *s, size_t n, size_t *bad) {
-  size_t i = 0;
-  while (i < n) {
-    uint8_t c = s[i];
-    size_t len = c < 0x80         ? 1
-                 : (c >> 5) == 6  ? 2
-                 : (c >> 4) == 14 ? 3
-                 : (c >> 3) == 30 ? 4
-                                  : 0;
-    if (!len || i + len > n)
-      goto fail;
-    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
-    for (size_t k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80)
-        goto fail;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      goto fail;
-    i += len;
-  }
-  return true;
-fail:
-  if (bad)
-    *bad = i;
-  return false;
-}
-
 /* ------------------------------------------------------------------ saving -- */
 
 typedef struct {
@@ -279,11 +249,6 @@ static int write_job(FILE *f, void *ctx) {
 int tg_varstore_save(const tg_varstore *vs, const char *filename) {
   if (!vs || !filename)
     return tg__error("tg_varstore_save: argument '%s' is NULL", vs ? "filename" : "vs");
-  for (int i = 0; i < vs->n_vars; i++)
-    if (!valid_utf8((const uint8_t *)vs->vars[i].name, strlen(vs->vars[i].name), NULL))
-      return tg__error("tg_varstore_save: variable name '%s' is not valid UTF-8, which "
-                       "safetensors requires",
-                       vs->vars[i].name);
   const tg__var **order = file_order(vs);
   if (!order)
     return tg__error("tg_varstore_save: out of memory");
@@ -834,7 +799,7 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
     goto done;
   }
   size_t bad_at;
-  if (!valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
+  if (!tg__valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
     invalid(&ps, "the header is not valid UTF-8 (byte %zu)", bad_at);
     goto invalid;
   }

@@ -47,18 +47,60 @@ char *tg_shape_str(const tg_tensor *t, char *buf, size_t len) {
   return tg__shape_fmt(t->shape, t->ndim, buf, len);
 }
 
+/* No overlongs, surrogates or code points above U+10FFFF. */
+bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad) {
+  size_t i = 0;
+  while (i < n) {
+    uint8_t c = s[i];
+    size_t len = c < 0x80         ? 1
+                 : (c >> 5) == 6  ? 2
+                 : (c >> 4) == 14 ? 3
+                 : (c >> 3) == 30 ? 4
+                                  : 0;
+    if (!len || i + len > n)
+      goto fail;
+    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80)
+        goto fail;
+      cp = cp << 6 | (s[i + k] & 0x3f);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      goto fail;
+    i += len;
+  }
+  return true;
+fail:
+  if (bad)
+    *bad = i;
+  return false;
+}
+
 /* Appends c to buf (len bytes) at *pos, keeping room for the terminator. */
 static void put_char(char *buf, size_t len, size_t *pos, char c) {
   if (*pos + 1 < len)
     buf[(*pos)++] = c;
 }
 
-/* s[0..n) with control characters escaped (\n, \t, \x01) so they show. */
+/* s[0..n) with control characters and bytes that are not UTF-8 escaped (\n, \t,
+ * \x01, \xff) so they show. */
 static void put_escaped(char *buf, size_t len, size_t *pos, const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     char esc[8];
-    if (c >= 0x20 && c != 0x7f) {
+    size_t seq = c < 0x80         ? 1
+                 : (c >> 5) == 6  ? 2
+                 : (c >> 4) == 14 ? 3
+                 : (c >> 3) == 30 ? 4
+                                  : 0;
+    if (seq > 1 && i + seq <= n && tg__valid_utf8((const uint8_t *)s + i, seq, NULL)) {
+      for (size_t k = 0; k < seq; k++)
+        put_char(buf, len, pos, s[i + k]);
+      i += seq - 1;
+      continue;
+    }
+    if (c >= 0x20 && c < 0x7f) {
       put_char(buf, len, pos, (char)c);
       continue;
     }

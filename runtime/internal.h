@@ -49,6 +49,9 @@ char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
  * returns; TG_QUOTE_LEN bytes always suffice. */
 const char *tg__quote(const char *s, char *buf, size_t len);
 #define TG_QUOTE_LEN 512
+/* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
+ * is not, *bad (may be NULL) gets the offset of the first bad byte. */
+bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
 
 /* ---- tensors ---- */
 /* New uninitialised tensor recorded in the current scope (if one is open). */
