@@ -644,6 +644,106 @@ static void test_many_variables(void **state) {
   tg_varstore_free(vs);
 }
 
+/* ------------------------------------------------------- 16: messages -- */
+
+/* A safetensors file with this header and data_len bytes of data. */
+static void write_st(const char *path, const char *header, size_t data_len) {
+  size_t n = strlen(header);
+  uint8_t *buf = calloc(1, 8 + n + data_len);
+  for (int i = 0; i < 8; i++)
+    buf[i] = (uint8_t)((uint64_t)n >> (8 * i));
+  memcpy(buf + 8, header, n);
+  assert_int_equal(tg_file_write_atomic(path, buf, 8 + n + data_len, NULL), 0);
+  free(buf);
+}
+
+static void test_schema_errors_name_tensor_and_field(void **state) {
+  tmpdir *t = *state;
+  const char *path = in_dir(t, "bad.safetensors");
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  assert_non_null(tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(2), tg_init_const(1)));
+#define ENTRY(dtype, shape, offsets)                                                     \
+  "{\"w\":{\"dtype\":" dtype ",\"shape\":" shape ",\"data_offsets\":" offsets "}}"
+  static const struct {
+    const char *header, *fragment;
+  } cases[] = {
+      {ENTRY("\"F32\"", "[2]", "[0,8,16]"),
+       "tensor 'w': data_offsets must be [begin, end], found '[0,8,16]}}'"},
+      {ENTRY("\"F32\"", "[2]", "[8]"), "tensor 'w': data_offsets must be [begin, end]"},
+      {ENTRY("\"F32\"", "[2]", "\"0-8\""),
+       "data_offsets must be [begin, end], found '\"0"},
+      {ENTRY("\"F32\"", "[2]", "[0,8.5]"),
+       "data_offsets must be [begin, end]: expected an integer, found a floating point"},
+      {ENTRY("\"F32\"", "[2]", "{}"), "data_offsets must be [begin, end], found '{}}}'"},
+      {ENTRY("\"F32\"", "2", "[0,8]"),
+       "tensor 'w': shape must be a list of non-negative integers, found '2,"},
+      {ENTRY("\"F32\"", "[2,-1]", "[0,8]"),
+       "tensor 'w': shape must be a list of non-negative integers: expected a "
+       "non-negative integer"},
+      {ENTRY("\"F32\"", "[2", "[0,8]"), "shape must be a list of non-negative integers"},
+      {ENTRY("32", "[2]", "[0,8]"), "tensor 'w': dtype must be a string such as \"F32\""},
+      {"{\"w\":[0,8]}", "tensor 'w': expected an object {\"dtype\""},
+      {"{\"w \":5}", "tensor 'w ': expected an object"},
+      {"[]", "the header must be a JSON object"},
+      {"{\"__metadata__\":[],\"w\":{}}", "__metadata__ must be an object of strings"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    write_st(path, cases[i].header, 8);
+    int rc = tg_varstore_load(vs, path);
+    if (rc == 0 || !strstr(tg_last_error(), cases[i].fragment) ||
+        strstr(tg_last_error(), "invalid JSON") ||
+        !strstr(tg_last_error(), "is not a valid safetensors file"))
+      fail_msg("case %zu (%s): rc %d, \"%s\" lacks \"%s\" (or says invalid JSON)", i,
+               cases[i].header, rc, tg_last_error(), cases[i].fragment);
+    tg_clear_error();
+  }
+  /* Syntax errors are still called that. */
+  write_st(path, "{\"w\":{\"dtype\" \"F32\"}}", 8);
+  assert_error(tg_varstore_load(vs, path) < 0, "invalid JSON: expected ':'",
+               "header byte");
+#undef ENTRY
+  tg_varstore_free(vs);
+}
+
+static void test_messages_keep_the_rule(void **state) {
+  tmpdir *t = *state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_path *root = tg_varstore_root(vs);
+  /* A 3000-byte name is cut in the middle; the rule after it survives. */
+  char *name = malloc(3002);
+  memset(name, 'a', 3000);
+  name[1500] = '.';
+  name[3000] = '\0';
+  assert_error(!tg_path_var(root, name, TG_SHAPE(1), tg_init_const(0)),
+               "tg_path_var: name 'aaaa", "a...aaaa",
+               "aaaa' (3000 bytes) must not contain '.'");
+  name[1500] = 'a';
+  assert_non_null(tg_path_var(root, name, TG_SHAPE(1), tg_init_const(0)));
+  assert_error(!tg_path_var(root, name, TG_SHAPE(1), tg_init_const(0)),
+               "(3000 bytes) already exists in the var store");
+  assert_true(strlen(tg_last_error()) < 400);
+  /* Names are quoted, control characters escaped, so what differs shows. */
+  assert_non_null(tg_path_var(root, "w ", TG_SHAPE(1), tg_init_const(0)));
+  assert_error(!tg_path_var(root, "w ", TG_SHAPE(1), tg_init_const(0)),
+               "a variable named 'w ' already exists");
+  assert_error(!tg_path_var(root, "x\n.", TG_SHAPE(1), tg_init_const(0)),
+               "name 'x\\n.' must not contain '.'");
+  assert_error(!tg_path_var(root, "u", TG_SHAPE(1), tg_init_uniform(2, 1)),
+               "uniform init of 'u' expects lo <= hi");
+  /* File names too: a trailing space, a very long path. */
+  assert_error(tg_varstore_load(vs, in_dir(t, "nope ")) < 0, "nope '",
+               "No such file or directory");
+  char *long_path = malloc(5000);
+  memset(long_path, 'd', 4999);
+  long_path[0] = '/';
+  long_path[4999] = '\0';
+  assert_error(tg_varstore_load(vs, long_path) < 0, "(4999 bytes)", "File name too long");
+  assert_error(tg_varstore_save(vs, long_path) < 0, "(4999 bytes)", "File name too long");
+  free(long_path);
+  free(name);
+  tg_varstore_free(vs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(
@@ -663,6 +763,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reserved_and_unsavable_names, dir_setup,
                                       dir_teardown),
       cmocka_unit_test(test_many_variables),
+      cmocka_unit_test_setup_teardown(test_schema_errors_name_tensor_and_field, dir_setup,
+                                      dir_teardown),
+      cmocka_unit_test_setup_teardown(test_messages_keep_the_rule, dir_setup,
+                                      dir_teardown),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }
