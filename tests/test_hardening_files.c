@@ -744,6 +744,99 @@ static void test_messages_keep_the_rule(void **state) {
   tg_varstore_free(vs);
 }
 
+static void test_layer_configs_checked_at_construction(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_path *root = tg_varstore_root(vs);
+  tg_group_norm_config gc = tg_group_norm_config_default();
+  tg_batch_norm_config bc = tg_batch_norm_config_default();
+  tg_layer_norm_config lc = tg_layer_norm_config_default();
+  assert_error(!tg_nn_group_norm(tg_path_sub(root, "g"), 2, 0, gc),
+               "num_channels must be positive (num_channels 0, num_groups 2)");
+  assert_null(strstr(tg_last_error(), "divisible"));
+  const double bad_eps[] = {NAN, -1e-5, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof bad_eps / sizeof bad_eps[0]; i++) {
+    gc.eps = bc.eps = lc.eps = bad_eps[i];
+    assert_error(!tg_nn_group_norm(tg_path_sub(root, "enc"), 2, 4, gc),
+                 "tg_nn_group_norm 'enc': expected eps");
+    assert_error(!tg_nn_batch_norm2d(tg_path_sub(root, "bn"), 3, bc),
+                 "tg_nn_batch_norm2d 'bn': expected eps");
+    assert_error(!tg_nn_layer_norm(root, TG_SHAPE(3), lc),
+                 "tg_nn_layer_norm: expected eps");
+  }
+  assert_int_equal(tg_varstore_len(vs), 0);
+  bc = tg_batch_norm_config_default();
+  bc.momentum = NAN;
+  assert_error(!tg_nn_batch_norm2d(tg_path_sub(root, "bn"), 3, bc),
+               "tg_nn_batch_norm2d 'bn': expected a finite momentum");
+  assert_int_equal(tg_varstore_len(vs), 0);
+
+  /* eps = 0: the layers accept exactly what their ops accept (one rule for both). */
+  tg_tensor *x = tg_randn(TG_SHAPE(2, 4, 3, 3), TG_F32, TG_CPU);
+  gc = tg_group_norm_config_default();
+  bc = tg_batch_norm_config_default();
+  lc = tg_layer_norm_config_default();
+  gc.eps = bc.eps = lc.eps = 0;
+  tg_tensor *y;
+  bool op_ok = (y = tg_group_norm(x, 2, NULL, NULL, 0)) != NULL;
+  tg_tensor_free(y);
+  tg_clear_error();
+  assert_true(op_ok == (tg_nn_group_norm(tg_path_sub(root, "g0"), 2, 4, gc) != NULL));
+  tg_clear_error();
+  op_ok = (y = tg_batch_norm(x, NULL, NULL, NULL, NULL, true, 0.1, 0)) != NULL;
+  tg_tensor_free(y);
+  tg_clear_error();
+  assert_true(op_ok == (tg_nn_batch_norm2d(tg_path_sub(root, "b0"), 4, bc) != NULL));
+  tg_clear_error();
+  op_ok = (y = tg_layer_norm(x, TG_SHAPE(3), NULL, NULL, 0)) != NULL;
+  tg_tensor_free(y);
+  tg_clear_error();
+  assert_true(op_ok ==
+              (tg_nn_layer_norm(tg_path_sub(root, "l0"), TG_SHAPE(3), lc) != NULL));
+  tg_clear_error();
+  tg_tensor_free(x);
+  tg_varstore_free(vs);
+}
+
+static void test_layer_dtype_mismatch_names_layer_and_tensors(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_path *root = tg_varstore_root(vs), *enc = tg_path_sub(root, "enc1");
+  tg_module *conv =
+      tg_nn_conv2d(tg_path_sub(enc, "conv"), 3, 4, 3, tg_conv2d_config_default());
+  tg_module *lin =
+      tg_nn_linear(tg_path_sub(root, "fc"), 3, 2, tg_linear_config_default());
+  tg_module *gn =
+      tg_nn_group_norm(tg_path_sub(root, "gn"), 1, 3, tg_group_norm_config_default());
+  tg_module *bn =
+      tg_nn_batch_norm2d(tg_path_sub(root, "bn"), 3, tg_batch_norm_config_default());
+  tg_module *ln = tg_nn_layer_norm(tg_path_sub(root, "ln"), TG_SHAPE(3),
+                                   tg_layer_norm_config_default());
+  assert_true(conv && lin && gn && bn && ln);
+  tg_tensor *x64 = tg_randn(TG_SHAPE(2, 3, 5, 3), TG_F64, TG_CPU);
+  tg_tensor *i64 = tg_zeros(TG_SHAPE(2, 3), TG_I64, TG_CPU);
+  assert_error(!tg_module_forward(conv, x64, false),
+               "tg_nn_conv2d 'enc1.conv': input is float64 but weight is float32");
+  assert_error(!tg_module_forward(lin, x64, false),
+               "tg_nn_linear 'fc': input is float64 but weight is float32");
+  assert_error(!tg_module_forward(lin, i64, false),
+               "tg_nn_linear 'fc': input is int64 but weight is float32");
+  assert_error(!tg_module_forward(gn, x64, false),
+               "tg_nn_group_norm 'gn': input is float64 but weight is float32");
+  assert_error(!tg_module_forward(bn, x64, true),
+               "tg_nn_batch_norm2d 'bn': input is float64 but running_mean is float32");
+  assert_error(!tg_module_forward(ln, x64, false),
+               "tg_nn_layer_norm 'ln': input is float64 but weight is float32");
+  /* Converted, the same input runs. */
+  assert_ok(tg_varstore_set_dtype(vs, TG_F64) == 0);
+  tg_tensor *y = tg_module_forward(gn, x64, false);
+  assert_ok(y != NULL);
+  tg_tensor_free(y);
+  tg_tensor_free(x64);
+  tg_tensor_free(i64);
+  tg_varstore_free(vs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(
@@ -763,6 +856,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reserved_and_unsavable_names, dir_setup,
                                       dir_teardown),
       cmocka_unit_test(test_many_variables),
+      cmocka_unit_test(test_layer_configs_checked_at_construction),
+      cmocka_unit_test(test_layer_dtype_mismatch_names_layer_and_tensors),
       cmocka_unit_test_setup_teardown(test_schema_errors_name_tensor_and_field, dir_setup,
                                       dir_teardown),
       cmocka_unit_test_setup_teardown(test_messages_keep_the_rule, dir_setup,
