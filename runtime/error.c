@@ -1,7 +1,10 @@
 /* Per-thread error messages: errors are values, never aborts. */
 #include "runtime/internal.h"
 
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_error[2048];
@@ -142,4 +145,25 @@ const char *tg__quote(const char *s, char *buf, size_t len) {
   if (n > HEAD + TAIL + 16 && pos + 1 < len)
     snprintf(buf + pos, len - pos, " (%zu bytes)", n);
   return buf;
+}
+
+int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,
+                    _Atomic bool *warned) {
+  const char *env = getenv(name);
+  if (!env || !*env)
+    return fallback;
+  char *end;
+  errno = 0;
+  long long v = strtoll(env, &end, 10);
+  if (!*end && !errno && v >= lo && v <= hi)
+    return v;
+  if (!atomic_exchange(warned, true)) {
+    char q[TG_QUOTE_LEN];
+    fprintf(stderr,
+            "tapegrad: warning: ignoring %s=%s: expected an integer in [%lld, %lld]; "
+            "using the default (%lld)\n",
+            name, tg__quote(env, q, sizeof q), (long long)lo, (long long)hi,
+            (long long)fallback);
+  }
+  return fallback;
 }

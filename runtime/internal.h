@@ -52,6 +52,11 @@ const char *tg__quote(const char *s, char *buf, size_t len);
 /* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
  * is not, *bad (may be NULL) gets the offset of the first bad byte. */
 bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
+/* The integer in environment variable `name`, or fallback when it is unset or empty.
+ * A value that is not an integer in [lo, hi] is ignored with a warning on stderr,
+ * once per *warned flag (one per variable), as PyTorch does for OMP_NUM_THREADS. */
+int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,
+                    _Atomic bool *warned);
 
 /* ---- tensors ---- */
 /* New uninitialised tensor recorded in the current scope (if one is open). */

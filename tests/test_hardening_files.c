@@ -837,7 +837,91 @@ static void test_layer_dtype_mismatch_names_layer_and_tensors(void **state) {
   tg_varstore_free(vs);
 }
 
-int main(void) {
+/* --env-probe: what a fresh process does with the variables the library reads. */
+static int env_probe(void) {
+  tg_tensor *x = tg_randn(TG_SHAPE(2, 4, 3, 3), TG_F32, TG_CPU);
+  tg_tensor *w = tg_randn(TG_SHAPE(4, 4, 3, 3), TG_F32, TG_CPU);
+  int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+  for (int i = 0; i < 3; i++) { /* each warning once, however often it is read */
+    tg_tensor *y = tg_group_norm(x, 2, NULL, NULL, 1e-5);
+    tg_tensor *c = tg_conv2d(x, w, NULL, one, zero, one, 1);
+    if (!y || !c)
+      return 1;
+    tg_tensor_free(y);
+    tg_tensor_free(c);
+  }
+  printf("threads %d\n", tg_get_num_threads());
+  tg_tensor_free(x);
+  tg_tensor_free(w);
+  return 0;
+}
+
+/* Runs this test program with --env-probe and env (NULL-terminated "K=V" list);
+ * stdout and stderr together into out. */
+static void run_probe(char *const *env, char *out, size_t len) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    char *argv[] = {"test_hardening_files", "--env-probe", NULL};
+    execve("/proc/self/exe", argv, env);
+    _exit(127);
+  }
+  close(fds[1]);
+  size_t n = 0;
+  ssize_t r;
+  while (n + 1 < len && (r = read(fds[0], out + n, len - 1 - n)) > 0)
+    n += (size_t)r;
+  out[n] = '\0';
+  close(fds[0]);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("probe failed (status %d): %s", status, out);
+}
+
+static int count_of(const char *text, const char *s) {
+  int n = 0;
+  for (const char *p = text; (p = strstr(p, s)); p++)
+    n++;
+  return n;
+}
+
+static void test_bad_environment_values_warn_once(void **state) {
+  (void)state;
+  char out[4096];
+  const char *asan = getenv("ASAN_OPTIONS");
+  char asan_env[512];
+  snprintf(asan_env, sizeof asan_env, "ASAN_OPTIONS=%s", asan ? asan : "");
+  char *bad[] = {"TG_NUM_THREADS=lots", "TG_NORM_STREAM_BYTES=-5", "TG_CONV_DIRECT=yes",
+                 asan_env, NULL};
+  run_probe(bad, out, sizeof out);
+  assert_int_equal(count_of(out, "tapegrad: warning: ignoring TG_NUM_THREADS='lots': "
+                                 "expected an integer in [1, 4096]"),
+                   1);
+  assert_int_equal(count_of(out, "ignoring TG_NORM_STREAM_BYTES='-5'"), 1);
+  assert_int_equal(count_of(out, "ignoring TG_CONV_DIRECT='yes': expected an integer in "
+                                 "[0, 1]"),
+                   1);
+  /* Good values, and unset ones, say nothing. */
+  char *good[] = {"TG_NUM_THREADS=3", "TG_NORM_STREAM_BYTES=0", "TG_CONV_DIRECT=0",
+                  asan_env, NULL};
+  run_probe(good, out, sizeof out);
+  assert_null(strstr(out, "warning"));
+  assert_non_null(strstr(out, "threads 3"));
+  char *none[] = {asan_env, NULL};
+  run_probe(none, out, sizeof out);
+  assert_null(strstr(out, "warning"));
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "--env-probe"))
+    return env_probe();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(
           test_load_refuses_non_regular_files_without_blocking, dir_setup, dir_teardown),
@@ -856,6 +940,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reserved_and_unsavable_names, dir_setup,
                                       dir_teardown),
       cmocka_unit_test(test_many_variables),
+      cmocka_unit_test(test_bad_environment_values_warn_once),
       cmocka_unit_test(test_layer_configs_checked_at_construction),
       cmocka_unit_test(test_layer_dtype_mismatch_names_layer_and_tensors),
       cmocka_unit_test_setup_teardown(test_schema_errors_name_tensor_and_field, dir_setup,
