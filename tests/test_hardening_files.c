@@ -919,6 +919,155 @@ static void test_bad_environment_values_warn_once(void **state) {
   assert_null(strstr(out, "warning"));
 }
 
+/* ------------------------------------------------------ 15: the examples -- */
+
+typedef struct {
+  int status; /* exit code, or 128 + signal */
+  char out[16384], err[16384];
+} ex_run;
+
+static void slurp(const char *path, char *buf, size_t len) {
+  buf[0] = '\0';
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return;
+  size_t n = fread(buf, 1, len - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+}
+
+/* Runs build/examples/<argv[0]> (NULL-terminated argv) with stdout to stdout_path
+ * (NULL: a file read back into r->out), killing it after 60 s. */
+static void run_example(const tmpdir *t, const char *const *argv, const char *stdout_path,
+                        ex_run *r) {
+  char exe[4096];
+  snprintf(exe, sizeof exe, "%s/examples/%s", TG_BUILD_ROOT, argv[0]);
+  if (access(exe, X_OK) != 0)
+    skip(); /* built with -Dexamples=false */
+  char out_path[600], err_path[600];
+  snprintf(out_path, sizeof out_path, "%s",
+           stdout_path ? stdout_path : in_dir(t, "out.txt"));
+  snprintf(err_path, sizeof err_path, "%s", in_dir(t, "err.txt"));
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (o < 0 || e < 0)
+      _exit(126);
+    dup2(o, STDOUT_FILENO);
+    dup2(e, STDERR_FILENO);
+    execv(exe, (char *const *)argv);
+    _exit(127);
+  }
+  int status = 0;
+  double deadline = now_s() + 60;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (now_s() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  slurp(stdout_path ? "/dev/null" : out_path, r->out, sizeof r->out);
+  slurp(err_path, r->err, sizeof r->err);
+}
+
+static void expect_exit(const tmpdir *t, const char *const *argv, const char *stdout_path,
+                        int status, const char *fragment) {
+  ex_run *r = malloc(sizeof *r);
+  run_example(t, argv, stdout_path, r);
+  if (r->status != status || !strstr(r->err, fragment)) {
+    char cmd[1024] = "";
+    for (int i = 0; argv[i]; i++)
+      snprintf(cmd + strlen(cmd), sizeof cmd - strlen(cmd), "%s ", argv[i]);
+    fail_msg("%s: exit %d (expected %d), stderr lacks '%s':\n%s\nstdout:\n%s", cmd,
+             r->status, status, fragment, r->err, r->out);
+  }
+  free(r);
+}
+
+/* Tiny raw IDX files for mnist in t->dir/data: 8 blank 28x28 images per set. */
+static const char *tiny_idx(const tmpdir *t) {
+  const char *data = in_dir(t, "data");
+  mkdir(data, 0700);
+  uint8_t images[16 + 8 * 28 * 28] = {0, 0, 8, 3, 0, 0, 0, 8, 0, 0, 0, 28, 0, 0, 0, 28};
+  uint8_t labels[8 + 8] = {0, 0, 8, 1, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8};
+  const char *sets[] = {"train", "t10k"};
+  char path[700];
+  for (int i = 0; i < 2; i++) {
+    snprintf(path, sizeof path, "%s/%s-images-idx3-ubyte", data, sets[i]);
+    assert_int_equal(tg_file_write_atomic(path, images, sizeof images, NULL), 0);
+    snprintf(path, sizeof path, "%s/%s-labels-idx1-ubyte", data, sets[i]);
+    assert_int_equal(tg_file_write_atomic(path, labels, sizeof labels, NULL), 0);
+  }
+  return data;
+}
+
+static void test_examples_exit_codes_and_special_files(void **state) {
+  tmpdir *t = *state;
+  char data[600], file[600], fifo[600]; /* in_dir's buffers get reused */
+  snprintf(data, sizeof data, "%s", tiny_idx(t));
+  snprintf(file, sizeof file, "%s", in_dir(t, "a_file"));
+  snprintf(fifo, sizeof fifo, "%s", in_dir(t, "fifo"));
+  assert_int_equal(tg_file_write_atomic(file, "x", 1, NULL), 0);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  char mn_out[600], seg_out[600], mn_png[700], seg_png[700];
+  snprintf(mn_out, sizeof mn_out, "%s", in_dir(t, "mn"));
+  snprintf(seg_out, sizeof seg_out, "%s", in_dir(t, "seg"));
+  mkdir(mn_out, 0700);
+  mkdir(seg_out, 0700);
+  snprintf(mn_png, sizeof mn_png, "%s/mnist_curves.png", mn_out);
+  snprintf(seg_png, sizeof seg_png, "%s/samples.png", seg_out);
+  assert_int_equal(mkfifo(mn_png, 0600), 0);
+  assert_int_equal(mkfifo(seg_png, 0600), 0);
+#define MNIST "mnist", "--data", data, "--epochs", "1", "--batch", "8"
+#define SEG                                                                              \
+  "segmentation", "--train-size", "4", "--eval-size", "2", "--epochs", "1", "--steps", "1"
+  /* Runtime failures exit 1, whichever example: --out that cannot be a directory
+   * (mnist exited 0 there), pictures, checkpoints and data that are FIFOs (which
+   * used to block forever). */
+  expect_exit(t, (const char *[]){MNIST, "--out", file, NULL}, NULL, 1,
+              "is not a directory");
+  expect_exit(t, (const char *[]){SEG, "--out", file, NULL}, NULL, 1,
+              "is not a directory");
+  expect_exit(t, (const char *[]){MNIST, "--out", mn_out, NULL}, NULL, 1,
+              "mnist_curves.png': it is a FIFO, not a regular file");
+  expect_exit(t, (const char *[]){SEG, "--out", seg_out, NULL}, NULL, 1,
+              "samples.png': it is a FIFO, not a regular file");
+  expect_exit(t, (const char *[]){MNIST, "--load", fifo, NULL}, NULL, 1, "it is a FIFO");
+  expect_exit(t, (const char *[]){SEG, "--load", fifo, NULL}, NULL, 1, "it is a FIFO");
+  expect_exit(t, (const char *[]){MNIST, "--save", fifo, "--out", in_dir(t, "o1"), NULL},
+              NULL, 1, "cannot replace");
+  expect_exit(t, (const char *[]){SEG, "--save", fifo, "--out", in_dir(t, "o2"), NULL},
+              NULL, 1, "it is a FIFO");
+  assert_true(is_kind(fifo, S_IFIFO));
+  assert_true(is_kind(mn_png, S_IFIFO));
+  char images[700];
+  snprintf(images, sizeof images, "%s/t10k-images-idx3-ubyte", data);
+  unlink(images);
+  assert_int_equal(mkfifo(images, 0600), 0);
+  expect_exit(t, (const char *[]){MNIST, "--out", in_dir(t, "o3"), NULL}, NULL, 1,
+              "t10k-images-idx3-ubyte': it is a FIFO, not a regular file");
+  /* Output that cannot be written is a failure too, not a silent 0. */
+  expect_exit(t, (const char *[]){"mnist", "--help", NULL}, "/dev/full", 1,
+              "cannot write the standard output");
+  expect_exit(t, (const char *[]){SEG, "--out", in_dir(t, "o4"), NULL}, "/dev/full", 1,
+              "cannot write the standard output");
+  /* Usage errors exit 2. */
+  expect_exit(t, (const char *[]){"mnist", "--epochs", "-1", NULL}, NULL, 2,
+              "--epochs: expected a value in");
+  expect_exit(t, (const char *[]){"segmentation", "--out", "", NULL}, NULL, 2,
+              "--out: expected a DIR, got an empty string");
+  /* And success is 0. */
+  expect_exit(t, (const char *[]){SEG, "--out", in_dir(t, "o5"), NULL}, NULL, 0, "");
+#undef MNIST
+#undef SEG
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--env-probe"))
     return env_probe();
@@ -941,6 +1090,8 @@ int main(int argc, char **argv) {
                                       dir_teardown),
       cmocka_unit_test(test_many_variables),
       cmocka_unit_test(test_bad_environment_values_warn_once),
+      cmocka_unit_test_setup_teardown(test_examples_exit_codes_and_special_files,
+                                      dir_setup, dir_teardown),
       cmocka_unit_test(test_layer_configs_checked_at_construction),
       cmocka_unit_test(test_layer_dtype_mismatch_names_layer_and_tensors),
       cmocka_unit_test_setup_teardown(test_schema_errors_name_tensor_and_field, dir_setup,
