@@ -355,8 +355,10 @@ tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */
 tg_path *tg_path_sub(tg_path *path, const char *name);
 /* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
- * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
- * (shape[2:]) as in PyTorch. */
+ * the name exists already, the shape is bad, or safetensors could not hold the name:
+ * names are non-empty UTF-8 without '.', and "__metadata__" is reserved. Lookups by
+ * name (here and in tg_varstore_get) are hashed. fan_in for Kaiming is
+ * shape[1]*prod(shape[2:]) as in PyTorch. */
 tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
                        tg_init init);
 /* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
@@ -412,7 +414,10 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. */
+ * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
+ * when they are built, by the rule of their op, and name the layer in the error; a
+ * layer's forward names the layer when the input's dtype or device is not its
+ * variables'. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
