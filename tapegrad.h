@@ -375,8 +375,9 @@ void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
 /* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
  * temporary file of its own in the target's directory, fsync, rename): readers see
- * the old file or the new one. A symlink is followed and its target replaced; a
- * FIFO, device, directory or socket is refused, as when loading, which never blocks.
+ * the old file or the new one. A symlink is followed and its target replaced (a
+ * dangling one creates it); a FIFO, device, directory or socket is refused, as when
+ * loading, which never blocks.
  * Loading checks every name, shape and dtype (float64 files load into float32
  * stores and vice versa are rejected) and names what is missing, extra or
  * mismatched. */
