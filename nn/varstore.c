@@ -53,7 +53,9 @@ static int check_component(const char *name, const char *op) {
 
 typedef const char *(*name_at_fn)(const tg_varstore *vs, int i);
 static const char *var_name(const tg_varstore *vs, int i) { return vs->vars[i].name; }
-static const char *path_name(const tg_varstore *vs, int i) { return vs->paths[i]->prefix; }
+static const char *path_name(const tg_varstore *vs, int i) {
+  return vs->paths[i]->prefix;
+}
 
 static size_t hash_name(const char *s) { /* FNV-1a */
   uint64_t h = 0xcbf29ce484222325ull;
