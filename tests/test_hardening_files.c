@@ -1081,6 +1081,34 @@ static void test_examples_exit_codes_and_special_files(void **state) {
 #undef SEG
 }
 
+static void test_quote(void **state) {
+  (void)state;
+  char q[TG_QUOTE_LEN];
+  assert_string_equal(tg__quote("w ", q, sizeof q), "'w '");
+  assert_string_equal(tg__quote("a\tb\nc\x01"
+                                "d\x7f",
+                                q, sizeof q),
+                      "'a\\tb\\nc\\x01d\\x7f'");
+  assert_string_equal(tg__quote("caf\xc3\xa9 \xff\xc3(", q, sizeof q),
+                      "'caf\xc3\xa9 \\xff\\xc3('");
+  assert_string_equal(tg__quote(NULL, q, sizeof q), "(null)");
+  /* Long names keep their head and tail, cut between characters, with their size. */
+  char s[400];
+  for (int i = 0; i < 399; i += 3)
+    memcpy(s + i, "\xe2\x82\xac", 3); /* 133 euro signs */
+  s[399] = '\0';
+  tg__quote(s, q, sizeof q);
+  assert_non_null(strstr(q, "...\xe2\x82\xac"));
+  assert_non_null(strstr(q, "\xe2\x82\xac..."));
+  assert_non_null(strstr(q, "' (399 bytes)"));
+  size_t bad;
+  assert_true(tg__valid_utf8((const uint8_t *)q, strlen(q), &bad));
+  assert_true(strlen(q) < 150);
+  /* A short buffer truncates but stays terminated. */
+  char tiny[5];
+  assert_string_equal(tg__quote("abcdef", tiny, sizeof tiny), "'abc");
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--env-probe"))
     return env_probe();
@@ -1101,6 +1129,7 @@ int main(int argc, char **argv) {
                                       dir_teardown),
       cmocka_unit_test_setup_teardown(test_reserved_and_unsavable_names, dir_setup,
                                       dir_teardown),
+      cmocka_unit_test(test_quote),
       cmocka_unit_test(test_many_variables),
       cmocka_unit_test(test_bad_environment_values_warn_once),
       cmocka_unit_test_setup_teardown(test_examples_exit_codes_and_special_files,
