@@ -145,7 +145,9 @@ static size_t block_bytes(size_t size) {
   return (size + rz + 255) / 256 * 256;
 }
 
-static bool redzone_intact(size_t off, const allocation &a) {
+/* Reads the redzone, which ASan keeps poisoned to catch the kernels' accesses. */
+__attribute__((no_sanitize_address)) static bool redzone_intact(size_t off,
+                                                                const allocation &a) {
   const unsigned char *p = reinterpret_cast<unsigned char *>(heap.base) + off;
   for (size_t i = a.size; i < a.block; i++)
     if (p[i] != 0xFF)
