@@ -231,9 +231,21 @@ tg_tensor *tg_tensor_retain(tg_tensor *t) {
   return t;
 }
 
-void tg__release(tg_tensor *t) {
-  if (!t || --t->refcount > 0)
-    return;
+/* Destroying a tensor releases its node, whose inputs may hold the last references
+ * to their own tensors, and so on down the graph: recursing would take stack per op
+ * (about 100,000 chained ops overflow 8 MiB). So the outermost release of this thread
+ * drains a list of the tensors whose count reached zero meanwhile, in a loop; the
+ * first entries live here, more on the heap (freed when drained, so exiting threads
+ * leak nothing). */
+enum { DOOMED_INLINE = 256 };
+static _Thread_local struct {
+  tg_tensor *inline_items[DOOMED_INLINE];
+  tg_tensor **items;
+  int64_t len, cap;
+  bool draining;
+} doomed;
+
+static void tensor_destroy(tg_tensor *t) {
   if (t->scope)
     tg__unscope(t);
   tg__release(t->grad);
@@ -242,6 +254,46 @@ void tg__release(tg_tensor *t) {
     tg__node_unref(t->grad_fn);
   storage_unref(t->storage);
   free(t);
+}
+
+/* Queues t; false when the list cannot grow (the caller then destroys t at once). */
+static bool doomed_push(tg_tensor *t) {
+  if (!doomed.items) {
+    doomed.items = doomed.inline_items;
+    doomed.cap = DOOMED_INLINE;
+  }
+  if (doomed.len == doomed.cap) {
+    int64_t cap = 2 * doomed.cap;
+    bool on_heap = doomed.items != doomed.inline_items;
+    tg_tensor **items =
+        realloc(on_heap ? doomed.items : NULL, (size_t)cap * sizeof *items);
+    if (!items)
+      return false;
+    if (!on_heap)
+      memcpy(items, doomed.inline_items, sizeof doomed.inline_items);
+    doomed.items = items;
+    doomed.cap = cap;
+  }
+  doomed.items[doomed.len++] = t;
+  return true;
+}
+
+void tg__release(tg_tensor *t) {
+  if (!t || --t->refcount > 0)
+    return;
+  if (doomed.draining) {
+    if (!doomed_push(t))
+      tensor_destroy(t); /* out of memory: recurse this once */
+    return;
+  }
+  doomed.draining = true;
+  tensor_destroy(t);
+  while (doomed.len > 0)
+    tensor_destroy(doomed.items[--doomed.len]);
+  if (doomed.items != doomed.inline_items)
+    free(doomed.items);
+  doomed.items = NULL;
+  doomed.draining = false;
 }
 
 void tg_tensor_free(tg_tensor *t) {
