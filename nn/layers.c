@@ -287,6 +287,7 @@ static int count_batch(tg_tensor *count) {
   if (tg_tensor_copy_to_host(count, &n, sizeof n) < 0)
     return -1;
   n++;
+  tg__bump_version(count);
   return tg__cuda_memcpy(tg__data(count), count->device, &n, TG_CPU, sizeof n);
 }
 

@@ -237,6 +237,7 @@ int tg_optimizer_step(tg_optimizer *opt) {
     opt_param *s = &opt->params[i];
     if (!s->param->grad)
       continue;
+    tg__bump_version(s->param);
     if (opt->kind == OPT_SGD)
       sgd_update(&opt->sgd, opt->lr, s);
     else

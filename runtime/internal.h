@@ -14,6 +14,7 @@ typedef struct {
   void *data;
   size_t bytes;
   tg_device device;
+  int64_t version; /* +1 per in-place write (tg__bump_version); views share it */
 } tg_storage;
 
 /* All tensors are contiguous and row-major; views (reshape, detach) share storage. */
@@ -30,7 +31,8 @@ struct tg_tensor {
   tg_node *grad_fn; /* producing node (owned reference); NULL for leaves */
   tg_scope *scope;  /* scope holding one reference, or NULL */
   int64_t scope_slot;
-  tg_tensor *bwd_grad; /* scratch used while backward runs */
+  tg_tensor *bwd_grad;   /* scratch used while backward runs */
+  _Atomic int tape_refs; /* live nodes holding it as an input or saved tensor */
 };
 
 /* ---- errors ---- */
@@ -55,6 +57,10 @@ tg_tensor *tg__unscope(tg_tensor *t);
 /* Drops one reference without touching scopes (used by scopes and the tape). */
 void tg__release(tg_tensor *t);
 static inline void *tg__data(const tg_tensor *t) { return t->storage->data; }
+/* Every in-place write the library makes to a tensor that may already be recorded on
+ * a tape calls this, so that tg_backward can tell that a value it needs has changed
+ * since the forward (PyTorch's version counter). */
+static inline void tg__bump_version(tg_tensor *t) { t->storage->version++; }
 static inline bool tg__is_float(tg_dtype d) { return d == TG_F32 || d == TG_F64; }
 /* Wraps a negative dim; sets an error like PyTorch's "Dimension out of range
  * (expected to be in range of [-2, 1], but got 2)" and returns -1 when invalid. */

@@ -330,6 +330,13 @@ void *tg_data(tg_tensor *t) {
   return t->storage->data;
 }
 
+int64_t tg_tensor_version(const tg_tensor *t) { return t ? t->storage->version : -1; }
+
+void tg_tensor_bump_version(tg_tensor *t) {
+  if (t)
+    tg__bump_version(t);
+}
+
 int tg__wrap_dim(int dim, int ndim, const char *op) {
   int n = ndim > 0 ? ndim : 1;
   if (dim < -n || dim >= n)
@@ -447,6 +454,7 @@ int tg_fill_(tg_tensor *t, double value) {
     break;
   }
   }
+  tg__bump_version(t);
   return 0;
 }
 
@@ -604,6 +612,7 @@ int tg_copy_(tg_tensor *dst, const tg_tensor *src) {
   size_t bytes = (size_t)src->numel * tg_dtype_size(src->dtype);
   if (!bytes || dst->storage->data == src->storage->data)
     return 0;
+  tg__bump_version(dst);
   return tg__cuda_memcpy(dst->storage->data, dst->device, src->storage->data, src->device,
                          bytes);
 }

@@ -5,7 +5,9 @@
 #include "common.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------- 2. releasing long graphs -- */
 
@@ -61,12 +63,160 @@ static void test_long_chain_released_by_scope_end(void **state) {
   tg_tensor_free(x);
 }
 
+/* ------------------------------------- 11. in-place changes before backward -- */
+
+static void test_fill_of_a_saved_input_is_detected(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *a = rand_leaf(TG_SHAPE(3, 4), TG_F32);
+  tg_tensor *w = tg_full(TG_SHAPE(3, 4), 2.0, TG_F32, TG_CPU); /* version 1 */
+  assert_ok(tg_set_requires_grad(w, true) == 0);
+  tg_tensor *loss = tg_sum(tg_mul(a, w));
+  assert_ok(tg_fill_(w, 3.0) == 0);
+  assert_true(tg_tensor_version(w) == 2);
+  assert_error(tg_backward(loss) < 0,
+               "tg_backward: one of the variables needed for "
+               "gradient computation has been modified by an inplace operation: "
+               "[float32 [3, 4]], input 1 of tg_mul",
+               "is at version 2; expected version 1 instead");
+  assert_null(tg_grad(a));
+  tg_scope_end();
+}
+
+static void test_copy_into_a_view_of_an_input_is_detected(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *a = rand_leaf(TG_SHAPE(6), TG_F64);
+  tg_tensor *loss = tg_sum(tg_exp(a));
+  /* a view shares its storage, hence its version, as PyTorch's detach() */
+  tg_tensor *view = tg_reshape(tg_detach(a), TG_SHAPE(2, 3));
+  assert_ok(tg_copy_(view, tg_zeros(TG_SHAPE(2, 3), TG_F64, TG_CPU)) == 0);
+  assert_error(tg_backward(loss) < 0, "modified by an inplace operation: [float64 [6]]",
+               "of tg_exp");
+  tg_scope_end();
+}
+
+static void test_fill_of_an_output_is_detected(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *a = rand_leaf(TG_SHAPE(3), TG_F64);
+  tg_tensor *y = tg_exp(a); /* exp's backward reads its output */
+  tg_tensor *loss = tg_sum(y);
+  assert_ok(tg_fill_(y, 0.0) == 0);
+  assert_error(tg_backward(loss) < 0, "[float64 [3]], input 0 of tg_sum",
+               "is at version 1; expected version 0 instead");
+  y = tg_exp(a);
+  assert_ok(tg_fill_(y, 0.0) == 0);
+  assert_error(tg_backward_ex(y, tg_ones(TG_SHAPE(3), TG_F64, TG_CPU), false) < 0,
+               "[float64 [3]], the output of tg_exp");
+  tg_scope_end();
+}
+
+static void test_writes_through_tg_data_need_a_bump(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *a = rand_leaf(TG_SHAPE(2), TG_F64);
+  tg_tensor *b = rand_leaf(TG_SHAPE(2), TG_F64);
+  tg_tensor *loss = tg_sum(tg_mul(a, b));
+  ((double *)tg_data(b))[0] = 5.0; /* not seen: documented, as PyTorch's .data */
+  assert_int_equal(tg_tensor_version(b), 0);
+  tg_tensor_bump_version(b);
+  assert_error(tg_backward(loss) < 0, "input 1 of tg_mul");
+  tg_scope_end();
+}
+
+/* Scaling a tensor the tape holds (tg_clip_grad_norm scales gradients in place). */
+static void test_clip_grad_norm_of_a_recorded_gradient_is_detected(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_tensor *w = tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(4), tg_init_const(3));
+  tg_scope_begin();
+  assert_ok(tg_backward(tg_sum(tg_mul(w, w))) == 0);
+  tg_tensor *x = rand_leaf(TG_SHAPE(4), TG_F32);
+  tg_tensor *loss = tg_sum(tg_mul(x, tg_grad(w)));
+  assert_ok(tg_clip_grad_norm(vs, 0.5) > 0);
+  assert_error(tg_backward(loss) < 0, "input 1 of tg_mul");
+  tg_scope_end();
+  tg_varstore_free(vs);
+}
+
+static void test_running_stats_update_is_detected(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *x = tg_randn(TG_SHAPE(4, 3, 2), TG_F32, TG_CPU);
+  tg_tensor *rm = tg_zeros(TG_SHAPE(3), TG_F32, TG_CPU);
+  tg_tensor *rv = tg_ones(TG_SHAPE(3), TG_F32, TG_CPU);
+  tg_tensor *a = rand_leaf(TG_SHAPE(3), TG_F32);
+  tg_tensor *loss = tg_sum(tg_mul(a, rm));
+  assert_ok(tg_batch_norm(x, NULL, NULL, rm, rv, true, 0.1, 1e-5) != NULL);
+  assert_error(tg_backward(loss) < 0, "input 1 of tg_mul");
+  /* in evaluation the running stats are read, not written */
+  loss = tg_sum(tg_mul(a, rm));
+  assert_ok(tg_batch_norm(x, NULL, NULL, rm, rv, false, 0.1, 1e-5) != NULL);
+  assert_ok(tg_backward(loss) == 0);
+  tg_scope_end();
+}
+
+/* An optimizer step between a forward and its backward is refused; a step after the
+ * backward (the training loop) is fine, and so is the next step's graph. */
+static void test_optimizer_step_between_forward_and_backward(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_module *fc = tg_nn_linear(tg_path_sub(tg_varstore_root(vs), "fc"), 3, 2,
+                               tg_linear_config_default());
+  tg_tensor *x = tg_randn(TG_SHAPE(5, 3), TG_F32, TG_CPU);
+  tg_optimizer *opt = tg_sgd_new(vs, tg_sgd_config_default(0.1));
+  for (int step = 0; step < 3; step++) {
+    tg_scope_begin();
+    tg_optimizer_zero_grad(opt);
+    assert_ok(tg_backward(tg_sum(tg_module_forward(fc, x, true))) == 0);
+    assert_ok(tg_optimizer_step(opt) == 0);
+    tg_scope_end();
+  }
+  tg_scope_begin();
+  tg_tensor *loss = tg_sum(tg_module_forward(fc, x, true));
+  assert_ok(tg_optimizer_step(opt) == 0); /* the gradients of the last backward */
+  assert_error(tg_backward(loss) < 0,
+               "modified by an inplace operation: [float32 [2, 3]]",
+               "input 1 of tg_linear");
+  tg_scope_end();
+  tg_optimizer_free(opt);
+  tg_tensor_free(x);
+  tg_varstore_free(vs);
+}
+
+static void test_checkpoint_load_between_forward_and_backward(void **state) {
+  (void)state;
+  char path[] = "/tmp/tg_hardening_core_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_tensor *w = tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(3), tg_init_randn(0, 1));
+  assert_ok(tg_varstore_save(vs, path) == 0);
+  tg_scope_begin();
+  tg_tensor *loss = tg_sum(tg_mul(w, w));
+  assert_ok(tg_varstore_load(vs, path) == 0);
+  assert_error(tg_backward(loss) < 0, "input 0 of tg_mul");
+  tg_scope_end();
+  unlink(path);
+  tg_varstore_free(vs);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_long_chain_freed_without_backward),
       cmocka_unit_test(test_long_chain_backward),
       cmocka_unit_test(test_long_chain_retained_graph_then_freed),
       cmocka_unit_test(test_long_chain_released_by_scope_end),
+      cmocka_unit_test(test_fill_of_a_saved_input_is_detected),
+      cmocka_unit_test(test_copy_into_a_view_of_an_input_is_detected),
+      cmocka_unit_test(test_fill_of_an_output_is_detected),
+      cmocka_unit_test(test_writes_through_tg_data_need_a_bump),
+      cmocka_unit_test(test_clip_grad_norm_of_a_recorded_gradient_is_detected),
+      cmocka_unit_test(test_running_stats_update_is_detected),
+      cmocka_unit_test(test_optimizer_step_between_forward_and_backward),
+      cmocka_unit_test(test_checkpoint_load_between_forward_and_backward),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }
