@@ -348,9 +348,10 @@ tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
 /* Float dtype of the store's variables (default float32). Setting it converts the
- * existing float variables in place (their gradients are dropped) and applies to
- * variables created later, as tch's VarStore::set_kind. Call it before creating
- * optimizers. Returns 0 or -1. */
+ * existing float variables in place (their gradients are dropped; views made earlier
+ * keep the old values) and applies to variables created later, as tch's
+ * VarStore::set_kind. Call it before creating optimizers. Returns 0, or -1 (nothing
+ * changed) when a graph that is still alive holds one of the variables. */
 int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
 tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */

@@ -1305,7 +1305,9 @@ static void test_checkpoint_files(void **state) {
   assert_error(tg_varstore_load(vs, other) < 0, "does not match the var store",
                "not in the var store: extra", "w (file F32 [3, 2], store F32 [2, 3])");
   assert_error(tg_varstore_load(vs2, path) < 0, "missing from the file: extra");
+  tg_no_grad_begin(); /* a graph on w would keep set_dtype from converting it */
   assert_true(tg_item(tg_sum(w)) == 42.0);
+  tg_no_grad_end();
   /* float64 stores do not load float32 files. */
   assert_int_equal(tg_varstore_set_dtype(vs, TG_F64), 0);
   assert_error(tg_varstore_load(vs, path) < 0, "dtype or shape mismatch", "F32", "F64");

@@ -9,6 +9,46 @@
 #include <string.h>
 #include <unistd.h>
 
+/* ------------------------------- 1. set_dtype while a graph holds a variable -- */
+
+static void test_set_dtype_under_a_live_graph_is_refused(void **state) {
+  (void)state;
+  tg_dtype to[2] = {TG_F32, TG_F64};
+  for (int k = 0; k < 2; k++) {
+    tg_varstore *vs = tg_varstore_new(TG_CPU);
+    assert_ok(tg_varstore_set_dtype(vs, to[1 - k]) == 0);
+    tg_module *fc = tg_nn_linear(tg_path_sub(tg_varstore_root(vs), "fc"), 64, 32,
+                                 tg_linear_config_default());
+    tg_tensor *x = tg_randn(TG_SHAPE(16, 64), to[1 - k], TG_CPU);
+    assert_ok(tg_set_requires_grad(x, true) == 0);
+    tg_tensor *y = tg_module_forward(fc, x, true);
+    tg_tensor *loss = tg_sum(y);
+    tg_tensor_free(y);
+    assert_error(tg_varstore_set_dtype(vs, to[k]) < 0, "tg_varstore_set_dtype: variable",
+                 "'fc.weight' is held by a graph that is still alive");
+    assert_true(tg_varstore_dtype(vs) == to[1 - k]);
+    assert_true(tg_dtype_of(tg_varstore_get(vs, "fc.bias")) == to[1 - k]);
+    assert_ok(tg_backward(loss) == 0); /* the graph is intact */
+    assert_true(tg_dtype_of(tg_grad(x)) == to[1 - k]);
+    /* after the backward released the graph, the conversion goes through */
+    assert_ok(tg_varstore_set_dtype(vs, to[k]) == 0);
+    assert_true(tg_dtype_of(tg_varstore_get(vs, "fc.weight")) == to[k]);
+    tg_tensor_free(loss);
+    /* a graph kept by retain_graph holds its variables until it is freed */
+    tg_tensor *x2 = tg_randn(TG_SHAPE(16, 64), to[k], TG_CPU);
+    y = tg_module_forward(fc, x2, true);
+    loss = tg_sum(y);
+    tg_tensor_free(y);
+    assert_ok(tg_backward_ex(loss, NULL, true) == 0);
+    assert_error(tg_varstore_set_dtype(vs, to[1 - k]) < 0, "still alive");
+    tg_tensor_free(loss);
+    assert_ok(tg_varstore_set_dtype(vs, to[1 - k]) == 0);
+    tg_tensor_free(x);
+    tg_tensor_free(x2);
+    tg_varstore_free(vs);
+  }
+}
+
 /* ------------------------------------------- 2. releasing long graphs -- */
 
 enum { CHAIN = 1000000 };
@@ -205,6 +245,7 @@ static void test_checkpoint_load_between_forward_and_backward(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_set_dtype_under_a_live_graph_is_refused),
       cmocka_unit_test(test_long_chain_freed_without_backward),
       cmocka_unit_test(test_long_chain_backward),
       cmocka_unit_test(test_long_chain_retained_graph_then_freed),
