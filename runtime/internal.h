@@ -56,6 +56,11 @@ tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 tg_tensor *tg__unscope(tg_tensor *t);
 /* Drops one reference without touching scopes (used by scopes and the tape). */
 void tg__release(tg_tensor *t);
+/* y, the new reference a user callback returned from inputs, as an op's result: when
+ * y is one of the inputs (tg_tensor_retain(in[0]), the identity), that reference is
+ * not the one a scope records, and freeing y would make the scope forget the input;
+ * so it is dropped and y becomes a recorded tg_reshape of the input. NULL stays NULL. */
+tg_tensor *tg__callback_result(tg_tensor *y, int n, const tg_tensor *const *inputs);
 static inline void *tg__data(const tg_tensor *t) { return t->storage->data; }
 /* Every in-place write the library makes to a tensor that may already be recorded on
  * a tape calls this, so that tg_backward can tell that a value it needs has changed

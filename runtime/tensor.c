@@ -681,6 +681,16 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype) {
   return tg__finish("tg_to_dtype", out, 1, in, to_dtype_backward, NULL);
 }
 
+tg_tensor *tg__callback_result(tg_tensor *y, int n, const tg_tensor *const *inputs) {
+  for (int i = 0; y && i < n; i++)
+    if (y == inputs[i]) {
+      tg_tensor *r = tg_reshape(y, y->shape, y->ndim);
+      tg__release(y);
+      return r;
+    }
+  return y;
+}
+
 tg_tensor *tg_clone(const tg_tensor *t) {
   if (!tg__nonnull(t, "tg_clone", "t"))
     return NULL;

@@ -49,6 +49,157 @@ static void test_set_dtype_under_a_live_graph_is_refused(void **state) {
   }
 }
 
+/* ------------------------------------------ 3. modules of another var store -- */
+
+static void test_sequential_refuses_modules_of_another_store(void **state) {
+  (void)state;
+  tg_varstore *a = tg_varstore_new(TG_CPU), *b = tg_varstore_new(TG_CPU);
+  tg_module *seq = tg_nn_sequential(a);
+  tg_module *fc = tg_nn_linear(tg_path_sub(tg_varstore_root(b), "fc"), 3, 2,
+                               tg_linear_config_default());
+  assert_error(tg_sequential_add(seq, fc) < 0, "tg_sequential_add: the tg_nn_linear 'fc'",
+               "belongs to another var store");
+  assert_error(tg_sequential_add(seq, tg_nn_relu(b)) < 0, "another var store");
+  assert_error(tg_sequential_add(seq, tg_nn_sequential(b)) < 0, "another var store");
+  tg_varstore_free(b);
+  /* the sequential holds nothing of b: its forward is still the identity */
+  assert_ok(tg_sequential_add(seq, tg_nn_relu(a)) == 0);
+  tg_tensor *x = tg_full(TG_SHAPE(2, 3), -1.0, TG_F32, TG_CPU);
+  tg_scope_begin();
+  tg_tensor *y = tg_module_forward(seq, x, true);
+  assert_ok(y != NULL);
+  assert_true(tg_item(tg_sum(y)) == 0.0);
+  tg_scope_end();
+  tg_tensor_free(x);
+  tg_varstore_free(a);
+}
+
+/* --------------------------------------------------------- 4, 13. gradcheck -- */
+
+static tg_tensor *identity_fn(tg_tensor *const *in, int n, void *ctx) {
+  (void)n;
+  (void)ctx;
+  return tg_tensor_retain(in[0]); /* a new reference that no scope records */
+}
+
+static tg_tensor *square_fn(tg_tensor *const *in, int n, void *ctx) {
+  (void)n;
+  (void)ctx;
+  return tg_mul(in[0], in[0]);
+}
+
+static tg_tensor *null_fn(tg_tensor *const *in, int n, void *ctx) {
+  (void)in;
+  (void)n;
+  (void)ctx;
+  return NULL;
+}
+
+/* Returns NULL on the perturbed evaluations only (ctx counts calls). */
+static tg_tensor *null_later_fn(tg_tensor *const *in, int n, void *ctx) {
+  int *calls = ctx;
+  return (*calls)++ ? null_fn(in, n, ctx) : square_fn(in, n, ctx);
+}
+
+static tg_tensor *nan_fn(tg_tensor *const *in, int n, void *ctx) {
+  (void)n;
+  (void)ctx;
+  return tg_mul_scalar(in[0], NAN); /* NaN in both Jacobians */
+}
+
+static void test_gradcheck_identity_does_not_leak(void **state) {
+  (void)state;
+  tg_tensor *x = rand_leaf(TG_SHAPE(3), TG_F64);
+  gradcheck_ok(identity_fn, NULL, &x, 1); /* LeakSanitizer checks the rest */
+  assert_null(tg_grad(x)); /* gradcheck leaves the caller's gradients alone */
+  tg_scope_begin();        /* an input in the caller's scope */
+  tg_tensor *h = tg_mul_scalar(x, 2.0);
+  gradcheck_ok(identity_fn, NULL, &h, 1);
+  tg_scope_end();
+  tg_tensor_free(x);
+}
+
+static tg_tensor *retain_module_fn(const tg_tensor *x, bool train, void *ctx) {
+  (void)train;
+  (void)ctx;
+  return tg_tensor_retain((tg_tensor *)x);
+}
+
+/* The same class of leak in modules: an identity function in a sequential, in a
+ * scope (the scope must release everything; LeakSanitizer checks). */
+static void test_identity_module_does_not_leak(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_module *seq = tg_nn_sequential(vs);
+  tg_module *id = tg_nn_func(vs, retain_module_fn, NULL);
+  assert_ok(tg_sequential_add(seq, id) == 0);
+  assert_ok(tg_sequential_add(seq, tg_nn_linear(tg_path_sub(tg_varstore_root(vs), "fc"),
+                                                3, 2, tg_linear_config_default())) == 0);
+  assert_ok(tg_sequential_add(seq, id) == 0);
+  tg_tensor *x = tg_randn(TG_SHAPE(4, 3), TG_F32, TG_CPU);
+  tg_scope_begin();
+  tg_tensor *y = tg_module_forward(seq, x, true);
+  assert_ok(y != NULL);
+  assert_ok(tg_backward(tg_sum(y)) == 0);
+  tg_tensor *z = tg_module_forward(id, x, true); /* the identity alone */
+  assert_true(z != x && tg_numel(z) == 12);
+  tg_scope_end();
+  tg_tensor_free(x);
+  tg_varstore_free(vs);
+}
+
+static void test_gradcheck_non_leaf_input(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *x = rand_leaf(TG_SHAPE(4), TG_F64);
+  tg_tensor *h = tg_mul_scalar(x, 3.0); /* float64, requires grad, not a leaf */
+  gradcheck_ok(square_fn, NULL, &h, 1);
+  assert_null(tg_grad(x));
+  tg_scope_end();
+}
+
+static void test_gradcheck_fails_on_nan(void **state) {
+  (void)state;
+  tg_tensor *x = rand_leaf(TG_SHAPE(3), TG_F64);
+  assert_error(tg_gradcheck(nan_fn, NULL, &x, 1, NULL) < 0, "Jacobian mismatch",
+               "analytic nan vs numerical nan");
+  tg_tensor_free(x);
+}
+
+static void test_gradcheck_names_a_null_fn(void **state) {
+  (void)state;
+  tg_tensor *x = rand_leaf(TG_SHAPE(3), TG_F64);
+  assert_error(tg_gradcheck(null_fn, NULL, &x, 1, NULL) < 0,
+               "tg_gradcheck: fn returned NULL without setting an error for the given "
+               "inputs");
+  int calls = 0;
+  assert_error(
+      tg_gradcheck(null_later_fn, &calls, &x, 1, NULL) < 0,
+      "fn returned NULL without setting an error for a perturbed input (input 0, "
+      "element 0)");
+  tg_tensor_free(x);
+}
+
+static tg_tensor *null_module_fn(const tg_tensor *x, bool train, void *ctx) {
+  (void)x;
+  (void)train;
+  (void)ctx;
+  return NULL;
+}
+
+static void test_nn_func_names_a_null_fn(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_module *seq = tg_nn_sequential(vs);
+  assert_ok(tg_sequential_add(seq, tg_nn_func(vs, null_module_fn, NULL)) == 0);
+  tg_tensor *x = tg_zeros(TG_SHAPE(2), TG_F32, TG_CPU);
+  assert_error(tg_module_forward(seq, x, true) == NULL,
+               "tg_module_forward: the function of a tg_nn_func module returned NULL "
+               "without setting an error");
+  tg_tensor_free(x);
+  tg_varstore_free(vs);
+}
+
 /* ------------------------------------------- 2. releasing long graphs -- */
 
 enum { CHAIN = 1000000 };
@@ -246,6 +397,13 @@ static void test_checkpoint_load_between_forward_and_backward(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_set_dtype_under_a_live_graph_is_refused),
+      cmocka_unit_test(test_sequential_refuses_modules_of_another_store),
+      cmocka_unit_test(test_gradcheck_identity_does_not_leak),
+      cmocka_unit_test(test_identity_module_does_not_leak),
+      cmocka_unit_test(test_gradcheck_non_leaf_input),
+      cmocka_unit_test(test_gradcheck_fails_on_nan),
+      cmocka_unit_test(test_gradcheck_names_a_null_fn),
+      cmocka_unit_test(test_nn_func_names_a_null_fn),
       cmocka_unit_test(test_long_chain_freed_without_backward),
       cmocka_unit_test(test_long_chain_backward),
       cmocka_unit_test(test_long_chain_retained_graph_then_freed),
