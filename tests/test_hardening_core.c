@@ -200,6 +200,100 @@ static void test_nn_func_names_a_null_fn(void **state) {
   tg_varstore_free(vs);
 }
 
+/* ------------------------------------------------- 12. NaN propagation -- */
+
+static tg_tensor *leaky_relu01(const tg_tensor *x) { return tg_leaky_relu(x, 0.1); }
+static tg_tensor *max_dim1(const tg_tensor *x) { return tg_max_dim(x, 1, false, NULL); }
+static tg_tensor *max_pool_2x2(const tg_tensor *x) {
+  return tg_max_pool2d(x, (int64_t[]){2, 2}, NULL, NULL);
+}
+static tg_tensor *max_pool_3x3_p1(const tg_tensor *x) {
+  return tg_max_pool2d(x, (int64_t[]){3, 3}, (int64_t[]){1, 1}, (int64_t[]){1, 1});
+}
+static tg_tensor *softmax1(const tg_tensor *x) { return tg_softmax(x, 1); }
+static tg_tensor *log_softmax1(const tg_tensor *x) { return tg_log_softmax(x, 1); }
+
+/* Forward and backward against PyTorch on inputs with NaNs, float32 and float64. */
+static void test_nan_propagates_like_pytorch(void **state) {
+  (void)state;
+  static const struct {
+    const char *name;
+    tg_tensor *(*fn)(const tg_tensor *);
+  } ops[] = {{"relu", tg_relu},
+             {"leaky_relu", leaky_relu01},
+             {"sigmoid", tg_sigmoid},
+             {"tanh", tg_tanh},
+             {"gelu", tg_gelu},
+             {"abs", tg_abs},
+             {"max_dim", max_dim1},
+             {"max_pool_2x2", max_pool_2x2},
+             {"max_pool_3x3_p1", max_pool_3x3_p1},
+             {"softmax", softmax1},
+             {"log_softmax", log_softmax1}};
+  ref_file *f = ref_open("hardening_core");
+  for (size_t k = 0; k < sizeof ops / sizeof *ops; k++)
+    for (int d = 0; d < 2; d++) {
+      tg_dtype dt = d ? TG_F64 : TG_F32;
+      double tol = d ? 1e-12 : 1e-6;
+      tg_scope_begin();
+      tg_tensor *x = ref_get(f, ops[k].name, "x", dt);
+      assert_ok(tg_set_requires_grad(x, true) == 0);
+      tg_tensor *y = ops[k].fn(x);
+      assert_ok(y != NULL);
+      tg_tensor *want_y = ref_get(f, ops[k].name, "y", dt);
+      assert_close(y, want_y, tol, tol);
+      assert_ok(tg_backward_ex(y, ref_get(f, ops[k].name, "gy", dt), false) == 0);
+      tg_tensor *want_dx = ref_get(f, ops[k].name, "dx", dt);
+      assert_close(tg_grad(x), want_dx, tol, tol);
+      tg_tensor_free(want_y);
+      tg_tensor_free(want_dx);
+      tg_tensor_free(x);
+      tg_scope_end();
+    }
+  /* max and argmax pick the (first) NaN, as PyTorch */
+  tg_scope_begin();
+  tg_tensor *x = ref_get(f, "max_dim", "x", TG_F64), *idx = NULL;
+  assert_ok(tg_max_dim(x, 1, false, &idx) != NULL);
+  assert_close(idx, ref_get(f, "max_dim", "indices", TG_I64), 0, 0);
+  assert_close(tg_argmax(x, 1, false), ref_get(f, "max_dim", "argmax", TG_I64), 0, 0);
+  tg_tensor_free(idx);
+  tg_tensor_free(x);
+  tg_scope_end();
+  ref_close(f);
+}
+
+/* Dropout multiplies by the mask (NaN * 0 is NaN), as PyTorch: every output of an
+ * all-NaN input is NaN, dropped or not, and p = 1 too. */
+static void test_dropout_propagates_nan(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *x = tg_full(TG_SHAPE(64), NAN, TG_F32, TG_CPU);
+  double p[2] = {0.5, 1.0};
+  for (int k = 0; k < 2; k++) {
+    tg_tensor *y = tg_dropout(x, p[k], true);
+    assert_ok(y != NULL);
+    for (int64_t i = 0; i < 64; i++)
+      assert_true(isnan(((float *)tg_data(y))[i]));
+  }
+  tg_scope_end();
+}
+
+/* torch.nn.utils.clip_grad_norm_ with a NaN gradient returns NaN and makes every
+ * gradient NaN (its clamp of the coefficient propagates NaN). */
+static void test_clip_grad_norm_propagates_nan(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_tensor *w = tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(3), tg_init_const(1));
+  tg_tensor *v = tg_path_var(tg_varstore_root(vs), "v", TG_SHAPE(2), tg_init_const(1));
+  tg_scope_begin();
+  assert_ok(tg_backward(tg_add(tg_sum(tg_mul_scalar(w, NAN)), tg_sum(v))) == 0);
+  tg_scope_end();
+  assert_true(isnan(tg_clip_grad_norm(vs, 1.0)));
+  for (int i = 0; i < 2; i++)
+    assert_true(isnan(((float *)tg_data(tg_grad(v)))[i]));
+  tg_varstore_free(vs);
+}
+
 /* ------------------------------------------- 2. releasing long graphs -- */
 
 enum { CHAIN = 1000000 };
@@ -404,6 +498,9 @@ int main(void) {
       cmocka_unit_test(test_gradcheck_fails_on_nan),
       cmocka_unit_test(test_gradcheck_names_a_null_fn),
       cmocka_unit_test(test_nn_func_names_a_null_fn),
+      cmocka_unit_test(test_nan_propagates_like_pytorch),
+      cmocka_unit_test(test_dropout_propagates_nan),
+      cmocka_unit_test(test_clip_grad_norm_propagates_nan),
       cmocka_unit_test(test_long_chain_freed_without_backward),
       cmocka_unit_test(test_long_chain_backward),
       cmocka_unit_test(test_long_chain_retained_graph_then_freed),
