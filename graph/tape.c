@@ -385,8 +385,10 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
     memset(gi, 0, (size_t)(n->n_inputs <= 64 ? 64 : n->n_inputs) * sizeof *gi);
     tg_scope_begin();
     rc = check_versions(n);
+    tg__backward_enter(n->op, n->seq);
     if (rc == 0)
       rc = n->backward(n, g, gi);
+    tg__backward_leave();
     for (int i = 0; i < n->n_inputs; i++)
       tg_tensor_retain(gi[i]);
     tg_scope_end();

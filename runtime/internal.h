@@ -41,14 +41,29 @@ int tg__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* True when t is non-NULL. When NULL, sets "<op>: argument '<arg>' is NULL" unless
  * an earlier error is pending, so the first failure of a chain is what users see. */
 bool tg__nonnull(const tg_tensor *t, const char *op, const char *arg);
+/* -1 with "<op>: out of memory: failed to allocate <bytes> bytes on <where>". op NULL
+ * means the op running: the last one whose arguments tg__nonnull or tg__check_same
+ * checked, or during a backward the node being differentiated ("tg_backward: out of
+ * memory in the backward of tg_conv2d (tape position 7): ..."), which the tape sets
+ * with tg__backward_enter/leave around each node. */
+int tg__oom(size_t bytes, const char *where, const char *op);
+void tg__op_enter(const char *op);
+const char *tg__running_op(void); /* NULL when none */
+void tg__backward_enter(const char *op, int64_t seq);
+void tg__backward_leave(void);
 /* "[2, 3]" of a raw shape, into buf. */
 char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
 #define TG_SHAPE_STR_LEN 160
 
 /* ---- tensors ---- */
-/* New uninitialised tensor recorded in the current scope (if one is open). */
-tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
-tg_tensor *tg__new_like(const tg_tensor *t);
+/* New uninitialised tensor recorded in the current scope (if one is open). Its
+ * messages (bad shape, device, out of memory) name op, else the calling function when
+ * it is a public tg_ function, else the op running (see tg__oom). */
+tg_tensor *tg__new_in(const char *op, const char *caller, const int64_t *shape, int ndim,
+                      tg_dtype dtype, tg_device device);
+/* tg__new(shape, ndim, dtype, device); variadic so that TG_SHAPE(...) expands. */
+#define tg__new(...) tg__new_in(NULL, __func__, __VA_ARGS__)
+#define tg__new_like(t) tg__new((t)->shape, (t)->ndim, (t)->dtype, (t)->device)
 /* New tensor object sharing t's storage with another shape of equal numel. */
 tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 /* Removes t from its scope: the caller now holds that reference for good (grads,

@@ -155,7 +155,7 @@ static void test_creation(void **state) {
                "2-dimensional");
   assert_error(tg_full(TG_SHAPE(2, -3), 1.0, TG_F64, TG_CPU) == NULL,
                "negative dimension -3", "[2, -3]");
-  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_empty",
+  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_randn",
                "negative dimension -1");
   /* int64 overflow of numel and of bytes, caught before any allocation. */
   assert_error(tg_empty(TG_SHAPE(INT64_C(1) << 32, INT64_C(1) << 32), TG_F32, TG_CPU) ==

@@ -294,6 +294,118 @@ static void test_clip_grad_norm_propagates_nan(void **state) {
   tg_varstore_free(vs);
 }
 
+/* ----------------------------------------------- 14. creation overflow -- */
+
+static void test_int64_arange_fails_instead_of_saturating(void **state) {
+  (void)state;
+  assert_error(tg_arange(9.2e18, 9.3e18, 1e16, TG_I64, TG_CPU) == NULL,
+               "tg_arange: value 9.3e+18 cannot be converted to type int64_t without "
+               "overflow");
+  assert_error(tg_arange(-0x1p64, 0, 0x1p62, TG_I64, TG_CPU) == NULL, "int64_t");
+  /* exact where doubles are not: 2^53 + i for i < 8 (2^53 + 1 is no double) */
+  tg_tensor *t = tg_arange(0x1p53, 0x1p53 + 8, 1, TG_I64, TG_CPU);
+  assert_ok(t != NULL);
+  assert_int_equal(tg_numel(t), 8);
+  for (int64_t i = 0; i < 8; i++)
+    assert_true(((int64_t *)tg_data(t))[i] == (INT64_C(1) << 53) + i);
+  tg_tensor_free(t);
+  /* the largest values that fit still work */
+  t = tg_arange(0x1p63 - 2048, 0x1p63 - 1024, 512, TG_I64, TG_CPU);
+  assert_ok(t != NULL);
+  assert_true(((int64_t *)tg_data(t))[1] == INT64_MAX - 2047 + 512);
+  tg_tensor_free(t);
+}
+
+static void test_uniform_range_wider_than_the_dtype(void **state) {
+  (void)state;
+  assert_error(tg_uniform(TG_SHAPE(3), -1.7e308, 1.7e308, TG_F64, TG_CPU) == NULL,
+               "tg_uniform: expects hi - lo <= the largest float64",
+               "lo=-1.7e+308 and hi=1.7e+308");
+  assert_error(tg_uniform(TG_SHAPE(3), -3e38, 3e38, TG_F32, TG_CPU) == NULL,
+               "the largest float32");
+  assert_error(tg_uniform(TG_SHAPE(3), 0, 1e39, TG_F32, TG_CPU) == NULL,
+               "hi is out of bounds for float32");
+  tg_varstore *vs = tg_varstore_new(TG_CPU); /* initialisers take the same path */
+  assert_error(tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(2),
+                           tg_init_uniform(-3e38, 3e38)) == NULL,
+               "hi - lo <= the largest float32");
+  assert_int_equal(tg_varstore_len(vs), 0);
+  tg_varstore_free(vs);
+  /* wide but representable: every value finite and in range */
+  tg_tensor *t = tg_uniform(TG_SHAPE(1000), -1e308, 7e307, TG_F64, TG_CPU);
+  assert_ok(t != NULL);
+  for (int64_t i = 0; i < 1000; i++) {
+    double v = ((double *)tg_data(t))[i];
+    assert_true(isfinite(v) && v >= -1e308 && v <= 7e307);
+  }
+  tg_tensor_free(t);
+}
+
+static void test_float32_fill_overflow(void **state) {
+  (void)state;
+  assert_error(tg_full(TG_SHAPE(2), 1e39, TG_F32, TG_CPU) == NULL,
+               "tg_full: value 1e+39 cannot be converted to type float without overflow");
+  tg_tensor *t = tg_full(TG_SHAPE(2), INFINITY, TG_F32, TG_CPU); /* inf is a float */
+  assert_ok(t != NULL);
+  assert_error(tg_fill_(t, -1e39) < 0, "tg_fill_: value -1e+39", "float");
+  assert_true(isinf(((float *)tg_data(t))[0])); /* unchanged */
+  assert_ok(tg_fill_(t, 3.4028235e38) == 0);    /* rounds to FLT_MAX */
+  tg_tensor_free(t);
+}
+
+/* ------------------------------------------- 16. messages name the call -- */
+
+static void test_creation_errors_name_the_function(void **state) {
+  (void)state;
+  assert_error(tg_zeros(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_zeros: negative");
+  assert_error(tg_ones(TG_SHAPE(2, -3), TG_F32, TG_CPU) == NULL, "tg_ones: negative");
+  assert_error(tg_full(TG_SHAPE(-1), 1, TG_F32, TG_CPU) == NULL, "tg_full: negative");
+  assert_error(tg_scalar(1e300, TG_F32, TG_CPU) == NULL, "tg_scalar: value 1e+300");
+  assert_error(tg_full(TG_SHAPE(1), 1e19, TG_I64, TG_CPU) == NULL,
+               "tg_full: value 1e+19 cannot be converted to type int64_t");
+  assert_error(tg_rand(TG_SHAPE(-2), TG_F32, TG_CPU) == NULL, "tg_rand: negative");
+  assert_error(tg_randn(TG_SHAPE(-2), TG_F32, TG_CPU) == NULL, "tg_randn: negative");
+  assert_error(tg_uniform(TG_SHAPE(-2), 0, 1, TG_F32, TG_CPU) == NULL,
+               "tg_uniform: negative");
+  assert_error(tg_arange(0, 1, 1, (tg_dtype)7, TG_CPU) == NULL, "tg_arange: unknown");
+  assert_error(tg_empty(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_empty: negative");
+  assert_error(tg_tensor_from_data(NULL, TG_SHAPE(-1), TG_F32, TG_CPU) == NULL,
+               "tg_tensor_from_data: negative");
+  tg_tensor *x = tg_zeros(TG_SHAPE(2), TG_F32, TG_CPU);
+  assert_ok(tg_zeros_like(x) != NULL); /* no scope: freed below */
+  tg_tensor_free(x);
+  if (!tg_cuda_is_available()) {
+    assert_error(tg_randn(TG_SHAPE(2), TG_F32, tg_cuda(0)) == NULL,
+                 "tg_randn: cuda:0 is not available");
+    assert_error(tg_arange(0, 4, 1, TG_F32, tg_cuda(0)) == NULL,
+                 "tg_arange: cuda:0 is not available");
+    assert_error(tg_zeros(TG_SHAPE(2), TG_F32, tg_cuda(0)) == NULL,
+                 "tg_zeros: cuda:0 is not available");
+  }
+}
+
+/* 2^44 elements pass the shape checks; malloc refuses 64-128 TB. */
+static void test_out_of_memory_names_the_op(void **state) {
+  (void)state;
+  const int64_t big = INT64_C(1) << 22;
+  tg_tensor *t = tg_zeros(TG_SHAPE(big, big), TG_F64, TG_CPU);
+  if (t)
+    skip(); /* this machine lent 128 TB */
+  assert_error(true, "tg_zeros: out of memory: failed to allocate 140737488355328 bytes "
+                     "on cpu");
+  tg_tensor *x = tg_ones(TG_SHAPE(1, 1, 1, 1), TG_F32, TG_CPU);
+  assert_error(tg_upsample_nearest2d(x, (int64_t[]){big, big}) == NULL,
+               "tg_upsample_nearest2d: out of memory: failed to allocate 70368744177664 "
+               "bytes on cpu");
+  /* an op built on a static helper (binary ops): named by its entry check */
+  tg_tensor *a = tg_ones(TG_SHAPE(big, 1), TG_F32, TG_CPU);
+  tg_tensor *b = tg_ones(TG_SHAPE(1, big), TG_F32, TG_CPU);
+  assert_error(tg_add(a, b) == NULL, "tg_add: out of memory: failed to allocate");
+  tg_tensor_free(a);
+  tg_tensor_free(b);
+  tg_tensor_free(x);
+}
+
 /* ------------------------------------------- 2. releasing long graphs -- */
 
 enum { CHAIN = 1000000 };
@@ -354,7 +466,8 @@ static void test_fill_of_a_saved_input_is_detected(void **state) {
   (void)state;
   tg_scope_begin();
   tg_tensor *a = rand_leaf(TG_SHAPE(3, 4), TG_F32);
-  tg_tensor *w = tg_full(TG_SHAPE(3, 4), 2.0, TG_F32, TG_CPU); /* version 1 */
+  tg_tensor *w = tg_full(TG_SHAPE(3, 4), 1.0, TG_F32, TG_CPU); /* version 0 */
+  assert_ok(tg_fill_(w, 2.0) == 0);                            /* version 1 */
   assert_ok(tg_set_requires_grad(w, true) == 0);
   tg_tensor *loss = tg_sum(tg_mul(a, w));
   assert_ok(tg_fill_(w, 3.0) == 0);
@@ -501,6 +614,11 @@ int main(void) {
       cmocka_unit_test(test_nan_propagates_like_pytorch),
       cmocka_unit_test(test_dropout_propagates_nan),
       cmocka_unit_test(test_clip_grad_norm_propagates_nan),
+      cmocka_unit_test(test_int64_arange_fails_instead_of_saturating),
+      cmocka_unit_test(test_uniform_range_wider_than_the_dtype),
+      cmocka_unit_test(test_float32_fill_overflow),
+      cmocka_unit_test(test_creation_errors_name_the_function),
+      cmocka_unit_test(test_out_of_memory_names_the_op),
       cmocka_unit_test(test_long_chain_freed_without_backward),
       cmocka_unit_test(test_long_chain_backward),
       cmocka_unit_test(test_long_chain_retained_graph_then_freed),
