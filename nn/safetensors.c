@@ -891,6 +891,7 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
     tg_tensor *t = vs->vars[e->var].t;
     size_t bytes = (size_t)(e->end - e->begin);
     to_little_endian(data + e->begin, bytes, tg_dtype_size(t->dtype));
+    tg__bump_version(t);
     if (bytes)
       rc = tg__cuda_memcpy(tg__data(t), t->device, data + e->begin, TG_CPU, bytes);
   }
