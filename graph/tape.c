@@ -174,6 +174,7 @@ tg_tensor *tg__finish(const char *op, tg_tensor *out, int n_inputs,
                       tg_node **node_out) {
   if (node_out)
     *node_out = NULL;
+  tg__cuda_set_op(NULL); /* the op's allocations are done (see tg__pick) */
   if (!out)
     return NULL;
   if (!tg__should_record(n_inputs, inputs))
@@ -345,7 +346,9 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
     }
     memset(gi, 0, (size_t)(n->n_inputs <= 64 ? 64 : n->n_inputs) * sizeof *gi);
     tg_scope_begin();
+    tg__cuda_set_op(n->op); /* device allocations failing in there name the op */
     rc = n->backward(n, g, gi);
+    tg__cuda_set_op(NULL);
     for (int i = 0; i < n->n_inputs; i++)
       tg_tensor_retain(gi[i]);
     tg_scope_end();

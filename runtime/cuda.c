@@ -55,40 +55,21 @@ int tg__cuda_status(int err, const char *call, const char *file, int line) {
    * address, kernel fault) stays, and every later call on the device fails. */
   cudaGetLastError();
   bool sticky = cudaGetLastError() != cudaSuccess;
-  return tg__error("CUDA error: %s in %s at %s:%d (cuda:%d)%s",
-                   cudaGetErrorString((cudaError_t)err), call, file, line,
-                   current_device(),
+  return tg__error("CUDA error: %s (%s) in %s at %s:%d (cuda:%d)%s",
+                   cudaGetErrorString((cudaError_t)err),
+                   cudaGetErrorName((cudaError_t)err), call, file, line, current_device(),
                    sticky ? "; this error is sticky: the CUDA context is lost and "
                             "the process must restart to use this GPU again"
                           : "");
 }
 
-static const char *cublas_why(int s) {
-  switch (s) {
-  case CUBLAS_STATUS_NOT_INITIALIZED:
-    return "CUBLAS_STATUS_NOT_INITIALIZED";
-  case CUBLAS_STATUS_ALLOC_FAILED:
-    return "CUBLAS_STATUS_ALLOC_FAILED";
-  case CUBLAS_STATUS_INVALID_VALUE:
-    return "CUBLAS_STATUS_INVALID_VALUE";
-  case CUBLAS_STATUS_ARCH_MISMATCH:
-    return "CUBLAS_STATUS_ARCH_MISMATCH";
-  case CUBLAS_STATUS_EXECUTION_FAILED:
-    return "CUBLAS_STATUS_EXECUTION_FAILED";
-  case CUBLAS_STATUS_INTERNAL_ERROR:
-    return "CUBLAS_STATUS_INTERNAL_ERROR";
-  case CUBLAS_STATUS_NOT_SUPPORTED:
-    return "CUBLAS_STATUS_NOT_SUPPORTED";
-  default:
-    return "cuBLAS failure";
-  }
-}
-
 int tg__cublas_status(int status, const char *call, const char *file, int line) {
   if (status == (int)CUBLAS_STATUS_SUCCESS)
     return 0;
-  return tg__error("CUDA error: %s (status %d) in %s at %s:%d (cuda:%d)",
-                   cublas_why(status), status, call, file, line, current_device());
+  return tg__error("CUDA error: %s (%s) in %s at %s:%d (cuda:%d)",
+                   cublasGetStatusString((cublasStatus_t)status),
+                   cublasGetStatusName((cublasStatus_t)status), call, file, line,
+                   current_device());
 }
 
 static bool env_flag(const char *name) {
