@@ -407,6 +407,14 @@ int tg__cuda_first_nonfinite(const void *p, int dtype, int64_t n, int device,
   (void)p, (void)dtype, (void)n, (void)index;
   return !tg__cuda_stream(device) ? -1 : 0;
 }
+int tg__cuda_strided_copy(void *dst, const int64_t *dst_strides, int64_t dst_off,
+                          const void *src, const int64_t *src_strides, int64_t src_off,
+                          const int64_t *shape, int nd, int64_t n, size_t elem,
+                          int device) {
+  (void)dst, (void)dst_strides, (void)dst_off, (void)src, (void)src_strides;
+  (void)src_off, (void)shape, (void)nd, (void)n, (void)elem;
+  return !tg__cuda_stream(device) ? -1 : 0;
+}
 
 #endif
 

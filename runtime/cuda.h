@@ -72,6 +72,14 @@ int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device, double *out)
 int tg__cuda_first_nonfinite(const void *p, int dtype, int64_t n, int device,
                              int64_t *index);
 
+/* dst[dst_off + sum_d i_d * dst_strides[d]] = src[src_off + sum_d i_d * src_strides[d]]
+ * over every index i of shape (nd dims, n elements), elements of elem (4 or 8) bytes:
+ * permutes, narrows, concatenations and scatters. */
+int tg__cuda_strided_copy(void *dst, const int64_t *dst_strides, int64_t dst_off,
+                          const void *src, const int64_t *src_strides, int64_t src_off,
+                          const int64_t *shape, int nd, int64_t n, size_t elem,
+                          int device);
+
 /* Per-element formulas that the CPU and CUDA kernels share are static inline
  * functions marked TG_HOST_DEVICE: __host__ __device__ under nvcc, nothing for the C
  * compiler, so the CPU tests exercise the same code. */

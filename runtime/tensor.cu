@@ -77,6 +77,26 @@ __global__ void nonfinite_kernel(const T *p, int64_t n, long long *first) {
     }
 }
 
+struct strides {
+  int nd;
+  int64_t shape[TG_MAX_DIMS], d[TG_MAX_DIMS], s[TG_MAX_DIMS];
+};
+
+template <typename E>
+__global__ void strided_copy_kernel(E *dst, int64_t doff, const E *src, int64_t soff,
+                                    strides st, int64_t n) {
+  for (int64_t i = TG_GRID_START; i < n; i += TG_GRID_STRIDE) {
+    int64_t rem = i, od = doff, os = soff;
+    for (int k = st.nd - 1; k >= 0; k--) {
+      const int64_t idx = rem % st.shape[k];
+      rem /= st.shape[k];
+      od += idx * st.d[k];
+      os += idx * st.s[k];
+    }
+    dst[od] = src[os];
+  }
+}
+
 static unsigned blocks_for(int64_t n) { return tg__cuda_blocks(n, TG_THREADS); }
 
 extern "C" int tg__cuda_fill(void *p, int dtype, int64_t n, double value, int device) {
@@ -211,4 +231,32 @@ extern "C" int tg__cuda_first_nonfinite(const void *p, int dtype, int64_t n, int
   tg__cuda_free(first, sizeof *first, device);
   *index = found;
   return rc;
+}
+
+extern "C" int tg__cuda_strided_copy(void *dst, const int64_t *dst_strides,
+                                     int64_t dst_off, const void *src,
+                                     const int64_t *src_strides, int64_t src_off,
+                                     const int64_t *shape, int nd, int64_t n, size_t elem,
+                                     int device) {
+  cudaStream_t s = tg_stream(device);
+  if (!s)
+    return -1;
+  if (n == 0)
+    return 0;
+  strides st;
+  st.nd = nd;
+  for (int k = 0; k < nd; k++) {
+    st.shape[k] = shape[k];
+    st.d[k] = dst_strides[k];
+    st.s[k] = src_strides[k];
+  }
+  const unsigned g = blocks_for(n);
+  if (elem == 4)
+    TG_LAUNCH(strided_copy_kernel<unsigned>, g, TG_THREADS, 0, s, (unsigned *)dst,
+              dst_off, (const unsigned *)src, src_off, st, n);
+  else
+    TG_LAUNCH(strided_copy_kernel<unsigned long long>, g, TG_THREADS, 0, s,
+              (unsigned long long *)dst, dst_off, (const unsigned long long *)src,
+              src_off, st, n);
+  return TG_CUDA_LAUNCHED(strided_copy_kernel);
 }
