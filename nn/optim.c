@@ -146,8 +146,8 @@ static void sgd_update(const tg_sgd_config *c, double lr, opt_param *s) {
     const T wd = (T)c->weight_decay, mom = (T)c->momentum;
     const T keep = (T)(1 - c->dampening), step = (T)lr;
     const bool nesterov = c->nesterov;
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) {
+_Pragma("omp parallel for simd num_threads(tg__threads(n))")
+    for (int64_t i = 0; i < n; i++) {
       T d = g[i];
       if (wd != 0)
         d += wd * w[i];
@@ -178,8 +178,8 @@ static void adam_update(const tg_adam_config *c, double lr, opt_param *s) {
     const T l2 = c->decoupled ? 0 : (T)c->weight_decay;
     const T decay = c->decoupled ? (T)(1 - lr * c->weight_decay) : 1;
     const T step_size = (T)(lr / bc1), bc2_sqrt = (T)sqrt(bc2);
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) {
+_Pragma("omp parallel for simd num_threads(tg__threads(n))")
+    for (int64_t i = 0; i < n; i++) {
       T gi = g[i] + l2 * w[i];
       w[i] *= decay;
       m[i] = b1 * m[i] + a1 * gi;

@@ -22,9 +22,8 @@ static int softmax_cpu(const softmax_ctx *c, const tg_tensor *x, tg_tensor *y) {
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x);
     T *Y = tg__data(y);
-    _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))") for (int64_t t = 0;
-                                                                            t < tasks;
-                                                                            t++) {
+_Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
+    for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
       const int64_t w = l.w, ls = l.ls;
       T m[SLAB_TILE];
@@ -52,9 +51,8 @@ static int softmax_grad_cpu(const softmax_ctx *c, const tg_tensor *y, const tg_t
   TG_DISPATCH_FLOAT(g->dtype, T, {
     const T *Y = tg__data(y), *G = tg__data(g);
     T *D = tg__data(dx);
-    _Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))") for (int64_t t = 0;
-                                                                            t < tasks;
-                                                                            t++) {
+_Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))")
+    for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
       const int64_t w = l.w, ls = l.ls;
       double acc[SLAB_TILE] = {0};
