@@ -91,7 +91,8 @@ int tg_set_num_threads(int n);
 int tg_get_num_threads(void);
 
 /* Large freed CPU buffers are cached (up to 1 GiB) for reuse by the next tensors of
- * the same size, so training steps do not go back to the OS; this returns them. */
+ * the same size, so training steps do not go back to the OS; this returns them, and
+ * the cached device memory of every CUDA device. */
 void tg_empty_cache(void);
 
 void tg_scope_begin(void);
@@ -518,6 +519,21 @@ int tg_file_open_read(const char *path, const char *op);
  * "tg_file_write_atomic"). */
 int tg_file_write_atomic(const char *path, const void *data, size_t n,
                          const char *op);
+
+/* ------------------------------------------------------------ CUDA devices -- */
+/* Tensors on tg_cuda(i) take the same API as CPU tensors; ops run on their inputs'
+ * device (all inputs on one device), kernels are queued on one stream per device, and
+ * results are read back with tg_tensor_copy_to_host / tg_item, which wait for them.
+ * Device memory goes through a caching allocator: freed blocks are kept for reuse and
+ * tg_empty_cache() returns them to the driver. Environment: TG_CUDA_LAUNCH_BLOCKING=1
+ * waits after every kernel so a fault is reported by the op that caused it;
+ * TG_CUDA_FILL_NAN=1 fills new device buffers with NaN (the tests do). */
+/* Waits for every queued kernel and copy on every device; 0 or -1 with the error. */
+int tg_cuda_synchronize(void);
+/* Bytes of device memory held by tensors (rounded to the allocator's size classes),
+ * and held in all (tensors + cache), as torch.cuda.memory_allocated/_reserved. */
+int64_t tg_cuda_memory_allocated(int device);
+int64_t tg_cuda_memory_reserved(int device);
 
 #ifdef __cplusplus
 }

@@ -270,7 +270,7 @@ static void test_devices(void **state) {
     /* With a GPU: mixing devices is refused by name. */
     tg_tensor *c = tg_tensor_to(h, tg_cuda(0));
     assert_ok(c);
-    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu:0", "cuda:0");
+    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu", "cuda:0");
     assert_error(tg_matmul(c, tg_transpose(h, 0, 1)) == NULL, "tg_matmul", "same device");
     assert_error(tg_cross_entropy(c, ZI(2), TG_REDUCTION_MEAN, -100) == NULL,
                  "tg_cross_entropy", "same device");
