@@ -476,6 +476,55 @@ void tg_optimizer_free(tg_optimizer *opt);
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
+/* ----------------------------------------------------------- data loading -- */
+/* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
+ * files may be gzipped. Errors name the file and what is wrong with it. */
+
+/* A new tensor read from an IDX file of unsigned bytes (magic 0x0000080N, any rank
+ * N from 1 to 8), with the file's shape and its byte values converted to dtype. */
+tg_tensor *tg_idx_load(const char *path, tg_dtype dtype);
+
+/* MNIST-format data set: images float32 [N, 1, rows, cols] holding pixel/255, labels
+ * int64 [N] in [0, labels). Owned by the struct: tg_mnist_free releases them. */
+typedef struct {
+  tg_tensor *train_images, *train_labels, *test_images, *test_labels;
+  int64_t labels; /* 10 */
+} tg_mnist;
+/* Reads DIR/train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
+ * and t10k-labels-idx1-ubyte, each with or without .gz. Returns 0, or -1 with *out
+ * empty. */
+int tg_mnist_load_dir(const char *dir, tg_mnist *out);
+void tg_mnist_free(tg_mnist *d);
+
+/* Batches of rows of (images, labels), both CPU tensors with the same first dim
+ * (labels may be NULL). An epoch's order is a function of (seed, epoch) only: the
+ * same whatever else draws random numbers, whether prefetching or not, and after
+ * tg_batch_iter_seek. Sharding follows torch's DistributedSampler: the (shuffled)
+ * rows, padded by wrapping around to a multiple of world, dealt out round-robin, so
+ * every rank gets ceil(N/world) rows and the same number of batches. */
+typedef struct {
+  bool shuffle;   /* reshuffle every epoch (false: rows in order) */
+  uint64_t seed;  /* of the shuffles */
+  bool drop_last; /* drop this rank's last batch when smaller than batch */
+  bool prefetch;  /* gather the next batch on a background thread meanwhile */
+  int rank, world;
+} tg_batch_config;
+tg_batch_config tg_batch_config_default(void); /* false, 0, false, false, 0, 1 */
+typedef struct tg_batch_iter tg_batch_iter;
+/* Retains images and labels; owned by the caller (tg_batch_iter_free). */
+tg_batch_iter *tg_batch_iter_new(const tg_tensor *images, const tg_tensor *labels,
+                                 int64_t batch, tg_batch_config config);
+/* The next batch of the epoch: returns 1 with new references in *x and *y (y may be
+ * NULL; *y is NULL without labels), 0 when the epoch is over (the next call starts
+ * the next epoch), -1 on error. */
+int tg_batch_iter_next(tg_batch_iter *it, tg_tensor **x, tg_tensor **y);
+int64_t tg_batch_iter_len(const tg_batch_iter *it); /* batches per epoch, this rank */
+/* Where the next call to tg_batch_iter_next reads: epoch (from 0) and batch index;
+ * seek goes there (to resume a run). Seek returns 0 or -1. */
+void tg_batch_iter_position(const tg_batch_iter *it, int64_t *epoch, int64_t *batch);
+int tg_batch_iter_seek(tg_batch_iter *it, int64_t epoch, int64_t batch);
+void tg_batch_iter_free(tg_batch_iter *it);
+
 #ifdef __cplusplus
 }
 #endif
