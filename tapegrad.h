@@ -476,6 +476,79 @@ void tg_optimizer_free(tg_optimizer *opt);
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
+/* ---------------------------------------------- sequential naming, summary -- */
+/* A sequential on a path names its children as nn.Sequential does: the module added
+ * as the i-th (from 0) lives on "<path>.<i>", so PyTorch state_dicts load by name:
+ *   tg_module *seq = tg_nn_sequential_path(tg_path_sub(root, "features"));
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 1, 8, 3, cfg));
+ *   tg_sequential_add(seq, tg_nn_relu(vs));  // index 1, no variables
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 8, 8, 3, cfg));
+ * gives features.0.weight, features.0.bias, features.2.weight, features.2.bias. */
+tg_module *tg_nn_sequential_path(tg_path *path);
+/* Borrowed: the path of the child the next tg_sequential_add appends. */
+tg_path *tg_sequential_path(tg_module *seq);
+/* Prints a table of vs's variables (name, shape, dtype, device, trainable) and the
+ * parameter counts, as torchinfo does. Returns 0 or -1. */
+int tg_module_summary(const tg_varstore *vs, FILE *out);
+
+/* ------------------------------------------------- flexible checkpoints -- */
+/* Named tensors and a string map (safetensors' __metadata__), as a file holds them.
+ * A dict owns a reference to each tensor it holds, and copies of the strings. */
+typedef struct tg_tensor_dict tg_tensor_dict;
+tg_tensor_dict *tg_tensor_dict_new(void);
+void tg_tensor_dict_free(tg_tensor_dict *d);
+/* Stores a reference to t (shared, not copied) under name, replacing any earlier. */
+int tg_tensor_dict_set(tg_tensor_dict *d, const char *name, tg_tensor *t);
+/* Borrowed: the tensor called name, or NULL. */
+tg_tensor *tg_tensor_dict_get(const tg_tensor_dict *d, const char *name);
+int tg_tensor_dict_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th tensor (insertion order, file order after a load), its name. */
+tg_tensor *tg_tensor_dict_at(const tg_tensor_dict *d, int i, const char **name);
+int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *value);
+/* Borrowed: the value of key, or NULL. */
+const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
+int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th key, and its value in *value. */
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i, const char **value);
+/* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
+int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
+
+/* How a checkpoint loads, as torch's load_state_dict. */
+typedef struct {
+  bool strict;       /* every variable must be found and every tensor used */
+  bool strict_dtype; /* refuse to cast: F64 into a float32 store, F16/BF16, ... */
+  /* Only tensors named "<prefix>..." are read, as "...": "module." of a DDP
+   * checkpoint, or the part of a file one object wrote. NULL: all. */
+  const char *prefix;
+  /* Tensors named "<exclude_prefix>..." are skipped, as if absent (the optimizer
+   * state beside the weights of a resume checkpoint). NULL: none. */
+  const char *exclude_prefix;
+} tg_load_options;
+tg_load_options tg_load_options_default(void); /* strict, casts allowed, NULL, NULL */
+/* What a non-strict load left out. Owned by the caller: tg_load_report_free. */
+typedef struct {
+  char **missing; /* variables the file lacks */
+  int n_missing;
+  char **unexpected; /* tensors of the file that are not variables */
+  int n_unexpected;
+} tg_load_report;
+void tg_load_report_free(tg_load_report *r);
+/* As tg_varstore_load, with options (NULL: defaults). Shapes must always match;
+ * float tensors (F16, BF16, F32, F64) cast into the store's float dtype unless
+ * strict_dtype; int64 loads into int64 only. Without strict, what matches is loaded
+ * and the names left out go to *report (may be NULL). Nothing changes on error. */
+int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_options *o,
+                        tg_load_report *report);
+/* The same from tensors in memory (prefix and exclude_prefix apply to their names). */
+int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
+                          const tg_load_options *o, tg_load_report *report);
+/* Any named tensors and metadata, to and from safetensors files. Saving is atomic as
+ * tg_varstore_save. Loading reads F16 and BF16 tensors as float32 (exactly), F32, F64
+ * and I64 as they are; other dtypes are an error, unless prefix/exclude_prefix of o
+ * (NULL: defaults; strict and strict_dtype do not apply) leave them out. */
+int tg_save_tensors(const tg_tensor_dict *d, const char *filename);
+tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o);
+
 /* ----------------------------------------------------------- data loading -- */
 /* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
  * files may be gzipped. Errors name the file and what is wrong with it. */
