@@ -549,6 +549,49 @@ int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
 int tg_save_tensors(const tg_tensor_dict *d, const char *filename);
 tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o);
 
+/* -------------------------------------------- parameter groups, resuming -- */
+/* torch.optim's param_groups: the trainable variables a group selects get its lr,
+ * momentum (SGD's momentum, Adam's beta1, as OneCycleLR cycles them) and weight decay
+ * instead of the config's (NAN: the config's), e.g. no weight decay on norms and
+ * biases. A variable belongs to the first group selecting it; the variables no group
+ * selects form one more, last group with the config's values, so an optimizer made
+ * with n groups has n + 1 (tg_sgd_new: 1). */
+typedef bool (*tg_param_filter)(const char *name, const tg_tensor *var, void *ctx);
+typedef struct {
+  const char *prefix;     /* names starting with it (NULL: any) */
+  tg_param_filter filter; /* and for which it returns true (NULL: any) */
+  void *ctx;              /* passed to filter */
+  double lr, momentum, weight_decay;
+} tg_param_group;
+tg_param_group tg_param_group_default(void); /* NULL, NULL, NULL, NAN, NAN, NAN */
+tg_optimizer *tg_sgd_new_groups(tg_varstore *vs, tg_sgd_config config,
+                                const tg_param_group *groups, int n_groups);
+tg_optimizer *tg_adam_new_groups(tg_varstore *vs, tg_adam_config config,
+                                 const tg_param_group *groups, int n_groups);
+int tg_optimizer_num_groups(const tg_optimizer *opt);
+int tg_optimizer_group_len(const tg_optimizer *opt, int group); /* parameters in it */
+/* tg_optimizer_set_lr sets every group's lr; tg_optimizer_lr is group 0's. Setters
+ * check the value as the constructors do and return 0 or -1. */
+int tg_optimizer_set_group_lr(tg_optimizer *opt, int group, double lr);
+double tg_optimizer_group_lr(const tg_optimizer *opt, int group);
+int tg_optimizer_set_group_momentum(tg_optimizer *opt, int group, double momentum);
+double tg_optimizer_group_momentum(const tg_optimizer *opt, int group);
+/* Everything a step reads, under prefix (may be NULL), as torch's
+ * optimizer.state_dict(): "<prefix>param_groups.<g>.<lr|momentum|...|size>" (float64
+ * and int64 scalars) and "<prefix>state.<variable>.<momentum_buffer | exp_avg |
+ * exp_avg_sq | step>" (the buffers are shared, not copied). */
+int tg_optimizer_state_dict(const tg_optimizer *opt, tg_tensor_dict *d,
+                            const char *prefix);
+/* Restores it into an optimizer of the same kind over the same variables (matched by
+ * name) and groups: configs, buffers (copied) and step counts, so training goes on bit
+ * for bit. Every name under prefix must be used (NULL prefix: all of d). Nothing
+ * changes on error. Returns 0 or -1. */
+int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,
+                                 const char *prefix);
+/* The global generator's state (tg_manual_seed's), to save and restore with a run. */
+void tg_random_get_state(uint64_t state[4]);
+void tg_random_set_state(const uint64_t state[4]);
+
 /* ----------------------------------------------------------- data loading -- */
 /* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
  * files may be gzipped. Errors name the file and what is wrong with it. */

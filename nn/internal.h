@@ -73,4 +73,8 @@ int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char 
 /* "<prefix><name>" in a new string, or NULL (out of memory: error set for op). */
 char *tg__concat(const char *prefix, const char *name, const char *op);
 
+/* optim.c: group g's initial_lr, which schedulers set once (torch's
+ * group.setdefault("initial_lr", lr)); NAN until then. */
+double *tg__optimizer_initial_lr(tg_optimizer *opt, int g);
+
 #endif
