@@ -592,6 +592,60 @@ int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,
 void tg_random_get_state(uint64_t state[4]);
 void tg_random_set_state(const uint64_t state[4]);
 
+/* ------------------------------------------------------- lr schedulers -- */
+/* As torch.optim.lr_scheduler, over every parameter group of an optimizer, which
+ * must outlive them. Made after the optimizer; their first step happens at
+ * construction (the lr is then step 0's), so call tg_scheduler_step after each
+ * tg_optimizer_step. Values match PyTorch's (the same recurrences). Each returns a
+ * scheduler owned by the caller (tg_scheduler_free), or NULL. */
+typedef struct tg_scheduler tg_scheduler;
+tg_scheduler *tg_step_lr_new(tg_optimizer *opt, int64_t step_size, double gamma);
+tg_scheduler *tg_multistep_lr_new(tg_optimizer *opt, const int64_t *milestones, int n,
+                                  double gamma);
+tg_scheduler *tg_linear_lr_new(tg_optimizer *opt, double start_factor, double end_factor,
+                               int64_t total_iters);
+tg_scheduler *tg_cosine_lr_new(tg_optimizer *opt, int64_t t_max, double eta_min);
+/* SequentialLR: schedulers[i] from milestones[i-1] on (n - 1 milestones), e.g. linear
+ * warm-up then cosine:
+ *   tg_sequential_lr_new(opt, (tg_scheduler *[]){tg_linear_lr_new(opt, 0.1, 1, 5),
+ *                        tg_cosine_lr_new(opt, total - 5, 0)}, 2, (int64_t[]){5});
+ * Takes ownership of the schedulers, even when it fails (a NULL one among them is
+ * such a failure). */
+tg_scheduler *tg_sequential_lr_new(tg_optimizer *opt, tg_scheduler *const *schedulers,
+                                   int n, const int64_t *milestones);
+typedef struct {
+  double max_lr;
+  int64_t total_steps;
+  double pct_start;
+  bool anneal_linear;  /* false: cosine */
+  bool cycle_momentum; /* SGD's momentum or Adam's beta1, from max to base and back */
+  double base_momentum, max_momentum, div_factor, final_div_factor;
+  bool three_phase;
+} tg_one_cycle_config;
+/* PyTorch's defaults: 0.3, cos, true, 0.85, 0.95, 25, 1e4, false. */
+tg_one_cycle_config tg_one_cycle_config_default(double max_lr, int64_t total_steps);
+tg_scheduler *tg_one_cycle_lr_new(tg_optimizer *opt, tg_one_cycle_config config);
+typedef struct {
+  bool mode_max; /* false: "min", the metric should decrease */
+  double factor;
+  int64_t patience;
+  double threshold;
+  bool threshold_abs; /* false: "rel" */
+  int64_t cooldown;
+  double min_lr, eps;
+} tg_plateau_config;
+tg_plateau_config tg_plateau_config_default(void); /* min, 0.1, 10, 1e-4, rel, 0, 0, 1e-8 */
+tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
+/* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
+int tg_scheduler_step(tg_scheduler *s);
+int tg_scheduler_step_metric(tg_scheduler *s, double metric);
+int64_t tg_scheduler_last_epoch(const tg_scheduler *s); /* steps taken */
+/* The scheduler's own state under prefix (the lrs themselves are the optimizer's). */
+int tg_scheduler_state_dict(const tg_scheduler *s, tg_tensor_dict *d, const char *prefix);
+int tg_scheduler_load_state_dict(tg_scheduler *s, const tg_tensor_dict *d,
+                                 const char *prefix);
+void tg_scheduler_free(tg_scheduler *s);
+
 /* ----------------------------------------------------------- data loading -- */
 /* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
  * files may be gzipped. Errors name the file and what is wrong with it. */
