@@ -693,6 +693,12 @@ int64_t tg_batch_iter_len(const tg_batch_iter *it); /* batches per epoch, this r
  * seek goes there (to resume a run). Seek returns 0 or -1. */
 void tg_batch_iter_position(const tg_batch_iter *it, int64_t *epoch, int64_t *batch);
 int tg_batch_iter_seek(tg_batch_iter *it, int64_t epoch, int64_t batch);
+/* The position (and seed) as "<prefix>position" in d, and back (checking the seed),
+ * to resume with the rest of a run's state. */
+int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
+                             const char *prefix);
+int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
+                                  const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
 
 #ifdef __cplusplus

@@ -424,21 +424,14 @@ int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
   uint64_t rng[4];
   tg_random_get_state(rng);
   tg_tensor *r = tg_tensor_from_data(rng, TG_SHAPE(4), TG_I64, TG_CPU);
-  int64_t epoch, batch;
-  tg_batch_iter_position(batches, &epoch, &batch);
-  char vals[3][32], num[32];
+  char vals[3][32], step[32];
   run_keys(t, o, vals);
-  int rc = d && r ? 0 : -1;
+  snprintf(step, sizeof step, "%lld", (long long)t->step);
+  int rc = d && r ? tg_tensor_dict_set_metadata(d, "step", step) : -1;
   for (int k = 0; k < 3 && rc == 0; k++)
     rc = tg_tensor_dict_set_metadata(d, run_key_names[k], vals[k]);
-  const struct {
-    const char *key;
-    int64_t v;
-  } pos[3] = {{"step", t->step}, {"epoch", epoch}, {"batch_in_epoch", batch}};
-  for (int k = 0; k < 3 && rc == 0; k++) {
-    snprintf(num, sizeof num, "%lld", (long long)pos[k].v);
-    rc = tg_tensor_dict_set_metadata(d, pos[k].key, num);
-  }
+  if (rc == 0)
+    rc = tg_batch_iter_state_dict(batches, d, "train.data.");
   if (rc == 0)
     rc = tg_varstore_state_dict(vs, d, NULL);
   if (rc == 0)
@@ -806,13 +799,9 @@ static int resume(ex_training *t, tg_varstore *vs, const ex_common_options *o,
   lo.strict_dtype = true;
   lo.exclude_prefix = "train.";
   const char *step = tg_tensor_dict_metadata(d, "step");
-  const char *epoch = tg_tensor_dict_metadata(d, "epoch");
-  const char *batch = tg_tensor_dict_metadata(d, "batch_in_epoch");
   const tg_tensor *rng = tg_tensor_dict_get(d, "train.rng");
-  if (rc == 0 && (!step || !epoch || !batch || !rng || tg_numel(rng) != 4)) {
-    fprintf(stderr,
-            "error: %s is not a resume checkpoint (no step, data position or generator "
-            "state)\n",
+  if (rc == 0 && (!step || !rng || tg_numel(rng) != 4)) {
+    fprintf(stderr, "error: %s is not a resume checkpoint (no step or generator state)\n",
             o->resume);
     rc = -1;
   }
@@ -824,13 +813,15 @@ static int resume(ex_training *t, tg_varstore *vs, const ex_common_options *o,
   if (rc == 0 && t->sched)
     rc = tg_scheduler_load_state_dict(t->sched, d, "train.scheduler.");
   if (rc == 0)
-    rc = tg_batch_iter_seek(batches, atoll(epoch), atoll(batch));
+    rc = tg_batch_iter_load_state_dict(batches, d, "train.data.");
   if (rc == 0) {
     uint64_t state[4];
     memcpy(state, tg_data((tg_tensor *)rng), sizeof state);
     tg_random_set_state(state);
     t->step = atoll(step);
-    t->epoch = (int)atoll(epoch) + 1;
+    int64_t epoch;
+    tg_batch_iter_position(batches, &epoch, NULL);
+    t->epoch = (int)epoch + 1;
     printf("resumed from %s at step %lld\n", o->resume, (long long)t->step);
   } else if (!checked) {
     fprintf(stderr, "error: cannot resume from %s: %s\n", o->resume, tg_last_error());

@@ -506,3 +506,39 @@ void tg_batch_iter_free(tg_batch_iter *it) {
   free(it->order);
   free(it);
 }
+
+int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
+                             const char *prefix) {
+  const char *op = "tg_batch_iter_state_dict";
+  if (!it || !d)
+    return tg__error("%s: argument '%s' is NULL", op, it ? "d" : "it");
+  const int64_t pos[3] = {it->epoch, it->pos, (int64_t)it->c.seed};
+  char *name = tg__concat(prefix, "position", op);
+  tg_tensor *t =
+      name ? tg__unscope(tg_tensor_from_data(pos, TG_SHAPE(3), TG_I64, TG_CPU)) : NULL;
+  int rc = t ? tg__dict_take(d, name, t, op) : -1;
+  free(name);
+  return rc;
+}
+
+int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
+                                  const char *prefix) {
+  const char *op = "tg_batch_iter_load_state_dict";
+  if (!it || !d)
+    return tg__error("%s: argument '%s' is NULL", op, it ? "d" : "it");
+  char *name = tg__concat(prefix, "position", op);
+  if (!name)
+    return -1;
+  const tg_tensor *t = tg_tensor_dict_get(d, name);
+  int rc = 0;
+  if (!t || t->dtype != TG_I64 || t->numel != 3)
+    rc = tg__error("%s: the state dict %s '%s' (int64 [3]: epoch, batch, seed)", op,
+                   t ? "has a malformed" : "lacks", name);
+  const int64_t *p = rc == 0 ? tg__data(t) : NULL;
+  if (rc == 0 && (uint64_t)p[2] != it->c.seed)
+    rc = tg__error("%s: the state is of an iterator shuffling from seed %llu, this one "
+                   "shuffles from %llu",
+                   op, (unsigned long long)p[2], (unsigned long long)it->c.seed);
+  free(name);
+  return rc == 0 ? tg_batch_iter_seek(it, p[0], p[1]) : -1;
+}
