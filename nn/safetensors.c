@@ -246,17 +246,6 @@ static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, 
   return rc;
 }
 
-typedef struct {
-  const tg_varstore *vs;
-  const tg__var **order;
-  const char *filename;
-} save_job;
-
-static int write_job(FILE *f, void *ctx) {
-  const save_job *j = ctx;
-  return write_file(j->vs, j->order, f, j->filename);
-}
-
 static int check_utf8(const char *s, const char *what, const char *op) {
   if (tg__valid_utf8((const uint8_t *)s, strlen(s), NULL))
     return 0;
