@@ -1,0 +1,485 @@
+/* Winograd F(4x4, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional
+ * Neural Networks", 2015) for float32 3x3 stride-1 dilation-1 convolutions, AVX-512.
+ *
+ * Why: the direct kernels of direct.c already run at 85-90% of the core's sgemm rate,
+ * so the 3x3 layers of a conv net can only get faster by doing fewer multiplications.
+ * F(4x4, 3x3) computes a 4x4 block of outputs from a 6x6 block of inputs with 36
+ * products per (input, output) channel pair instead of 144:
+ *
+ *   y_tile = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A      (A 6x4, B 6x6, G 6x3; points 0, ±1, ±2)
+ *
+ * summed over input channels, which makes each of the 36 points ξ of the 6x6 domain a
+ * GEMM:  M[ξ][o][t] = Σ_c U[ξ][o][c] V[ξ][c][t]  over the tiles t. The weight gradient
+ * is its adjoint:  dU[ξ][o][c] = Σ_t Z[ξ][o][t] V[ξ][c][t]  with Z = A dy Aᵀ per tile,
+ * and dg = Gᵀ dU G. The input gradient is the forward of dy with the flipped weight
+ * (conv.c, as for the direct kernels).
+ *
+ * Layout: tiles are numbered row by row (image, tile row ty, tile column tx) and
+ * processed in blocks of whole tile rows sized to stay in L2; each block's V, M (or Z)
+ * are [36][channels][tiles]. The transforms work on vectors of 16 tile columns: a run
+ * of 64 pixels of a row holds 16 tiles' 4 columns interleaved, split apart with
+ * permutes on the way in and merged with unpack/shuffles on the way out. The 36 GEMMs
+ * of a block are single-threaded OpenBLAS calls (runtime/threads.c keeps it so);
+ * threads take blocks.
+ *
+ * Accuracy: F(4x4, 3x3)'s transforms have entries up to 8 (and 1/24 in G), so float32
+ * errors are ~10x those of the direct sum; tests/test_winograd.c checks every conv test
+ * shape against float64 at 1e-5 normalised error. F(2x2, 3x3) would be more exact but
+ * saves 2.25x multiplications instead of 4x. */
+#include "ops/conv/winograd.h"
+
+#include "runtime/internal.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_WINOGRAD 1
+#include <immintrin.h>
+#define TARGET __attribute__((target("avx512f")))
+#define INLINE __attribute__((always_inline)) inline
+#else
+#define HAVE_WINOGRAD 0
+#endif
+
+enum {
+  MODE_OFF = 1,  /* TG_CONV_WINOGRAD=0, or no AVX-512 */
+  MODE_ON = 2,   /* TG_CONV_WINOGRAD=1: every 3x3 layer that it can run */
+  MODE_RULE = 3, /* default: the measured rule of worth_it */
+};
+
+static int winograd_mode(void) {
+  static atomic_int state; /* 0 unknown; racing threads store the same */
+  int s = atomic_load_explicit(&state, memory_order_relaxed);
+  if (!s) {
+    const char *env = getenv("TG_CONV_WINOGRAD");
+    s = env && !strcmp(env, "0")   ? MODE_OFF
+        : env && !strcmp(env, "1") ? MODE_ON
+                                   : MODE_RULE;
+#if HAVE_WINOGRAD
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f"))
+      s = MODE_OFF;
+#else
+    s = MODE_OFF;
+#endif
+    atomic_store_explicit(&state, s, memory_order_relaxed);
+  }
+  return s;
+}
+
+/* The measured rule (bench/NOTES.md, "Winograd"): the transforms cost per channel what
+ * the saved multiplications gain per channel pair, so Winograd wins once both channel
+ * counts are large enough for the 36 small GEMMs to run near their peak. */
+static bool worth_it(const direct_conv *d) { return d->cin >= 8 && d->cout >= 8; }
+
+bool conv_winograd_use(const direct_conv *d) {
+  if (d->kh != 3 || d->kw != 3 || d->dh != 1 || d->dw != 1)
+    return false;
+  int mode = winograd_mode();
+  return mode == MODE_ON || (mode == MODE_RULE && worth_it(d));
+}
+
+/* ---------------------------------------------------------- weights -- */
+
+/* G of F(4x4, 3x3). */
+static const float G[6][3] = {
+    {1.f / 4, 0, 0},
+    {-1.f / 6, -1.f / 6, -1.f / 6},
+    {-1.f / 6, 1.f / 6, -1.f / 6},
+    {1.f / 24, 1.f / 12, 1.f / 6},
+    {1.f / 24, -1.f / 12, 1.f / 6},
+    {0, 0, 1},
+};
+
+/* U[ξ][o][c] = (G g Gᵀ)[ξ] for g = W[o][c] (with flip, read from w2 as in direct.h).
+ * Rows of o are split over the threads of the enclosing parallel region. */
+static void transform_weights(const direct_conv *d, const float *w, bool flip, float *U) {
+  const int64_t co = d->cout, ci = d->cin;
+#pragma omp for schedule(static)
+  for (int64_t o = 0; o < co; o++)
+    for (int64_t c = 0; c < ci; c++) {
+      float g[3][3], t[6][3];
+      for (int k = 0; k < 9; k++)
+        g[k / 3][k % 3] = flip ? w[(c * co + o) * 9 + 8 - k] : w[(o * ci + c) * 9 + k];
+      for (int k = 0; k < 6; k++)
+        for (int j = 0; j < 3; j++)
+          t[k][j] = G[k][0] * g[0][j] + G[k][1] * g[1][j] + G[k][2] * g[2][j];
+      for (int k = 0; k < 6; k++)
+        for (int l = 0; l < 6; l++)
+          U[((k * 6 + l) * co + o) * ci + c] =
+              t[k][0] * G[l][0] + t[k][1] * G[l][1] + t[k][2] * G[l][2];
+    }
+}
+
+/* dw[o][c] = Gᵀ dU[o][c] G, the adjoint of transform_weights (no flip). */
+static void untransform_weights(const direct_conv *d, const float *dU, float *dw) {
+  const int64_t co = d->cout, ci = d->cin;
+#pragma omp for schedule(static)
+  for (int64_t o = 0; o < co; o++)
+    for (int64_t c = 0; c < ci; c++) {
+      float t[6][3];
+      for (int k = 0; k < 6; k++)
+        for (int j = 0; j < 3; j++) {
+          float s = 0;
+          for (int l = 0; l < 6; l++)
+            s += dU[((k * 6 + l) * co + o) * ci + c] * G[l][j];
+          t[k][j] = s;
+        }
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+          float s = 0;
+          for (int k = 0; k < 6; k++)
+            s += G[k][i] * t[k][j];
+          dw[(o * ci + c) * 9 + i * 3 + j] = s;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ plan -- */
+
+/* Target bytes of one block's V and M (or Z): half the 2 MiB L2 of the development
+ * machine's cores, so that the transforms' outputs are still cached for the GEMMs. */
+#define BLOCK_BYTES ((int64_t)1 << 20)
+
+typedef struct {
+  int64_t tw, th, nseg; /* tiles per row and column; 16-tile segments per tile row */
+  int64_t rows;         /* tile rows of all images, n * th */
+  int64_t R, nblk;      /* tile rows per block, blocks */
+  int64_t ld;           /* tile stride of V, M, Z: R * tw rounded up to 16 */
+  int64_t twb;          /* row length of the vertical pass's output */
+  int nt;
+} wplan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static wplan make_plan(const direct_conv *d) {
+  wplan p;
+  p.tw = ceil_div(d->ow, 4);
+  p.th = ceil_div(d->oh, 4);
+  p.nseg = ceil_div(p.tw, 16);
+  p.rows = d->n * p.th;
+  p.twb = 64 * p.nseg + 16; /* the horizontal pass reads 16 floats past a segment */
+  int64_t tiles = BLOCK_BYTES / (36 * 4 * (d->cin + d->cout));
+  tiles = tiles < 32 ? 32 : tiles > 512 ? 512 : tiles;
+  p.R = tiles / p.tw < 1 ? 1 : tiles / p.tw;
+  p.R = p.R > p.rows ? p.rows : p.R;
+  p.nt = tg__threads(d->n * d->oh * d->ow * d->cin * d->cout * 9);
+  if (ceil_div(p.rows, p.R) < p.nt) /* few tiles: smaller blocks for every thread */
+    p.R = ceil_div(p.rows, p.nt);
+  p.nblk = ceil_div(p.rows, p.R);
+  if (p.nblk < p.nt)
+    p.nt = (int)p.nblk;
+  p.ld = (p.R * p.tw + 15) / 16 * 16;
+  return p;
+}
+
+#if HAVE_WINOGRAD
+
+/* Lanes [0, n) for n in [0, 16]. */
+static INLINE __mmask16 first(int64_t n) {
+  return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* E[t] = p[4t + j] for t < 16, from the 64 floats a0..a3 = p[0..63]. */
+TARGET static INLINE __m512 deinterleave(__m512 a0, __m512 a1, __m512 a2, __m512 a3,
+                                         int j) {
+  const __m512i idx =
+      _mm512_setr_epi32(j, j + 4, j + 8, j + 12, j + 16, j + 20, j + 24, j + 28, j, j + 4,
+                        j + 8, j + 12, j + 16, j + 20, j + 24, j + 28);
+  return _mm512_mask_blend_ps(0xFF00, _mm512_permutex2var_ps(a0, idx, a1),
+                              _mm512_permutex2var_ps(a2, idx, a3));
+}
+
+/* The inverse: r[4t + b] = y<b>[t], the 64 floats as r[0..3]. */
+TARGET static INLINE void interleave(__m512 y0, __m512 y1, __m512 y2, __m512 y3,
+                                     __m512 r[4]) {
+  const __m512d p01l = _mm512_castps_pd(_mm512_unpacklo_ps(y0, y1));
+  const __m512d p01h = _mm512_castps_pd(_mm512_unpackhi_ps(y0, y1));
+  const __m512d p23l = _mm512_castps_pd(_mm512_unpacklo_ps(y2, y3));
+  const __m512d p23h = _mm512_castps_pd(_mm512_unpackhi_ps(y2, y3));
+  /* q<i> holds tile 4g + i in its 128-bit lane g */
+  const __m512 q0 = _mm512_castpd_ps(_mm512_unpacklo_pd(p01l, p23l));
+  const __m512 q1 = _mm512_castpd_ps(_mm512_unpackhi_pd(p01l, p23l));
+  const __m512 q2 = _mm512_castpd_ps(_mm512_unpacklo_pd(p01h, p23h));
+  const __m512 q3 = _mm512_castpd_ps(_mm512_unpackhi_pd(p01h, p23h));
+  const __m512 s0 = _mm512_shuffle_f32x4(q0, q1, 0x88); /* tiles 0, 8, 1, 9 */
+  const __m512 s1 = _mm512_shuffle_f32x4(q0, q1, 0xDD); /* 4, 12, 5, 13 */
+  const __m512 s2 = _mm512_shuffle_f32x4(q2, q3, 0x88); /* 2, 10, 3, 11 */
+  const __m512 s3 = _mm512_shuffle_f32x4(q2, q3, 0xDD); /* 6, 14, 7, 15 */
+  r[0] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+  r[1] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+  r[2] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+  r[3] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+}
+
+/* Bᵀ d of six values (one column or row of a 6x6 input tile). */
+TARGET static INLINE void bt6(const __m512 d[6], __m512 o[6]) {
+  const __m512 four = _mm512_set1_ps(4), five = _mm512_set1_ps(-5);
+  const __m512 two = _mm512_set1_ps(2);
+  o[0] = _mm512_fmadd_ps(four, d[0], _mm512_fmadd_ps(five, d[2], d[4]));
+  o[1] = _mm512_fnmadd_ps(four, _mm512_add_ps(d[1], d[2]), _mm512_add_ps(d[3], d[4]));
+  o[2] = _mm512_fmadd_ps(four, _mm512_sub_ps(d[1], d[2]), _mm512_sub_ps(d[4], d[3]));
+  o[3] = _mm512_fmadd_ps(two, _mm512_sub_ps(d[3], d[1]), _mm512_sub_ps(d[4], d[2]));
+  o[4] = _mm512_fmadd_ps(two, _mm512_sub_ps(d[1], d[3]), _mm512_sub_ps(d[4], d[2]));
+  o[5] = _mm512_fmadd_ps(four, d[1], _mm512_fmadd_ps(five, d[3], d[5]));
+}
+
+/* Aᵀ m of six values: four outputs. */
+TARGET static INLINE void at6(const __m512 m[6], __m512 o[4]) {
+  const __m512 a = _mm512_add_ps(m[1], m[2]), b = _mm512_sub_ps(m[1], m[2]);
+  const __m512 c = _mm512_add_ps(m[3], m[4]), e = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], a), c);
+  o[1] = _mm512_fmadd_ps(_mm512_set1_ps(2), e, b);
+  o[2] = _mm512_fmadd_ps(_mm512_set1_ps(4), c, a);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8), e, b), m[5]);
+}
+
+/* A d of four values (the adjoint of at6): six outputs. */
+TARGET static INLINE void a4(const __m512 d[4], __m512 o[6]) {
+  const __m512 e = _mm512_add_ps(d[0], d[2]), f = _mm512_add_ps(d[1], d[3]);
+  const __m512 g = _mm512_fmadd_ps(_mm512_set1_ps(4), d[2], d[0]);
+  const __m512 h = _mm512_fmadd_ps(_mm512_set1_ps(4), d[3], d[1]);
+  o[0] = d[0];
+  o[1] = _mm512_add_ps(e, f);
+  o[2] = _mm512_sub_ps(e, f);
+  o[3] = _mm512_fmadd_ps(_mm512_set1_ps(2), h, g);
+  o[4] = _mm512_fnmadd_ps(_mm512_set1_ps(2), h, g);
+  o[5] = d[3];
+}
+
+/* Tile row ty of one input plane [h][w]: V[ξ][t] (ξ stride xs) for its tw tiles,
+ * where tile tx reads rows 4ty - ph + i and columns 4tx - pw + j, zero outside.
+ * tmp holds 6 rows of twb floats whose columns [0, pw) and [pw + w, twb) are zero. */
+TARGET static void input_tiles(const direct_conv *d, const wplan *p, const float *plane,
+                               int64_t ty, float *tmp, float *V, int64_t xs) {
+  const int64_t w = d->w, iy0 = 4 * ty - d->ph;
+  const float *row[6];
+  for (int i = 0; i < 6; i++)
+    row[i] = iy0 + i >= 0 && iy0 + i < d->h ? plane + (iy0 + i) * w : NULL;
+  /* columns: Bᵀ over the 6 rows, vectors of 16 pixels */
+  for (int64_t x = 0; x < w; x += 16) {
+    const __mmask16 m = first(w - x);
+    __m512 v[6], o[6];
+    for (int i = 0; i < 6; i++)
+      v[i] = row[i] ? _mm512_maskz_loadu_ps(m, row[i] + x) : _mm512_setzero_ps();
+    bt6(v, o);
+    for (int k = 0; k < 6; k++)
+      _mm512_mask_storeu_ps(tmp + k * p->twb + d->pw + x, m, o[k]);
+  }
+  /* rows: Bᵀ over 6 columns, vectors of 16 tiles */
+  for (int k = 0; k < 6; k++)
+    for (int64_t s = 0; s < p->nseg; s++) {
+      const float *r = tmp + k * p->twb + 64 * s;
+      const __m512 a0 = _mm512_loadu_ps(r), a1 = _mm512_loadu_ps(r + 16);
+      const __m512 a2 = _mm512_loadu_ps(r + 32), a3 = _mm512_loadu_ps(r + 48);
+      const __m512i a4 = _mm512_castps_si512(_mm512_loadu_ps(r + 64));
+      __m512 e[6], o[6];
+      for (int j = 0; j < 4; j++)
+        e[j] = deinterleave(a0, a1, a2, a3, j);
+      /* columns 4t + 4 and 4t + 5: the next tile's first two */
+      e[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(a4, _mm512_castps_si512(e[0]), 1));
+      e[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_alignr_epi32(a4, a4, 1),
+                                                     _mm512_castps_si512(e[1]), 1));
+      bt6(e, o);
+      const __mmask16 m = first(p->tw - 16 * s);
+      for (int l = 0; l < 6; l++)
+        _mm512_mask_storeu_ps(V + (k * 6 + l) * xs + 16 * s, m, o[l]);
+    }
+}
+
+/* Tile row ty of one output plane [oh][ow] from M[ξ][t] (ξ stride xs), plus bias. */
+TARGET static void output_tiles(const direct_conv *d, const wplan *p, const float *M,
+                                int64_t xs, int64_t ty, float bias, float *plane) {
+  const int64_t ow = d->ow;
+  for (int64_t s = 0; s < p->nseg; s++) {
+    const __mmask16 m = first(p->tw - 16 * s);
+    __m512 t[4][6];
+    for (int l = 0; l < 6; l++) { /* Aᵀ over k, for each column l of the 6x6 */
+      __m512 v[6], o[4];
+      for (int k = 0; k < 6; k++)
+        v[k] = _mm512_maskz_loadu_ps(m, M + (k * 6 + l) * xs + 16 * s);
+      at6(v, o);
+      for (int a = 0; a < 4; a++)
+        t[a][l] = o[a];
+    }
+    for (int a = 0; a < 4 && 4 * ty + a < d->oh; a++) {
+      __m512 o[4], r[4];
+      at6(t[a], o);
+      const __m512 b = _mm512_set1_ps(bias);
+      interleave(_mm512_add_ps(o[0], b), _mm512_add_ps(o[1], b), _mm512_add_ps(o[2], b),
+                 _mm512_add_ps(o[3], b), r);
+      float *dst = plane + (4 * ty + a) * ow + 64 * s;
+      for (int q = 0; q < 4; q++)
+        _mm512_mask_storeu_ps(dst + 16 * q, first(ow - 64 * s - 16 * q), r[q]);
+    }
+  }
+}
+
+/* Tile row ty of one dy plane [oh][ow]: Z[ξ][t] = (A dy Aᵀ)[ξ] (ξ stride xs), pixels
+ * outside the plane (partial tiles) read as zero. */
+TARGET static void grad_tiles(const direct_conv *d, const wplan *p, const float *plane,
+                              int64_t ty, float *Z, int64_t xs) {
+  const int64_t ow = d->ow;
+  for (int64_t s = 0; s < p->nseg; s++) {
+    __m512 rows[4][4], cols[6][4];
+    for (int a = 0; a < 4; a++) {
+      __m512 v[4];
+      const bool in = 4 * ty + a < d->oh;
+      const float *src = plane + (4 * ty + a) * ow + 64 * s;
+      for (int q = 0; q < 4; q++)
+        v[q] = in ? _mm512_maskz_loadu_ps(first(ow - 64 * s - 16 * q), src + 16 * q)
+                  : _mm512_setzero_ps();
+      for (int b = 0; b < 4; b++)
+        rows[a][b] = deinterleave(v[0], v[1], v[2], v[3], b);
+    }
+    for (int b = 0; b < 4; b++) { /* A over the 4 rows, for each column b */
+      __m512 v[4] = {rows[0][b], rows[1][b], rows[2][b], rows[3][b]}, o[6];
+      a4(v, o);
+      for (int k = 0; k < 6; k++)
+        cols[k][b] = o[k];
+    }
+    const __mmask16 m = first(p->tw - 16 * s);
+    for (int k = 0; k < 6; k++) {
+      __m512 o[6];
+      a4(cols[k], o);
+      for (int l = 0; l < 6; l++)
+        _mm512_mask_storeu_ps(Z + (k * 6 + l) * xs + 16 * s, m, o[l]);
+    }
+  }
+}
+
+/* V of the tile rows [r0, r1) of x: [36][cin][ld]. */
+static void input_block(const direct_conv *d, const wplan *p, const float *x, int64_t r0,
+                        int64_t r1, float *tmp, float *V) {
+  const int64_t xs = d->cin * p->ld, plane = d->h * d->w;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *img = x + r / p->th * d->cin * plane;
+    for (int64_t c = 0; c < d->cin; c++)
+      input_tiles(d, p, img + c * plane, r % p->th, tmp, V + c * p->ld + (r - r0) * p->tw,
+                  xs);
+  }
+}
+
+/* Per-thread buffers: V [36][cin][ld], M or Z [36][cout][ld], tmp [6][twb]. */
+static size_t thread_floats(const direct_conv *d, const wplan *p) {
+  return (size_t)(36 * (d->cin + d->cout) * p->ld + 6 * p->twb + 16);
+}
+
+static int forward(const direct_conv *d, const float *x, const float *w, bool flip,
+                   const float *bias, float *y) {
+  const wplan p = make_plan(d);
+  const size_t u_floats = (size_t)(36 * d->cout * d->cin + 16) / 16 * 16;
+  const size_t per = (thread_floats(d, &p) + 15) / 16 * 16;
+  float *buf = conv_workspace_get((u_floats + (size_t)p.nt * per) * sizeof(float));
+  if (!buf)
+    return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
+  float *U = buf;
+  const int64_t plane_out = d->oh * d->ow;
+#pragma omp parallel num_threads(p.nt)
+  {
+    float *V = buf + u_floats + (size_t)omp_get_thread_num() * per;
+    float *M = V + 36 * d->cin * p.ld, *tmp = M + 36 * d->cout * p.ld;
+    memset(tmp, 0, (size_t)(6 * p.twb) * sizeof(float));
+    transform_weights(d, w, flip, U); /* ends in a barrier */
+    /* dynamic: blocks write disjoint outputs (see direct.c) */
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < p.nblk; b++) {
+      const int64_t r0 = b * p.R, r1 = r0 + p.R < p.rows ? r0 + p.R : p.rows;
+      const int64_t T = (r1 - r0) * p.tw;
+      input_block(d, &p, x, r0, r1, tmp, V);
+      for (int xi = 0; xi < 36; xi++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)T,
+                    (int)d->cin, 1.0f, U + xi * d->cout * d->cin, (int)d->cin,
+                    V + xi * d->cin * p.ld, (int)p.ld, 0.0f, M + xi * d->cout * p.ld,
+                    (int)p.ld);
+      for (int64_t r = r0; r < r1; r++) {
+        float *img = y + r / p.th * d->cout * plane_out;
+        for (int64_t o = 0; o < d->cout; o++)
+          output_tiles(d, &p, M + o * p.ld + (r - r0) * p.tw, d->cout * p.ld, r % p.th,
+                       bias ? bias[o] : 0.0f, img + o * plane_out);
+      }
+    }
+  }
+  conv_workspace_put(buf);
+  return 0;
+}
+
+static int weight_grad(const direct_conv *d, const float *x, const float *dy, float *dw,
+                       float *db) {
+  const wplan p = make_plan(d);
+  const size_t u_floats = (size_t)(36 * d->cout * d->cin + d->cout + 15) / 16 * 16;
+  const size_t per = (thread_floats(d, &p) + u_floats + 15) / 16 * 16;
+  float *buf = conv_workspace_get((size_t)p.nt * per * sizeof(float));
+  if (!buf)
+    return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
+  const int64_t plane_out = d->oh * d->ow, nu = 36 * d->cout * d->cin;
+#pragma omp parallel num_threads(p.nt)
+  {
+    const int t = omp_get_thread_num();
+    float *dU = buf + (size_t)t * per, *V = dU + u_floats;
+    float *Z = V + 36 * d->cin * p.ld, *tmp = Z + 36 * d->cout * p.ld;
+    memset(tmp, 0, (size_t)(6 * p.twb) * sizeof(float));
+    memset(dU, 0, u_floats * sizeof(float));
+    /* each thread a contiguous run of blocks, summed into its own dU and db */
+    const int64_t end = p.nblk * (t + 1) / p.nt;
+    for (int64_t b = p.nblk * t / p.nt; b < end; b++) {
+      const int64_t r0 = b * p.R, r1 = r0 + p.R < p.rows ? r0 + p.R : p.rows;
+      const int64_t T = (r1 - r0) * p.tw;
+      input_block(d, &p, x, r0, r1, tmp, V);
+      for (int64_t r = r0; r < r1; r++) {
+        const float *img = dy + r / p.th * d->cout * plane_out;
+        for (int64_t o = 0; o < d->cout; o++)
+          grad_tiles(d, &p, img + o * plane_out, r % p.th, Z + o * p.ld + (r - r0) * p.tw,
+                     d->cout * p.ld);
+      }
+      for (int xi = 0; xi < 36; xi++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->cin,
+                    (int)T, 1.0f, Z + xi * d->cout * p.ld, (int)p.ld,
+                    V + xi * d->cin * p.ld, (int)p.ld, 1.0f, dU + xi * d->cout * d->cin,
+                    (int)d->cin);
+      /* Σ over a tile of dy is its Z at ξ = (1, 1) (row 1 of A is all ones) */
+      for (int64_t o = 0; o < d->cout; o++) {
+        const float *z = Z + (7 * d->cout + o) * p.ld;
+        float s = 0;
+        for (int64_t k = 0; k < T; k++)
+          s += z[k];
+        dU[nu + o] += s;
+      }
+    }
+    /* the sums of the threads' dU and db, in thread order, into thread 0's */
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < nu + d->cout; k++)
+      for (int u = 1; u < p.nt; u++)
+        buf[k] += buf[(size_t)u * per + (size_t)k];
+    untransform_weights(d, buf, dw);
+  }
+  if (db)
+    memcpy(db, buf + nu, (size_t)d->cout * sizeof(float));
+  conv_workspace_put(buf);
+  return 0;
+}
+
+#endif
+
+int conv_fast_forward(const direct_conv *d, const float *x, const float *w, bool flip,
+                      const float *bias, float *y) {
+#if HAVE_WINOGRAD
+  if (conv_winograd_use(d))
+    return forward(d, x, w, flip, bias, y);
+#endif
+  return conv_direct_forward(d, x, w, flip, bias, y);
+}
+
+int conv_fast_weight_grad(const direct_conv *d, const float *x, const float *dy,
+                          float *dw, float *db) {
+#if HAVE_WINOGRAD
+  if (conv_winograd_use(d))
+    return weight_grad(d, x, dy, dw, db);
+#endif
+  return conv_direct_weight_grad(d, x, dy, dw, db);
+}
