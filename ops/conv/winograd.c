@@ -16,9 +16,10 @@
  *
  * Layout: tiles are numbered row by row (image, tile row ty, tile column tx) and
  * processed in blocks of whole tile rows sized to stay in L2; each block's V, M (or Z)
- * are [36][channels][tiles]. The transforms work on vectors of 16 tile columns: a run
- * of 64 pixels of a row holds 16 tiles' 4 columns interleaved, split apart with
- * permutes on the way in and merged with unpack/shuffles on the way out. The 36 GEMMs
+ * are [36][channels][tiles]. The transforms work on vectors of 16 tiles, 4 quads of 4
+ * tiles side by side (see wplan): 16 pixels of a row hold a quad's 4 columns
+ * interleaved, split apart with permutes on the way in and merged with unpack/shuffles
+ * on the way out. The 36 GEMMs
  * of a block are single-threaded OpenBLAS calls (runtime/threads.c keeps it so);
  * threads take blocks.
  *
@@ -71,10 +72,18 @@ static int winograd_mode(void) {
   return s;
 }
 
-/* The measured rule (bench/NOTES.md, "Winograd"): the transforms cost per channel what
- * the saved multiplications gain per channel pair, so Winograd wins once both channel
- * counts are large enough for the 36 small GEMMs to run near their peak. */
-static bool worth_it(const direct_conv *d) { return d->cin >= 8 && d->cout >= 8; }
+/* The measured rule (bench/conv_layers, bench/NOTES.md "Winograd"): with 8 input and
+ * output channels and more, Winograd took 0.45-0.85x the direct kernels' time on every
+ * layer measured, as long as the 4x4 tiles and their quads (wplan) are mostly real
+ * pixels: 8x8 images (half the slots padding) took 1.3x. With 3 input channels the
+ * transforms cost more than the multiplications saved (1.07-1.19x). (3 output channels
+ * gained, 0.75x, but float32 Winograd's larger elementwise error is kept away from the
+ * layers that gain little.) */
+static bool worth_it(const direct_conv *d) {
+  const int64_t th = (d->oh + 3) / 4, qw = (d->ow + 15) / 16;
+  const double used = (double)(d->oh * d->ow) / (double)(4 * th * 16 * qw);
+  return d->cin >= 8 && d->cout >= 8 && used > 0.6;
+}
 
 bool conv_winograd_use(const direct_conv *d) {
   if (d->kh != 3 || d->kw != 3 || d->dh != 1 || d->dw != 1)
@@ -145,12 +154,16 @@ static void untransform_weights(const direct_conv *d, const float *dU, float *dw
  * machine's cores, so that the transforms' outputs are still cached for the GEMMs. */
 #define BLOCK_BYTES ((int64_t)1 << 20)
 
+/* Tiles go in quads of 4 consecutive tiles of a tile row (16 pixel columns), and a
+ * vector holds 4 quads, so narrow images (14 or 16 pixels wide: one quad a row) fill
+ * whole vectors with 4 rows. A tile row takes qw quads, its last one padded: the
+ * padding tiles are computed but never stored, and their dy reads as zero. */
 typedef struct {
-  int64_t tw, th, nseg; /* tiles per row and column; 16-tile segments per tile row */
-  int64_t rows;         /* tile rows of all images, n * th */
-  int64_t R, nblk;      /* tile rows per block, blocks */
-  int64_t ld;           /* tile stride of V, M, Z: R * tw rounded up to 16 */
-  int64_t twb;          /* row length of the vertical pass's output */
+  int64_t tw, th, qw; /* tiles per row and column, quads per tile row */
+  int64_t rows;       /* tile rows of all images, n * th */
+  int64_t R, nblk;    /* tile rows per block, blocks */
+  int64_t ld;         /* tile stride of V, M, Z: 4 * qw * R rounded up to 16 */
+  int64_t twb;        /* row length of the vertical pass's output */
   int nt;
 } wplan;
 
@@ -160,12 +173,12 @@ static wplan make_plan(const direct_conv *d) {
   wplan p;
   p.tw = ceil_div(d->ow, 4);
   p.th = ceil_div(d->oh, 4);
-  p.nseg = ceil_div(p.tw, 16);
+  p.qw = ceil_div(p.tw, 4);
   p.rows = d->n * p.th;
-  p.twb = 64 * p.nseg + 16; /* the horizontal pass reads 16 floats past a segment */
+  p.twb = 16 * p.qw + 16; /* a quad's loads read 20 floats from its first column */
   int64_t tiles = BLOCK_BYTES / (36 * 4 * (d->cin + d->cout));
-  tiles = tiles < 32 ? 32 : tiles > 512 ? 512 : tiles;
-  p.R = tiles / p.tw < 1 ? 1 : tiles / p.tw;
+  tiles = tiles < 64 ? 64 : tiles > 512 ? 512 : tiles;
+  p.R = tiles / (4 * p.qw) < 1 ? 1 : tiles / (4 * p.qw);
   p.R = p.R > p.rows ? p.rows : p.R;
   p.nt = tg__threads(d->n * d->oh * d->ow * d->cin * d->cout * 9);
   if (ceil_div(p.rows, p.R) < p.nt) /* few tiles: smaller blocks for every thread */
@@ -173,7 +186,7 @@ static wplan make_plan(const direct_conv *d) {
   p.nblk = ceil_div(p.rows, p.R);
   if (p.nblk < p.nt)
     p.nt = (int)p.nblk;
-  p.ld = (p.R * p.tw + 15) / 16 * 16;
+  p.ld = (4 * p.qw * p.R + 15) / 16 * 16;
   return p;
 }
 
@@ -251,16 +264,15 @@ TARGET static INLINE void a4(const __m512 d[4], __m512 o[6]) {
   o[5] = d[3];
 }
 
-/* Tile row ty of one input plane [h][w]: V[ξ][t] (ξ stride xs) for its tw tiles,
- * where tile tx reads rows 4ty - ph + i and columns 4tx - pw + j, zero outside.
- * tmp holds 6 rows of twb floats whose columns [0, pw) and [pw + w, twb) are zero. */
-TARGET static void input_tiles(const direct_conv *d, const wplan *p, const float *plane,
-                               int64_t ty, float *tmp, float *V, int64_t xs) {
+/* Columns of the vertical pass: for tile row ty of one input plane [h][w],
+ * tmp[k][pw + x] = Σ_i Bᵀ[k][i] plane[4ty - ph + i][x] (rows outside read as zero).
+ * tmp holds 6 rows of twb floats whose columns [0, pw) and [pw + w, twb) stay zero. */
+TARGET static void input_columns(const direct_conv *d, const wplan *p, const float *plane,
+                                 int64_t ty, float *tmp) {
   const int64_t w = d->w, iy0 = 4 * ty - d->ph;
   const float *row[6];
   for (int i = 0; i < 6; i++)
     row[i] = iy0 + i >= 0 && iy0 + i < d->h ? plane + (iy0 + i) * w : NULL;
-  /* columns: Bᵀ over the 6 rows, vectors of 16 pixels */
   for (int64_t x = 0; x < w; x += 16) {
     const __mmask16 m = first(w - x);
     __m512 v[6], o[6];
@@ -270,138 +282,166 @@ TARGET static void input_tiles(const direct_conv *d, const wplan *p, const float
     for (int k = 0; k < 6; k++)
       _mm512_mask_storeu_ps(tmp + k * p->twb + d->pw + x, m, o[k]);
   }
-  /* rows: Bᵀ over 6 columns, vectors of 16 tiles */
-  for (int k = 0; k < 6; k++)
-    for (int64_t s = 0; s < p->nseg; s++) {
-      const float *r = tmp + k * p->twb + 64 * s;
-      const __m512 a0 = _mm512_loadu_ps(r), a1 = _mm512_loadu_ps(r + 16);
-      const __m512 a2 = _mm512_loadu_ps(r + 32), a3 = _mm512_loadu_ps(r + 48);
-      const __m512i a4 = _mm512_castps_si512(_mm512_loadu_ps(r + 64));
-      __m512 e[6], o[6];
-      for (int j = 0; j < 4; j++)
-        e[j] = deinterleave(a0, a1, a2, a3, j);
-      /* columns 4t + 4 and 4t + 5: the next tile's first two */
-      e[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(a4, _mm512_castps_si512(e[0]), 1));
-      e[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_alignr_epi32(a4, a4, 1),
-                                                     _mm512_castps_si512(e[1]), 1));
-      bt6(e, o);
-      const __mmask16 m = first(p->tw - 16 * s);
-      for (int l = 0; l < 6; l++)
-        _mm512_mask_storeu_ps(V + (k * 6 + l) * xs + 16 * s, m, o[l]);
-    }
 }
 
-/* Tile row ty of one output plane [oh][ow] from M[ξ][t] (ξ stride xs), plus bias. */
-TARGET static void output_tiles(const direct_conv *d, const wplan *p, const float *M,
-                                int64_t xs, int64_t ty, float bias, float *plane) {
-  const int64_t ow = d->ow;
-  for (int64_t s = 0; s < p->nseg; s++) {
-    const __mmask16 m = first(p->tw - 16 * s);
-    __m512 t[4][6];
-    for (int l = 0; l < 6; l++) { /* Aᵀ over k, for each column l of the 6x6 */
-      __m512 v[6], o[4];
-      for (int k = 0; k < 6; k++)
-        v[k] = _mm512_maskz_loadu_ps(m, M + (k * 6 + l) * xs + 16 * s);
-      at6(v, o);
-      for (int a = 0; a < 4; a++)
-        t[a][l] = o[a];
+/* The quads of a block: quad u is tile row r0 + u / qw, tiles 4 (u % qw) + [0, 4). */
+typedef struct {
+  int64_t r0, nquads, nslots; /* nslots = 4 * nquads */
+} wblock;
+
+/* Rows of the 6x6 transform: V[ξ][slot] (ξ stride xs) for the block's tiles, from the
+ * columns of input_columns (tile row i of the block at tmp + i * 6 * twb). */
+TARGET static void input_rows(const wplan *p, const wblock *b, const float *tmp, float *V,
+                              int64_t xs) {
+  for (int64_t seg = 0; seg * 16 < b->nslots; seg++) {
+    const float *src[4] = {NULL, NULL, NULL, NULL};
+    for (int q = 0; q < 4; q++) {
+      const int64_t u = seg * 4 + q;
+      if (u < b->nquads)
+        src[q] = tmp + u / p->qw * 6 * p->twb + 16 * (u % p->qw);
     }
-    for (int a = 0; a < 4 && 4 * ty + a < d->oh; a++) {
-      __m512 o[4], r[4];
-      at6(t[a], o);
-      const __m512 b = _mm512_set1_ps(bias);
-      interleave(_mm512_add_ps(o[0], b), _mm512_add_ps(o[1], b), _mm512_add_ps(o[2], b),
-                 _mm512_add_ps(o[3], b), r);
-      float *dst = plane + (4 * ty + a) * ow + 64 * s;
-      for (int q = 0; q < 4; q++)
-        _mm512_mask_storeu_ps(dst + 16 * q, first(ow - 64 * s - 16 * q), r[q]);
+    const __mmask16 m = first(b->nslots - 16 * seg);
+    for (int k = 0; k < 6; k++) {
+      __m512 a[4], c[4], e[6], o[6];
+      for (int q = 0; q < 4; q++) {
+        a[q] = src[q] ? _mm512_loadu_ps(src[q] + k * p->twb) : _mm512_setzero_ps();
+        c[q] = src[q] ? _mm512_loadu_ps(src[q] + k * p->twb + 4) : _mm512_setzero_ps();
+      }
+      for (int j = 0; j < 4; j++)
+        e[j] = deinterleave(a[0], a[1], a[2], a[3], j);
+      /* columns 4t + 4 and 4t + 5: the next tile's first two */
+      e[4] = deinterleave(c[0], c[1], c[2], c[3], 0);
+      e[5] = deinterleave(c[0], c[1], c[2], c[3], 1);
+      bt6(e, o);
+      for (int l = 0; l < 6; l++)
+        _mm512_mask_storeu_ps(V + (k * 6 + l) * xs + 16 * seg, m, o[l]);
     }
   }
 }
 
-/* Tile row ty of one dy plane [oh][ow]: Z[ξ][t] = (A dy Aᵀ)[ξ] (ξ stride xs), pixels
- * outside the plane (partial tiles) read as zero. */
-TARGET static void grad_tiles(const direct_conv *d, const wplan *p, const float *plane,
-                              int64_t ty, float *Z, int64_t xs) {
-  const int64_t ow = d->ow;
-  for (int64_t s = 0; s < p->nseg; s++) {
+/* Output channel o of the block from M[ξ][slot] (ξ stride xs), plus bias, into
+ * y [n][cout][oh][ow]. */
+TARGET static void output_tiles(const direct_conv *d, const wplan *p, const wblock *b,
+                                const float *M, int64_t xs, int64_t o, float bias,
+                                float *y) {
+  const int64_t ow = d->ow, plane = d->oh * d->ow;
+  const __m512 bv = _mm512_set1_ps(bias);
+  for (int64_t seg = 0; seg * 16 < b->nslots; seg++) {
+    const __mmask16 m = first(b->nslots - 16 * seg);
+    __m512 t[4][6];
+    for (int l = 0; l < 6; l++) { /* Aᵀ over k, for each column l of the 6x6 */
+      __m512 v[6], r[4];
+      for (int k = 0; k < 6; k++)
+        v[k] = _mm512_maskz_loadu_ps(m, M + (k * 6 + l) * xs + 16 * seg);
+      at6(v, r);
+      for (int a = 0; a < 4; a++)
+        t[a][l] = r[a];
+    }
+    for (int a = 0; a < 4; a++) {
+      __m512 v[4], r[4];
+      at6(t[a], v);
+      interleave(_mm512_add_ps(v[0], bv), _mm512_add_ps(v[1], bv),
+                 _mm512_add_ps(v[2], bv), _mm512_add_ps(v[3], bv), r);
+      for (int q = 0; q < 4; q++) {
+        const int64_t u = seg * 4 + q, row = b->r0 + u / p->qw, oy = row % p->th * 4 + a;
+        if (u >= b->nquads || oy >= d->oh)
+          continue;
+        float *dst = y + (row / p->th * d->cout + o) * plane + oy * ow + 16 * (u % p->qw);
+        _mm512_mask_storeu_ps(dst, first(ow - 16 * (u % p->qw)), r[q]);
+      }
+    }
+  }
+}
+
+/* Output channel o of the block's dy [n][cout][oh][ow]: Z[ξ][slot] = (A dy Aᵀ)[ξ]
+ * (ξ stride xs), pixels outside the plane (padding tiles) read as zero. */
+TARGET static void grad_tiles(const direct_conv *d, const wplan *p, const wblock *b,
+                              const float *dy, int64_t o, float *Z, int64_t xs) {
+  const int64_t ow = d->ow, plane = d->oh * d->ow;
+  for (int64_t seg = 0; seg * 16 < b->nslots; seg++) {
     __m512 rows[4][4], cols[6][4];
     for (int a = 0; a < 4; a++) {
       __m512 v[4];
-      const bool in = 4 * ty + a < d->oh;
-      const float *src = plane + (4 * ty + a) * ow + 64 * s;
-      for (int q = 0; q < 4; q++)
-        v[q] = in ? _mm512_maskz_loadu_ps(first(ow - 64 * s - 16 * q), src + 16 * q)
-                  : _mm512_setzero_ps();
-      for (int b = 0; b < 4; b++)
-        rows[a][b] = deinterleave(v[0], v[1], v[2], v[3], b);
+      for (int q = 0; q < 4; q++) {
+        const int64_t u = seg * 4 + q, row = b->r0 + u / p->qw, oy = row % p->th * 4 + a;
+        const float *src =
+            dy + (row / p->th * d->cout + o) * plane + oy * ow + 16 * (u % p->qw);
+        v[q] = u < b->nquads && oy < d->oh
+                   ? _mm512_maskz_loadu_ps(first(ow - 16 * (u % p->qw)), src)
+                   : _mm512_setzero_ps();
+      }
+      for (int c = 0; c < 4; c++)
+        rows[a][c] = deinterleave(v[0], v[1], v[2], v[3], c);
     }
-    for (int b = 0; b < 4; b++) { /* A over the 4 rows, for each column b */
-      __m512 v[4] = {rows[0][b], rows[1][b], rows[2][b], rows[3][b]}, o[6];
-      a4(v, o);
+    for (int c = 0; c < 4; c++) { /* A over the 4 rows, for each column */
+      __m512 v[4] = {rows[0][c], rows[1][c], rows[2][c], rows[3][c]}, r[6];
+      a4(v, r);
       for (int k = 0; k < 6; k++)
-        cols[k][b] = o[k];
+        cols[k][c] = r[k];
     }
-    const __mmask16 m = first(p->tw - 16 * s);
+    const __mmask16 m = first(b->nslots - 16 * seg);
     for (int k = 0; k < 6; k++) {
-      __m512 o[6];
-      a4(cols[k], o);
+      __m512 r[6];
+      a4(cols[k], r);
       for (int l = 0; l < 6; l++)
-        _mm512_mask_storeu_ps(Z + (k * 6 + l) * xs + 16 * s, m, o[l]);
+        _mm512_mask_storeu_ps(Z + (k * 6 + l) * xs + 16 * seg, m, r[l]);
     }
   }
 }
 
-/* V of the tile rows [r0, r1) of x: [36][cin][ld]. */
-static void input_block(const direct_conv *d, const wplan *p, const float *x, int64_t r0,
-                        int64_t r1, float *tmp, float *V) {
-  const int64_t xs = d->cin * p->ld, plane = d->h * d->w;
-  for (int64_t r = r0; r < r1; r++) {
-    const float *img = x + r / p->th * d->cin * plane;
-    for (int64_t c = 0; c < d->cin; c++)
-      input_tiles(d, p, img + c * plane, r % p->th, tmp, V + c * p->ld + (r - r0) * p->tw,
-                  xs);
+static wblock block_of(const wplan *p, int64_t blk) {
+  const int64_t r0 = blk * p->R, r1 = r0 + p->R < p->rows ? r0 + p->R : p->rows;
+  return (wblock){r0, (r1 - r0) * p->qw, (r1 - r0) * p->qw * 4};
+}
+
+/* V of the block's tiles of x: [36][cin][ld]. */
+static void input_block(const direct_conv *d, const wplan *p, const wblock *b,
+                        const float *x, float *tmp, float *V) {
+  const int64_t plane = d->h * d->w, nrows = b->nquads / p->qw;
+  for (int64_t c = 0; c < d->cin; c++) {
+    for (int64_t i = 0; i < nrows; i++) {
+      const int64_t r = b->r0 + i;
+      input_columns(d, p, x + (r / p->th * d->cin + c) * plane, r % p->th,
+                    tmp + i * 6 * p->twb);
+    }
+    input_rows(p, b, tmp, V + c * p->ld, d->cin * p->ld);
   }
 }
 
-/* Per-thread buffers: V [36][cin][ld], M or Z [36][cout][ld], tmp [6][twb]. */
+/* Per-thread buffers: V [36][cin][ld], M or Z [36][cout][ld], tmp [R][6][twb]. */
 static size_t thread_floats(const direct_conv *d, const wplan *p) {
-  return (size_t)(36 * (d->cin + d->cout) * p->ld + 6 * p->twb + 16);
+  const size_t n = (size_t)(36 * (d->cin + d->cout) * p->ld + p->R * 6 * p->twb);
+  return (n + 15) / 16 * 16;
 }
 
 static int forward(const direct_conv *d, const float *x, const float *w, bool flip,
                    const float *bias, float *y) {
   const wplan p = make_plan(d);
-  const size_t u_floats = (size_t)(36 * d->cout * d->cin + 16) / 16 * 16;
-  const size_t per = (thread_floats(d, &p) + 15) / 16 * 16;
+  const size_t u_floats = (size_t)(36 * d->cout * d->cin + 15) / 16 * 16;
+  const size_t per = thread_floats(d, &p);
   float *buf = conv_workspace_get((u_floats + (size_t)p.nt * per) * sizeof(float));
   if (!buf)
     return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
   float *U = buf;
-  const int64_t plane_out = d->oh * d->ow;
 #pragma omp parallel num_threads(p.nt)
   {
     float *V = buf + u_floats + (size_t)omp_get_thread_num() * per;
     float *M = V + 36 * d->cin * p.ld, *tmp = M + 36 * d->cout * p.ld;
-    memset(tmp, 0, (size_t)(6 * p.twb) * sizeof(float));
+    memset(tmp, 0, (size_t)(p.R * 6 * p.twb) * sizeof(float));
     transform_weights(d, w, flip, U); /* ends in a barrier */
     /* dynamic: blocks write disjoint outputs (see direct.c) */
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < p.nblk; b++) {
-      const int64_t r0 = b * p.R, r1 = r0 + p.R < p.rows ? r0 + p.R : p.rows;
-      const int64_t T = (r1 - r0) * p.tw;
-      input_block(d, &p, x, r0, r1, tmp, V);
+    for (int64_t blk = 0; blk < p.nblk; blk++) {
+      const wblock b = block_of(&p, blk);
+      input_block(d, &p, &b, x, tmp, V);
       for (int xi = 0; xi < 36; xi++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)T,
-                    (int)d->cin, 1.0f, U + xi * d->cout * d->cin, (int)d->cin,
-                    V + xi * d->cin * p.ld, (int)p.ld, 0.0f, M + xi * d->cout * p.ld,
-                    (int)p.ld);
-      for (int64_t r = r0; r < r1; r++) {
-        float *img = y + r / p.th * d->cout * plane_out;
-        for (int64_t o = 0; o < d->cout; o++)
-          output_tiles(d, &p, M + o * p.ld + (r - r0) * p.tw, d->cout * p.ld, r % p.th,
-                       bias ? bias[o] : 0.0f, img + o * plane_out);
-      }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout,
+                    (int)b.nslots, (int)d->cin, 1.0f, U + xi * d->cout * d->cin,
+                    (int)d->cin, V + xi * d->cin * p.ld, (int)p.ld, 0.0f,
+                    M + xi * d->cout * p.ld, (int)p.ld);
+      for (int64_t o = 0; o < d->cout; o++)
+        output_tiles(d, &p, &b, M + o * p.ld, d->cout * p.ld, o, bias ? bias[o] : 0.0f,
+                     y);
     }
   }
   conv_workspace_put(buf);
@@ -412,40 +452,35 @@ static int weight_grad(const direct_conv *d, const float *x, const float *dy, fl
                        float *db) {
   const wplan p = make_plan(d);
   const size_t u_floats = (size_t)(36 * d->cout * d->cin + d->cout + 15) / 16 * 16;
-  const size_t per = (thread_floats(d, &p) + u_floats + 15) / 16 * 16;
+  const size_t per = thread_floats(d, &p) + u_floats;
   float *buf = conv_workspace_get((size_t)p.nt * per * sizeof(float));
   if (!buf)
     return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
-  const int64_t plane_out = d->oh * d->ow, nu = 36 * d->cout * d->cin;
+  const int64_t nu = 36 * d->cout * d->cin;
 #pragma omp parallel num_threads(p.nt)
   {
     const int t = omp_get_thread_num();
     float *dU = buf + (size_t)t * per, *V = dU + u_floats;
     float *Z = V + 36 * d->cin * p.ld, *tmp = Z + 36 * d->cout * p.ld;
-    memset(tmp, 0, (size_t)(6 * p.twb) * sizeof(float));
+    memset(tmp, 0, (size_t)(p.R * 6 * p.twb) * sizeof(float));
     memset(dU, 0, u_floats * sizeof(float));
     /* each thread a contiguous run of blocks, summed into its own dU and db */
     const int64_t end = p.nblk * (t + 1) / p.nt;
-    for (int64_t b = p.nblk * t / p.nt; b < end; b++) {
-      const int64_t r0 = b * p.R, r1 = r0 + p.R < p.rows ? r0 + p.R : p.rows;
-      const int64_t T = (r1 - r0) * p.tw;
-      input_block(d, &p, x, r0, r1, tmp, V);
-      for (int64_t r = r0; r < r1; r++) {
-        const float *img = dy + r / p.th * d->cout * plane_out;
-        for (int64_t o = 0; o < d->cout; o++)
-          grad_tiles(d, &p, img + o * plane_out, r % p.th, Z + o * p.ld + (r - r0) * p.tw,
-                     d->cout * p.ld);
-      }
+    for (int64_t blk = p.nblk * t / p.nt; blk < end; blk++) {
+      const wblock b = block_of(&p, blk);
+      input_block(d, &p, &b, x, tmp, V);
+      for (int64_t o = 0; o < d->cout; o++)
+        grad_tiles(d, &p, &b, dy, o, Z + o * p.ld, d->cout * p.ld);
       for (int xi = 0; xi < 36; xi++)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->cin,
-                    (int)T, 1.0f, Z + xi * d->cout * p.ld, (int)p.ld,
+                    (int)b.nslots, 1.0f, Z + xi * d->cout * p.ld, (int)p.ld,
                     V + xi * d->cin * p.ld, (int)p.ld, 1.0f, dU + xi * d->cout * d->cin,
                     (int)d->cin);
       /* Σ over a tile of dy is its Z at ξ = (1, 1) (row 1 of A is all ones) */
       for (int64_t o = 0; o < d->cout; o++) {
         const float *z = Z + (7 * d->cout + o) * p.ld;
         float s = 0;
-        for (int64_t k = 0; k < T; k++)
+        for (int64_t k = 0; k < b.nslots; k++)
           s += z[k];
         dU[nu + o] += s;
       }
@@ -466,20 +501,36 @@ static int weight_grad(const direct_conv *d, const float *x, const float *dy, fl
 
 #endif
 
-int conv_fast_forward(const direct_conv *d, const float *x, const float *w, bool flip,
-                      const float *bias, float *y) {
+int conv_winograd_forward(const direct_conv *d, const float *x, const float *w, bool flip,
+                          const float *bias, float *y) {
 #if HAVE_WINOGRAD
-  if (conv_winograd_use(d))
+  if (__builtin_cpu_supports("avx512f"))
     return forward(d, x, w, flip, bias, y);
 #endif
+  (void)d, (void)x, (void)w, (void)flip, (void)bias, (void)y;
+  return tg__error("conv: Winograd kernels need AVX-512");
+}
+
+int conv_winograd_weight_grad(const direct_conv *d, const float *x, const float *dy,
+                              float *dw, float *db) {
+#if HAVE_WINOGRAD
+  if (__builtin_cpu_supports("avx512f"))
+    return weight_grad(d, x, dy, dw, db);
+#endif
+  (void)d, (void)x, (void)dy, (void)dw, (void)db;
+  return tg__error("conv: Winograd kernels need AVX-512");
+}
+
+int conv_fast_forward(const direct_conv *d, const float *x, const float *w, bool flip,
+                      const float *bias, float *y) {
+  if (conv_winograd_use(d))
+    return conv_winograd_forward(d, x, w, flip, bias, y);
   return conv_direct_forward(d, x, w, flip, bias, y);
 }
 
 int conv_fast_weight_grad(const direct_conv *d, const float *x, const float *dy,
                           float *dw, float *db) {
-#if HAVE_WINOGRAD
   if (conv_winograd_use(d))
-    return weight_grad(d, x, dy, dw, db);
-#endif
+    return conv_winograd_weight_grad(d, x, dy, dw, db);
   return conv_direct_weight_grad(d, x, dy, dw, db);
 }

@@ -12,6 +12,14 @@
  * per-layer rule (winograd.c). */
 bool conv_winograd_use(const direct_conv *d);
 
+/* conv_direct_forward's and conv_direct_weight_grad's contracts, always through
+ * Winograd (d: 3x3, dilation 1); -1 with a message on CPUs without AVX-512. For
+ * bench/conv_layers, which times both paths on the same layer. */
+int conv_winograd_forward(const direct_conv *d, const float *x, const float *w, bool flip,
+                          const float *bias, float *y);
+int conv_winograd_weight_grad(const direct_conv *d, const float *x, const float *dy,
+                              float *dw, float *db);
+
 /* conv_direct_forward's contract, through Winograd when conv_winograd_use(d). */
 int conv_fast_forward(const direct_conv *d, const float *x, const float *w, bool flip,
                       const float *bias, float *y);
