@@ -476,6 +476,15 @@ void tg_optimizer_free(tg_optimizer *opt);
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
+/* ---- deterministic mode (issue #16 item 7) ---- */
+/* With it on, results are bitwise identical whatever the thread count: reductions
+ * (conv weight gradients, loss and norm sums) split their work into a fixed set of
+ * parts, not one per thread, and add the parts in a fixed order. GroupNorm, BatchNorm
+ * and the optimizers are deterministic anyway. Default: env TG_DETERMINISTIC=1 turns
+ * it on, else off (see bench/NOTES.md for its cost). Applies to all threads. */
+void tg_set_deterministic(bool on);
+bool tg_get_deterministic(void);
+
 #ifdef __cplusplus
 }
 #endif

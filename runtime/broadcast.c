@@ -98,10 +98,11 @@ int tg__scale_(tg_tensor *dst, double alpha) {
 double tg__sumsq(const tg_tensor *t) {
   double acc = 0;
   int64_t n = t->numel;
+  const int nt = tg__reduce_threads(n); /* the reduction's order depends on it */
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *d = tg__data(t);
     _Pragma(
-        "omp parallel for reduction(+ : acc) num_threads(tg__threads(n))") for (int64_t
+        "omp parallel for reduction(+ : acc) num_threads(nt)") for (int64_t
                                                                                     i = 0;
                                                                                 i < n;
                                                                                 i++)

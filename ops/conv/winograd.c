@@ -105,46 +105,66 @@ static const float G[6][3] = {
 };
 
 /* U[ξ][o][c] = (G g Gᵀ)[ξ] for g = W[o][c] (with flip, read from w2 as in direct.h).
- * Rows of o are split over the threads of the enclosing parallel region. */
+ * Runs of CB channels c at once, the innermost loops over them (vectorised), so that U
+ * is written in contiguous runs: one scalar store per ξ and pair was 6% of a U-Net
+ * step. Rows of o are split over the threads of the enclosing parallel region. */
+enum { CB = 16 };
 static void transform_weights(const direct_conv *d, const float *w, bool flip, float *U) {
   const int64_t co = d->cout, ci = d->cin;
 #pragma omp for schedule(static)
   for (int64_t o = 0; o < co; o++)
-    for (int64_t c = 0; c < ci; c++) {
-      float g[3][3], t[6][3];
-      for (int k = 0; k < 9; k++)
-        g[k / 3][k % 3] = flip ? w[(c * co + o) * 9 + 8 - k] : w[(o * ci + c) * 9 + k];
+    for (int64_t c0 = 0; c0 < ci; c0 += CB) {
+      const int n = ci - c0 < CB ? (int)(ci - c0) : CB;
+      float g[9][CB] = {{0}}, t[6][3][CB], u[CB];
+      for (int e = 0; e < n; e++)
+        for (int k = 0; k < 9; k++) {
+          const int64_t c = c0 + e;
+          g[k][e] = flip ? w[(c * co + o) * 9 + 8 - k] : w[(o * ci + c) * 9 + k];
+        }
       for (int k = 0; k < 6; k++)
         for (int j = 0; j < 3; j++)
-          t[k][j] = G[k][0] * g[0][j] + G[k][1] * g[1][j] + G[k][2] * g[2][j];
+          for (int e = 0; e < CB; e++)
+            t[k][j][e] =
+                G[k][0] * g[j][e] + G[k][1] * g[3 + j][e] + G[k][2] * g[6 + j][e];
       for (int k = 0; k < 6; k++)
-        for (int l = 0; l < 6; l++)
-          U[((k * 6 + l) * co + o) * ci + c] =
-              t[k][0] * G[l][0] + t[k][1] * G[l][1] + t[k][2] * G[l][2];
+        for (int l = 0; l < 6; l++) {
+          for (int e = 0; e < CB; e++)
+            u[e] = t[k][0][e] * G[l][0] + t[k][1][e] * G[l][1] + t[k][2][e] * G[l][2];
+          memcpy(U + ((k * 6 + l) * co + o) * ci + c0, u, (size_t)n * sizeof(float));
+        }
     }
 }
 
-/* dw[o][c] = Gᵀ dU[o][c] G, the adjoint of transform_weights (no flip). */
+/* dw[o][c] = Gᵀ dU[o][c] G, the adjoint of transform_weights (no flip), CB channels
+ * at a time as there. */
 static void untransform_weights(const direct_conv *d, const float *dU, float *dw) {
   const int64_t co = d->cout, ci = d->cin;
 #pragma omp for schedule(static)
   for (int64_t o = 0; o < co; o++)
-    for (int64_t c = 0; c < ci; c++) {
-      float t[6][3];
+    for (int64_t c0 = 0; c0 < ci; c0 += CB) {
+      const int n = ci - c0 < CB ? (int)(ci - c0) : CB;
+      float u[36][CB] = {{0}}, t[6][3][CB], g[9][CB];
+      for (int x = 0; x < 36; x++)
+        memcpy(u[x], dU + (x * co + o) * ci + c0, (size_t)n * sizeof(float));
       for (int k = 0; k < 6; k++)
-        for (int j = 0; j < 3; j++) {
-          float s = 0;
-          for (int l = 0; l < 6; l++)
-            s += dU[((k * 6 + l) * co + o) * ci + c] * G[l][j];
-          t[k][j] = s;
-        }
+        for (int j = 0; j < 3; j++)
+          for (int e = 0; e < CB; e++) {
+            float s = 0;
+            for (int l = 0; l < 6; l++)
+              s += u[k * 6 + l][e] * G[l][j];
+            t[k][j][e] = s;
+          }
       for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) {
-          float s = 0;
-          for (int k = 0; k < 6; k++)
-            s += G[k][i] * t[k][j];
-          dw[(o * ci + c) * 9 + i * 3 + j] = s;
-        }
+        for (int j = 0; j < 3; j++)
+          for (int e = 0; e < CB; e++) {
+            float s = 0;
+            for (int k = 0; k < 6; k++)
+              s += G[k][i] * t[k][j][e];
+            g[i * 3 + j][e] = s;
+          }
+      for (int e = 0; e < n; e++)
+        for (int k = 0; k < 9; k++)
+          dw[(o * ci + c0 + e) * 9 + k] = g[k][e];
     }
 }
 
@@ -164,12 +184,13 @@ typedef struct {
   int64_t R, nblk;    /* tile rows per block, blocks */
   int64_t ld;         /* tile stride of V, M, Z: 4 * qw * R rounded up to 16 */
   int64_t twb;        /* row length of the vertical pass's output */
-  int nt;
+  int nt;             /* pieces of work: threads (forward) or reduction parts */
 } wplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static wplan make_plan(const direct_conv *d) {
+/* Blocks for `pieces` pieces of work. */
+static wplan make_plan(const direct_conv *d, int pieces) {
   wplan p;
   p.tw = ceil_div(d->ow, 4);
   p.th = ceil_div(d->oh, 4);
@@ -180,7 +201,7 @@ static wplan make_plan(const direct_conv *d) {
   tiles = tiles < 64 ? 64 : tiles > 512 ? 512 : tiles;
   p.R = tiles / (4 * p.qw) < 1 ? 1 : tiles / (4 * p.qw);
   p.R = p.R > p.rows ? p.rows : p.R;
-  p.nt = tg__threads(d->n * d->oh * d->ow * d->cin * d->cout * 9);
+  p.nt = pieces;
   if (ceil_div(p.rows, p.R) < p.nt) /* few tiles: smaller blocks for every thread */
     p.R = ceil_div(p.rows, p.nt);
   p.nblk = ceil_div(p.rows, p.R);
@@ -414,16 +435,23 @@ static size_t thread_floats(const direct_conv *d, const wplan *p) {
   return (n + 15) / 16 * 16;
 }
 
+static int64_t work_of(const direct_conv *d) {
+  return d->n * d->oh * d->ow * d->cin * d->cout * 9;
+}
+
 static int forward(const direct_conv *d, const float *x, const float *w, bool flip,
                    const float *bias, float *y) {
-  const wplan p = make_plan(d);
+  /* The blocks set the GEMMs' sizes, and OpenBLAS's summation order may depend on
+   * them: in deterministic mode they come from tg__reduce_parts, not the threads. */
+  const wplan p = make_plan(d, tg__reduce_parts(work_of(d)));
+  const int nth = tg__threads(work_of(d)) < p.nt ? tg__threads(work_of(d)) : p.nt;
   const size_t u_floats = (size_t)(36 * d->cout * d->cin + 15) / 16 * 16;
   const size_t per = thread_floats(d, &p);
-  float *buf = conv_workspace_get((u_floats + (size_t)p.nt * per) * sizeof(float));
+  float *buf = conv_workspace_get((u_floats + (size_t)nth * per) * sizeof(float));
   if (!buf)
-    return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
+    return tg__error("conv: out of memory for the Winograd buffers of %d threads", nth);
   float *U = buf;
-#pragma omp parallel num_threads(p.nt)
+#pragma omp parallel num_threads(nth)
   {
     float *V = buf + u_floats + (size_t)omp_get_thread_num() * per;
     float *M = V + 36 * d->cin * p.ld, *tmp = M + 36 * d->cout * p.ld;
@@ -448,49 +476,55 @@ static int forward(const direct_conv *d, const float *x, const float *w, bool fl
   return 0;
 }
 
+/* p.nt parts, each a contiguous run of blocks summed on one thread into its own dU
+ * and db, then added in part order: tg__reduce_parts makes the result independent of
+ * the threads in deterministic mode. */
 static int weight_grad(const direct_conv *d, const float *x, const float *dy, float *dw,
                        float *db) {
-  const wplan p = make_plan(d);
+  const wplan p = make_plan(d, tg__reduce_parts(work_of(d)));
+  const int nth = tg__threads(work_of(d)) < p.nt ? tg__threads(work_of(d)) : p.nt;
   const size_t u_floats = (size_t)(36 * d->cout * d->cin + d->cout + 15) / 16 * 16;
-  const size_t per = thread_floats(d, &p) + u_floats;
-  float *buf = conv_workspace_get((size_t)p.nt * per * sizeof(float));
+  const size_t per = thread_floats(d, &p);
+  float *buf =
+      conv_workspace_get(((size_t)p.nt * u_floats + (size_t)nth * per) * sizeof(float));
   if (!buf)
-    return tg__error("conv: out of memory for the Winograd buffers of %d threads", p.nt);
+    return tg__error("conv: out of memory for the Winograd buffers of %d threads", nth);
   const int64_t nu = 36 * d->cout * d->cin;
-#pragma omp parallel num_threads(p.nt)
+#pragma omp parallel num_threads(nth)
   {
-    const int t = omp_get_thread_num();
-    float *dU = buf + (size_t)t * per, *V = dU + u_floats;
+    float *V = buf + (size_t)p.nt * u_floats + (size_t)omp_get_thread_num() * per;
     float *Z = V + 36 * d->cin * p.ld, *tmp = Z + 36 * d->cout * p.ld;
     memset(tmp, 0, (size_t)(p.R * 6 * p.twb) * sizeof(float));
-    memset(dU, 0, u_floats * sizeof(float));
-    /* each thread a contiguous run of blocks, summed into its own dU and db */
-    const int64_t end = p.nblk * (t + 1) / p.nt;
-    for (int64_t blk = p.nblk * t / p.nt; blk < end; blk++) {
-      const wblock b = block_of(&p, blk);
-      input_block(d, &p, &b, x, tmp, V);
-      for (int64_t o = 0; o < d->cout; o++)
-        grad_tiles(d, &p, &b, dy, o, Z + o * p.ld, d->cout * p.ld);
-      for (int xi = 0; xi < 36; xi++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->cin,
-                    (int)b.nslots, 1.0f, Z + xi * d->cout * p.ld, (int)p.ld,
-                    V + xi * d->cin * p.ld, (int)p.ld, 1.0f, dU + xi * d->cout * d->cin,
-                    (int)d->cin);
-      /* Σ over a tile of dy is its Z at ξ = (1, 1) (row 1 of A is all ones) */
-      for (int64_t o = 0; o < d->cout; o++) {
-        const float *z = Z + (7 * d->cout + o) * p.ld;
-        float s = 0;
-        for (int64_t k = 0; k < b.nslots; k++)
-          s += z[k];
-        dU[nu + o] += s;
+#pragma omp for schedule(static)
+    for (int t = 0; t < p.nt; t++) {
+      float *dU = buf + (size_t)t * u_floats;
+      memset(dU, 0, u_floats * sizeof(float));
+      const int64_t end = p.nblk * (t + 1) / p.nt;
+      for (int64_t blk = p.nblk * t / p.nt; blk < end; blk++) {
+        const wblock b = block_of(&p, blk);
+        input_block(d, &p, &b, x, tmp, V);
+        for (int64_t o = 0; o < d->cout; o++)
+          grad_tiles(d, &p, &b, dy, o, Z + o * p.ld, d->cout * p.ld);
+        for (int xi = 0; xi < 36; xi++)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->cin,
+                      (int)b.nslots, 1.0f, Z + xi * d->cout * p.ld, (int)p.ld,
+                      V + xi * d->cin * p.ld, (int)p.ld, 1.0f, dU + xi * d->cout * d->cin,
+                      (int)d->cin);
+        /* Σ over a tile of dy is its Z at ξ = (1, 1) (row 1 of A is all ones) */
+        for (int64_t o = 0; o < d->cout; o++) {
+          const float *z = Z + (7 * d->cout + o) * p.ld;
+          float s = 0;
+          for (int64_t k = 0; k < b.nslots; k++)
+            s += z[k];
+          dU[nu + o] += s;
+        }
       }
     }
-    /* the sums of the threads' dU and db, in thread order, into thread 0's */
-#pragma omp barrier
+    /* the sums of the parts' dU and db, in part order, into part 0's */
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < nu + d->cout; k++)
       for (int u = 1; u < p.nt; u++)
-        buf[k] += buf[(size_t)u * per + (size_t)k];
+        buf[k] += buf[(size_t)u * u_floats + (size_t)k];
     untransform_weights(d, buf, dw);
   }
   if (db)
