@@ -408,14 +408,16 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. */
+ * always uses its own kernels. relu (not in tch-rs; default false): the layer computes
+ * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
   bool affine;
   tg_init ws_init, bs_init;
+  bool relu;
 } tg_group_norm_config;
-tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0,false */
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
                             tg_group_norm_config config);
 
@@ -475,6 +477,13 @@ void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+/* ---- fused GroupNorm + ReLU (issue #17) ---- */
+/* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
+ * intermediate tensor: the backward recomputes the ReLU's mask from x and the saved
+ * statistics. Same arguments, rules and results as the two ops (NaN stays NaN). */
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias, double eps);
 
 /* ---- deterministic mode (issue #16 item 7) ---- */
 /* With it on, results are bitwise identical whatever the thread count: reductions

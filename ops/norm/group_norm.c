@@ -12,6 +12,7 @@ static const char *const OP = "tg_group_norm";
 
 typedef struct {
   int64_t N, C, G, HW; /* HW: product of the trailing dims */
+  bool relu;           /* tg_group_norm_relu: a ReLU fused onto the output */
 } gn_dims;
 
 /* Shape and argument rules, independent of the device. */
@@ -28,6 +29,7 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
   if (G <= 0)
     return tg__error("%s: Expected num groups to be greater than 0, got %lld", OP,
                      (long long)G);
+  *d = (gn_dims){0};
   d->N = x->shape[0];
   d->C = x->shape[1];
   d->G = G;
@@ -69,6 +71,14 @@ static int64_t stream_bytes(void) {
 
 /* ---------------------------------------------------------------- forward -- */
 
+/* y = (x - p) * a + sh for channel c: a = rstd*gamma_c, sh = beta_c - dmean*a. The
+ * backward of tg_group_norm_relu recomputes y this way for the ReLU's mask. */
+static void gn_channel_affine(const norm_stats *st, double gamma, double beta, double *a,
+                              double *sh) {
+  *a = st->rstd * gamma;
+  *sh = beta - st->dmean * *a;
+}
+
 /* One (n, g) at a time: its D*HW elements are contiguous and stay in L2 between the
  * statistics pass and the normalising pass; each thread takes a contiguous run of
  * groups, so on large inputs it prefetches its next group while writing this one, and
@@ -89,14 +99,14 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
         norm_moments(xg, 1, len, 0, eps, &st);
         if (stats)
           stats[ng] = st;
-        /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
         const T p = (T)st.pivot;
         const int64_t c0 = (ng % d.G) * D;
         for (int64_t k = 0; k < D; k++) {
-          double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
-          double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
-          norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
-                      next ? next + k * d.HW : NULL, stream);
+          double a, sh;
+          gn_channel_affine(&st, W ? (double)W[c0 + k] : 1.0, B ? (double)B[c0 + k] : 0.0,
+                            &a, &sh);
+          norm_affine_act(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
+                          next ? next + k * d.HW : NULL, stream, d.relu);
         }
       }
       if (stream)
@@ -111,17 +121,20 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
  * digits. Per (n, c): db = sum(dy), ds = sum(dy * (x - mean)). Per (n, g), with
  * s = 1 / (D*HW), dbg = sum_c gamma_c db, dsg = sum_c gamma_c ds:
  *   dx = (gamma_c*dy - dbg*s)*rstd + c2*(x - mean),  c2 = -dsg*rstd^3*s
- * and over the batch: dgamma_c = sum_n ds*rstd, dbeta_c = sum_n db.
+ * and over the batch: dgamma_c = sum_n ds*rstd, dbeta_c = sum_n db. With d.relu, dy is
+ * first masked by the fused ReLU (norm_tmpl.h act_grad), the forward's output
+ * recomputed from x, the statistics, w and b, so nothing but the statistics is saved.
  * sums gets (db, ds) per (n, c); dx may be NULL. */
 static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
-                            const norm_stats *stats, gn_dims d, tg_tensor *dx,
-                            double *sums) {
+                            const tg_tensor *b, const norm_stats *stats, gn_dims d,
+                            tg_tensor *dx, double *sums) {
   const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
   const int64_t bytes = x->numel * (int64_t)tg_dtype_size(x->dtype);
   const bool prefetch = bytes >= NORM_PREFETCH_BYTES, stream = bytes >= stream_bytes();
   const int nt = tg__threads(2 * x->numel);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *G = tg__data(g), *W = w ? tg__data(w) : NULL;
+    const T *B = b ? tg__data(b) : NULL;
     T *DX = dx ? tg__data(dx) : NULL;
     _Pragma("omp parallel num_threads(nt)") {
       _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
@@ -133,8 +146,11 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
         double *sg = sums + 2 * ng * D;
         double dbg = 0, dsg = 0;
         for (int64_t k = 0; k < D; k++) {
-          double db = 0, ds = 0;
-          norm_grad_sums(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, &db, &ds);
+          double db = 0, ds = 0, fa, fb;
+          gn_channel_affine(&st, W ? (double)W[c0 + k] : 1.0, B ? (double)B[c0 + k] : 0.0,
+                            &fa, &fb);
+          norm_grad_sums_act(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, (T)fa,
+                             (T)fb, d.relu, &db, &ds);
           ds -= db * st.dmean;
           sg[2 * k] = db;
           sg[2 * k + 1] = ds;
@@ -148,8 +164,12 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
           for (int64_t k = 0; k < D; k++) {
             const T gamma = W ? W[c0 + k] : (T)1;
             const int64_t o = off + k * d.HW;
-            norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
-                    next ? G + o + len : NULL, next ? X + o + len : NULL, stream);
+            double fa, fb;
+            gn_channel_affine(&st, W ? (double)W[c0 + k] : 1.0,
+                              B ? (double)B[c0 + k] : 0.0, &fa, &fb);
+            norm_dx_act(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
+                        next ? G + o + len : NULL, next ? X + o + len : NULL, stream,
+                        (T)fa, (T)fb, d.relu);
           }
         }
       }
@@ -190,7 +210,7 @@ static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
     return tg__error("%s: out of memory in backward (%zu bytes)", OP,
                      n_sums * sizeof *sums);
   const norm_stats *stats = tg__data(node->saved[0]);
-  gn_backward_cpu(g, x, w, stats, d, dx, sums);
+  gn_backward_cpu(g, x, w, node->inputs[2], stats, d, dx, sums);
   if (dw || db)
     gn_param_grads(sums, stats, d, dw, db);
   free(sums);
@@ -198,15 +218,17 @@ static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   return 0;
 }
 
-tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor *weight,
-                         const tg_tensor *bias, double eps) {
-  if (!tg__nonnull(x, OP, "input"))
+static tg_tensor *group_norm(const char *op, const tg_tensor *x, int64_t num_groups,
+                             const tg_tensor *weight, const tg_tensor *bias, double eps,
+                             bool relu) {
+  if (!tg__nonnull(x, op, "input"))
     return NULL;
   gn_dims d;
   if (gn_check(x, num_groups, weight, bias, eps, &d) < 0)
     return NULL;
+  d.relu = relu;
   if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, x), NULL;
+    return tg__unsupported_device(op, x), NULL;
   const tg_tensor *in[3] = {x, weight, bias};
   tg_tensor *stats = NULL;
   if (tg__should_record(3, in)) {
@@ -221,11 +243,22 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor
   }
   gn_forward_cpu(x, weight, bias, d, eps, y, stats ? tg__data(stats) : NULL);
   tg_node *node;
-  y = tg__finish(OP, y, 3, in, gn_backward, &node);
+  y = tg__finish(op, y, 3, in, gn_backward, &node);
   if (node) {
     tg__save(node, stats);
     *(gn_dims *)tg__ctx(node, sizeof d) = d;
   }
   tg_tensor_free(stats);
   return y;
+}
+
+tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor *weight,
+                         const tg_tensor *bias, double eps) {
+  return group_norm(OP, x, num_groups, weight, bias, eps, false);
+}
+
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias,
+                              double eps) {
+  return group_norm("tg_group_norm_relu", x, num_groups, weight, bias, eps, true);
 }
