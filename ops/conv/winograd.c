@@ -72,18 +72,14 @@ static int winograd_mode(void) {
   return s;
 }
 
-/* The measured rule (bench/conv_layers, bench/NOTES.md "Winograd"): with 8 input and
- * output channels and more, Winograd took 0.45-0.85x the direct kernels' time on every
- * layer measured, as long as the 4x4 tiles and their quads (wplan) are mostly real
- * pixels: 8x8 images (half the slots padding) took 1.3x. With 3 input channels the
- * transforms cost more than the multiplications saved (1.07-1.19x). (3 output channels
- * gained, 0.75x, but float32 Winograd's larger elementwise error is kept away from the
- * layers that gain little.) */
-static bool worth_it(const direct_conv *d) {
-  const int64_t th = (d->oh + 3) / 4, qw = (d->ow + 15) / 16;
-  const double used = (double)(d->oh * d->ow) / (double)(4 * th * 16 * qw);
-  return d->cin >= 8 && d->cout >= 8 && used > 0.6;
-}
+/* The measured rule (bench/conv_layers, thread CPU time; bench/NOTES.md "Winograd"):
+ * with 8 input and 8 output channels and more, Winograd took 0.35-0.92x the direct
+ * kernels' time for every kernel (forward, input and weight gradient) of every layer
+ * measured, 4x4 to 64x64 images, batches 1-64, 8-128 channels. With 3 input channels
+ * the transforms cost more than the multiplications saved (1.09-1.16x). (3 output
+ * channels gained, 0.88x, but float32 Winograd's larger elementwise error is kept away
+ * from layers that gain little.) */
+static bool worth_it(const direct_conv *d) { return d->cin >= 8 && d->cout >= 8; }
 
 bool conv_winograd_use(const direct_conv *d) {
   if (d->kh != 3 || d->kw != 3 || d->dh != 1 || d->dw != 1)
@@ -287,9 +283,11 @@ TARGET static INLINE void a4(const __m512 d[4], __m512 o[6]) {
 
 /* Columns of the vertical pass: for tile row ty of one input plane [h][w],
  * tmp[k][pw + x] = Σ_i Bᵀ[k][i] plane[4ty - ph + i][x] (rows outside read as zero).
- * tmp holds 6 rows of twb floats whose columns [0, pw) and [pw + w, twb) stay zero. */
+ * tmp holds 6 rows of twb floats whose columns [0, pw) and [pw + w, twb) stay zero.
+ * The same rows `ahead` floats further (the next channel's; 0: none) are prefetched:
+ * the loads of x were 10% of a U-Net step, most of it waiting for memory. */
 TARGET static void input_columns(const direct_conv *d, const wplan *p, const float *plane,
-                                 int64_t ty, float *tmp) {
+                                 int64_t ty, int64_t ahead, float *tmp) {
   const int64_t w = d->w, iy0 = 4 * ty - d->ph;
   const float *row[6];
   for (int i = 0; i < 6; i++)
@@ -299,6 +297,9 @@ TARGET static void input_columns(const direct_conv *d, const wplan *p, const flo
     __m512 v[6], o[6];
     for (int i = 0; i < 6; i++)
       v[i] = row[i] ? _mm512_maskz_loadu_ps(m, row[i] + x) : _mm512_setzero_ps();
+    for (int i = 0; ahead && i < 6; i++)
+      if (row[i])
+        _mm_prefetch((const char *)(row[i] + ahead + x), _MM_HINT_T0);
     bt6(v, o);
     for (int k = 0; k < 6; k++)
       _mm512_mask_storeu_ps(tmp + k * p->twb + d->pw + x, m, o[k]);
@@ -423,7 +424,7 @@ static void input_block(const direct_conv *d, const wplan *p, const wblock *b,
     for (int64_t i = 0; i < nrows; i++) {
       const int64_t r = b->r0 + i;
       input_columns(d, p, x + (r / p->th * d->cin + c) * plane, r % p->th,
-                    tmp + i * 6 * p->twb);
+                    c + 1 < d->cin ? plane : 0, tmp + i * 6 * p->twb);
     }
     input_rows(p, b, tmp, V + c * p->ld, d->cin * p->ld);
   }
