@@ -485,6 +485,13 @@ double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
                               const tg_tensor *weight, const tg_tensor *bias, double eps);
 
+/* ---- fused nearest upsampling + concatenation (issue #17) ---- */
+/* tg_cat({tg_upsample_nearest2d(a, skip's [H, W]), skip}, 2, 1) in one op, for U-Net
+ * decoders: a [N, Ca, h, w], skip [N, Cs, H, W] with H and W integer multiples of h
+ * and w; returns [N, Ca + Cs, H, W] without making the upsampled tensor (or, in
+ * backward, its gradient). Same results as the two ops. */
+tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
+
 /* ---- deterministic mode (issue #16 item 7) ---- */
 /* With it on, results are bitwise identical whatever the thread count: reductions
  * (conv weight gradients, loss and norm sums) split their work into a fixed set of

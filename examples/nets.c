@@ -75,11 +75,9 @@ int ex_unet_build(ex_unet *m, tg_device device) {
              : build_failed(&m->vs);
 }
 
-/* Nearest upsample x2 of a, then [a, skip] along channels. */
+/* Nearest upsample x2 of a, then [a, skip] along channels, in one op. */
 static tg_tensor *up_cat(const tg_tensor *a, tg_tensor *skip) {
-  const int64_t size[2] = {2 * tg_size(a, 2), 2 * tg_size(a, 3)};
-  tg_tensor *parts[2] = {tg_upsample_nearest2d(a, size), skip};
-  return parts[0] ? tg_cat(parts, 2, 1) : NULL;
+  return tg_upsample_nearest2d_cat(a, skip);
 }
 
 tg_tensor *ex_unet_forward(const ex_unet *m, const tg_tensor *x, bool train) {
