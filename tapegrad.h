@@ -132,7 +132,8 @@ int64_t tg_numel(const tg_tensor *t);
 tg_dtype tg_dtype_of(const tg_tensor *t);
 tg_device tg_device_of(const tg_tensor *t);
 /* Borrowed pointer to the elements of a CPU tensor (row-major, contiguous);
- * NULL for GPU tensors. Writing through it bypasses the tape. */
+ * NULL for GPU tensors. Writing through it bypasses the tape and its in-place
+ * detection (see tg_tensor_bump_version), as PyTorch's .data does. */
 void *tg_data(tg_tensor *t);
 /* Copies all elements to host memory; dst_bytes must be at least numel*dtype size.
  * Returns 0 or -1. */
@@ -145,7 +146,9 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype);
 tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device);
 /* Differentiable copy with its own storage. */
 tg_tensor *tg_clone(const tg_tensor *t);
-/* In-place fill / copy, outside the tape (for init and optimizers). Return 0 or -1. */
+/* In-place fill / copy, outside the tape (for init and optimizers); each bumps the
+ * version of dst's storage, so a backward that needs the old values fails. Return 0
+ * or -1. */
 int tg_fill_(tg_tensor *t, double value);
 int tg_copy_(tg_tensor *dst, const tg_tensor *src);
 /* Prints dtype, shape and (up to a few elements per dim) the values. */
@@ -345,9 +348,10 @@ tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
 /* Float dtype of the store's variables (default float32). Setting it converts the
- * existing float variables in place (their gradients are dropped) and applies to
- * variables created later, as tch's VarStore::set_kind. Call it before creating
- * optimizers. Returns 0 or -1. */
+ * existing float variables in place (their gradients are dropped; views made earlier
+ * keep the old values) and applies to variables created later, as tch's
+ * VarStore::set_kind. Call it before creating optimizers. Returns 0, or -1 (nothing
+ * changed) when a graph that is still alive holds one of the variables. */
 int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
 tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */
@@ -355,8 +359,10 @@ tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */
 tg_path *tg_path_sub(tg_path *path, const char *name);
 /* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
- * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
- * (shape[2:]) as in PyTorch. */
+ * the name exists already, the shape is bad, or safetensors could not hold the name:
+ * names are non-empty UTF-8 without '.', and "__metadata__" is reserved. Lookups by
+ * name (here and in tg_varstore_get) are hashed. fan_in for Kaiming is
+ * shape[1]*prod(shape[2:]) as in PyTorch. */
 tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
                        tg_init init);
 /* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
@@ -371,9 +377,14 @@ bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
 /* Freezes/unfreezes every trainable variable. */
 void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
-/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
- * checks every name, shape and dtype (float64 files load into float32 stores and
- * vice versa are rejected) and names what is missing, extra or mismatched. */
+/* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
+ * temporary file of its own in the target's directory, fsync, rename): readers see
+ * the old file or the new one. A symlink is followed and its target replaced (a
+ * dangling one creates it); a FIFO, device, directory or socket is refused, as when
+ * loading, which never blocks.
+ * Loading checks every name, shape and dtype (float64 files load into float32
+ * stores and vice versa are rejected) and names what is missing, extra or
+ * mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -408,7 +419,10 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. relu (not in tch-rs; default false): the layer computes
+ * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
+ * when they are built, by the rule of their op, and name the layer in the error; a
+ * layer's forward names the layer when the input's dtype or device is not its
+ * variables'. relu (not in tch-rs; default false): the layer computes
  * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
@@ -477,6 +491,35 @@ void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+/* --------------------------------------- in-place detection (harden-core) -- */
+/* Every storage has a version, shared by its views (reshape, detach...), as PyTorch's
+ * t._version: each in-place write the library makes adds one (tg_fill_, tg_copy_,
+ * optimizer steps, tg_clip_grad_norm, tg_varstore_load, BatchNorm's running stats in
+ * training). The tape records the version of each input, saved tensor and output of
+ * every node, and tg_backward fails with PyTorch's "one of the variables needed for
+ * gradient computation has been modified by an inplace operation" when one changed
+ * before that node's backward ran. Writes through tg_data are not seen (tg_data is
+ * also how values are read, and a read must not count as a write): call
+ * tg_tensor_bump_version(t) after writing through it. */
+int64_t tg_tensor_version(const tg_tensor *t); /* -1 for NULL */
+void tg_tensor_bump_version(tg_tensor *t);
+
+/* ------------------------------------------------------------------ files -- */
+/* How the library opens files, for programs that want the same guarantees (the
+ * examples use them for their data and pictures). */
+
+/* Opens an existing file for reading when it is a regular file; a FIFO, a device,
+ * a directory or a socket is refused without blocking or reading it. Returns a
+ * descriptor (close-on-exec, blocking; the caller closes it), or -1 with an error
+ * naming op (NULL: "tg_file_open_read") and the path. */
+int tg_file_open_read(const char *path, const char *op);
+/* Replaces path with the n bytes at data atomically, as tg_varstore_save writes
+ * its checkpoints: readers see the old file or the new one, never a mix, even with
+ * concurrent writers. Returns 0, or -1 with an error naming op (NULL:
+ * "tg_file_write_atomic"). */
+int tg_file_write_atomic(const char *path, const void *data, size_t n,
+                         const char *op);
 
 /* ---- fused GroupNorm + ReLU (issue #17) ---- */
 /* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
