@@ -423,14 +423,16 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
  * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
  * when they are built, by the rule of their op, and name the layer in the error; a
  * layer's forward names the layer when the input's dtype or device is not its
- * variables'. */
+ * variables'. relu (not in tch-rs; default false): the layer computes
+ * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
   bool affine;
   tg_init ws_init, bs_init;
+  bool relu;
 } tg_group_norm_config;
-tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0,false */
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
                             tg_group_norm_config config);
 
@@ -759,6 +761,29 @@ int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
 int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
                                   const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
+
+/* ---- fused GroupNorm + ReLU (issue #17) ---- */
+/* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
+ * intermediate tensor: the backward recomputes the ReLU's mask from x and the saved
+ * statistics. Same arguments, rules and results as the two ops (NaN stays NaN). */
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias, double eps);
+
+/* ---- fused nearest upsampling + concatenation (issue #17) ---- */
+/* tg_cat({tg_upsample_nearest2d(a, skip's [H, W]), skip}, 2, 1) in one op, for U-Net
+ * decoders: a [N, Ca, h, w], skip [N, Cs, H, W] with H and W integer multiples of h
+ * and w; returns [N, Ca + Cs, H, W] without making the upsampled tensor (or, in
+ * backward, its gradient). Same results as the two ops. */
+tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
+
+/* ---- deterministic mode (issue #16 item 7) ---- */
+/* With it on, results are bitwise identical whatever the thread count: reductions
+ * (conv weight gradients, loss and norm sums) split their work into a fixed set of
+ * parts, not one per thread, and add the parts in a fixed order. GroupNorm, BatchNorm
+ * and the optimizers are deterministic anyway. Default: env TG_DETERMINISTIC=1 turns
+ * it on, else off (see bench/NOTES.md for its cost). Applies to all threads. */
+void tg_set_deterministic(bool on);
+bool tg_get_deterministic(void);
 
 #ifdef __cplusplus
 }
