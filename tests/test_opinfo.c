@@ -16,14 +16,20 @@
 #include <string.h>
 
 #define MAX_IN 16
+#define GRADCHECK_ELEMS 256
 
 /* One sample being replayed: runners read their arguments from it. */
 typedef struct {
   ref_file *f;
   const char *name;
   tg_dtype dtype;
-  tg_tensor *out1; /* a runner's second output (indices), new reference */
+  tg_tensor *out1;   /* a runner's second output (indices), new reference */
+  bool gradchecked;  /* the float64 replay ran tg_gradcheck */
+  bool gradchecking; /* calls from tg_gradcheck, whose scopes would free out1 */
 } sample;
+
+/* Where a runner puts its second output; NULL (not asked for) under gradcheck. */
+static tg_tensor **out1_slot(sample *s) { return s->gradchecking ? NULL : &s->out1; }
 
 /* A runner makes the tapegrad call of one op key; the signature is
  * tg_gradcheck_fn's, ctx being the sample. */
@@ -33,6 +39,12 @@ typedef struct {
 } op_row;
 
 /* ---------------------------------------------------------- arguments -- */
+
+static bool has_p(sample *s, const char *name) {
+  char label[80];
+  snprintf(label, sizeof label, "p_%s", name);
+  return ref_has(s->f, s->name, label);
+}
 
 /* Integer list argument p_NAME into v (up to max); returns its length. */
 static int pv(sample *s, const char *name, int64_t *v, int max) {
@@ -142,7 +154,7 @@ RUNNER(max_dim) {
   UNUSED_ARGS;
   bool values_only = ref_note(S->f, S->name, "s_values_only") != NULL;
   return tg_max_dim(x[0], (int)pi(S, "dim"), pi(S, "keepdim"),
-                    values_only ? NULL : &S->out1);
+                    values_only ? NULL : out1_slot(S));
 }
 
 RUNNER(argmax) {
@@ -233,20 +245,43 @@ RUNNER(conv_transpose2d) {
 
 RUNNER(max_pool2d) {
   UNUSED_ARGS;
-  int64_t k[2], st[2], pad[2];
+  tg_max_pool2d_options o = tg_max_pool2d_options_default(0, 0);
+  pv(S, "kernel", o.kernel, 2);
+  pv(S, "stride", o.stride, 2);
+  pv(S, "padding", o.padding, 2);
+  pv(S, "dilation", o.dilation, 2);
+  o.ceil_mode = pi(S, "ceil");
+  bool plain =
+      !o.ceil_mode && o.dilation[0] == 1 && o.dilation[1] == 1 && !pi(S, "indices");
+  if (plain)
+    return tg_max_pool2d(x[0], o.kernel, o.stride, o.padding);
+  return tg_max_pool2d_ex(x[0], &o, pi(S, "indices") ? out1_slot(S) : NULL);
+}
+
+RUNNER(max_unpool2d) {
+  UNUSED_ARGS;
+  int64_t k[2], st[2], pad[2], size[2];
   pv(S, "kernel", k, 2);
   pv(S, "stride", st, 2);
   pv(S, "padding", pad, 2);
-  return tg_max_pool2d(x[0], k, st, pad);
+  bool sized = has_p(S, "output_size");
+  if (sized)
+    pv(S, "output_size", size, 2);
+  return tg_max_unpool2d(x[0], x[1], k, st, pad, sized ? size : NULL);
 }
 
 RUNNER(avg_pool2d) {
   UNUSED_ARGS;
-  int64_t k[2], st[2], pad[2];
-  pv(S, "kernel", k, 2);
-  pv(S, "stride", st, 2);
-  pv(S, "padding", pad, 2);
-  return tg_avg_pool2d(x[0], k, st, pad);
+  tg_avg_pool2d_options o = tg_avg_pool2d_options_default(0, 0);
+  pv(S, "kernel", o.kernel, 2);
+  pv(S, "stride", o.stride, 2);
+  pv(S, "padding", o.padding, 2);
+  o.ceil_mode = pi(S, "ceil");
+  o.count_include_pad = pi(S, "include_pad");
+  o.divisor_override = pi(S, "divisor");
+  if (!o.ceil_mode && o.count_include_pad && !o.divisor_override)
+    return tg_avg_pool2d(x[0], o.kernel, o.stride, o.padding);
+  return tg_avg_pool2d_ex(x[0], &o);
 }
 
 RUNNER(adaptive_avg_pool2d) {
@@ -375,6 +410,7 @@ static const op_row ops[] = {
     ROW(adaptive_avg_pool2d),
     ROW(upsample_nearest),
     ROW(upsample_bilinear),
+    ROW(max_unpool2d),
     ROW(reshape),
     ROW(view),
     ROW(flatten),
@@ -468,6 +504,43 @@ static bool check(sample *s, const tg_tensor *a, const char *label, char *why,
 
 /* --------------------------------------------------------------- replay -- */
 
+/* Whether an index tensor [..., h, w] repeats an index within a plane. */
+static bool has_duplicates(const tg_tensor *idx) {
+  const int64_t *v = tg_data((tg_tensor *)idx);
+  const int nd = tg_ndim(idx);
+  const int64_t plane = tg_shape(idx)[nd - 1] * tg_shape(idx)[nd - 2];
+  for (int64_t i = 0; i < tg_numel(idx); i++)
+    for (int64_t j = i - i % plane; j < i; j++)
+      if (v[i] == v[j])
+        return true;
+  return false;
+}
+
+/* Whether finite differences can check the sample's gradients: small (they cost two
+ * forwards an element), finite, and with inputs of moderate size away from zero, where
+ * the kinks of abs/relu/max and the poles of log/sqrt/div lie (the extremal values of
+ * PyTorch's reference inputs are compared with its gradients only). */
+static bool gradcheckable(sample *s, tg_tensor *const *leaves, int n) {
+  int64_t elems = 0;
+  for (int i = 0; i < n; i++) {
+    if (!leaves[i] || tg_dtype_of(leaves[i]) != TG_F64)
+      continue;
+    const double *v = tg_data(leaves[i]);
+    elems += tg_numel(leaves[i]);
+    for (int64_t k = 0; k < tg_numel(leaves[i]); k++)
+      if (!(fabs(v[k]) >= 1e-3 && fabs(v[k]) <= 1e3))
+        return false;
+  }
+  if (!strcmp(ref_note(s->f, s->name, "op"), "max_unpool2d") && has_duplicates(leaves[1]))
+    return false; /* PyTorch's gradient gathers to every duplicate; one wins forward */
+  tg_tensor *out = ref_get(s->f, s->name, "out", TG_F64);
+  bool finite = true;
+  for (int64_t k = 0; k < tg_numel(out); k++)
+    finite &= isfinite(((const double *)tg_data(out))[k]);
+  tg_tensor_free(out);
+  return finite && elems <= GRADCHECK_ELEMS;
+}
+
 typedef enum { PASS, FAIL, NO_KERNEL } outcome;
 
 /* Replays sample s on dev in s->dtype. */
@@ -535,6 +608,15 @@ static outcome replay(sample *s, const op_row *row, tg_device dev, char *why,
         goto done;
       }
     }
+    if (s->dtype == TG_F64 && dev.type == TG_DEVICE_CPU && gradcheckable(s, leaves, n)) {
+      s->gradchecked = s->gradchecking = true;
+      int rc = tg_gradcheck(row->fn, s, leaves, n, NULL);
+      s->gradchecking = false;
+      if (rc < 0) {
+        snprintf(why, len, "float64 gradcheck: %s", tg_last_error());
+        res = FAIL;
+      }
+    }
   }
 done:
   tg_tensor_free(s->out1);
@@ -565,7 +647,7 @@ static bool is_known_failure(const char *name) {
 
 typedef struct {
   char name[96];
-  int samples, passed, failed, known, skipped, trimmed, no_kernel;
+  int samples, passed, gradchecked, failed, known, skipped, trimmed, no_kernel;
   int errors, rejected, errors_skipped;
   char reasons[MAX_REASONS][96];
   int reason_count[MAX_REASONS];
@@ -584,9 +666,9 @@ static void add_reason(op_stats *o, const char *why) {
 }
 
 static void print_row(const op_stats *o) {
-  printf("  %-44s %5d %6d %5d %5d %6d %4d %5d %4d/%-4d", o->name, o->samples, o->passed,
-         o->failed, o->known, o->skipped, o->trimmed, o->no_kernel, o->rejected,
-         o->errors);
+  printf("  %-44s %5d %6d %6d %5d %5d %6d %4d %5d %4d/%-4d", o->name, o->samples,
+         o->passed, o->gradchecked, o->failed, o->known, o->skipped, o->trimmed,
+         o->no_kernel, o->rejected, o->errors);
   for (int i = 0; i < MAX_REASONS && o->reason_count[i]; i++)
     printf("%s%s (%d)", i ? "; " : "  not expressible: ", o->reasons[i],
            o->reason_count[i]);
@@ -604,10 +686,10 @@ static void replay_family(void **state) {
     devices[n_dev++] = tg_cuda(0);
   op_stats *table = calloc((size_t)ref_num_cases(f) + 1, sizeof *table);
   int n_ops = 0, failures = 0;
-  printf("  %-44s %5s %6s %5s %5s %6s %4s %5s %9s\n", "opinfo", "samp", "passed", "fail",
-         "known", "not-ex", "trim", "nokrn", "err-rej");
+  printf("  %-44s %5s %6s %6s %5s %5s %6s %4s %5s %9s\n", "opinfo", "samp", "passed",
+         "gradck", "fail", "known", "not-ex", "trim", "nokrn", "err-rej");
   for (int c = 0; c < ref_num_cases(f); c++) {
-    sample s = {f, ref_case_name(f, c), TG_F32, NULL};
+    sample s = {f, ref_case_name(f, c), TG_F32, NULL, false, false};
     const char *opinfo = ref_note(f, s.name, "opinfo");
     assert_non_null(opinfo);
     if (!n_ops || strcmp(table[n_ops - 1].name, opinfo))
@@ -662,6 +744,7 @@ static void replay_family(void **state) {
         printf("    FAIL %s (%s): %s\n", s.name, tg_dtype_name(s.dtype), why);
     } else {
       o->passed += !is_error;
+      o->gradchecked += s.gradchecked;
       o->rejected += is_error;
     }
   }

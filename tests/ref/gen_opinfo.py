@@ -34,7 +34,7 @@ FLOATS = (torch.float32, torch.float64)
 RED = {"none": 0, "mean": 1, "sum": 2}
 
 # Arguments tapegrad has gained; a sample needing one not listed is "not expressible".
-CAPS = set()
+CAPS = {"pool_ex", "unbatched_pool", "unpool"}
 
 
 class NE(Exception):
@@ -58,7 +58,7 @@ class Call:
             raise NE(f"{what} is a {type(x).__name__}, not a tensor")
         if kind == "float" and x.dtype not in FLOATS:
             raise NE(f"dtype {str(x.dtype)[6:]} {what}")
-        if kind == "index" and x.dtype != torch.int64:
+        if kind == "index" and x.dtype != torch.int64 and x.dtype not in FLOATS:
             raise NE(f"dtype {str(x.dtype)[6:]} {what}")
         if x.dim() > 8:
             raise NE(f"{x.dim()}-dim {what} (tapegrad has at most 8 dims)")
@@ -403,7 +403,8 @@ def m_layer_norm(s):
 
 def unbatched(x, what):
     if isinstance(x, torch.Tensor) and x.dim() == 3:
-        need("unbatched", f"unbatched [C,H,W] input to {what}")
+        need("unbatched_conv" if "conv" in what else "unbatched_pool",
+             f"unbatched [C,H,W] input to {what}")
 
 
 def m_conv(key):
@@ -476,6 +477,8 @@ def m_avg_pool(s):
         need("pool_ex", "count_include_pad=False")
     if d is not None:
         need("pool_ex", "divisor_override")
+    if d == 0:
+        raise NE("divisor_override=0 (tapegrad's 0 stands for None)")
     return c
 
 
@@ -683,6 +686,8 @@ FAMILY = {
 
 def fmt_tensor(label, t, kind):
     t = t.detach().contiguous()
+    if kind == "f64" and torch.equal(t.float().double(), t.double()):
+        kind = "f32"  # float32-exact (maxima, shape ops, ...): 9 digits say it all
     dims = " ".join(str(d) for d in t.shape)
     lines = [f"tensor {label} {kind} {t.dim()} {dims}".rstrip()]
     flat = t.reshape(-1).tolist()
