@@ -231,6 +231,29 @@ tg_tensor *tg_sigmoid(const tg_tensor *a);
 tg_tensor *tg_tanh(const tg_tensor *a);
 tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
 
+/* ------------------------------ elementwise: PyTorch's further arguments -- */
+/* a + alpha * b and a - alpha * b (torch.add/sub's alpha), broadcasting. */
+tg_tensor *tg_add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+tg_tensor *tg_sub_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+/* The scalar on the left: s - t, s / t, s ** t. */
+tg_tensor *tg_rsub_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rdiv_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rpow_scalar(const tg_tensor *t, double s);
+/* a ** exponent elementwise, broadcasting; differentiable in both (PyTorch's rules:
+ * no gradient to a where exponent is 0, none to exponent where a is 0 and exponent
+ * >= 0). */
+tg_tensor *tg_pow_tensor(const tg_tensor *a, const tg_tensor *exponent);
+typedef enum {
+  TG_ROUNDING_NONE = 0, /* true division, tg_div */
+  TG_ROUNDING_TRUNC,    /* trunc(a / b) */
+  TG_ROUNDING_FLOOR,    /* floor(a / b), Python's // */
+} tg_rounding_mode;
+/* torch.div(a, b, rounding_mode=...). Rounded quotients have zero gradients. */
+tg_tensor *tg_div_ex(const tg_tensor *a, const tg_tensor *b, tg_rounding_mode mode);
+typedef enum { TG_GELU_NONE = 0, TG_GELU_TANH } tg_gelu_approximate;
+/* gelu(x, approximate='none' | 'tanh'). */
+tg_tensor *tg_gelu_ex(const tg_tensor *a, tg_gelu_approximate approximate);
+
 /* ------------------------------------------------------------ reductions -- */
 tg_tensor *tg_sum(const tg_tensor *t);  /* all elements -> 0-dim */
 tg_tensor *tg_mean(const tg_tensor *t); /* all elements -> 0-dim */

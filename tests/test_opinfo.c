@@ -113,9 +113,76 @@ BINARY(sub)
 BINARY(mul)
 BINARY(div)
 
-RUNNER(rsub) { /* other - input */
+static double alpha(sample *s) { return has_p(s, "alpha") ? pf(s, "alpha") : 1; }
+
+static tg_rounding_mode rounding(sample *s) {
+  const char *r = ref_note(s->f, s->name, "s_rounding");
+  return !r                    ? TG_ROUNDING_NONE
+         : !strcmp(r, "trunc") ? TG_ROUNDING_TRUNC
+                               : TG_ROUNDING_FLOOR;
+}
+
+RUNNER(add_ex) {
   UNUSED_ARGS;
-  return tg_sub(x[1], x[0]);
+  return tg_add_alpha(x[0], x[1], alpha(S));
+}
+
+RUNNER(sub_ex) {
+  UNUSED_ARGS;
+  return tg_sub_alpha(x[0], x[1], alpha(S));
+}
+
+RUNNER(div_ex) {
+  UNUSED_ARGS;
+  return tg_div_ex(x[0], x[1], rounding(S));
+}
+
+/* The scalar as a 0-dim tensor of the input's dtype, as PyTorch wraps it. */
+RUNNER(div_ex_scalar) {
+  UNUSED_ARGS;
+  tg_tensor *s = tg_scalar(pf(S, "s"), tg_dtype_of(x[0]), tg_device_of(x[0]));
+  return tg_div_ex(x[0], s, rounding(S));
+}
+
+RUNNER(rdiv_ex_scalar) {
+  UNUSED_ARGS;
+  tg_tensor *s = tg_scalar(pf(S, "s"), tg_dtype_of(x[0]), tg_device_of(x[0]));
+  return tg_div_ex(s, x[0], rounding(S));
+}
+
+RUNNER(rsub_scalar) { /* s - alpha * input */
+  UNUSED_ARGS;
+  const double a = alpha(S);
+  return tg_rsub_scalar(a == 1 ? x[0] : tg_mul_scalar(x[0], a), pf(S, "s"));
+}
+
+RUNNER(rdiv_scalar) {
+  UNUSED_ARGS;
+  return tg_rdiv_scalar(x[0], pf(S, "s"));
+}
+
+RUNNER(pow) {
+  UNUSED_ARGS;
+  return tg_pow_tensor(x[0], x[1]);
+}
+
+RUNNER(rpow_scalar) {
+  UNUSED_ARGS;
+  return tg_rpow_scalar(x[0], pf(S, "s"));
+}
+
+RUNNER(gelu_ex) {
+  UNUSED_ARGS;
+  const char *a = ref_note(S->f, S->name, "s_approximate");
+  /* Any other string (PyTorch's error input) as a value outside the enum. */
+  return tg_gelu_ex(x[0], !strcmp(a, "tanh")   ? TG_GELU_TANH
+                          : !strcmp(a, "none") ? TG_GELU_NONE
+                                               : (tg_gelu_approximate)-1);
+}
+
+RUNNER(rsub) { /* other - alpha * input */
+  UNUSED_ARGS;
+  return tg_sub_alpha(x[1], x[0], alpha(S));
 }
 
 RUNNER(pow_scalar) {
@@ -421,6 +488,16 @@ static const op_row ops[] = {
     ROW(transpose),
     ROW(narrow),
     ROW(cat),
+    ROW(add_ex),
+    ROW(sub_ex),
+    ROW(div_ex),
+    ROW(div_ex_scalar),
+    ROW(rdiv_ex_scalar),
+    ROW(rsub_scalar),
+    ROW(rdiv_scalar),
+    ROW(pow),
+    ROW(gelu_ex),
+    ROW(rpow_scalar),
 };
 
 static const op_row *find_op(const char *key) {

@@ -34,7 +34,8 @@ FLOATS = (torch.float32, torch.float64)
 RED = {"none": 0, "mean": 1, "sum": 2}
 
 # Arguments tapegrad has gained; a sample needing one not listed is "not expressible".
-CAPS = {"pool_ex", "unbatched_pool", "unpool"}
+CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscalar",
+        "pow_tensor", "gelu_tanh"}
 
 
 class NE(Exception):
@@ -125,6 +126,7 @@ def m_clone(s):
 
 
 def m_binary(name):
+    """add/sub/mul/div/rsub with a tensor or a Python scalar on either side."""
     def f(s):
         k = kw(s, "alpha", "rounding_mode")
         other = s.args[0]
@@ -134,32 +136,36 @@ def m_binary(name):
             need("alpha", "kwarg alpha")
         if rounding is not None:
             need("rounding_mode", f"rounding_mode {rounding}")
-        if not isinstance(s.input, torch.Tensor) and isinstance(other, torch.Tensor):
+        t_in, t_other = isinstance(s.input, torch.Tensor), isinstance(other, torch.Tensor)
+        ex = "_ex" if alpha != 1 or rounding is not None else ""
+        if t_in and t_other:
+            same_float_dtype([s.input, other])
+            c = Call(name + ex if name != "rsub" else "rsub").t(s.input).t(other, what="other")
+        elif t_in:
+            if name == "rsub":
+                need("rscalar", "scalar - tensor")
+                c = Call("rsub_scalar").t(s.input)
+            elif ex and name in ("add", "sub"):
+                raise NE("alpha with a scalar")
+            else:
+                c = Call(name + ex + "_scalar").t(s.input)
+            c.p["s"] = scalar(other, "scalar")
+        elif t_other:
             # scalar (op) tensor: the commutative ops swap, the others reverse.
             if name in ("add", "mul") and alpha == 1:
                 c = Call(name + "_scalar").t(other, what="other")
-            elif name in ("sub", "div"):
+            elif name in ("sub", "div") and alpha == 1:
                 need("rscalar", "scalar - tensor" if name == "sub" else "scalar / tensor")
-                c = Call("r" + name + "_scalar").t(other, what="other")
+                c = Call("r" + name + ex + "_scalar").t(other, what="other")
             else:
                 raise NE("scalar input")
             c.p["s"] = scalar(s.input, "scalar")
-            c.p["alpha"] = scalar(alpha, "alpha")
-            if rounding is not None:
-                c.s["rounding"] = rounding
-            return c
-        if isinstance(other, torch.Tensor):
-            same_float_dtype([s.input, other])
-            c = Call(name).t(s.input).t(other, what="other")
         else:
-            c = Call(name + "_scalar").t(s.input)
-            c.p["s"] = scalar(other, "scalar")
+            raise NE("no tensor operand")
         if name in ("add", "sub", "rsub"):
             c.p["alpha"] = scalar(alpha, "alpha")
         if rounding is not None:
             c.s["rounding"] = rounding
-        if name == "rsub" and not isinstance(other, torch.Tensor):
-            need("rscalar", "scalar - tensor")
         return c
     return f
 
@@ -167,6 +173,11 @@ def m_binary(name):
 def m_pow(s):
     kw(s)
     e = s.args[0]
+    if not isinstance(s.input, torch.Tensor) and isinstance(e, torch.Tensor):
+        need("rscalar", "scalar base")
+        c = Call("rpow_scalar").t(e, what="exponent")
+        c.p["s"] = scalar(s.input, "base")
+        return c
     if isinstance(e, torch.Tensor):
         need("pow_tensor", "tensor exponent")
         same_float_dtype([s.input, e])
@@ -191,7 +202,7 @@ def m_gelu(s):
     a = k.get("approximate", "none")
     if a != "none":
         need("gelu_tanh", f"approximate={a}")
-    c = Call("gelu").t(s.input)
+    c = Call("gelu_ex").t(s.input)
     c.s["approximate"] = a
     return c
 
