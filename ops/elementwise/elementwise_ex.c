@@ -6,15 +6,14 @@
 
 #include <math.h>
 
-/* t * s with the scalar in t's dtype, as PyTorch rounds alpha * other. */
-static tg_tensor *scaled(const tg_tensor *t, double s) {
-  return s == 1 ? tg_tensor_retain((tg_tensor *)t) : tg_mul_scalar(t, s);
-}
-
+/* a + alpha * b (or minus): alpha * b rounded first, as PyTorch. */
 static tg_tensor *add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha,
                             bool subtract) {
-  tg_tensor *sb = b ? scaled(b, alpha) : NULL;
-  tg_tensor *r = subtract ? tg_sub(a, sb) : tg_add(a, sb);
+  tg_tensor *(*op)(const tg_tensor *, const tg_tensor *) = subtract ? tg_sub : tg_add;
+  if (alpha == 1 || !b)
+    return op(a, b);
+  tg_tensor *sb = tg_mul_scalar(b, alpha);
+  tg_tensor *r = op(a, sb);
   tg_tensor_free(sb);
   return r;
 }
