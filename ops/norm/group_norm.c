@@ -37,6 +37,11 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
   d->HW = 1;
   for (int i = 2; i < x->ndim; i++)
     d->HW *= x->shape[i];
+  if (d->C <= 0 || d->HW <= 0)
+    return tg__error("%s: Expected %s to be greater than 0, got %lld (input of shape %s)",
+                     OP, d->C <= 0 ? "number of channels" : "HxW",
+                     (long long)(d->C <= 0 ? d->C : d->HW),
+                     tg_shape_str(x, sx, sizeof sx));
   if (d->C % G != 0)
     return tg__error("%s: Expected number of channels in input to be divisible by "
                      "num_groups, but got input of shape %s and num_groups=%lld",
