@@ -6,10 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const char *item_name(const void *d, int i) {
+  return ((const tg_tensor_dict *)d)->items[i].name;
+}
+
 tg_tensor_dict *tg_tensor_dict_new(void) {
   tg_tensor_dict *d = calloc(1, sizeof *d);
   if (!d)
     tg__error("tg_tensor_dict_new: out of memory");
+  else
+    d->index.at = item_name;
   return d;
 }
 
@@ -24,6 +30,7 @@ void tg_tensor_dict_free(tg_tensor_dict *d) {
     free(d->meta[i]);
   free(d->items);
   free(d->meta);
+  tg__name_index_free(&d->index);
   free(d);
 }
 
@@ -41,10 +48,8 @@ char *tg__concat(const char *prefix, const char *name, const char *op) {
 }
 
 tg__dict_entry *tg__dict_find(const tg_tensor_dict *d, const char *name) {
-  for (int i = 0; i < d->n; i++)
-    if (!strcmp(d->items[i].name, name))
-      return &d->items[i];
-  return NULL;
+  int i = tg__name_find(&d->index, d, name);
+  return i < 0 ? NULL : &d->items[i];
 }
 
 int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char *op) {
@@ -64,9 +69,10 @@ int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char 
     d->items = p;
     d->cap = cap;
   }
-  if (!(copy = strdup(name)))
+  if (tg__name_reserve(&d->index, d, d->n, op) < 0 || !(copy = strdup(name)))
     goto oom;
   d->items[d->n++] = (tg__dict_entry){copy, t, NULL};
+  tg__name_add(&d->index, d, d->n - 1);
   return 0;
 oom:
   tg_tensor_free(t);

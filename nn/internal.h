@@ -89,7 +89,8 @@ typedef struct {
 struct tg_tensor_dict {
   tg__dict_entry *items; /* insertion order */
   int n, cap;
-  char **meta; /* __metadata__: key, value, key, value... in insertion order */
+  tg__name_index index; /* item names -> positions */
+  char **meta;          /* __metadata__: key, value, key, value... in insertion order */
   int n_meta, cap_meta;
 };
 

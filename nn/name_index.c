@@ -1,6 +1,6 @@
 /* Hash indexes from names to positions in an array (a var store's variables and
- * paths): open addressing with linear probing, FNV-1a, at most half full, so a lookup
- * takes a few probes however many names there are. */
+ * paths, a tensor dict's entries): open addressing with linear probing, FNV-1a, at most
+ * half full, so a lookup takes a few probes however many names there are. */
 #include "nn/internal.h"
 
 #include <stdlib.h>
