@@ -254,6 +254,18 @@ static int check_utf8(const char *s, const char *what, const char *op) {
                    tg__quote(s, q, sizeof q));
 }
 
+/* A tensor name a file can hold and give back: var stores check theirs when a variable
+ * is created, tensor dicts only here. */
+static int check_name(const char *s, const char *op) {
+  if (!s[0])
+    return tg__error("%s: tensor names must not be empty", op);
+  if (!strcmp(s, "__metadata__"))
+    return tg__error("%s: the name '__metadata__' is reserved (safetensors keeps the "
+                     "file's metadata under it); choose another tensor name",
+                     op);
+  return check_utf8(s, "variable name", op);
+}
+
 typedef struct {
   const tg__var **order;
   int n;
@@ -270,7 +282,7 @@ static int write_job(FILE *f, void *ctx) {
 static int save_entries(const tg__var *vars, int n, const tg_tensor_dict *meta,
                         const char *filename, const char *op) {
   for (int i = 0; i < n; i++)
-    if (check_utf8(vars[i].name, "variable name", op) < 0)
+    if (check_name(vars[i].name, op) < 0)
       return -1;
   for (int i = 0; meta && i < 2 * meta->n_meta; i++)
     if (check_utf8(meta->meta[i], "metadata string", op) < 0)

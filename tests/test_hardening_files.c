@@ -585,6 +585,20 @@ static void test_reserved_and_unsavable_names(void **state) {
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!memmem(header + 8, sizeof header - 9, want[i], strlen(want[i])))
       fail_msg("header lacks %s", want[i]);
+  /* Tensor dicts take any name, so saving checks: none that cannot be loaded back. */
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  tg_tensor *x = tg_zeros(TG_SHAPE(1), TG_F32, TG_CPU);
+  assert_int_equal(tg_tensor_dict_set(d, "__metadata__", x), 0);
+  assert_error(tg_save_tensors(d, in_dir(t, "dict.safetensors")) < 0, "tg_save_tensors",
+               "'__metadata__' is reserved");
+  tg_tensor_dict_free(d);
+  d = tg_tensor_dict_new();
+  assert_int_equal(tg_tensor_dict_set(d, "", x), 0);
+  assert_error(tg_save_tensors(d, in_dir(t, "dict.safetensors")) < 0,
+               "tensor names must not be empty");
+  assert_int_equal(access(in_dir(t, "dict.safetensors"), F_OK), -1);
+  tg_tensor_dict_free(d);
+  tg_tensor_free(x);
   tg_varstore_free(vs);
   tg_varstore_free(back);
 }
