@@ -172,7 +172,29 @@ int tg__reduce_threads(int64_t work);
 void *tg__host_alloc(size_t bytes);
 void tg__host_free(void *p, size_t bytes);
 
-/* ---- CUDA (runtime/cuda.c; stubs when built without CUDA) ---- */
+/* ---- devices and per-op dispatch (runtime/device.c) ----
+ * Each op keeps one table of kernels per device (one signature per kernel, declared in
+ * its family's header); after its checks, the op picks the table of its input's
+ * device:
+ *   const gn_kernels *k = tg__pick(OP, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda));
+ * NULL, with "<op>: no kernel for cuda:0", when that device's table is absent. */
+#ifdef TG_HAVE_CUDA
+#define TG_IF_CUDA(table) (table)
+#else
+#define TG_IF_CUDA(table) NULL
+#endif
+const void *tg__pick_table(const char *op, const tg_tensor *t, const void *cpu,
+                           const void *cuda);
+#define tg__pick(op, t, cpu, cuda)                                                       \
+  ((__typeof__(cpu))tg__pick_table((op), (t), (cpu), (cuda)))
+/* "cpu" or "cuda:1", into buf. */
+const char *tg__device_str(tg_device d, char *buf, size_t len);
+static inline bool tg__on_cuda(const tg_tensor *t) {
+  return t->device.type == TG_DEVICE_CUDA;
+}
+
+/* ---- CUDA memory and copies (runtime/cuda.c; stubs when built without CUDA; the
+ * rest of the CUDA runtime is in runtime/cuda.h) ---- */
 void *tg__cuda_malloc(size_t bytes, int device);
 void tg__cuda_free(void *p, size_t bytes, int device);
 int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size_t n);
