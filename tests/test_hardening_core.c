@@ -552,6 +552,26 @@ static void test_running_stats_update_is_detected(void **state) {
   tg_scope_end();
 }
 
+/* No false alarm where nothing the backward reads changed: a BatchNorm module run
+ * twice before one backward (its running stats move, but no node reads them). */
+static void test_two_batch_norm_forwards_before_one_backward(void **state) {
+  (void)state;
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_module *bn = tg_nn_batch_norm2d(tg_path_sub(tg_varstore_root(vs), "bn"), 3,
+                                     tg_batch_norm_config_default());
+  tg_tensor *a = tg_randn(TG_SHAPE(2, 3, 4, 4), TG_F32, TG_CPU);
+  tg_tensor *b = tg_randn(TG_SHAPE(2, 3, 4, 4), TG_F32, TG_CPU);
+  tg_scope_begin();
+  tg_tensor *loss = tg_add(tg_sum(tg_module_forward(bn, a, true)),
+                           tg_sum(tg_module_forward(bn, b, true)));
+  assert_ok(tg_backward(loss) == 0);
+  assert_ok(tg_grad(tg_varstore_get(vs, "bn.weight")) != NULL);
+  tg_scope_end();
+  tg_tensor_free(a);
+  tg_tensor_free(b);
+  tg_varstore_free(vs);
+}
+
 /* An optimizer step between a forward and its backward is refused; a step after the
  * backward (the training loop) is fine, and so is the next step's graph. */
 static void test_optimizer_step_between_forward_and_backward(void **state) {
@@ -626,6 +646,7 @@ int main(void) {
       cmocka_unit_test(test_writes_through_tg_data_need_a_bump),
       cmocka_unit_test(test_clip_grad_norm_of_a_recorded_gradient_is_detected),
       cmocka_unit_test(test_running_stats_update_is_detected),
+      cmocka_unit_test(test_two_batch_norm_forwards_before_one_backward),
       cmocka_unit_test(test_optimizer_step_between_forward_and_backward),
       cmocka_unit_test(test_checkpoint_load_between_forward_and_backward),
   };
