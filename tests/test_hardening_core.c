@@ -262,6 +262,36 @@ static void test_nan_propagates_like_pytorch(void **state) {
   ref_close(f);
 }
 
+/* The fused GroupNorm+ReLU agrees with tg_relu(tg_group_norm(...)) on NaN inputs:
+ * outputs and every gradient (dbeta sums dy where y is NaN, as PyTorch's ReLU
+ * backward passes it there). */
+static void test_fused_group_norm_relu_nan_matches_composed(void **state) {
+  (void)state;
+  tg_scope_begin();
+  tg_tensor *x = tg_randn(TG_SHAPE(2, 4, 3), TG_F64, TG_CPU);
+  ((double *)tg_data(x))[5] = NAN; /* sample 0, group 0 */
+  tg_tensor *w = rand_leaf(TG_SHAPE(4), TG_F64), *b = rand_leaf(TG_SHAPE(4), TG_F64);
+  tg_tensor *dy = tg_randn(TG_SHAPE(2, 4, 3), TG_F64, TG_CPU);
+  tg_tensor *got[4], *want[4];
+  for (int fused = 0; fused < 2; fused++) {
+    tg_tensor *xi = tg_clone(x);
+    assert_ok(tg_set_requires_grad(xi, true) == 0);
+    tg_zero_grad(w);
+    tg_zero_grad(b);
+    tg_tensor *y = fused ? tg_group_norm_relu(xi, 2, w, b, 1e-5)
+                         : tg_relu(tg_group_norm(xi, 2, w, b, 1e-5));
+    assert_ok(tg_backward_ex(y, dy, false) == 0);
+    tg_tensor **out = fused ? got : want;
+    out[0] = y;
+    out[1] = tg_grad(xi);
+    out[2] = tg_clone(tg_grad(w));
+    out[3] = tg_clone(tg_grad(b));
+  }
+  for (int i = 0; i < 4; i++)
+    assert_close(got[i], want[i], 1e-12, 1e-12);
+  tg_scope_end();
+}
+
 /* Dropout multiplies by the mask (NaN * 0 is NaN), as PyTorch: every output of an
  * all-NaN input is NaN, dropped or not, and p = 1 too. */
 static void test_dropout_propagates_nan(void **state) {
@@ -629,6 +659,7 @@ int main(void) {
       cmocka_unit_test(test_gradcheck_names_a_null_fn),
       cmocka_unit_test(test_nn_func_names_a_null_fn),
       cmocka_unit_test(test_nan_propagates_like_pytorch),
+      cmocka_unit_test(test_fused_group_norm_relu_nan_matches_composed),
       cmocka_unit_test(test_dropout_propagates_nan),
       cmocka_unit_test(test_clip_grad_norm_propagates_nan),
       cmocka_unit_test(test_int64_arange_fails_instead_of_saturating),
