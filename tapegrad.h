@@ -100,7 +100,9 @@ void tg_scope_begin(void);
  * or -1 when no scope is open. */
 int tg_scope_end(void);
 
-/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device. */
+/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device, or a value
+ * the dtype cannot hold (as PyTorch: a finite value beyond float32's range, an int64
+ * value or tg_arange end outside int64's); messages name the function called. */
 tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
                                tg_dtype dtype, tg_device device);
 tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
@@ -109,11 +111,12 @@ tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device dev
 tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
                    tg_device device);
 tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device); /* 0-dim */
-/* [start, end) by step, like torch.arange. */
+/* [start, end) by step, like torch.arange; int64 values are computed exactly. */
 tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
                      tg_device device);
 tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
 tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+/* lo, hi and hi - lo must lie within the dtype's range (PyTorch's uniform_ rules). */
 tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
                       tg_dtype dtype, tg_device device);
 tg_tensor *tg_zeros_like(const tg_tensor *t);
@@ -201,9 +204,11 @@ void tg_set_detect_anomaly(bool enabled);
 bool tg_is_anomaly_enabled(void);
 
 /* Gradient check: compares the analytic Jacobian of fn with central differences.
- * Inputs that require grad must be float64. fn returns a new reference (any shape).
- * Returns 0 when every element agrees (|a - n| <= atol + rtol*|n|), -1 otherwise with
- * the worst element in tg_last_error(). */
+ * Inputs that require grad must be float64 (leaves or not: fn gets leaves sharing
+ * their storage, so the inputs' own gradients are left untouched). fn returns a new
+ * reference (any shape; an input itself, retained, is fine). Returns 0 when every
+ * element agrees (|a - n| <= atol + rtol*|n|; a NaN in either Jacobian never does),
+ * -1 otherwise with the worst element in tg_last_error(). */
 typedef tg_tensor *(*tg_gradcheck_fn)(tg_tensor *const *inputs, int n_inputs,
                                       void *ctx);
 typedef struct {
@@ -512,12 +517,14 @@ tg_layer_norm_config tg_layer_norm_config_default(void); /* 1e-5, true, 1, 0 */
 tg_module *tg_nn_layer_norm(tg_path *path, const int64_t *normalized_shape, int n_dims,
                             tg_layer_norm_config config);
 
-/* A module around a function of one tensor (tg_relu, a user function...). */
+/* A module around a function of one tensor (tg_relu, a user function...). fn returns a
+ * new reference (x itself, retained, is fine); a NULL without a message gets one. */
 typedef tg_tensor *(*tg_module_fn)(const tg_tensor *x, bool train, void *ctx);
 tg_module *tg_nn_func(tg_varstore *vs, tg_module_fn fn, void *ctx);
 tg_module *tg_nn_relu(tg_varstore *vs);
 /* Runs its modules in order. */
 tg_module *tg_nn_sequential(tg_varstore *vs);
+/* m must belong to seq's var store (which frees both). Returns 0 or -1. */
 int tg_sequential_add(tg_module *seq, tg_module *m);
 
 /* ------------------------------------------------------------- optimizers -- */
@@ -545,7 +552,8 @@ void tg_optimizer_set_lr(tg_optimizer *opt, double lr);
 double tg_optimizer_lr(const tg_optimizer *opt);
 void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
- * max_norm; returns the norm before clipping (negative on error). */
+ * max_norm; returns the norm before clipping (negative on error). A NaN norm makes
+ * every gradient NaN, as PyTorch. */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
 /* --------------------------------------- in-place detection (harden-core) -- */
