@@ -3,6 +3,7 @@
  * mean and biased variance, then scaled and shifted per channel:
  *   y = (x - mean[n,g]) * rstd[n,g] * gamma[c] + beta[c],  rstd = 1/sqrt(var + eps).
  * The forward saves mean and rstd (norm_stats, float64 [N, G, 3]) for the backward. */
+#include "group_norm.h"
 #include "norm.h"
 
 #include <stdlib.h>
@@ -55,16 +56,10 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
  * fill more than half of a cache that other threads and processes share, so outputs
  * would be evicted before anyone reads them anyway. TG_NORM_STREAM_BYTES overrides the
  * size in bytes (0: always, a huge value: never; anything else that is not a
- * non-negative integer is ignored); the tests run both paths with it. */
+ * non-negative integer is ignored with a warning); the tests run both paths with it. */
 static int64_t stream_bytes(void) {
-  const char *env = getenv("TG_NORM_STREAM_BYTES");
-  if (env && *env) {
-    char *end;
-    long long v = strtoll(env, &end, 10);
-    if (!*end && v >= 0)
-      return v;
-  }
-  return tg__llc_bytes() / 8;
+  static _Atomic bool warned;
+  return tg__env_int("TG_NORM_STREAM_BYTES", 0, INT64_MAX, tg__llc_bytes() / 8, &warned);
 }
 
 /* ---------------------------------------------------------------- forward -- */
@@ -89,12 +84,12 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
         norm_moments(xg, 1, len, 0, eps, &st);
         if (stats)
           stats[ng] = st;
-        /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
         const T p = (T)st.pivot;
         const int64_t c0 = (ng % d.G) * D;
         for (int64_t k = 0; k < D; k++) {
-          double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
-          double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
+          double a, sh;
+          tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
+                        B ? (double)B[c0 + k] : 0.0, &a, &sh);
           norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
                       next ? next + k * d.HW : NULL, stream);
         }
@@ -143,12 +138,12 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
           dsg += gamma * ds;
         }
         if (DX && len > 0) {
-          const double s = 1.0 / (double)len, c2 = -dsg * rstd * rstd * rstd * s;
-          const T m = (T)(dbg * s), c3 = (T)(-c2 * st.dmean);
+          double m, c2, c3;
+          tg__gn_dx_coefs(dbg, dsg, rstd, st.dmean, len, &m, &c2, &c3);
           for (int64_t k = 0; k < D; k++) {
             const T gamma = W ? W[c0 + k] : (T)1;
             const int64_t o = off + k * d.HW;
-            norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
+            norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, (T)m, (T)rstd, (T)c2, (T)c3,
                     next ? G + o + len : NULL, next ? X + o + len : NULL, stream);
           }
         }
@@ -177,23 +172,71 @@ static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims 
   }
 }
 
-static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  gn_dims d = *(const gn_dims *)node->ctx;
-  tg_tensor *grads[3];
-  if (norm_new_grads(node, grads) < 0)
-    return -1;
-  tg_tensor *dx = grads[0], *dw = grads[1], *db = grads[2];
+/* ------------------------------------------------------- kernel tables -- */
+
+/* One signature per kernel, one table per device; tg_group_norm and gn_backward check
+ * and record once, then call the table of x's device. y and stats (may be NULL) are
+ * on x's device, stats in the same layout on every device; in backward, grads[i] is
+ * NULL where input i needs no gradient. */
+typedef struct {
+  int (*forward)(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b, gn_dims d,
+                 double eps, tg_tensor *y, tg_tensor *stats);
+  int (*backward)(const tg_tensor *dy, const tg_tensor *x, const tg_tensor *w,
+                  const tg_tensor *stats, gn_dims d, tg_tensor *grads[3]);
+} gn_kernels;
+
+static int gn_forward_cpu_k(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                            gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
+  gn_forward_cpu(x, w, b, d, eps, y, stats ? tg__data(stats) : NULL);
+  return 0;
+}
+
+static int gn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *saved, gn_dims d, tg_tensor *grads[3]) {
   size_t n_sums = (size_t)(d.N * d.C * 2);
   double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
   if (!sums)
     return tg__error("%s: out of memory in backward (%zu bytes)", OP,
                      n_sums * sizeof *sums);
-  const norm_stats *stats = tg__data(node->saved[0]);
-  gn_backward_cpu(g, x, w, stats, d, dx, sums);
-  if (dw || db)
-    gn_param_grads(sums, stats, d, dw, db);
+  const norm_stats *stats = tg__data(saved);
+  gn_backward_cpu(g, x, w, stats, d, grads[0], sums);
+  if (grads[1] || grads[2])
+    gn_param_grads(sums, stats, d, grads[1], grads[2]);
   free(sums);
+  return 0;
+}
+
+static const gn_kernels tg__gn_cpu = {gn_forward_cpu_k, gn_backward_cpu_k};
+
+#ifdef TG_HAVE_CUDA
+static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
+
+static int gn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                           gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
+  return tg__gn_cuda_forward(x->dtype, tg__data(x), data_or_null(w), data_or_null(b), d.N,
+                             d.C, d.G, d.HW, eps, tg__data(y), data_or_null(stats),
+                             x->device.index);
+}
+
+static int gn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                            const tg_tensor *stats, gn_dims d, tg_tensor *grads[3]) {
+  return tg__gn_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
+                              tg__data(stats), d.N, d.C, d.G, d.HW,
+                              data_or_null(grads[0]), data_or_null(grads[1]),
+                              data_or_null(grads[2]), x->device.index);
+}
+
+static const gn_kernels tg__gn_cuda = {gn_forward_cuda, gn_backward_cuda};
+#endif
+
+static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  gn_dims d = *(const gn_dims *)node->ctx;
+  tg_tensor *grads[3];
+  const gn_kernels *k = tg__pick(OP, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda));
+  if (!k || norm_new_grads(node, grads) < 0 ||
+      k->backward(g, x, w, node->saved[0], d, grads) < 0)
+    return -1;
   memcpy(gi, grads, sizeof grads);
   return 0;
 }
@@ -203,10 +246,10 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor
   if (!tg__nonnull(x, OP, "input"))
     return NULL;
   gn_dims d;
-  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0)
+  const gn_kernels *k;
+  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0 ||
+      !(k = tg__pick(OP, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda))))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, x), NULL;
   const tg_tensor *in[3] = {x, weight, bias};
   tg_tensor *stats = NULL;
   if (tg__should_record(3, in)) {
@@ -219,7 +262,11 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor
     tg_tensor_free(stats);
     return NULL;
   }
-  gn_forward_cpu(x, weight, bias, d, eps, y, stats ? tg__data(stats) : NULL);
+  if (k->forward(x, weight, bias, d, eps, y, stats) < 0) {
+    tg_tensor_free(stats);
+    tg_tensor_free(y);
+    return NULL;
+  }
   tg_node *node;
   y = tg__finish(OP, y, 3, in, gn_backward, &node);
   if (node) {
