@@ -718,6 +718,11 @@ int main(void) {
       cmocka_unit_test(test_transfer_gradients),
       cmocka_unit_test(test_anomaly_on_device),
   };
+  /* TG_TEST_FILTER=pattern runs only the matching tests (tests/gpu/run.sh runs the
+   * GroupNorm and op tests under compute-sanitizer that way). */
+  const char *filter = getenv("TG_TEST_FILTER");
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
   const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
   /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
   return rc == 0 && !tg_cuda_is_available() ? 77 : rc;
