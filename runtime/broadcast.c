@@ -72,6 +72,7 @@ static int check_pair(const char *op, const tg_tensor *dst, const tg_tensor *src
 int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
   if (check_pair("axpy", dst, src) < 0)
     return -1;
+  tg__bump_version(dst);
   int64_t n = dst->numel;
   if (tg__on_cuda(dst))
     return tg__cuda_axpby(tg__data(dst), 1.0, tg__data(src), alpha, dst->dtype, n,
@@ -88,6 +89,7 @@ int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
 }
 
 int tg__scale_(tg_tensor *dst, double alpha) {
+  tg__bump_version(dst);
   int64_t n = dst->numel;
   if (tg__on_cuda(dst))
     return tg__cuda_axpby(tg__data(dst), alpha, NULL, 0, dst->dtype, n,

@@ -8,10 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Thread_local const char *current_op;
-
-void tg__cuda_set_op(const char *op) { current_op = op; }
-
 #ifdef TG_HAVE_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -263,7 +259,7 @@ void *tg__cuda_malloc(size_t bytes, int d) {
       pthread_mutex_unlock(&lock);
       tg__error("%s: CUDA out of memory: tried to allocate %zu bytes on cuda:%d, which "
                 "has %zu bytes free of %zu (%lld allocated by tapegrad): %s",
-                current_op ? current_op : "tg_empty", bytes, d, free_b, total_b,
+                tg__running_op() ? tg__running_op() : "tg_empty", bytes, d, free_b, total_b,
                 (long long)s->allocated, cudaGetErrorString(e));
       return NULL;
     }
@@ -360,7 +356,7 @@ size_t tg__cuda_smem_optin(int d) {
 }
 void *tg__cuda_malloc(size_t bytes, int d) {
   tg__error("%s: cannot allocate %zu bytes on cuda:%d: tapegrad was built without CUDA",
-            current_op ? current_op : "tg_empty", bytes, d);
+            tg__running_op() ? tg__running_op() : "tg_empty", bytes, d);
   return NULL;
 }
 void tg__cuda_free(void *p, size_t bytes, int d) {

@@ -54,10 +54,6 @@ void tg__cuda_empty_cache(void);
 int64_t tg__cuda_allocated(int device);
 int64_t tg__cuda_reserved(int device);
 
-/* The op whose kernels are being dispatched on this thread (set by tg__pick), named
- * in out-of-memory errors. */
-void tg__cuda_set_op(const char *op);
-
 /* Kernels of the runtime (runtime/tensor.cu) behind the device-independent helpers
  * of runtime/tensor.c and broadcast.c; dtype is a tg_dtype. Each returns 0 or -1. */
 int tg__cuda_fill(void *p, int dtype, int64_t n, double value, int device);

@@ -26,7 +26,6 @@ const void *tg__pick_table(const char *op, const tg_tensor *t, const void *cpu,
     tg__error("%s: no kernel for %s", op, tg__device_str(t->device, d, sizeof d));
     return NULL;
   }
-  if (t->device.type == TG_DEVICE_CUDA)
-    tg__cuda_set_op(op);
+  tg__op_enter(op); /* device allocations failing below name the op */
   return k;
 }

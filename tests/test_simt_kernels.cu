@@ -173,8 +173,8 @@ int simt_dynamic_reverse(unsigned *out, unsigned *first, unsigned words, int thr
 }
 
 int simt_raise_dynamic_limit(int bytes) {
-  return cudaFuncSetAttribute(dynamic_reverse, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              bytes);
+  return cudaFuncSetAttribute(dynamic_reverse,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 int simt_mark(int *flag, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,

@@ -68,11 +68,13 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
   if (!operand_ok(C, m, n, ldc, sc, batch) ||
       (reads_ab && (!operand_ok(A, arows, acols, lda, sa, batch) ||
                     !operand_ok(B, brows, bcols, ldb, sb, batch))) ||
-      (device_scalars && (!in_allocation(alpha, sizeof(T)) || !in_allocation(beta, sizeof(T))))) {
-    fprintf(stderr,
-            "tg_simt: %s(m=%d, n=%d, k=%d, lda=%d, ldb=%d, ldc=%d, batch=%d) would access "
-            "memory outside a device allocation\n",
-            name, m, n, k, lda, ldb, ldc, batch);
+      (device_scalars &&
+       (!in_allocation(alpha, sizeof(T)) || !in_allocation(beta, sizeof(T))))) {
+    fprintf(
+        stderr,
+        "tg_simt: %s(m=%d, n=%d, k=%d, lda=%d, ldb=%d, ldc=%d, batch=%d) would access "
+        "memory outside a device allocation\n",
+        name, m, n, k, lda, ldb, ldc, batch);
     fail_async(cudaErrorIllegalAddress);
     return CUBLAS_STATUS_SUCCESS;
   }
@@ -81,8 +83,17 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
     a = *alpha;
     b = *beta;
   }
-  device_access open;
+  device_access open; /* OpenBLAS's threads touch the operands: open them first */
+  for (int i = 0; i < batch; i++) {
+    if (reads_ab) {
+      open.open(A + i * sa, (static_cast<size_t>(acols - 1) * lda + arows) * sizeof(T));
+      open.open(B + i * sb, (static_cast<size_t>(bcols - 1) * ldb + brows) * sizeof(T));
+    }
+    open.open(C + i * sc, (static_cast<size_t>(n - 1) * ldc + m) * sizeof(T));
+  }
   if (device_scalars) {
+    open.open(alpha, sizeof(T));
+    open.open(beta, sizeof(T));
     a = *alpha;
     b = *beta;
   }
@@ -147,7 +158,8 @@ cublasStatus_t cublasGetStream(cublasHandle_t handle, cudaStream_t *stream) {
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
   if (!handle)
     return CUBLAS_STATUS_NOT_INITIALIZED;
-  unsigned base = mode & ~static_cast<unsigned>(CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+  unsigned base =
+      mode & ~static_cast<unsigned>(CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
   if (base > CUBLAS_TF32_TENSOR_OP_MATH)
     return CUBLAS_STATUS_INVALID_VALUE;
   handle->math = mode;
@@ -185,7 +197,8 @@ static const struct {
   cublasStatus_t code;
   const char *name, *text;
 } status_table[] = {
-    {CUBLAS_STATUS_SUCCESS, "CUBLAS_STATUS_SUCCESS", "the operation completed successfully"},
+    {CUBLAS_STATUS_SUCCESS, "CUBLAS_STATUS_SUCCESS",
+     "the operation completed successfully"},
     {CUBLAS_STATUS_NOT_INITIALIZED, "CUBLAS_STATUS_NOT_INITIALIZED",
      "the library was not initialized"},
     {CUBLAS_STATUS_ALLOC_FAILED, "CUBLAS_STATUS_ALLOC_FAILED",
@@ -224,16 +237,16 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, int k,
                            const float *alpha, const float *A, int lda, const float *B,
                            int ldb, const float *beta, float *C, int ldc) {
-  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
-              1, "cublasSgemm");
+  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc,
+              0, 1, "cublasSgemm");
 }
 
 cublasStatus_t cublasDgemm(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, int k,
                            const double *alpha, const double *A, int lda, const double *B,
                            int ldb, const double *beta, double *C, int ldc) {
-  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
-              1, "cublasDgemm");
+  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc,
+              0, 1, "cublasDgemm");
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa,
@@ -243,8 +256,8 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          long long int strideB, const float *beta,
                                          float *C, int ldc, long long int strideC,
                                          int batchCount) {
-  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta,
-              C, ldc, strideC, batchCount, "cublasSgemmStridedBatched");
+  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
+              beta, C, ldc, strideC, batchCount, "cublasSgemmStridedBatched");
 }
 
 cublasStatus_t cublasDgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa,
@@ -254,8 +267,8 @@ cublasStatus_t cublasDgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          long long int strideB, const double *beta,
                                          double *C, int ldc, long long int strideC,
                                          int batchCount) {
-  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta,
-              C, ldc, strideC, batchCount, "cublasDgemmStridedBatched");
+  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
+              beta, C, ldc, strideC, batchCount, "cublasDgemmStridedBatched");
 }
 
 } /* extern "C" */

@@ -1,5 +1,5 @@
-/* What the files of runtime/simt share: the lock every stand-in call holds, the error state,
- * the device arena and its access window. */
+/* What the files of runtime/simt share: the lock every stand-in call holds, the error
+ * state, the device arena and its access window. */
 #ifndef TG_SIMT_INTERNAL_H
 #define TG_SIMT_INTERNAL_H
 
@@ -27,13 +27,21 @@ cudaError_t device_check();
 bool is_device(const void *p);
 /* Whether [p, p + bytes) lies inside one live allocation. */
 bool in_allocation(const void *p, size_t bytes);
-/* Opens the arena for reading and writing while alive (nests). */
+/* A stand-in call's access to device memory (nests): while one lives, the ranges
+ * given to open() are readable and writable. */
 class device_access {
 public:
   device_access();
   ~device_access();
   device_access(const device_access &) = delete;
   device_access &operator=(const device_access &) = delete;
+  void open(const void *p, size_t bytes);
+  /* Opens every allocation that a pointer-sized word of bytes[0, n) points into: a
+   * kernel's arguments, structs included. */
+  void open_pointed(const void *bytes, size_t n);
+  /* After a launch: false (with a line on stderr naming kernel) when it wrote into the
+   * redzone after an allocation it touched; the redzone is then restored. */
+  bool redzones_intact(const char *kernel);
 };
 
 bool valid_stream(cudaStream_t s);

@@ -94,7 +94,7 @@ enum state : unsigned char { RUNNABLE, AT_BLOCK, AT_WARP, DONE };
 struct fiber {
   thread_info info;
   context ctx;
-  char *stack;
+  char *stack; /* taken from the free stacks when the thread starts */
   state st;
   /* a pending warp rendezvous */
   unsigned mask;
@@ -109,7 +109,12 @@ struct scheduler {
   std::vector<fiber> fibers;
   char *stacks = nullptr;
   size_t stack_bytes = 0, stack_stride = 0, stacks_mapped = 0;
+  /* Stacks not in use, last freed on top: threads that end without waiting run on
+   * the same few stacks, which stay in cache. */
+  std::vector<char *> free_stacks;
   unsigned n = 0, live = 0, at_block = 0, block_true = 0;
+  /* per warp: lanes waiting in a rendezvous, lanes that ended */
+  unsigned waiting[32] = {}, ended[32] = {};
   block_vote block_out{};
   fiber *cur = nullptr;
   context home;
@@ -159,8 +164,9 @@ bool ensure_stacks(unsigned n) {
   for (size_t i = 0; i < want; i++)
     mprotect(S.stacks + i * S.stack_stride, page, PROT_NONE);
   S.fibers.resize(want);
-  for (size_t i = 0; i < want; i++)
-    S.fibers[i].stack = S.stacks + i * S.stack_stride + page;
+  S.free_stacks.clear();
+  for (size_t i = want; i-- > 0;)
+    S.free_stacks.push_back(S.stacks + i * S.stack_stride + page);
   return true;
 }
 
@@ -199,27 +205,26 @@ unsigned warp_lanes(unsigned warp) {
 /* Completes the rendezvous named by mask in warp w if every live lane it names waits
  * in it; the members then read each other's values. */
 bool complete_warp(unsigned w, unsigned mask) {
+  unsigned members = mask & warp_lanes(w) & ~S.ended[w], ballot = 0;
+  if ((S.waiting[w] & members) != members) /* the usual case: not everyone is here */
+    return false;
   fiber *lanes = &S.fibers[w * 32];
-  unsigned need = mask & warp_lanes(w), members = 0, ballot = 0;
-  for (unsigned l = 0; l < 32; l++) {
-    if (!(need >> l & 1u) || lanes[l].st == DONE)
-      continue;
-    if (lanes[l].st != AT_WARP || lanes[l].mask != mask)
+  for (unsigned m = members; m; m &= m - 1) {
+    const fiber &f = lanes[__builtin_ctz(m)];
+    if (f.mask != mask) /* waiting in another rendezvous */
       return false;
-    members |= 1u << l;
-    if (lanes[l].pred)
-      ballot |= 1u << l;
+    if (f.pred)
+      ballot |= m & -m;
   }
-  for (unsigned l = 0; l < 32; l++) {
-    if (!(members >> l & 1u))
-      continue;
-    fiber &f = lanes[l];
+  for (unsigned m = members; m; m &= m - 1) {
+    fiber &f = lanes[__builtin_ctz(m)];
     unsigned src = static_cast<unsigned>(f.src);
     f.out.value = src < 32 && (members >> src & 1u) ? lanes[src].value : ~0ull;
     f.out.ballot = ballot;
     f.out.members = members;
     f.st = RUNNABLE;
   }
+  S.waiting[w] &= ~members;
   return true;
 }
 
@@ -238,10 +243,12 @@ void thread_ended(fiber *f) {
   if (S.at_block && S.at_block == S.live)
     release_block();
   unsigned w = static_cast<unsigned>(f - S.fibers.data()) / 32, lane = f->info.lane;
-  fiber *lanes = &S.fibers[w * 32];
-  for (unsigned l = 0; l < 32 && w * 32 + l < S.n; l++)
-    if (lanes[l].st == AT_WARP && (lanes[l].mask >> lane & 1u))
-      complete_warp(w, lanes[l].mask);
+  S.ended[w] |= 1u << lane;
+  for (unsigned m = S.waiting[w]; m; m &= m - 1) {
+    const fiber &g = S.fibers[w * 32 + __builtin_ctz(m)];
+    if (g.mask >> lane & 1u)
+      complete_warp(w, g.mask);
+  }
 }
 
 void run_thread() { S.run(S.args); }
@@ -265,18 +272,29 @@ bool run_block(bool backwards) {
     f.info.idx = uint3{i % d.x, i / d.x % d.y, i / (d.x * d.y)};
     f.info.lane = i % 32;
     f.st = RUNNABLE;
+    f.stack = nullptr;
     f.asan_fake_stack = nullptr;
-    make_context(&f.ctx, f.stack, S.stack_bytes, fiber_main);
   }
   S.live = S.n;
   S.at_block = S.block_true = 0;
+  for (unsigned w = 0; w < 32; w++)
+    S.waiting[w] = S.ended[w] = 0;
   while (S.live) {
     bool ran = false;
     for (unsigned k = 0; k < S.n; k++) {
       fiber *f = &S.fibers[backwards ? S.n - 1 - k : k];
-      if (f->st == RUNNABLE) {
-        ran = true;
-        enter(f);
+      if (f->st != RUNNABLE)
+        continue;
+      if (!f->stack) {
+        f->stack = S.free_stacks.back();
+        S.free_stacks.pop_back();
+        make_context(&f->ctx, f->stack, S.stack_bytes, fiber_main);
+      }
+      ran = true;
+      enter(f);
+      if (f->st == DONE) {
+        S.free_stacks.push_back(f->stack);
+        f->stack = nullptr;
       }
     }
     if (!ran)
@@ -300,9 +318,14 @@ void report_deadlock(const char *name) {
   /* The abandoned fibers' frames stay poisoned: clear them before the stacks serve
    * the next launch. */
   for (unsigned i = 0; i < S.n; i++)
-    if (S.fibers[i].st != DONE)
+    if (S.fibers[i].stack)
       ASAN_UNPOISON_MEMORY_REGION(S.fibers[i].stack, S.stack_bytes);
 #endif
+  for (unsigned i = 0; i < S.n; i++)
+    if (S.fibers[i].stack) {
+      S.free_stacks.push_back(S.fibers[i].stack);
+      S.fibers[i].stack = nullptr;
+    }
 }
 
 } /* namespace */
@@ -326,7 +349,9 @@ warp_vote sync_warp(unsigned mask, uint64_t value, int src, int pred) {
   f->src = src;
   f->pred = pred;
   f->st = AT_WARP;
-  if (!complete_warp(static_cast<unsigned>(f - S.fibers.data()) / 32, f->mask))
+  unsigned w = static_cast<unsigned>(f - S.fibers.data()) / 32;
+  S.waiting[w] |= 1u << f->info.lane;
+  if (!complete_warp(w, f->mask))
     leave(f, false);
   return f->out;
 }
@@ -340,7 +365,8 @@ unsigned active_mask() {
 }
 
 cudaError_t launch(const void *kernel, const char *name, dim3 grid, dim3 blk, size_t smem,
-                   cudaStream_t stream, void (*run)(void *), void *args) {
+                   cudaStream_t stream, void (*run)(void *), void *args,
+                   const void *params, size_t params_bytes) {
   auto lock = hold();
   if (device_check() != cudaSuccess)
     return fail(cudaErrorNoDevice);
@@ -369,6 +395,7 @@ cudaError_t launch(const void *kernel, const char *name, dim3 grid, dim3 blk, si
   bool ok = true;
   {
     device_access open;
+    open.open_pointed(params, params_bytes);
     for (unsigned z = 0; ok && z < grid.z; z++)
       for (unsigned y = 0; ok && y < grid.y; y++)
         for (unsigned x = 0; ok && x < grid.x; x++) {
@@ -376,6 +403,8 @@ cudaError_t launch(const void *kernel, const char *name, dim3 grid, dim3 blk, si
           memset(dynamic, 0xFF, smem); /* shared memory starts as garbage: NaN */
           ok = run_block(((parity + x + y + z) & 1u) != 0);
         }
+    if (ok && !open.redzones_intact(name))
+      fail_async(cudaErrorIllegalAddress);
   }
   if (!ok)
     report_deadlock(name);

@@ -2,8 +2,8 @@
  * memory is an mmap'd arena that is PROT_NONE except while a kernel, a copy or a
  * memset runs, so host code that dereferences a device pointer faults as on a GPU.
  * Fresh and freed memory reads as NaN (0xFF bytes); each allocation is followed by a
- * redzone (poisoned for ASan; checked for stray writes at cudaFree and
- * cudaDeviceSynchronize otherwise). Streams and events run in order: every call is
+ * redzone, poisoned for ASan and checked after each launch for the kernel's stray
+ * writes. Streams and events run in order: every call is
  * synchronous, events carry host timestamps. */
 #include "runtime/simt/internal.h"
 
@@ -98,27 +98,77 @@ static bool arena_map() {
     return true;
   heap.page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   heap.bytes = (arena_bytes() + heap.page - 1) / heap.page * heap.page;
-  void *p = mmap(nullptr, heap.bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void *p = mmap(nullptr, heap.bytes, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED)
     return false;
   heap.base = static_cast<char *>(p);
   return true;
 }
 
-static void arena_protect(int prot) {
-  size_t len = (heap.bump + heap.page - 1) / heap.page * heap.page;
-  if (len && mprotect(heap.base, len, prot) != 0)
-    perror("tg_simt: mprotect of the device arena");
+/* ---- access windows ----
+ * Inside a device_access (one stand-in call) the ranges it opens are readable and
+ * writable; when the call ends they close again. mprotect costs about 0.3 us a
+ * populated page, so opening only what a call uses keeps a launch's cost independent
+ * of how much device memory is allocated. */
+namespace {
+struct window {
+  size_t lo, hi; /* page-aligned offsets */
+};
+constexpr int kMaxWindows = 4096;
+window windows[kMaxWindows];
+int window_count = 0; /* the last window, once reached, spans the whole arena */
+int access_depth = 0;
+} /* namespace */
+
+static size_t arena_top() { return (heap.bump + heap.page - 1) / heap.page * heap.page; }
+
+static void open_window(size_t lo, size_t hi) {
+  if (hi <= lo || (window_count == kMaxWindows))
+    return;
+  if (window_count == kMaxWindows - 1) /* out of records: open everything */
+    lo = 0, hi = arena_top();
+  if (mprotect(heap.base + lo, hi - lo, PROT_READ | PROT_WRITE) != 0)
+    perror("tg_simt: mprotect of device memory");
+  windows[window_count++] = window{lo, hi};
 }
 
-device_access::device_access() {
-  if (heap.open++ == 0)
-    arena_protect(PROT_READ | PROT_WRITE);
+static void close_windows() {
+  for (int i = 0; i < window_count; i++)
+    mprotect(heap.base + windows[i].lo, windows[i].hi - windows[i].lo, PROT_NONE);
+  window_count = 0;
 }
+
+device_access::device_access() { access_depth++; }
 device_access::~device_access() {
-  if (--heap.open == 0)
-    arena_protect(PROT_NONE);
+  if (--access_depth == 0)
+    close_windows();
+}
+
+void device_access::open_pointed(const void *bytes, size_t n) {
+  const unsigned char *b = static_cast<const unsigned char *>(bytes);
+  for (size_t i = 0; i + sizeof(void *) <= n; i += alignof(void *)) {
+    const char *p;
+    memcpy(&p, b + i, sizeof p);
+    if (!is_device(p) || heap.live.empty())
+      continue;
+    /* the allocation holding p, or ending at p (a one-past-the-end pointer) */
+    auto it = heap.live.upper_bound(static_cast<size_t>(p - heap.base));
+    if (it == heap.live.begin())
+      continue;
+    --it;
+    open(heap.base + it->first, it->second.block);
+  }
+}
+
+void device_access::open(const void *p, size_t bytes) {
+  if (!bytes || !is_device(p))
+    return;
+  size_t off = static_cast<size_t>(static_cast<const char *>(p) - heap.base);
+  size_t lo = off / heap.page * heap.page, hi = arena_top();
+  if (bytes < hi - off)
+    hi = (off + bytes + heap.page - 1) / heap.page * heap.page;
+  open_window(lo, hi);
 }
 
 bool is_device(const void *p) {
@@ -145,19 +195,24 @@ static size_t block_bytes(size_t size) {
   return (size + rz + 255) / 256 * 256;
 }
 
-static bool redzone_intact(size_t off, const allocation &a) {
-  const unsigned char *p = reinterpret_cast<unsigned char *>(heap.base) + off;
-  for (size_t i = a.size; i < a.block; i++)
+/* The part of a's redzone inside [lo, hi) (offsets), as offsets; empty when none. */
+static window redzone_part(size_t off, const allocation &a, size_t lo, size_t hi) {
+  size_t b = off + a.size > lo ? off + a.size : lo,
+         e = off + a.block < hi ? off + a.block : hi;
+  return window{b, e > b ? e : b};
+}
+
+/* Reads the redzone, which ASan keeps poisoned to catch the kernels' accesses. */
+__attribute__((no_sanitize_address)) static bool redzone_intact(window w) {
+  const unsigned char *p = reinterpret_cast<unsigned char *>(heap.base);
+  for (size_t i = w.lo; i < w.hi; i++)
     if (p[i] != 0xFF)
       return false;
   return true;
 }
 
-static void report_overrun(size_t off, const allocation &a, const char *when) {
-  fprintf(stderr,
-          "tg_simt: device memory written past the end of the %zu-byte allocation at "
-          "%p (found by %s)\n",
-          a.size, static_cast<void *>(heap.base + off), when);
+__attribute__((no_sanitize_address)) static void restore_redzone(window w) {
+  memset(heap.base + w.lo, 0xFF, w.hi - w.lo);
 }
 
 static cudaError_t arena_alloc(void **out, size_t size) {
@@ -192,6 +247,7 @@ static cudaError_t arena_alloc(void **out, size_t size) {
   ASAN_UNPOISON_MEMORY_REGION(p, need);
   {
     device_access open;
+    open.open(p, need);
     memset(p, 0xFF, need);
   }
   ASAN_POISON_MEMORY_REGION(p + size, need - size);
@@ -212,14 +268,10 @@ static cudaError_t arena_free(void *ptr) {
   heap.live.erase(it);
   heap.used -= a.size;
   char *p = heap.base + off;
-  cudaError_t e = cudaSuccess;
   ASAN_UNPOISON_MEMORY_REGION(p, a.block);
   {
     device_access open;
-    if (!redzone_intact(off, a)) {
-      report_overrun(off, a, "cudaFree");
-      e = cudaErrorIllegalAddress;
-    }
+    open.open(p, a.block);
     memset(p, 0xFF, a.block); /* a use after free reads NaN */
   }
   ASAN_POISON_MEMORY_REGION(p, a.block);
@@ -242,18 +294,29 @@ static cudaError_t arena_free(void *ptr) {
     heap.bump = start;
   else
     heap.free_blocks[start] = len;
-  return e;
+  return cudaSuccess;
 }
 
-static cudaError_t check_redzones() {
-  device_access open;
-  cudaError_t e = cudaSuccess;
-  for (auto &kv : heap.live)
-    if (!redzone_intact(kv.first, kv.second)) {
-      report_overrun(kv.first, kv.second, "cudaDeviceSynchronize");
-      e = cudaErrorIllegalAddress;
+bool device_access::redzones_intact(const char *kernel) {
+  bool intact = true;
+  for (int i = 0; i < window_count; i++) {
+    window w = windows[i];
+    auto it = heap.live.upper_bound(w.lo);
+    if (it != heap.live.begin())
+      --it;
+    for (; it != heap.live.end() && it->first < w.hi; ++it) {
+      window rz = redzone_part(it->first, it->second, w.lo, w.hi);
+      if (rz.hi > rz.lo && !redzone_intact(rz)) {
+        fprintf(stderr,
+                "tg_simt: kernel %s wrote past the end of the %zu-byte device allocation "
+                "at %p\n",
+                kernel, it->second.size, static_cast<void *>(heap.base + it->first));
+        restore_redzone(rz);
+        intact = false;
+      }
     }
-  return e;
+  }
+  return intact;
 }
 
 /* ---- streams, events, function attributes ---- */
@@ -268,7 +331,8 @@ bool valid_stream(cudaStream_t s) {
 
 size_t max_dynamic_shared(const void *func) {
   auto it = dynamic_shared_limit.find(func);
-  return it == dynamic_shared_limit.end() ? kSharedPerBlock : static_cast<size_t>(it->second);
+  return it == dynamic_shared_limit.end() ? kSharedPerBlock
+                                          : static_cast<size_t>(it->second);
 }
 
 } /* namespace tg_simt */
@@ -368,40 +432,95 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
   if (e != cudaSuccess)
     return e;
   switch (attr) {
-  case cudaDevAttrMaxThreadsPerBlock: *value = p.maxThreadsPerBlock; break;
-  case cudaDevAttrMaxBlockDimX: *value = p.maxThreadsDim[0]; break;
-  case cudaDevAttrMaxBlockDimY: *value = p.maxThreadsDim[1]; break;
-  case cudaDevAttrMaxBlockDimZ: *value = p.maxThreadsDim[2]; break;
-  case cudaDevAttrMaxGridDimX: *value = p.maxGridSize[0]; break;
-  case cudaDevAttrMaxGridDimY: *value = p.maxGridSize[1]; break;
-  case cudaDevAttrMaxGridDimZ: *value = p.maxGridSize[2]; break;
-  case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(p.sharedMemPerBlock); break;
-  case cudaDevAttrTotalConstantMemory: *value = static_cast<int>(p.totalConstMem); break;
-  case cudaDevAttrWarpSize: *value = p.warpSize; break;
-  case cudaDevAttrMaxRegistersPerBlock: *value = p.regsPerBlock; break;
-  case cudaDevAttrMultiProcessorCount: *value = p.multiProcessorCount; break;
-  case cudaDevAttrIntegrated: *value = p.integrated; break;
-  case cudaDevAttrConcurrentKernels: *value = p.concurrentKernels; break;
-  case cudaDevAttrPciBusId: *value = p.pciBusID; break;
-  case cudaDevAttrGlobalMemoryBusWidth: *value = p.memoryBusWidth; break;
-  case cudaDevAttrL2CacheSize: *value = p.l2CacheSize; break;
-  case cudaDevAttrMaxThreadsPerMultiProcessor: *value = p.maxThreadsPerMultiProcessor; break;
-  case cudaDevAttrAsyncEngineCount: *value = p.asyncEngineCount; break;
-  case cudaDevAttrUnifiedAddressing: *value = p.unifiedAddressing; break;
-  case cudaDevAttrComputeCapabilityMajor: *value = p.major; break;
-  case cudaDevAttrComputeCapabilityMinor: *value = p.minor; break;
+  case cudaDevAttrMaxThreadsPerBlock:
+    *value = p.maxThreadsPerBlock;
+    break;
+  case cudaDevAttrMaxBlockDimX:
+    *value = p.maxThreadsDim[0];
+    break;
+  case cudaDevAttrMaxBlockDimY:
+    *value = p.maxThreadsDim[1];
+    break;
+  case cudaDevAttrMaxBlockDimZ:
+    *value = p.maxThreadsDim[2];
+    break;
+  case cudaDevAttrMaxGridDimX:
+    *value = p.maxGridSize[0];
+    break;
+  case cudaDevAttrMaxGridDimY:
+    *value = p.maxGridSize[1];
+    break;
+  case cudaDevAttrMaxGridDimZ:
+    *value = p.maxGridSize[2];
+    break;
+  case cudaDevAttrMaxSharedMemoryPerBlock:
+    *value = static_cast<int>(p.sharedMemPerBlock);
+    break;
+  case cudaDevAttrTotalConstantMemory:
+    *value = static_cast<int>(p.totalConstMem);
+    break;
+  case cudaDevAttrWarpSize:
+    *value = p.warpSize;
+    break;
+  case cudaDevAttrMaxRegistersPerBlock:
+    *value = p.regsPerBlock;
+    break;
+  case cudaDevAttrMultiProcessorCount:
+    *value = p.multiProcessorCount;
+    break;
+  case cudaDevAttrIntegrated:
+    *value = p.integrated;
+    break;
+  case cudaDevAttrConcurrentKernels:
+    *value = p.concurrentKernels;
+    break;
+  case cudaDevAttrPciBusId:
+    *value = p.pciBusID;
+    break;
+  case cudaDevAttrGlobalMemoryBusWidth:
+    *value = p.memoryBusWidth;
+    break;
+  case cudaDevAttrL2CacheSize:
+    *value = p.l2CacheSize;
+    break;
+  case cudaDevAttrMaxThreadsPerMultiProcessor:
+    *value = p.maxThreadsPerMultiProcessor;
+    break;
+  case cudaDevAttrAsyncEngineCount:
+    *value = p.asyncEngineCount;
+    break;
+  case cudaDevAttrUnifiedAddressing:
+    *value = p.unifiedAddressing;
+    break;
+  case cudaDevAttrComputeCapabilityMajor:
+    *value = p.major;
+    break;
+  case cudaDevAttrComputeCapabilityMinor:
+    *value = p.minor;
+    break;
   case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
     *value = static_cast<int>(p.sharedMemPerMultiprocessor);
     break;
-  case cudaDevAttrMaxRegistersPerMultiprocessor: *value = p.regsPerMultiprocessor; break;
-  case cudaDevAttrManagedMemory: *value = p.managedMemory; break;
-  case cudaDevAttrCooperativeLaunch: *value = p.cooperativeLaunch; break;
+  case cudaDevAttrMaxRegistersPerMultiprocessor:
+    *value = p.regsPerMultiprocessor;
+    break;
+  case cudaDevAttrManagedMemory:
+    *value = p.managedMemory;
+    break;
+  case cudaDevAttrCooperativeLaunch:
+    *value = p.cooperativeLaunch;
+    break;
   case cudaDevAttrMaxSharedMemoryPerBlockOptin:
     *value = static_cast<int>(p.sharedMemPerBlockOptin);
     break;
-  case cudaDevAttrMaxBlocksPerMultiprocessor: *value = p.maxBlocksPerMultiProcessor; break;
-  case cudaDevAttrMemoryPoolsSupported: *value = p.memoryPoolsSupported; break;
-  default: return fail(cudaErrorInvalidValue);
+  case cudaDevAttrMaxBlocksPerMultiprocessor:
+    *value = p.maxBlocksPerMultiProcessor;
+    break;
+  case cudaDevAttrMemoryPoolsSupported:
+    *value = p.memoryPoolsSupported;
+    break;
+  default:
+    return fail(cudaErrorInvalidValue);
   }
   return cudaSuccess;
 }
@@ -410,9 +529,7 @@ cudaError_t cudaDeviceSynchronize(void) {
   auto lock = hold();
   if (device_check() != cudaSuccess)
     return fail(cudaErrorNoDevice);
-  cudaError_t e = take_pending();
-  cudaError_t rz = check_redzones();
-  return fail(e != cudaSuccess ? e : rz);
+  return fail(take_pending());
 }
 
 cudaError_t cudaDeviceReset(void) {
@@ -447,13 +564,15 @@ static const struct {
     {cudaSuccess, "cudaSuccess", "no error"},
     {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
     {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
-    {cudaErrorInitializationError, "cudaErrorInitializationError", "initialization error"},
+    {cudaErrorInitializationError, "cudaErrorInitializationError",
+     "initialization error"},
     {cudaErrorCudartUnloading, "cudaErrorCudartUnloading", "driver shutting down"},
     {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration",
      "invalid configuration argument"},
     {cudaErrorInvalidPitchValue, "cudaErrorInvalidPitchValue", "invalid pitch argument"},
     {cudaErrorInvalidSymbol, "cudaErrorInvalidSymbol", "invalid device symbol"},
-    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer",
+     "invalid device pointer"},
     {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection",
      "invalid copy direction for memcpy"},
     {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
@@ -473,11 +592,9 @@ static const struct {
      "an illegal memory access was encountered"},
     {cudaErrorLaunchOutOfResources, "cudaErrorLaunchOutOfResources",
      "too many resources requested for launch"},
-    {cudaErrorContextIsDestroyed, "cudaErrorContextIsDestroyed",
-     "context is destroyed"},
+    {cudaErrorContextIsDestroyed, "cudaErrorContextIsDestroyed", "context is destroyed"},
     {cudaErrorAssert, "cudaErrorAssert", "device-side assert triggered"},
-    {cudaErrorHardwareStackError, "cudaErrorHardwareStackError",
-     "hardware stack error"},
+    {cudaErrorHardwareStackError, "cudaErrorHardwareStackError", "hardware stack error"},
     {cudaErrorIllegalInstruction, "cudaErrorIllegalInstruction",
      "an illegal instruction was encountered"},
     {cudaErrorMisalignedAddress, "cudaErrorMisalignedAddress", "misaligned address"},
@@ -573,7 +690,8 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes,
   return cudaSuccess;
 }
 
-static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+static cudaError_t copy(void *dst, const void *src, size_t count,
+                        enum cudaMemcpyKind kind) {
   if (static_cast<unsigned>(kind) > cudaMemcpyDefault)
     return cudaErrorInvalidMemcpyDirection;
   if (count == 0)
@@ -587,11 +705,14 @@ static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcp
   if (!ok || (dd && !in_allocation(dst, count)) || (sd && !in_allocation(src, count)))
     return cudaErrorInvalidValue;
   device_access open;
+  open.open(dst, count);
+  open.open(src, count);
   memcpy(dst, src, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t count,
+                       enum cudaMemcpyKind kind) {
   auto lock = hold();
   if (device_check() != cudaSuccess)
     return fail(cudaErrorNoDevice);
@@ -617,6 +738,7 @@ static cudaError_t set(void *devPtr, int value, size_t count) {
   if (!in_allocation(devPtr, count))
     return cudaErrorInvalidValue;
   device_access open;
+  open.open(devPtr, count);
   memset(devPtr, value, count);
   return cudaSuccess;
 }
@@ -657,7 +779,8 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr 
   case cudaMemPoolReuseFollowEventDependencies:
   case cudaMemPoolReuseAllowOpportunistic:
   case cudaMemPoolReuseAllowInternalDependencies:
-    memPool->reuse[attr - cudaMemPoolReuseFollowEventDependencies] = *static_cast<int *>(value);
+    memPool->reuse[attr - cudaMemPoolReuseFollowEventDependencies] =
+        *static_cast<int *>(value);
     return cudaSuccess;
   case cudaMemPoolAttrReleaseThreshold:
     memPool->release_threshold = *static_cast<unsigned long long *>(value);
@@ -668,7 +791,8 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr 
       return fail(cudaErrorInvalidValue);
     heap.used_high = heap.used;
     return cudaSuccess;
-  default: return fail(cudaErrorInvalidValue);
+  default:
+    return fail(cudaErrorInvalidValue);
   }
 }
 
@@ -682,14 +806,24 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr 
   case cudaMemPoolReuseFollowEventDependencies:
   case cudaMemPoolReuseAllowOpportunistic:
   case cudaMemPoolReuseAllowInternalDependencies:
-    *static_cast<int *>(value) = memPool->reuse[attr - cudaMemPoolReuseFollowEventDependencies];
+    *static_cast<int *>(value) =
+        memPool->reuse[attr - cudaMemPoolReuseFollowEventDependencies];
     return cudaSuccess;
-  case cudaMemPoolAttrReleaseThreshold: *u = memPool->release_threshold; return cudaSuccess;
+  case cudaMemPoolAttrReleaseThreshold:
+    *u = memPool->release_threshold;
+    return cudaSuccess;
   case cudaMemPoolAttrReservedMemCurrent:
-  case cudaMemPoolAttrReservedMemHigh: *u = heap.bump; return cudaSuccess;
-  case cudaMemPoolAttrUsedMemCurrent: *u = heap.used; return cudaSuccess;
-  case cudaMemPoolAttrUsedMemHigh: *u = heap.used_high; return cudaSuccess;
-  default: return fail(cudaErrorInvalidValue);
+  case cudaMemPoolAttrReservedMemHigh:
+    *u = heap.bump;
+    return cudaSuccess;
+  case cudaMemPoolAttrUsedMemCurrent:
+    *u = heap.used;
+    return cudaSuccess;
+  case cudaMemPoolAttrUsedMemHigh:
+    *u = heap.used_high;
+    return cudaSuccess;
+  default:
+    return fail(cudaErrorInvalidValue);
   }
 }
 
@@ -734,7 +868,8 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   return fail(valid_stream(stream) ? cudaSuccess : cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event,
+                                unsigned int flags) {
   auto lock = hold();
   if (!valid_stream(stream) || !events.count(event))
     return fail(cudaErrorInvalidResourceHandle);
@@ -797,7 +932,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 }
 
 /* ---- kernels ---- */
-cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value) {
+cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr,
+                                 int value) {
   auto lock = hold();
   if (!func)
     return fail(cudaErrorInvalidDeviceFunction);
@@ -809,7 +945,8 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
     return cudaSuccess;
   case cudaFuncAttributePreferredSharedMemoryCarveout: /* a hint: accepted, unused */
     return fail(value < -1 || value > 100 ? cudaErrorInvalidValue : cudaSuccess);
-  default: return fail(cudaErrorInvalidValue);
+  default:
+    return fail(cudaErrorInvalidValue);
   }
 }
 
@@ -829,8 +966,8 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
   return cudaSuccess;
 }
 
-cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, const void *func,
-                                                          int blockSize,
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks,
+                                                          const void *func, int blockSize,
                                                           size_t dynamicSMemSize) {
   if (!numBlocks || blockSize <= 0)
     return fail(cudaErrorInvalidValue);

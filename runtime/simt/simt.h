@@ -70,9 +70,12 @@ warp_vote sync_warp(unsigned mask, uint64_t value, int src, int pred);
 unsigned active_mask();
 
 /* Runs run(args) as every thread of every block; sets the error cudaGetLastError
- * returns (configuration checked as CUDA does, the kernel not run when it fails). */
+ * returns (configuration checked as CUDA does, the kernel not run when it fails).
+ * Device memory is reachable from the kernel through the pointers in params, the
+ * arguments' bytes. */
 cudaError_t launch(const void *kernel, const char *name, dim3 grid, dim3 block,
-                   size_t smem, cudaStream_t stream, void (*run)(void *), void *args);
+                   size_t smem, cudaStream_t stream, void (*run)(void *), void *args,
+                   const void *params, size_t params_bytes);
 
 /* TG_LAUNCH(k, grid, block, smem, stream)(args...): the arguments are converted to the
  * kernel's parameter types once, as <<<>>> does, and every thread gets its own copy. */
@@ -94,7 +97,7 @@ public:
           frame *fr = static_cast<frame *>(p);
           std::apply(fr->kernel, fr->args);
         },
-        &f);
+        &f, &f.args, sizeof f.args);
   }
 
 private:
