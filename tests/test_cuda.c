@@ -696,6 +696,12 @@ static void test_errors(void **state) {
   assert_error(tg_zeros(TG_SHAPE(2), TG_F32, tg_cuda(tg_cuda_device_count())) == NULL,
                "not available");
   assert_error(tg_tensor_to(h, tg_cuda(-1)) == NULL, "cuda:-1", "not available");
+  /* a class index out of range, found on the device */
+  const int64_t bad[2] = {1, 7};
+  tg_tensor *logits = tg_randn(TG_SHAPE(2, 4), TG_F32, CUDA0);
+  tg_tensor *target = tg_tensor_from_data(bad, TG_SHAPE(2), TG_I64, CUDA0);
+  assert_error(tg_cross_entropy(logits, target, TG_REDUCTION_MEAN, -100) == NULL,
+               "Target 7 is out of bounds", "element 1");
   /* still usable */
   tg_tensor *y = tg_group_norm(c, 3, NULL, NULL, 1e-5);
   assert_ok(y);
