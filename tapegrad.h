@@ -355,8 +355,10 @@ tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */
 tg_path *tg_path_sub(tg_path *path, const char *name);
 /* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
- * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
- * (shape[2:]) as in PyTorch. */
+ * the name exists already, the shape is bad, or safetensors could not hold the name:
+ * names are non-empty UTF-8 without '.', and "__metadata__" is reserved. Lookups by
+ * name (here and in tg_varstore_get) are hashed. fan_in for Kaiming is
+ * shape[1]*prod(shape[2:]) as in PyTorch. */
 tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
                        tg_init init);
 /* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
@@ -371,9 +373,14 @@ bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
 /* Freezes/unfreezes every trainable variable. */
 void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
-/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
- * checks every name, shape and dtype (float64 files load into float32 stores and
- * vice versa are rejected) and names what is missing, extra or mismatched. */
+/* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
+ * temporary file of its own in the target's directory, fsync, rename): readers see
+ * the old file or the new one. A symlink is followed and its target replaced (a
+ * dangling one creates it); a FIFO, device, directory or socket is refused, as when
+ * loading, which never blocks.
+ * Loading checks every name, shape and dtype (float64 files load into float32
+ * stores and vice versa are rejected) and names what is missing, extra or
+ * mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -408,7 +415,10 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. */
+ * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
+ * when they are built, by the rule of their op, and name the layer in the error; a
+ * layer's forward names the layer when the input's dtype or device is not its
+ * variables'. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
@@ -700,6 +710,22 @@ int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
 int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
                                   const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
+
+/* ------------------------------------------------------------------ files -- */
+/* How the library opens files, for programs that want the same guarantees (the
+ * examples use them for their data and pictures). */
+
+/* Opens an existing file for reading when it is a regular file; a FIFO, a device,
+ * a directory or a socket is refused without blocking or reading it. Returns a
+ * descriptor (close-on-exec, blocking; the caller closes it), or -1 with an error
+ * naming op (NULL: "tg_file_open_read") and the path. */
+int tg_file_open_read(const char *path, const char *op);
+/* Replaces path with the n bytes at data atomically, as tg_varstore_save writes
+ * its checkpoints: readers see the old file or the new one, never a mix, even with
+ * concurrent writers. Returns 0, or -1 with an error naming op (NULL:
+ * "tg_file_write_atomic"). */
+int tg_file_write_atomic(const char *path, const void *data, size_t n,
+                         const char *op);
 
 #ifdef __cplusplus
 }

@@ -158,6 +158,14 @@ int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *fl
   return 0;
 }
 
+int ex_exit(int status) {
+  if ((fflush(stdout) != 0 || ferror(stdout)) && status == 0) {
+    fprintf(stderr, "error: cannot write the standard output: %s\n", strerror(errno));
+    return EX_EXIT_FAILURE;
+  }
+  return status;
+}
+
 int ex_common_apply(ex_common_options *o) {
   const char *d = o->device_name ? o->device_name : "cpu";
   if (!strcmp(d, "cpu")) {
@@ -613,21 +621,50 @@ int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col,
   return x - x0;
 }
 
-int ex_png_write(const char *path, const ex_canvas *c) {
-  FILE *f = fopen(path, "wb");
-  if (!f) {
-    fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-    return -1;
+/* libpng's output, gathered in memory so that the file is written atomically. */
+typedef struct {
+  uint8_t *data;
+  size_t len, cap;
+  bool oom;
+} png_buffer;
+
+static void png_buffer_write(png_structp png, png_bytep data, png_size_t n) {
+  png_buffer *b = png_get_io_ptr(png);
+  if (b->oom)
+    return;
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? 2 * b->cap : 1 << 16;
+    while (cap < b->len + n)
+      cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p) {
+      b->oom = true;
+      return;
+    }
+    b->data = p;
+    b->cap = cap;
   }
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  memcpy(b->data + b->len, data, n);
+  b->len += n;
+}
+
+static void png_buffer_flush(png_structp png) { (void)png; }
+
+int ex_png_write(const char *path, const ex_canvas *c) {
+  /* On the heap: a local changed between setjmp and longjmp would be indeterminate. */
+  png_buffer *buf = calloc(1, sizeof *buf);
+  png_structp png =
+      buf ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
   png_infop info = png ? png_create_info_struct(png) : NULL;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    fclose(f);
+    if (buf)
+      free(buf->data);
+    free(buf);
     fprintf(stderr, "error: cannot write %s: libpng failed\n", path);
     return -1;
   }
-  png_init_io(png, f);
+  png_set_write_fn(png, buf, png_buffer_write, png_buffer_flush);
   png_set_IHDR(png, info, (png_uint_32)c->w, (png_uint_32)c->h, 8, PNG_COLOR_TYPE_RGB,
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
@@ -635,11 +672,14 @@ int ex_png_write(const char *path, const ex_canvas *c) {
     png_write_row(png, c->rgb + (size_t)y * (size_t)c->w * 3);
   png_write_end(png, NULL);
   png_destroy_write_struct(&png, &info);
-  if (fclose(f) != 0) {
-    fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-    return -1;
-  }
-  return 0;
+  int rc = buf->oom ? -1 : tg_file_write_atomic(path, buf->data, buf->len, "--out");
+  if (rc < 0 && buf->oom)
+    fprintf(stderr, "error: cannot write %s: out of memory\n", path);
+  else if (rc < 0)
+    fprintf(stderr, "error: %s\n", tg_last_error());
+  free(buf->data);
+  free(buf);
+  return rc;
 }
 
 void ex_curve_add(ex_curve *c, double x, double y) {

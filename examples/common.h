@@ -11,6 +11,9 @@
 
 /* Exit statuses: runtime failures (bad data, I/O, CUDA missing) and bad flags. */
 enum { EX_EXIT_FAILURE = 1, EX_EXIT_USAGE = 2 };
+/* What main returns for a run that ended with `status`: EX_EXIT_FAILURE rather than 0,
+ * after saying so, when standard output could not be written (a full disk). */
+int ex_exit(int status);
 
 /* ------------------------------------------------------------------ flags -- */
 typedef enum { EX_FLAG_INT, EX_FLAG_I64, EX_FLAG_DOUBLE, EX_FLAG_STRING } ex_flag_kind;
@@ -44,8 +47,9 @@ int ex_common_flags(ex_flag *flags, int n, ex_common_options *o);
  * printing what was wrong and a pointer to --help (exit EX_EXIT_USAGE). */
 int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *flags,
                    int n);
-/* Applies the common options: device availability, threads, seed. Prints the error
- * and returns -1 when the device is unusable. */
+/* Applies the common options: device availability, threads, seed. Returns 0, or the
+ * exit status after printing the error (EX_EXIT_USAGE for a malformed --device,
+ * EX_EXIT_FAILURE for one that is unavailable). */
 int ex_common_apply(ex_common_options *o);
 
 /* How many steps a run takes. */

@@ -80,23 +80,29 @@ static double evaluate(const ex_convnet *m, const split *d, int64_t batch,
 }
 
 /* Training curves: the smoothed train loss per logged step and the test accuracy per
- * epoch. */
-static void write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
-                         const char *out_dir) {
-  if (loss_c->n == 0 || ex_mkdir_p(out_dir) < 0)
-    return;
+ * epoch. Returns 0, or -1 after printing the error. */
+static int write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
+                        const char *out_dir) {
+  if (loss_c->n == 0)
+    return 0;
+  if (ex_mkdir_p(out_dir) < 0)
+    return -1;
   ex_canvas c;
-  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0)
-    return;
+  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for the training curves\n");
+    return -1;
+  }
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series acc = {"test accuracy", acc_c->x, acc_c->y, acc_c->n, {40, 90, 200}, true};
   ex_plot(&c, 0, 0, 480, 360, "TRAIN LOSS", "step", &loss, 1, 0, 0);
   ex_plot(&c, 480, 0, 480, 360, "TEST ACCURACY %", "step", &acc, 1, 0, 0);
   char path[4096];
   snprintf(path, sizeof path, "%s/mnist_curves.png", out_dir);
-  if (ex_png_write(path, &c) == 0)
+  int rc = ex_png_write(path, &c);
+  if (rc == 0)
     printf("wrote %s\n", path);
   ex_canvas_free(&c);
+  return rc;
 }
 
 /* --------------------------------------------------------------------- main -- */
@@ -121,7 +127,7 @@ int main(int argc, char **argv) {
                           "reports its test accuracy.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
@@ -241,7 +247,8 @@ int main(int argc, char **argv) {
   }
   printf("test accuracy: %.2f%% (%lld images) after %lld steps in %.1f s\n",
          100 * test_acc, (long long)test.n, (long long)step, ex_now() - t0);
-  write_curves(&loss_curve, &acc_curve, o.out);
+  if (write_curves(&loss_curve, &acc_curve, o.out) < 0)
+    goto done;
   status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
@@ -253,5 +260,5 @@ done:
   tg_tensor_free(train.images);
   tg_tensor_free(test.images);
   tg_mnist_free(&data);
-  return status;
+  return ex_exit(status);
 }

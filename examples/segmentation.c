@@ -323,6 +323,7 @@ static int write_samples(const ex_unet *m, const scenes *held, tg_device device,
   int h = margin + head + GRID_ROWS * (TILE + GAP) + legend;
   ex_canvas c;
   if (ex_canvas_init(&c, w, h, white) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     free(pred);
     return -1;
   }
@@ -361,8 +362,10 @@ typedef struct {
 
 static int write_curves(const history *h, const char *path) {
   ex_canvas c;
-  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0)
+  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     return -1;
+  }
   const ex_curve *loss_c = &h->loss, *miou_c = &h->miou, *held_c = &h->held_miou;
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series iou[2] = {
@@ -414,7 +417,7 @@ int main(int argc, char **argv) {
                           "predictions and training curves into --out.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
@@ -431,8 +434,11 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = ex_hash2((uint64_t)o.seed, 100);
-  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc)) ||
-      scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc))) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    goto done;
+  }
+  if (scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
   if (ex_unet_build(&m, o.device) < 0) {
@@ -557,5 +563,5 @@ done:
   ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
-  return status;
+  return ex_exit(status);
 }

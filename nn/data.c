@@ -53,10 +53,15 @@ static uint32_t be32(const uint8_t *b) {
 static int idx_read(const char *op, const char *path, int want_ndim, const char *kind,
                     int64_t *dims, int *ndim, uint8_t **bytes_out) {
   *bytes_out = NULL;
-  gzFile f = gzopen(path, "rb");
-  if (!f)
-    return tg__error("%s: cannot open %s: %s", op, path,
-                     errno ? strerror(errno) : "out of memory");
+  /* Through tg_file_open_read: a FIFO or a device is refused instead of blocking. */
+  int fd = tg_file_open_read(path, op);
+  if (fd < 0)
+    return -1;
+  gzFile f = gzdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return tg__error("%s: cannot open %s: out of memory", op, path);
+  }
   uint8_t head[4 + 4 * TG_MAX_DIMS];
   int rc = gz_read_all(f, op, path, head, 4, "the IDX header");
   uint32_t magic = rc == 0 ? be32(head) : 0;

@@ -5,6 +5,7 @@
 #include "tapegrad.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 
 typedef struct tg_node tg_node;
 typedef struct tg_scope tg_scope;
@@ -42,6 +43,20 @@ bool tg__nonnull(const tg_tensor *t, const char *op, const char *arg);
 /* "[2, 3]" of a raw shape, into buf. */
 char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
 #define TG_SHAPE_STR_LEN 160
+/* s quoted for a message ('name ' shows a trailing space), control characters escaped
+ * and names longer than about 128 bytes cut in the middle ('abc...xyz' (3000 bytes)),
+ * so the rule a message states is never lost to truncation. Into buf, which it
+ * returns; TG_QUOTE_LEN bytes always suffice. */
+const char *tg__quote(const char *s, char *buf, size_t len);
+#define TG_QUOTE_LEN 512
+/* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
+ * is not, *bad (may be NULL) gets the offset of the first bad byte. */
+bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
+/* The integer in environment variable `name`, or fallback when it is unset or empty.
+ * A value that is not an integer in [lo, hi] is ignored with a warning on stderr,
+ * once per *warned flag (one per variable), as PyTorch does for OMP_NUM_THREADS. */
+int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,
+                    _Atomic bool *warned);
 
 /* ---- tensors ---- */
 /* New uninitialised tensor recorded in the current scope (if one is open). */
@@ -126,5 +141,18 @@ void tg__host_free(void *p, size_t bytes);
 void *tg__cuda_malloc(size_t bytes, int device);
 void tg__cuda_free(void *p, size_t bytes, int device);
 int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size_t n);
+
+/* ---- files (runtime/file.c; opening for reading is tg_file_open_read) ---- */
+/* Writes the file at path atomically: write(f, ctx) fills a new temporary file in the
+ * directory that path (after following symlinks) names; it is fsync'ed and renamed
+ * over path, then the directory is fsync'ed. write returns 0, or -1 with an error
+ * set; it may run twice (when the first temporary cannot be linked into place), so it
+ * must depend only on ctx. Refuses to replace anything but a regular file. Returns 0,
+ * or -1 with "<op>: ..." and no temporary left behind. */
+typedef int (*tg__write_fn)(FILE *f, void *ctx);
+int tg__write_atomic(const char *path, const char *op, tg__write_fn write, void *ctx);
+/* Tests set this to exercise the named-temporary fallback used where the filesystem
+ * lacks O_TMPFILE. */
+extern _Atomic bool tg__file_no_tmpfile;
 
 #endif

@@ -26,14 +26,8 @@ void openblas_set_num_threads(int num_threads);
 static atomic_int num_threads; /* 0: not initialised yet */
 
 static int initial_threads(void) {
-  const char *env = getenv("TG_NUM_THREADS");
-  if (env) {
-    char *end;
-    long n = strtol(env, &end, 10);
-    if (*env && !*end && n >= 1 && n <= 4096)
-      return (int)n;
-  }
-  return omp_get_num_procs();
+  static _Atomic bool warned;
+  return (int)tg__env_int("TG_NUM_THREADS", 1, 4096, omp_get_num_procs(), &warned);
 }
 
 int tg_get_num_threads(void) {

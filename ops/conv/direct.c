@@ -40,8 +40,8 @@ bool conv_direct_available(void) {
   static atomic_int state; /* 0 unknown, 1 yes, 2 no; racing threads store the same */
   int s = atomic_load_explicit(&state, memory_order_relaxed);
   if (!s) {
-    const char *env = getenv("TG_CONV_DIRECT");
-    bool on = !(env && !strcmp(env, "0"));
+    static _Atomic bool warned;
+    bool on = tg__env_int("TG_CONV_DIRECT", 0, 1, 1, &warned) != 0;
     __builtin_cpu_init();
     s = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
     atomic_store_explicit(&state, s, memory_order_relaxed);

@@ -55,16 +55,10 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
  * fill more than half of a cache that other threads and processes share, so outputs
  * would be evicted before anyone reads them anyway. TG_NORM_STREAM_BYTES overrides the
  * size in bytes (0: always, a huge value: never; anything else that is not a
- * non-negative integer is ignored); the tests run both paths with it. */
+ * non-negative integer is ignored with a warning); the tests run both paths with it. */
 static int64_t stream_bytes(void) {
-  const char *env = getenv("TG_NORM_STREAM_BYTES");
-  if (env && *env) {
-    char *end;
-    long long v = strtoll(env, &end, 10);
-    if (!*end && v >= 0)
-      return v;
-  }
-  return tg__llc_bytes() / 8;
+  static _Atomic bool warned;
+  return tg__env_int("TG_NORM_STREAM_BYTES", 0, INT64_MAX, tg__llc_bytes() / 8, &warned);
 }
 
 /* ---------------------------------------------------------------- forward -- */
