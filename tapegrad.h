@@ -132,7 +132,8 @@ int64_t tg_numel(const tg_tensor *t);
 tg_dtype tg_dtype_of(const tg_tensor *t);
 tg_device tg_device_of(const tg_tensor *t);
 /* Borrowed pointer to the elements of a CPU tensor (row-major, contiguous);
- * NULL for GPU tensors. Writing through it bypasses the tape. */
+ * NULL for GPU tensors. Writing through it bypasses the tape and its in-place
+ * detection (see tg_tensor_bump_version), as PyTorch's .data does. */
 void *tg_data(tg_tensor *t);
 /* Copies all elements to host memory; dst_bytes must be at least numel*dtype size.
  * Returns 0 or -1. */
@@ -145,7 +146,9 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype);
 tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device);
 /* Differentiable copy with its own storage. */
 tg_tensor *tg_clone(const tg_tensor *t);
-/* In-place fill / copy, outside the tape (for init and optimizers). Return 0 or -1. */
+/* In-place fill / copy, outside the tape (for init and optimizers); each bumps the
+ * version of dst's storage, so a backward that needs the old values fails. Return 0
+ * or -1. */
 int tg_fill_(tg_tensor *t, double value);
 int tg_copy_(tg_tensor *dst, const tg_tensor *src);
 /* Prints dtype, shape and (up to a few elements per dim) the values. */
@@ -345,9 +348,10 @@ tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
 /* Float dtype of the store's variables (default float32). Setting it converts the
- * existing float variables in place (their gradients are dropped) and applies to
- * variables created later, as tch's VarStore::set_kind. Call it before creating
- * optimizers. Returns 0 or -1. */
+ * existing float variables in place (their gradients are dropped; views made earlier
+ * keep the old values) and applies to variables created later, as tch's
+ * VarStore::set_kind. Call it before creating optimizers. Returns 0, or -1 (nothing
+ * changed) when a graph that is still alive holds one of the variables. */
 int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
 tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */
@@ -710,6 +714,19 @@ int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
 int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
                                   const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
+
+/* --------------------------------------- in-place detection (harden-core) -- */
+/* Every storage has a version, shared by its views (reshape, detach...), as PyTorch's
+ * t._version: each in-place write the library makes adds one (tg_fill_, tg_copy_,
+ * optimizer steps, tg_clip_grad_norm, tg_varstore_load, BatchNorm's running stats in
+ * training). The tape records the version of each input, saved tensor and output of
+ * every node, and tg_backward fails with PyTorch's "one of the variables needed for
+ * gradient computation has been modified by an inplace operation" when one changed
+ * before that node's backward ran. Writes through tg_data are not seen (tg_data is
+ * also how values are read, and a read must not count as a write): call
+ * tg_tensor_bump_version(t) after writing through it. */
+int64_t tg_tensor_version(const tg_tensor *t); /* -1 for NULL */
+void tg_tensor_bump_version(tg_tensor *t);
 
 /* ------------------------------------------------------------------ files -- */
 /* How the library opens files, for programs that want the same guarantees (the

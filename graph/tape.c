@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,13 +67,21 @@ bool tg__should_record(int n, const tg_tensor *const *inputs) {
   return false;
 }
 
+/* Drops a node's reference to t (an input or saved tensor). */
+static void tape_release(tg_tensor *t) {
+  if (!t)
+    return;
+  t->tape_refs--;
+  tg__release(t);
+}
+
 static void node_release_saved(tg_node *n) {
   for (int i = 0; i < n->n_inputs; i++) {
-    tg__release(n->inputs[i]);
+    tape_release(n->inputs[i]);
     n->inputs[i] = NULL;
   }
   for (int i = 0; i < n->n_saved; i++) {
-    tg__release(n->saved[i]);
+    tape_release(n->saved[i]);
     n->saved[i] = NULL;
   }
   free(n->ctx);
@@ -113,7 +122,9 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   if (anomaly && tg__check_finite(op, seq, "output", out) < 0)
     return NULL;
   tg_node *n = calloc(1, sizeof *n);
-  tg_tensor **ins = calloc((size_t)(n_inputs ? n_inputs : 1), sizeof *ins);
+  /* The inputs and their versions in one block (pointers and int64 align alike). */
+  tg_tensor **ins =
+      calloc((size_t)(n_inputs ? n_inputs : 1), sizeof *ins + sizeof(int64_t));
   if (!n || !ins) {
     free(n);
     free(ins);
@@ -126,9 +137,14 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   n->backward = backward;
   n->n_inputs = n_inputs;
   n->inputs = ins;
+  n->in_versions = (int64_t *)(ins + (n_inputs ? n_inputs : 1));
   for (int i = 0; i < n_inputs; i++)
-    ins[i] = tg_tensor_retain((tg_tensor *)inputs[i]);
+    if ((ins[i] = tg_tensor_retain((tg_tensor *)inputs[i]))) {
+      ins[i]->tape_refs++;
+      n->in_versions[i] = ins[i]->storage->version;
+    }
   n->output = out;
+  n->out_version = out->storage->version;
   if (out->grad_fn)
     tg__node_unref(out->grad_fn);
   out->grad_fn = n;
@@ -139,6 +155,10 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
 int tg__save(tg_node *node, const tg_tensor *t) {
   int i = node->n_saved++;
   node->saved[i] = tg_tensor_retain((tg_tensor *)t);
+  if (t) {
+    node->saved[i]->tape_refs++;
+    node->saved_versions[i] = t->storage->version;
+  }
   return i;
 }
 
@@ -168,6 +188,46 @@ tg_tensor *tg__finish(const char *op, tg_tensor *out, int n_inputs,
 }
 
 /* ------------------------------------------------------------ backward -- */
+
+/* PyTorch's message for t, which node n read as `what`, written in place since it
+ * was recorded at `version`. Returns -1. */
+static int version_error(const tg_node *n, const tg_tensor *t, int64_t version,
+                         const char *what) {
+  char shape[TG_SHAPE_STR_LEN];
+  return tg__error("tg_backward: one of the variables needed for gradient computation "
+                   "has been modified by an inplace operation: [%s %s], %s %s (tape "
+                   "position %lld), is at version %lld; expected version %lld instead. "
+                   "Hint: in-place writes (tg_fill_, tg_copy_, an optimizer step, "
+                   "tg_varstore_load) between the forward and tg_backward change values "
+                   "the backward reads; make them after tg_backward, or on a tg_clone",
+                   tg_dtype_name(t->dtype), tg_shape_str(t, shape, sizeof shape), what,
+                   n->op, (long long)n->seq, (long long)t->storage->version,
+                   (long long)version);
+}
+
+static bool changed(const tg_tensor *t, int64_t version) {
+  return t && t->storage->version != version;
+}
+
+/* The tape checks every input, saved tensor and output of a node before its backward
+ * reads them: backward functions read their inputs freely, so this is a superset of
+ * what PyTorch checks (it also refuses a change to an input whose value the backward
+ * does not need, such as an operand of tg_add). */
+static int check_versions(const tg_node *n) {
+  char what[32];
+  if (changed(n->output, n->out_version))
+    return version_error(n, n->output, n->out_version, "the output of");
+  for (int i = 0; i < n->n_inputs; i++)
+    if (changed(n->inputs[i], n->in_versions[i])) {
+      snprintf(what, sizeof what, "input %d of", i);
+      return version_error(n, n->inputs[i], n->in_versions[i], what);
+    }
+  for (int i = 0; i < n->n_saved; i++)
+    if (changed(n->saved[i], n->saved_versions[i])) {
+      return version_error(n, n->saved[i], n->saved_versions[i], "a tensor saved by");
+    }
+  return 0;
+}
 
 static bool exclusive(const tg_tensor *t) {
   return t->refcount == 1 && t->storage->refcount == 1 && !t->grad_fn && !t->scope;
@@ -324,7 +384,11 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
     }
     memset(gi, 0, (size_t)(n->n_inputs <= 64 ? 64 : n->n_inputs) * sizeof *gi);
     tg_scope_begin();
-    rc = n->backward(n, g, gi);
+    rc = check_versions(n);
+    tg__backward_enter(n->op, n->seq);
+    if (rc == 0)
+      rc = n->backward(n, g, gi);
+    tg__backward_leave();
     for (int i = 0; i < n->n_inputs; i++)
       tg_tensor_retain(gi[i]);
     tg_scope_end();

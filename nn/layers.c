@@ -323,6 +323,7 @@ static int count_batch(tg_tensor *count) {
   if (tg_tensor_copy_to_host(count, &n, sizeof n) < 0)
     return -1;
   n++;
+  tg__bump_version(count);
   return tg__cuda_memcpy(tg__data(count), count->device, &n, TG_CPU, sizeof n);
 }
 
@@ -448,7 +449,13 @@ typedef struct {
 
 static tg_tensor *func_forward(tg_module *m, const tg_tensor *x, bool train) {
   func_module *f = (func_module *)m;
-  return f->fn(x, train, f->ctx);
+  tg_clear_error(); /* x is valid: any message now comes from fn */
+  tg_tensor *y = tg__callback_result(f->fn(x, train, f->ctx), 1, &x);
+  if (!y && !tg_last_error()[0])
+    tg__error("tg_module_forward: the function of a %s module returned NULL without "
+              "setting an error",
+              m->kind);
+  return y;
 }
 
 static tg_module *func_new(tg_varstore *vs, tg_module_fn fn, void *ctx,
@@ -482,7 +489,8 @@ typedef struct {
   tg_module base;
   tg_module **items;
   int n, cap;
-  tg_path *path; /* tg_nn_sequential_path's: children are named "<path>.<index>" */
+  tg_varstore *vs; /* its owner: it holds modules of that store only */
+  tg_path *path;   /* tg_nn_sequential_path's: children are named "<path>.<index>" */
 } sequential_module;
 
 /* Each intermediate result is released as soon as the next module has used it (the
@@ -511,9 +519,19 @@ tg_module *tg_nn_sequential(tg_varstore *vs) {
     return NULL;
   }
   sequential_module *s = calloc(1, sizeof *s);
-  if (s)
+  if (s) {
     s->base = (tg_module){"tg_nn_sequential", "", sequential_forward, sequential_release};
+    s->vs = vs;
+  }
   return tg__module_register(vs, s ? &s->base : NULL, "tg_nn_sequential");
+}
+
+/* Whether vs registered m. From the newest module: the one just built is last. */
+static bool owns(const tg_varstore *vs, const tg_module *m) {
+  for (int i = vs->n_modules - 1; i >= 0; i--)
+    if (vs->modules[i] == m)
+      return true;
+  return false;
 }
 
 tg_module *tg_nn_sequential_path(tg_path *path) {
@@ -526,6 +544,7 @@ tg_module *tg_nn_sequential_path(tg_path *path) {
   if (s) {
     s->base = (tg_module){"tg_nn_sequential", path->prefix, sequential_forward,
                           sequential_release};
+    s->vs = path->vs;
     s->path = path;
   }
   return tg__module_register(path->vs, s ? &s->base : NULL, "tg_nn_sequential_path");
@@ -574,6 +593,13 @@ int tg_sequential_add(tg_module *seq, tg_module *m) {
     return tg__error("tg_sequential_add: adding this module would make the sequential "
                      "contain itself");
   sequential_module *s = (sequential_module *)seq;
+  if (!owns(s->vs, m)) {
+    char buf[160];
+    return tg__error("tg_sequential_add: the %s belongs to another var store than the "
+                     "sequential; a var store frees its modules and variables, so a "
+                     "sequential may only hold modules of its own store",
+                     who(m, buf, sizeof buf));
+  }
   if (s->n == s->cap) {
     int cap = s->cap ? 2 * s->cap : 8;
     tg_module **items = realloc(s->items, (size_t)cap * sizeof *items);

@@ -1110,6 +1110,8 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
     const tg_tensor *t = conv[i] ? conv[i] : match[i] >= 0 ? d->items[match[i]].t : NULL;
     tg_tensor *v = vs->vars[i].t;
     size_t bytes = (size_t)v->numel * tg_dtype_size(v->dtype);
+    if (t)
+      tg__bump_version(v);
     if (t && bytes)
       rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), TG_CPU, bytes);
   }

@@ -277,6 +277,17 @@ int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype) {
     return tg__error("tg_varstore_set_dtype: a var store holds float32 or float64 "
                      "variables, got %s",
                      tg_dtype_name(dtype));
+  /* A graph that holds a variable would run its backward on the converted tensor with
+   * buffers sized for the old dtype. */
+  for (int i = 0; i < vs->n_vars; i++) {
+    const tg_tensor *t = vs->vars[i].t;
+    if (t->tape_refs > 0 && tg__is_float(t->dtype) && t->dtype != dtype)
+      return tg__error("tg_varstore_set_dtype: variable '%s' is held by a graph that is "
+                       "still alive (a forward not yet backpropagated or freed); "
+                       "converting it in place would corrupt that graph's backward. Run "
+                       "tg_backward or free the graph's result first",
+                       vs->vars[i].name);
+  }
   /* Convert every variable first, then swap storages, so a failure changes nothing. */
   tg_tensor **conv = calloc((size_t)(vs->n_vars > 0 ? vs->n_vars : 1), sizeof *conv);
   if (!conv)

@@ -71,6 +71,7 @@ static int check_pair(const char *op, const tg_tensor *dst, const tg_tensor *src
 int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
   if (check_pair("axpy", dst, src) < 0)
     return -1;
+  tg__bump_version(dst);
   int64_t n = dst->numel;
   TG_DISPATCH_FLOAT(dst->dtype, T, {
     T *d = tg__data(dst);
@@ -84,6 +85,7 @@ int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
 }
 
 int tg__scale_(tg_tensor *dst, double alpha) {
+  tg__bump_version(dst);
   int64_t n = dst->numel;
   TG_DISPATCH_FLOAT(dst->dtype, T, {
     T *d = tg__data(dst);

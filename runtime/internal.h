@@ -15,6 +15,7 @@ typedef struct {
   void *data;
   size_t bytes;
   tg_device device;
+  int64_t version; /* +1 per in-place write (tg__bump_version); views share it */
 } tg_storage;
 
 /* All tensors are contiguous and row-major; views (reshape, detach) share storage. */
@@ -31,7 +32,8 @@ struct tg_tensor {
   tg_node *grad_fn; /* producing node (owned reference); NULL for leaves */
   tg_scope *scope;  /* scope holding one reference, or NULL */
   int64_t scope_slot;
-  tg_tensor *bwd_grad; /* scratch used while backward runs */
+  tg_tensor *bwd_grad;   /* scratch used while backward runs */
+  _Atomic int tape_refs; /* live nodes holding it as an input or saved tensor */
 };
 
 /* ---- errors ---- */
@@ -40,6 +42,16 @@ int tg__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* True when t is non-NULL. When NULL, sets "<op>: argument '<arg>' is NULL" unless
  * an earlier error is pending, so the first failure of a chain is what users see. */
 bool tg__nonnull(const tg_tensor *t, const char *op, const char *arg);
+/* -1 with "<op>: out of memory: failed to allocate <bytes> bytes on <where>". op NULL
+ * means the op running: the last one whose arguments tg__nonnull or tg__check_same
+ * checked, or during a backward the node being differentiated ("tg_backward: out of
+ * memory in the backward of tg_conv2d (tape position 7): ..."), which the tape sets
+ * with tg__backward_enter/leave around each node. */
+int tg__oom(size_t bytes, const char *where, const char *op);
+void tg__op_enter(const char *op);
+const char *tg__running_op(void); /* NULL when none */
+void tg__backward_enter(const char *op, int64_t seq);
+void tg__backward_leave(void);
 /* "[2, 3]" of a raw shape, into buf. */
 char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
 #define TG_SHAPE_STR_LEN 160
@@ -59,9 +71,14 @@ int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,
                     _Atomic bool *warned);
 
 /* ---- tensors ---- */
-/* New uninitialised tensor recorded in the current scope (if one is open). */
-tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
-tg_tensor *tg__new_like(const tg_tensor *t);
+/* New uninitialised tensor recorded in the current scope (if one is open). Its
+ * messages (bad shape, device, out of memory) name op, else the calling function when
+ * it is a public tg_ function, else the op running (see tg__oom). */
+tg_tensor *tg__new_in(const char *op, const char *caller, const int64_t *shape, int ndim,
+                      tg_dtype dtype, tg_device device);
+/* tg__new(shape, ndim, dtype, device); variadic so that TG_SHAPE(...) expands. */
+#define tg__new(...) tg__new_in(NULL, __func__, __VA_ARGS__)
+#define tg__new_like(t) tg__new((t)->shape, (t)->ndim, (t)->dtype, (t)->device)
 /* New tensor object sharing t's storage with another shape of equal numel. */
 tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 /* Removes t from its scope: the caller now holds that reference for good (grads,
@@ -69,7 +86,16 @@ tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 tg_tensor *tg__unscope(tg_tensor *t);
 /* Drops one reference without touching scopes (used by scopes and the tape). */
 void tg__release(tg_tensor *t);
+/* y, the new reference a user callback returned from inputs, as an op's result: when
+ * y is one of the inputs (tg_tensor_retain(in[0]), the identity), that reference is
+ * not the one a scope records, and freeing y would make the scope forget the input;
+ * so it is dropped and y becomes a recorded tg_reshape of the input. NULL stays NULL. */
+tg_tensor *tg__callback_result(tg_tensor *y, int n, const tg_tensor *const *inputs);
 static inline void *tg__data(const tg_tensor *t) { return t->storage->data; }
+/* Every in-place write the library makes to a tensor that may already be recorded on
+ * a tape calls this, so that tg_backward can tell that a value it needs has changed
+ * since the forward (PyTorch's version counter). */
+static inline void tg__bump_version(tg_tensor *t) { t->storage->version++; }
 static inline bool tg__is_float(tg_dtype d) { return d == TG_F32 || d == TG_F64; }
 /* Wraps a negative dim; sets an error like PyTorch's "Dimension out of range
  * (expected to be in range of [-2, 1], but got 2)" and returns -1 when invalid. */

@@ -177,7 +177,7 @@ static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
       UNARY_LOOP(U_LOG, log(x))
       UNARY_LOOP(U_SQRT, sqrt(x))
       UNARY_LOOP(U_ABS, fabs(x))
-      UNARY_LOOP(U_RELU, x > 0 ? x : (T)0)
+      UNARY_LOOP(U_RELU, x <= 0 ? (T)0 : x) /* NaN passes, as PyTorch */
       UNARY_LOOP(U_LEAKY_RELU, x > 0 ? x : x * p)
       UNARY_LOOP(U_SIGMOID, (T)1 / ((T)1 + exp(-x)))
       UNARY_LOOP(U_TANH, tanh(x))
@@ -219,7 +219,7 @@ static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
       UNARY_GRAD(U_LOG, g / x)
       UNARY_GRAD(U_SQRT, g / ((T)2 * y))
       UNARY_GRAD(U_ABS, x > 0 ? g : x < 0 ? -g : (T)0)
-      UNARY_GRAD(U_RELU, x > 0 ? g : (T)0)
+      UNARY_GRAD(U_RELU, x <= 0 ? (T)0 : g) /* as PyTorch's threshold_backward */
       UNARY_GRAD(U_LEAKY_RELU, x > 0 ? g : g * p)
       UNARY_GRAD(U_SIGMOID, g * y * ((T)1 - y))
       UNARY_GRAD(U_TANH, g * ((T)1 - y * y))
