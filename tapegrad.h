@@ -383,8 +383,8 @@ void tg_varstore_unfreeze(tg_varstore *vs);
  * dangling one creates it); a FIFO, device, directory or socket is refused, as when
  * loading, which never blocks.
  * Loading checks every name, shape and dtype (float64 files load into float32
- * stores and vice versa are rejected) and names what is missing, extra or
- * mismatched. */
+ * stores and vice versa are rejected; tg_varstore_load_ex casts as load_state_dict
+ * does) and names what is missing, extra or mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
