@@ -1,6 +1,7 @@
 /* libFuzzer harness for the safetensors loader: any byte string given to
  * tg_varstore_load, tg_varstore_load_ex or tg_load_tensors must produce 0 or an error
- * message, never a crash, a leak or a partially updated store. Build: CC=clang meson setup build-fuzz -Dfuzz=true. */
+ * message, never a crash, a leak or a partially updated store. Build: CC=clang meson
+ * setup build-fuzz -Dfuzz=true. */
 #include "tapegrad.h"
 
 #include <stdio.h>
