@@ -649,7 +649,7 @@ typedef struct {
   int64_t cooldown;
   double min_lr, eps;
 } tg_plateau_config;
-/* mode min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
+/* min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
 tg_plateau_config tg_plateau_config_default(void);
 tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
 /* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
