@@ -444,8 +444,8 @@ void tg_varstore_unfreeze(tg_varstore *vs);
  * dangling one creates it); a FIFO, device, directory or socket is refused, as when
  * loading, which never blocks.
  * Loading checks every name, shape and dtype (float64 files load into float32
- * stores and vice versa are rejected) and names what is missing, extra or
- * mismatched. */
+ * stores and vice versa are rejected; tg_varstore_load_ex casts as load_state_dict
+ * does) and names what is missing, extra or mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -633,7 +633,8 @@ int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *
 const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
 int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
 /* Borrowed: the i-th key, and its value in *value. */
-const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i, const char **value);
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i,
+                                       const char **value);
 /* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
 int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
 
@@ -758,7 +759,8 @@ typedef struct {
   int64_t cooldown;
   double min_lr, eps;
 } tg_plateau_config;
-tg_plateau_config tg_plateau_config_default(void); /* min, 0.1, 10, 1e-4, rel, 0, 0, 1e-8 */
+/* min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
+tg_plateau_config tg_plateau_config_default(void);
 tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
 /* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
 int tg_scheduler_step(tg_scheduler *s);

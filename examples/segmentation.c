@@ -434,8 +434,11 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = ex_hash2((uint64_t)o.seed, 100);
-  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc)) ||
-      scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc))) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    goto done;
+  }
+  if (scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
   if (ex_unet_build(&m, o.device) < 0) {
