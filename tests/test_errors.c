@@ -420,11 +420,14 @@ static void test_shape_ops(void **state) {
                "cannot be applied to a 0-dim tensor");
   assert_error(tg_narrow(t, 1, 2, 2) == NULL,
                "start (2) + length (2) exceeds dimension size (3)", "[2, 3]");
-  assert_error(tg_narrow(t, 1, 0, -1) == NULL, "tg_narrow", "length (-1)");
-  assert_error(tg_narrow(t, 1, 4, 0) == NULL, "tg_narrow", "start (4)");
-  assert_error(tg_narrow(t, 0, -5, 1) == NULL, "tg_narrow", "exceeds");
+  assert_error(tg_narrow(t, 1, 0, -1) == NULL, "tg_narrow", "length must be non-negative");
+  /* PyTorch's wording, naming the start the caller passed */
+  assert_error(tg_narrow(t, 1, 4, 0) == NULL, "tg_narrow",
+               "start out of range (expected to be in range of [-3, 3], but got 4)");
+  assert_error(tg_narrow(t, 0, -5, 1) == NULL, "tg_narrow", "start out of range",
+               "but got -5");
   assert_error(tg_narrow(t, 1, 1, INT64_MAX) == NULL, "tg_narrow", "exceeds");
-  assert_error(tg_narrow(t, 1, INT64_MIN, 1) == NULL, "tg_narrow", "exceeds");
+  assert_error(tg_narrow(t, 1, INT64_MIN, 1) == NULL, "tg_narrow", "start out of range");
   assert_error(tg_narrow(t, 2, 0, 1) == NULL, "tg_narrow", "Dimension out of range");
   expect_shape(tg_narrow(t, 1, 3, 0), 2, 0);
 
