@@ -401,6 +401,24 @@ tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
 
+/* ------------------------------ convolution: PyTorch's further arguments -- */
+/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. */
+typedef enum {
+  TG_PADDING_EXPLICIT = 0, /* the padding field, as tg_conv2d */
+  TG_PADDING_VALID,        /* padding="valid": none */
+  TG_PADDING_SAME,         /* padding="same": output size = input size, stride 1 */
+} tg_padding_mode;
+typedef struct {
+  int64_t stride[2], padding[2], dilation[2]; /* {height, width} */
+  int64_t groups;
+  tg_padding_mode padding_mode;
+} tg_conv2d_options;
+tg_conv2d_options tg_conv2d_options_default(void); /* 1, 0, 1, 1, explicit */
+/* conv2d with PyTorch's string paddings; "same" pads one more at the end when
+ * dilation * (kernel - 1) is odd, as PyTorch. */
+tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
+                        const tg_conv2d_options *options);
+
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
 /* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
 typedef struct {

@@ -360,11 +360,17 @@ RUNNER(layer_norm) {
 
 RUNNER(conv2d) {
   UNUSED_ARGS;
-  int64_t st[2], pad[2], dil[2];
-  pv(S, "stride", st, 2);
-  pv(S, "padding", pad, 2);
-  pv(S, "dilation", dil, 2);
-  return tg_conv2d(x[0], x[1], opt(x, n, 2), st, pad, dil, pi(S, "groups"));
+  tg_conv2d_options o = tg_conv2d_options_default();
+  pv(S, "stride", o.stride, 2);
+  pv(S, "dilation", o.dilation, 2);
+  o.groups = pi(S, "groups");
+  const char *mode = ref_note(S->f, S->name, "s_padding");
+  if (!mode) {
+    pv(S, "padding", o.padding, 2);
+    return tg_conv2d(x[0], x[1], opt(x, n, 2), o.stride, o.padding, o.dilation, o.groups);
+  }
+  o.padding_mode = !strcmp(mode, "same") ? TG_PADDING_SAME : TG_PADDING_VALID;
+  return tg_conv2d_ex(x[0], x[1], opt(x, n, 2), &o);
 }
 
 RUNNER(conv_transpose2d) {
