@@ -881,10 +881,12 @@ static void test_group_norm(void **state) {
                "Expected bias to be a vector", "[6, 1]", "[2, 6, 4]");
   assert_error(tg_group_norm(x, 2, RD(6), b, 1e-5) == NULL, op, "float32 and float64");
   assert_error(tg_group_norm(ZI(2, 6, 4), 2, NULL, NULL, 1e-5) == NULL, op, "int64");
-  const double bad_eps[] = {0.0, -1e-5, NAN, INFINITY, -INFINITY};
+  const double bad_eps[] = {-1e-5, NAN, INFINITY, -INFINITY};
   for (size_t k = 0; k < sizeof bad_eps / sizeof *bad_eps; k++)
     assert_error(tg_group_norm(x, 2, w, b, bad_eps[k]) == NULL, op,
-                 "expected eps to be a positive finite number");
+                 "expected eps to be a finite number >= 0");
+  tg_tensor_free(tg_group_norm(x, 2, w, b, 0.0)); /* eps 0, as PyTorch takes it */
+  assert_string_equal(tg_last_error(), "");
   /* An empty batch normalises to an empty result; no channels or no elements per
    * channel are errors, as in PyTorch. */
   expect_shape(tg_group_norm(RF(0, 6, 4), 3, w, b, 1e-5), 0, 6, 4);
@@ -932,8 +934,8 @@ static void test_batch_layer_norm(void **state) {
                "more than 1 value per channel", "[1, 3, 1, 1]");
   assert_error(tg_batch_norm(x, w, b, rm, rv, true, NAN, 1e-5) == NULL, op,
                "finite momentum");
-  assert_error(tg_batch_norm(x, w, b, rm, rv, true, 0.1, 0) == NULL, op,
-               "eps to be a positive finite number");
+  assert_error(tg_batch_norm(x, w, b, rm, rv, true, 0.1, -1) == NULL, op,
+               "eps to be a finite number >= 0", "-1");
   assert_error(tg_batch_norm(x, w, b, rm, rv, false, 0.1, NAN) == NULL, op, "eps");
   /* A failed call leaves the running stats alone. */
   assert_true(tg_item(tg_sum(rm)) == 0.0 && tg_item(tg_sum(rv)) == 3.0);
@@ -1439,7 +1441,7 @@ static void test_layers(void **state) {
   expect_shape(tg_module_forward(gn, RF(0, 4, 3), false), 0, 4, 3);
   /* A bad eps is refused, at construction or at the latest at the first forward. */
   tg_group_norm_config gbad = gc;
-  gbad.eps = 0;
+  gbad.eps = -1; /* 0 is valid, as in PyTorch */
   tg_module *gn0 = tg_nn_group_norm(tg_path_sub(root, "g0"), 2, 4, gbad);
   tg_tensor *gy = gn0 ? tg_module_forward(gn0, RF(2, 4, 3), false) : NULL;
   assert_error(gy == NULL, "eps");

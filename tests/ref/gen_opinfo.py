@@ -37,7 +37,7 @@ RED = {"none": 0, "mean": 1, "sum": 2}
 CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscalar",
         "pow_tensor", "gelu_tanh", "prob_targets", "class_weight", "label_smoothing",
         "bce_weight", "softmax_dtype", "squeeze_dims", "cat_legacy", "cat_empty",
-        "unbatched_conv", "conv_same"}
+        "unbatched_conv", "conv_same", "bn_empty"}
 
 
 class NE(Exception):
@@ -358,8 +358,8 @@ def m_bce(s):
 
 
 def check_eps(eps):
-    if not (eps > 0):
-        need("eps_any", f"eps {eps}")
+    if not (eps >= 0):
+        raise NE(f"negative eps {eps} (tapegrad takes finite eps >= 0)")
     return float(eps)
 
 
