@@ -24,6 +24,7 @@
 #include "graph/internal.h"
 #include "ops/conv/direct.h"
 #include "ops/conv/winograd.h"
+#include "ops/unbatched.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -745,6 +746,13 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
 tg_tensor *tg_conv2d(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
                      const int64_t stride[2], const int64_t padding[2],
                      const int64_t dilation[2], int64_t groups) {
+  if (x && x->ndim == 3) { /* unbatched [C, H, W], as PyTorch */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y =
+        tg__drop_batch(tg_conv2d(xb, weight, bias, stride, padding, dilation, groups));
+    tg_tensor_free(xb);
+    return y;
+  }
   conv_params cp = {.groups = groups};
   pair_or(cp.stride, stride, 1);
   pair_or(cp.padding, padding, 0);
@@ -756,6 +764,13 @@ tg_tensor *tg_conv_transpose2d(const tg_tensor *x, const tg_tensor *weight,
                                const tg_tensor *bias, const int64_t stride[2],
                                const int64_t padding[2], const int64_t output_padding[2],
                                const int64_t dilation[2], int64_t groups) {
+  if (x && x->ndim == 3) { /* unbatched [C, H, W], as PyTorch */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y = tg__drop_batch(tg_conv_transpose2d(xb, weight, bias, stride, padding,
+                                                      output_padding, dilation, groups));
+    tg_tensor_free(xb);
+    return y;
+  }
   conv_params cp = {.groups = groups, .transposed = true};
   pair_or(cp.stride, stride, 1);
   pair_or(cp.padding, padding, 0);
