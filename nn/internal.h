@@ -89,6 +89,8 @@ typedef struct {
 struct tg_tensor_dict {
   tg__dict_entry *items; /* insertion order */
   int n, cap;
+  int *slots; /* hash index of items by name: 1 + index, 0 empty; n_slots a power of 2 */
+  int n_slots;
   char **meta; /* __metadata__: key, value, key, value... in insertion order */
   int n_meta, cap_meta;
 };
