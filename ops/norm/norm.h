@@ -75,10 +75,13 @@ static inline void norm_stream_fence(void) {}
            const double *: norm_##name##_d, double *: norm_##name##_d)
 #define norm_moments(x, ...) NORM_PICK(moments, x)(x, __VA_ARGS__)
 #define norm_affine(x, ...) NORM_PICK(affine, x)(x, __VA_ARGS__)
+#define norm_affine_act(x, ...) NORM_PICK(affine_act, x)(x, __VA_ARGS__)
 #define norm_affine_vec(x, ...) NORM_PICK(affine_vec, x)(x, __VA_ARGS__)
 #define norm_grad_sums(dy, ...) NORM_PICK(grad_sums, dy)(dy, __VA_ARGS__)
+#define norm_grad_sums_act(dy, ...) NORM_PICK(grad_sums_act, dy)(dy, __VA_ARGS__)
 #define norm_grad_sums_vec(dy, ...) NORM_PICK(grad_sums_vec, dy)(dy, __VA_ARGS__)
 #define norm_dx(dy, ...) NORM_PICK(dx, dy)(dy, __VA_ARGS__)
+#define norm_dx_act(dy, ...) NORM_PICK(dx_act, dy)(dy, __VA_ARGS__)
 #define norm_dx_vec(dy, ...) NORM_PICK(dx_vec, dy)(dy, __VA_ARGS__)
 
 /* New gradients for the inputs (x, weight, bias) of a normalisation node that need
@@ -92,11 +95,11 @@ static inline int norm_new_grads(const tg_node *node, tg_tensor *grads[3]) {
   return 0;
 }
 
-/* eps must be a positive number. */
+/* eps may be 0 or any finite positive number (PyTorch also takes negative ones, which
+ * only make the variance plus eps negative); NaN and Inf are refused. */
 static inline int norm_check_eps(const char *op, double eps) {
-  if (!(eps > 0) || isinf(eps))
-    return tg__error("%s: expected eps to be a positive finite number, but got %g", op,
-                     eps);
+  if (!(eps >= 0) || isinf(eps))
+    return tg__error("%s: expected eps to be a finite number >= 0, but got %g", op, eps);
   return 0;
 }
 
