@@ -235,6 +235,29 @@ tg_tensor *tg_sigmoid(const tg_tensor *a);
 tg_tensor *tg_tanh(const tg_tensor *a);
 tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
 
+/* ------------------------------ elementwise: PyTorch's further arguments -- */
+/* a + alpha * b and a - alpha * b (torch.add/sub's alpha), broadcasting. */
+tg_tensor *tg_add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+tg_tensor *tg_sub_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+/* The scalar on the left: s - t, s / t, s ** t. */
+tg_tensor *tg_rsub_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rdiv_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rpow_scalar(const tg_tensor *t, double s);
+/* a ** exponent elementwise, broadcasting; differentiable in both (PyTorch's rules:
+ * no gradient to a where exponent is 0, none to exponent where a is 0 and exponent
+ * >= 0). */
+tg_tensor *tg_pow_tensor(const tg_tensor *a, const tg_tensor *exponent);
+typedef enum {
+  TG_ROUNDING_NONE = 0, /* true division, tg_div */
+  TG_ROUNDING_TRUNC,    /* trunc(a / b) */
+  TG_ROUNDING_FLOOR,    /* floor(a / b), Python's // */
+} tg_rounding_mode;
+/* torch.div(a, b, rounding_mode=...). Rounded quotients have zero gradients. */
+tg_tensor *tg_div_ex(const tg_tensor *a, const tg_tensor *b, tg_rounding_mode mode);
+typedef enum { TG_GELU_NONE = 0, TG_GELU_TANH } tg_gelu_approximate;
+/* gelu(x, approximate='none' | 'tanh'). */
+tg_tensor *tg_gelu_ex(const tg_tensor *a, tg_gelu_approximate approximate);
+
 /* ------------------------------------------------------------ reductions -- */
 tg_tensor *tg_sum(const tg_tensor *t);  /* all elements -> 0-dim */
 tg_tensor *tg_mean(const tg_tensor *t); /* all elements -> 0-dim */
@@ -320,6 +343,38 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
+
+/* ------------------------------------ pooling: PyTorch's further arguments -- */
+/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
+typedef struct {
+  int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */
+  bool ceil_mode;
+} tg_max_pool2d_options;
+/* kernel {kh, kw}, stride = kernel, padding 0, dilation 1, ceil_mode false. */
+tg_max_pool2d_options tg_max_pool2d_options_default(int64_t kh, int64_t kw);
+/* max_pool2d on [N, C, H, W] or [C, H, W] with dilation and ceil_mode; padding at most
+ * half the dilated kernel. When indices is non-NULL, *indices (new reference, TG_I64,
+ * the output's shape) gets each maximum's flat index in its input plane, as
+ * PyTorch's return_indices. */
+tg_tensor *tg_max_pool2d_ex(const tg_tensor *x, const tg_max_pool2d_options *options,
+                            tg_tensor **indices);
+/* The inverse of max_pool2d_ex: x and indices of the same shape [N, C, h, w] or
+ * [C, h, w]; the output plane [oh, ow] is output_size, or, when NULL,
+ * (h - 1) * stride - 2 * padding + kernel (stride NULL = kernel, padding NULL = 0).
+ * Every index must lie in [0, oh * ow). Differentiable in x. */
+tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
+                           const int64_t kernel[2], const int64_t stride[2],
+                           const int64_t padding[2], const int64_t output_size[2]);
+typedef struct {
+  int64_t kernel[2], stride[2], padding[2];
+  bool ceil_mode, count_include_pad;
+  int64_t divisor_override; /* 0: none (divide by the window's count) */
+} tg_avg_pool2d_options;
+/* kernel {kh, kw}, stride = kernel, padding 0, ceil_mode false, count_include_pad
+ * true, no divisor override. */
+tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw);
+tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *options);
+
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
  * !train or p == 0 returns an alias of x. The mask comes from the global generator. */
 tg_tensor *tg_dropout(const tg_tensor *x, double p, bool train);
@@ -423,14 +478,16 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
  * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
  * when they are built, by the rule of their op, and name the layer in the error; a
  * layer's forward names the layer when the input's dtype or device is not its
- * variables'. */
+ * variables'. relu (not in tch-rs; default false): the layer computes
+ * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
   bool affine;
   tg_init ws_init, bs_init;
+  bool relu;
 } tg_group_norm_config;
-tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0,false */
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
                             tg_group_norm_config config);
 
@@ -759,6 +816,29 @@ int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
 int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
                                   const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
+
+/* ---- fused GroupNorm + ReLU (issue #17) ---- */
+/* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
+ * intermediate tensor: the backward recomputes the ReLU's mask from x and the saved
+ * statistics. Same arguments, rules and results as the two ops (NaN stays NaN). */
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias, double eps);
+
+/* ---- fused nearest upsampling + concatenation (issue #17) ---- */
+/* tg_cat({tg_upsample_nearest2d(a, skip's [H, W]), skip}, 2, 1) in one op, for U-Net
+ * decoders: a [N, Ca, h, w], skip [N, Cs, H, W] with H and W integer multiples of h
+ * and w; returns [N, Ca + Cs, H, W] without making the upsampled tensor (or, in
+ * backward, its gradient). Same results as the two ops. */
+tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
+
+/* ---- deterministic mode (issue #16 item 7) ---- */
+/* With it on, results are bitwise identical whatever the thread count: reductions
+ * (conv weight gradients, loss and norm sums) split their work into a fixed set of
+ * parts, not one per thread, and add the parts in a fixed order. GroupNorm, BatchNorm
+ * and the optimizers are deterministic anyway. Default: env TG_DETERMINISTIC=1 turns
+ * it on, else off (see bench/NOTES.md for its cost). Applies to all threads. */
+void tg_set_deterministic(bool on);
+bool tg_get_deterministic(void);
 
 #ifdef __cplusplus
 }

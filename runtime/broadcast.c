@@ -110,10 +110,11 @@ double tg__sumsq(const tg_tensor *t) {
   if (tg__on_cuda(t))
     return tg__cuda_sumsq(tg__data(t), t->dtype, n, t->device.index, &acc) < 0 ? NAN
                                                                                : acc;
+  const int nt = tg__reduce_threads(n); /* the reduction's order depends on it */
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *d = tg__data(t);
     _Pragma(
-        "omp parallel for reduction(+ : acc) num_threads(tg__threads(n))") for (int64_t
+        "omp parallel for reduction(+ : acc) num_threads(nt)") for (int64_t
                                                                                     i = 0;
                                                                                 i < n;
                                                                                 i++)

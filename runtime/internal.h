@@ -158,6 +158,15 @@ int tg__threads(int64_t work);
  * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
  * some AMD parts), 32 MiB when unknown. Read once. */
 int64_t tg__llc_bytes(void);
+/* Deterministic mode (tg_set_deterministic): a reduction whose partial sums are split
+ * over threads splits its work into tg__reduce_parts(work) parts (the threads take
+ * whole parts) and adds the parts' sums in part order: tg__threads(work) parts
+ * normally, TG_DET_PARTS (1 for small work) in deterministic mode, whatever the thread
+ * count. tg__reduce_threads(work) is for loops whose OpenMP `reduction` clause sums in
+ * an order that depends on the thread count: 1 thread in deterministic mode. */
+enum { TG_DET_PARTS = 12 }; /* divisible by 1, 2, 3, 4 and 6 threads */
+int tg__reduce_parts(int64_t work);
+int tg__reduce_threads(int64_t work);
 
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);

@@ -463,10 +463,25 @@ static int plan_linear(const tg_tensor *x, const tg_tensor *w, const tg_tensor *
   return 0;
 }
 
+/* A 1-D weight [in], as PyTorch takes it: x·w with the last dim dropped. PyTorch
+ * refuses a bias with it (its addmm wants a matrix), and so does this. */
+static tg_tensor *linear_vector(const tg_tensor *x, const tg_tensor *w,
+                                const tg_tensor *bias) {
+  char s1[TG_SHAPE_STR_LEN];
+  if (bias)
+    return tg__error("tg_linear: mat2 must be a matrix, got 1-D tensor (weight %s with "
+                     "a bias; without a bias a 1-D weight gives input·weight)",
+                     tg_shape_str(w, s1, sizeof s1)),
+           NULL;
+  return tg_matmul(x, w);
+}
+
 tg_tensor *tg_linear(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias) {
   const char *op = "tg_linear";
   if (!tg__nonnull(x, op, "input") || !tg__nonnull(weight, op, "weight"))
     return NULL;
+  if (weight->ndim == 1 && x->ndim > 0)
+    return linear_vector(x, weight, bias);
   const tg_tensor *in[3] = {x, weight, bias};
   if (tg__check_same(op, 3, in, true) < 0)
     return NULL;
