@@ -259,8 +259,8 @@ void *tg__cuda_malloc(size_t bytes, int d) {
       pthread_mutex_unlock(&lock);
       tg__error("%s: CUDA out of memory: tried to allocate %zu bytes on cuda:%d, which "
                 "has %zu bytes free of %zu (%lld allocated by tapegrad): %s",
-                tg__running_op() ? tg__running_op() : "tg_empty", bytes, d, free_b, total_b,
-                (long long)s->allocated, cudaGetErrorString(e));
+                tg__running_op() ? tg__running_op() : "tg_empty", bytes, d, free_b,
+                total_b, (long long)s->allocated, cudaGetErrorString(e));
       return NULL;
     }
     s->reserved += (int64_t)size;

@@ -627,7 +627,8 @@ static bool matches(const tg_tensor *a, const tg_tensor *ref, double atol, doubl
              tg_shape_str(ref, sb, sizeof sb));
     return false;
   }
-  tg_tensor *ad = a ? tg_to_dtype(a, TG_F64) : tg_zeros_like(ref);
+  tg_tensor *ah = a ? tg_tensor_to(a, TG_CPU) : NULL; /* device results: on the host */
+  tg_tensor *ad = a ? tg_to_dtype(ah, TG_F64) : tg_zeros_like(ref);
   tg_tensor *rd = tg_to_dtype(ref, TG_F64);
   const double *x = tg_data(ad), *y = tg_data(rd);
   bool ok = true;
@@ -642,6 +643,7 @@ static bool matches(const tg_tensor *a, const tg_tensor *ref, double atol, doubl
       ok = false;
     }
   }
+  tg_tensor_free(ah);
   tg_tensor_free(ad);
   tg_tensor_free(rd);
   return ok;

@@ -97,8 +97,8 @@ template <typename T> __device__ inline T unary_grad(int kind, T x, T y, T g, T 
     return g / ((T)2 * y);
   case U_ABS:
     return x > 0 ? g : x < 0 ? -g : (T)0;
-  case U_RELU:
-    return x > 0 ? g : (T)0;
+  case U_RELU: /* NaN passes the gradient, as PyTorch's threshold_backward */
+    return x <= 0 ? (T)0 : g;
   case U_LEAKY_RELU:
     return x > 0 ? g : g * p;
   case U_SIGMOID:

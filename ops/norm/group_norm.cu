@@ -325,7 +325,7 @@ __global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const double *
   double *sg = sums + 2 * g * D;
   for (int64_t k = 0; k < D; k++) {
     double db, ds;
-    channel_sums<T, 1>(gs + k * HW, xs + k * HW, 0, HW, st, scratch, &db, &ds);
+    channel_sums<T, V>(gs + k * HW, xs + k * HW, 0, HW, st, scratch, &db, &ds);
     if (threadIdx.x == 0) {
       sg[2 * k] = db;
       sg[2 * k + 1] = ds;
@@ -337,7 +337,7 @@ __global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const double *
   if (threadIdx.x == 0)
     group_coefs<T>(sg, w, c0, D, st, len, &coef[0], &coef[1], &coef[2]);
   __syncthreads();
-  dx_range<T, 1>(gs, xs, dx + g * len, 0, len, HW, c0, w, (T)st.pivot, coef[0],
+  dx_range<T, V>(gs, xs, dx + g * len, 0, len, HW, c0, w, (T)st.pivot, coef[0],
                  (T)st.rstd, coef[1], coef[2]);
 }
 
@@ -392,6 +392,10 @@ __global__ void gn_bwd_params(const double *sums, const double *stats, int64_t N
 
 /* ------------------------------------------------------------- launchers -- */
 
+/* Bound on the fused kernels' static shared memory (scratch), which counts against
+ * the same per-block limit as the dynamic part. */
+const size_t STATIC_SMEM = 1024;
+
 /* Threads for a block sweeping n elements: a multiple of 32 up to max. */
 int threads_for(int64_t n, int max) {
   int64_t t = (n + 31) / 32 * 32;
@@ -412,7 +416,7 @@ int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
   const int64_t groups = N * G, D = C / G, len = D * HW;
   const int sms = tg__cuda_sm_count(device);
   const size_t smem = (size_t)len * sizeof(T);
-  if (groups >= sms && smem <= tg__cuda_smem_optin(device)) {
+  if (groups >= sms && smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
     if (allow_smem(gn_fwd_fused<T, V>, smem) < 0)
       return -1;
     TG_LAUNCH((gn_fwd_fused<T, V>), (unsigned)groups, threads_for(len / V, 512), smem, st,
@@ -457,7 +461,8 @@ int backward(const T *dy, const T *x, const T *w, const double *stats, int64_t N
     return -1;
   const size_t smem = 2 * (size_t)len * sizeof(T);
   int rc = 0;
-  if (groups >= tg__cuda_sm_count(device) && smem <= tg__cuda_smem_optin(device)) {
+  if (groups >= tg__cuda_sm_count(device) &&
+      smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
     rc = allow_smem(gn_bwd_fused<T, V>, smem);
     if (rc == 0) {
       TG_LAUNCH((gn_bwd_fused<T, V>), (unsigned)groups, threads_for(len / V, 512), smem,

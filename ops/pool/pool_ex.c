@@ -286,6 +286,8 @@ tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
     return tg__error("%s: output size (%lld, %lld) must not be negative", op,
                      (long long)out[0], (long long)out[1]),
            NULL;
+  if (x->device.type != TG_DEVICE_CPU) /* before the indices are read on the host */
+    return tg__unsupported_device(op, x), NULL;
   const int64_t *I = tg__data(indices), n = out[0] * out[1];
   for (int64_t k = 0; k < indices->numel; k++)
     if (I[k] < 0 || I[k] >= n)
@@ -293,8 +295,6 @@ tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
                        "%lldx%lld)",
                        op, (long long)I[k], (long long)out[0], (long long)out[1]),
              NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   tg_tensor *y =
       tg_zeros(TG_SHAPE(x->shape[0], x->shape[1], out[0], out[1]), x->dtype, x->device);
   if (!y)
