@@ -37,7 +37,8 @@ RED = {"none": 0, "mean": 1, "sum": 2}
 CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscalar",
         "pow_tensor", "gelu_tanh", "prob_targets", "class_weight", "label_smoothing",
         "bce_weight", "softmax_dtype", "squeeze_dims", "cat_legacy", "cat_empty",
-        "unbatched_conv", "conv_same", "bn_empty"}
+        "unbatched_conv", "conv_same", "bn_empty",
+        "align_corners", "scale_factor"}
 
 
 class NE(Exception):
