@@ -970,8 +970,8 @@ static void replay_family(void **state) {
 }
 
 int main(void) {
-  static const char *families[] = {"elementwise", "reduce", "matmul", "loss",
-                                   "norm",        "conv",   "pool",   "shape"};
+  static const char *families[] = {"elementwise", "reduce", "matmul", "loss", "norm",
+                                   "conv",        "pool",   "shape",  "extra"};
   struct CMUnitTest tests[sizeof families / sizeof *families];
   for (size_t i = 0; i < sizeof families / sizeof *families; i++)
     tests[i] =
