@@ -91,7 +91,8 @@ int tg_set_num_threads(int n);
 int tg_get_num_threads(void);
 
 /* Large freed CPU buffers are cached (up to 1 GiB) for reuse by the next tensors of
- * the same size, so training steps do not go back to the OS; this returns them. */
+ * the same size, so training steps do not go back to the OS; this returns them, and
+ * the cached device memory of every CUDA device. */
 void tg_empty_cache(void);
 
 void tg_scope_begin(void);
@@ -99,7 +100,9 @@ void tg_scope_begin(void);
  * or -1 when no scope is open. */
 int tg_scope_end(void);
 
-/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device. */
+/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device, or a value
+ * the dtype cannot hold (as PyTorch: a finite value beyond float32's range, an int64
+ * value or tg_arange end outside int64's); messages name the function called. */
 tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
                                tg_dtype dtype, tg_device device);
 tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
@@ -108,11 +111,12 @@ tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device dev
 tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
                    tg_device device);
 tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device); /* 0-dim */
-/* [start, end) by step, like torch.arange. */
+/* [start, end) by step, like torch.arange; int64 values are computed exactly. */
 tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
                      tg_device device);
 tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
 tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+/* lo, hi and hi - lo must lie within the dtype's range (PyTorch's uniform_ rules). */
 tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
                       tg_dtype dtype, tg_device device);
 tg_tensor *tg_zeros_like(const tg_tensor *t);
@@ -132,7 +136,8 @@ int64_t tg_numel(const tg_tensor *t);
 tg_dtype tg_dtype_of(const tg_tensor *t);
 tg_device tg_device_of(const tg_tensor *t);
 /* Borrowed pointer to the elements of a CPU tensor (row-major, contiguous);
- * NULL for GPU tensors. Writing through it bypasses the tape. */
+ * NULL for GPU tensors. Writing through it bypasses the tape and its in-place
+ * detection (see tg_tensor_bump_version), as PyTorch's .data does. */
 void *tg_data(tg_tensor *t);
 /* Copies all elements to host memory; dst_bytes must be at least numel*dtype size.
  * Returns 0 or -1. */
@@ -145,7 +150,9 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype);
 tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device);
 /* Differentiable copy with its own storage. */
 tg_tensor *tg_clone(const tg_tensor *t);
-/* In-place fill / copy, outside the tape (for init and optimizers). Return 0 or -1. */
+/* In-place fill / copy, outside the tape (for init and optimizers); each bumps the
+ * version of dst's storage, so a backward that needs the old values fails. Return 0
+ * or -1. */
 int tg_fill_(tg_tensor *t, double value);
 int tg_copy_(tg_tensor *dst, const tg_tensor *src);
 /* Prints dtype, shape and (up to a few elements per dim) the values. */
@@ -203,9 +210,11 @@ void tg_set_detect_anomaly(bool enabled);
 bool tg_is_anomaly_enabled(void);
 
 /* Gradient check: compares the analytic Jacobian of fn with central differences.
- * Inputs that require grad must be float64. fn returns a new reference (any shape).
- * Returns 0 when every element agrees (|a - n| <= atol + rtol*|n|), -1 otherwise with
- * the worst element in tg_last_error(). */
+ * Inputs that require grad must be float64 (leaves or not: fn gets leaves sharing
+ * their storage, so the inputs' own gradients are left untouched). fn returns a new
+ * reference (any shape; an input itself, retained, is fine). Returns 0 when every
+ * element agrees (|a - n| <= atol + rtol*|n|; a NaN in either Jacobian never does),
+ * -1 otherwise with the worst element in tg_last_error(). */
 typedef tg_tensor *(*tg_gradcheck_fn)(tg_tensor *const *inputs, int n_inputs,
                                       void *ctx);
 typedef struct {
@@ -490,9 +499,10 @@ tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
 /* Float dtype of the store's variables (default float32). Setting it converts the
- * existing float variables in place (their gradients are dropped) and applies to
- * variables created later, as tch's VarStore::set_kind. Call it before creating
- * optimizers. Returns 0 or -1. */
+ * existing float variables in place (their gradients are dropped; views made earlier
+ * keep the old values) and applies to variables created later, as tch's
+ * VarStore::set_kind. Call it before creating optimizers. Returns 0, or -1 (nothing
+ * changed) when a graph that is still alive holds one of the variables. */
 int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
 tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */
@@ -500,8 +510,10 @@ tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */
 tg_path *tg_path_sub(tg_path *path, const char *name);
 /* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
- * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
- * (shape[2:]) as in PyTorch. */
+ * the name exists already, the shape is bad, or safetensors could not hold the name:
+ * names are non-empty UTF-8 without '.', and "__metadata__" is reserved. Lookups by
+ * name (here and in tg_varstore_get) are hashed. fan_in for Kaiming is
+ * shape[1]*prod(shape[2:]) as in PyTorch. */
 tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
                        tg_init init);
 /* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
@@ -516,9 +528,14 @@ bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
 /* Freezes/unfreezes every trainable variable. */
 void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
-/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
- * checks every name, shape and dtype (float64 files load into float32 stores and
- * vice versa are rejected) and names what is missing, extra or mismatched. */
+/* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
+ * temporary file of its own in the target's directory, fsync, rename): readers see
+ * the old file or the new one. A symlink is followed and its target replaced (a
+ * dangling one creates it); a FIFO, device, directory or socket is refused, as when
+ * loading, which never blocks.
+ * Loading checks every name, shape and dtype (float64 files load into float32
+ * stores and vice versa are rejected; tg_varstore_load_ex casts as load_state_dict
+ * does) and names what is missing, extra or mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -553,14 +570,19 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. */
+ * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
+ * when they are built, by the rule of their op, and name the layer in the error; a
+ * layer's forward names the layer when the input's dtype or device is not its
+ * variables'. relu (not in tch-rs; default false): the layer computes
+ * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
   bool affine;
   tg_init ws_init, bs_init;
+  bool relu;
 } tg_group_norm_config;
-tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0,false */
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
                             tg_group_norm_config config);
 
@@ -585,12 +607,14 @@ tg_layer_norm_config tg_layer_norm_config_default(void); /* 1e-5, true, 1, 0 */
 tg_module *tg_nn_layer_norm(tg_path *path, const int64_t *normalized_shape, int n_dims,
                             tg_layer_norm_config config);
 
-/* A module around a function of one tensor (tg_relu, a user function...). */
+/* A module around a function of one tensor (tg_relu, a user function...). fn returns a
+ * new reference (x itself, retained, is fine); a NULL without a message gets one. */
 typedef tg_tensor *(*tg_module_fn)(const tg_tensor *x, bool train, void *ctx);
 tg_module *tg_nn_func(tg_varstore *vs, tg_module_fn fn, void *ctx);
 tg_module *tg_nn_relu(tg_varstore *vs);
 /* Runs its modules in order. */
 tg_module *tg_nn_sequential(tg_varstore *vs);
+/* m must belong to seq's var store (which frees both). Returns 0 or -1. */
 int tg_sequential_add(tg_module *seq, tg_module *m);
 
 /* ------------------------------------------------------------- optimizers -- */
@@ -618,8 +642,303 @@ void tg_optimizer_set_lr(tg_optimizer *opt, double lr);
 double tg_optimizer_lr(const tg_optimizer *opt);
 void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
- * max_norm; returns the norm before clipping (negative on error). */
+ * max_norm; returns the norm before clipping (negative on error). A NaN norm makes
+ * every gradient NaN, as PyTorch. */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+/* --------------------------------------- in-place detection (harden-core) -- */
+/* Every storage has a version, shared by its views (reshape, detach...), as PyTorch's
+ * t._version: each in-place write the library makes adds one (tg_fill_, tg_copy_,
+ * optimizer steps, tg_clip_grad_norm, tg_varstore_load, BatchNorm's running stats in
+ * training). The tape records the version of each input, saved tensor and output of
+ * every node, and tg_backward fails with PyTorch's "one of the variables needed for
+ * gradient computation has been modified by an inplace operation" when one changed
+ * before that node's backward ran. Writes through tg_data are not seen (tg_data is
+ * also how values are read, and a read must not count as a write): call
+ * tg_tensor_bump_version(t) after writing through it. */
+int64_t tg_tensor_version(const tg_tensor *t); /* -1 for NULL */
+void tg_tensor_bump_version(tg_tensor *t);
+
+/* ------------------------------------------------------------------ files -- */
+/* How the library opens files, for programs that want the same guarantees (the
+ * examples use them for their data and pictures). */
+
+/* Opens an existing file for reading when it is a regular file; a FIFO, a device,
+ * a directory or a socket is refused without blocking or reading it. Returns a
+ * descriptor (close-on-exec, blocking; the caller closes it), or -1 with an error
+ * naming op (NULL: "tg_file_open_read") and the path. */
+int tg_file_open_read(const char *path, const char *op);
+/* Replaces path with the n bytes at data atomically, as tg_varstore_save writes
+ * its checkpoints: readers see the old file or the new one, never a mix, even with
+ * concurrent writers. Returns 0, or -1 with an error naming op (NULL:
+ * "tg_file_write_atomic"). */
+int tg_file_write_atomic(const char *path, const void *data, size_t n,
+                         const char *op);
+
+/* ------------------------------------------------------------ CUDA devices -- */
+/* Tensors on tg_cuda(i) take the same API as CPU tensors; ops run on their inputs'
+ * device (all inputs on one device), kernels are queued on one stream per device, and
+ * results are read back with tg_tensor_copy_to_host / tg_item, which wait for them.
+ * Device memory goes through a caching allocator: freed blocks are kept for reuse and
+ * tg_empty_cache() returns them to the driver. Environment: TG_CUDA_LAUNCH_BLOCKING=1
+ * waits after every kernel so a fault is reported by the op that caused it;
+ * TG_CUDA_FILL_NAN=1 fills new device buffers with NaN (the tests do). */
+/* Waits for every queued kernel and copy on every device; 0 or -1 with the error. */
+int tg_cuda_synchronize(void);
+/* Bytes of device memory held by tensors (rounded to the allocator's size classes),
+ * and held in all (tensors + cache), as torch.cuda.memory_allocated/_reserved. */
+int64_t tg_cuda_memory_allocated(int device);
+int64_t tg_cuda_memory_reserved(int device);
+
+/* ---------------------------------------------- sequential naming, summary -- */
+/* A sequential on a path names its children as nn.Sequential does: the module added
+ * as the i-th (from 0) lives on "<path>.<i>", so PyTorch state_dicts load by name:
+ *   tg_module *seq = tg_nn_sequential_path(tg_path_sub(root, "features"));
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 1, 8, 3, cfg));
+ *   tg_sequential_add(seq, tg_nn_relu(vs));  // index 1, no variables
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 8, 8, 3, cfg));
+ * gives features.0.weight, features.0.bias, features.2.weight, features.2.bias. */
+tg_module *tg_nn_sequential_path(tg_path *path);
+/* Borrowed: the path of the child the next tg_sequential_add appends. */
+tg_path *tg_sequential_path(tg_module *seq);
+/* Prints a table of vs's variables (name, shape, dtype, device, trainable) and the
+ * parameter counts, as torchinfo does. Returns 0 or -1. */
+int tg_module_summary(const tg_varstore *vs, FILE *out);
+
+/* ------------------------------------------------- flexible checkpoints -- */
+/* Named tensors and a string map (safetensors' __metadata__), as a file holds them.
+ * A dict owns a reference to each tensor it holds, and copies of the strings. */
+typedef struct tg_tensor_dict tg_tensor_dict;
+tg_tensor_dict *tg_tensor_dict_new(void);
+void tg_tensor_dict_free(tg_tensor_dict *d);
+/* Stores a reference to t (shared, not copied) under name, replacing any earlier. */
+int tg_tensor_dict_set(tg_tensor_dict *d, const char *name, tg_tensor *t);
+/* Borrowed: the tensor called name, or NULL. */
+tg_tensor *tg_tensor_dict_get(const tg_tensor_dict *d, const char *name);
+int tg_tensor_dict_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th tensor (insertion order, file order after a load), its name. */
+tg_tensor *tg_tensor_dict_at(const tg_tensor_dict *d, int i, const char **name);
+int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *value);
+/* Borrowed: the value of key, or NULL. */
+const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
+int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th key, and its value in *value. */
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i,
+                                       const char **value);
+/* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
+int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
+
+/* How a checkpoint loads, as torch's load_state_dict. */
+typedef struct {
+  bool strict;       /* every variable must be found and every tensor used */
+  bool strict_dtype; /* refuse to cast: F64 into a float32 store, F16/BF16, ... */
+  /* Only tensors named "<prefix>..." are read, as "...": "module." of a DDP
+   * checkpoint, or the part of a file one object wrote. NULL: all. */
+  const char *prefix;
+  /* Tensors named "<exclude_prefix>..." are skipped, as if absent (the optimizer
+   * state beside the weights of a resume checkpoint). NULL: none. */
+  const char *exclude_prefix;
+} tg_load_options;
+tg_load_options tg_load_options_default(void); /* strict, casts allowed, NULL, NULL */
+/* What a non-strict load left out. Owned by the caller: tg_load_report_free. */
+typedef struct {
+  char **missing; /* variables the file lacks */
+  int n_missing;
+  char **unexpected; /* tensors of the file that are not variables */
+  int n_unexpected;
+} tg_load_report;
+void tg_load_report_free(tg_load_report *r);
+/* As tg_varstore_load, with options (NULL: defaults). Shapes must always match;
+ * float tensors (F16, BF16, F32, F64) cast into the store's float dtype unless
+ * strict_dtype; int64 loads into int64 only. Without strict, what matches is loaded
+ * and the names left out go to *report (may be NULL). Nothing changes on error. */
+int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_options *o,
+                        tg_load_report *report);
+/* The same from tensors in memory (prefix and exclude_prefix apply to their names). */
+int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
+                          const tg_load_options *o, tg_load_report *report);
+/* Any named tensors and metadata, to and from safetensors files. Saving is atomic as
+ * tg_varstore_save. Loading reads F16 and BF16 tensors as float32 (exactly), F32, F64
+ * and I64 as they are; other dtypes are an error, unless prefix/exclude_prefix of o
+ * (NULL: defaults; strict and strict_dtype do not apply) leave them out. */
+int tg_save_tensors(const tg_tensor_dict *d, const char *filename);
+tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o);
+
+/* -------------------------------------------- parameter groups, resuming -- */
+/* torch.optim's param_groups: the trainable variables a group selects get its lr,
+ * momentum (SGD's momentum, Adam's beta1, as OneCycleLR cycles them) and weight decay
+ * instead of the config's (NAN: the config's), e.g. no weight decay on norms and
+ * biases. A variable belongs to the first group selecting it; the variables no group
+ * selects form one more, last group with the config's values, so an optimizer made
+ * with n groups has n + 1 (tg_sgd_new: 1). */
+typedef bool (*tg_param_filter)(const char *name, const tg_tensor *var, void *ctx);
+typedef struct {
+  const char *prefix;     /* names starting with it (NULL: any) */
+  tg_param_filter filter; /* and for which it returns true (NULL: any) */
+  void *ctx;              /* passed to filter */
+  double lr, momentum, weight_decay;
+} tg_param_group;
+tg_param_group tg_param_group_default(void); /* NULL, NULL, NULL, NAN, NAN, NAN */
+tg_optimizer *tg_sgd_new_groups(tg_varstore *vs, tg_sgd_config config,
+                                const tg_param_group *groups, int n_groups);
+tg_optimizer *tg_adam_new_groups(tg_varstore *vs, tg_adam_config config,
+                                 const tg_param_group *groups, int n_groups);
+int tg_optimizer_num_groups(const tg_optimizer *opt);
+int tg_optimizer_group_len(const tg_optimizer *opt, int group); /* parameters in it */
+/* tg_optimizer_set_lr sets every group's lr; tg_optimizer_lr is group 0's. Setters
+ * check the value as the constructors do and return 0 or -1. */
+int tg_optimizer_set_group_lr(tg_optimizer *opt, int group, double lr);
+double tg_optimizer_group_lr(const tg_optimizer *opt, int group);
+int tg_optimizer_set_group_momentum(tg_optimizer *opt, int group, double momentum);
+double tg_optimizer_group_momentum(const tg_optimizer *opt, int group);
+/* Everything a step reads, under prefix (may be NULL), as torch's
+ * optimizer.state_dict(): "<prefix>param_groups.<g>.<lr|momentum|...|size>" (float64
+ * and int64 scalars) and "<prefix>state.<variable>.<momentum_buffer | exp_avg |
+ * exp_avg_sq | step>" (the buffers are shared, not copied). */
+int tg_optimizer_state_dict(const tg_optimizer *opt, tg_tensor_dict *d,
+                            const char *prefix);
+/* Restores it into an optimizer of the same kind over the same variables (matched by
+ * name) and groups: configs, buffers (copied) and step counts, so training goes on bit
+ * for bit. Every name under prefix must be used (NULL prefix: all of d). Nothing
+ * changes on error. Returns 0 or -1. */
+int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,
+                                 const char *prefix);
+/* The global generator's state (tg_manual_seed's), to save and restore with a run. */
+void tg_random_get_state(uint64_t state[4]);
+void tg_random_set_state(const uint64_t state[4]);
+
+/* ------------------------------------------------------- lr schedulers -- */
+/* As torch.optim.lr_scheduler, over every parameter group of an optimizer, which
+ * must outlive them. Made after the optimizer; their first step happens at
+ * construction (the lr is then step 0's), so call tg_scheduler_step after each
+ * tg_optimizer_step. Values match PyTorch's (the same recurrences). Each returns a
+ * scheduler owned by the caller (tg_scheduler_free), or NULL. */
+typedef struct tg_scheduler tg_scheduler;
+tg_scheduler *tg_step_lr_new(tg_optimizer *opt, int64_t step_size, double gamma);
+tg_scheduler *tg_multistep_lr_new(tg_optimizer *opt, const int64_t *milestones, int n,
+                                  double gamma);
+tg_scheduler *tg_linear_lr_new(tg_optimizer *opt, double start_factor, double end_factor,
+                               int64_t total_iters);
+tg_scheduler *tg_cosine_lr_new(tg_optimizer *opt, int64_t t_max, double eta_min);
+/* SequentialLR: schedulers[i] from milestones[i-1] on (n - 1 milestones), e.g. linear
+ * warm-up then cosine:
+ *   tg_sequential_lr_new(opt, (tg_scheduler *[]){tg_linear_lr_new(opt, 0.1, 1, 5),
+ *                        tg_cosine_lr_new(opt, total - 5, 0)}, 2, (int64_t[]){5});
+ * Takes ownership of the schedulers, even when it fails (a NULL one among them is
+ * such a failure). */
+tg_scheduler *tg_sequential_lr_new(tg_optimizer *opt, tg_scheduler *const *schedulers,
+                                   int n, const int64_t *milestones);
+typedef struct {
+  double max_lr;
+  int64_t total_steps;
+  double pct_start;
+  bool anneal_linear;  /* false: cosine */
+  bool cycle_momentum; /* SGD's momentum or Adam's beta1, from max to base and back */
+  double base_momentum, max_momentum, div_factor, final_div_factor;
+  bool three_phase;
+} tg_one_cycle_config;
+/* PyTorch's defaults: 0.3, cos, true, 0.85, 0.95, 25, 1e4, false. */
+tg_one_cycle_config tg_one_cycle_config_default(double max_lr, int64_t total_steps);
+tg_scheduler *tg_one_cycle_lr_new(tg_optimizer *opt, tg_one_cycle_config config);
+typedef struct {
+  bool mode_max; /* false: "min", the metric should decrease */
+  double factor;
+  int64_t patience;
+  double threshold;
+  bool threshold_abs; /* false: "rel" */
+  int64_t cooldown;
+  double min_lr, eps;
+} tg_plateau_config;
+/* min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
+tg_plateau_config tg_plateau_config_default(void);
+tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
+/* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
+int tg_scheduler_step(tg_scheduler *s);
+int tg_scheduler_step_metric(tg_scheduler *s, double metric);
+int64_t tg_scheduler_last_epoch(const tg_scheduler *s); /* steps taken */
+/* The scheduler's own state under prefix (the lrs themselves are the optimizer's). */
+int tg_scheduler_state_dict(const tg_scheduler *s, tg_tensor_dict *d, const char *prefix);
+int tg_scheduler_load_state_dict(tg_scheduler *s, const tg_tensor_dict *d,
+                                 const char *prefix);
+void tg_scheduler_free(tg_scheduler *s);
+
+/* ----------------------------------------------------------- data loading -- */
+/* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
+ * files may be gzipped. Errors name the file and what is wrong with it. */
+
+/* A new tensor read from an IDX file of unsigned bytes (magic 0x0000080N, any rank
+ * N from 1 to 8), with the file's shape and its byte values converted to dtype. */
+tg_tensor *tg_idx_load(const char *path, tg_dtype dtype);
+
+/* MNIST-format data set: images float32 [N, 1, rows, cols] holding pixel/255, labels
+ * int64 [N] in [0, labels). Owned by the struct: tg_mnist_free releases them. */
+typedef struct {
+  tg_tensor *train_images, *train_labels, *test_images, *test_labels;
+  int64_t labels; /* 10 */
+} tg_mnist;
+/* Reads DIR/train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
+ * and t10k-labels-idx1-ubyte, each with or without .gz. Returns 0, or -1 with *out
+ * empty. */
+int tg_mnist_load_dir(const char *dir, tg_mnist *out);
+void tg_mnist_free(tg_mnist *d);
+
+/* Batches of rows of (images, labels), both CPU tensors with the same first dim
+ * (labels may be NULL). An epoch's order is a function of (seed, epoch) only: the
+ * same whatever else draws random numbers, whether prefetching or not, and after
+ * tg_batch_iter_seek. Sharding follows torch's DistributedSampler: the (shuffled)
+ * rows, padded by wrapping around to a multiple of world, dealt out round-robin, so
+ * every rank gets ceil(N/world) rows and the same number of batches. */
+typedef struct {
+  bool shuffle;   /* reshuffle every epoch (false: rows in order) */
+  uint64_t seed;  /* of the shuffles */
+  bool drop_last; /* drop this rank's last batch when smaller than batch */
+  bool prefetch;  /* gather the next batch on a background thread meanwhile */
+  int rank, world;
+} tg_batch_config;
+tg_batch_config tg_batch_config_default(void); /* false, 0, false, false, 0, 1 */
+typedef struct tg_batch_iter tg_batch_iter;
+/* Retains images and labels; owned by the caller (tg_batch_iter_free). */
+tg_batch_iter *tg_batch_iter_new(const tg_tensor *images, const tg_tensor *labels,
+                                 int64_t batch, tg_batch_config config);
+/* The next batch of the epoch: returns 1 with new references in *x and *y (y may be
+ * NULL; *y is NULL without labels), 0 when the epoch is over (the next call starts
+ * the next epoch), -1 on error. */
+int tg_batch_iter_next(tg_batch_iter *it, tg_tensor **x, tg_tensor **y);
+int64_t tg_batch_iter_len(const tg_batch_iter *it); /* batches per epoch, this rank */
+/* Where the next call to tg_batch_iter_next reads: epoch (from 0) and batch index;
+ * seek goes there (to resume a run). Seek returns 0 or -1. */
+void tg_batch_iter_position(const tg_batch_iter *it, int64_t *epoch, int64_t *batch);
+int tg_batch_iter_seek(tg_batch_iter *it, int64_t epoch, int64_t batch);
+/* The position (and seed) as "<prefix>position" in d, and back (checking the seed),
+ * to resume with the rest of a run's state. */
+int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
+                             const char *prefix);
+int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
+                                  const char *prefix);
+void tg_batch_iter_free(tg_batch_iter *it);
+
+/* ---- fused GroupNorm + ReLU (issue #17) ---- */
+/* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
+ * intermediate tensor: the backward recomputes the ReLU's mask from x and the saved
+ * statistics. Same arguments, rules and results as the two ops (NaN stays NaN). */
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias, double eps);
+
+/* ---- fused nearest upsampling + concatenation (issue #17) ---- */
+/* tg_cat({tg_upsample_nearest2d(a, skip's [H, W]), skip}, 2, 1) in one op, for U-Net
+ * decoders: a [N, Ca, h, w], skip [N, Cs, H, W] with H and W integer multiples of h
+ * and w; returns [N, Ca + Cs, H, W] without making the upsampled tensor (or, in
+ * backward, its gradient). Same results as the two ops. */
+tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
+
+/* ---- deterministic mode (issue #16 item 7) ---- */
+/* With it on, results are bitwise identical whatever the thread count: reductions
+ * (conv weight gradients, loss and norm sums) split their work into a fixed set of
+ * parts, not one per thread, and add the parts in a fixed order. GroupNorm, BatchNorm
+ * and the optimizers are deterministic anyway. Default: env TG_DETERMINISTIC=1 turns
+ * it on, else off (see bench/NOTES.md for its cost). Applies to all threads. */
+void tg_set_deterministic(bool on);
+bool tg_get_deterministic(void);
 
 #ifdef __cplusplus
 }

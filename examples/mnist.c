@@ -16,89 +16,39 @@
 
 enum { SIDE = EX_CONVNET_SIDE, NUM_CLASSES = EX_CONVNET_CLASSES };
 
+/* A split of the data set: images normalised to [-1, 1] and their labels. */
 typedef struct {
+  tg_tensor *images, *labels; /* [n, 1, 28, 28] float32, [n] int64, on the CPU */
   int64_t n;
-  uint8_t *pixels; /* n * SIDE * SIDE */
-  uint8_t *labels;
-} dataset;
+} split;
 
-static void dataset_free(dataset *d) {
-  free(d->pixels);
-  free(d->labels);
-  memset(d, 0, sizeof *d);
-}
-
-static int dataset_load(const char *dir, const char *images_name, const char *labels_name,
-                        dataset *d) {
-  memset(d, 0, sizeof *d);
-  char images_path[4096], labels_path[4096];
-  if (!ex_idx_path(dir, images_name, images_path, sizeof images_path) ||
-      !ex_idx_path(dir, labels_name, labels_path, sizeof labels_path))
-    return -1;
-  ex_idx_images im;
-  if (ex_idx_read_images(images_path, &im) < 0)
-    return -1;
-  if (im.rows != SIDE || im.cols != SIDE) {
-    fprintf(stderr, "error: %s: images are %lldx%lld pixels, this network takes %dx%d\n",
-            images_path, (long long)im.rows, (long long)im.cols, SIDE, SIDE);
-    free(im.pixels);
-    return -1;
-  }
-  int64_t n_labels;
-  uint8_t *labels;
-  if (ex_idx_read_labels(labels_path, NUM_CLASSES, &n_labels, &labels) < 0) {
-    free(im.pixels);
-    return -1;
-  }
-  if (n_labels != im.n) {
-    fprintf(stderr, "error: %s holds %lld images but %s holds %lld labels\n", images_path,
-            (long long)im.n, labels_path, (long long)n_labels);
-    free(im.pixels);
-    free(labels);
-    return -1;
-  }
-  d->n = im.n;
-  d->pixels = im.pixels;
+/* Takes the split's tensors from tg_mnist_load_dir, mapping pixel/255 to [-1, 1]. */
+static int split_init(split *d, tg_tensor *images, tg_tensor *labels, const char *dir) {
+  d->images = NULL;
   d->labels = labels;
-  return 0;
-}
-
-/* Images idx[0..n) as a [n, 1, 28, 28] float tensor on device. */
-static tg_tensor *batch_images(const dataset *d, const int64_t *idx, int64_t n,
-                               tg_device device) {
-  tg_tensor *x = tg_empty(TG_SHAPE(n, 1, SIDE, SIDE), TG_F32, TG_CPU);
-  if (!x)
-    return NULL;
-  float *p = tg_data(x);
-  for (int64_t i = 0; i < n; i++) {
-    const uint8_t *src = d->pixels + idx[i] * SIDE * SIDE;
-    for (int k = 0; k < SIDE * SIDE; k++)
-      p[i * SIDE * SIDE + k] = (float)src[k] / 127.5f - 1.0f;
+  d->n = tg_size(labels, 0);
+  if (tg_size(images, 2) != SIDE || tg_size(images, 3) != SIDE) {
+    fprintf(stderr, "error: %s: images are %lldx%lld pixels, this network takes %dx%d\n",
+            dir, (long long)tg_size(images, 2), (long long)tg_size(images, 3), SIDE,
+            SIDE);
+    return -1;
   }
-  return ex_to_device(x, device);
+  tg_tensor *twice = tg_mul_scalar(images, 2);
+  d->images = tg_sub_scalar(twice, 1);
+  tg_tensor_free(twice);
+  return d->images ? 0 : -1;
 }
 
-static tg_tensor *batch_labels(const dataset *d, const int64_t *idx, int64_t n,
-                               tg_device device) {
-  tg_tensor *y = tg_empty(TG_SHAPE(n), TG_I64, TG_CPU);
-  if (!y)
-    return NULL;
-  int64_t *p = tg_data(y);
-  for (int64_t i = 0; i < n; i++)
-    p[i] = d->labels[idx[i]];
-  return ex_to_device(y, device);
-}
-
-/* Number of rows of logits whose argmax is the label; -1 on error. */
-static int64_t count_correct(const tg_tensor *logits, const dataset *d,
-                             const int64_t *idx, int64_t n) {
+/* Number of rows of logits whose argmax is the label in y (CPU); -1 on error. */
+static int64_t count_correct(const tg_tensor *logits, tg_tensor *y) {
+  int64_t n = tg_size(y, 0);
   tg_tensor *pred = tg_argmax(logits, 1, false);
-  int64_t *host = malloc((size_t)n * sizeof *host);
-  int64_t correct = -1;
+  int64_t *host = malloc((size_t)n * sizeof *host), correct = -1;
+  const int64_t *labels = tg_data(y);
   if (pred && host && tg_tensor_copy_to_host(pred, host, (size_t)n * sizeof *host) == 0) {
     correct = 0;
     for (int64_t i = 0; i < n; i++)
-      correct += host[i] == d->labels[idx[i]];
+      correct += host[i] == labels[i];
   }
   free(host);
   tg_tensor_free(pred);
@@ -106,45 +56,53 @@ static int64_t count_correct(const tg_tensor *logits, const dataset *d,
 }
 
 /* Accuracy on all of d, in eval mode without a tape; negative on error. */
-static double evaluate(const ex_convnet *m, const dataset *d, int64_t batch,
+static double evaluate(const ex_convnet *m, const split *d, int64_t batch,
                        tg_device device) {
-  int64_t *idx = malloc((size_t)batch * sizeof *idx), correct = 0;
-  if (!idx)
-    return -1;
+  tg_batch_iter *it =
+      tg_batch_iter_new(d->images, d->labels, batch, tg_batch_config_default());
+  int64_t correct = it ? 0 : -1;
   tg_no_grad_begin();
-  for (int64_t start = 0; start < d->n && correct >= 0; start += batch) {
-    int64_t n = d->n - start < batch ? d->n - start : batch;
-    for (int64_t i = 0; i < n; i++)
-      idx[i] = start + i;
+  while (correct >= 0) {
     tg_scope_begin();
-    tg_tensor *logits = ex_convnet_forward(m, batch_images(d, idx, n, device), false);
-    int64_t c = logits ? count_correct(logits, d, idx, n) : -1;
-    correct = c < 0 ? -1 : correct + c;
+    tg_tensor *x, *y;
+    int r = tg_batch_iter_next(it, &x, &y);
+    tg_tensor *logits =
+        r > 0 ? ex_convnet_forward(m, ex_to_device(x, device), false) : NULL;
+    int64_t c = logits ? count_correct(logits, y) : -1;
+    correct = r == 0 ? correct : c < 0 ? -1 : correct + c;
     tg_scope_end();
+    if (r == 0)
+      break;
   }
   tg_no_grad_end();
-  free(idx);
+  tg_batch_iter_free(it);
   return correct < 0 ? -1 : (double)correct / (double)d->n;
 }
 
 /* Training curves: the smoothed train loss per logged step and the test accuracy per
- * epoch. */
-static void write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
-                         const char *out_dir) {
-  if (loss_c->n == 0 || ex_mkdir_p(out_dir) < 0)
-    return;
+ * epoch. Returns 0, or -1 after printing the error. */
+static int write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
+                        const char *out_dir) {
+  if (loss_c->n == 0)
+    return 0;
+  if (ex_mkdir_p(out_dir) < 0)
+    return -1;
   ex_canvas c;
-  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0)
-    return;
+  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for the training curves\n");
+    return -1;
+  }
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series acc = {"test accuracy", acc_c->x, acc_c->y, acc_c->n, {40, 90, 200}, true};
   ex_plot(&c, 0, 0, 480, 360, "TRAIN LOSS", "step", &loss, 1, 0, 0);
   ex_plot(&c, 480, 0, 480, 360, "TEST ACCURACY %", "step", &acc, 1, 0, 0);
   char path[4096];
   snprintf(path, sizeof path, "%s/mnist_curves.png", out_dir);
-  if (ex_png_write(path, &c) == 0)
+  int rc = ex_png_write(path, &c);
+  if (rc == 0)
     printf("wrote %s\n", path);
   ex_canvas_free(&c);
+  return rc;
 }
 
 /* --------------------------------------------------------------------- main -- */
@@ -169,64 +127,80 @@ int main(int argc, char **argv) {
                           "reports its test accuracy.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
-  dataset train, test;
-  if (dataset_load(data_dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                   &train) < 0)
+  tg_mnist data;
+  split train = {0}, test = {0};
+  if (tg_mnist_load_dir(data_dir, &data) < 0) {
+    fprintf(stderr, "error: %s (set --data DIR)\n", tg_last_error());
     return EX_EXIT_FAILURE;
-  if (dataset_load(data_dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", &test) <
-      0) {
-    dataset_free(&train);
+  }
+  tg_no_grad_begin();
+  rc = split_init(&train, data.train_images, data.train_labels, data_dir) < 0 ||
+       split_init(&test, data.test_images, data.test_labels, data_dir) < 0;
+  tg_no_grad_end();
+  if (rc) {
+    if (!train.images || !test.images)
+      fprintf(stderr, "error: %s\n", tg_last_error());
+    tg_tensor_free(train.images);
+    tg_tensor_free(test.images);
+    tg_mnist_free(&data);
     return EX_EXIT_FAILURE;
   }
 
   ex_convnet m = {0};
   int status = EX_EXIT_FAILURE;
-  tg_optimizer *opt = NULL;
-  int64_t *order = malloc((size_t)train.n * sizeof *order);
+  ex_training tr = {0};
+  tg_batch_iter *batches = NULL;
   ex_curve loss_curve = {0}, acc_curve = {0};
-  if (!order || ex_convnet_build(&m, o.device) < 0) {
+  tg_batch_config bc = tg_batch_config_default();
+  bc.shuffle = true;
+  bc.seed = (uint64_t)o.seed;
+  if (!(batches = tg_batch_iter_new(train.images, train.labels, o.batch, bc)) ||
+      ex_convnet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  ex_plan plan;
-  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
+  if (ex_training_setup(&tr, m.vs, &o, batches) < 0)
     goto done;
-  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
-  int epochs = plan.epochs;
+  int64_t steps_per_epoch = tr.plan.steps_per_epoch, total = tr.plan.total;
+  int epochs = tr.plan.epochs;
   printf("mnist: %lld train and %lld test images from %s; %lld parameters; device %s, "
          "%d threads\n",
          (long long)train.n, (long long)test.n, data_dir, (long long)ex_num_params(m.vs),
          o.device_name, tg_get_num_threads());
-  ex_print_plan(&plan, &o, "images");
+  ex_print_plan(&tr.plan, &o, "images");
 
   ex_progress prog;
   ex_progress_init(&prog, total, steps_per_epoch / 10);
   double t0 = ex_now(), test_acc = -1;
-  int64_t step = 0;
-  for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
-    ex_epoch_order(order, train.n, ex_hash2((uint64_t)o.seed, (uint64_t)epoch));
+  int64_t step = tr.step;
+  for (int epoch = tr.epoch; epoch <= epochs && !ex_should_stop(&tr, &o); epoch++) {
     double loss_sum = 0, smooth = NAN;
     int64_t correct = 0, seen = 0;
-    int64_t epoch_steps = total - step < steps_per_epoch ? total - step : steps_per_epoch;
-    for (int64_t s = 0; s < epoch_steps && !ex_interrupted(); s++, step++) {
-      int64_t start = s * o.batch;
-      int64_t n = train.n - start < o.batch ? train.n - start : o.batch;
-      const int64_t *idx = order + start;
-      tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
-
+    int64_t s;
+    tg_batch_iter_position(batches, NULL, &s);
+    for (; step < total && !ex_should_stop(&tr, &o); s++, step = ++tr.step) {
       tg_scope_begin();
-      tg_tensor *y = batch_labels(&train, idx, n, o.device);
+      tg_tensor *x, *y_host;
+      int r = tg_batch_iter_next(batches, &x, &y_host);
+      if (r == 0) { /* the epoch is over */
+        tg_scope_end();
+        break;
+      }
+      bool ok = r > 0;
+      int64_t n = ok ? tg_size(y_host, 0) : 0;
+      tg_tensor *y = ok ? tg_tensor_to(y_host, o.device) : NULL;
       tg_tensor *logits =
-          ex_convnet_forward(&m, batch_images(&train, idx, n, o.device), true);
+          ok ? ex_convnet_forward(&m, ex_to_device(x, o.device), true) : NULL;
       tg_tensor *loss = tg_cross_entropy(logits, y, TG_REDUCTION_MEAN, -100);
-      tg_optimizer_zero_grad(opt);
-      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
+      tg_optimizer_zero_grad(tr.opt);
+      ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(tr.opt) == 0 &&
+           tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
-      int64_t c = ok ? count_correct(logits, &train, idx, n) : -1;
+      int64_t c = ok ? count_correct(logits, y_host) : -1;
       tg_scope_end();
       if (!ok || c < 0) {
         ex_progress_finish(&prog);
@@ -246,7 +220,7 @@ int main(int argc, char **argv) {
                100.0 * (double)correct / (double)seen);
       ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n, metrics);
     }
-    if (ex_interrupted())
+    if (ex_should_stop(&tr, &o))
       break;
     test_acc = evaluate(&m, &test, eval_batch, o.device);
     if (test_acc < 0) {
@@ -262,8 +236,8 @@ int main(int argc, char **argv) {
   }
   ex_progress_finish(&prog);
 
-  if (ex_interrupted()) {
-    status = ex_save_interrupted(m.vs, &o, step);
+  if (step < total && ex_should_stop(&tr, &o)) {
+    status = ex_save_interrupted(&tr, m.vs, batches, &o);
     goto done;
   }
   if (test_acc < 0 && (test_acc = evaluate(&m, &test, eval_batch, o.device)) < 0) {
@@ -272,16 +246,18 @@ int main(int argc, char **argv) {
   }
   printf("test accuracy: %.2f%% (%lld images) after %lld steps in %.1f s\n",
          100 * test_acc, (long long)test.n, (long long)step, ex_now() - t0);
-  write_curves(&loss_curve, &acc_curve, o.out);
+  if (write_curves(&loss_curve, &acc_curve, o.out) < 0)
+    goto done;
   status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
-  tg_optimizer_free(opt);
+  ex_training_free(&tr);
   tg_varstore_free(m.vs);
-  free(order);
+  tg_batch_iter_free(batches);
   ex_curve_free(&loss_curve);
   ex_curve_free(&acc_curve);
-  dataset_free(&train);
-  dataset_free(&test);
-  return status;
+  tg_tensor_free(train.images);
+  tg_tensor_free(test.images);
+  tg_mnist_free(&data);
+  return ex_exit(status);
 }

@@ -319,6 +319,7 @@ static int write_samples(const ex_unet *m, const scenes *held, tg_device device,
   int h = margin + head + GRID_ROWS * (TILE + GAP) + legend;
   ex_canvas c;
   if (ex_canvas_init(&c, w, h, white) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     free(pred);
     return -1;
   }
@@ -357,8 +358,10 @@ typedef struct {
 
 static int write_curves(const history *h, const char *path) {
   ex_canvas c;
-  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0)
+  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     return -1;
+  }
   const ex_curve *loss_c = &h->loss, *miou_c = &h->miou, *held_c = &h->held_miou;
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series iou[2] = {
@@ -410,62 +413,75 @@ int main(int argc, char **argv) {
                           "predictions and training curves into --out.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
   int status = EX_EXIT_FAILURE;
   ex_unet m = {0};
-  tg_optimizer *opt = NULL;
+  ex_training tr = {0};
   history hist = {0};
   scenes train = {0}, held = {0};
-  int64_t *order = malloc((size_t)train_size * sizeof *order);
+  tg_tensor *scene_ids = tg_arange(0, (double)train_size, 1, TG_I64, TG_CPU);
+  tg_batch_iter *batches = NULL; /* batches of scene indices, shuffled from --seed */
   double t0 = ex_now();
   /* Held-out scenes come from a fixed stream so runs with different seeds are
    * compared on the same images; training scenes from the seed's own stream. */
-  if (!order || scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
+  tg_batch_config bc = tg_batch_config_default();
+  bc.shuffle = true;
+  bc.seed = ex_hash2((uint64_t)o.seed, 100);
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc))) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    goto done;
+  }
+  if (scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
   if (ex_unet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  ex_plan plan;
-  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
+  if (ex_training_setup(&tr, m.vs, &o, batches) < 0)
     goto done;
-  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
-  int epochs = plan.epochs;
+  int64_t steps_per_epoch = tr.plan.steps_per_epoch, total = tr.plan.total;
+  int epochs = tr.plan.epochs;
   printf("segmentation: %lld training and %lld held-out %dx%d scenes (%.1f s); %lld "
          "parameters; device %s, %d threads\n",
          (long long)train.n, (long long)held.n, SIDE, SIDE, ex_now() - t0,
          (long long)ex_num_params(m.vs), o.device_name, tg_get_num_threads());
-  ex_print_plan(&plan, &o, "scenes");
+  ex_print_plan(&tr.plan, &o, "scenes");
 
   ex_progress prog;
   ex_progress_init(&prog, total, steps_per_epoch / 10);
   t0 = ex_now();
-  int64_t step = 0;
+  int64_t step = tr.step;
   confusion held_cm;
   bool evaluated = false;
-  for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
-    ex_epoch_order(order, train.n, ex_hash2((uint64_t)o.seed, 100 + (uint64_t)epoch));
+  for (int epoch = tr.epoch; epoch <= epochs && !ex_should_stop(&tr, &o); epoch++) {
     confusion epoch_cm = {0}, window_cm = {0};
     double loss_sum = 0, window_loss = 0;
     int64_t seen = 0, window_steps = 0;
     int64_t epoch_steps = total - step < steps_per_epoch ? total - step : steps_per_epoch;
     int64_t plot_every = steps_per_epoch / 25 > 0 ? steps_per_epoch / 25 : 1;
-    for (int64_t s = 0; s < epoch_steps && !ex_interrupted(); s++, step++) {
-      int64_t start = s * o.batch;
-      int64_t n = train.n - start < o.batch ? train.n - start : o.batch;
-      const int64_t *idx = order + start;
-      tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
-
+    int64_t s;
+    tg_batch_iter_position(batches, NULL, &s);
+    for (; step < total && !ex_should_stop(&tr, &o); s++, step = ++tr.step) {
       tg_scope_begin();
+      tg_tensor *ids;
+      int r = tg_batch_iter_next(batches, &ids, NULL);
+      if (r == 0) { /* the epoch is over */
+        tg_scope_end();
+        break;
+      }
+      int64_t n = r > 0 ? tg_numel(ids) : 0;
+      const int64_t *idx = r > 0 ? tg_data(ids) : NULL;
       tg_tensor *logits =
-          ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true);
+          r > 0 ? ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true)
+                : NULL;
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
-      tg_optimizer_zero_grad(opt);
-      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
+      tg_optimizer_zero_grad(tr.opt);
+      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(tr.opt) == 0 &&
+                tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       confusion batch_cm = {0};
       ok = ok && confusion_add(&batch_cm, logits, &train, idx, n) == 0;
@@ -500,7 +516,7 @@ int main(int argc, char **argv) {
                confusion_iou(&epoch_cm, iou));
       ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n, metrics);
     }
-    if (ex_interrupted())
+    if (ex_should_stop(&tr, &o))
       break;
     if (evaluate(&m, &held, eval_batch, o.device, &held_cm) < 0) {
       fprintf(stderr, "error: evaluation failed: %s\n", tg_last_error());
@@ -515,8 +531,8 @@ int main(int argc, char **argv) {
   }
   ex_progress_finish(&prog);
 
-  if (ex_interrupted()) {
-    status = ex_save_interrupted(m.vs, &o, step);
+  if (step < total && ex_should_stop(&tr, &o)) {
+    status = ex_save_interrupted(&tr, m.vs, batches, &o);
     goto done;
   }
   if (!evaluated && evaluate(&m, &held, eval_batch, o.device, &held_cm) < 0) {
@@ -534,13 +550,14 @@ int main(int argc, char **argv) {
   status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
-  tg_optimizer_free(opt);
+  ex_training_free(&tr);
   tg_varstore_free(m.vs);
-  free(order);
+  tg_batch_iter_free(batches);
+  tg_tensor_free(scene_ids);
   ex_curve_free(&hist.loss);
   ex_curve_free(&hist.miou);
   ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
-  return status;
+  return ex_exit(status);
 }

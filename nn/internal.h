@@ -25,17 +25,44 @@ struct tg_module {
   void (*release)(tg_module *m); /* frees what the layer allocated besides itself */
 };
 
+/* ---- name indexes (name_index.c): names -> positions in an owner's array ---- */
+/* The name of item i of owner (a var store's variable or path...). */
+typedef const char *(*tg__name_at_fn)(const void *owner, int i);
+/* Open addressing: slots hold positions, -1 when empty; cap is 0 or a power of two,
+ * at most half full. Zero-initialise with `at` set. */
+typedef struct {
+  int *slots;
+  int cap;
+  tg__name_at_fn at;
+} tg__name_index;
+/* Position of the item called name, or -1. */
+int tg__name_find(const tg__name_index *ix, const void *owner, const char *name);
+/* Room for item n (items 0..n-1 indexed), so that tg__name_add cannot fail. */
+int tg__name_reserve(tg__name_index *ix, const void *owner, int n, const char *op);
+/* Indexes item i (its name must not be indexed yet). */
+void tg__name_add(tg__name_index *ix, const void *owner, int i);
+/* Indexes items 0..n-1 afresh, after items were removed (cannot fail). */
+void tg__name_refill(tg__name_index *ix, const void *owner, int n);
+void tg__name_index_free(tg__name_index *ix);
+
 struct tg_varstore {
   tg_device device;
   tg_dtype dtype;
-  tg__var *vars; /* creation order; lookups are linear, fine for thousands */
+  tg__var *vars; /* creation order */
   int n_vars, cap_vars;
+  tg__name_index var_index; /* full names -> vars */
   tg_path **paths;
   int n_paths, cap_paths;
+  tg__name_index path_index; /* prefixes -> paths */
   tg_module **modules;
   int n_modules, cap_modules;
 };
 
+/* Frees the variables created after the first `mark` (a constructor failing half-way
+ * leaves the store as it found it). */
+void tg__varstore_truncate(tg_varstore *vs, int mark);
+/* Index in vs->vars of the variable called name (hashed), or -1. */
+int tg__varstore_find(const tg_varstore *vs, const char *name);
 /* New variable of an explicit dtype (num_batches_tracked is int64 in PyTorch). */
 tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape,
                            int ndim, tg_init init, tg_dtype dtype, bool trainable);
@@ -51,5 +78,32 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
 /* Hands m (malloc'ed, kind/forward set; NULL when that allocation failed) to vs,
  * which frees it with m->release and free(). Returns m, or NULL (m freed). */
 tg_module *tg__module_register(tg_varstore *vs, tg_module *m, const char *op);
+
+/* A named tensor in a tg_tensor_dict. */
+typedef struct {
+  char *name;
+  tg_tensor *t;           /* owned reference, out of every scope */
+  const char *file_dtype; /* static: the safetensors dtype it was read from, or NULL */
+} tg__dict_entry;
+
+struct tg_tensor_dict {
+  tg__dict_entry *items; /* insertion order */
+  int n, cap;
+  int *slots; /* hash index of items by name: 1 + index, 0 empty; n_slots a power of 2 */
+  int n_slots;
+  char **meta; /* __metadata__: key, value, key, value... in insertion order */
+  int n_meta, cap_meta;
+};
+
+/* The entry called name, or NULL. */
+tg__dict_entry *tg__dict_find(const tg_tensor_dict *d, const char *name);
+/* As tg_tensor_dict_set for a tensor that is not in a scope, taking the reference. */
+int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char *op);
+/* "<prefix><name>" in a new string, or NULL (out of memory: error set for op). */
+char *tg__concat(const char *prefix, const char *name, const char *op);
+
+/* optim.c: group g's initial_lr, which schedulers set once (torch's
+ * group.setdefault("initial_lr", lr)); NAN until then. */
+double *tg__optimizer_initial_lr(tg_optimizer *opt, int g);
 
 #endif

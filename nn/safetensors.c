@@ -1,4 +1,4 @@
-/* safetensors checkpoints of a var store.
+/* safetensors checkpoints: of a var store, or of any named tensors (tg_tensor_dict).
  *
  * Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
  *   {"__metadata__": {str: str} (optional),
@@ -6,12 +6,13 @@
  * padded with spaces to a multiple of 8, then the little-endian data buffer, each
  * tensor at [begin, end) of it. We write what the safetensors package writes, byte for
  * byte: tensors ordered by dtype (I64, F64, F32: its enum order, descending) then by
- * name, the header in that order, no metadata.
+ * name, the header in that order, __metadata__ first when there is any.
  *
  * Loading parses the header with a strict, schema-driven parser (no recursion, every
- * read bounded by the header length), validates the whole file against itself and
- * against the store, and only then writes into the variables: a bad file is an error
- * that leaves the store as it was. */
+ * read bounded by the header length), validates the whole file against itself, reads
+ * the tensors the options select into a dict (F16/BF16 widened to float32, exactly),
+ * matches that against the store and converts dtypes where allowed, and only then
+ * writes into the variables: a bad file is an error that leaves the store as it was. */
 #include "nn/internal.h"
 
 #include <errno.h>
@@ -68,36 +69,6 @@ static void to_little_endian(void *data, size_t bytes, size_t elem) {
       p[i + a] = p[i + b];
       p[i + b] = t;
     }
-}
-
-/* UTF-8 as Rust's str::from_utf8 accepts it: no overlongs, surrogates or > U+10FFFF. */
-static bool valid_utf8(const uint8_t *s, size_t n, size_t *bad) {
-  size_t i = 0;
-  while (i < n) {
-    uint8_t c = s[i];
-    size_t len = c < 0x80         ? 1
-                 : (c >> 5) == 6  ? 2
-                 : (c >> 4) == 14 ? 3
-                 : (c >> 3) == 30 ? 4
-                                  : 0;
-    if (!len || i + len > n)
-      goto fail;
-    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
-    for (size_t k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80)
-        goto fail;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      goto fail;
-    i += len;
-  }
-  return true;
-fail:
-  if (bad)
-    *bad = i;
-  return false;
 }
 
 /* ------------------------------------------------------------------ saving -- */
@@ -186,15 +157,14 @@ static int by_dtype_then_name(const void *pa, const void *pb) {
   return strcmp(a->name, b->name);
 }
 
-/* vs's variables in file order (a new array). */
-static const tg__var **file_order(const tg_varstore *vs) {
-  const tg__var **order =
-      malloc((size_t)(vs->n_vars > 0 ? vs->n_vars : 1) * sizeof *order);
+/* vars[0..n) in file order (a new array). */
+static const tg__var **file_order(const tg__var *vars, int n) {
+  const tg__var **order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
   if (!order)
     return NULL;
-  for (int i = 0; i < vs->n_vars; i++)
-    order[i] = &vs->vars[i];
-  qsort(order, (size_t)vs->n_vars, sizeof *order, by_dtype_then_name);
+  for (int i = 0; i < n; i++)
+    order[i] = &vars[i];
+  qsort(order, (size_t)n, sizeof *order, by_dtype_then_name);
   return order;
 }
 
@@ -202,13 +172,23 @@ static int write_all(FILE *f, const void *p, size_t n) {
   return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1;
 }
 
-/* Writes header and data to f. */
-static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
-                      const char *filename) {
+/* Writes header (with meta's __metadata__ when it has any) and data to f. */
+static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, FILE *f,
+                      const char *filename, const char *op) {
+  char q[TG_QUOTE_LEN];
   strbuf h = {0};
   uint64_t offset = 0;
   sb_add(&h, "{", 1);
-  for (int k = 0; k < vs->n_vars; k++) {
+  if (meta && meta->n_meta) {
+    sb_str(&h, "\"__metadata__\":{");
+    for (int i = 0; i < 2 * meta->n_meta; i++) {
+      if (i)
+        sb_add(&h, i % 2 ? ":" : ",", 1);
+      sb_json_string(&h, meta->meta[i]);
+    }
+    sb_add(&h, n ? "}," : "}", n ? 2 : 1);
+  }
+  for (int k = 0; k < n; k++) {
     const tg__var *v = order[k];
     uint64_t bytes = (uint64_t)v->t->numel * tg_dtype_size(v->t->dtype);
     if (k)
@@ -228,18 +208,19 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
     sb_add(&h, " ", 1);
   if (h.oom) {
     free(h.s);
-    return tg__error("tg_varstore_save: out of memory");
+    return tg__error("%s: out of memory", op);
   }
   uint8_t len8[8];
   for (int i = 0; i < 8; i++)
     len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
   int rc = 0;
   if (write_all(f, len8, 8) < 0 || write_all(f, h.s, h.len) < 0)
-    rc = tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+    rc = tg__error("%s: writing %s failed: %s", op, tg__quote(filename, q, sizeof q),
+                   strerror(errno));
   free(h.s);
 
   void *tmp = NULL; /* host copy for non-CPU tensors and big-endian hosts */
-  for (int k = 0; rc == 0 && k < vs->n_vars; k++) {
+  for (int k = 0; rc == 0 && k < n; k++) {
     const tg_tensor *t = order[k]->t;
     size_t esize = tg_dtype_size(t->dtype), bytes = (size_t)t->numel * esize;
     const void *src = tg__data(t);
@@ -247,7 +228,7 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
       free(tmp);
       tmp = malloc(bytes ? bytes : 1);
       if (!tmp) {
-        rc = tg__error("tg_varstore_save: out of memory");
+        rc = tg__error("%s: out of memory", op);
         break;
       }
       if (tg_tensor_copy_to_host(t, tmp, bytes) < 0) {
@@ -258,69 +239,69 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
       src = tmp;
     }
     if (write_all(f, src, bytes) < 0)
-      rc =
-          tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+      rc = tg__error("%s: writing %s failed: %s", op, tg__quote(filename, q, sizeof q),
+                     strerror(errno));
   }
   free(tmp);
   return rc;
 }
 
-/* fsync of the directory holding path, so the rename itself is durable. Best effort:
- * some filesystems do not support syncing directories. */
-static void sync_parent_dir(const char *path) {
-  char *dir = strdup(path);
-  if (!dir)
-    return;
-  char *slash = strrchr(dir, '/');
-  const char *d = slash == dir ? "/" : slash ? dir : ".";
-  if (slash && slash != dir)
-    *slash = '\0';
-  int fd = open(d, O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-  free(dir);
+static int check_utf8(const char *s, const char *what, const char *op) {
+  if (tg__valid_utf8((const uint8_t *)s, strlen(s), NULL))
+    return 0;
+  char q[TG_QUOTE_LEN];
+  return tg__error("%s: %s %s is not valid UTF-8, which safetensors requires", op, what,
+                   tg__quote(s, q, sizeof q));
+}
+
+typedef struct {
+  const tg__var **order;
+  int n;
+  const tg_tensor_dict *meta;
+  const char *filename, *op;
+} save_job;
+
+static int write_job(FILE *f, void *ctx) {
+  const save_job *j = ctx;
+  return write_file(j->order, j->n, j->meta, f, j->filename, j->op);
+}
+
+/* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. Names
+ * made by a var store are valid already; a dict's are checked here. */
+static int save_entries(const tg__var *vars, int n, const tg_tensor_dict *meta,
+                        const char *filename, const char *op) {
+  for (int i = 0; i < n; i++)
+    if (check_utf8(vars[i].name, "tensor name", op) < 0)
+      return -1;
+  for (int i = 0; meta && i < 2 * meta->n_meta; i++)
+    if (check_utf8(meta->meta[i], "metadata string", op) < 0)
+      return -1;
+  const tg__var **order = file_order(vars, n);
+  if (!order)
+    return tg__error("%s: out of memory", op);
+  save_job job = {order, n, meta, filename, op};
+  int rc = tg__write_atomic(filename, op, write_job, &job);
+  free((void *)order);
+  return rc;
 }
 
 int tg_varstore_save(const tg_varstore *vs, const char *filename) {
   if (!vs || !filename)
     return tg__error("tg_varstore_save: argument '%s' is NULL", vs ? "filename" : "vs");
-  for (int i = 0; i < vs->n_vars; i++)
-    if (!valid_utf8((const uint8_t *)vs->vars[i].name, strlen(vs->vars[i].name), NULL))
-      return tg__error("tg_varstore_save: variable name '%s' is not valid UTF-8, which "
-                       "safetensors requires",
-                       vs->vars[i].name);
-  const tg__var **order = file_order(vs);
-  size_t tlen = strlen(filename) + 32;
-  char *tmp = malloc(tlen);
-  if (!order || !tmp) {
-    free((void *)order);
-    free(tmp);
-    return tg__error("tg_varstore_save: out of memory");
-  }
-  snprintf(tmp, tlen, "%s.tmp.%ld", filename, (long)getpid());
-  int rc = 0;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    rc = tg__error("tg_varstore_save: cannot create %s: %s", tmp, strerror(errno));
-    goto done;
-  }
-  rc = write_file(vs, order, f, filename);
-  if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-    rc = tg__error("tg_varstore_save: flushing %s failed: %s", tmp, strerror(errno));
-  if (fclose(f) != 0 && rc == 0)
-    rc = tg__error("tg_varstore_save: closing %s failed: %s", tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, filename) != 0)
-    rc = tg__error("tg_varstore_save: cannot rename %s to %s: %s", tmp, filename,
-                   strerror(errno));
-  if (rc == 0)
-    sync_parent_dir(filename);
-  else
-    unlink(tmp);
-done:
-  free(tmp);
-  free((void *)order);
+  return save_entries(vs->vars, vs->n_vars, NULL, filename, "tg_varstore_save");
+}
+
+int tg_save_tensors(const tg_tensor_dict *d, const char *filename) {
+  const char *op = "tg_save_tensors";
+  if (!d || !filename)
+    return tg__error("%s: argument '%s' is NULL", op, d ? "filename" : "d");
+  tg__var *vars = malloc((size_t)(d->n > 0 ? d->n : 1) * sizeof *vars);
+  if (!vars)
+    return tg__error("%s: out of memory", op);
+  for (int i = 0; i < d->n; i++)
+    vars[i] = (tg__var){d->items[i].name, d->items[i].t, false};
+  int rc = save_entries(vars, d->n, d, filename, op);
+  free(vars);
   return rc;
 }
 
@@ -332,13 +313,13 @@ typedef struct {
   int ndim;
   int64_t shape[MAX_FILE_DIMS];
   uint64_t begin, end;
-  int var; /* index of the matching variable, or -1 */
 } st_entry;
 
 typedef struct {
   const char *start, *p, *end;
   st_entry *entries;
   int n, cap;
+  tg_tensor_dict *meta; /* receives __metadata__, when non-NULL */
   char err[512];
 } parser;
 
@@ -506,21 +487,86 @@ static int parse_uint(parser *ps, uint64_t *out) {
     ps->p++;
   }
   if (ps->p == s)
-    return fail(ps, "invalid JSON: expected a non-negative integer");
+    return fail(ps, "expected a non-negative integer");
   if (ps->p - s > 1 && *s == '0')
-    return fail(ps, "invalid JSON: number with a leading zero");
+    return fail(ps, "a number with a leading zero");
   if (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E'))
     return fail(ps, "expected an integer, found a floating point number");
   *out = v;
   return 0;
 }
 
+/* Tensor e's entry breaks the schema in a value that starts at `at`: names the tensor
+ * and the rule, then why (a sub-parser's message in ps->err, when `detail`) or what
+ * was found there. */
+static int schema_fail(parser *ps, const st_entry *e, const char *at, const char *rule,
+                       bool detail) {
+  char q[TG_QUOTE_LEN], qf[TG_QUOTE_LEN], found[32], why[sizeof ps->err + 8];
+  if (detail) {
+    snprintf(why, sizeof why, ": %s", ps->err);
+  } else {
+    size_t n = ps->end - at < 24 ? (size_t)(ps->end - at) : 24;
+    memcpy(found, at, n);
+    found[n] = '\0';
+    snprintf(why, sizeof why, ", found %s%s (header byte %lld)",
+             n ? tg__quote(found, qf, sizeof qf) : "the end of the header",
+             at + n < ps->end ? "..." : "", (long long)(at - ps->start));
+  }
+  return invalid(ps, "tensor %s: %s%s", tg__quote(e->name, q, sizeof q), rule, why);
+}
+
+/* [n, ...] of non-negative integers that fit int64_t. */
+static int parse_shape(parser *ps, st_entry *e) {
+  static const char rule[] = "shape must be a list of non-negative integers";
+  char q[TG_QUOTE_LEN];
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '['))
+    return schema_fail(ps, e, at, rule, false);
+  if (accept(ps, ']'))
+    return 0;
+  do {
+    uint64_t v;
+    if (e->ndim == MAX_FILE_DIMS)
+      return fail(ps, "tensor %s: more than %d dimensions",
+                  tg__quote(e->name, q, sizeof q), MAX_FILE_DIMS);
+    if (parse_uint(ps, &v) < 0)
+      return schema_fail(ps, e, at, rule, true);
+    if (v > INT64_MAX)
+      return fail(ps, "tensor %s: dimension too large", tg__quote(e->name, q, sizeof q));
+    e->shape[e->ndim++] = (int64_t)v;
+  } while (accept(ps, ','));
+  return accept(ps, ']') ? 0 : schema_fail(ps, e, at, rule, false);
+}
+
+/* [begin, end] */
+static int parse_offsets(parser *ps, st_entry *e) {
+  static const char rule[] = "data_offsets must be [begin, end]";
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '['))
+    return schema_fail(ps, e, at, rule, false);
+  if (parse_uint(ps, &e->begin) < 0)
+    return schema_fail(ps, e, at, rule, true);
+  if (!accept(ps, ','))
+    return schema_fail(ps, e, at, rule, false);
+  if (parse_uint(ps, &e->end) < 0)
+    return schema_fail(ps, e, at, rule, true);
+  return accept(ps, ']') ? 0 : schema_fail(ps, e, at, rule, false);
+}
+
 /* {"dtype": ..., "shape": [...], "data_offsets": [b, e]}: each key exactly once. */
 static int parse_info(parser *ps, st_entry *e) {
   enum { DTYPE = 1, SHAPE = 2, OFFSETS = 4 };
   int seen = 0;
-  if (expect(ps, '{') < 0)
-    return -1;
+  char q[TG_QUOTE_LEN], qk[TG_QUOTE_LEN];
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '{'))
+    return schema_fail(ps, e, at,
+                       "expected an object {\"dtype\": ..., \"shape\": [...], "
+                       "\"data_offsets\": [begin, end]}",
+                       false);
   do {
     char *key;
     if (parse_string(ps, &key) < 0 || expect(ps, ':') < 0) {
@@ -532,8 +578,9 @@ static int parse_info(parser *ps, st_entry *e) {
                 : !strcmp(key, "data_offsets") ? OFFSETS
                                                : 0;
     if (!which || (seen & which)) {
-      fail(ps, "tensor '%.200s': %s key '%.40s'", e->name, which ? "repeated" : "unknown",
-           key);
+      fail(ps, "tensor %s: %s key %s (expected dtype, shape and data_offsets)",
+           tg__quote(e->name, q, sizeof q), which ? "repeated" : "unknown",
+           tg__quote(key, qk, sizeof qk));
       free(key);
       return -1;
     }
@@ -541,49 +588,38 @@ static int parse_info(parser *ps, st_entry *e) {
     seen |= which;
     if (which == DTYPE) {
       char *dt;
+      skip_ws(ps);
+      at = ps->p;
+      if (at >= ps->end || *at != '"')
+        return schema_fail(ps, e, at, "dtype must be a string such as \"F32\"", false);
       if (parse_string(ps, &dt) < 0)
         return -1;
       e->dtype = st_lookup(dt);
       if (e->dtype < 0)
-        fail(ps, "tensor '%.200s': unknown dtype '%.40s'", e->name, dt);
+        fail(ps, "tensor %s: unknown dtype %s", tg__quote(e->name, q, sizeof q),
+             tg__quote(dt, qk, sizeof qk));
       free(dt);
       if (e->dtype < 0)
         return -1;
     } else if (which == SHAPE) {
-      if (expect(ps, '[') < 0)
+      if (parse_shape(ps, e) < 0)
         return -1;
-      if (!accept(ps, ']')) {
-        do {
-          uint64_t v;
-          if (e->ndim == MAX_FILE_DIMS)
-            return fail(ps, "tensor '%.200s': more than %d dimensions", e->name,
-                        MAX_FILE_DIMS);
-          if (parse_uint(ps, &v) < 0)
-            return -1;
-          if (v > INT64_MAX)
-            return fail(ps, "tensor '%.200s': dimension too large", e->name);
-          e->shape[e->ndim++] = (int64_t)v;
-        } while (accept(ps, ','));
-        if (expect(ps, ']') < 0)
-          return -1;
-      }
-    } else {
-      if (expect(ps, '[') < 0 || parse_uint(ps, &e->begin) < 0 || expect(ps, ',') < 0 ||
-          parse_uint(ps, &e->end) < 0 || expect(ps, ']') < 0)
-        return -1;
+    } else if (parse_offsets(ps, e) < 0) {
+      return -1;
     }
   } while (accept(ps, ','));
   if (expect(ps, '}') < 0)
     return -1;
   if (seen != (DTYPE | SHAPE | OFFSETS))
-    return fail(ps, "tensor '%.200s' lacks one of dtype, shape, data_offsets", e->name);
+    return fail(ps, "tensor %s lacks one of dtype, shape, data_offsets",
+                tg__quote(e->name, q, sizeof q));
   return 0;
 }
 
 /* {str: str, ...} */
 static int parse_metadata(parser *ps) {
-  if (expect(ps, '{') < 0)
-    return -1;
+  if (!accept(ps, '{'))
+    return fail(ps, "__metadata__ must be an object of strings, expected '{'");
   if (accept(ps, '}'))
     return 0;
   do {
@@ -596,6 +632,8 @@ static int parse_metadata(parser *ps) {
       rc = fail(ps, "__metadata__ values must be strings");
     if (rc == 0)
       rc = parse_string(ps, &v);
+    if (rc == 0 && ps->meta && tg_tensor_dict_set_metadata(ps->meta, k, v) < 0)
+      rc = fail(ps, "out of memory");
     free(k);
     free(v);
     if (rc < 0)
@@ -606,8 +644,8 @@ static int parse_metadata(parser *ps) {
 
 static int parse_header(parser *ps) {
   bool metadata = false;
-  if (expect(ps, '{') < 0)
-    return -1;
+  if (!accept(ps, '{'))
+    return fail(ps, "the header must be a JSON object, expected '{'");
   if (!accept(ps, '}')) {
     do {
       char *name;
@@ -639,7 +677,6 @@ static int parse_header(parser *ps) {
       st_entry *e = &ps->entries[ps->n++];
       memset(e, 0, sizeof *e);
       e->name = name;
-      e->var = -1;
       if (parse_info(ps, e) < 0)
         return -1;
     } while (accept(ps, ','));
@@ -668,11 +705,13 @@ static int by_offsets(const void *pa, const void *pb) {
  * entries sorted by name. */
 static int check_entries(parser *ps, uint64_t data_bytes) {
   typedef unsigned long long ull;
+  char q[TG_QUOTE_LEN];
   if (ps->n > 1)
     qsort(ps->entries, (size_t)ps->n, sizeof *ps->entries, by_name);
   for (int i = 1; i < ps->n; i++)
     if (!strcmp(ps->entries[i].name, ps->entries[i - 1].name))
-      return invalid(ps, "duplicate tensor name '%.200s'", ps->entries[i].name);
+      return invalid(ps, "duplicate tensor name %s",
+                     tg__quote(ps->entries[i].name, q, sizeof q));
   for (int i = 0; i < ps->n; i++) {
     st_entry *e = &ps->entries[i];
     uint64_t numel = 1, esize = st_dtypes[e->dtype].size;
@@ -687,9 +726,9 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
     overflow = overflow || numel > UINT64_MAX / esize;
     if (e->end < e->begin)
       return invalid(ps,
-                     "tensor '%.200s': data_offsets [%llu, %llu] end before they "
+                     "tensor %s: data_offsets [%llu, %llu] end before they "
                      "begin",
-                     e->name, (ull)e->begin, (ull)e->end);
+                     tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end);
     if (overflow || numel * esize != e->end - e->begin) {
       char sh[TG_SHAPE_STR_LEN], need[32] = "more than 2^64";
       tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, sh,
@@ -697,17 +736,18 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
       if (!overflow)
         snprintf(need, sizeof need, "%llu", (ull)(numel * esize));
       return invalid(ps,
-                     "tensor '%.200s': shape %s%s of %s needs %s bytes but "
+                     "tensor %s: shape %s%s of %s needs %s bytes but "
                      "data_offsets [%llu, %llu] span %llu",
-                     e->name, sh, e->ndim > TG_MAX_DIMS ? "..." : "",
-                     st_dtypes[e->dtype].name, need, (ull)e->begin, (ull)e->end,
-                     (ull)(e->end - e->begin));
+                     tg__quote(e->name, q, sizeof q), sh,
+                     e->ndim > TG_MAX_DIMS ? "..." : "", st_dtypes[e->dtype].name, need,
+                     (ull)e->begin, (ull)e->end, (ull)(e->end - e->begin));
     }
     if (e->end > data_bytes)
       return invalid(ps,
-                     "tensor '%.200s': data_offsets [%llu, %llu] run past the end "
+                     "tensor %s: data_offsets [%llu, %llu] run past the end "
                      "of the %llu-byte data buffer",
-                     e->name, (ull)e->begin, (ull)e->end, (ull)data_bytes);
+                     tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end,
+                     (ull)data_bytes);
   }
   st_entry **by_off = malloc((size_t)(ps->n > 0 ? ps->n : 1) * sizeof *by_off);
   if (!by_off)
@@ -721,9 +761,9 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
     const st_entry *e = by_off[i];
     if (e->begin != next)
       rc = invalid(ps,
-                   "tensor '%.200s': data_offsets [%llu, %llu] %s (the tensors "
+                   "tensor %s: data_offsets [%llu, %llu] %s (the tensors "
                    "before it end at %llu)",
-                   e->name, (ull)e->begin, (ull)e->end,
+                   tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end,
                    e->begin < next ? "overlap another tensor" : "leave a gap", (ull)next);
     next = e->end;
   }
@@ -762,72 +802,105 @@ static void list_end(name_list *l) {
              l->shown ? ", " : "", l->count - l->shown);
 }
 
-/* Pairs every variable with its entry; an error naming what is missing, unexpected
- * or mismatched when anything is. */
-static int match_store(const tg_varstore *vs, parser *ps, const char *filename) {
-  name_list missing = {0}, extra = {0}, bad = {0};
-  for (int i = 0; i < vs->n_vars; i++) {
-    const tg__var *v = &vs->vars[i];
-    st_entry key = {.name = v->name};
-    st_entry *e =
-        ps->n ? bsearch(&key, ps->entries, (size_t)ps->n, sizeof *e, by_name) : NULL;
-    if (!e) {
-      list_add(&missing, v->name);
-      continue;
+/* The name a tensor called `name` loads as under o: without o->prefix, or NULL when
+ * o leaves it out. */
+static const char *selected(const char *name, const tg_load_options *o) {
+  size_t n;
+  if (o->exclude_prefix && (n = strlen(o->exclude_prefix)) &&
+      !strncmp(name, o->exclude_prefix, n))
+    return NULL;
+  if (o->prefix && (n = strlen(o->prefix)))
+    return strncmp(name, o->prefix, n) ? NULL : name + n;
+  return name;
+}
+
+static float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  if (exp == 0) { /* zero or subnormal: man * 2^-24, exact in float */
+    float f = (float)man * 0x1p-24f;
+    return sign ? -f : f;
+  }
+  uint32_t bits = sign | (exp == 31 ? 0x7f800000u : (exp + 112) << 23) | man << 13;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+static float bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* A new tensor (out of every scope) holding entry e's little-endian bytes. */
+static tg_tensor *entry_tensor(const st_entry *e, uint8_t *bytes, const char *op,
+                               const char *filename) {
+  const char *dt = st_dtypes[e->dtype].name;
+  bool half = !strcmp(dt, "F16"), bf16 = !strcmp(dt, "BF16");
+  tg_dtype dtype = !strcmp(dt, "F64") ? TG_F64 : !strcmp(dt, "I64") ? TG_I64 : TG_F32;
+  char qf[TG_QUOTE_LEN], qn[TG_QUOTE_LEN];
+  if (!half && !bf16 && strcmp(dt, st_name(dtype))) {
+    tg__error("%s: %s: tensor %s has dtype %s, which tapegrad does not hold (it reads "
+              "F16, BF16, F32, F64 and I64)",
+              op, tg__quote(filename, qf, sizeof qf), tg__quote(e->name, qn, sizeof qn),
+              dt);
+    return NULL;
+  }
+  if (e->ndim > TG_MAX_DIMS) {
+    tg__error("%s: %s: tensor %s has %d dimensions, more than the %d tapegrad holds", op,
+              tg__quote(filename, qf, sizeof qf), tg__quote(e->name, qn, sizeof qn),
+              e->ndim, TG_MAX_DIMS);
+    return NULL;
+  }
+  tg_tensor *t = tg__unscope(tg_empty(e->shape, e->ndim, dtype, TG_CPU));
+  if (!t)
+    return NULL;
+  size_t esize = st_dtypes[e->dtype].size, bytes_n = (size_t)(e->end - e->begin);
+  to_little_endian(bytes, bytes_n, esize);
+  if (half || bf16) {
+    float *p = tg__data(t);
+    for (int64_t i = 0; i < t->numel; i++) {
+      uint16_t h;
+      memcpy(&h, bytes + 2 * i, 2);
+      p[i] = half ? half_to_float(h) : bf16_to_float(h);
     }
-    e->var = i;
-    bool same_shape = e->ndim == v->t->ndim;
-    for (int d = 0; same_shape && d < e->ndim; d++)
-      same_shape = e->shape[d] == v->t->shape[d];
-    bool same_dtype = !strcmp(st_dtypes[e->dtype].name, st_name(v->t->dtype));
-    if (same_shape && same_dtype)
-      continue;
-    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
-    tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, fs, sizeof fs);
-    snprintf(item, sizeof item, "%.300s (file %s %s%s, store %s %s)", v->name,
-             st_dtypes[e->dtype].name, fs, e->ndim > TG_MAX_DIMS ? "..." : "",
-             st_name(v->t->dtype), tg_shape_str(v->t, ss, sizeof ss));
-    list_add(&bad, item);
+  } else if (bytes_n) {
+    memcpy(tg__data(t), bytes, bytes_n);
   }
-  for (int i = 0; i < ps->n; i++)
-    if (ps->entries[i].var < 0)
-      list_add(&extra, ps->entries[i].name);
-  if (!missing.count && !extra.count && !bad.count)
-    return 0;
-  name_list *lists[3] = {&missing, &extra, &bad};
-  const char *titles[3] = {
-      "missing from the file: ", "not in the var store: ", "dtype or shape mismatch: "};
-  char msg[2000];
-  size_t len = 0;
-  for (int k = 0; k < 3; k++) {
-    if (!lists[k]->count)
-      continue;
-    list_end(lists[k]);
-    len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
-                            titles[k], lists[k]->text);
-  }
-  return tg__error("tg_varstore_load: %s does not match the var store:%s", filename, msg);
+  return t;
 }
 
 static int read_exact(FILE *f, void *p, size_t n) {
   return n == 0 || fread(p, 1, n, f) == n ? 0 : -1;
 }
 
-int tg_varstore_load(tg_varstore *vs, const char *filename) {
-  if (!vs || !filename)
-    return tg__error("tg_varstore_load: argument '%s' is NULL", vs ? "filename" : "vs");
-  FILE *f = fopen(filename, "rb");
-  if (!f)
-    return tg__error("tg_varstore_load: cannot open %s: %s", filename, strerror(errno));
-  parser ps = {0};
-  char *header = NULL;
+/* Reads and checks all of filename, then the tensors o selects (under the names they
+ * load as) and the metadata into a new dict. */
+static tg_tensor_dict *read_file(const char *filename, const char *op,
+                                 const tg_load_options *o) {
+  int fd = tg_file_open_read(filename, op);
+  FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+  if (!f) {
+    if (fd >= 0) {
+      close(fd);
+      tg__error("%s: out of memory", op);
+    }
+    return NULL;
+  }
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  parser ps = {.meta = d};
+  char q[TG_QUOTE_LEN], *header = NULL;
   uint8_t *data = NULL;
   int rc = -1;
   struct stat st;
   uint8_t len8[8];
   uint64_t hlen = 0;
-  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    tg__error("tg_varstore_load: %s is not a regular file", filename);
+  if (!d)
+    goto done;
+  if (fstat(fileno(f), &st) != 0) {
+    tg__error("%s: cannot read %s: %s", op, tg__quote(filename, q, sizeof q),
+              strerror(errno));
     goto done;
   }
   uint64_t fsize = (uint64_t)st.st_size;
@@ -852,16 +925,16 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
   }
   header = malloc(hlen ? hlen : 1);
   if (!header) {
-    tg__error("tg_varstore_load: out of memory for a %llu-byte header",
-              (unsigned long long)hlen);
+    tg__error("%s: out of memory for a %llu-byte header", op, (unsigned long long)hlen);
     goto done;
   }
   if (read_exact(f, header, hlen) < 0) {
-    tg__error("tg_varstore_load: reading %s failed: %s", filename, strerror(errno));
+    tg__error("%s: reading %s failed: %s", op, tg__quote(filename, q, sizeof q),
+              strerror(errno));
     goto done;
   }
   size_t bad_at;
-  if (!valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
+  if (!tg__valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
     invalid(&ps, "the header is not valid UTF-8 (byte %zu)", bad_at);
     goto invalid;
   }
@@ -870,33 +943,33 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
   uint64_t data_bytes = fsize - 8 - hlen;
   if (parse_header(&ps) < 0 || check_entries(&ps, data_bytes) < 0)
     goto invalid;
-  if (match_store(vs, &ps, filename) < 0)
-    goto done;
 
-  /* Everything matches: the data buffer holds exactly the store's variables. */
   data = malloc(data_bytes ? data_bytes : 1);
   if (!data) {
-    tg__error("tg_varstore_load: out of memory for %llu bytes of data",
+    tg__error("%s: out of memory for %llu bytes of data", op,
               (unsigned long long)data_bytes);
     goto done;
   }
   if (read_exact(f, data, data_bytes) < 0) {
-    tg__error("tg_varstore_load: reading %s failed (did it change while loading?)",
-              filename);
+    tg__error("%s: reading %s failed (did it change while loading?)", op,
+              tg__quote(filename, q, sizeof q));
     goto done;
   }
   rc = 0;
   for (int i = 0; i < ps.n && rc == 0; i++) {
     const st_entry *e = &ps.entries[i];
-    tg_tensor *t = vs->vars[e->var].t;
-    size_t bytes = (size_t)(e->end - e->begin);
-    to_little_endian(data + e->begin, bytes, tg_dtype_size(t->dtype));
-    if (bytes)
-      rc = tg__cuda_memcpy(tg__data(t), t->device, data + e->begin, TG_CPU, bytes);
+    const char *name = selected(e->name, o);
+    if (!name)
+      continue;
+    tg_tensor *t = entry_tensor(e, data + e->begin, op, filename);
+    rc = t ? tg__dict_take(d, name, t, op) : -1;
+    if (rc == 0)
+      d->items[d->n - 1].file_dtype = st_dtypes[e->dtype].name;
   }
   goto done;
 invalid:
-  tg__error("tg_varstore_load: %s is not a valid safetensors file: %s", filename, ps.err);
+  tg__error("%s: %s is not a valid safetensors file: %s", op,
+            tg__quote(filename, q, sizeof q), ps.err);
 done:
   for (int i = 0; i < ps.n; i++)
     free(ps.entries[i].name);
@@ -904,5 +977,191 @@ done:
   free(header);
   free(data);
   fclose(f);
+  if (rc < 0) {
+    tg_tensor_dict_free(d);
+    return NULL;
+  }
+  return d;
+}
+
+tg_load_options tg_load_options_default(void) {
+  return (tg_load_options){true, false, NULL, NULL};
+}
+
+void tg_load_report_free(tg_load_report *r) {
+  if (!r)
+    return;
+  for (int i = 0; i < r->n_missing; i++)
+    free(r->missing[i]);
+  for (int i = 0; i < r->n_unexpected; i++)
+    free(r->unexpected[i]);
+  free(r->missing);
+  free(r->unexpected);
+  memset(r, 0, sizeof *r);
+}
+
+/* A copy of names[0..n) into *out; 0 or -1. */
+static int copy_names(const char *const *names, int n, char ***out, const char *op) {
+  *out = n ? calloc((size_t)n, sizeof **out) : NULL;
+  if (n && !*out)
+    return tg__error("%s: out of memory", op);
+  for (int i = 0; i < n; i++)
+    if (!((*out)[i] = strdup(names[i])))
+      return tg__error("%s: out of memory", op);
+  return 0;
+}
+
+/* Loads d's tensors (named as o selects when filter is set) into vs's variables:
+ * matches every variable with its tensor, checks shapes and dtypes, converts what
+ * needs it, and only then writes. filename names d's file in messages (NULL: d came
+ * from memory). */
+static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options *o,
+                 bool filter, tg_load_report *report, const char *op,
+                 const char *filename) {
+  int nv = vs->n_vars, rc = 0;
+  int *match = malloc((size_t)(nv > 0 ? nv : 1) * sizeof *match);
+  bool *used = calloc((size_t)(d->n > 0 ? d->n : 1), sizeof *used);
+  tg_tensor **conv = calloc((size_t)(nv > 0 ? nv : 1), sizeof *conv);
+  const char **left = malloc((size_t)(nv + d->n + 1) * sizeof *left);
+  if (!match || !used || !conv || !left) {
+    rc = tg__error("%s: out of memory", op);
+    goto done;
+  }
+  name_list missing = {0}, extra = {0}, bad = {0};
+  int n_missing = 0;
+  for (int i = 0; i < nv; i++)
+    match[i] = -1;
+  for (int k = 0; k < d->n; k++) { /* hashed lookups: linear in the number of names */
+    const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+    int i = name ? tg__varstore_find(vs, name) : -1;
+    if (i >= 0 && match[i] < 0)
+      match[i] = k;
+  }
+  for (int i = 0; i < nv; i++) {
+    const tg__var *v = &vs->vars[i];
+    if (match[i] < 0) {
+      list_add(&missing, v->name);
+      left[n_missing++] = v->name;
+      continue;
+    }
+    const tg__dict_entry *e = &d->items[match[i]];
+    used[match[i]] = true;
+    const tg_tensor *t = e->t;
+    bool same_shape = t->ndim == v->t->ndim;
+    for (int k = 0; same_shape && k < t->ndim; k++)
+      same_shape = t->shape[k] == v->t->shape[k];
+    const char *fd = e->file_dtype ? e->file_dtype : st_name(t->dtype);
+    bool dtype_ok = o->strict_dtype
+                        ? !strcmp(fd, st_name(v->t->dtype))
+                        : t->dtype == v->t->dtype ||
+                              (tg__is_float(t->dtype) && tg__is_float(v->t->dtype));
+    if (same_shape && dtype_ok)
+      continue;
+    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
+    snprintf(item, sizeof item, "%.300s (file %s %s, store %s %s)", v->name, fd,
+             tg_shape_str(t, fs, sizeof fs), st_name(v->t->dtype),
+             tg_shape_str(v->t, ss, sizeof ss));
+    list_add(&bad, item);
+  }
+  int n_extra = 0;
+  for (int k = 0; k < d->n; k++) {
+    const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+    if (name && !used[k]) {
+      list_add(&extra, name);
+      left[n_missing + n_extra++] = name;
+    }
+  }
+  if (bad.count || (o->strict && (missing.count || extra.count))) {
+    name_list *lists[3] = {&missing, &extra, &bad};
+    const char *titles[3] = {
+        "missing from the file: ", "not in the var store: ", "dtype or shape mismatch: "};
+    char msg[2000];
+    size_t len = 0;
+    for (int k = 0; k < 3; k++) {
+      if (!lists[k]->count || (k < 2 && !o->strict))
+        continue;
+      list_end(lists[k]);
+      len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
+                              titles[k], lists[k]->text);
+    }
+    char q[TG_QUOTE_LEN];
+    rc = tg__error("%s: %s does not match the var store:%s", op,
+                   filename ? tg__quote(filename, q, sizeof q) : "the tensor dict", msg);
+    goto done;
+  }
+  /* Conversions first (they allocate), so a failure changes no variable. */
+  tg_no_grad_begin();
+  for (int i = 0; i < nv && rc == 0; i++) {
+    const tg_tensor *t = match[i] >= 0 ? d->items[match[i]].t : NULL;
+    if (t && t->dtype != vs->vars[i].t->dtype &&
+        !(conv[i] = tg__unscope(tg_to_dtype(t, vs->vars[i].t->dtype))))
+      rc = -1;
+  }
+  tg_no_grad_end();
+  if (rc == 0 && report) {
+    memset(report, 0, sizeof *report);
+    if (copy_names(left, n_missing, &report->missing, op) < 0 ||
+        copy_names(left + n_missing, n_extra, &report->unexpected, op) < 0)
+      rc = -1;
+    report->n_missing = n_missing;
+    report->n_unexpected = n_extra;
+    if (rc < 0)
+      tg_load_report_free(report);
+  }
+  for (int i = 0; i < nv && rc == 0; i++) {
+    const tg_tensor *t = conv[i] ? conv[i] : match[i] >= 0 ? d->items[match[i]].t : NULL;
+    tg_tensor *v = vs->vars[i].t;
+    size_t bytes = (size_t)v->numel * tg_dtype_size(v->dtype);
+    if (t)
+      tg__bump_version(v);
+    if (t && bytes)
+      rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), TG_CPU, bytes);
+  }
+done:
+  for (int i = 0; conv && i < nv; i++)
+    tg_tensor_free(conv[i]);
+  free(match);
+  free(used);
+  free(conv);
+  free(left);
   return rc;
+}
+
+int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_options *o,
+                        tg_load_report *report) {
+  const char *op = "tg_varstore_load";
+  if (!vs || !filename)
+    return tg__error("%s: argument '%s' is NULL", op, vs ? "filename" : "vs");
+  tg_load_options defaults = tg_load_options_default();
+  if (!o)
+    o = &defaults;
+  tg_tensor_dict *d = read_file(filename, op, o);
+  char q[TG_QUOTE_LEN];
+  int rc = d ? apply(vs, d, o, false, report, op, tg__quote(filename, q, sizeof q)) : -1;
+  tg_tensor_dict_free(d);
+  return rc;
+}
+
+int tg_varstore_load(tg_varstore *vs, const char *filename) {
+  tg_load_options o = tg_load_options_default();
+  o.strict_dtype = true;
+  return tg_varstore_load_ex(vs, filename, &o, NULL);
+}
+
+int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
+                          const tg_load_options *o, tg_load_report *report) {
+  const char *op = "tg_varstore_load_dict";
+  if (!vs || !d)
+    return tg__error("%s: argument '%s' is NULL", op, vs ? "d" : "vs");
+  tg_load_options defaults = tg_load_options_default();
+  return apply(vs, d, o ? o : &defaults, true, report, op, NULL);
+}
+
+tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o) {
+  if (!filename) {
+    tg__error("tg_load_tensors: argument 'filename' is NULL");
+    return NULL;
+  }
+  tg_load_options defaults = tg_load_options_default();
+  return read_file(filename, "tg_load_tensors", o ? o : &defaults);
 }

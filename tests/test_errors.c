@@ -155,7 +155,7 @@ static void test_creation(void **state) {
                "2-dimensional");
   assert_error(tg_full(TG_SHAPE(2, -3), 1.0, TG_F64, TG_CPU) == NULL,
                "negative dimension -3", "[2, -3]");
-  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_empty",
+  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_randn",
                "negative dimension -1");
   /* int64 overflow of numel and of bytes, caught before any allocation. */
   assert_error(tg_empty(TG_SHAPE(INT64_C(1) << 32, INT64_C(1) << 32), TG_F32, TG_CPU) ==
@@ -270,7 +270,7 @@ static void test_devices(void **state) {
     /* With a GPU: mixing devices is refused by name. */
     tg_tensor *c = tg_tensor_to(h, tg_cuda(0));
     assert_ok(c);
-    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu:0", "cuda:0");
+    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu", "cuda:0");
     assert_error(tg_matmul(c, tg_transpose(h, 0, 1)) == NULL, "tg_matmul", "same device");
     assert_error(tg_cross_entropy(c, ZI(2), TG_REDUCTION_MEAN, -100) == NULL,
                  "tg_cross_entropy", "same device");
@@ -1314,7 +1314,9 @@ static void test_checkpoint_files(void **state) {
   assert_error(tg_varstore_load(vs, other) < 0, "does not match the var store",
                "not in the var store: extra", "w (file F32 [3, 2], store F32 [2, 3])");
   assert_error(tg_varstore_load(vs2, path) < 0, "missing from the file: extra");
+  tg_no_grad_begin(); /* a graph on w would keep set_dtype from converting it */
   assert_true(tg_item(tg_sum(w)) == 42.0);
+  tg_no_grad_end();
   /* float64 stores do not load float32 files. */
   assert_int_equal(tg_varstore_set_dtype(vs, TG_F64), 0);
   assert_error(tg_varstore_load(vs, path) < 0, "dtype or shape mismatch", "F32", "F64");

@@ -2,8 +2,9 @@
  *
  * float32 convolutions with stride 1 and one group (most of a conv net's) run on the
  * direct kernels of direct.c where the CPU has AVX2 and FMA: forward, input gradient
- * and weight gradient. Everything else, and every CPU without them, runs on im2col +
- * GEMM, below.
+ * and weight gradient; the 3x3 ones among them through Winograd (winograd.c) where the
+ * CPU has AVX-512 and the layer gains by it. Everything else, and every CPU without
+ * AVX2 and FMA, runs on im2col + GEMM, below.
  *
  * Both ops share one geometry: an image [C, H, W] and a grid of oh x ow kernel
  * positions; position (oy, ox) and kernel tap (i, j) meet at image pixel
@@ -22,6 +23,7 @@
  * columns stay in its own cache. */
 #include "graph/internal.h"
 #include "ops/conv/direct.h"
+#include "ops/conv/winograd.h"
 #include "ops/unbatched.h"
 
 #include <cblas.h>
@@ -249,9 +251,13 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int64_t cfg = p->cf / p->groups, rows = kg * p->groups, img = g->c * g->h * g->w;
   const int64_t dw_n = p->cf * kg;
   const bool direct = geom_is_identity(g);
-  int nt = tg__threads(p->n * p->cf * L * kg);
+  /* nt pieces of work: the threads, or with dw the parts of its sum (each summed on one
+   * thread into its own partial dw, added in part order): tg__reduce_parts makes the
+   * result independent of the threads in deterministic mode. */
+  const int64_t work = p->n * p->cf * L * kg;
+  int nt = dw ? tg__reduce_parts(work) : tg__threads(work);
   /* Blocks of equal size, at most COL_BLOCK_BYTES of columns, and enough of them for
-   * every thread when the batch is small. */
+   * every piece when the batch is small. */
   int64_t blk = clamp64((int64_t)(COL_BLOCK_BYTES / ((size_t)rows * es + 1)), g->ow, L);
   int64_t nblk = L ? ceil_div(L, blk) : 0;
   if (p->n > 0 && p->n * nblk < nt)
@@ -261,47 +267,51 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int64_t items = p->n * nblk;
   if (items < nt)
     nt = items > 0 ? (int)items : 1;
+  const int nth = tg__threads(work) < nt ? tg__threads(work) : nt;
   size_t col_bytes = direct ? 0 : round_up((size_t)(rows * blk) * es);
   size_t dw_bytes = dw ? round_up((size_t)dw_n * es) : 0;
   char *buf =
-      conv_workspace_get((size_t)nt * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
+      conv_workspace_get((size_t)nth * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
   if (!buf)
     return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
                      (long long)rows, (long long)blk);
   if (dw)
     memset(dw, 0, dw_bytes);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nth)
   {
-    const int t = omp_get_thread_num();
-    void *cols = buf + (size_t)t * col_bytes;
-    void *my_dw = t == 0 ? dw : buf + (size_t)nt * col_bytes + (size_t)(t - 1) * dw_bytes;
-    if (dw && t > 0)
-      memset(my_dw, 0, dw_bytes);
+    void *cols = buf + (size_t)omp_get_thread_num() * col_bytes;
 #pragma omp for schedule(static)
-    for (int64_t it = 0; it < items; it++) {
-      const int64_t b = it / nblk, l0 = it % nblk * blk;
-      const int64_t l1 = l0 + blk < L ? l0 + blk : L, n = l1 - l0;
-      const void *cb = direct ? at(image, b * img + l0, es) : cols;
-      const int64_t ldb = direct ? L : n;
-      if (!direct)
-        im2col(p->dtype, at(image, b * img, es), cols, l0, l1, g);
-      for (int64_t q = 0; dw && q < p->groups; q++)
-        gemm(p->dtype, false, true, cfg, kg, n,
-             at(flat_in, (b * p->cf + q * cfg) * L + l0, es), L, at(cb, q * kg * ldb, es),
-             ldb, 1.0, at(my_dw, q * cfg * kg, es), kg);
-      if (flat_out) {
-        void *out = at(flat_out, b * p->cf * L + l0, es);
-        if (bias)
-          fill_rows(p->dtype, out, bias, p->cf, n, L);
-        for (int64_t q = 0; q < p->groups; q++)
-          gemm(p->dtype, false, false, cfg, n, kg, at(w, q * cfg * kg, es), kg,
-               at(cb, q * kg * ldb, es), ldb, bias ? 1.0 : 0.0, at(out, q * cfg * L, es),
-               L);
+    for (int t = 0; t < nt; t++) {
+      void *my_dw =
+          t == 0 ? dw : buf + (size_t)nth * col_bytes + (size_t)(t - 1) * dw_bytes;
+      if (dw && t > 0)
+        memset(my_dw, 0, dw_bytes);
+      for (int64_t it = items * t / nt; it < items * (t + 1) / nt; it++) {
+        const int64_t b = it / nblk, l0 = it % nblk * blk;
+        const int64_t l1 = l0 + blk < L ? l0 + blk : L, n = l1 - l0;
+        const void *cb = direct ? at(image, b * img + l0, es) : cols;
+        const int64_t ldb = direct ? L : n;
+        if (!direct)
+          im2col(p->dtype, at(image, b * img, es), cols, l0, l1, g);
+        for (int64_t q = 0; dw && q < p->groups; q++)
+          gemm(p->dtype, false, true, cfg, kg, n,
+               at(flat_in, (b * p->cf + q * cfg) * L + l0, es), L,
+               at(cb, q * kg * ldb, es), ldb, 1.0, at(my_dw, q * cfg * kg, es), kg);
+        if (flat_out) {
+          void *out = at(flat_out, b * p->cf * L + l0, es);
+          if (bias)
+            fill_rows(p->dtype, out, bias, p->cf, n, L);
+          for (int64_t q = 0; q < p->groups; q++)
+            gemm(p->dtype, false, false, cfg, n, kg, at(w, q * cfg * kg, es), kg,
+                 at(cb, q * kg * ldb, es), ldb, bias ? 1.0 : 0.0,
+                 at(out, q * cfg * L, es), L);
+        }
       }
     }
   }
   if (dw && nt > 1)
-    add_partials(p->dtype, dw, buf + (size_t)nt * col_bytes, nt - 1, dw_bytes / es, dw_n);
+    add_partials(p->dtype, dw, buf + (size_t)nth * col_bytes, nt - 1, dw_bytes / es,
+                 dw_n);
   conv_workspace_put(buf);
   return 0;
 }
@@ -643,8 +653,8 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
         (need_b && !(gi[2] = tg__new_like(node->inputs[2]))))
       return -1;
     if (direct_forward_plan(p, &d)) {
-      if (conv_direct_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
-                                  need_b ? tg__data(gi[2]) : NULL) < 0)
+      if (conv_fast_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
+                                need_b ? tg__data(gi[2]) : NULL) < 0)
         return -1;
       need_b = false;
     } else if (im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy),
@@ -658,8 +668,8 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
     if (!(gi[0] = tg__new_like(x)))
       return -1;
     if (direct_dgrad_plan(p, &d)) {
-      if (conv_direct_forward(&d, tg__data(gy), tg__data(w), true, NULL,
-                              tg__data(gi[0])) < 0)
+      if (conv_fast_forward(&d, tg__data(gy), tg__data(w), true, NULL, tg__data(gi[0])) <
+          0)
         return -1;
     } else if (dgrad_as_conv(p, &q)) {
       if (!(wf = flip_weight(w, p->groups)) ||
@@ -718,7 +728,7 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
   if (cp->transposed)
     rc = col2im_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out));
   else if (direct_forward_plan(&plan, &d))
-    rc = conv_direct_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
+    rc = conv_fast_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
   else
     rc = im2col_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out), NULL, NULL);
   if (rc < 0) {
