@@ -458,6 +458,17 @@ typedef struct {
  * true, no divisor override. */
 tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw);
 tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *options);
+/* Resampling [N, C, H, W] by size or by scale_factor, as F.interpolate. */
+typedef struct {
+  int64_t size[2];        /* the output size, used when scale_factor is 0 */
+  double scale_factor[2]; /* > 0: output floor(in * scale); sources map with 1/scale */
+  bool align_corners;     /* bilinear only: corners of input and output coincide */
+  bool recompute_scale_factor; /* map sources with in/out instead of 1/scale */
+} tg_upsample_options;
+tg_upsample_options tg_upsample_options_default(void); /* all zero/false */
+tg_tensor *tg_upsample_nearest2d_ex(const tg_tensor *x, const tg_upsample_options *options);
+tg_tensor *tg_upsample_bilinear2d_ex(const tg_tensor *x,
+                                     const tg_upsample_options *options);
 
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
  * !train or p == 0 returns an alias of x. The mask comes from the global generator. */

@@ -434,18 +434,32 @@ RUNNER(adaptive_avg_pool2d) {
                  : (tg_adaptive_avg_pool2d(x[0], NULL));
 }
 
+/* By size (the plain functions when they apply) or by scale_factor. */
+static tg_tensor *upsample(sample *s, const tg_tensor *x, bool bilinear) {
+  tg_upsample_options o = tg_upsample_options_default();
+  o.align_corners = pi(s, "align_corners");
+  if (has_p(s, "size"))
+    pv(s, "size", o.size, 2);
+  if (has_p(s, "size") && !o.align_corners)
+    return bilinear ? tg_upsample_bilinear2d(x, o.size)
+                    : tg_upsample_nearest2d(x, o.size);
+  if (has_p(s, "scale")) {
+    tg_tensor *t = ref_get(s->f, s->name, "p_scale", TG_F64);
+    memcpy(o.scale_factor, tg_data(t), sizeof o.scale_factor);
+    tg_tensor_free(t);
+    o.recompute_scale_factor = pi(s, "recompute");
+  }
+  return bilinear ? tg_upsample_bilinear2d_ex(x, &o) : tg_upsample_nearest2d_ex(x, &o);
+}
+
 RUNNER(upsample_nearest) {
   UNUSED_ARGS;
-  int64_t size[2];
-  pv(S, "size", size, 2);
-  return tg_upsample_nearest2d(x[0], size);
+  return upsample(S, x[0], false);
 }
 
 RUNNER(upsample_bilinear) {
   UNUSED_ARGS;
-  int64_t size[2];
-  pv(S, "size", size, 2);
-  return tg_upsample_bilinear2d(x[0], size);
+  return upsample(S, x[0], true);
 }
 
 RUNNER(reshape) {
@@ -956,8 +970,8 @@ static void replay_family(void **state) {
 }
 
 int main(void) {
-  static const char *families[] = {"elementwise", "reduce", "matmul", "loss",
-                                   "norm",        "conv",   "pool",   "shape"};
+  static const char *families[] = {"elementwise", "reduce", "matmul", "loss", "norm",
+                                   "conv",        "pool",   "shape",  "extra"};
   struct CMUnitTest tests[sizeof families / sizeof *families];
   for (size_t i = 0; i < sizeof families / sizeof *families; i++)
     tests[i] =

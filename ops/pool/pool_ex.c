@@ -415,3 +415,167 @@ tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *o) 
     *(avg_plan *)tg__ctx(node, sizeof a) = a;
   return y;
 }
+
+/* ----------------------------------------------------------- resampling -- */
+
+tg_upsample_options tg_upsample_options_default(void) {
+  return (tg_upsample_options){{0, 0}, {0, 0}, false, false};
+}
+
+/* PyTorch's compute_scales_value: 1/scale_factor when one was given (and not
+ * recomputed), else in/out. */
+static double src_scale(const tg_upsample_options *o, int axis, int64_t in, int64_t out) {
+  const double sf = o->scale_factor[axis];
+  return sf > 0 && !o->recompute_scale_factor ? 1.0 / sf : (double)in / (double)out;
+}
+
+/* Output size and source scale of each axis; the sizes come from scale_factor
+ * (floor(in * s)) when it is positive. */
+static int resample_plan(const char *op, const tg_tensor *x, const tg_upsample_options *o,
+                         int64_t out[2]) {
+  char s[TG_SHAPE_STR_LEN];
+  if (!o)
+    return tg__error("%s: argument 'options' is NULL", op);
+  if (!tg__nonnull(x, op, "input") || tg__check_same(op, 1, &x, true) < 0)
+    return -1;
+  if (x->ndim != 4)
+    return tg__error("%s: expected a 4D tensor [N, C, H, W] for input, but got input of "
+                     "size %s",
+                     op, tg_shape_str(x, s, sizeof s));
+  const bool by_scale = o->scale_factor[0] > 0 || o->scale_factor[1] > 0;
+  for (int i = 0; i < 2; i++) {
+    const int64_t in = x->shape[2 + i];
+    if (by_scale && !(o->scale_factor[i] > 0 && isfinite(o->scale_factor[i])))
+      return tg__error("%s: scale_factor must be positive and finite, got %g", op,
+                       o->scale_factor[i]);
+    out[i] = by_scale ? (int64_t)floor((double)in * o->scale_factor[i]) : o->size[i];
+    if (in <= 0 || out[i] <= 0)
+      return tg__error(
+          "%s: Input and output sizes should be greater than 0, but got input "
+          "(H: %lld, W: %lld) output (H: %lld, W: %lld)",
+          op, (long long)x->shape[2], (long long)x->shape[3],
+          (long long)(i ? out[0] : out[i]), (long long)out[i]);
+  }
+  if (x->device.type != TG_DEVICE_CPU)
+    return tg__unsupported_device(op, x);
+  return 0;
+}
+
+/* Nearest source of output o (PyTorch's nearest_idx, in float as it computes). */
+static int64_t nearest_index(int64_t o, int64_t in, int64_t out, double scale) {
+  if (out == in)
+    return o;
+  if (out == 2 * in)
+    return o >> 1;
+  const int64_t s = (int64_t)floorf((float)o * (float)scale);
+  return s < in - 1 ? s : in - 1;
+}
+
+/* Bilinear taps along one axis: source i0, i1 = i0 + (i0 < in - 1) with weights
+ * 1 - l, l (PyTorch's area_pixel_compute_source_index, in the dtype's precision). */
+typedef struct {
+  int64_t i0, i1;
+  double l;
+} tap;
+
+static tap bilinear_tap(int64_t o, int64_t in, int64_t out, double scale, bool align,
+                        bool f32) {
+  double src;
+  if (align) {
+    const double sc = out > 1 ? (double)(in - 1) / (double)(out - 1) : 0;
+    src = f32 ? (double)((float)sc * (float)o) : sc * (double)o;
+  } else if (f32) {
+    const float v = (float)scale * ((float)o + 0.5f) - 0.5f;
+    src = v < 0 ? 0 : v;
+  } else {
+    const double v = scale * ((double)o + 0.5) - 0.5;
+    src = v < 0 ? 0 : v;
+  }
+  tap t = {(int64_t)src, 0, 0};
+  t.i1 = t.i0 + (t.i0 < in - 1);
+  t.l = f32 ? (double)((float)src - (float)t.i0) : src - (double)t.i0;
+  return t;
+}
+
+typedef struct {
+  bool bilinear, align;
+  double scale[2];
+  int64_t in[2], out[2];
+} resample_plan_t;
+
+/* backward false: y from x; true: dx += from dy, along the same taps. */
+static void resample_kernel(const resample_plan_t *r, const tg_tensor *src,
+                            tg_tensor *dst, int64_t planes, bool backward) {
+  const int64_t H = r->in[0], W = r->in[1], OH = r->out[0], OW = r->out[1];
+  const bool f32 = src->dtype == TG_F32;
+  const void *S = tg__data(src);
+  void *D = tg__data(dst);
+#pragma omp parallel for num_threads(tg__threads(planes *OH *OW * 4))
+  for (int64_t p = 0; p < planes; p++)
+    for (int64_t oy = 0; oy < OH; oy++) {
+      const tap ty = r->bilinear ? bilinear_tap(oy, H, OH, r->scale[0], r->align, f32)
+                                 : (tap){nearest_index(oy, H, OH, r->scale[0]), 0, 0};
+      for (int64_t ox = 0; ox < OW; ox++) {
+        const tap tx = r->bilinear ? bilinear_tap(ox, W, OW, r->scale[1], r->align, f32)
+                                   : (tap){nearest_index(ox, W, OW, r->scale[1]), 0, 0};
+        const int64_t o = (p * OH + oy) * OW + ox, base = p * H * W;
+        const int64_t at[4] = {ty.i0 * W + tx.i0, ty.i0 * W + tx.i1, ty.i1 * W + tx.i0,
+                               ty.i1 * W + tx.i1};
+        const double wt[4] = {(1 - ty.l) * (1 - tx.l), (1 - ty.l) * tx.l,
+                              ty.l * (1 - tx.l), ty.l * tx.l};
+        const int taps = r->bilinear ? 4 : 1;
+        if (backward) {
+          const double g = ld(S, o, f32);
+          for (int k = 0; k < taps; k++)
+            st(D, base + at[k], ld(D, base + at[k], f32) + (r->bilinear ? wt[k] : 1) * g,
+               f32);
+        } else {
+          double acc = 0;
+          for (int k = 0; k < taps; k++)
+            acc += (r->bilinear ? wt[k] : 1) * ld(S, base + at[k], f32);
+          st(D, o, acc, f32);
+        }
+      }
+    }
+}
+
+static int resample_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0];
+  tg_tensor *dx = tg_zeros_like(x);
+  if (!dx)
+    return -1;
+  resample_kernel(node->ctx, g, dx, x->shape[0] * x->shape[1], true);
+  gi[0] = dx;
+  return 0;
+}
+
+static tg_tensor *resample(const char *op, const tg_tensor *x,
+                           const tg_upsample_options *o, bool bilinear) {
+  int64_t out[2];
+  if (resample_plan(op, x, o, out) < 0)
+    return NULL;
+  resample_plan_t r = {bilinear, bilinear && o->align_corners, {0, 0}, {0, 0}, {0, 0}};
+  for (int i = 0; i < 2; i++) {
+    r.in[i] = x->shape[2 + i];
+    r.out[i] = out[i];
+    r.scale[i] = src_scale(o, i, r.in[i], out[i]);
+  }
+  tg_tensor *y =
+      tg__new(TG_SHAPE(x->shape[0], x->shape[1], out[0], out[1]), x->dtype, x->device);
+  if (!y)
+    return NULL;
+  resample_kernel(&r, x, y, x->shape[0] * x->shape[1], false);
+  tg_node *node;
+  y = tg__finish(op, y, 1, &x, resample_backward, &node);
+  if (node)
+    *(resample_plan_t *)tg__ctx(node, sizeof r) = r;
+  return y;
+}
+
+tg_tensor *tg_upsample_nearest2d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_nearest2d_ex", x, o, false);
+}
+
+tg_tensor *tg_upsample_bilinear2d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_bilinear2d_ex", x, o, true);
+}

@@ -37,7 +37,8 @@ RED = {"none": 0, "mean": 1, "sum": 2}
 CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscalar",
         "pow_tensor", "gelu_tanh", "prob_targets", "class_weight", "label_smoothing",
         "bce_weight", "softmax_dtype", "squeeze_dims", "cat_legacy", "cat_empty",
-        "unbatched_conv", "conv_same", "bn_empty"}
+        "unbatched_conv", "conv_same", "bn_empty",
+        "align_corners", "scale_factor"}
 
 
 class NE(Exception):
@@ -829,6 +830,52 @@ def error_case(name, op, e, mapping):
     return lines + [f"note op {c.key}", f"note error {regex}"] + inputs(c) + params(c)
 
 
+def extra_samples():
+    """Arguments op_db's samples leave out (label smoothing, asymmetric "same"
+    padding, broadcast pos_weight): (name, function, mapping, SampleInput) in the
+    same form, tagged extra.*."""
+    from torch.testing._internal.opinfo.core import SampleInput
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(5)
+
+    def r(*shape, grad=True):
+        return torch.randn(shape, generator=g).requires_grad_(grad)
+
+    def idx(shape, C, ignore=None):
+        t = torch.randint(0, C, shape, generator=g)
+        if ignore is not None:
+            t.view(-1)[::3] = ignore
+        return t
+
+    ce, bce = OPS["nn.functional.cross_entropy"], OPS[
+        "nn.functional.binary_cross_entropy_with_logits"]
+    conv = OPS["nn.functional.conv2d"]
+    out = []
+    for red in ("mean", "sum", "none"):
+        out.append(("extra.cross_entropy", F.cross_entropy, ce,
+                    SampleInput(r(5, 4), args=(idx((5,), 4),),
+                                kwargs=dict(label_smoothing=0.2, reduction=red))))
+        out.append(("extra.cross_entropy", F.cross_entropy, ce,
+                    SampleInput(r(2, 3, 4, 2), args=(idx((2, 4, 2), 3, ignore=-100),),
+                                kwargs=dict(weight=r(3, grad=False).abs(), reduction=red,
+                                            label_smoothing=0.3))))
+        out.append(("extra.cross_entropy", F.cross_entropy, ce,
+                    SampleInput(r(2, 3, 5), args=(r(2, 3, 5).softmax(1).detach()
+                                                   .requires_grad_(),),
+                                kwargs=dict(weight=r(3, grad=False).abs(), reduction=red,
+                                            label_smoothing=0.1))))
+        out.append(("extra.binary_cross_entropy_with_logits",
+                    F.binary_cross_entropy_with_logits, bce,
+                    SampleInput(r(4, 3) * 5, args=(torch.rand(4, 3, generator=g),),
+                                kwargs=dict(weight=r(4, 1, grad=False).abs(), pos_weight=r(3, grad=False).abs(),
+                                            reduction=red))))
+    for k, d in ((4, 1), (2, 3), (3, 2), (1, 1)):
+        out.append(("extra.conv2d", F.conv2d, conv,
+                    SampleInput(r(2, 4, 7, 6), args=(r(6, 2, k, k + 1), r(6)),
+                                kwargs=dict(padding="same", dilation=(d, 1), groups=2))))
+    return sorted(out, key=lambda e: e[0])  # one table row per name
+
+
 def opinfo_name(o):
     return o.name + ("." + o.variant_test_name if o.variant_test_name else "")
 
@@ -859,6 +906,14 @@ def main():
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         print(f"wrote {path} ({os.path.getsize(path) // 1024} KiB)")
+    lines, n_ok, extras = [], 0, extra_samples()
+    for k, (name, fn, mapping, smp) in enumerate(extras):
+        body = sample_case(name, fn, smp, mapping)
+        n_ok += any(b.startswith("note op ") for b in body)
+        lines += [f"case {name}#{k}"] + body + ["end"]
+    with open(os.path.join(DATA, "opinfo_extra.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote opinfo_extra.txt: {n_ok} of {len(extras)} extra samples expressible")
     ns = sum(v[0] for v in total.values())
     nok = sum(v[1] for v in total.values())
     for name, (n, ok, ne) in total.items():
