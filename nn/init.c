@@ -50,7 +50,7 @@ static tg_tensor *randn_init(const int64_t *shape, int ndim, double mean, double
 
 tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtype dtype,
                            tg_device device, const char *what, const char *op) {
-  char buf[TG_SHAPE_STR_LEN], q[TG_QUOTE_LEN];
+  char buf[TG_SHAPE_STR_LEN], q[TG_QUOTE_LEN], ctx[TG_QUOTE_LEN + 64];
   const char *qw = tg__quote(what, q, sizeof q);
   if (tg__check_shape(shape, ndim, dtype, op) < 0)
     return NULL;
@@ -60,7 +60,10 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
     return NULL;
   }
   switch (init.kind) {
-  case TG_INIT_CONST:
+  case TG_INIT_CONST: /* range errors name the variable, not tg_full */
+    snprintf(ctx, sizeof ctx, "%s: constant init of %s", op, qw);
+    if (tg__check_fill(init.a, dtype, ctx) < 0)
+      return NULL;
     return tg_full(shape, ndim, init.a, dtype, device);
   case TG_INIT_UNIFORM:
     if (!(init.a <= init.b) || !isfinite(init.a) || !isfinite(init.b)) {
@@ -69,6 +72,9 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
                 op, qw, init.a, init.b);
       return NULL;
     }
+    snprintf(ctx, sizeof ctx, "%s: uniform init of %s", op, qw);
+    if (tg__check_uniform(init.a, init.b, dtype, ctx) < 0)
+      return NULL;
     return tg_uniform(shape, ndim, init.a, init.b, dtype, device);
   case TG_INIT_RANDN:
     if (!(init.b >= 0) || !isfinite(init.a) || !isfinite(init.b)) {
