@@ -176,6 +176,12 @@ tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length)
 tg_tensor *tg_cat(tg_tensor *const *tensors, int n, int dim);
 tg_tensor *tg_contiguous(const tg_tensor *t);
 
+/* ------------------------------------ shape ops: PyTorch's further arguments -- */
+/* squeeze(dims): drops the listed dims that have size 1 (others stay); a dim listed
+ * twice is an error. Shares storage. tg_cat also skips 1-D tensors of size 0 whatever
+ * the others' shapes, PyTorch's legacy rule. */
+tg_tensor *tg_squeeze_dims(const tg_tensor *t, const int *dims, int n_dims);
+
 /* --------------------------------------------------------------- autograd -- */
 
 /* Leaves only (tensors no op produced). Float dtypes only. Returns 0 or -1. */
@@ -273,6 +279,20 @@ tg_tensor *tg_mean_dims(const tg_tensor *t, const int *dims, int n_dims,
 tg_tensor *tg_max_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
 tg_tensor *tg_argmax(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
 
+/* ------------------------------------ reductions: PyTorch's further ones -- */
+/* Min over dim, values and (when indices is non-NULL) their TG_I64 indices. */
+tg_tensor *tg_min_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
+tg_tensor *tg_argmin(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
+/* Over all elements (an error for an empty t): 0-dim results; argmax/argmin give the
+ * flat index of the first extremum, as PyTorch. */
+tg_tensor *tg_max_all(const tg_tensor *t);
+tg_tensor *tg_min_all(const tg_tensor *t);
+tg_tensor *tg_argmax_all(const tg_tensor *t);
+tg_tensor *tg_argmin_all(const tg_tensor *t);
+/* Max/min over the listed dims (none: all), as torch.amax/amin. */
+tg_tensor *tg_amax(const tg_tensor *t, const int *dims, int n_dims, bool keepdim);
+tg_tensor *tg_amin(const tg_tensor *t, const int *dims, int n_dims, bool keepdim);
+
 /* ---------------------------------------------------------------- matmul -- */
 /* 2-D [m,k]x[k,n], or batched [...,m,k]x[...,k,n] with broadcast batch dims. A 1-D
  * operand acts as a row (a) or column (b) vector whose dim is dropped from the result,
@@ -302,6 +322,47 @@ tg_tensor *tg_mse_loss(const tg_tensor *input, const tg_tensor *target,
 tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
                                                const tg_tensor *target,
                                                tg_reduction reduction);
+
+/* ------------------------------------ losses: PyTorch's further arguments -- */
+/* softmax(t, dim, dtype=...): t converted to dtype (float32 or float64) first. */
+tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
+tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
+/* Options of the _ex losses; weight and pos_weight are borrowed for the call. */
+typedef struct {
+  tg_reduction reduction;
+  int64_t ignore_index;
+  const tg_tensor *weight; /* [C] class weights or NULL */
+} tg_nll_loss_options;
+tg_nll_loss_options tg_nll_loss_options_default(void); /* mean, -100, NULL */
+/* nll_loss(weight=): loss_i = -weight[t_i] * log_probs[i, t_i]; the mean divides by
+ * the sum of the weights of the targets not ignored (NaN when that is 0). */
+tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
+                          const tg_nll_loss_options *options);
+typedef struct {
+  tg_reduction reduction;
+  int64_t ignore_index;    /* index targets only */
+  const tg_tensor *weight; /* [C] class weights or NULL */
+  double label_smoothing;  /* in [0, 1] */
+} tg_cross_entropy_options;
+tg_cross_entropy_options tg_cross_entropy_options_default(void); /* mean, -100, NULL, 0 */
+/* cross_entropy as PyTorch: target int64 class indices (as tg_cross_entropy; the
+ * weighted mean divides by the sum of the targets' weights) or float class
+ * probabilities of the input's shape (the mean divides by the number of positions
+ * N * d1 * ..., and the target gets a gradient too); label_smoothing mixes in the
+ * uniform distribution (1 - s) * target + s / C. */
+tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
+                               const tg_cross_entropy_options *options);
+typedef struct {
+  tg_reduction reduction;
+  const tg_tensor *weight;     /* broadcasts to the input's shape, or NULL */
+  const tg_tensor *pos_weight; /* weight of positive targets, broadcast (e.g. [C]) */
+} tg_bce_with_logits_options;
+tg_bce_with_logits_options tg_bce_with_logits_options_default(void); /* mean */
+/* l = weight * [(1 - t) x + (1 + (pos_weight - 1) t) log(1 + exp(-x))];
+ * differentiable in input, target, weight and pos_weight. */
+tg_tensor *tg_binary_cross_entropy_with_logits_ex(const tg_tensor *input,
+                                                  const tg_tensor *target,
+                                                  const tg_bce_with_logits_options *options);
 
 /* ------------------------------------------------------------ GroupNorm -- */
 /* x [N, C, *] (any number of trailing dims, none included); weight/bias [C] or NULL;
@@ -348,6 +409,24 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
+
+/* ------------------------------ convolution: PyTorch's further arguments -- */
+/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. */
+typedef enum {
+  TG_PADDING_EXPLICIT = 0, /* the padding field, as tg_conv2d */
+  TG_PADDING_VALID,        /* padding="valid": none */
+  TG_PADDING_SAME,         /* padding="same": output size = input size, stride 1 */
+} tg_padding_mode;
+typedef struct {
+  int64_t stride[2], padding[2], dilation[2]; /* {height, width} */
+  int64_t groups;
+  tg_padding_mode padding_mode;
+} tg_conv2d_options;
+tg_conv2d_options tg_conv2d_options_default(void); /* 1, 0, 1, 1, explicit */
+/* conv2d with PyTorch's string paddings; "same" pads one more at the end when
+ * dilation * (kernel - 1) is odd, as PyTorch. */
+tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
+                        const tg_conv2d_options *options);
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
 /* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
@@ -444,8 +523,8 @@ void tg_varstore_unfreeze(tg_varstore *vs);
  * dangling one creates it); a FIFO, device, directory or socket is refused, as when
  * loading, which never blocks.
  * Loading checks every name, shape and dtype (float64 files load into float32
- * stores and vice versa are rejected) and names what is missing, extra or
- * mismatched. */
+ * stores and vice versa are rejected; tg_varstore_load_ex casts as load_state_dict
+ * does) and names what is missing, extra or mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -633,7 +712,8 @@ int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *
 const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
 int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
 /* Borrowed: the i-th key, and its value in *value. */
-const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i, const char **value);
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i,
+                                       const char **value);
 /* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
 int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
 
@@ -758,7 +838,8 @@ typedef struct {
   int64_t cooldown;
   double min_lr, eps;
 } tg_plateau_config;
-tg_plateau_config tg_plateau_config_default(void); /* min, 0.1, 10, 1e-4, rel, 0, 0, 1e-8 */
+/* min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
+tg_plateau_config tg_plateau_config_default(void);
 tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
 /* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
 int tg_scheduler_step(tg_scheduler *s);

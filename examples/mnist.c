@@ -158,7 +158,6 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = (uint64_t)o.seed;
-  bc.prefetch = true;
   if (!(batches = tg_batch_iter_new(train.images, train.labels, o.batch, bc)) ||
       ex_convnet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
