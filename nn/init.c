@@ -50,7 +50,7 @@ static tg_tensor *randn_init(const int64_t *shape, int ndim, double mean, double
 
 tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtype dtype,
                            tg_device device, const char *what, const char *op) {
-  char buf[TG_SHAPE_STR_LEN], q[TG_QUOTE_LEN];
+  char buf[TG_SHAPE_STR_LEN], q[TG_QUOTE_LEN], ctx[TG_QUOTE_LEN + 64];
   if (tg__check_shape(shape, ndim, dtype, op) < 0)
     return NULL;
   if (!tg__is_float(dtype) && init.kind != TG_INIT_CONST) {
@@ -59,7 +59,12 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
     return NULL;
   }
   switch (init.kind) {
-  case TG_INIT_CONST:
+  case TG_INIT_CONST: /* range errors name the variable, not tg_full */
+    if (tg__check_fill(init.a, dtype, op) < 0) { /* again, naming the variable */
+      snprintf(ctx, sizeof ctx, "%s: constant init of %s", op,
+               tg__quote(what, q, sizeof q));
+      return tg__check_fill(init.a, dtype, ctx), NULL;
+    }
     return tg_full(shape, ndim, init.a, dtype, device);
   case TG_INIT_UNIFORM:
     if (!(init.a <= init.b) || !isfinite(init.a) || !isfinite(init.b)) {
@@ -67,6 +72,11 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
                 "lo=%g, hi=%g",
                 op, tg__quote(what, q, sizeof q), init.a, init.b);
       return NULL;
+    }
+    if (tg__check_uniform(init.a, init.b, dtype, op) < 0) {
+      snprintf(ctx, sizeof ctx, "%s: uniform init of %s", op,
+               tg__quote(what, q, sizeof q));
+      return tg__check_uniform(init.a, init.b, dtype, ctx), NULL;
     }
     return tg_uniform(shape, ndim, init.a, init.b, dtype, device);
   case TG_INIT_RANDN:

@@ -106,6 +106,11 @@ int tg__check_shape(const int64_t *shape, int ndim, tg_dtype dtype, const char *
 int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_float);
 /* Error for ops that have no kernel for t's device yet. */
 int tg__unsupported_device(const char *op, const tg_tensor *t);
+/* PyTorch's range rules, -1 with "<op>: ..." when broken: filling dtype with value
+ * (finite values beyond float32, anything outside int64), and uniform bounds (each,
+ * and hi - lo, within the dtype's range). */
+int tg__check_fill(double value, tg_dtype dtype, const char *op);
+int tg__check_uniform(double lo, double hi, tg_dtype dtype, const char *op);
 /* Element i of a float tensor as double / set from double (slow; tests, init). */
 double tg__get(const tg_tensor *t, int64_t i);
 void tg__set(tg_tensor *t, int64_t i, double v);

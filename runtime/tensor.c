@@ -431,7 +431,7 @@ tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device de
 
 /* PyTorch's rule for filling dtype with value: int64 and float32 refuse finite values
  * out of their range (inf and NaN fill float32; NaN fills no int64). */
-static int check_fill(double value, tg_dtype dtype, const char *op) {
+int tg__check_fill(double value, tg_dtype dtype, const char *op) {
   if (dtype == TG_I64 && !(value >= -0x1p63 && value < 0x1p63))
     return tg__error("%s: value %g cannot be converted to type int64_t without overflow",
                      op, value);
@@ -470,7 +470,7 @@ static int fill_any(tg_tensor *t, double value) {
 }
 
 int tg_fill_(tg_tensor *t, double value) {
-  if (!tg__nonnull(t, "tg_fill_", "t") || check_fill(value, t->dtype, "tg_fill_") < 0)
+  if (!tg__nonnull(t, "tg_fill_", "t") || tg__check_fill(value, t->dtype, "tg_fill_") < 0)
     return -1;
   if (fill_any(t, value) < 0)
     return -1;
@@ -481,7 +481,7 @@ int tg_fill_(tg_tensor *t, double value) {
 /* tg_full and the creation functions built on it, under the name op. */
 static tg_tensor *full_in(const int64_t *shape, int ndim, double value, tg_dtype dtype,
                           tg_device device, const char *op) {
-  if (check_fill(value, dtype, op) < 0)
+  if (tg__check_fill(value, dtype, op) < 0)
     return NULL;
   tg_tensor *t = tg__new_in(op, NULL, shape, ndim, dtype, device);
   if (t && fill_any(t, value) < 0) {
@@ -554,7 +554,7 @@ tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
                      "(start=%g, end=%g, step=%g)",
                      op, start, end, step),
            NULL;
-  if (check_fill(start, dtype, op) < 0 || check_fill(end, dtype, op) < 0)
+  if (tg__check_fill(start, dtype, op) < 0 || tg__check_fill(end, dtype, op) < 0)
     return NULL; /* as PyTorch: ends out of int64's range fail, not saturate */
   double count = ceil((end - start) / step);
   if (count > 1e15)
@@ -612,19 +612,23 @@ tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
     return tg__error("%s: expects lo <= hi, both finite, but got lo=%g, hi=%g", op, lo,
                      hi),
            NULL;
+  if (tg__check_uniform(lo, hi, dtype, op) < 0)
+    return NULL;
+  return random_tensor(shape, ndim, dtype, device, false, lo, hi, op);
+}
+
+int tg__check_uniform(double lo, double hi, tg_dtype dtype, const char *op) {
   /* PyTorch's rules: both bounds in the dtype's range, and hi - lo too (else a + (b -
    * a) * u overflows to infinity). */
   double max = dtype == TG_F32 ? FLT_MAX : DBL_MAX;
   if (tg__is_float(dtype) && (fabs(lo) > max || fabs(hi) > max))
     return tg__error("%s: %s is out of bounds for %s (lo=%g, hi=%g)", op,
-                     fabs(lo) > max ? "lo" : "hi", tg_dtype_name(dtype), lo, hi),
-           NULL;
+                     fabs(lo) > max ? "lo" : "hi", tg_dtype_name(dtype), lo, hi);
   if (tg__is_float(dtype) && !(hi - lo <= max))
     return tg__error("%s: expects hi - lo <= the largest %s (%g), but got lo=%g and "
                      "hi=%g, whose difference exceeds it",
-                     op, tg_dtype_name(dtype), max, lo, hi),
-           NULL;
-  return random_tensor(shape, ndim, dtype, device, false, lo, hi, op);
+                     op, tg_dtype_name(dtype), max, lo, hi);
+  return 0;
 }
 
 tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,

@@ -356,9 +356,14 @@ static void test_uniform_range_wider_than_the_dtype(void **state) {
   assert_error(tg_uniform(TG_SHAPE(3), 0, 1e39, TG_F32, TG_CPU) == NULL,
                "hi is out of bounds for float32");
   tg_varstore *vs = tg_varstore_new(TG_CPU); /* initialisers take the same path */
-  assert_error(tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(2),
-                           tg_init_uniform(-3e38, 3e38)) == NULL,
-               "hi - lo <= the largest float32");
+  assert_error(
+      tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(2), tg_init_uniform(-3e38, 3e38)) ==
+          NULL,
+      "tg_path_var: uniform init of 'w': expects hi - lo <= the largest float32");
+  assert_error(tg_path_var(tg_varstore_root(vs), "c", TG_SHAPE(2), tg_init_const(1e39)) ==
+                   NULL,
+               "tg_path_var: constant init of 'c': value 1e+39 cannot be converted to "
+               "type float without overflow");
   assert_int_equal(tg_varstore_len(vs), 0);
   tg_varstore_free(vs);
   /* wide but representable: every value finite and in range */
