@@ -1,6 +1,7 @@
 /* The tape: nodes recorded by ops, reverse-topological backward, no-grad, anomaly
  * mode. It knows nothing about any particular op. */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -97,13 +98,33 @@ void tg__node_unref(tg_node *n) {
   free(n);
 }
 
+/* The first non-finite element of a device tensor (*bad = -1 when none). */
+static int cuda_first_nonfinite(const tg_tensor *t, int64_t *bad, double *value) {
+  if (tg__cuda_first_nonfinite(tg__data(t), t->dtype, t->numel, t->device.index, bad) < 0)
+    return -1;
+  union {
+    float f;
+    double d;
+  } v;
+  const size_t es = tg_dtype_size(t->dtype);
+  if (*bad >= 0 && tg__cuda_memcpy(&v, TG_CPU, (char *)tg__data(t) + (size_t)*bad * es,
+                                   t->device, es) < 0)
+    return -1;
+  *value = t->dtype == TG_F32 ? v.f : v.d;
+  return 0;
+}
+
 int tg__check_finite(const char *op, int64_t seq, const char *what, const tg_tensor *t) {
-  if (!t || t->device.type != TG_DEVICE_CPU || !tg__is_float(t->dtype))
+  if (!t || !tg__is_float(t->dtype))
     return 0;
   int64_t bad = -1;
+  double value = 0;
+  if (tg__on_cuda(t) && cuda_first_nonfinite(t, &bad, &value) < 0)
+    return -1;
+  const int64_t host_n = tg__on_cuda(t) ? 0 : t->numel;
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *p = tg__data(t);
-    for (int64_t i = 0; i < t->numel && bad < 0; i++)
+    for (int64_t i = 0; i < host_n && bad < 0; i++)
       if (!isfinite(p[i]))
         bad = i;
   });
@@ -112,8 +133,8 @@ int tg__check_finite(const char *op, int64_t seq, const char *what, const tg_ten
   char buf[TG_SHAPE_STR_LEN];
   return tg__error("anomaly: %s produced %s in its %s (element %lld of shape %s) at "
                    "tape position %lld",
-                   op, isnan(tg__get(t, bad)) ? "NaN" : "Inf", what, (long long)bad,
-                   tg_shape_str(t, buf, sizeof buf), (long long)seq);
+                   op, isnan(host_n ? tg__get(t, bad) : value) ? "NaN" : "Inf", what,
+                   (long long)bad, tg_shape_str(t, buf, sizeof buf), (long long)seq);
 }
 
 tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,

@@ -49,6 +49,8 @@ struct tg_varstore {
 /* Frees the variables created after the first `mark` (a constructor failing half-way
  * leaves the store as it found it). */
 void tg__varstore_truncate(tg_varstore *vs, int mark);
+/* Index in vs->vars of the variable called name (hashed), or -1. */
+int tg__varstore_find(const tg_varstore *vs, const char *name);
 /* New variable of an explicit dtype (num_batches_tracked is int64 in PyTorch). */
 tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape,
                            int ndim, tg_init init, tg_dtype dtype, bool trainable);

@@ -259,6 +259,7 @@ typedef struct {
   tg_tensor *weight, *bias;
   int64_t num_groups, num_channels;
   double eps;
+  bool relu;
 } group_norm_module;
 
 static tg_tensor *group_norm_forward(tg_module *m, const tg_tensor *x, bool train) {
@@ -267,11 +268,13 @@ static tg_tensor *group_norm_forward(tg_module *m, const tg_tensor *x, bool trai
   if (check_channels(m, x, g->num_channels, 2, TG_MAX_DIMS) < 0 ||
       check_param(m, x, g->weight, "weight") < 0)
     return NULL;
-  return tg_group_norm(x, g->num_groups, g->weight, g->bias, g->eps);
+  return (g->relu ? tg_group_norm_relu : tg_group_norm)(x, g->num_groups, g->weight,
+                                                        g->bias, g->eps);
 }
 
 tg_group_norm_config tg_group_norm_config_default(void) {
-  return (tg_group_norm_config){true, 1e-5, true, tg_init_const(1), tg_init_const(0)};
+  return (tg_group_norm_config){true, 1e-5, true, tg_init_const(1), tg_init_const(0),
+                                false};
 }
 
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
@@ -304,6 +307,7 @@ tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_chann
     g->num_groups = num_groups;
     g->num_channels = num_channels;
     g->eps = config.eps;
+    g->relu = config.relu;
   }
   return finish(path, mark, g ? &g->base : NULL, ok, op);
 }

@@ -246,6 +246,14 @@ static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, 
   return rc;
 }
 
+static int check_utf8(const char *s, const char *what, const char *op) {
+  if (tg__valid_utf8((const uint8_t *)s, strlen(s), NULL))
+    return 0;
+  char q[TG_QUOTE_LEN];
+  return tg__error("%s: %s %s is not valid UTF-8, which safetensors requires", op, what,
+                   tg__quote(s, q, sizeof q));
+}
+
 typedef struct {
   const tg__var **order;
   int n;
@@ -256,14 +264,6 @@ typedef struct {
 static int write_job(FILE *f, void *ctx) {
   const save_job *j = ctx;
   return write_file(j->order, j->n, j->meta, f, j->filename, j->op);
-}
-
-static int check_utf8(const char *s, const char *what, const char *op) {
-  char q[TG_QUOTE_LEN];
-  if (tg__valid_utf8((const uint8_t *)s, strlen(s), NULL))
-    return 0;
-  return tg__error("%s: %s %s is not valid UTF-8, which safetensors requires", op, what,
-                   tg__quote(s, q, sizeof q));
 }
 
 /* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. Names
@@ -1013,11 +1013,10 @@ static int copy_names(const char *const *names, int n, char ***out, const char *
 
 /* Loads d's tensors (named as o selects when filter is set) into vs's variables:
  * matches every variable with its tensor, checks shapes and dtypes, converts what
- * needs it, and only then writes. filename names d's file in messages (NULL: d came
- * from memory). */
+ * needs it, and only then writes. `source` names d in messages. */
 static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options *o,
                  bool filter, tg_load_report *report, const char *op,
-                 const char *filename) {
+                 const char *source) {
   int nv = vs->n_vars, rc = 0;
   int *match = malloc((size_t)(nv > 0 ? nv : 1) * sizeof *match);
   bool *used = calloc((size_t)(d->n > 0 ? d->n : 1), sizeof *used);
@@ -1029,14 +1028,16 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
   }
   name_list missing = {0}, extra = {0}, bad = {0};
   int n_missing = 0;
+  for (int i = 0; i < nv; i++)
+    match[i] = -1;
+  for (int k = 0; k < d->n; k++) { /* hashed lookups: linear in the number of names */
+    const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+    int i = name ? tg__varstore_find(vs, name) : -1;
+    if (i >= 0 && match[i] < 0)
+      match[i] = k;
+  }
   for (int i = 0; i < nv; i++) {
     const tg__var *v = &vs->vars[i];
-    match[i] = -1;
-    for (int k = 0; k < d->n && match[i] < 0; k++) {
-      const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
-      if (name && !strcmp(name, v->name))
-        match[i] = k;
-    }
     if (match[i] < 0) {
       list_add(&missing, v->name);
       left[n_missing++] = v->name;
@@ -1082,9 +1083,7 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
       len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
                               titles[k], lists[k]->text);
     }
-    char q[TG_QUOTE_LEN];
-    rc = tg__error("%s: %s does not match the var store:%s", op,
-                   filename ? tg__quote(filename, q, sizeof q) : "the tensor dict", msg);
+    rc = tg__error("%s: %s does not match the var store:%s", op, source, msg);
     goto done;
   }
   /* Conversions first (they allocate), so a failure changes no variable. */
@@ -1134,7 +1133,8 @@ int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_opt
   if (!o)
     o = &defaults;
   tg_tensor_dict *d = read_file(filename, op, o);
-  int rc = d ? apply(vs, d, o, false, report, op, filename) : -1;
+  char q[TG_QUOTE_LEN];
+  int rc = d ? apply(vs, d, o, false, report, op, tg__quote(filename, q, sizeof q)) : -1;
   tg_tensor_dict_free(d);
   return rc;
 }
@@ -1151,7 +1151,7 @@ int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
   if (!vs || !d)
     return tg__error("%s: argument '%s' is NULL", op, vs ? "d" : "vs");
   tg_load_options defaults = tg_load_options_default();
-  return apply(vs, d, o ? o : &defaults, true, report, op, NULL);
+  return apply(vs, d, o ? o : &defaults, true, report, op, "the tensor dict");
 }
 
 tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o) {

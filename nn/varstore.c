@@ -248,10 +248,14 @@ tg_tensor *tg_varstore_var(const tg_varstore *vs, int i, const char **name) {
   return vs->vars[i].t;
 }
 
+int tg__varstore_find(const tg_varstore *vs, const char *name) {
+  return index_find(vs, &vs->var_index, var_name, name);
+}
+
 tg_tensor *tg_varstore_get(const tg_varstore *vs, const char *name) {
   if (!vs || !name)
     return NULL;
-  int i = index_find(vs, &vs->var_index, var_name, name);
+  int i = tg__varstore_find(vs, name);
   return i < 0 ? NULL : vs->vars[i].t;
 }
 

@@ -158,12 +158,43 @@ int tg__threads(int64_t work);
  * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
  * some AMD parts), 32 MiB when unknown. Read once. */
 int64_t tg__llc_bytes(void);
+/* Deterministic mode (tg_set_deterministic): a reduction whose partial sums are split
+ * over threads splits its work into tg__reduce_parts(work) parts (the threads take
+ * whole parts) and adds the parts' sums in part order: tg__threads(work) parts
+ * normally, TG_DET_PARTS (1 for small work) in deterministic mode, whatever the thread
+ * count. tg__reduce_threads(work) is for loops whose OpenMP `reduction` clause sums in
+ * an order that depends on the thread count: 1 thread in deterministic mode. */
+enum { TG_DET_PARTS = 12 }; /* divisible by 1, 2, 3, 4 and 6 threads */
+int tg__reduce_parts(int64_t work);
+int tg__reduce_threads(int64_t work);
 
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);
 void tg__host_free(void *p, size_t bytes);
 
-/* ---- CUDA (runtime/cuda.c; stubs when built without CUDA) ---- */
+/* ---- devices and per-op dispatch (runtime/device.c) ----
+ * Each op keeps one table of kernels per device (one signature per kernel, declared in
+ * its family's header); after its checks, the op picks the table of its input's
+ * device:
+ *   const gn_kernels *k = tg__pick(OP, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda));
+ * NULL, with "<op>: no kernel for cuda:0", when that device's table is absent. */
+#ifdef TG_HAVE_CUDA
+#define TG_IF_CUDA(table) (table)
+#else
+#define TG_IF_CUDA(table) NULL
+#endif
+const void *tg__pick_table(const char *op, const tg_tensor *t, const void *cpu,
+                           const void *cuda);
+#define tg__pick(op, t, cpu, cuda)                                                       \
+  ((__typeof__(cpu))tg__pick_table((op), (t), (cpu), (cuda)))
+/* "cpu" or "cuda:1", into buf. */
+const char *tg__device_str(tg_device d, char *buf, size_t len);
+static inline bool tg__on_cuda(const tg_tensor *t) {
+  return t->device.type == TG_DEVICE_CUDA;
+}
+
+/* ---- CUDA memory and copies (runtime/cuda.c; stubs when built without CUDA; the
+ * rest of the CUDA runtime is in runtime/cuda.h) ---- */
 void *tg__cuda_malloc(size_t bytes, int device);
 void tg__cuda_free(void *p, size_t bytes, int device);
 int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size_t n);

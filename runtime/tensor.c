@@ -1,5 +1,6 @@
 /* Tensors, storage, scopes and creation. */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
 #include <float.h>
 #include <math.h>
@@ -370,12 +371,13 @@ int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_
       return tg__error("%s: expected all tensors to have the same dtype, but found "
                        "%s and %s",
                        op, tg_dtype_name(first->dtype), tg_dtype_name(t->dtype));
-    if (t->device.type != first->device.type || t->device.index != first->device.index)
-      return tg__error("%s: expected all tensors to be on the same device, but found "
-                       "at least two devices, %s:%d and %s:%d",
-                       op, first->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
-                       first->device.index,
-                       t->device.type == TG_DEVICE_CPU ? "cpu" : "cuda", t->device.index);
+    if (t->device.type != first->device.type || t->device.index != first->device.index) {
+      char d1[32], d2[32];
+      return tg__error("%s: Expected all tensors to be on the same device, but found at "
+                       "least two devices, %s and %s!",
+                       op, tg__device_str(first->device, d1, sizeof d1),
+                       tg__device_str(t->device, d2, sizeof d2));
+    }
   }
   return 0;
 }
@@ -440,7 +442,10 @@ static int check_fill(double value, tg_dtype dtype, const char *op) {
   return 0;
 }
 
-static void fill_host(tg_tensor *t, double value) {
+/* Fills t on its device (checked by the caller). Returns 0 or -1. */
+static int fill_any(tg_tensor *t, double value) {
+  if (tg__on_cuda(t))
+    return tg__cuda_fill(tg__data(t), t->dtype, t->numel, value, t->device.index);
   switch (t->dtype) {
   case TG_F32: {
     float *p = tg__data(t);
@@ -461,21 +466,14 @@ static void fill_host(tg_tensor *t, double value) {
     break;
   }
   }
+  return 0;
 }
-
-static tg_tensor *full_in(const int64_t *shape, int ndim, double value, tg_dtype dtype,
-                          tg_device device, const char *op);
 
 int tg_fill_(tg_tensor *t, double value) {
   if (!tg__nonnull(t, "tg_fill_", "t") || check_fill(value, t->dtype, "tg_fill_") < 0)
     return -1;
-  if (t->device.type != TG_DEVICE_CPU) {
-    tg_tensor *h = full_in(t->shape, t->ndim, value, t->dtype, TG_CPU, "tg_fill_");
-    int rc = h ? tg_copy_(t, h) : -1;
-    tg_tensor_free(h);
-    return rc;
-  }
-  fill_host(t, value);
+  if (fill_any(t, value) < 0)
+    return -1;
   tg__bump_version(t);
   return 0;
 }
@@ -485,19 +483,11 @@ static tg_tensor *full_in(const int64_t *shape, int ndim, double value, tg_dtype
                           tg_device device, const char *op) {
   if (check_fill(value, dtype, op) < 0)
     return NULL;
-  if (device.type != TG_DEVICE_CPU) {
-    tg_tensor *h = full_in(shape, ndim, value, dtype, TG_CPU, op);
-    tg_tensor *t = h ? tg__new_in(op, NULL, shape, ndim, dtype, device) : NULL;
-    if (t && tg_copy_(t, h) < 0) {
-      tg_tensor_free(t);
-      t = NULL;
-    }
-    tg_tensor_free(h);
-    return t;
-  }
   tg_tensor *t = tg__new_in(op, NULL, shape, ndim, dtype, device);
-  if (t)
-    fill_host(t, value);
+  if (t && fill_any(t, value) < 0) {
+    tg_tensor_free(t);
+    t = NULL;
+  }
   return t;
 }
 
@@ -722,15 +712,17 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype) {
     return NULL;
   if (!valid_dtype(dtype))
     return tg__error("tg_to_dtype: unknown dtype %d", (int)dtype), NULL;
-  if (t->device.type != TG_DEVICE_CPU) {
-    tg__unsupported_device("tg_to_dtype", t);
-    return NULL;
-  }
   tg_tensor *out = tg__new(t->shape, t->ndim, dtype, t->device);
   if (!out)
     return NULL;
   int64_t n = t->numel;
-  if (t->dtype == dtype) {
+  if (tg__on_cuda(t)) {
+    if (tg__cuda_cast(tg__data(out), dtype, tg__data(t), t->dtype, n, t->device.index) <
+        0) {
+      tg_tensor_free(out);
+      return NULL;
+    }
+  } else if (t->dtype == dtype) {
     memcpy(tg__data(out), tg__data(t), (size_t)n * tg_dtype_size(dtype));
   } else if (t->dtype == TG_F32 && dtype == TG_F64) {
     const float *s = tg__data(t);
@@ -840,12 +832,19 @@ void tg_tensor_print(const tg_tensor *t, FILE *out) {
   if (t->requires_grad)
     fprintf(out, ", requires_grad");
   fprintf(out, ")\n");
-  if (t->device.type != TG_DEVICE_CPU)
-    return;
+  tg_tensor *host = NULL;
+  if (tg__on_cuda(t)) { /* printed from a host copy */
+    if (!(host = tg_tensor_to(t, TG_CPU))) {
+      fprintf(out, "(cannot copy to the host: %s)\n", tg_last_error());
+      return;
+    }
+    t = tg__unscope(host);
+  }
   if (t->ndim == 0)
     fprintf(out, "%.6g\n", tg__get(t, 0));
   else if (t->numel > 0) {
     print_rec(t, out, 0, 0, 0);
     fputc('\n', out);
   }
+  tg_tensor_free(host);
 }
