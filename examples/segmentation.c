@@ -167,28 +167,24 @@ static tg_tensor *batch_targets(const scenes *s, const int64_t *idx, int64_t n,
   return ex_to_device(y, device);
 }
 
-/* Class-weighted mean of the per-pixel cross-entropy, as PyTorch's
+/* Class-weighted mean of the per-pixel cross-entropy, PyTorch's
  * cross_entropy(weight=[1, w, w, w]): sum(w_i * ce_i) / sum(w_i). Weighting the few
  * shape pixels up gets SGD past the plateau where the net finds the shapes but calls
  * them all the same class. */
 static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
                                 const int64_t *idx, int64_t n, double fg_weight,
                                 tg_device device) {
-  tg_tensor *ce =
-      tg_cross_entropy(logits, batch_targets(s, idx, n, device), TG_REDUCTION_NONE, -100);
-  if (fg_weight == 1)
-    return tg_mean(ce);
-  tg_tensor *w = tg_empty(TG_SHAPE(n, SIDE, SIDE), TG_F32, TG_CPU);
-  if (!w)
+  if (!logits)
     return NULL;
-  float *p = tg_data(w);
-  double total = 0;
-  for (int64_t i = 0; i < n; i++)
-    for (int k = 0; k < PIXELS; k++) {
-      p[i * PIXELS + k] = s->labels[idx[i] * PIXELS + k] ? (float)fg_weight : 1.0f;
-      total += p[i * PIXELS + k];
-    }
-  return tg_div_scalar(tg_sum(tg_mul(ce, ex_to_device(w, device))), total);
+  double w[CLASSES];
+  for (int c = 0; c < CLASSES; c++)
+    w[c] = c ? fg_weight : 1;
+  tg_cross_entropy_options o = tg_cross_entropy_options_default();
+  o.weight =
+      ex_to_device(tg_to_dtype(tg_tensor_from_data(w, TG_SHAPE(CLASSES), TG_F64, TG_CPU),
+                               tg_dtype_of(logits)),
+                   device);
+  return tg_cross_entropy_ex(logits, batch_targets(s, idx, n, device), &o);
 }
 
 /* ------------------------------------------------------------------ metrics -- */
