@@ -1025,11 +1025,10 @@ static int copy_names(const char *const *names, int n, char ***out, const char *
 
 /* Loads d's tensors (named as o selects when filter is set) into vs's variables:
  * matches every variable with its tensor, checks shapes and dtypes, converts what
- * needs it, and only then writes. filename names d's file in messages (NULL: d came
- * from memory). */
+ * needs it, and only then writes. `source` names d in messages. */
 static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options *o,
                  bool filter, tg_load_report *report, const char *op,
-                 const char *filename) {
+                 const char *source) {
   int nv = vs->n_vars, rc = 0;
   int *match = malloc((size_t)(nv > 0 ? nv : 1) * sizeof *match);
   bool *used = calloc((size_t)(d->n > 0 ? d->n : 1), sizeof *used);
@@ -1096,9 +1095,7 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
       len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
                               titles[k], lists[k]->text);
     }
-    char q[TG_QUOTE_LEN];
-    rc = tg__error("%s: %s does not match the var store:%s", op,
-                   filename ? tg__quote(filename, q, sizeof q) : "the tensor dict", msg);
+    rc = tg__error("%s: %s does not match the var store:%s", op, source, msg);
     goto done;
   }
   /* Conversions first (they allocate), so a failure changes no variable. */
@@ -1166,7 +1163,7 @@ int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
   if (!vs || !d)
     return tg__error("%s: argument '%s' is NULL", op, vs ? "d" : "vs");
   tg_load_options defaults = tg_load_options_default();
-  return apply(vs, d, o ? o : &defaults, true, report, op, NULL);
+  return apply(vs, d, o ? o : &defaults, true, report, op, "the tensor dict");
 }
 
 tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o) {
