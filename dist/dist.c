@@ -56,22 +56,25 @@ static uint64_t hash_tensor(uint64_t h, const tg_tensor *t) {
 }
 
 int tg__dist_agree(const char *op, int local_rc, uint64_t sig, const char *what,
-                   int n_counts, const int64_t *counts, const char *const *names) {
-  enum { MAX_COUNTS = 3, N = 3 + 2 * MAX_COUNTS };
+                   int n_counts, const int64_t *counts, const char *const *names,
+                   uint64_t *loose) {
+  enum { MAX_COUNTS = 3, N = 5 + 2 * MAX_COUNTS };
   sig = tg__dist_hash(sig, op, strlen(op)); /* another call on another rank differs */
   for (int i = 0; i < n_counts; i++)
     sig = hash_i64(sig, counts[i]);
   /* Maxima of each value and of its negation give every rank the range over the
-   * ranks in one exchange: the lowest failing rank, and whether signatures and counts
-   * differ. The hash keeps 62 bits so that its negation fits. */
-  int64_t buf[N] = {local_rc < 0 ? st.world - st.rank : 0, (int64_t)(sig >> 2),
-                    -(int64_t)(sig >> 2)};
+   * ranks in one exchange: the lowest failing rank, and whether signatures, loose
+   * values and counts differ. Hashes keep 62 bits so that their negations fit. */
+  int64_t h = (int64_t)(sig >> 2), l = loose ? (int64_t)(*loose >> 2) : 0;
+  int64_t buf[N] = {local_rc < 0 ? st.world - st.rank : 0, h, -h, l, -l};
   for (int i = 0; i < n_counts && i < MAX_COUNTS; i++) {
-    buf[3 + 2 * i] = counts[i];
-    buf[4 + 2 * i] = -counts[i];
+    buf[5 + 2 * i] = counts[i];
+    buf[6 + 2 * i] = -counts[i];
   }
   if (st.world > 1 && tg__dist_mpi_max(buf, N) < 0)
     return prefixed(op);
+  if (loose)
+    *loose = buf[3] == -buf[4];
   if (buf[0]) {
     int bad = st.world - (int)buf[0];
     char msg[1024] = "";
@@ -89,10 +92,10 @@ int tg__dist_agree(const char *op, int local_rc, uint64_t sig, const char *what,
   char detail[512] = "";
   size_t pos = 0;
   for (int i = 0; i < n_counts && i < MAX_COUNTS && pos < sizeof detail; i++)
-    if (buf[3 + 2 * i] != -buf[4 + 2 * i])
+    if (buf[5 + 2 * i] != -buf[6 + 2 * i])
       pos += (size_t)snprintf(detail + pos, sizeof detail - pos, "%s%s from %lld to %lld",
-                              pos ? ", " : "", names[i], (long long)-buf[4 + 2 * i],
-                              (long long)buf[3 + 2 * i]);
+                              pos ? ", " : "", names[i], (long long)-buf[6 + 2 * i],
+                              (long long)buf[5 + 2 * i]);
   return tg__error("%s: ranks disagree on %s: %s (every rank must make the same "
                    "tg_dist calls in the same order, with the same shapes, dtypes and "
                    "arguments)",
@@ -165,8 +168,9 @@ int tg_dist_barrier(void) {
   const char *op = "tg_dist_barrier";
   /* The exchange of signatures is itself a barrier: no rank leaves it before every
    * rank has entered. */
-  return active(op) < 0 ? -1
-                        : tg__dist_agree(op, 0, TG__DIST_FNV, "the call", 0, NULL, NULL);
+  return active(op) < 0
+             ? -1
+             : tg__dist_agree(op, 0, TG__DIST_FNV, "the call", 0, NULL, NULL, NULL);
 }
 
 int tg_dist_set_bucket_bytes(int64_t bytes) {
@@ -202,7 +206,8 @@ int tg_dist_all_reduce(tg_tensor *t, tg_dist_op op) {
     rc = -1;
   uint64_t sig = rc == 0 ? hash_tensor(hash_i64(TG__DIST_FNV, op), t) : 0;
   int64_t count = rc == 0 ? t->numel : 0;
-  if (tg__dist_agree(OP, rc, sig, "the tensor to reduce", 1, &count, elements_name) < 0)
+  if (tg__dist_agree(OP, rc, sig, "the tensor to reduce", 1, &count, elements_name,
+                     NULL) < 0)
     return -1;
   int dev = t->device.index;
   if (begin(OP, k, dev) < 0)
@@ -228,8 +233,8 @@ int tg_dist_broadcast(tg_tensor *t, int root) {
                : 0;
   uint64_t sig = rc == 0 ? hash_tensor(hash_i64(TG__DIST_FNV, root), t) : 0;
   int64_t count = rc == 0 ? t->numel : 0;
-  if (tg__dist_agree(OP, rc, sig, "the tensor to broadcast", 1, &count, elements_name) <
-      0)
+  if (tg__dist_agree(OP, rc, sig, "the tensor to broadcast", 1, &count, elements_name,
+                     NULL) < 0)
     return -1;
   int dev = t->device.index;
   if (begin(OP, k, dev) < 0)
@@ -259,7 +264,7 @@ int tg_dist_broadcast_varstore(tg_varstore *vs, int root) {
     counts[1] += vs->vars[i].t->numel;
   }
   static const char *const names[] = {"variables", "elements"};
-  if (tg__dist_agree(OP, rc, sig, "the var store", 2, counts, names) < 0)
+  if (tg__dist_agree(OP, rc, sig, "the var store", 2, counts, names, NULL) < 0)
     return -1;
   int dev = vs->device.index;
   if (begin(OP, k, dev) < 0)
@@ -319,32 +324,21 @@ static int average_buckets(const tg__dist_kernels *k, int dev, const grad_item *
   return 0;
 }
 
-/* Gives every item a gradient (zeros where this rank has none) and sizes the staging
- * buffer of its buckets: 0, or -1 (out of memory) with *staging NULL. */
-static int prepare_grads(const char *op, grad_item *items, int n, tg_device device,
-                         tg_tensor **staging) {
-  *staging = NULL;
-  for (int i = 0; i < n; i++) {
-    tg_tensor *v = items[i].var;
-    if (!v->grad)
-      v->grad = tg__unscope(tg_zeros_like(v));
-    if (!v->grad)
-      return tg__error("%s: out of memory for a zero gradient of %lld elements", op,
-                       (long long)v->numel);
-  }
-  size_t most = 0;
-  for (int b = 0, e; b < n; b = e) {
-    e = bucket_end(items, n, b, st.bucket_bytes);
-    size_t bytes = 0;
-    for (int i = b; e > b + 1 && i < e; i++)
-      bytes += items[i].bytes;
-    most = bytes > most ? bytes : most;
-  }
-  if (!most)
-    return 0;
+/* Staging for the buckets of several gradients, which hold only gradients of at most
+ * cap bytes and at most cap bytes in all: enough for any subset of items. NULL when
+ * no bucket needs one (then *failed stays 0) or out of memory (*failed -1). */
+static tg_tensor *new_staging(const grad_item *items, int n, tg_device device,
+                              int *failed) {
+  size_t small = 0, cap = (size_t)st.bucket_bytes;
+  for (int i = 0; i < n; i++)
+    small += items[i].bytes <= cap ? items[i].bytes : 0;
+  size_t bytes = small < cap ? small : cap;
+  if (!bytes)
+    return NULL;
   /* Bytes, in float64 units for alignment; the device's allocator orders its reuse. */
-  *staging = tg_empty(TG_SHAPE((int64_t)((most + 7) / 8)), TG_F64, device);
-  return *staging ? 0 : -1;
+  tg_tensor *t = tg_empty(TG_SHAPE((int64_t)((bytes + 7) / 8)), TG_F64, device);
+  *failed = t ? 0 : -1;
+  return t;
 }
 
 int tg_dist_average_gradients(tg_varstore *vs) {
@@ -366,36 +360,46 @@ int tg_dist_average_gradients(tg_varstore *vs) {
     if (!items || !has)
       rc = tg__error("%s: out of memory", OP);
   }
-  uint64_t sig = hash_i64(TG__DIST_FNV, st.bucket_bytes);
+  uint64_t sig = hash_i64(TG__DIST_FNV, st.bucket_bytes), presence = TG__DIST_FNV;
   int64_t counts[2] = {0, 0};
   for (int i = 0; rc == 0 && i < vs->n_vars; i++) {
     tg_tensor *t = vs->vars[i].t;
     if (!vs->vars[i].trainable || !t->requires_grad || !tg__is_float(t->dtype))
       continue;
     has[n] = t->grad != NULL;
+    presence = hash_i64(presence, has[n]);
     items[n++] = (grad_item){t, t->numel, (size_t)t->numel * tg_dtype_size(t->dtype)};
     sig = hash_tensor(hash_i64(sig, i), t);
     counts[1] += t->numel;
   }
   counts[0] = n;
+  tg_tensor *staging = rc == 0 ? new_staging(items, n, vs->device, &rc) : NULL;
   static const char *const names[] = {"trainable variables", "elements"};
-  tg_tensor *staging = NULL;
-  if ((rc = tg__dist_agree(OP, rc, sig, "the gradients to average", 2, counts, names)) <
-      0)
+  /* One exchange in the usual case, where every rank has the same gradients. */
+  if ((rc = tg__dist_agree(OP, rc, sig, "the gradients to average", 2, counts, names,
+                           &presence)) < 0)
     goto done;
-  /* Which variables have a gradient on some rank: the others are left alone. */
-  if (st.world > 1 && n > 0 && tg__dist_mpi_max(has, n) < 0) {
-    rc = prefixed(OP);
-    goto done;
+  if (!presence) {
+    /* Some variables have a gradient on some ranks only: those lacking one take
+     * zeros, so every rank steps alike; the variables without one anywhere are left
+     * alone. Out of memory there is reported on every rank before any exchange. */
+    if (tg__dist_mpi_max(has, n) < 0) {
+      rc = prefixed(OP);
+      goto done;
+    }
+    for (int i = 0; i < n && rc == 0; i++)
+      if (has[i] && !items[i].var->grad &&
+          !(items[i].var->grad = tg__unscope(tg_zeros_like(items[i].var))))
+        rc = tg__error("%s: out of memory for a zero gradient of %lld elements", OP,
+                       (long long)items[i].numel);
+    if ((rc = tg__dist_agree(OP, rc, sig, "the gradients to average", 0, NULL, NULL,
+                             NULL)) < 0)
+      goto done;
   }
   int m = 0;
   for (int i = 0; i < n; i++)
     if (has[i])
       items[m++] = items[i];
-  rc = prepare_grads(OP, items, m, vs->device, &staging);
-  /* Allocation failures above are reported on every rank before any exchange. */
-  if ((rc = tg__dist_agree(OP, rc, sig, "the gradients to average", 0, NULL, NULL)) < 0)
-    goto done;
   int dev = vs->device.index;
   if ((rc = begin(OP, k, dev)) == 0)
     rc = finish(OP, k, dev,

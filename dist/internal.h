@@ -50,10 +50,12 @@ int tg__dist_world(void);
  * named by names) are reported as ranges when they differ. Returns 0 on every rank
  * when all succeeded and agree, else -1 on every rank: the failing rank keeps its
  * message, the others get "<op>: rank R failed: <its message>", or all get "<op>:
- * ranks disagree on <what>: ...". One small MPI_Allreduce; the failure path adds a
- * broadcast of the message. */
+ * ranks disagree on <what>: ...". *loose (NULL: none) is a hash the ranks may differ
+ * on; it becomes 1 when it is the same on every rank, else 0. One small
+ * MPI_Allreduce; the failure path adds a broadcast of the message. */
 int tg__dist_agree(const char *op, int local_rc, uint64_t sig, const char *what,
-                   int n_counts, const int64_t *counts, const char *const *names);
+                   int n_counts, const int64_t *counts, const char *const *names,
+                   uint64_t *loose);
 
 /* FNV-1a over bytes, chained from h (start from TG__DIST_FNV). */
 #define TG__DIST_FNV 0xcbf29ce484222325ULL

@@ -79,7 +79,8 @@ static nccl_device *device_state(int device) {
     rc = make_stream(&devices[device], device);
   if (rc == 0 && tg__dist_rank() == 0)
     rc = TG_NCCL(ncclGetUniqueId(&id));
-  if (tg__dist_agree("NCCL setup", rc, TG__DIST_FNV, "the NCCL id", 0, NULL, NULL) < 0) {
+  if (tg__dist_agree("NCCL setup", rc, TG__DIST_FNV, "the NCCL id", 0, NULL, NULL, NULL) <
+      0) {
     if (device >= 0 && device < MAX_DEVICES)
       release_device(&devices[device]);
     return NULL;
