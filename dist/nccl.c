@@ -11,15 +11,6 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
-/* tapegrad's stream for a device, which runtime/cuda.c (the `cuda` branch) provides.
- * This weak stand-in, replaced by that definition once it links in, names the legacy
- * default stream: every kernel queued on blocking streams is ordered with it. */
-__attribute__((weak)) cudaStream_t tg__cuda_stream(int device);
-__attribute__((weak)) cudaStream_t tg__cuda_stream(int device) {
-  (void)device;
-  return cudaStreamLegacy;
-}
-
 static int nccl_status(ncclResult_t r, const char *call, const char *file, int line) {
   if (r == ncclSuccess)
     return 0;
@@ -34,6 +25,15 @@ static int cuda_status(cudaError_t e, const char *call, const char *file, int li
 }
 #define TG_NCCL(call) nccl_status((call), #call, __FILE__, __LINE__)
 #define TG_CUDA(call) cuda_status((call), #call, __FILE__, __LINE__)
+
+/* tapegrad's stream for a device, as runtime/cuda.h (the `cuda` branch) declares it:
+ * makes the device current and returns its cudaStream_t, or NULL with an error.
+ * runtime/cuda.c defines it; until that file links in, this weak stand-in names the
+ * legacy default stream, with which every kernel on a blocking stream is ordered. */
+__attribute__((weak)) void *tg__cuda_stream(int device);
+__attribute__((weak)) void *tg__cuda_stream(int device) {
+  return TG_CUDA(cudaSetDevice(device)) == 0 ? (void *)cudaStreamLegacy : NULL;
+}
 
 enum { MAX_DEVICES = 64 };
 typedef struct {
@@ -96,8 +96,8 @@ static nccl_device *device_state(int device) {
 
 static int nccl_begin(int device) {
   nccl_device *d = device_state(device);
-  return d && TG_CUDA(cudaSetDevice(device)) == 0 &&
-                 TG_CUDA(cudaEventRecord(d->queued, tg__cuda_stream(device))) == 0 &&
+  cudaStream_t tapegrad = d ? (cudaStream_t)tg__cuda_stream(device) : NULL;
+  return tapegrad && TG_CUDA(cudaEventRecord(d->queued, tapegrad)) == 0 &&
                  TG_CUDA(cudaStreamWaitEvent(d->stream, d->queued, 0)) == 0
              ? 0
              : -1;
@@ -105,8 +105,9 @@ static int nccl_begin(int device) {
 
 static int nccl_end(int device) {
   nccl_device *d = &devices[device];
-  return TG_CUDA(cudaEventRecord(d->done, d->stream)) == 0 &&
-                 TG_CUDA(cudaStreamWaitEvent(tg__cuda_stream(device), d->done, 0)) == 0
+  cudaStream_t tapegrad = (cudaStream_t)tg__cuda_stream(device);
+  return tapegrad && TG_CUDA(cudaEventRecord(d->done, d->stream)) == 0 &&
+                 TG_CUDA(cudaStreamWaitEvent(tapegrad, d->done, 0)) == 0
              ? 0
              : -1;
 }
