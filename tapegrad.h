@@ -476,6 +476,225 @@ void tg_optimizer_free(tg_optimizer *opt);
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
+/* ---------------------------------------------- sequential naming, summary -- */
+/* A sequential on a path names its children as nn.Sequential does: the module added
+ * as the i-th (from 0) lives on "<path>.<i>", so PyTorch state_dicts load by name:
+ *   tg_module *seq = tg_nn_sequential_path(tg_path_sub(root, "features"));
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 1, 8, 3, cfg));
+ *   tg_sequential_add(seq, tg_nn_relu(vs));  // index 1, no variables
+ *   tg_sequential_add(seq, tg_nn_conv2d(tg_sequential_path(seq), 8, 8, 3, cfg));
+ * gives features.0.weight, features.0.bias, features.2.weight, features.2.bias. */
+tg_module *tg_nn_sequential_path(tg_path *path);
+/* Borrowed: the path of the child the next tg_sequential_add appends. */
+tg_path *tg_sequential_path(tg_module *seq);
+/* Prints a table of vs's variables (name, shape, dtype, device, trainable) and the
+ * parameter counts, as torchinfo does. Returns 0 or -1. */
+int tg_module_summary(const tg_varstore *vs, FILE *out);
+
+/* ------------------------------------------------- flexible checkpoints -- */
+/* Named tensors and a string map (safetensors' __metadata__), as a file holds them.
+ * A dict owns a reference to each tensor it holds, and copies of the strings. */
+typedef struct tg_tensor_dict tg_tensor_dict;
+tg_tensor_dict *tg_tensor_dict_new(void);
+void tg_tensor_dict_free(tg_tensor_dict *d);
+/* Stores a reference to t (shared, not copied) under name, replacing any earlier. */
+int tg_tensor_dict_set(tg_tensor_dict *d, const char *name, tg_tensor *t);
+/* Borrowed: the tensor called name, or NULL. */
+tg_tensor *tg_tensor_dict_get(const tg_tensor_dict *d, const char *name);
+int tg_tensor_dict_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th tensor (insertion order, file order after a load), its name. */
+tg_tensor *tg_tensor_dict_at(const tg_tensor_dict *d, int i, const char **name);
+int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *value);
+/* Borrowed: the value of key, or NULL. */
+const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
+int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
+/* Borrowed: the i-th key, and its value in *value. */
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i, const char **value);
+/* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
+int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
+
+/* How a checkpoint loads, as torch's load_state_dict. */
+typedef struct {
+  bool strict;       /* every variable must be found and every tensor used */
+  bool strict_dtype; /* refuse to cast: F64 into a float32 store, F16/BF16, ... */
+  /* Only tensors named "<prefix>..." are read, as "...": "module." of a DDP
+   * checkpoint, or the part of a file one object wrote. NULL: all. */
+  const char *prefix;
+  /* Tensors named "<exclude_prefix>..." are skipped, as if absent (the optimizer
+   * state beside the weights of a resume checkpoint). NULL: none. */
+  const char *exclude_prefix;
+} tg_load_options;
+tg_load_options tg_load_options_default(void); /* strict, casts allowed, NULL, NULL */
+/* What a non-strict load left out. Owned by the caller: tg_load_report_free. */
+typedef struct {
+  char **missing; /* variables the file lacks */
+  int n_missing;
+  char **unexpected; /* tensors of the file that are not variables */
+  int n_unexpected;
+} tg_load_report;
+void tg_load_report_free(tg_load_report *r);
+/* As tg_varstore_load, with options (NULL: defaults). Shapes must always match;
+ * float tensors (F16, BF16, F32, F64) cast into the store's float dtype unless
+ * strict_dtype; int64 loads into int64 only. Without strict, what matches is loaded
+ * and the names left out go to *report (may be NULL). Nothing changes on error. */
+int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_options *o,
+                        tg_load_report *report);
+/* The same from tensors in memory (prefix and exclude_prefix apply to their names). */
+int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
+                          const tg_load_options *o, tg_load_report *report);
+/* Any named tensors and metadata, to and from safetensors files. Saving is atomic as
+ * tg_varstore_save. Loading reads F16 and BF16 tensors as float32 (exactly), F32, F64
+ * and I64 as they are; other dtypes are an error, unless prefix/exclude_prefix of o
+ * (NULL: defaults; strict and strict_dtype do not apply) leave them out. */
+int tg_save_tensors(const tg_tensor_dict *d, const char *filename);
+tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o);
+
+/* -------------------------------------------- parameter groups, resuming -- */
+/* torch.optim's param_groups: the trainable variables a group selects get its lr,
+ * momentum (SGD's momentum, Adam's beta1, as OneCycleLR cycles them) and weight decay
+ * instead of the config's (NAN: the config's), e.g. no weight decay on norms and
+ * biases. A variable belongs to the first group selecting it; the variables no group
+ * selects form one more, last group with the config's values, so an optimizer made
+ * with n groups has n + 1 (tg_sgd_new: 1). */
+typedef bool (*tg_param_filter)(const char *name, const tg_tensor *var, void *ctx);
+typedef struct {
+  const char *prefix;     /* names starting with it (NULL: any) */
+  tg_param_filter filter; /* and for which it returns true (NULL: any) */
+  void *ctx;              /* passed to filter */
+  double lr, momentum, weight_decay;
+} tg_param_group;
+tg_param_group tg_param_group_default(void); /* NULL, NULL, NULL, NAN, NAN, NAN */
+tg_optimizer *tg_sgd_new_groups(tg_varstore *vs, tg_sgd_config config,
+                                const tg_param_group *groups, int n_groups);
+tg_optimizer *tg_adam_new_groups(tg_varstore *vs, tg_adam_config config,
+                                 const tg_param_group *groups, int n_groups);
+int tg_optimizer_num_groups(const tg_optimizer *opt);
+int tg_optimizer_group_len(const tg_optimizer *opt, int group); /* parameters in it */
+/* tg_optimizer_set_lr sets every group's lr; tg_optimizer_lr is group 0's. Setters
+ * check the value as the constructors do and return 0 or -1. */
+int tg_optimizer_set_group_lr(tg_optimizer *opt, int group, double lr);
+double tg_optimizer_group_lr(const tg_optimizer *opt, int group);
+int tg_optimizer_set_group_momentum(tg_optimizer *opt, int group, double momentum);
+double tg_optimizer_group_momentum(const tg_optimizer *opt, int group);
+/* Everything a step reads, under prefix (may be NULL), as torch's
+ * optimizer.state_dict(): "<prefix>param_groups.<g>.<lr|momentum|...|size>" (float64
+ * and int64 scalars) and "<prefix>state.<variable>.<momentum_buffer | exp_avg |
+ * exp_avg_sq | step>" (the buffers are shared, not copied). */
+int tg_optimizer_state_dict(const tg_optimizer *opt, tg_tensor_dict *d,
+                            const char *prefix);
+/* Restores it into an optimizer of the same kind over the same variables (matched by
+ * name) and groups: configs, buffers (copied) and step counts, so training goes on bit
+ * for bit. Every name under prefix must be used (NULL prefix: all of d). Nothing
+ * changes on error. Returns 0 or -1. */
+int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,
+                                 const char *prefix);
+/* The global generator's state (tg_manual_seed's), to save and restore with a run. */
+void tg_random_get_state(uint64_t state[4]);
+void tg_random_set_state(const uint64_t state[4]);
+
+/* ------------------------------------------------------- lr schedulers -- */
+/* As torch.optim.lr_scheduler, over every parameter group of an optimizer, which
+ * must outlive them. Made after the optimizer; their first step happens at
+ * construction (the lr is then step 0's), so call tg_scheduler_step after each
+ * tg_optimizer_step. Values match PyTorch's (the same recurrences). Each returns a
+ * scheduler owned by the caller (tg_scheduler_free), or NULL. */
+typedef struct tg_scheduler tg_scheduler;
+tg_scheduler *tg_step_lr_new(tg_optimizer *opt, int64_t step_size, double gamma);
+tg_scheduler *tg_multistep_lr_new(tg_optimizer *opt, const int64_t *milestones, int n,
+                                  double gamma);
+tg_scheduler *tg_linear_lr_new(tg_optimizer *opt, double start_factor, double end_factor,
+                               int64_t total_iters);
+tg_scheduler *tg_cosine_lr_new(tg_optimizer *opt, int64_t t_max, double eta_min);
+/* SequentialLR: schedulers[i] from milestones[i-1] on (n - 1 milestones), e.g. linear
+ * warm-up then cosine:
+ *   tg_sequential_lr_new(opt, (tg_scheduler *[]){tg_linear_lr_new(opt, 0.1, 1, 5),
+ *                        tg_cosine_lr_new(opt, total - 5, 0)}, 2, (int64_t[]){5});
+ * Takes ownership of the schedulers, even when it fails (a NULL one among them is
+ * such a failure). */
+tg_scheduler *tg_sequential_lr_new(tg_optimizer *opt, tg_scheduler *const *schedulers,
+                                   int n, const int64_t *milestones);
+typedef struct {
+  double max_lr;
+  int64_t total_steps;
+  double pct_start;
+  bool anneal_linear;  /* false: cosine */
+  bool cycle_momentum; /* SGD's momentum or Adam's beta1, from max to base and back */
+  double base_momentum, max_momentum, div_factor, final_div_factor;
+  bool three_phase;
+} tg_one_cycle_config;
+/* PyTorch's defaults: 0.3, cos, true, 0.85, 0.95, 25, 1e4, false. */
+tg_one_cycle_config tg_one_cycle_config_default(double max_lr, int64_t total_steps);
+tg_scheduler *tg_one_cycle_lr_new(tg_optimizer *opt, tg_one_cycle_config config);
+typedef struct {
+  bool mode_max; /* false: "min", the metric should decrease */
+  double factor;
+  int64_t patience;
+  double threshold;
+  bool threshold_abs; /* false: "rel" */
+  int64_t cooldown;
+  double min_lr, eps;
+} tg_plateau_config;
+tg_plateau_config tg_plateau_config_default(void); /* min, 0.1, 10, 1e-4, rel, 0, 0, 1e-8 */
+tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
+/* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
+int tg_scheduler_step(tg_scheduler *s);
+int tg_scheduler_step_metric(tg_scheduler *s, double metric);
+int64_t tg_scheduler_last_epoch(const tg_scheduler *s); /* steps taken */
+/* The scheduler's own state under prefix (the lrs themselves are the optimizer's). */
+int tg_scheduler_state_dict(const tg_scheduler *s, tg_tensor_dict *d, const char *prefix);
+int tg_scheduler_load_state_dict(tg_scheduler *s, const tg_tensor_dict *d,
+                                 const char *prefix);
+void tg_scheduler_free(tg_scheduler *s);
+
+/* ----------------------------------------------------------- data loading -- */
+/* As tch-rs's tch::vision::mnist and Dataset::train_iter. IDX is MNIST's format;
+ * files may be gzipped. Errors name the file and what is wrong with it. */
+
+/* A new tensor read from an IDX file of unsigned bytes (magic 0x0000080N, any rank
+ * N from 1 to 8), with the file's shape and its byte values converted to dtype. */
+tg_tensor *tg_idx_load(const char *path, tg_dtype dtype);
+
+/* MNIST-format data set: images float32 [N, 1, rows, cols] holding pixel/255, labels
+ * int64 [N] in [0, labels). Owned by the struct: tg_mnist_free releases them. */
+typedef struct {
+  tg_tensor *train_images, *train_labels, *test_images, *test_labels;
+  int64_t labels; /* 10 */
+} tg_mnist;
+/* Reads DIR/train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
+ * and t10k-labels-idx1-ubyte, each with or without .gz. Returns 0, or -1 with *out
+ * empty. */
+int tg_mnist_load_dir(const char *dir, tg_mnist *out);
+void tg_mnist_free(tg_mnist *d);
+
+/* Batches of rows of (images, labels), both CPU tensors with the same first dim
+ * (labels may be NULL). An epoch's order is a function of (seed, epoch) only: the
+ * same whatever else draws random numbers, whether prefetching or not, and after
+ * tg_batch_iter_seek. Sharding follows torch's DistributedSampler: the (shuffled)
+ * rows, padded by wrapping around to a multiple of world, dealt out round-robin, so
+ * every rank gets ceil(N/world) rows and the same number of batches. */
+typedef struct {
+  bool shuffle;   /* reshuffle every epoch (false: rows in order) */
+  uint64_t seed;  /* of the shuffles */
+  bool drop_last; /* drop this rank's last batch when smaller than batch */
+  bool prefetch;  /* gather the next batch on a background thread meanwhile */
+  int rank, world;
+} tg_batch_config;
+tg_batch_config tg_batch_config_default(void); /* false, 0, false, false, 0, 1 */
+typedef struct tg_batch_iter tg_batch_iter;
+/* Retains images and labels; owned by the caller (tg_batch_iter_free). */
+tg_batch_iter *tg_batch_iter_new(const tg_tensor *images, const tg_tensor *labels,
+                                 int64_t batch, tg_batch_config config);
+/* The next batch of the epoch: returns 1 with new references in *x and *y (y may be
+ * NULL; *y is NULL without labels), 0 when the epoch is over (the next call starts
+ * the next epoch), -1 on error. */
+int tg_batch_iter_next(tg_batch_iter *it, tg_tensor **x, tg_tensor **y);
+int64_t tg_batch_iter_len(const tg_batch_iter *it); /* batches per epoch, this rank */
+/* Where the next call to tg_batch_iter_next reads: epoch (from 0) and batch index;
+ * seek goes there (to resume a run). Seek returns 0 or -1. */
+void tg_batch_iter_position(const tg_batch_iter *it, int64_t *epoch, int64_t *batch);
+int tg_batch_iter_seek(tg_batch_iter *it, int64_t epoch, int64_t batch);
+void tg_batch_iter_free(tg_batch_iter *it);
+
 /* ---------------------------------------------- data-parallel training (dist/) -- */
 /* N processes, each training on its slice of every global batch, end with the
  * parameters one process gets on the whole batch (PyTorch DDP's contract), over MPI

@@ -12,7 +12,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 /* ------------------------------------------------------------------ flags -- */
 
@@ -430,160 +429,6 @@ int ex_mkdir_p(const char *dir) {
   return 0;
 }
 
-const char *ex_idx_path(const char *dir, const char *name, char *buf, size_t len) {
-  for (int gz = 0; gz < 2; gz++) {
-    int n = snprintf(buf, len, "%s/%s%s", dir, name, gz ? ".gz" : "");
-    if (n > 0 && (size_t)n < len && access(buf, F_OK) == 0)
-      return buf;
-  }
-  fprintf(stderr, "error: neither %s/%s nor %s/%s.gz exists (set --data DIR)\n", dir,
-          name, dir, name);
-  return NULL;
-}
-
-/* Reads exactly n bytes; names the file and what was being read when it cannot. */
-static int gz_read_all(gzFile f, const char *path, void *buf, size_t n,
-                       const char *what) {
-  size_t got = 0;
-  while (got < n) {
-    size_t chunk = n - got > (1u << 30) ? (1u << 30) : n - got;
-    int r = gzread(f, (char *)buf + got, (unsigned)chunk);
-    if (r < 0) {
-      int errnum;
-      const char *msg = gzerror(f, &errnum);
-      size_t skip = strlen(path); /* zlib prefixes its message with the path */
-      if (!strncmp(msg, path, skip) && !strncmp(msg + skip, ": ", 2))
-        msg += skip + 2;
-      fprintf(stderr, "error: %s: cannot read %s: %s\n", path, what,
-              errnum == Z_ERRNO ? strerror(errno) : msg);
-      return -1;
-    }
-    if (r == 0)
-      break;
-    got += (size_t)r;
-  }
-  if (got < n) {
-    fprintf(stderr, "error: %s: truncated: expected %zu bytes (%s), found only %zu\n",
-            path, n, what, got);
-    return -1;
-  }
-  return 0;
-}
-
-static uint32_t be32(const uint8_t *b) {
-  return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-/* Opens an IDX file and checks its magic; fills dims (ndim of them). */
-static gzFile idx_open(const char *path, uint32_t magic, int ndim, uint32_t *dims,
-                       const char *kind) {
-  gzFile f = gzopen(path, "rb");
-  if (!f) {
-    fprintf(stderr, "error: cannot open %s: %s\n", path,
-            errno ? strerror(errno) : "out of memory");
-    return NULL;
-  }
-  uint8_t head[4 + 4 * 3];
-  if (gz_read_all(f, path, head, 4 + 4 * (size_t)ndim, "the IDX header") < 0) {
-    gzclose(f);
-    return NULL;
-  }
-  if (be32(head) != magic) {
-    fprintf(stderr,
-            "error: %s: bad magic number 0x%08x (expected 0x%08x, an IDX file of %s)\n",
-            path, be32(head), magic, kind);
-    gzclose(f);
-    return NULL;
-  }
-  for (int i = 0; i < ndim; i++)
-    dims[i] = be32(head + 4 + 4 * i);
-  return f;
-}
-
-/* Fails when the file goes on past what its header declared. */
-static int idx_check_end(gzFile f, const char *path, const char *declared) {
-  uint8_t extra;
-  if (gzread(f, &extra, 1) == 1) {
-    fprintf(stderr, "error: %s: the file holds more data than its header declares (%s)\n",
-            path, declared);
-    return -1;
-  }
-  return 0;
-}
-
-int ex_idx_read_images(const char *path, ex_idx_images *out) {
-  memset(out, 0, sizeof *out);
-  uint32_t dims[3];
-  gzFile f = idx_open(path, 0x00000803, 3, dims, "unsigned-byte images");
-  if (!f)
-    return -1;
-  if (dims[0] == 0 || dims[1] == 0 || dims[2] == 0 || dims[1] > 4096 || dims[2] > 4096) {
-    fprintf(stderr, "error: %s: unusable image count/size %ux%ux%u in the header\n", path,
-            dims[0], dims[1], dims[2]);
-    gzclose(f);
-    return -1;
-  }
-  size_t bytes = (size_t)dims[0] * dims[1] * dims[2];
-  uint8_t *pixels = malloc(bytes);
-  char what[128], declared[128];
-  snprintf(what, sizeof what, "%u images of %ux%u", dims[0], dims[1], dims[2]);
-  snprintf(declared, sizeof declared, "%u images of %ux%u pixels", dims[0], dims[1],
-           dims[2]);
-  if (!pixels) {
-    fprintf(stderr, "error: %s: out of memory for %s\n", path, what);
-    gzclose(f);
-    return -1;
-  }
-  if (gz_read_all(f, path, pixels, bytes, what) < 0 ||
-      idx_check_end(f, path, declared) < 0) {
-    free(pixels);
-    gzclose(f);
-    return -1;
-  }
-  gzclose(f);
-  out->n = dims[0];
-  out->rows = dims[1];
-  out->cols = dims[2];
-  out->pixels = pixels;
-  return 0;
-}
-
-int ex_idx_read_labels(const char *path, int num_classes, int64_t *n, uint8_t **labels) {
-  *n = 0;
-  *labels = NULL;
-  uint32_t count;
-  gzFile f = idx_open(path, 0x00000801, 1, &count, "unsigned-byte labels");
-  if (!f)
-    return -1;
-  if (count == 0) {
-    fprintf(stderr, "error: %s: the header declares no labels\n", path);
-    gzclose(f);
-    return -1;
-  }
-  uint8_t *l = malloc(count);
-  char what[64];
-  snprintf(what, sizeof what, "%u labels", count);
-  if (!l || gz_read_all(f, path, l, count, what) < 0 ||
-      idx_check_end(f, path, what) < 0) {
-    free(l);
-    gzclose(f);
-    return -1;
-  }
-  gzclose(f);
-  for (uint32_t i = 0; i < count; i++) {
-    if (l[i] >= num_classes) {
-      fprintf(stderr,
-              "error: %s: label %d at index %u is out of range (expected 0..%d)\n", path,
-              l[i], i, num_classes - 1);
-      free(l);
-      return -1;
-    }
-  }
-  *n = count;
-  *labels = l;
-  return 0;
-}
-
 /* ---------------------------------------------------------------- pictures -- */
 
 int ex_canvas_init(ex_canvas *c, int w, int h, ex_color fill) {
@@ -916,14 +761,6 @@ void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *
 
 double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total) {
   return o->lr * 0.5 * (1 + cos(M_PI * (double)step / total));
-}
-
-void ex_epoch_order(int64_t *order, int64_t n, uint64_t seed) {
-  for (int64_t i = 0; i < n; i++)
-    order[i] = i;
-  ex_rng rng;
-  ex_rng_seed(&rng, seed);
-  ex_rng_shuffle(&rng, order, n);
 }
 
 tg_tensor *ex_to_device(tg_tensor *host, tg_device device) {

@@ -1,6 +1,6 @@
 /* Shared by the example programs: command-line flags, a progress bar, a deterministic
- * random generator, Ctrl-C handling, MNIST IDX files and PNG pictures. Not part of the
- * library: examples use tapegrad.h only. */
+ * random generator, Ctrl-C handling and PNG pictures (the library reads MNIST files:
+ * tg_mnist_load_dir). Not part of the library: examples use tapegrad.h only. */
 #ifndef TG_EXAMPLES_COMMON_H
 #define TG_EXAMPLES_COMMON_H
 
@@ -62,8 +62,6 @@ tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
 void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *items);
 /* Learning rate of step (0-based) of total: --lr on a cosine schedule down to 0. */
 double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total);
-/* order[0..n) = a permutation of 0..n-1 drawn from seed (one epoch's batches). */
-void ex_epoch_order(int64_t *order, int64_t n, uint64_t seed);
 /* Moves host (a new tensor on the CPU) to device, freeing host when it copies.
  * Returns the tensor on device, or NULL on error. */
 tg_tensor *ex_to_device(tg_tensor *host, tg_device device);
@@ -122,18 +120,6 @@ int ex_save_interrupted(const tg_varstore *vs, const ex_common_options *o, int64
 /* ------------------------------------------------------------------- files -- */
 /* mkdir -p. Returns 0, or -1 after printing the error. */
 int ex_mkdir_p(const char *dir);
-
-/* IDX files (MNIST's format), gzipped or not. Print an error naming the file and
- * return -1 on a missing, truncated or malformed file. */
-typedef struct {
-  int64_t n, rows, cols;
-  uint8_t *pixels; /* n*rows*cols, row-major */
-} ex_idx_images;
-int ex_idx_read_images(const char *path, ex_idx_images *out);
-/* Labels must be < num_classes. */
-int ex_idx_read_labels(const char *path, int num_classes, int64_t *n, uint8_t **labels);
-/* DIR/NAME if it exists, else DIR/NAME.gz (into buf). */
-const char *ex_idx_path(const char *dir, const char *name, char *buf, size_t len);
 
 /* ---------------------------------------------------------------- pictures -- */
 typedef struct {

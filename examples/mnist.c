@@ -16,89 +16,39 @@
 
 enum { SIDE = EX_CONVNET_SIDE, NUM_CLASSES = EX_CONVNET_CLASSES };
 
+/* A split of the data set: images normalised to [-1, 1] and their labels. */
 typedef struct {
+  tg_tensor *images, *labels; /* [n, 1, 28, 28] float32, [n] int64, on the CPU */
   int64_t n;
-  uint8_t *pixels; /* n * SIDE * SIDE */
-  uint8_t *labels;
-} dataset;
+} split;
 
-static void dataset_free(dataset *d) {
-  free(d->pixels);
-  free(d->labels);
-  memset(d, 0, sizeof *d);
-}
-
-static int dataset_load(const char *dir, const char *images_name, const char *labels_name,
-                        dataset *d) {
-  memset(d, 0, sizeof *d);
-  char images_path[4096], labels_path[4096];
-  if (!ex_idx_path(dir, images_name, images_path, sizeof images_path) ||
-      !ex_idx_path(dir, labels_name, labels_path, sizeof labels_path))
-    return -1;
-  ex_idx_images im;
-  if (ex_idx_read_images(images_path, &im) < 0)
-    return -1;
-  if (im.rows != SIDE || im.cols != SIDE) {
-    fprintf(stderr, "error: %s: images are %lldx%lld pixels, this network takes %dx%d\n",
-            images_path, (long long)im.rows, (long long)im.cols, SIDE, SIDE);
-    free(im.pixels);
-    return -1;
-  }
-  int64_t n_labels;
-  uint8_t *labels;
-  if (ex_idx_read_labels(labels_path, NUM_CLASSES, &n_labels, &labels) < 0) {
-    free(im.pixels);
-    return -1;
-  }
-  if (n_labels != im.n) {
-    fprintf(stderr, "error: %s holds %lld images but %s holds %lld labels\n", images_path,
-            (long long)im.n, labels_path, (long long)n_labels);
-    free(im.pixels);
-    free(labels);
-    return -1;
-  }
-  d->n = im.n;
-  d->pixels = im.pixels;
+/* Takes the split's tensors from tg_mnist_load_dir, mapping pixel/255 to [-1, 1]. */
+static int split_init(split *d, tg_tensor *images, tg_tensor *labels, const char *dir) {
+  d->images = NULL;
   d->labels = labels;
-  return 0;
-}
-
-/* Images idx[0..n) as a [n, 1, 28, 28] float tensor on device. */
-static tg_tensor *batch_images(const dataset *d, const int64_t *idx, int64_t n,
-                               tg_device device) {
-  tg_tensor *x = tg_empty(TG_SHAPE(n, 1, SIDE, SIDE), TG_F32, TG_CPU);
-  if (!x)
-    return NULL;
-  float *p = tg_data(x);
-  for (int64_t i = 0; i < n; i++) {
-    const uint8_t *src = d->pixels + idx[i] * SIDE * SIDE;
-    for (int k = 0; k < SIDE * SIDE; k++)
-      p[i * SIDE * SIDE + k] = (float)src[k] / 127.5f - 1.0f;
+  d->n = tg_size(labels, 0);
+  if (tg_size(images, 2) != SIDE || tg_size(images, 3) != SIDE) {
+    fprintf(stderr, "error: %s: images are %lldx%lld pixels, this network takes %dx%d\n",
+            dir, (long long)tg_size(images, 2), (long long)tg_size(images, 3), SIDE,
+            SIDE);
+    return -1;
   }
-  return ex_to_device(x, device);
+  tg_tensor *twice = tg_mul_scalar(images, 2);
+  d->images = tg_sub_scalar(twice, 1);
+  tg_tensor_free(twice);
+  return d->images ? 0 : -1;
 }
 
-static tg_tensor *batch_labels(const dataset *d, const int64_t *idx, int64_t n,
-                               tg_device device) {
-  tg_tensor *y = tg_empty(TG_SHAPE(n), TG_I64, TG_CPU);
-  if (!y)
-    return NULL;
-  int64_t *p = tg_data(y);
-  for (int64_t i = 0; i < n; i++)
-    p[i] = d->labels[idx[i]];
-  return ex_to_device(y, device);
-}
-
-/* Number of rows of logits whose argmax is the label; -1 on error. */
-static int64_t count_correct(const tg_tensor *logits, const dataset *d,
-                             const int64_t *idx, int64_t n) {
+/* Number of rows of logits whose argmax is the label in y (CPU); -1 on error. */
+static int64_t count_correct(const tg_tensor *logits, tg_tensor *y) {
+  int64_t n = tg_size(y, 0);
   tg_tensor *pred = tg_argmax(logits, 1, false);
-  int64_t *host = malloc((size_t)n * sizeof *host);
-  int64_t correct = -1;
+  int64_t *host = malloc((size_t)n * sizeof *host), correct = -1;
+  const int64_t *labels = tg_data(y);
   if (pred && host && tg_tensor_copy_to_host(pred, host, (size_t)n * sizeof *host) == 0) {
     correct = 0;
     for (int64_t i = 0; i < n; i++)
-      correct += host[i] == d->labels[idx[i]];
+      correct += host[i] == labels[i];
   }
   free(host);
   tg_tensor_free(pred);
@@ -106,24 +56,26 @@ static int64_t count_correct(const tg_tensor *logits, const dataset *d,
 }
 
 /* Accuracy on all of d, in eval mode without a tape; negative on error. */
-static double evaluate(const ex_convnet *m, const dataset *d, int64_t batch,
+static double evaluate(const ex_convnet *m, const split *d, int64_t batch,
                        tg_device device) {
-  int64_t *idx = malloc((size_t)batch * sizeof *idx), correct = 0;
-  if (!idx)
-    return -1;
+  tg_batch_iter *it =
+      tg_batch_iter_new(d->images, d->labels, batch, tg_batch_config_default());
+  int64_t correct = it ? 0 : -1;
   tg_no_grad_begin();
-  for (int64_t start = 0; start < d->n && correct >= 0; start += batch) {
-    int64_t n = d->n - start < batch ? d->n - start : batch;
-    for (int64_t i = 0; i < n; i++)
-      idx[i] = start + i;
+  while (correct >= 0) {
     tg_scope_begin();
-    tg_tensor *logits = ex_convnet_forward(m, batch_images(d, idx, n, device), false);
-    int64_t c = logits ? count_correct(logits, d, idx, n) : -1;
-    correct = c < 0 ? -1 : correct + c;
+    tg_tensor *x, *y;
+    int r = tg_batch_iter_next(it, &x, &y);
+    tg_tensor *logits =
+        r > 0 ? ex_convnet_forward(m, ex_to_device(x, device), false) : NULL;
+    int64_t c = logits ? count_correct(logits, y) : -1;
+    correct = r == 0 ? correct : c < 0 ? -1 : correct + c;
     tg_scope_end();
+    if (r == 0)
+      break;
   }
   tg_no_grad_end();
-  free(idx);
+  tg_batch_iter_free(it);
   return correct < 0 ? -1 : (double)correct / (double)d->n;
 }
 
@@ -173,22 +125,36 @@ int main(int argc, char **argv) {
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
-  dataset train, test;
-  if (dataset_load(data_dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                   &train) < 0)
+  tg_mnist data;
+  split train = {0}, test = {0};
+  if (tg_mnist_load_dir(data_dir, &data) < 0) {
+    fprintf(stderr, "error: %s (set --data DIR)\n", tg_last_error());
     return EX_EXIT_FAILURE;
-  if (dataset_load(data_dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", &test) <
-      0) {
-    dataset_free(&train);
+  }
+  tg_no_grad_begin();
+  rc = split_init(&train, data.train_images, data.train_labels, data_dir) < 0 ||
+       split_init(&test, data.test_images, data.test_labels, data_dir) < 0;
+  tg_no_grad_end();
+  if (rc) {
+    if (!train.images || !test.images)
+      fprintf(stderr, "error: %s\n", tg_last_error());
+    tg_tensor_free(train.images);
+    tg_tensor_free(test.images);
+    tg_mnist_free(&data);
     return EX_EXIT_FAILURE;
   }
 
   ex_convnet m = {0};
   int status = EX_EXIT_FAILURE;
   tg_optimizer *opt = NULL;
-  int64_t *order = malloc((size_t)train.n * sizeof *order);
+  tg_batch_iter *batches = NULL;
   ex_curve loss_curve = {0}, acc_curve = {0};
-  if (!order || ex_convnet_build(&m, o.device) < 0) {
+  tg_batch_config bc = tg_batch_config_default();
+  bc.shuffle = true;
+  bc.seed = (uint64_t)o.seed;
+  bc.prefetch = true;
+  if (!(batches = tg_batch_iter_new(train.images, train.labels, o.batch, bc)) ||
+      ex_convnet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
@@ -208,25 +174,28 @@ int main(int argc, char **argv) {
   double t0 = ex_now(), test_acc = -1;
   int64_t step = 0;
   for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
-    ex_epoch_order(order, train.n, ex_hash2((uint64_t)o.seed, (uint64_t)epoch));
     double loss_sum = 0, smooth = NAN;
     int64_t correct = 0, seen = 0;
-    int64_t epoch_steps = total - step < steps_per_epoch ? total - step : steps_per_epoch;
-    for (int64_t s = 0; s < epoch_steps && !ex_interrupted(); s++, step++) {
-      int64_t start = s * o.batch;
-      int64_t n = train.n - start < o.batch ? train.n - start : o.batch;
-      const int64_t *idx = order + start;
+    for (int64_t s = 0; step < total && !ex_interrupted(); s++, step++) {
       tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
 
       tg_scope_begin();
-      tg_tensor *y = batch_labels(&train, idx, n, o.device);
+      tg_tensor *x, *y_host;
+      int r = tg_batch_iter_next(batches, &x, &y_host);
+      if (r == 0) { /* the epoch is over */
+        tg_scope_end();
+        break;
+      }
+      bool ok = r > 0;
+      int64_t n = ok ? tg_size(y_host, 0) : 0;
+      tg_tensor *y = ok ? tg_tensor_to(y_host, o.device) : NULL;
       tg_tensor *logits =
-          ex_convnet_forward(&m, batch_images(&train, idx, n, o.device), true);
+          ok ? ex_convnet_forward(&m, ex_to_device(x, o.device), true) : NULL;
       tg_tensor *loss = tg_cross_entropy(logits, y, TG_REDUCTION_MEAN, -100);
       tg_optimizer_zero_grad(opt);
-      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
+      ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
-      int64_t c = ok ? count_correct(logits, &train, idx, n) : -1;
+      int64_t c = ok ? count_correct(logits, y_host) : -1;
       tg_scope_end();
       if (!ok || c < 0) {
         ex_progress_finish(&prog);
@@ -278,10 +247,11 @@ int main(int argc, char **argv) {
 done:
   tg_optimizer_free(opt);
   tg_varstore_free(m.vs);
-  free(order);
+  tg_batch_iter_free(batches);
   ex_curve_free(&loss_curve);
   ex_curve_free(&acc_curve);
-  dataset_free(&train);
-  dataset_free(&test);
+  tg_tensor_free(train.images);
+  tg_tensor_free(test.images);
+  tg_mnist_free(&data);
   return status;
 }

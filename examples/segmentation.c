@@ -423,11 +423,16 @@ int main(int argc, char **argv) {
   tg_optimizer *opt = NULL;
   history hist = {0};
   scenes train = {0}, held = {0};
-  int64_t *order = malloc((size_t)train_size * sizeof *order);
+  tg_tensor *scene_ids = tg_arange(0, (double)train_size, 1, TG_I64, TG_CPU);
+  tg_batch_iter *batches = NULL; /* batches of scene indices, shuffled from --seed */
   double t0 = ex_now();
   /* Held-out scenes come from a fixed stream so runs with different seeds are
    * compared on the same images; training scenes from the seed's own stream. */
-  if (!order || scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
+  tg_batch_config bc = tg_batch_config_default();
+  bc.shuffle = true;
+  bc.seed = ex_hash2((uint64_t)o.seed, 100);
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc)) ||
+      scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
   if (ex_unet_build(&m, o.device) < 0) {
@@ -452,21 +457,26 @@ int main(int argc, char **argv) {
   confusion held_cm;
   bool evaluated = false;
   for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
-    ex_epoch_order(order, train.n, ex_hash2((uint64_t)o.seed, 100 + (uint64_t)epoch));
     confusion epoch_cm = {0}, window_cm = {0};
     double loss_sum = 0, window_loss = 0;
     int64_t seen = 0, window_steps = 0;
     int64_t epoch_steps = total - step < steps_per_epoch ? total - step : steps_per_epoch;
     int64_t plot_every = steps_per_epoch / 25 > 0 ? steps_per_epoch / 25 : 1;
-    for (int64_t s = 0; s < epoch_steps && !ex_interrupted(); s++, step++) {
-      int64_t start = s * o.batch;
-      int64_t n = train.n - start < o.batch ? train.n - start : o.batch;
-      const int64_t *idx = order + start;
+    for (int64_t s = 0; step < total && !ex_interrupted(); s++, step++) {
       tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
 
       tg_scope_begin();
+      tg_tensor *ids;
+      int r = tg_batch_iter_next(batches, &ids, NULL);
+      if (r == 0) { /* the epoch is over */
+        tg_scope_end();
+        break;
+      }
+      int64_t n = r > 0 ? tg_numel(ids) : 0;
+      const int64_t *idx = r > 0 ? tg_data(ids) : NULL;
       tg_tensor *logits =
-          ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true);
+          r > 0 ? ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true)
+                : NULL;
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
       tg_optimizer_zero_grad(opt);
       bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
@@ -540,7 +550,8 @@ int main(int argc, char **argv) {
 done:
   tg_optimizer_free(opt);
   tg_varstore_free(m.vs);
-  free(order);
+  tg_batch_iter_free(batches);
+  tg_tensor_free(scene_ids);
   ex_curve_free(&hist.loss);
   ex_curve_free(&hist.miou);
   ex_curve_free(&hist.held_miou);

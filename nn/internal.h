@@ -52,4 +52,29 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
  * which frees it with m->release and free(). Returns m, or NULL (m freed). */
 tg_module *tg__module_register(tg_varstore *vs, tg_module *m, const char *op);
 
+/* A named tensor in a tg_tensor_dict. */
+typedef struct {
+  char *name;
+  tg_tensor *t;           /* owned reference, out of every scope */
+  const char *file_dtype; /* static: the safetensors dtype it was read from, or NULL */
+} tg__dict_entry;
+
+struct tg_tensor_dict {
+  tg__dict_entry *items; /* insertion order */
+  int n, cap;
+  char **meta; /* __metadata__: key, value, key, value... in insertion order */
+  int n_meta, cap_meta;
+};
+
+/* The entry called name, or NULL. */
+tg__dict_entry *tg__dict_find(const tg_tensor_dict *d, const char *name);
+/* As tg_tensor_dict_set for a tensor that is not in a scope, taking the reference. */
+int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char *op);
+/* "<prefix><name>" in a new string, or NULL (out of memory: error set for op). */
+char *tg__concat(const char *prefix, const char *name, const char *op);
+
+/* optim.c: group g's initial_lr, which schedulers set once (torch's
+ * group.setdefault("initial_lr", lr)); NAN until then. */
+double *tg__optimizer_initial_lr(tg_optimizer *opt, int g);
+
 #endif

@@ -434,6 +434,7 @@ typedef struct {
   tg_module base;
   tg_module **items;
   int n, cap;
+  tg_path *path; /* tg_nn_sequential_path's: children are named "<path>.<index>" */
 } sequential_module;
 
 /* Each intermediate result is released as soon as the next module has used it (the
@@ -465,6 +466,35 @@ tg_module *tg_nn_sequential(tg_varstore *vs) {
   if (s)
     s->base = (tg_module){"tg_nn_sequential", "", sequential_forward, sequential_release};
   return tg__module_register(vs, s ? &s->base : NULL, "tg_nn_sequential");
+}
+
+tg_module *tg_nn_sequential_path(tg_path *path) {
+  if (!path) {
+    if (!tg_last_error()[0])
+      tg__error("tg_nn_sequential_path: argument 'path' is NULL");
+    return NULL;
+  }
+  sequential_module *s = calloc(1, sizeof *s);
+  if (s) {
+    s->base = (tg_module){"tg_nn_sequential", path->prefix, sequential_forward,
+                          sequential_release};
+    s->path = path;
+  }
+  return tg__module_register(path->vs, s ? &s->base : NULL, "tg_nn_sequential_path");
+}
+
+tg_path *tg_sequential_path(tg_module *seq) {
+  if (!seq || seq->forward != sequential_forward || !((sequential_module *)seq)->path) {
+    if (seq || !tg_last_error()[0])
+      tg__error("tg_sequential_path: %s", seq ? "the module is not a sequential made by "
+                                                "tg_nn_sequential_path"
+                                              : "argument 'seq' is NULL");
+    return NULL;
+  }
+  sequential_module *s = (sequential_module *)seq;
+  char index[16];
+  snprintf(index, sizeof index, "%d", s->n);
+  return tg_path_sub(s->path, index);
 }
 
 /* Whether m is target or holds it at any depth (sequentials are acyclic). */

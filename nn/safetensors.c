@@ -1,4 +1,4 @@
-/* safetensors checkpoints of a var store.
+/* safetensors checkpoints: of a var store, or of any named tensors (tg_tensor_dict).
  *
  * Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
  *   {"__metadata__": {str: str} (optional),
@@ -6,12 +6,13 @@
  * padded with spaces to a multiple of 8, then the little-endian data buffer, each
  * tensor at [begin, end) of it. We write what the safetensors package writes, byte for
  * byte: tensors ordered by dtype (I64, F64, F32: its enum order, descending) then by
- * name, the header in that order, no metadata.
+ * name, the header in that order, __metadata__ first when there is any.
  *
  * Loading parses the header with a strict, schema-driven parser (no recursion, every
- * read bounded by the header length), validates the whole file against itself and
- * against the store, and only then writes into the variables: a bad file is an error
- * that leaves the store as it was. */
+ * read bounded by the header length), validates the whole file against itself, reads
+ * the tensors the options select into a dict (F16/BF16 widened to float32, exactly),
+ * matches that against the store and converts dtypes where allowed, and only then
+ * writes into the variables: a bad file is an error that leaves the store as it was. */
 #include "nn/internal.h"
 
 #include <errno.h>
@@ -186,15 +187,14 @@ static int by_dtype_then_name(const void *pa, const void *pb) {
   return strcmp(a->name, b->name);
 }
 
-/* vs's variables in file order (a new array). */
-static const tg__var **file_order(const tg_varstore *vs) {
-  const tg__var **order =
-      malloc((size_t)(vs->n_vars > 0 ? vs->n_vars : 1) * sizeof *order);
+/* vars[0..n) in file order (a new array). */
+static const tg__var **file_order(const tg__var *vars, int n) {
+  const tg__var **order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
   if (!order)
     return NULL;
-  for (int i = 0; i < vs->n_vars; i++)
-    order[i] = &vs->vars[i];
-  qsort(order, (size_t)vs->n_vars, sizeof *order, by_dtype_then_name);
+  for (int i = 0; i < n; i++)
+    order[i] = &vars[i];
+  qsort(order, (size_t)n, sizeof *order, by_dtype_then_name);
   return order;
 }
 
@@ -202,13 +202,22 @@ static int write_all(FILE *f, const void *p, size_t n) {
   return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1;
 }
 
-/* Writes header and data to f. */
-static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
-                      const char *filename) {
+/* Writes header (with meta's __metadata__ when it has any) and data to f. */
+static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, FILE *f,
+                      const char *filename, const char *op) {
   strbuf h = {0};
   uint64_t offset = 0;
   sb_add(&h, "{", 1);
-  for (int k = 0; k < vs->n_vars; k++) {
+  if (meta && meta->n_meta) {
+    sb_str(&h, "\"__metadata__\":{");
+    for (int i = 0; i < 2 * meta->n_meta; i++) {
+      if (i)
+        sb_add(&h, i % 2 ? ":" : ",", 1);
+      sb_json_string(&h, meta->meta[i]);
+    }
+    sb_add(&h, n ? "}," : "}", n ? 2 : 1);
+  }
+  for (int k = 0; k < n; k++) {
     const tg__var *v = order[k];
     uint64_t bytes = (uint64_t)v->t->numel * tg_dtype_size(v->t->dtype);
     if (k)
@@ -228,18 +237,18 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
     sb_add(&h, " ", 1);
   if (h.oom) {
     free(h.s);
-    return tg__error("tg_varstore_save: out of memory");
+    return tg__error("%s: out of memory", op);
   }
   uint8_t len8[8];
   for (int i = 0; i < 8; i++)
     len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
   int rc = 0;
   if (write_all(f, len8, 8) < 0 || write_all(f, h.s, h.len) < 0)
-    rc = tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+    rc = tg__error("%s: writing %s failed: %s", op, filename, strerror(errno));
   free(h.s);
 
   void *tmp = NULL; /* host copy for non-CPU tensors and big-endian hosts */
-  for (int k = 0; rc == 0 && k < vs->n_vars; k++) {
+  for (int k = 0; rc == 0 && k < n; k++) {
     const tg_tensor *t = order[k]->t;
     size_t esize = tg_dtype_size(t->dtype), bytes = (size_t)t->numel * esize;
     const void *src = tg__data(t);
@@ -247,7 +256,7 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
       free(tmp);
       tmp = malloc(bytes ? bytes : 1);
       if (!tmp) {
-        rc = tg__error("tg_varstore_save: out of memory");
+        rc = tg__error("%s: out of memory", op);
         break;
       }
       if (tg_tensor_copy_to_host(t, tmp, bytes) < 0) {
@@ -258,8 +267,7 @@ static int write_file(const tg_varstore *vs, const tg__var **order, FILE *f,
       src = tmp;
     }
     if (write_all(f, src, bytes) < 0)
-      rc =
-          tg__error("tg_varstore_save: writing %s failed: %s", filename, strerror(errno));
+      rc = tg__error("%s: writing %s failed: %s", op, filename, strerror(errno));
   }
   free(tmp);
   return rc;
@@ -283,37 +291,44 @@ static void sync_parent_dir(const char *path) {
   free(dir);
 }
 
-int tg_varstore_save(const tg_varstore *vs, const char *filename) {
-  if (!vs || !filename)
-    return tg__error("tg_varstore_save: argument '%s' is NULL", vs ? "filename" : "vs");
-  for (int i = 0; i < vs->n_vars; i++)
-    if (!valid_utf8((const uint8_t *)vs->vars[i].name, strlen(vs->vars[i].name), NULL))
-      return tg__error("tg_varstore_save: variable name '%s' is not valid UTF-8, which "
-                       "safetensors requires",
-                       vs->vars[i].name);
-  const tg__var **order = file_order(vs);
+static int check_utf8(const char *s, const char *what, const char *op) {
+  if (valid_utf8((const uint8_t *)s, strlen(s), NULL))
+    return 0;
+  return tg__error("%s: %s '%s' is not valid UTF-8, which safetensors requires", op, what,
+                   s);
+}
+
+/* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. */
+static int save_entries(const tg__var *vars, int n, const tg_tensor_dict *meta,
+                        const char *filename, const char *op) {
+  for (int i = 0; i < n; i++)
+    if (check_utf8(vars[i].name, "variable name", op) < 0)
+      return -1;
+  for (int i = 0; meta && i < 2 * meta->n_meta; i++)
+    if (check_utf8(meta->meta[i], "metadata string", op) < 0)
+      return -1;
+  const tg__var **order = file_order(vars, n);
   size_t tlen = strlen(filename) + 32;
   char *tmp = malloc(tlen);
   if (!order || !tmp) {
     free((void *)order);
     free(tmp);
-    return tg__error("tg_varstore_save: out of memory");
+    return tg__error("%s: out of memory", op);
   }
   snprintf(tmp, tlen, "%s.tmp.%ld", filename, (long)getpid());
   int rc = 0;
   FILE *f = fopen(tmp, "wb");
   if (!f) {
-    rc = tg__error("tg_varstore_save: cannot create %s: %s", tmp, strerror(errno));
+    rc = tg__error("%s: cannot create %s: %s", op, tmp, strerror(errno));
     goto done;
   }
-  rc = write_file(vs, order, f, filename);
+  rc = write_file(order, n, meta, f, filename, op);
   if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-    rc = tg__error("tg_varstore_save: flushing %s failed: %s", tmp, strerror(errno));
+    rc = tg__error("%s: flushing %s failed: %s", op, tmp, strerror(errno));
   if (fclose(f) != 0 && rc == 0)
-    rc = tg__error("tg_varstore_save: closing %s failed: %s", tmp, strerror(errno));
+    rc = tg__error("%s: closing %s failed: %s", op, tmp, strerror(errno));
   if (rc == 0 && rename(tmp, filename) != 0)
-    rc = tg__error("tg_varstore_save: cannot rename %s to %s: %s", tmp, filename,
-                   strerror(errno));
+    rc = tg__error("%s: cannot rename %s to %s: %s", op, tmp, filename, strerror(errno));
   if (rc == 0)
     sync_parent_dir(filename);
   else
@@ -321,6 +336,26 @@ int tg_varstore_save(const tg_varstore *vs, const char *filename) {
 done:
   free(tmp);
   free((void *)order);
+  return rc;
+}
+
+int tg_varstore_save(const tg_varstore *vs, const char *filename) {
+  if (!vs || !filename)
+    return tg__error("tg_varstore_save: argument '%s' is NULL", vs ? "filename" : "vs");
+  return save_entries(vs->vars, vs->n_vars, NULL, filename, "tg_varstore_save");
+}
+
+int tg_save_tensors(const tg_tensor_dict *d, const char *filename) {
+  const char *op = "tg_save_tensors";
+  if (!d || !filename)
+    return tg__error("%s: argument '%s' is NULL", op, d ? "filename" : "d");
+  tg__var *vars = malloc((size_t)(d->n > 0 ? d->n : 1) * sizeof *vars);
+  if (!vars)
+    return tg__error("%s: out of memory", op);
+  for (int i = 0; i < d->n; i++)
+    vars[i] = (tg__var){d->items[i].name, d->items[i].t, false};
+  int rc = save_entries(vars, d->n, d, filename, op);
+  free(vars);
   return rc;
 }
 
@@ -332,13 +367,13 @@ typedef struct {
   int ndim;
   int64_t shape[MAX_FILE_DIMS];
   uint64_t begin, end;
-  int var; /* index of the matching variable, or -1 */
 } st_entry;
 
 typedef struct {
   const char *start, *p, *end;
   st_entry *entries;
   int n, cap;
+  tg_tensor_dict *meta; /* receives __metadata__, when non-NULL */
   char err[512];
 } parser;
 
@@ -596,6 +631,8 @@ static int parse_metadata(parser *ps) {
       rc = fail(ps, "__metadata__ values must be strings");
     if (rc == 0)
       rc = parse_string(ps, &v);
+    if (rc == 0 && ps->meta && tg_tensor_dict_set_metadata(ps->meta, k, v) < 0)
+      rc = fail(ps, "out of memory");
     free(k);
     free(v);
     if (rc < 0)
@@ -639,7 +676,6 @@ static int parse_header(parser *ps) {
       st_entry *e = &ps->entries[ps->n++];
       memset(e, 0, sizeof *e);
       e->name = name;
-      e->var = -1;
       if (parse_info(ps, e) < 0)
         return -1;
     } while (accept(ps, ','));
@@ -762,72 +798,97 @@ static void list_end(name_list *l) {
              l->shown ? ", " : "", l->count - l->shown);
 }
 
-/* Pairs every variable with its entry; an error naming what is missing, unexpected
- * or mismatched when anything is. */
-static int match_store(const tg_varstore *vs, parser *ps, const char *filename) {
-  name_list missing = {0}, extra = {0}, bad = {0};
-  for (int i = 0; i < vs->n_vars; i++) {
-    const tg__var *v = &vs->vars[i];
-    st_entry key = {.name = v->name};
-    st_entry *e =
-        ps->n ? bsearch(&key, ps->entries, (size_t)ps->n, sizeof *e, by_name) : NULL;
-    if (!e) {
-      list_add(&missing, v->name);
-      continue;
+/* The name a tensor called `name` loads as under o: without o->prefix, or NULL when
+ * o leaves it out. */
+static const char *selected(const char *name, const tg_load_options *o) {
+  size_t n;
+  if (o->exclude_prefix && (n = strlen(o->exclude_prefix)) &&
+      !strncmp(name, o->exclude_prefix, n))
+    return NULL;
+  if (o->prefix && (n = strlen(o->prefix)))
+    return strncmp(name, o->prefix, n) ? NULL : name + n;
+  return name;
+}
+
+static float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  if (exp == 0) { /* zero or subnormal: man * 2^-24, exact in float */
+    float f = (float)man * 0x1p-24f;
+    return sign ? -f : f;
+  }
+  uint32_t bits = sign | (exp == 31 ? 0x7f800000u : (exp + 112) << 23) | man << 13;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+static float bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* A new tensor (out of every scope) holding entry e's little-endian bytes. */
+static tg_tensor *entry_tensor(const st_entry *e, uint8_t *bytes, const char *op,
+                               const char *filename) {
+  const char *dt = st_dtypes[e->dtype].name;
+  bool half = !strcmp(dt, "F16"), bf16 = !strcmp(dt, "BF16");
+  tg_dtype dtype = !strcmp(dt, "F64") ? TG_F64 : !strcmp(dt, "I64") ? TG_I64 : TG_F32;
+  if (!half && !bf16 && strcmp(dt, st_name(dtype))) {
+    tg__error("%s: %s: tensor '%s' has dtype %s, which tapegrad does not hold (it reads "
+              "F16, BF16, F32, F64 and I64)",
+              op, filename, e->name, dt);
+    return NULL;
+  }
+  if (e->ndim > TG_MAX_DIMS) {
+    tg__error("%s: %s: tensor '%s' has %d dimensions, more than the %d tapegrad holds",
+              op, filename, e->name, e->ndim, TG_MAX_DIMS);
+    return NULL;
+  }
+  tg_tensor *t = tg__unscope(tg_empty(e->shape, e->ndim, dtype, TG_CPU));
+  if (!t)
+    return NULL;
+  size_t esize = st_dtypes[e->dtype].size, bytes_n = (size_t)(e->end - e->begin);
+  to_little_endian(bytes, bytes_n, esize);
+  if (half || bf16) {
+    float *p = tg__data(t);
+    for (int64_t i = 0; i < t->numel; i++) {
+      uint16_t h;
+      memcpy(&h, bytes + 2 * i, 2);
+      p[i] = half ? half_to_float(h) : bf16_to_float(h);
     }
-    e->var = i;
-    bool same_shape = e->ndim == v->t->ndim;
-    for (int d = 0; same_shape && d < e->ndim; d++)
-      same_shape = e->shape[d] == v->t->shape[d];
-    bool same_dtype = !strcmp(st_dtypes[e->dtype].name, st_name(v->t->dtype));
-    if (same_shape && same_dtype)
-      continue;
-    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
-    tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, fs, sizeof fs);
-    snprintf(item, sizeof item, "%.300s (file %s %s%s, store %s %s)", v->name,
-             st_dtypes[e->dtype].name, fs, e->ndim > TG_MAX_DIMS ? "..." : "",
-             st_name(v->t->dtype), tg_shape_str(v->t, ss, sizeof ss));
-    list_add(&bad, item);
+  } else if (bytes_n) {
+    memcpy(tg__data(t), bytes, bytes_n);
   }
-  for (int i = 0; i < ps->n; i++)
-    if (ps->entries[i].var < 0)
-      list_add(&extra, ps->entries[i].name);
-  if (!missing.count && !extra.count && !bad.count)
-    return 0;
-  name_list *lists[3] = {&missing, &extra, &bad};
-  const char *titles[3] = {
-      "missing from the file: ", "not in the var store: ", "dtype or shape mismatch: "};
-  char msg[2000];
-  size_t len = 0;
-  for (int k = 0; k < 3; k++) {
-    if (!lists[k]->count)
-      continue;
-    list_end(lists[k]);
-    len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
-                            titles[k], lists[k]->text);
-  }
-  return tg__error("tg_varstore_load: %s does not match the var store:%s", filename, msg);
+  return t;
 }
 
 static int read_exact(FILE *f, void *p, size_t n) {
   return n == 0 || fread(p, 1, n, f) == n ? 0 : -1;
 }
 
-int tg_varstore_load(tg_varstore *vs, const char *filename) {
-  if (!vs || !filename)
-    return tg__error("tg_varstore_load: argument '%s' is NULL", vs ? "filename" : "vs");
+/* Reads and checks all of filename, then the tensors o selects (under the names they
+ * load as) and the metadata into a new dict. */
+static tg_tensor_dict *read_file(const char *filename, const char *op,
+                                 const tg_load_options *o) {
   FILE *f = fopen(filename, "rb");
-  if (!f)
-    return tg__error("tg_varstore_load: cannot open %s: %s", filename, strerror(errno));
-  parser ps = {0};
+  if (!f) {
+    tg__error("%s: cannot open %s: %s", op, filename, strerror(errno));
+    return NULL;
+  }
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  parser ps = {.meta = d};
   char *header = NULL;
   uint8_t *data = NULL;
   int rc = -1;
   struct stat st;
   uint8_t len8[8];
   uint64_t hlen = 0;
+  if (!d)
+    goto done;
   if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    tg__error("tg_varstore_load: %s is not a regular file", filename);
+    tg__error("%s: %s is not a regular file", op, filename);
     goto done;
   }
   uint64_t fsize = (uint64_t)st.st_size;
@@ -852,12 +913,11 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
   }
   header = malloc(hlen ? hlen : 1);
   if (!header) {
-    tg__error("tg_varstore_load: out of memory for a %llu-byte header",
-              (unsigned long long)hlen);
+    tg__error("%s: out of memory for a %llu-byte header", op, (unsigned long long)hlen);
     goto done;
   }
   if (read_exact(f, header, hlen) < 0) {
-    tg__error("tg_varstore_load: reading %s failed: %s", filename, strerror(errno));
+    tg__error("%s: reading %s failed: %s", op, filename, strerror(errno));
     goto done;
   }
   size_t bad_at;
@@ -870,33 +930,31 @@ int tg_varstore_load(tg_varstore *vs, const char *filename) {
   uint64_t data_bytes = fsize - 8 - hlen;
   if (parse_header(&ps) < 0 || check_entries(&ps, data_bytes) < 0)
     goto invalid;
-  if (match_store(vs, &ps, filename) < 0)
-    goto done;
 
-  /* Everything matches: the data buffer holds exactly the store's variables. */
   data = malloc(data_bytes ? data_bytes : 1);
   if (!data) {
-    tg__error("tg_varstore_load: out of memory for %llu bytes of data",
+    tg__error("%s: out of memory for %llu bytes of data", op,
               (unsigned long long)data_bytes);
     goto done;
   }
   if (read_exact(f, data, data_bytes) < 0) {
-    tg__error("tg_varstore_load: reading %s failed (did it change while loading?)",
-              filename);
+    tg__error("%s: reading %s failed (did it change while loading?)", op, filename);
     goto done;
   }
   rc = 0;
   for (int i = 0; i < ps.n && rc == 0; i++) {
     const st_entry *e = &ps.entries[i];
-    tg_tensor *t = vs->vars[e->var].t;
-    size_t bytes = (size_t)(e->end - e->begin);
-    to_little_endian(data + e->begin, bytes, tg_dtype_size(t->dtype));
-    if (bytes)
-      rc = tg__cuda_memcpy(tg__data(t), t->device, data + e->begin, TG_CPU, bytes);
+    const char *name = selected(e->name, o);
+    if (!name)
+      continue;
+    tg_tensor *t = entry_tensor(e, data + e->begin, op, filename);
+    rc = t ? tg__dict_take(d, name, t, op) : -1;
+    if (rc == 0)
+      d->items[d->n - 1].file_dtype = st_dtypes[e->dtype].name;
   }
   goto done;
 invalid:
-  tg__error("tg_varstore_load: %s is not a valid safetensors file: %s", filename, ps.err);
+  tg__error("%s: %s is not a valid safetensors file: %s", op, filename, ps.err);
 done:
   for (int i = 0; i < ps.n; i++)
     free(ps.entries[i].name);
@@ -904,5 +962,183 @@ done:
   free(header);
   free(data);
   fclose(f);
+  if (rc < 0) {
+    tg_tensor_dict_free(d);
+    return NULL;
+  }
+  return d;
+}
+
+tg_load_options tg_load_options_default(void) {
+  return (tg_load_options){true, false, NULL, NULL};
+}
+
+void tg_load_report_free(tg_load_report *r) {
+  if (!r)
+    return;
+  for (int i = 0; i < r->n_missing; i++)
+    free(r->missing[i]);
+  for (int i = 0; i < r->n_unexpected; i++)
+    free(r->unexpected[i]);
+  free(r->missing);
+  free(r->unexpected);
+  memset(r, 0, sizeof *r);
+}
+
+/* A copy of names[0..n) into *out; 0 or -1. */
+static int copy_names(const char *const *names, int n, char ***out, const char *op) {
+  *out = n ? calloc((size_t)n, sizeof **out) : NULL;
+  if (n && !*out)
+    return tg__error("%s: out of memory", op);
+  for (int i = 0; i < n; i++)
+    if (!((*out)[i] = strdup(names[i])))
+      return tg__error("%s: out of memory", op);
+  return 0;
+}
+
+/* Loads d's tensors (named as o selects when filter is set) into vs's variables:
+ * matches every variable with its tensor, checks shapes and dtypes, converts what
+ * needs it, and only then writes. `source` names d in messages. */
+static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options *o,
+                 bool filter, tg_load_report *report, const char *op,
+                 const char *source) {
+  int nv = vs->n_vars, rc = 0;
+  int *match = malloc((size_t)(nv > 0 ? nv : 1) * sizeof *match);
+  bool *used = calloc((size_t)(d->n > 0 ? d->n : 1), sizeof *used);
+  tg_tensor **conv = calloc((size_t)(nv > 0 ? nv : 1), sizeof *conv);
+  const char **left = malloc((size_t)(nv + d->n + 1) * sizeof *left);
+  if (!match || !used || !conv || !left) {
+    rc = tg__error("%s: out of memory", op);
+    goto done;
+  }
+  name_list missing = {0}, extra = {0}, bad = {0};
+  int n_missing = 0;
+  for (int i = 0; i < nv; i++) {
+    const tg__var *v = &vs->vars[i];
+    match[i] = -1;
+    for (int k = 0; k < d->n && match[i] < 0; k++) {
+      const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+      if (name && !strcmp(name, v->name))
+        match[i] = k;
+    }
+    if (match[i] < 0) {
+      list_add(&missing, v->name);
+      left[n_missing++] = v->name;
+      continue;
+    }
+    const tg__dict_entry *e = &d->items[match[i]];
+    used[match[i]] = true;
+    const tg_tensor *t = e->t;
+    bool same_shape = t->ndim == v->t->ndim;
+    for (int k = 0; same_shape && k < t->ndim; k++)
+      same_shape = t->shape[k] == v->t->shape[k];
+    const char *fd = e->file_dtype ? e->file_dtype : st_name(t->dtype);
+    bool dtype_ok = o->strict_dtype
+                        ? !strcmp(fd, st_name(v->t->dtype))
+                        : t->dtype == v->t->dtype ||
+                              (tg__is_float(t->dtype) && tg__is_float(v->t->dtype));
+    if (same_shape && dtype_ok)
+      continue;
+    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
+    snprintf(item, sizeof item, "%.300s (file %s %s, store %s %s)", v->name, fd,
+             tg_shape_str(t, fs, sizeof fs), st_name(v->t->dtype),
+             tg_shape_str(v->t, ss, sizeof ss));
+    list_add(&bad, item);
+  }
+  int n_extra = 0;
+  for (int k = 0; k < d->n; k++) {
+    const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+    if (name && !used[k]) {
+      list_add(&extra, name);
+      left[n_missing + n_extra++] = name;
+    }
+  }
+  if (bad.count || (o->strict && (missing.count || extra.count))) {
+    name_list *lists[3] = {&missing, &extra, &bad};
+    const char *titles[3] = {
+        "missing from the file: ", "not in the var store: ", "dtype or shape mismatch: "};
+    char msg[2000];
+    size_t len = 0;
+    for (int k = 0; k < 3; k++) {
+      if (!lists[k]->count || (k < 2 && !o->strict))
+        continue;
+      list_end(lists[k]);
+      len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
+                              titles[k], lists[k]->text);
+    }
+    rc = tg__error("%s: %s does not match the var store:%s", op, source, msg);
+    goto done;
+  }
+  /* Conversions first (they allocate), so a failure changes no variable. */
+  tg_no_grad_begin();
+  for (int i = 0; i < nv && rc == 0; i++) {
+    const tg_tensor *t = match[i] >= 0 ? d->items[match[i]].t : NULL;
+    if (t && t->dtype != vs->vars[i].t->dtype &&
+        !(conv[i] = tg__unscope(tg_to_dtype(t, vs->vars[i].t->dtype))))
+      rc = -1;
+  }
+  tg_no_grad_end();
+  if (rc == 0 && report) {
+    memset(report, 0, sizeof *report);
+    if (copy_names(left, n_missing, &report->missing, op) < 0 ||
+        copy_names(left + n_missing, n_extra, &report->unexpected, op) < 0)
+      rc = -1;
+    report->n_missing = n_missing;
+    report->n_unexpected = n_extra;
+    if (rc < 0)
+      tg_load_report_free(report);
+  }
+  for (int i = 0; i < nv && rc == 0; i++) {
+    const tg_tensor *t = conv[i] ? conv[i] : match[i] >= 0 ? d->items[match[i]].t : NULL;
+    tg_tensor *v = vs->vars[i].t;
+    size_t bytes = (size_t)v->numel * tg_dtype_size(v->dtype);
+    if (t && bytes)
+      rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), TG_CPU, bytes);
+  }
+done:
+  for (int i = 0; conv && i < nv; i++)
+    tg_tensor_free(conv[i]);
+  free(match);
+  free(used);
+  free(conv);
+  free(left);
   return rc;
+}
+
+int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_options *o,
+                        tg_load_report *report) {
+  const char *op = "tg_varstore_load";
+  if (!vs || !filename)
+    return tg__error("%s: argument '%s' is NULL", op, vs ? "filename" : "vs");
+  tg_load_options defaults = tg_load_options_default();
+  if (!o)
+    o = &defaults;
+  tg_tensor_dict *d = read_file(filename, op, o);
+  int rc = d ? apply(vs, d, o, false, report, op, filename) : -1;
+  tg_tensor_dict_free(d);
+  return rc;
+}
+
+int tg_varstore_load(tg_varstore *vs, const char *filename) {
+  tg_load_options o = tg_load_options_default();
+  o.strict_dtype = true;
+  return tg_varstore_load_ex(vs, filename, &o, NULL);
+}
+
+int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
+                          const tg_load_options *o, tg_load_report *report) {
+  const char *op = "tg_varstore_load_dict";
+  if (!vs || !d)
+    return tg__error("%s: argument '%s' is NULL", op, vs ? "d" : "vs");
+  tg_load_options defaults = tg_load_options_default();
+  return apply(vs, d, o ? o : &defaults, true, report, op, "the tensor dict");
+}
+
+tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o) {
+  if (!filename) {
+    tg__error("tg_load_tensors: argument 'filename' is NULL");
+    return NULL;
+  }
+  tg_load_options defaults = tg_load_options_default();
+  return read_file(filename, "tg_load_tensors", o ? o : &defaults);
 }

@@ -37,6 +37,20 @@ void tg_manual_seed(uint64_t seed) {
   pthread_mutex_unlock(&lock);
 }
 
+void tg_random_get_state(uint64_t out[4]) {
+  pthread_mutex_lock(&lock);
+  for (int i = 0; i < 4; i++)
+    out[i] = state[i];
+  pthread_mutex_unlock(&lock);
+}
+
+void tg_random_set_state(const uint64_t in[4]) {
+  pthread_mutex_lock(&lock);
+  for (int i = 0; i < 4; i++)
+    state[i] = in[i];
+  pthread_mutex_unlock(&lock);
+}
+
 uint64_t tg__rand_u64(void) {
   pthread_mutex_lock(&lock);
   uint64_t r = next_locked();
