@@ -743,7 +743,9 @@ int tg_dist_broadcast_varstore(tg_varstore *vs, int root);
  * takes the same optimizer step. With a mean-reduced loss the result is the gradient
  * of the global batch's mean when every rank has the same number of samples; with
  * uneven shards multiply each rank's loss by world_size * n_rank / n_global before
- * backward. 0/-1; after a failure the gradients may be partly averaged. */
+ * backward. 0/-1; after a failure the gradients may be partly averaged. A rank
+ * whose step failed passes vs NULL with its error pending: the call fails on every
+ * rank with that error instead of leaving the others waiting. */
 int tg_dist_average_gradients(tg_varstore *vs);
 /* Bucket size of tg_dist_average_gradients in bytes (>= 1; must match on every
  * rank): variables larger than it are all-reduced alone, in place. 0/-1. */

@@ -347,10 +347,14 @@ int tg_dist_average_gradients(tg_varstore *vs) {
     return -1;
   const tg__dist_kernels *k = NULL;
   int rc = 0;
-  if (!vs)
-    rc = tg__error("%s: argument 'vs' is NULL", OP);
+  if (!vs) /* a training step that failed passes NULL: its error stays, and is sent */
+    rc = tg_last_error()[0] ? -1 : tg__error("%s: argument 'vs' is NULL", OP);
   else if (!(k = pick(OP, vs->device)))
     rc = -1;
+  /* A world of one on the CPU has nothing to exchange (CUDA gradients still take the
+   * NCCL path, so that one GPU runs it). */
+  if (st.world == 1 && (rc < 0 || vs->device.type == TG_DEVICE_CPU))
+    return rc;
   int n = 0;
   grad_item *items = NULL;
   int64_t *has = NULL;

@@ -113,6 +113,9 @@ static void test_bad_input(void **state) {
   assert_error(tg_dist_average_gradients(NULL) < 0,
                "tg_dist_average_gradients: argument 'vs' is NULL");
   assert_error(tg_dist_set_bucket_bytes(0) < 0, "at least 1 byte, got 0");
+  /* A failed step passes NULL and keeps its own error. */
+  assert_null(tg_reshape(i, TG_SHAPE(3)));
+  assert_error(tg_dist_average_gradients(NULL) < 0, "tg_reshape", "invalid for input");
   tg_tensor_free(i);
 }
 

@@ -367,8 +367,22 @@ static void test_one_rank_fails(void **state) {
   else
     assert_string_equal(msg, "tg_dist_all_reduce: argument 'tensor' is NULL (an earlier "
                              "call probably failed)");
+  /* A training step that failed on rank 1 passes NULL with its error pending. */
+  tg_varstore *vs = grad_store(rank, true);
+  if (rank == 1)
+    assert_null(tg_reshape(t, TG_SHAPE(3)));
+  int step_rc = tg_dist_average_gradients(rank == 1 ? NULL : vs);
+  char step_msg[1024];
+  snprintf(step_msg, sizeof step_msg, "%s", tg_last_error());
+  tg_clear_error();
   assert_int_equal(next, 0);
   assert_float_equal(((float *)tg_data(t))[4], 2.0, 0);
+  assert_int_equal(step_rc, -1);
+  assert_non_null(strstr(step_msg, rank == 0
+                                       ? "tg_dist_average_gradients: rank 1 failed: "
+                                         "tg_reshape: shape '[3]' is invalid"
+                                       : "tg_reshape: shape '[3]' is invalid"));
+  tg_varstore_free(vs);
   tg_tensor_free(t);
 }
 
