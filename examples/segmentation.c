@@ -188,7 +188,9 @@ static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
       p[i * PIXELS + k] = s->labels[idx[i] * PIXELS + k] ? (float)fg_weight : 1.0f;
       total += p[i * PIXELS + k];
     }
-  return tg_div_scalar(tg_sum(tg_mul(ce, ex_to_device(w, device))), total);
+  /* Under mpirun the ranks' sums share the global normaliser (the mean of their
+   * totals, as their gradients are averaged), so they average to the global loss. */
+  return tg_div_scalar(tg_sum(tg_mul(ce, ex_to_device(w, device))), ex_dist_mean(total));
 }
 
 /* ------------------------------------------------------------------ metrics -- */
@@ -431,7 +433,9 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = ex_hash2((uint64_t)o.seed, 100);
-  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc)) ||
+  bc.rank = o.rank; /* each rank its slice of every global batch */
+  bc.world = o.world;
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch / o.world, bc)) ||
       scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
@@ -479,7 +483,10 @@ int main(int argc, char **argv) {
                 : NULL;
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
       tg_optimizer_zero_grad(opt);
-      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0;
+      bool ok = loss && tg_backward(loss) == 0;
+      /* mpirun: a failed step still joins the averaging, which then fails everywhere */
+      ok = tg_dist_average_gradients(ok ? m.vs : NULL) == 0;
+      ok = ok && tg_optimizer_step(opt) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       confusion batch_cm = {0};
       ok = ok && confusion_add(&batch_cm, logits, &train, idx, n) == 0;
@@ -512,7 +519,8 @@ int main(int argc, char **argv) {
       char metrics[96];
       snprintf(metrics, sizeof metrics, "loss %.4f mIoU %.3f", loss_sum / (double)seen,
                confusion_iou(&epoch_cm, iou));
-      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n, metrics);
+      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n * o.world,
+                       metrics);
     }
     if (ex_interrupted())
       break;
@@ -557,5 +565,5 @@ done:
   ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
-  return status;
+  return ex_dist_end(status);
 }
