@@ -91,7 +91,8 @@ int tg_set_num_threads(int n);
 int tg_get_num_threads(void);
 
 /* Large freed CPU buffers are cached (up to 1 GiB) for reuse by the next tensors of
- * the same size, so training steps do not go back to the OS; this returns them. */
+ * the same size, so training steps do not go back to the OS; this returns them, and
+ * the cached device memory of every CUDA device. */
 void tg_empty_cache(void);
 
 void tg_scope_begin(void);
@@ -132,7 +133,8 @@ int64_t tg_numel(const tg_tensor *t);
 tg_dtype tg_dtype_of(const tg_tensor *t);
 tg_device tg_device_of(const tg_tensor *t);
 /* Borrowed pointer to the elements of a CPU tensor (row-major, contiguous);
- * NULL for GPU tensors. Writing through it bypasses the tape. */
+ * NULL for GPU tensors. Writing through it bypasses the tape and its in-place
+ * detection (see tg_tensor_bump_version), as PyTorch's .data does. */
 void *tg_data(tg_tensor *t);
 /* Copies all elements to host memory; dst_bytes must be at least numel*dtype size.
  * Returns 0 or -1. */
@@ -145,7 +147,9 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype);
 tg_tensor *tg_tensor_to(const tg_tensor *t, tg_device device);
 /* Differentiable copy with its own storage. */
 tg_tensor *tg_clone(const tg_tensor *t);
-/* In-place fill / copy, outside the tape (for init and optimizers). Return 0 or -1. */
+/* In-place fill / copy, outside the tape (for init and optimizers); each bumps the
+ * version of dst's storage, so a backward that needs the old values fails. Return 0
+ * or -1. */
 int tg_fill_(tg_tensor *t, double value);
 int tg_copy_(tg_tensor *dst, const tg_tensor *src);
 /* Prints dtype, shape and (up to a few elements per dim) the values. */
@@ -230,6 +234,29 @@ tg_tensor *tg_leaky_relu(const tg_tensor *a, double negative_slope);
 tg_tensor *tg_sigmoid(const tg_tensor *a);
 tg_tensor *tg_tanh(const tg_tensor *a);
 tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
+
+/* ------------------------------ elementwise: PyTorch's further arguments -- */
+/* a + alpha * b and a - alpha * b (torch.add/sub's alpha), broadcasting. */
+tg_tensor *tg_add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+tg_tensor *tg_sub_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
+/* The scalar on the left: s - t, s / t, s ** t. */
+tg_tensor *tg_rsub_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rdiv_scalar(const tg_tensor *t, double s);
+tg_tensor *tg_rpow_scalar(const tg_tensor *t, double s);
+/* a ** exponent elementwise, broadcasting; differentiable in both (PyTorch's rules:
+ * no gradient to a where exponent is 0, none to exponent where a is 0 and exponent
+ * >= 0). */
+tg_tensor *tg_pow_tensor(const tg_tensor *a, const tg_tensor *exponent);
+typedef enum {
+  TG_ROUNDING_NONE = 0, /* true division, tg_div */
+  TG_ROUNDING_TRUNC,    /* trunc(a / b) */
+  TG_ROUNDING_FLOOR,    /* floor(a / b), Python's // */
+} tg_rounding_mode;
+/* torch.div(a, b, rounding_mode=...). Rounded quotients have zero gradients. */
+tg_tensor *tg_div_ex(const tg_tensor *a, const tg_tensor *b, tg_rounding_mode mode);
+typedef enum { TG_GELU_NONE = 0, TG_GELU_TANH } tg_gelu_approximate;
+/* gelu(x, approximate='none' | 'tanh'). */
+tg_tensor *tg_gelu_ex(const tg_tensor *a, tg_gelu_approximate approximate);
 
 /* ------------------------------------------------------------ reductions -- */
 tg_tensor *tg_sum(const tg_tensor *t);  /* all elements -> 0-dim */
@@ -316,6 +343,38 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
+
+/* ------------------------------------ pooling: PyTorch's further arguments -- */
+/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
+typedef struct {
+  int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */
+  bool ceil_mode;
+} tg_max_pool2d_options;
+/* kernel {kh, kw}, stride = kernel, padding 0, dilation 1, ceil_mode false. */
+tg_max_pool2d_options tg_max_pool2d_options_default(int64_t kh, int64_t kw);
+/* max_pool2d on [N, C, H, W] or [C, H, W] with dilation and ceil_mode; padding at most
+ * half the dilated kernel. When indices is non-NULL, *indices (new reference, TG_I64,
+ * the output's shape) gets each maximum's flat index in its input plane, as
+ * PyTorch's return_indices. */
+tg_tensor *tg_max_pool2d_ex(const tg_tensor *x, const tg_max_pool2d_options *options,
+                            tg_tensor **indices);
+/* The inverse of max_pool2d_ex: x and indices of the same shape [N, C, h, w] or
+ * [C, h, w]; the output plane [oh, ow] is output_size, or, when NULL,
+ * (h - 1) * stride - 2 * padding + kernel (stride NULL = kernel, padding NULL = 0).
+ * Every index must lie in [0, oh * ow). Differentiable in x. */
+tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
+                           const int64_t kernel[2], const int64_t stride[2],
+                           const int64_t padding[2], const int64_t output_size[2]);
+typedef struct {
+  int64_t kernel[2], stride[2], padding[2];
+  bool ceil_mode, count_include_pad;
+  int64_t divisor_override; /* 0: none (divide by the window's count) */
+} tg_avg_pool2d_options;
+/* kernel {kh, kw}, stride = kernel, padding 0, ceil_mode false, count_include_pad
+ * true, no divisor override. */
+tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw);
+tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *options);
+
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
  * !train or p == 0 returns an alias of x. The mask comes from the global generator. */
 tg_tensor *tg_dropout(const tg_tensor *x, double p, bool train);
@@ -345,9 +404,10 @@ tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
 /* Float dtype of the store's variables (default float32). Setting it converts the
- * existing float variables in place (their gradients are dropped) and applies to
- * variables created later, as tch's VarStore::set_kind. Call it before creating
- * optimizers. Returns 0 or -1. */
+ * existing float variables in place (their gradients are dropped; views made earlier
+ * keep the old values) and applies to variables created later, as tch's
+ * VarStore::set_kind. Call it before creating optimizers. Returns 0, or -1 (nothing
+ * changed) when a graph that is still alive holds one of the variables. */
 int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype);
 tg_dtype tg_varstore_dtype(const tg_varstore *vs);
 /* Borrowed (owned by vs). */
@@ -355,8 +415,10 @@ tg_path *tg_varstore_root(tg_varstore *vs);
 /* Borrowed (owned by the var store): the path "<path>.<name>". */
 tg_path *tg_path_sub(tg_path *path, const char *name);
 /* Borrowed: new variable "<path>.<name>", trainable, initialised by init. NULL when
- * the name exists already or the shape is bad. fan_in for Kaiming is shape[1]*prod
- * (shape[2:]) as in PyTorch. */
+ * the name exists already, the shape is bad, or safetensors could not hold the name:
+ * names are non-empty UTF-8 without '.', and "__metadata__" is reserved. Lookups by
+ * name (here and in tg_varstore_get) are hashed. fan_in for Kaiming is
+ * shape[1]*prod(shape[2:]) as in PyTorch. */
 tg_tensor *tg_path_var(tg_path *path, const char *name, const int64_t *shape, int ndim,
                        tg_init init);
 /* As tg_path_var, but not trainable (requires_grad false; e.g. running stats). */
@@ -371,9 +433,14 @@ bool tg_varstore_is_trainable(const tg_varstore *vs, int i);
 /* Freezes/unfreezes every trainable variable. */
 void tg_varstore_freeze(tg_varstore *vs);
 void tg_varstore_unfreeze(tg_varstore *vs);
-/* safetensors checkpoints. Saving is atomic (temp file, fsync, rename). Loading
- * checks every name, shape and dtype (float64 files load into float32 stores and
- * vice versa are rejected) and names what is missing, extra or mismatched. */
+/* safetensors checkpoints. Saving is atomic, also with concurrent writers (a
+ * temporary file of its own in the target's directory, fsync, rename): readers see
+ * the old file or the new one. A symlink is followed and its target replaced (a
+ * dangling one creates it); a FIFO, device, directory or socket is refused, as when
+ * loading, which never blocks.
+ * Loading checks every name, shape and dtype (float64 files load into float32
+ * stores and vice versa are rejected) and names what is missing, extra or
+ * mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -408,14 +475,19 @@ tg_module *tg_nn_conv_transpose2d(tg_path *path, int64_t in_channels,
                                   tg_conv_transpose2d_config config);
 
 /* As tch-rs's GroupNormConfig. cudnn_enabled is accepted for compatibility; tapegrad
- * always uses its own kernels. */
+ * always uses its own kernels. The norm layers check eps (and BatchNorm's momentum)
+ * when they are built, by the rule of their op, and name the layer in the error; a
+ * layer's forward names the layer when the input's dtype or device is not its
+ * variables'. relu (not in tch-rs; default false): the layer computes
+ * tg_group_norm_relu, GroupNorm and a ReLU in one op. */
 typedef struct {
   bool cudnn_enabled;
   double eps;
   bool affine;
   tg_init ws_init, bs_init;
+  bool relu;
 } tg_group_norm_config;
-tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0 */
+tg_group_norm_config tg_group_norm_config_default(void); /* true,1e-5,true,1,0,false */
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
                             tg_group_norm_config config);
 
@@ -475,6 +547,50 @@ void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
  * max_norm; returns the norm before clipping (negative on error). */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
+
+/* --------------------------------------- in-place detection (harden-core) -- */
+/* Every storage has a version, shared by its views (reshape, detach...), as PyTorch's
+ * t._version: each in-place write the library makes adds one (tg_fill_, tg_copy_,
+ * optimizer steps, tg_clip_grad_norm, tg_varstore_load, BatchNorm's running stats in
+ * training). The tape records the version of each input, saved tensor and output of
+ * every node, and tg_backward fails with PyTorch's "one of the variables needed for
+ * gradient computation has been modified by an inplace operation" when one changed
+ * before that node's backward ran. Writes through tg_data are not seen (tg_data is
+ * also how values are read, and a read must not count as a write): call
+ * tg_tensor_bump_version(t) after writing through it. */
+int64_t tg_tensor_version(const tg_tensor *t); /* -1 for NULL */
+void tg_tensor_bump_version(tg_tensor *t);
+
+/* ------------------------------------------------------------------ files -- */
+/* How the library opens files, for programs that want the same guarantees (the
+ * examples use them for their data and pictures). */
+
+/* Opens an existing file for reading when it is a regular file; a FIFO, a device,
+ * a directory or a socket is refused without blocking or reading it. Returns a
+ * descriptor (close-on-exec, blocking; the caller closes it), or -1 with an error
+ * naming op (NULL: "tg_file_open_read") and the path. */
+int tg_file_open_read(const char *path, const char *op);
+/* Replaces path with the n bytes at data atomically, as tg_varstore_save writes
+ * its checkpoints: readers see the old file or the new one, never a mix, even with
+ * concurrent writers. Returns 0, or -1 with an error naming op (NULL:
+ * "tg_file_write_atomic"). */
+int tg_file_write_atomic(const char *path, const void *data, size_t n,
+                         const char *op);
+
+/* ------------------------------------------------------------ CUDA devices -- */
+/* Tensors on tg_cuda(i) take the same API as CPU tensors; ops run on their inputs'
+ * device (all inputs on one device), kernels are queued on one stream per device, and
+ * results are read back with tg_tensor_copy_to_host / tg_item, which wait for them.
+ * Device memory goes through a caching allocator: freed blocks are kept for reuse and
+ * tg_empty_cache() returns them to the driver. Environment: TG_CUDA_LAUNCH_BLOCKING=1
+ * waits after every kernel so a fault is reported by the op that caused it;
+ * TG_CUDA_FILL_NAN=1 fills new device buffers with NaN (the tests do). */
+/* Waits for every queued kernel and copy on every device; 0 or -1 with the error. */
+int tg_cuda_synchronize(void);
+/* Bytes of device memory held by tensors (rounded to the allocator's size classes),
+ * and held in all (tensors + cache), as torch.cuda.memory_allocated/_reserved. */
+int64_t tg_cuda_memory_allocated(int device);
+int64_t tg_cuda_memory_reserved(int device);
 
 /* ---------------------------------------------- sequential naming, summary -- */
 /* A sequential on a path names its children as nn.Sequential does: the module added
@@ -693,7 +809,36 @@ int64_t tg_batch_iter_len(const tg_batch_iter *it); /* batches per epoch, this r
  * seek goes there (to resume a run). Seek returns 0 or -1. */
 void tg_batch_iter_position(const tg_batch_iter *it, int64_t *epoch, int64_t *batch);
 int tg_batch_iter_seek(tg_batch_iter *it, int64_t epoch, int64_t batch);
+/* The position (and seed) as "<prefix>position" in d, and back (checking the seed),
+ * to resume with the rest of a run's state. */
+int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
+                             const char *prefix);
+int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
+                                  const char *prefix);
 void tg_batch_iter_free(tg_batch_iter *it);
+
+/* ---- fused GroupNorm + ReLU (issue #17) ---- */
+/* relu(tg_group_norm(x, ...)) in one pass forward and one backward, without the
+ * intermediate tensor: the backward recomputes the ReLU's mask from x and the saved
+ * statistics. Same arguments, rules and results as the two ops (NaN stays NaN). */
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias, double eps);
+
+/* ---- fused nearest upsampling + concatenation (issue #17) ---- */
+/* tg_cat({tg_upsample_nearest2d(a, skip's [H, W]), skip}, 2, 1) in one op, for U-Net
+ * decoders: a [N, Ca, h, w], skip [N, Cs, H, W] with H and W integer multiples of h
+ * and w; returns [N, Ca + Cs, H, W] without making the upsampled tensor (or, in
+ * backward, its gradient). Same results as the two ops. */
+tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
+
+/* ---- deterministic mode (issue #16 item 7) ---- */
+/* With it on, results are bitwise identical whatever the thread count: reductions
+ * (conv weight gradients, loss and norm sums) split their work into a fixed set of
+ * parts, not one per thread, and add the parts in a fixed order. GroupNorm, BatchNorm
+ * and the optimizers are deterministic anyway. Default: env TG_DETERMINISTIC=1 turns
+ * it on, else off (see bench/NOTES.md for its cost). Applies to all threads. */
+void tg_set_deterministic(bool on);
+bool tg_get_deterministic(void);
 
 /* ---------------------------------------------- data-parallel training (dist/) -- */
 /* N processes, each training on its slice of every global batch, end with the

@@ -212,6 +212,7 @@ int tg_dist_all_reduce(tg_tensor *t, tg_dist_op op) {
   int dev = t->device.index;
   if (begin(OP, k, dev) < 0)
     return -1;
+  tg__bump_version(t); /* a tape that saved t must not use the new values unawares */
   return finish(OP, k, dev, k->all_reduce(tg__data(t), t->numel, t->dtype, op, dev));
 }
 
@@ -240,6 +241,7 @@ int tg_dist_broadcast(tg_tensor *t, int root) {
   if (begin(OP, k, dev) < 0)
     return -1;
   size_t bytes = (size_t)t->numel * tg_dtype_size(t->dtype);
+  tg__bump_version(t);
   return finish(OP, k, dev, bytes ? k->broadcast(tg__data(t), bytes, root, dev) : 0);
 }
 
@@ -272,6 +274,7 @@ int tg_dist_broadcast_varstore(tg_varstore *vs, int root) {
   for (int i = 0; rc == 0 && i < vs->n_vars; i++) {
     tg_tensor *t = vs->vars[i].t;
     size_t bytes = (size_t)t->numel * tg_dtype_size(t->dtype);
+    tg__bump_version(t);
     if (bytes)
       rc = k->broadcast(tg__data(t), bytes, root, dev);
   }
@@ -402,8 +405,10 @@ int tg_dist_average_gradients(tg_varstore *vs) {
   }
   int m = 0;
   for (int i = 0; i < n; i++)
-    if (has[i])
+    if (has[i]) {
+      tg__bump_version(items[i].var->grad);
       items[m++] = items[i];
+    }
   int dev = vs->device.index;
   if ((rc = begin(OP, k, dev)) == 0)
     rc = finish(OP, k, dev,

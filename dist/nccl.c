@@ -8,6 +8,8 @@
 #include "dist/internal.h"
 
 #ifdef TG_HAVE_NCCL
+#include "runtime/cuda.h" /* TG_CUDA, tg__cuda_stream */
+
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -17,23 +19,7 @@ static int nccl_status(ncclResult_t r, const char *call, const char *file, int l
   return tg__error("NCCL error: %s in %s at %s:%d (rank %d of %d)", ncclGetErrorString(r),
                    call, file, line, tg__dist_rank(), tg__dist_world());
 }
-static int cuda_status(cudaError_t e, const char *call, const char *file, int line) {
-  if (e == cudaSuccess)
-    return 0;
-  return tg__error("CUDA error: %s in %s at %s:%d", cudaGetErrorString(e), call, file,
-                   line);
-}
 #define TG_NCCL(call) nccl_status((call), #call, __FILE__, __LINE__)
-#define TG_CUDA(call) cuda_status((call), #call, __FILE__, __LINE__)
-
-/* tapegrad's stream for a device, as runtime/cuda.h (the `cuda` branch) declares it:
- * makes the device current and returns its cudaStream_t, or NULL with an error.
- * runtime/cuda.c defines it; until that file links in, this weak stand-in names the
- * legacy default stream, with which every kernel on a blocking stream is ordered. */
-__attribute__((weak)) void *tg__cuda_stream(int device);
-__attribute__((weak)) void *tg__cuda_stream(int device) {
-  return TG_CUDA(cudaSetDevice(device)) == 0 ? (void *)cudaStreamLegacy : NULL;
-}
 
 enum { MAX_DEVICES = 64 };
 typedef struct {

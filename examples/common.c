@@ -35,6 +35,10 @@ int ex_common_flags(ex_flag *flags, int n, ex_common_options *o) {
        "write the weights there (safetensors) at the end"},
       {"load", EX_FLAG_STRING, &o->load, 0, 0, "FILE",
        "start from these weights (safetensors, PyTorch state_dict names)"},
+      {"resume", EX_FLAG_STRING, &o->resume, 0, 0, "FILE",
+       "continue the run that wrote this checkpoint (same flags)"},
+      {"stop-after", EX_FLAG_I64, &o->stop_after, 0, 1e15, "N",
+       "stop after N steps as Ctrl-C does, with a checkpoint to --resume"},
       {"out", EX_FLAG_STRING, &o->out, 0, 0, "DIR",
        "pictures and the Ctrl-C checkpoint go here"},
   };
@@ -74,7 +78,8 @@ static void print_help(const char *summary, const ex_flag *flags, int n) {
     printf("\n");
   }
   printf("  %-24s %s\n", "-h, --help", "show this help");
-  printf("\nCtrl-C stops after the current step and writes a checkpoint.\n"
+  printf("\nCtrl-C stops after the current step and writes a checkpoint that --resume\n"
+         "continues bit for bit (with the same flags and thread count).\n"
          "Exit status: 0 done, 1 runtime error, 2 bad flags.\n");
 }
 
@@ -152,6 +157,14 @@ int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *fl
       return -1;
   }
   return 0;
+}
+
+int ex_exit(int status) {
+  if ((fflush(stdout) != 0 || ferror(stdout)) && status == 0) {
+    fprintf(stderr, "error: cannot write the standard output: %s\n", strerror(errno));
+    return EX_EXIT_FAILURE;
+  }
+  return status;
 }
 
 /* This process's place among the mpirun ranks (0 of 1 without mpirun). */
@@ -441,14 +454,64 @@ int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
   return 0;
 }
 
-int ex_save_interrupted(const tg_varstore *vs, const ex_common_options *o, int64_t step) {
+/* The metadata a resume checkpoint records and a resumed run must match. */
+static void run_keys(const ex_training *t, const ex_common_options *o, char vals[3][32]) {
+  snprintf(vals[0], 32, "%lld", (long long)t->plan.total);
+  snprintf(vals[1], 32, "%d", o->batch);
+  snprintf(vals[2], 32, "%lld", (long long)o->seed);
+}
+static const char *const run_key_names[3] = {"total_steps", "batch", "seed"};
+
+int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
+                        const tg_batch_iter *batches, const ex_common_options *o) {
   char path[4096];
   if (o->save)
     snprintf(path, sizeof path, "%s", o->save);
   else
     snprintf(path, sizeof path, "%s/interrupted.safetensors", o->out);
-  printf("interrupted after %lld steps\n", (long long)step);
-  return ex_save_checkpoint(vs, path) == 0 ? 0 : EX_EXIT_FAILURE;
+  printf("%s after %lld steps\n", ex_interrupted() ? "interrupted" : "stopped",
+         (long long)t->step);
+  if (ex_rank > 0) /* rank 0 saves the state every rank shares */
+    return 0;
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    if (ex_mkdir_p(dir) < 0)
+      return EX_EXIT_FAILURE;
+  }
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  uint64_t rng[4];
+  tg_random_get_state(rng);
+  tg_tensor *r = tg_tensor_from_data(rng, TG_SHAPE(4), TG_I64, TG_CPU);
+  char vals[3][32], step[32];
+  run_keys(t, o, vals);
+  snprintf(step, sizeof step, "%lld", (long long)t->step);
+  int rc = d && r ? tg_tensor_dict_set_metadata(d, "step", step) : -1;
+  for (int k = 0; k < 3 && rc == 0; k++)
+    rc = tg_tensor_dict_set_metadata(d, run_key_names[k], vals[k]);
+  if (rc == 0)
+    rc = tg_batch_iter_state_dict(batches, d, "train.data.");
+  if (rc == 0)
+    rc = tg_varstore_state_dict(vs, d, NULL);
+  if (rc == 0)
+    rc = tg_optimizer_state_dict(t->opt, d, "train.optimizer.");
+  if (rc == 0 && t->sched)
+    rc = tg_scheduler_state_dict(t->sched, d, "train.scheduler.");
+  if (rc == 0)
+    rc = tg_tensor_dict_set(d, "train.rng", r);
+  if (rc == 0)
+    rc = tg_save_tensors(d, path);
+  tg_tensor_free(r);
+  tg_tensor_dict_free(d);
+  if (rc < 0) {
+    fprintf(stderr, "error: cannot save checkpoint %s: %s\n", path, tg_last_error());
+    return EX_EXIT_FAILURE;
+  }
+  printf("saved checkpoint %s (continue with --resume %s)\n", path, path);
+  fflush(stdout);
+  return 0;
 }
 
 /* ------------------------------------------------------------------- files -- */
@@ -611,23 +674,52 @@ int ex_canvas_text(ex_canvas *c, int x, int y, int scale, ex_color col,
   return x - x0;
 }
 
+/* libpng's output, gathered in memory so that the file is written atomically. */
+typedef struct {
+  uint8_t *data;
+  size_t len, cap;
+  bool oom;
+} png_buffer;
+
+static void png_buffer_write(png_structp png, png_bytep data, png_size_t n) {
+  png_buffer *b = png_get_io_ptr(png);
+  if (b->oom)
+    return;
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? 2 * b->cap : 1 << 16;
+    while (cap < b->len + n)
+      cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p) {
+      b->oom = true;
+      return;
+    }
+    b->data = p;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, data, n);
+  b->len += n;
+}
+
+static void png_buffer_flush(png_structp png) { (void)png; }
+
 int ex_png_write(const char *path, const ex_canvas *c) {
   if (ex_rank > 0)
     return 0;
-  FILE *f = fopen(path, "wb");
-  if (!f) {
-    fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-    return -1;
-  }
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  /* On the heap: a local changed between setjmp and longjmp would be indeterminate. */
+  png_buffer *buf = calloc(1, sizeof *buf);
+  png_structp png =
+      buf ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
   png_infop info = png ? png_create_info_struct(png) : NULL;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    fclose(f);
+    if (buf)
+      free(buf->data);
+    free(buf);
     fprintf(stderr, "error: cannot write %s: libpng failed\n", path);
     return -1;
   }
-  png_init_io(png, f);
+  png_set_write_fn(png, buf, png_buffer_write, png_buffer_flush);
   png_set_IHDR(png, info, (png_uint_32)c->w, (png_uint_32)c->h, 8, PNG_COLOR_TYPE_RGB,
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
@@ -635,11 +727,14 @@ int ex_png_write(const char *path, const ex_canvas *c) {
     png_write_row(png, c->rgb + (size_t)y * (size_t)c->w * 3);
   png_write_end(png, NULL);
   png_destroy_write_struct(&png, &info);
-  if (fclose(f) != 0) {
-    fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-    return -1;
-  }
-  return 0;
+  int rc = buf->oom ? -1 : tg_file_write_atomic(path, buf->data, buf->len, "--out");
+  if (rc < 0 && buf->oom)
+    fprintf(stderr, "error: cannot write %s: out of memory\n", path);
+  else if (rc < 0)
+    fprintf(stderr, "error: %s\n", tg_last_error());
+  free(buf->data);
+  free(buf);
+  return rc;
 }
 
 void ex_curve_add(ex_curve *c, double x, double y) {
@@ -773,29 +868,83 @@ void ex_plot(ex_canvas *c, int x, int y, int w, int h, const char *title,
 
 /* ------------------------------------------------------------ training setup -- */
 
-tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
-                                int64_t n_train, ex_plan *plan) {
+/* Loads --resume into a training state just made for the same flags. Returns 0, or
+ * -1 after printing the error. */
+static int resume(ex_training *t, tg_varstore *vs, const ex_common_options *o,
+                  tg_batch_iter *batches) {
+  tg_tensor_dict *d = tg_load_tensors(o->resume, NULL);
+  if (!d) {
+    fprintf(stderr, "error: cannot resume: %s\n", tg_last_error());
+    return -1;
+  }
+  int rc = 0;
+  char vals[3][32];
+  run_keys(t, o, vals);
+  for (int k = 0; k < 3 && rc == 0; k++) {
+    const char *v = tg_tensor_dict_metadata(d, run_key_names[k]);
+    if (v && !strcmp(v, vals[k]))
+      continue;
+    fprintf(stderr,
+            "error: cannot resume from %s: it was written by a run of %s %s, this run "
+            "has %s (resume with that run's --epochs/--steps, --batch and --seed)\n",
+            o->resume, run_key_names[k], v ? v : "(none)", vals[k]);
+    rc = -1;
+  }
+  tg_load_options lo = tg_load_options_default();
+  lo.strict_dtype = true;
+  lo.exclude_prefix = "train.";
+  const char *step = tg_tensor_dict_metadata(d, "step");
+  const tg_tensor *rng = tg_tensor_dict_get(d, "train.rng");
+  if (rc == 0 && (!step || !rng || tg_numel(rng) != 4)) {
+    fprintf(stderr, "error: %s is not a resume checkpoint (no step or generator state)\n",
+            o->resume);
+    rc = -1;
+  }
+  bool checked = rc < 0; /* the errors below come from the library */
+  if (rc == 0)
+    rc = tg_varstore_load_dict(vs, d, &lo, NULL);
+  if (rc == 0)
+    rc = tg_optimizer_load_state_dict(t->opt, d, "train.optimizer.");
+  if (rc == 0 && t->sched)
+    rc = tg_scheduler_load_state_dict(t->sched, d, "train.scheduler.");
+  if (rc == 0)
+    rc = tg_batch_iter_load_state_dict(batches, d, "train.data.");
+  if (rc == 0) {
+    uint64_t state[4];
+    memcpy(state, tg_data((tg_tensor *)rng), sizeof state);
+    tg_random_set_state(state);
+    t->step = atoll(step);
+    int64_t epoch;
+    tg_batch_iter_position(batches, &epoch, NULL);
+    t->epoch = (int)epoch + 1;
+    printf("resumed from %s at step %lld\n", o->resume, (long long)t->step);
+  } else if (!checked) {
+    fprintf(stderr, "error: cannot resume from %s: %s\n", o->resume, tg_last_error());
+  }
+  tg_tensor_dict_free(d);
+  return rc;
+}
+
+int ex_training_setup(ex_training *t, tg_varstore *vs, const ex_common_options *o,
+                      tg_batch_iter *batches) {
+  memset(t, 0, sizeof *t);
+  t->epoch = 1;
   if (o->load) {
-    if (tg_varstore_load(vs, o->load) < 0) {
+    tg_load_options lo = tg_load_options_default();
+    lo.exclude_prefix = "train."; /* a resume checkpoint's training state */
+    if (tg_varstore_load_ex(vs, o->load, &lo, NULL) < 0) {
       fprintf(stderr, "error: cannot load %s: %s\n", o->load, tg_last_error());
-      return NULL;
+      return -1;
     }
     printf("loaded weights from %s\n", o->load);
   }
   /* Every rank starts from rank 0's weights (the same seed made them alike anyway). */
   if (tg_dist_broadcast_varstore(vs, 0) < 0) {
     fprintf(stderr, "error: %s\n", tg_last_error());
-    return NULL;
+    return -1;
   }
-  tg_sgd_config sc = tg_sgd_config_default(o->lr);
-  sc.momentum = 0.9;
-  tg_optimizer *opt = tg_sgd_new(vs, sc);
-  if (!opt) {
-    fprintf(stderr, "error: %s\n", tg_last_error());
-    return NULL;
-  }
-  ex_sigint_install();
-  plan->steps_per_epoch = (n_train + o->batch - 1) / o->batch;
+  ex_plan *plan = &t->plan;
+  plan->steps_per_epoch = tg_batch_iter_len(batches);
   plan->total = (int64_t)o->epochs * plan->steps_per_epoch;
   if (o->steps > 0 && o->steps < plan->total)
     plan->total = o->steps;
@@ -803,7 +952,33 @@ tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
       plan->steps_per_epoch
           ? (int)((plan->total + plan->steps_per_epoch - 1) / plan->steps_per_epoch)
           : 0;
-  return opt;
+  tg_sgd_config sc = tg_sgd_config_default(o->lr);
+  sc.momentum = 0.9;
+  t->opt = tg_sgd_new(vs, sc);
+  if (t->opt && plan->total > 0)
+    t->sched = tg_cosine_lr_new(t->opt, plan->total, 0);
+  if (!t->opt || (plan->total > 0 && !t->sched)) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    ex_training_free(t);
+    return -1;
+  }
+  if (o->resume && resume(t, vs, o, batches) < 0) {
+    ex_training_free(t);
+    return -1;
+  }
+  ex_sigint_install();
+  return 0;
+}
+
+void ex_training_free(ex_training *t) {
+  tg_scheduler_free(t->sched);
+  tg_optimizer_free(t->opt);
+  t->sched = NULL;
+  t->opt = NULL;
+}
+
+bool ex_should_stop(const ex_training *t, const ex_common_options *o) {
+  return ex_interrupted() || (o->stop_after > 0 && t->step >= o->stop_after);
 }
 
 void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *items) {
@@ -818,10 +993,6 @@ void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *
     printf("data-parallel: %d ranks, %d %s each per step\n", o->world,
            o->batch / o->world, items);
   fflush(stdout);
-}
-
-double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total) {
-  return o->lr * 0.5 * (1 + cos(M_PI * (double)step / total));
 }
 
 tg_tensor *ex_to_device(tg_tensor *host, tg_device device) {

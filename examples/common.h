@@ -11,6 +11,9 @@
 
 /* Exit statuses: runtime failures (bad data, I/O, CUDA missing) and bad flags. */
 enum { EX_EXIT_FAILURE = 1, EX_EXIT_USAGE = 2 };
+/* What main returns for a run that ended with `status`: EX_EXIT_FAILURE rather than 0,
+ * after saying so, when standard output could not be written (a full disk). */
+int ex_exit(int status);
 
 /* ------------------------------------------------------------------ flags -- */
 typedef enum { EX_FLAG_INT, EX_FLAG_I64, EX_FLAG_DOUBLE, EX_FLAG_STRING } ex_flag_kind;
@@ -34,25 +37,28 @@ typedef struct {
   int batch;
   double lr;
   int64_t seed;
-  const char *save, *load, *out;
-  int rank, world; /* set by ex_common_apply: this process among the mpirun ranks */
+  const char *save, *load, *resume, *out;
+  int64_t stop_after; /* 0: no limit */
+  int rank, world;    /* set by ex_common_apply: this process among the mpirun ranks */
 } ex_common_options;
 
-/* Appends the common flags to `flags` (room for 10 more), bound to `o`. */
+/* Appends the common flags to `flags` (room for 12 more), bound to `o`. */
 int ex_common_flags(ex_flag *flags, int n, ex_common_options *o);
 /* Parses argv. Returns 0 to run, 1 after printing --help (exit 0), or -1 after
  * printing what was wrong and a pointer to --help (exit EX_EXIT_USAGE). */
 int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *flags,
                    int n);
-/* Applies the common options: device availability, threads, seed. Prints the error
- * and returns -1 when the device is unusable. Joins the MPI job when started by
+/* Applies the common options: device availability, threads, seed. Returns 0, or the
+ * exit status after printing the error (EX_EXIT_USAGE for a malformed --device,
+ * EX_EXIT_FAILURE for one that is unavailable). Joins the MPI job when started by
  * mpirun (tg_dist_init): every rank then trains on its slice of each global batch of
  * --batch (which must divide among the ranks), ranks other than 0 print nothing to
- * stdout and write no files (ex_png_write and ex_save_checkpoint return at once), and
- * `--device cuda` gives rank r GPU r modulo the count. */
+ * stdout and write no files (ex_png_write and the checkpoint savers return at once),
+ * and `--device cuda` gives rank r GPU r modulo the count. */
 int ex_common_apply(ex_common_options *o);
-/* End of main: leaves the MPI job after a successful run (a failed rank exits without,
- * so that mpirun stops the others rather than wait for it). Returns status. */
+/* End of main, around ex_exit: leaves the MPI job after a successful run (a failed
+ * rank exits without, so that mpirun stops the others rather than wait for it).
+ * Returns status. */
 int ex_dist_end(int status);
 /* Mean over the ranks of v (v in a world of one); NAN when the exchange fails. */
 double ex_dist_mean(double v);
@@ -62,16 +68,28 @@ typedef struct {
   int64_t steps_per_epoch, total;
   int epochs;
 } ex_plan;
-/* After the network is built: loads --load into vs when given, creates SGD with
- * momentum 0.9 at --lr, installs the Ctrl-C handler and plans the steps over n_train
- * examples. Returns the optimizer (caller frees), or NULL after printing the error. */
-tg_optimizer *ex_training_setup(tg_varstore *vs, const ex_common_options *o,
-                                int64_t n_train, ex_plan *plan);
+/* A run's training state: SGD with momentum 0.9 at --lr on a cosine schedule down to
+ * 0 over the plan's steps (CosineAnnealingLR), and how far the run got. */
+typedef struct {
+  tg_optimizer *opt;
+  tg_scheduler *sched; /* NULL when there are no steps to take */
+  ex_plan plan;
+  int64_t step; /* steps done: 0, or where --resume picked up */
+  int epoch;    /* the epoch (from 1) the next step belongs to */
+} ex_training;
+/* After the network and its batch iterator are built: loads --load (weights: of
+ * PyTorch, --save or a resume checkpoint) into vs when given, makes the optimizer
+ * and schedule, plans the steps, resumes everything --resume holds (weights,
+ * optimizer, schedule, step, data order position, generator) and installs the
+ * Ctrl-C handler. Returns 0, or -1 after printing the error (t is then freed). */
+int ex_training_setup(ex_training *t, tg_varstore *vs, const ex_common_options *o,
+                      tg_batch_iter *batches);
+void ex_training_free(ex_training *t);
+/* Whether to stop before the next step: Ctrl-C, or --stop-after steps done. */
+bool ex_should_stop(const ex_training *t, const ex_common_options *o);
 /* Prints the plan: "training: E epoch(s), S steps of B <items>, SGD ..." (or that
  * there is nothing to train), then flushes stdout. */
 void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *items);
-/* Learning rate of step (0-based) of total: --lr on a cosine schedule down to 0. */
-double ex_cosine_lr(const ex_common_options *o, int64_t step, int64_t total);
 /* Moves host (a new tensor on the CPU) to device, freeing host when it copies.
  * Returns the tensor on device, or NULL on error. */
 tg_tensor *ex_to_device(tg_tensor *host, tg_device device);
@@ -126,9 +144,11 @@ void ex_sigint_install(void);
 bool ex_interrupted(void);
 /* Saves vs to path (creating its directory), printing the outcome. Returns 0 or -1. */
 int ex_save_checkpoint(const tg_varstore *vs, const char *path);
-/* After Ctrl-C stopped training at `step`: says so and saves vs to --save, else to
+/* After Ctrl-C or --stop-after stopped training: says so and saves a checkpoint to
+ * resume from (weights under their names, "train.*" for the rest) to --save, else to
  * OUT/interrupted.safetensors. Returns the exit status. */
-int ex_save_interrupted(const tg_varstore *vs, const ex_common_options *o, int64_t step);
+int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
+                        const tg_batch_iter *batches, const ex_common_options *o);
 
 /* ------------------------------------------------------------------- files -- */
 /* mkdir -p. Returns 0, or -1 after printing the error. */

@@ -80,23 +80,29 @@ static double evaluate(const ex_convnet *m, const split *d, int64_t batch,
 }
 
 /* Training curves: the smoothed train loss per logged step and the test accuracy per
- * epoch. */
-static void write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
-                         const char *out_dir) {
-  if (loss_c->n == 0 || ex_mkdir_p(out_dir) < 0)
-    return;
+ * epoch. Returns 0, or -1 after printing the error. */
+static int write_curves(const ex_curve *loss_c, const ex_curve *acc_c,
+                        const char *out_dir) {
+  if (loss_c->n == 0)
+    return 0;
+  if (ex_mkdir_p(out_dir) < 0)
+    return -1;
   ex_canvas c;
-  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0)
-    return;
+  if (ex_canvas_init(&c, 960, 360, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for the training curves\n");
+    return -1;
+  }
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series acc = {"test accuracy", acc_c->x, acc_c->y, acc_c->n, {40, 90, 200}, true};
   ex_plot(&c, 0, 0, 480, 360, "TRAIN LOSS", "step", &loss, 1, 0, 0);
   ex_plot(&c, 480, 0, 480, 360, "TEST ACCURACY %", "step", &acc, 1, 0, 0);
   char path[4096];
   snprintf(path, sizeof path, "%s/mnist_curves.png", out_dir);
-  if (ex_png_write(path, &c) == 0)
+  int rc = ex_png_write(path, &c);
+  if (rc == 0)
     printf("wrote %s\n", path);
   ex_canvas_free(&c);
+  return rc;
 }
 
 /* --------------------------------------------------------------------- main -- */
@@ -121,7 +127,7 @@ int main(int argc, char **argv) {
                           "reports its test accuracy.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
@@ -146,7 +152,7 @@ int main(int argc, char **argv) {
 
   ex_convnet m = {0};
   int status = EX_EXIT_FAILURE;
-  tg_optimizer *opt = NULL;
+  ex_training tr = {0};
   tg_batch_iter *batches = NULL;
   ex_curve loss_curve = {0}, acc_curve = {0};
   tg_batch_config bc = tg_batch_config_default();
@@ -160,27 +166,26 @@ int main(int argc, char **argv) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  ex_plan plan;
-  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
+  if (ex_training_setup(&tr, m.vs, &o, batches) < 0)
     goto done;
-  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
-  int epochs = plan.epochs;
+  int64_t steps_per_epoch = tr.plan.steps_per_epoch, total = tr.plan.total;
+  int epochs = tr.plan.epochs;
   printf("mnist: %lld train and %lld test images from %s; %lld parameters; device %s, "
          "%d threads\n",
          (long long)train.n, (long long)test.n, data_dir, (long long)ex_num_params(m.vs),
          o.device_name, tg_get_num_threads());
-  ex_print_plan(&plan, &o, "images");
+  ex_print_plan(&tr.plan, &o, "images");
 
   ex_progress prog;
   ex_progress_init(&prog, total, steps_per_epoch / 10);
   double t0 = ex_now(), test_acc = -1;
-  int64_t step = 0;
-  for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
+  int64_t step = tr.step;
+  for (int epoch = tr.epoch; epoch <= epochs && !ex_should_stop(&tr, &o); epoch++) {
     double loss_sum = 0, smooth = NAN;
     int64_t correct = 0, seen = 0;
-    for (int64_t s = 0; step < total && !ex_interrupted(); s++, step++) {
-      tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
-
+    int64_t s;
+    tg_batch_iter_position(batches, NULL, &s);
+    for (; step < total && !ex_should_stop(&tr, &o); s++, step = ++tr.step) {
       tg_scope_begin();
       tg_tensor *x, *y_host;
       int r = tg_batch_iter_next(batches, &x, &y_host);
@@ -194,11 +199,11 @@ int main(int argc, char **argv) {
       tg_tensor *logits =
           ok ? ex_convnet_forward(&m, ex_to_device(x, o.device), true) : NULL;
       tg_tensor *loss = tg_cross_entropy(logits, y, TG_REDUCTION_MEAN, -100);
-      tg_optimizer_zero_grad(opt);
+      tg_optimizer_zero_grad(tr.opt);
       ok = loss && tg_backward(loss) == 0;
       /* mpirun: a failed step still joins the averaging, which then fails everywhere */
       ok = tg_dist_average_gradients(ok ? m.vs : NULL) == 0;
-      ok = ok && tg_optimizer_step(opt) == 0;
+      ok = ok && tg_optimizer_step(tr.opt) == 0 && tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       int64_t c = ok ? count_correct(logits, y_host) : -1;
       tg_scope_end();
@@ -221,7 +226,7 @@ int main(int argc, char **argv) {
       ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n * o.world,
                        metrics);
     }
-    if (ex_interrupted())
+    if (ex_should_stop(&tr, &o))
       break;
     test_acc = evaluate(&m, &test, eval_batch, o.device);
     if (test_acc < 0) {
@@ -237,8 +242,8 @@ int main(int argc, char **argv) {
   }
   ex_progress_finish(&prog);
 
-  if (ex_interrupted()) {
-    status = ex_save_interrupted(m.vs, &o, step);
+  if (step < total && ex_should_stop(&tr, &o)) {
+    status = ex_save_interrupted(&tr, m.vs, batches, &o);
     goto done;
   }
   if (test_acc < 0 && (test_acc = evaluate(&m, &test, eval_batch, o.device)) < 0) {
@@ -247,11 +252,12 @@ int main(int argc, char **argv) {
   }
   printf("test accuracy: %.2f%% (%lld images) after %lld steps in %.1f s\n",
          100 * test_acc, (long long)test.n, (long long)step, ex_now() - t0);
-  write_curves(&loss_curve, &acc_curve, o.out);
+  if (write_curves(&loss_curve, &acc_curve, o.out) < 0)
+    goto done;
   status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
-  tg_optimizer_free(opt);
+  ex_training_free(&tr);
   tg_varstore_free(m.vs);
   tg_batch_iter_free(batches);
   ex_curve_free(&loss_curve);
@@ -259,5 +265,5 @@ done:
   tg_tensor_free(train.images);
   tg_tensor_free(test.images);
   tg_mnist_free(&data);
-  return ex_dist_end(status);
+  return ex_dist_end(ex_exit(status));
 }

@@ -18,6 +18,7 @@ int ex_convnet_build(ex_convnet *m, tg_device device) {
   tg_conv2d_config cc = tg_conv2d_config_default();
   cc.padding = 1;
   tg_group_norm_config gc = tg_group_norm_config_default();
+  gc.relu = true; /* GroupNorm + ReLU fused (tg_group_norm_relu) */
   m->conv1 = tg_nn_conv2d(tg_path_sub(root, "conv1"), 1, 32, 3, cc);
   m->gn1 = tg_nn_group_norm(tg_path_sub(root, "gn1"), 8, 32, gc);
   m->conv2 = tg_nn_conv2d(tg_path_sub(root, "conv2"), 32, 64, 3, cc);
@@ -30,31 +31,31 @@ int ex_convnet_build(ex_convnet *m, tg_device device) {
 tg_tensor *ex_convnet_forward(const ex_convnet *m, const tg_tensor *x, bool train) {
   const int64_t two[2] = {2, 2}, zero[2] = {0, 0};
   tg_tensor *h = tg_module_forward(m->conv1, x, train);
-  h = tg_relu(tg_module_forward(m->gn1, h, train));
+  h = tg_module_forward(m->gn1, h, train);
   h = tg_max_pool2d(h, two, two, zero);
   h = tg_module_forward(m->conv2, h, train);
-  h = tg_relu(tg_module_forward(m->gn2, h, train));
+  h = tg_module_forward(m->gn2, h, train);
   h = tg_max_pool2d(h, two, two, zero);
   return tg_module_forward(m->fc, tg_flatten(h, 1, -1), train);
 }
 
 /* -------------------------------------------------------------------- unet -- */
-/* (conv 3x3, GroupNorm(8), ReLU) x 2 as an nn.Sequential: children 0,1,(2),3,4,(5). */
+/* (conv 3x3, GroupNorm(8), ReLU) x 2 as an nn.Sequential: children 0,1,(2),3,4,(5);
+ * each GroupNorm layer applies the ReLU after it (tg_group_norm_relu, one op). */
 static tg_module *block(tg_varstore *vs, const char *name, int64_t in, int64_t out) {
   tg_path *p = tg_path_sub(tg_varstore_root(vs), name);
   tg_conv2d_config cc = tg_conv2d_config_default();
   cc.padding = 1;
   tg_group_norm_config gc = tg_group_norm_config_default();
+  gc.relu = true;
   tg_module *seq = tg_nn_sequential(vs);
   if (!p || !seq)
     return NULL;
   bool ok =
       tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "0"), in, out, 3, cc)) == 0 &&
       tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "1"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0 &&
       tg_sequential_add(seq, tg_nn_conv2d(tg_path_sub(p, "3"), out, out, 3, cc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0 &&
-      tg_sequential_add(seq, tg_nn_relu(vs)) == 0;
+      tg_sequential_add(seq, tg_nn_group_norm(tg_path_sub(p, "4"), 8, out, gc)) == 0;
   return ok ? seq : NULL;
 }
 
@@ -74,11 +75,9 @@ int ex_unet_build(ex_unet *m, tg_device device) {
              : build_failed(&m->vs);
 }
 
-/* Nearest upsample x2 of a, then [a, skip] along channels. */
+/* Nearest upsample x2 of a, then [a, skip] along channels, in one op. */
 static tg_tensor *up_cat(const tg_tensor *a, tg_tensor *skip) {
-  const int64_t size[2] = {2 * tg_size(a, 2), 2 * tg_size(a, 3)};
-  tg_tensor *parts[2] = {tg_upsample_nearest2d(a, size), skip};
-  return parts[0] ? tg_cat(parts, 2, 1) : NULL;
+  return tg_upsample_nearest2d_cat(a, skip);
 }
 
 tg_tensor *ex_unet_forward(const ex_unet *m, const tg_tensor *x, bool train) {

@@ -325,6 +325,7 @@ static int write_samples(const ex_unet *m, const scenes *held, tg_device device,
   int h = margin + head + GRID_ROWS * (TILE + GAP) + legend;
   ex_canvas c;
   if (ex_canvas_init(&c, w, h, white) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     free(pred);
     return -1;
   }
@@ -363,8 +364,10 @@ typedef struct {
 
 static int write_curves(const history *h, const char *path) {
   ex_canvas c;
-  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0)
+  if (ex_canvas_init(&c, 1000, 380, (ex_color){255, 255, 255}) < 0) {
+    fprintf(stderr, "error: out of memory for %s\n", path);
     return -1;
+  }
   const ex_curve *loss_c = &h->loss, *miou_c = &h->miou, *held_c = &h->held_miou;
   ex_series loss = {"train loss", loss_c->x, loss_c->y, loss_c->n, {200, 60, 40}, false};
   ex_series iou[2] = {
@@ -416,13 +419,13 @@ int main(int argc, char **argv) {
                           "predictions and training curves into --out.",
                           flags, n_flags);
   if (rc != 0)
-    return rc > 0 ? 0 : EX_EXIT_USAGE;
+    return rc > 0 ? ex_exit(0) : EX_EXIT_USAGE;
   if ((rc = ex_common_apply(&o)) != 0)
     return rc;
 
   int status = EX_EXIT_FAILURE;
   ex_unet m = {0};
-  tg_optimizer *opt = NULL;
+  ex_training tr = {0};
   history hist = {0};
   scenes train = {0}, held = {0};
   tg_tensor *scene_ids = tg_arange(0, (double)train_size, 1, TG_I64, TG_CPU);
@@ -443,32 +446,31 @@ int main(int argc, char **argv) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
   }
-  ex_plan plan;
-  if (!(opt = ex_training_setup(m.vs, &o, train.n, &plan)))
+  if (ex_training_setup(&tr, m.vs, &o, batches) < 0)
     goto done;
-  int64_t steps_per_epoch = plan.steps_per_epoch, total = plan.total;
-  int epochs = plan.epochs;
+  int64_t steps_per_epoch = tr.plan.steps_per_epoch, total = tr.plan.total;
+  int epochs = tr.plan.epochs;
   printf("segmentation: %lld training and %lld held-out %dx%d scenes (%.1f s); %lld "
          "parameters; device %s, %d threads\n",
          (long long)train.n, (long long)held.n, SIDE, SIDE, ex_now() - t0,
          (long long)ex_num_params(m.vs), o.device_name, tg_get_num_threads());
-  ex_print_plan(&plan, &o, "scenes");
+  ex_print_plan(&tr.plan, &o, "scenes");
 
   ex_progress prog;
   ex_progress_init(&prog, total, steps_per_epoch / 10);
   t0 = ex_now();
-  int64_t step = 0;
+  int64_t step = tr.step;
   confusion held_cm;
   bool evaluated = false;
-  for (int epoch = 1; epoch <= epochs && !ex_interrupted(); epoch++) {
+  for (int epoch = tr.epoch; epoch <= epochs && !ex_should_stop(&tr, &o); epoch++) {
     confusion epoch_cm = {0}, window_cm = {0};
     double loss_sum = 0, window_loss = 0;
     int64_t seen = 0, window_steps = 0;
     int64_t epoch_steps = total - step < steps_per_epoch ? total - step : steps_per_epoch;
     int64_t plot_every = steps_per_epoch / 25 > 0 ? steps_per_epoch / 25 : 1;
-    for (int64_t s = 0; step < total && !ex_interrupted(); s++, step++) {
-      tg_optimizer_set_lr(opt, ex_cosine_lr(&o, step, total));
-
+    int64_t s;
+    tg_batch_iter_position(batches, NULL, &s);
+    for (; step < total && !ex_should_stop(&tr, &o); s++, step = ++tr.step) {
       tg_scope_begin();
       tg_tensor *ids;
       int r = tg_batch_iter_next(batches, &ids, NULL);
@@ -482,11 +484,11 @@ int main(int argc, char **argv) {
           r > 0 ? ex_unet_forward(&m, batch_images(&train, idx, n, o.device), true)
                 : NULL;
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
-      tg_optimizer_zero_grad(opt);
+      tg_optimizer_zero_grad(tr.opt);
       bool ok = loss && tg_backward(loss) == 0;
       /* mpirun: a failed step still joins the averaging, which then fails everywhere */
       ok = tg_dist_average_gradients(ok ? m.vs : NULL) == 0;
-      ok = ok && tg_optimizer_step(opt) == 0;
+      ok = ok && tg_optimizer_step(tr.opt) == 0 && tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       confusion batch_cm = {0};
       ok = ok && confusion_add(&batch_cm, logits, &train, idx, n) == 0;
@@ -522,7 +524,7 @@ int main(int argc, char **argv) {
       ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n * o.world,
                        metrics);
     }
-    if (ex_interrupted())
+    if (ex_should_stop(&tr, &o))
       break;
     if (evaluate(&m, &held, eval_batch, o.device, &held_cm) < 0) {
       fprintf(stderr, "error: evaluation failed: %s\n", tg_last_error());
@@ -537,8 +539,8 @@ int main(int argc, char **argv) {
   }
   ex_progress_finish(&prog);
 
-  if (ex_interrupted()) {
-    status = ex_save_interrupted(m.vs, &o, step);
+  if (step < total && ex_should_stop(&tr, &o)) {
+    status = ex_save_interrupted(&tr, m.vs, batches, &o);
     goto done;
   }
   if (!evaluated && evaluate(&m, &held, eval_batch, o.device, &held_cm) < 0) {
@@ -556,7 +558,7 @@ int main(int argc, char **argv) {
   status = o.save && ex_save_checkpoint(m.vs, o.save) < 0 ? EX_EXIT_FAILURE : 0;
 
 done:
-  tg_optimizer_free(opt);
+  ex_training_free(&tr);
   tg_varstore_free(m.vs);
   tg_batch_iter_free(batches);
   tg_tensor_free(scene_ids);
@@ -565,5 +567,5 @@ done:
   ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
-  return ex_dist_end(status);
+  return ex_dist_end(ex_exit(status));
 }

@@ -9,14 +9,27 @@ tg_gradcheck_options tg_gradcheck_options_default(void) {
   return (tg_gradcheck_options){.eps = 1e-6, .atol = 1e-5, .rtol = 1e-3};
 }
 
-/* fn(inputs) flattened to doubles, outside the tape. */
+/* The error for fn returning NULL: its own message when it set one. */
+static int fn_failed(const char *when, int input, int64_t element) {
+  if (tg_last_error()[0])
+    return -1;
+  if (input < 0)
+    return tg__error("tg_gradcheck: fn returned NULL without setting an error %s", when);
+  return tg__error("tg_gradcheck: fn returned NULL without setting an error %s (input "
+                   "%d, element %lld)",
+                   when, input, (long long)element);
+}
+
+/* fn(inputs) flattened to doubles, outside the tape; input/element name the
+ * perturbation in messages. */
 static int eval(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n,
-                double *out, int64_t n_out) {
+                double *out, int64_t n_out, int input, int64_t element) {
   tg_no_grad_begin();
-  tg_tensor *y = fn(inputs, n, ctx);
+  tg_tensor *y =
+      tg__callback_result(fn(inputs, n, ctx), n, (const tg_tensor *const *)inputs);
   tg_no_grad_end();
   if (!y)
-    return -1;
+    return fn_failed("for a perturbed input", input, element);
   int rc = 0;
   if (y->numel != n_out)
     rc = tg__error("tg_gradcheck: fn returned %lld elements, then %lld for a perturbed "
@@ -49,18 +62,34 @@ int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_
                        "host memory, so pass CPU inputs (compare devices separately)",
                        i);
   }
+  tg_clear_error(); /* so that a NULL from fn without a message is told apart */
   tg_scope_begin();
-  tg_tensor *y = fn(inputs, n_inputs, ctx);
-  int rc = 0;
+  /* fn gets, for each input that requires grad, a leaf sharing its storage: the
+   * Jacobian is taken with respect to the input itself, leaf or not (a non-leaf's own
+   * .grad is never filled), and the caller's gradients stay untouched. */
+  tg_tensor **xs = calloc((size_t)n_inputs, sizeof *xs);
+  int rc = xs ? 0 : tg__error("tg_gradcheck: out of memory");
+  for (int i = 0; rc == 0 && i < n_inputs; i++) {
+    xs[i] = inputs[i];
+    if (inputs[i]->requires_grad &&
+        (!(xs[i] = tg_detach(inputs[i])) || tg_set_requires_grad(xs[i], true) < 0))
+      rc = -1;
+  }
+  tg_tensor *y = rc == 0 ? tg__callback_result(fn(xs, n_inputs, ctx), n_inputs,
+                                               (const tg_tensor *const *)xs)
+                         : NULL;
   if (!y) {
+    if (rc == 0)
+      rc = fn_failed("for the given inputs", -1, 0);
+    free(xs);
     tg_scope_end();
-    return -1;
+    return rc;
   }
   int64_t n_out = y->numel;
   int64_t n_in_total = 0;
   for (int i = 0; i < n_inputs; i++)
-    if (inputs[i]->requires_grad)
-      n_in_total += inputs[i]->numel;
+    if (xs[i]->requires_grad)
+      n_in_total += xs[i]->numel;
   /* analytic[j][k]: d out_j / d in_k, k running over all inputs that require grad. */
   double *analytic = calloc((size_t)(n_out * n_in_total + 1), sizeof(double));
   double *plus = calloc((size_t)n_out + 1, sizeof(double));
@@ -83,22 +112,20 @@ int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_
   }
   for (int64_t j = 0; j < n_out && rc == 0; j++) {
     for (int i = 0; i < n_inputs; i++)
-      tg_zero_grad(inputs[i]);
+      tg_zero_grad(xs[i]);
     tg__set(seed, j, 1.0);
     rc = tg_backward_ex(y, seed, true);
     tg__set(seed, j, 0.0);
     int64_t k0 = 0;
     for (int i = 0; i < n_inputs && rc == 0; i++) {
-      if (!inputs[i]->requires_grad)
+      if (!xs[i]->requires_grad)
         continue;
-      const tg_tensor *g = inputs[i]->grad;
-      for (int64_t k = 0; k < inputs[i]->numel; k++)
+      const tg_tensor *g = xs[i]->grad;
+      for (int64_t k = 0; k < xs[i]->numel; k++)
         analytic[j * n_in_total + k0 + k] = g ? tg__get(g, k) : 0.0;
-      k0 += inputs[i]->numel;
+      k0 += xs[i]->numel;
     }
   }
-  for (int i = 0; i < n_inputs; i++)
-    tg_zero_grad(inputs[i]);
   if (rc)
     goto done;
 
@@ -108,24 +135,26 @@ int tg_gradcheck(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n_
   double worst_a = 0, worst_n = 0;
   int64_t k0 = 0;
   for (int i = 0; i < n_inputs && rc == 0; i++) {
-    tg_tensor *x = inputs[i];
+    tg_tensor *x = xs[i];
     if (!x->requires_grad)
       continue;
     double *xd = tg__data(x);
     for (int64_t k = 0; k < x->numel && rc == 0; k++) {
       double orig = xd[k];
       xd[k] = orig + o.eps;
-      rc = eval(fn, ctx, inputs, n_inputs, plus, n_out);
+      rc = eval(fn, ctx, xs, n_inputs, plus, n_out, i, k);
       xd[k] = orig - o.eps;
       if (rc == 0)
-        rc = eval(fn, ctx, inputs, n_inputs, minus, n_out);
+        rc = eval(fn, ctx, xs, n_inputs, minus, n_out, i, k);
       xd[k] = orig;
       for (int64_t j = 0; j < n_out && rc == 0; j++) {
         double num = (plus[j] - minus[j]) / (2 * o.eps);
         double ana = analytic[j * n_in_total + k0 + k];
         double excess = fabs(ana - num) - (o.atol + o.rtol * fabs(num));
-        if (excess > worst_excess || isnan(ana) != isnan(num)) {
-          worst_excess = isnan(excess) ? INFINITY : excess;
+        if (isnan(excess)) /* a NaN in either Jacobian (or both infinite) fails */
+          excess = INFINITY;
+        if (excess > worst_excess) {
+          worst_excess = excess;
           worst_input = i;
           worst_in = k;
           worst_out = j;
@@ -149,7 +178,7 @@ done:
   free(analytic);
   free(plus);
   free(minus);
-  tg_scope_end();
-  /* The scope released y; a leftover graph (retain_graph) goes with it. */
+  free(xs);
+  tg_scope_end(); /* y and its graph (kept by retain_graph) with the rest */
   return rc;
 }

@@ -22,15 +22,18 @@ struct tg_node {
   int64_t seq;    /* creation order: a valid topological order */
   tg_backward_fn backward;
   int n_inputs;
-  tg_tensor **inputs; /* owned references; NULL entries for absent inputs */
-  tg_tensor *output;  /* not owned: alive whenever the node can be reached. Ops whose
-                         backward needs their result read it here; saving it with
-                         tg__save would make a reference cycle. */
+  tg_tensor **inputs;   /* owned references; NULL entries for absent inputs */
+  int64_t *in_versions; /* storage version of each input when recorded (same block) */
+  tg_tensor *output;    /* not owned: alive whenever the node can be reached. Ops whose
+                           backward needs their result read it here; saving it with
+                           tg__save would make a reference cycle. */
   tg_tensor *saved[TG_NODE_MAX_SAVED]; /* owned; released with the graph */
+  int64_t saved_versions[TG_NODE_MAX_SAVED];
   int n_saved;
-  void *ctx;     /* op-specific plain data, free()d with the graph */
-  bool released; /* saved state dropped after backward */
-  int64_t visit; /* id of the last backward pass that collected it */
+  int64_t out_version; /* the output's storage version when recorded */
+  void *ctx;           /* op-specific plain data, free()d with the graph */
+  bool released;       /* saved state dropped after backward */
+  int64_t visit;       /* id of the last backward pass that collected it */
 };
 
 /* True when grad mode is on and any non-NULL input requires grad. */

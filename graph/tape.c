@@ -1,9 +1,11 @@
 /* The tape: nodes recorded by ops, reverse-topological backward, no-grad, anomaly
  * mode. It knows nothing about any particular op. */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,13 +68,21 @@ bool tg__should_record(int n, const tg_tensor *const *inputs) {
   return false;
 }
 
+/* Drops a node's reference to t (an input or saved tensor). */
+static void tape_release(tg_tensor *t) {
+  if (!t)
+    return;
+  t->tape_refs--;
+  tg__release(t);
+}
+
 static void node_release_saved(tg_node *n) {
   for (int i = 0; i < n->n_inputs; i++) {
-    tg__release(n->inputs[i]);
+    tape_release(n->inputs[i]);
     n->inputs[i] = NULL;
   }
   for (int i = 0; i < n->n_saved; i++) {
-    tg__release(n->saved[i]);
+    tape_release(n->saved[i]);
     n->saved[i] = NULL;
   }
   free(n->ctx);
@@ -88,13 +98,33 @@ void tg__node_unref(tg_node *n) {
   free(n);
 }
 
+/* The first non-finite element of a device tensor (*bad = -1 when none). */
+static int cuda_first_nonfinite(const tg_tensor *t, int64_t *bad, double *value) {
+  if (tg__cuda_first_nonfinite(tg__data(t), t->dtype, t->numel, t->device.index, bad) < 0)
+    return -1;
+  union {
+    float f;
+    double d;
+  } v;
+  const size_t es = tg_dtype_size(t->dtype);
+  if (*bad >= 0 && tg__cuda_memcpy(&v, TG_CPU, (char *)tg__data(t) + (size_t)*bad * es,
+                                   t->device, es) < 0)
+    return -1;
+  *value = t->dtype == TG_F32 ? v.f : v.d;
+  return 0;
+}
+
 int tg__check_finite(const char *op, int64_t seq, const char *what, const tg_tensor *t) {
-  if (!t || t->device.type != TG_DEVICE_CPU || !tg__is_float(t->dtype))
+  if (!t || !tg__is_float(t->dtype))
     return 0;
   int64_t bad = -1;
+  double value = 0;
+  if (tg__on_cuda(t) && cuda_first_nonfinite(t, &bad, &value) < 0)
+    return -1;
+  const int64_t host_n = tg__on_cuda(t) ? 0 : t->numel;
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *p = tg__data(t);
-    for (int64_t i = 0; i < t->numel && bad < 0; i++)
+    for (int64_t i = 0; i < host_n && bad < 0; i++)
       if (!isfinite(p[i]))
         bad = i;
   });
@@ -103,8 +133,8 @@ int tg__check_finite(const char *op, int64_t seq, const char *what, const tg_ten
   char buf[TG_SHAPE_STR_LEN];
   return tg__error("anomaly: %s produced %s in its %s (element %lld of shape %s) at "
                    "tape position %lld",
-                   op, isnan(tg__get(t, bad)) ? "NaN" : "Inf", what, (long long)bad,
-                   tg_shape_str(t, buf, sizeof buf), (long long)seq);
+                   op, isnan(host_n ? tg__get(t, bad) : value) ? "NaN" : "Inf", what,
+                   (long long)bad, tg_shape_str(t, buf, sizeof buf), (long long)seq);
 }
 
 tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
@@ -113,7 +143,9 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   if (anomaly && tg__check_finite(op, seq, "output", out) < 0)
     return NULL;
   tg_node *n = calloc(1, sizeof *n);
-  tg_tensor **ins = calloc((size_t)(n_inputs ? n_inputs : 1), sizeof *ins);
+  /* The inputs and their versions in one block (pointers and int64 align alike). */
+  tg_tensor **ins =
+      calloc((size_t)(n_inputs ? n_inputs : 1), sizeof *ins + sizeof(int64_t));
   if (!n || !ins) {
     free(n);
     free(ins);
@@ -126,9 +158,14 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   n->backward = backward;
   n->n_inputs = n_inputs;
   n->inputs = ins;
+  n->in_versions = (int64_t *)(ins + (n_inputs ? n_inputs : 1));
   for (int i = 0; i < n_inputs; i++)
-    ins[i] = tg_tensor_retain((tg_tensor *)inputs[i]);
+    if ((ins[i] = tg_tensor_retain((tg_tensor *)inputs[i]))) {
+      ins[i]->tape_refs++;
+      n->in_versions[i] = ins[i]->storage->version;
+    }
   n->output = out;
+  n->out_version = out->storage->version;
   if (out->grad_fn)
     tg__node_unref(out->grad_fn);
   out->grad_fn = n;
@@ -139,6 +176,10 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
 int tg__save(tg_node *node, const tg_tensor *t) {
   int i = node->n_saved++;
   node->saved[i] = tg_tensor_retain((tg_tensor *)t);
+  if (t) {
+    node->saved[i]->tape_refs++;
+    node->saved_versions[i] = t->storage->version;
+  }
   return i;
 }
 
@@ -168,6 +209,46 @@ tg_tensor *tg__finish(const char *op, tg_tensor *out, int n_inputs,
 }
 
 /* ------------------------------------------------------------ backward -- */
+
+/* PyTorch's message for t, which node n read as `what`, written in place since it
+ * was recorded at `version`. Returns -1. */
+static int version_error(const tg_node *n, const tg_tensor *t, int64_t version,
+                         const char *what) {
+  char shape[TG_SHAPE_STR_LEN];
+  return tg__error("tg_backward: one of the variables needed for gradient computation "
+                   "has been modified by an inplace operation: [%s %s], %s %s (tape "
+                   "position %lld), is at version %lld; expected version %lld instead. "
+                   "Hint: in-place writes (tg_fill_, tg_copy_, an optimizer step, "
+                   "tg_varstore_load) between the forward and tg_backward change values "
+                   "the backward reads; make them after tg_backward, or on a tg_clone",
+                   tg_dtype_name(t->dtype), tg_shape_str(t, shape, sizeof shape), what,
+                   n->op, (long long)n->seq, (long long)t->storage->version,
+                   (long long)version);
+}
+
+static bool changed(const tg_tensor *t, int64_t version) {
+  return t && t->storage->version != version;
+}
+
+/* The tape checks every input, saved tensor and output of a node before its backward
+ * reads them: backward functions read their inputs freely, so this is a superset of
+ * what PyTorch checks (it also refuses a change to an input whose value the backward
+ * does not need, such as an operand of tg_add). */
+static int check_versions(const tg_node *n) {
+  char what[32];
+  if (changed(n->output, n->out_version))
+    return version_error(n, n->output, n->out_version, "the output of");
+  for (int i = 0; i < n->n_inputs; i++)
+    if (changed(n->inputs[i], n->in_versions[i])) {
+      snprintf(what, sizeof what, "input %d of", i);
+      return version_error(n, n->inputs[i], n->in_versions[i], what);
+    }
+  for (int i = 0; i < n->n_saved; i++)
+    if (changed(n->saved[i], n->saved_versions[i])) {
+      return version_error(n, n->saved[i], n->saved_versions[i], "a tensor saved by");
+    }
+  return 0;
+}
 
 static bool exclusive(const tg_tensor *t) {
   return t->refcount == 1 && t->storage->refcount == 1 && !t->grad_fn && !t->scope;
@@ -324,7 +405,11 @@ int tg_backward_ex(tg_tensor *t, const tg_tensor *grad_output, bool retain_graph
     }
     memset(gi, 0, (size_t)(n->n_inputs <= 64 ? 64 : n->n_inputs) * sizeof *gi);
     tg_scope_begin();
-    rc = n->backward(n, g, gi);
+    rc = check_versions(n);
+    tg__backward_enter(n->op, n->seq);
+    if (rc == 0)
+      rc = n->backward(n, g, gi);
+    tg__backward_leave();
     for (int i = 0; i < n->n_inputs; i++)
       tg_tensor_retain(gi[i]);
     tg_scope_end();

@@ -53,10 +53,15 @@ static uint32_t be32(const uint8_t *b) {
 static int idx_read(const char *op, const char *path, int want_ndim, const char *kind,
                     int64_t *dims, int *ndim, uint8_t **bytes_out) {
   *bytes_out = NULL;
-  gzFile f = gzopen(path, "rb");
-  if (!f)
-    return tg__error("%s: cannot open %s: %s", op, path,
-                     errno ? strerror(errno) : "out of memory");
+  /* Through the library's opener: a FIFO or a device is refused instead of blocking. */
+  int fd = tg_file_open_read(path, op);
+  if (fd < 0)
+    return -1;
+  gzFile f = gzdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return tg__error("%s: cannot open %s: out of memory", op, path);
+  }
   uint8_t head[4 + 4 * TG_MAX_DIMS];
   int rc = gz_read_all(f, op, path, head, 4, "the IDX header");
   uint32_t magic = rc == 0 ? be32(head) : 0;
@@ -505,4 +510,40 @@ void tg_batch_iter_free(tg_batch_iter *it) {
   tg_tensor_free(it->src[1]);
   free(it->order);
   free(it);
+}
+
+int tg_batch_iter_state_dict(const tg_batch_iter *it, tg_tensor_dict *d,
+                             const char *prefix) {
+  const char *op = "tg_batch_iter_state_dict";
+  if (!it || !d)
+    return tg__error("%s: argument '%s' is NULL", op, it ? "d" : "it");
+  const int64_t pos[3] = {it->epoch, it->pos, (int64_t)it->c.seed};
+  char *name = tg__concat(prefix, "position", op);
+  tg_tensor *t =
+      name ? tg__unscope(tg_tensor_from_data(pos, TG_SHAPE(3), TG_I64, TG_CPU)) : NULL;
+  int rc = t ? tg__dict_take(d, name, t, op) : -1;
+  free(name);
+  return rc;
+}
+
+int tg_batch_iter_load_state_dict(tg_batch_iter *it, const tg_tensor_dict *d,
+                                  const char *prefix) {
+  const char *op = "tg_batch_iter_load_state_dict";
+  if (!it || !d)
+    return tg__error("%s: argument '%s' is NULL", op, it ? "d" : "it");
+  char *name = tg__concat(prefix, "position", op);
+  if (!name)
+    return -1;
+  const tg_tensor *t = tg_tensor_dict_get(d, name);
+  int rc = 0;
+  if (!t || t->dtype != TG_I64 || t->numel != 3)
+    rc = tg__error("%s: the state dict %s '%s' (int64 [3]: epoch, batch, seed)", op,
+                   t ? "has a malformed" : "lacks", name);
+  const int64_t *p = rc == 0 ? tg__data(t) : NULL;
+  if (rc == 0 && (uint64_t)p[2] != it->c.seed)
+    rc = tg__error("%s: the state is of an iterator shuffling from seed %llu, this one "
+                   "shuffles from %llu",
+                   op, (unsigned long long)p[2], (unsigned long long)it->c.seed);
+  free(name);
+  return rc == 0 ? tg_batch_iter_seek(it, p[0], p[1]) : -1;
 }

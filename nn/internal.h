@@ -25,17 +25,32 @@ struct tg_module {
   void (*release)(tg_module *m); /* frees what the layer allocated besides itself */
 };
 
+/* Open-addressing hash index from names to positions in an array (vars, paths):
+ * slots hold positions, -1 when empty; cap is 0 or a power of two, at most half
+ * full. */
+typedef struct {
+  int *slots;
+  int cap;
+} tg__name_index;
+
 struct tg_varstore {
   tg_device device;
   tg_dtype dtype;
-  tg__var *vars; /* creation order; lookups are linear, fine for thousands */
+  tg__var *vars; /* creation order */
   int n_vars, cap_vars;
+  tg__name_index var_index; /* full names -> vars */
   tg_path **paths;
   int n_paths, cap_paths;
+  tg__name_index path_index; /* prefixes -> paths */
   tg_module **modules;
   int n_modules, cap_modules;
 };
 
+/* Frees the variables created after the first `mark` (a constructor failing half-way
+ * leaves the store as it found it). */
+void tg__varstore_truncate(tg_varstore *vs, int mark);
+/* Index in vs->vars of the variable called name (hashed), or -1. */
+int tg__varstore_find(const tg_varstore *vs, const char *name);
 /* New variable of an explicit dtype (num_batches_tracked is int64 in PyTorch). */
 tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape,
                            int ndim, tg_init init, tg_dtype dtype, bool trainable);

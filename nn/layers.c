@@ -3,6 +3,7 @@
  * matching op. Constructors check their configuration; forwards check what only the
  * layer knows (its channel count) and leave the rest to the op. */
 #include "nn/internal.h"
+#include "ops/norm/norm.h" /* norm_check_eps: the ops' own rule for eps */
 
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +20,6 @@ tg_tensor *tg_module_forward(tg_module *m, const tg_tensor *x, bool train) {
   return m->forward(m, x, train);
 }
 
-/* Drops the variables created after the first `mark`, so a constructor that fails
- * half-way leaves the store as it found it. */
-static void rollback(tg_varstore *vs, int mark) {
-  while (vs->n_vars > mark) {
-    tg__var *v = &vs->vars[--vs->n_vars];
-    free(v->name);
-    tg_tensor_free(v->t);
-  }
-}
-
 static bool path_ok(tg_path *path, const char *op) {
   if (path)
     return true;
@@ -43,30 +34,63 @@ static tg_module *finish(tg_path *path, int mark, tg_module *m, bool ok, const c
   if (!m)
     tg__error("%s: out of memory", op);
   if (!m || !ok) {
-    rollback(path->vs, mark);
+    tg__varstore_truncate(path->vs, mark);
     free(m);
     return NULL;
   }
   m->name = path->prefix;
   tg_module *r = tg__module_register(path->vs, m, op);
   if (!r)
-    rollback(path->vs, mark);
+    tg__varstore_truncate(path->vs, mark);
   return r;
 }
 
-/* "tg_nn_group_norm 'enc.gn'" or "tg_nn_group_norm" for the root. */
-static const char *who(const tg_module *m, char *buf, size_t len) {
-  if (m->name && m->name[0])
-    snprintf(buf, len, "%s '%s'", m->kind, m->name);
+/* "tg_nn_group_norm 'enc.gn'" or "tg_nn_group_norm" for the root: a layer in
+ * messages (WHO_LEN bytes). */
+enum { WHO_LEN = TG_QUOTE_LEN + 64 };
+static const char *layer_name(const char *kind, const char *name, char *buf, size_t len) {
+  char q[TG_QUOTE_LEN];
+  if (name && name[0])
+    snprintf(buf, len, "%s %s", kind, tg__quote(name, q, sizeof q));
   else
-    snprintf(buf, len, "%s", m->kind);
+    snprintf(buf, len, "%s", kind);
   return buf;
+}
+
+static const char *who(const tg_module *m, char *buf, size_t len) {
+  return layer_name(m->kind, m->name, buf, len);
+}
+
+/* The layer's variable p (may be NULL: not affine) has x's dtype and device, so the op
+ * can run; the error names the layer and the tensors. */
+static int check_param(const tg_module *m, const tg_tensor *x, const tg_tensor *p,
+                       const char *what) {
+  char w[WHO_LEN];
+  if (!p)
+    return 0;
+  if (x->dtype != p->dtype)
+    return tg__error("%s: input is %s but %s is %s (convert the input with tg_to_dtype "
+                     "or the var store with tg_varstore_set_dtype)",
+                     who(m, w, sizeof w), tg_dtype_name(x->dtype), what,
+                     tg_dtype_name(p->dtype));
+  if (x->device.type != p->device.type || x->device.index != p->device.index)
+    return tg__error("%s: input is on %s:%d but %s is on %s:%d", who(m, w, sizeof w),
+                     x->device.type == TG_DEVICE_CPU ? "cpu" : "cuda", x->device.index,
+                     what, p->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
+                     p->device.index);
+  return 0;
+}
+
+/* A norm layer's eps, by the rule its op applies, naming the layer. */
+static int check_eps(const char *op, const tg_path *path, double eps) {
+  char w[WHO_LEN];
+  return norm_check_eps(layer_name(op, path->prefix, w, sizeof w), eps);
 }
 
 /* An input [N, C, *] with the layer's channel count. */
 static int check_channels(const tg_module *m, const tg_tensor *x, int64_t channels,
                           int min_dim, int max_dim) {
-  char w[256], s[TG_SHAPE_STR_LEN];
+  char w[WHO_LEN], s[TG_SHAPE_STR_LEN];
   if (x->ndim < min_dim || x->ndim > max_dim) {
     if (min_dim == max_dim)
       return tg__error("%s: expected %dD input (got %dD input of shape %s)",
@@ -94,6 +118,8 @@ typedef struct {
 static tg_tensor *linear_forward(tg_module *m, const tg_tensor *x, bool train) {
   (void)train;
   linear_module *l = (linear_module *)m;
+  if (check_param(m, x, l->weight, "weight") < 0)
+    return NULL;
   return tg_linear(x, l->weight, l->bias);
 }
 
@@ -135,7 +161,8 @@ typedef struct {
 static tg_tensor *conv_forward(tg_module *m, const tg_tensor *x, bool train) {
   (void)train;
   conv_module *c = (conv_module *)m;
-  if (x->ndim == 4 && check_channels(m, x, c->in_channels, 4, 4) < 0)
+  if ((x->ndim == 4 && check_channels(m, x, c->in_channels, 4, 4) < 0) ||
+      check_param(m, x, c->weight, "weight") < 0)
     return NULL;
   if (c->transposed)
     return tg_conv_transpose2d(x, c->weight, c->bias, c->stride, c->padding,
@@ -232,18 +259,22 @@ typedef struct {
   tg_tensor *weight, *bias;
   int64_t num_groups, num_channels;
   double eps;
+  bool relu;
 } group_norm_module;
 
 static tg_tensor *group_norm_forward(tg_module *m, const tg_tensor *x, bool train) {
   (void)train;
   group_norm_module *g = (group_norm_module *)m;
-  if (check_channels(m, x, g->num_channels, 2, TG_MAX_DIMS) < 0)
+  if (check_channels(m, x, g->num_channels, 2, TG_MAX_DIMS) < 0 ||
+      check_param(m, x, g->weight, "weight") < 0)
     return NULL;
-  return tg_group_norm(x, g->num_groups, g->weight, g->bias, g->eps);
+  return (g->relu ? tg_group_norm_relu : tg_group_norm)(x, g->num_groups, g->weight,
+                                                        g->bias, g->eps);
 }
 
 tg_group_norm_config tg_group_norm_config_default(void) {
-  return (tg_group_norm_config){true, 1e-5, true, tg_init_const(1), tg_init_const(0)};
+  return (tg_group_norm_config){true, 1e-5, true, tg_init_const(1), tg_init_const(0),
+                                false};
 }
 
 tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_channels,
@@ -251,12 +282,20 @@ tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_chann
   const char *op = "tg_nn_group_norm";
   if (!path_ok(path, op))
     return NULL;
-  if (num_groups <= 0 || num_channels <= 0 || num_channels % num_groups) {
-    tg__error("%s: num_channels must be divisible by num_groups (num_channels %lld, "
-              "num_groups %lld, both positive)",
+  if (num_channels <= 0) {
+    tg__error("%s: num_channels must be positive (num_channels %lld, num_groups %lld)",
               op, (long long)num_channels, (long long)num_groups);
     return NULL;
   }
+  if (num_groups <= 0 || num_channels % num_groups) {
+    tg__error("%s: num_channels must be divisible by num_groups (num_channels %lld, "
+              "num_groups %lld)%s",
+              op, (long long)num_channels, (long long)num_groups,
+              num_groups <= 0 ? ", and num_groups must be positive" : "");
+    return NULL;
+  }
+  if (check_eps(op, path, config.eps) < 0)
+    return NULL;
   int mark = path->vs->n_vars;
   group_norm_module *g = calloc(1, sizeof *g);
   bool ok = g != NULL;
@@ -268,6 +307,7 @@ tg_module *tg_nn_group_norm(tg_path *path, int64_t num_groups, int64_t num_chann
     g->num_groups = num_groups;
     g->num_channels = num_channels;
     g->eps = config.eps;
+    g->relu = config.relu;
   }
   return finish(path, mark, g ? &g->base : NULL, ok, op);
 }
@@ -287,12 +327,14 @@ static int count_batch(tg_tensor *count) {
   if (tg_tensor_copy_to_host(count, &n, sizeof n) < 0)
     return -1;
   n++;
+  tg__bump_version(count);
   return tg__cuda_memcpy(tg__data(count), count->device, &n, TG_CPU, sizeof n);
 }
 
 static tg_tensor *batch_norm_forward(tg_module *m, const tg_tensor *x, bool train) {
   batch_norm_module *b = (batch_norm_module *)m;
-  if (check_channels(m, x, b->num_features, 4, 4) < 0)
+  if (check_channels(m, x, b->num_features, 4, 4) < 0 ||
+      check_param(m, x, b->running_mean, "running_mean") < 0)
     return NULL;
   tg_tensor *y = tg_batch_norm(x, b->weight, b->bias, b->running_mean, b->running_var,
                                train, b->momentum, b->eps);
@@ -318,6 +360,14 @@ tg_module *tg_nn_batch_norm2d(tg_path *path, int64_t num_features,
     return NULL;
   if (num_features <= 0) {
     tg__error("%s: num_features must be positive, got %lld", op, (long long)num_features);
+    return NULL;
+  }
+  if (check_eps(op, path, config.eps) < 0)
+    return NULL;
+  if (!isfinite(config.momentum)) { /* as tg_batch_norm would say at the first forward */
+    char w[WHO_LEN];
+    tg__error("%s: expected a finite momentum, but got %g",
+              layer_name(op, path->prefix, w, sizeof w), config.momentum);
     return NULL;
   }
   int mark = path->vs->n_vars;
@@ -355,6 +405,8 @@ typedef struct {
 static tg_tensor *layer_norm_forward(tg_module *m, const tg_tensor *x, bool train) {
   (void)train;
   layer_norm_module *l = (layer_norm_module *)m;
+  if (check_param(m, x, l->weight, "weight") < 0)
+    return NULL;
   return tg_layer_norm(x, l->shape, l->n_dims, l->weight, l->bias, l->eps);
 }
 
@@ -372,7 +424,8 @@ tg_module *tg_nn_layer_norm(tg_path *path, const int64_t *normalized_shape, int 
               n_dims);
     return NULL;
   }
-  if (tg__check_shape(normalized_shape, n_dims, path->vs->dtype, op) < 0)
+  if (tg__check_shape(normalized_shape, n_dims, path->vs->dtype, op) < 0 ||
+      check_eps(op, path, config.eps) < 0)
     return NULL;
   int mark = path->vs->n_vars;
   layer_norm_module *l = calloc(1, sizeof *l);
@@ -400,7 +453,13 @@ typedef struct {
 
 static tg_tensor *func_forward(tg_module *m, const tg_tensor *x, bool train) {
   func_module *f = (func_module *)m;
-  return f->fn(x, train, f->ctx);
+  tg_clear_error(); /* x is valid: any message now comes from fn */
+  tg_tensor *y = tg__callback_result(f->fn(x, train, f->ctx), 1, &x);
+  if (!y && !tg_last_error()[0])
+    tg__error("tg_module_forward: the function of a %s module returned NULL without "
+              "setting an error",
+              m->kind);
+  return y;
 }
 
 static tg_module *func_new(tg_varstore *vs, tg_module_fn fn, void *ctx,
@@ -434,6 +493,7 @@ typedef struct {
   tg_module base;
   tg_module **items;
   int n, cap;
+  tg_varstore *vs; /* its owner: it holds modules of that store only */
   tg_path *path; /* tg_nn_sequential_path's: children are named "<path>.<index>" */
 } sequential_module;
 
@@ -463,9 +523,19 @@ tg_module *tg_nn_sequential(tg_varstore *vs) {
     return NULL;
   }
   sequential_module *s = calloc(1, sizeof *s);
-  if (s)
+  if (s) {
     s->base = (tg_module){"tg_nn_sequential", "", sequential_forward, sequential_release};
+    s->vs = vs;
+  }
   return tg__module_register(vs, s ? &s->base : NULL, "tg_nn_sequential");
+}
+
+/* Whether vs registered m. From the newest module: the one just built is last. */
+static bool owns(const tg_varstore *vs, const tg_module *m) {
+  for (int i = vs->n_modules - 1; i >= 0; i--)
+    if (vs->modules[i] == m)
+      return true;
+  return false;
 }
 
 tg_module *tg_nn_sequential_path(tg_path *path) {
@@ -478,6 +548,7 @@ tg_module *tg_nn_sequential_path(tg_path *path) {
   if (s) {
     s->base = (tg_module){"tg_nn_sequential", path->prefix, sequential_forward,
                           sequential_release};
+    s->vs = path->vs;
     s->path = path;
   }
   return tg__module_register(path->vs, s ? &s->base : NULL, "tg_nn_sequential_path");
@@ -526,6 +597,13 @@ int tg_sequential_add(tg_module *seq, tg_module *m) {
     return tg__error("tg_sequential_add: adding this module would make the sequential "
                      "contain itself");
   sequential_module *s = (sequential_module *)seq;
+  if (!owns(s->vs, m)) {
+    char buf[160];
+    return tg__error("tg_sequential_add: the %s belongs to another var store than the "
+                     "sequential; a var store frees its modules and variables, so a "
+                     "sequential may only hold modules of its own store",
+                     who(m, buf, sizeof buf));
+  }
   if (s->n == s->cap) {
     int cap = s->cap ? 2 * s->cap : 8;
     tg_module **items = realloc(s->items, (size_t)cap * sizeof *items);

@@ -390,6 +390,7 @@ int tg_optimizer_step(tg_optimizer *opt) {
     opt_param *s = &opt->params[i];
     if (!s->param->grad)
       continue;
+    tg__bump_version(s->param);
     const opt_group *g = &opt->groups[s->group];
     if (opt->kind == OPT_SGD)
       sgd_update(&g->sgd, g->sgd.lr, s);
@@ -642,15 +643,11 @@ double tg_clip_grad_norm(tg_varstore *vs, double max_norm) {
     tg_tensor *g = vs->vars[i].trainable ? vs->vars[i].t->grad : NULL;
     if (!g)
       continue;
-    if (g->device.type != TG_DEVICE_CPU) {
-      tg__unsupported_device("tg_clip_grad_norm", g);
-      return -1;
-    }
-    sumsq += tg__sumsq(g);
+    sumsq += tg__sumsq(g); /* on the gradient's device */
   }
   double norm = sqrt(sumsq);
   double coef = max_norm / (norm + 1e-6);
-  if (coef < 1)
+  if (!(coef >= 1)) /* a NaN norm makes every gradient NaN, as PyTorch's clamp */
     for (int i = 0; i < vs->n_vars; i++)
       if (vs->vars[i].trainable && vs->vars[i].t->grad)
         tg__scale_(vs->vars[i].t->grad, coef);

@@ -71,36 +71,6 @@ static void to_little_endian(void *data, size_t bytes, size_t elem) {
     }
 }
 
-/* UTF-8 as Rust's str::from_utf8 accepts it: no overlongs, surrogates or > U+10FFFF. */
-static bool valid_utf8(const uint8_t *s, size_t n, size_t *bad) {
-  size_t i = 0;
-  while (i < n) {
-    uint8_t c = s[i];
-    size_t len = c < 0x80         ? 1
-                 : (c >> 5) == 6  ? 2
-                 : (c >> 4) == 14 ? 3
-                 : (c >> 3) == 30 ? 4
-                                  : 0;
-    if (!len || i + len > n)
-      goto fail;
-    uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
-    for (size_t k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80)
-        goto fail;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      goto fail;
-    i += len;
-  }
-  return true;
-fail:
-  if (bad)
-    *bad = i;
-  return false;
-}
-
 /* ------------------------------------------------------------------ saving -- */
 
 typedef struct {
@@ -205,6 +175,7 @@ static int write_all(FILE *f, const void *p, size_t n) {
 /* Writes header (with meta's __metadata__ when it has any) and data to f. */
 static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, FILE *f,
                       const char *filename, const char *op) {
+  char q[TG_QUOTE_LEN];
   strbuf h = {0};
   uint64_t offset = 0;
   sb_add(&h, "{", 1);
@@ -244,7 +215,8 @@ static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, 
     len8[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
   int rc = 0;
   if (write_all(f, len8, 8) < 0 || write_all(f, h.s, h.len) < 0)
-    rc = tg__error("%s: writing %s failed: %s", op, filename, strerror(errno));
+    rc = tg__error("%s: writing %s failed: %s", op, tg__quote(filename, q, sizeof q),
+                   strerror(errno));
   free(h.s);
 
   void *tmp = NULL; /* host copy for non-CPU tensors and big-endian hosts */
@@ -267,35 +239,31 @@ static int write_file(const tg__var **order, int n, const tg_tensor_dict *meta, 
       src = tmp;
     }
     if (write_all(f, src, bytes) < 0)
-      rc = tg__error("%s: writing %s failed: %s", op, filename, strerror(errno));
+      rc = tg__error("%s: writing %s failed: %s", op, tg__quote(filename, q, sizeof q),
+                     strerror(errno));
   }
   free(tmp);
   return rc;
 }
 
-/* fsync of the directory holding path, so the rename itself is durable. Best effort:
- * some filesystems do not support syncing directories. */
-static void sync_parent_dir(const char *path) {
-  char *dir = strdup(path);
-  if (!dir)
-    return;
-  char *slash = strrchr(dir, '/');
-  const char *d = slash == dir ? "/" : slash ? dir : ".";
-  if (slash && slash != dir)
-    *slash = '\0';
-  int fd = open(d, O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-  free(dir);
+static int check_utf8(const char *s, const char *what, const char *op) {
+  if (tg__valid_utf8((const uint8_t *)s, strlen(s), NULL))
+    return 0;
+  char q[TG_QUOTE_LEN];
+  return tg__error("%s: %s %s is not valid UTF-8, which safetensors requires", op, what,
+                   tg__quote(s, q, sizeof q));
 }
 
-static int check_utf8(const char *s, const char *what, const char *op) {
-  if (valid_utf8((const uint8_t *)s, strlen(s), NULL))
-    return 0;
-  return tg__error("%s: %s '%s' is not valid UTF-8, which safetensors requires", op, what,
-                   s);
+typedef struct {
+  const tg__var **order;
+  int n;
+  const tg_tensor_dict *meta;
+  const char *filename, *op;
+} save_job;
+
+static int write_job(FILE *f, void *ctx) {
+  const save_job *j = ctx;
+  return write_file(j->order, j->n, j->meta, f, j->filename, j->op);
 }
 
 /* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. */
@@ -308,33 +276,10 @@ static int save_entries(const tg__var *vars, int n, const tg_tensor_dict *meta,
     if (check_utf8(meta->meta[i], "metadata string", op) < 0)
       return -1;
   const tg__var **order = file_order(vars, n);
-  size_t tlen = strlen(filename) + 32;
-  char *tmp = malloc(tlen);
-  if (!order || !tmp) {
-    free((void *)order);
-    free(tmp);
+  if (!order)
     return tg__error("%s: out of memory", op);
-  }
-  snprintf(tmp, tlen, "%s.tmp.%ld", filename, (long)getpid());
-  int rc = 0;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    rc = tg__error("%s: cannot create %s: %s", op, tmp, strerror(errno));
-    goto done;
-  }
-  rc = write_file(order, n, meta, f, filename, op);
-  if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-    rc = tg__error("%s: flushing %s failed: %s", op, tmp, strerror(errno));
-  if (fclose(f) != 0 && rc == 0)
-    rc = tg__error("%s: closing %s failed: %s", op, tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, filename) != 0)
-    rc = tg__error("%s: cannot rename %s to %s: %s", op, tmp, filename, strerror(errno));
-  if (rc == 0)
-    sync_parent_dir(filename);
-  else
-    unlink(tmp);
-done:
-  free(tmp);
+  save_job job = {order, n, meta, filename, op};
+  int rc = tg__write_atomic(filename, op, write_job, &job);
   free((void *)order);
   return rc;
 }
@@ -541,21 +486,86 @@ static int parse_uint(parser *ps, uint64_t *out) {
     ps->p++;
   }
   if (ps->p == s)
-    return fail(ps, "invalid JSON: expected a non-negative integer");
+    return fail(ps, "expected a non-negative integer");
   if (ps->p - s > 1 && *s == '0')
-    return fail(ps, "invalid JSON: number with a leading zero");
+    return fail(ps, "a number with a leading zero");
   if (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E'))
     return fail(ps, "expected an integer, found a floating point number");
   *out = v;
   return 0;
 }
 
+/* Tensor e's entry breaks the schema in a value that starts at `at`: names the tensor
+ * and the rule, then why (a sub-parser's message in ps->err, when `detail`) or what
+ * was found there. */
+static int schema_fail(parser *ps, const st_entry *e, const char *at, const char *rule,
+                       bool detail) {
+  char q[TG_QUOTE_LEN], qf[TG_QUOTE_LEN], found[32], why[sizeof ps->err + 8];
+  if (detail) {
+    snprintf(why, sizeof why, ": %s", ps->err);
+  } else {
+    size_t n = ps->end - at < 24 ? (size_t)(ps->end - at) : 24;
+    memcpy(found, at, n);
+    found[n] = '\0';
+    snprintf(why, sizeof why, ", found %s%s (header byte %lld)",
+             n ? tg__quote(found, qf, sizeof qf) : "the end of the header",
+             at + n < ps->end ? "..." : "", (long long)(at - ps->start));
+  }
+  return invalid(ps, "tensor %s: %s%s", tg__quote(e->name, q, sizeof q), rule, why);
+}
+
+/* [n, ...] of non-negative integers that fit int64_t. */
+static int parse_shape(parser *ps, st_entry *e) {
+  static const char rule[] = "shape must be a list of non-negative integers";
+  char q[TG_QUOTE_LEN];
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '['))
+    return schema_fail(ps, e, at, rule, false);
+  if (accept(ps, ']'))
+    return 0;
+  do {
+    uint64_t v;
+    if (e->ndim == MAX_FILE_DIMS)
+      return fail(ps, "tensor %s: more than %d dimensions",
+                  tg__quote(e->name, q, sizeof q), MAX_FILE_DIMS);
+    if (parse_uint(ps, &v) < 0)
+      return schema_fail(ps, e, at, rule, true);
+    if (v > INT64_MAX)
+      return fail(ps, "tensor %s: dimension too large", tg__quote(e->name, q, sizeof q));
+    e->shape[e->ndim++] = (int64_t)v;
+  } while (accept(ps, ','));
+  return accept(ps, ']') ? 0 : schema_fail(ps, e, at, rule, false);
+}
+
+/* [begin, end] */
+static int parse_offsets(parser *ps, st_entry *e) {
+  static const char rule[] = "data_offsets must be [begin, end]";
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '['))
+    return schema_fail(ps, e, at, rule, false);
+  if (parse_uint(ps, &e->begin) < 0)
+    return schema_fail(ps, e, at, rule, true);
+  if (!accept(ps, ','))
+    return schema_fail(ps, e, at, rule, false);
+  if (parse_uint(ps, &e->end) < 0)
+    return schema_fail(ps, e, at, rule, true);
+  return accept(ps, ']') ? 0 : schema_fail(ps, e, at, rule, false);
+}
+
 /* {"dtype": ..., "shape": [...], "data_offsets": [b, e]}: each key exactly once. */
 static int parse_info(parser *ps, st_entry *e) {
   enum { DTYPE = 1, SHAPE = 2, OFFSETS = 4 };
   int seen = 0;
-  if (expect(ps, '{') < 0)
-    return -1;
+  char q[TG_QUOTE_LEN], qk[TG_QUOTE_LEN];
+  skip_ws(ps);
+  const char *at = ps->p;
+  if (!accept(ps, '{'))
+    return schema_fail(ps, e, at,
+                       "expected an object {\"dtype\": ..., \"shape\": [...], "
+                       "\"data_offsets\": [begin, end]}",
+                       false);
   do {
     char *key;
     if (parse_string(ps, &key) < 0 || expect(ps, ':') < 0) {
@@ -567,8 +577,9 @@ static int parse_info(parser *ps, st_entry *e) {
                 : !strcmp(key, "data_offsets") ? OFFSETS
                                                : 0;
     if (!which || (seen & which)) {
-      fail(ps, "tensor '%.200s': %s key '%.40s'", e->name, which ? "repeated" : "unknown",
-           key);
+      fail(ps, "tensor %s: %s key %s (expected dtype, shape and data_offsets)",
+           tg__quote(e->name, q, sizeof q), which ? "repeated" : "unknown",
+           tg__quote(key, qk, sizeof qk));
       free(key);
       return -1;
     }
@@ -576,49 +587,38 @@ static int parse_info(parser *ps, st_entry *e) {
     seen |= which;
     if (which == DTYPE) {
       char *dt;
+      skip_ws(ps);
+      at = ps->p;
+      if (at >= ps->end || *at != '"')
+        return schema_fail(ps, e, at, "dtype must be a string such as \"F32\"", false);
       if (parse_string(ps, &dt) < 0)
         return -1;
       e->dtype = st_lookup(dt);
       if (e->dtype < 0)
-        fail(ps, "tensor '%.200s': unknown dtype '%.40s'", e->name, dt);
+        fail(ps, "tensor %s: unknown dtype %s", tg__quote(e->name, q, sizeof q),
+             tg__quote(dt, qk, sizeof qk));
       free(dt);
       if (e->dtype < 0)
         return -1;
     } else if (which == SHAPE) {
-      if (expect(ps, '[') < 0)
+      if (parse_shape(ps, e) < 0)
         return -1;
-      if (!accept(ps, ']')) {
-        do {
-          uint64_t v;
-          if (e->ndim == MAX_FILE_DIMS)
-            return fail(ps, "tensor '%.200s': more than %d dimensions", e->name,
-                        MAX_FILE_DIMS);
-          if (parse_uint(ps, &v) < 0)
-            return -1;
-          if (v > INT64_MAX)
-            return fail(ps, "tensor '%.200s': dimension too large", e->name);
-          e->shape[e->ndim++] = (int64_t)v;
-        } while (accept(ps, ','));
-        if (expect(ps, ']') < 0)
-          return -1;
-      }
-    } else {
-      if (expect(ps, '[') < 0 || parse_uint(ps, &e->begin) < 0 || expect(ps, ',') < 0 ||
-          parse_uint(ps, &e->end) < 0 || expect(ps, ']') < 0)
-        return -1;
+    } else if (parse_offsets(ps, e) < 0) {
+      return -1;
     }
   } while (accept(ps, ','));
   if (expect(ps, '}') < 0)
     return -1;
   if (seen != (DTYPE | SHAPE | OFFSETS))
-    return fail(ps, "tensor '%.200s' lacks one of dtype, shape, data_offsets", e->name);
+    return fail(ps, "tensor %s lacks one of dtype, shape, data_offsets",
+                tg__quote(e->name, q, sizeof q));
   return 0;
 }
 
 /* {str: str, ...} */
 static int parse_metadata(parser *ps) {
-  if (expect(ps, '{') < 0)
-    return -1;
+  if (!accept(ps, '{'))
+    return fail(ps, "__metadata__ must be an object of strings, expected '{'");
   if (accept(ps, '}'))
     return 0;
   do {
@@ -643,8 +643,8 @@ static int parse_metadata(parser *ps) {
 
 static int parse_header(parser *ps) {
   bool metadata = false;
-  if (expect(ps, '{') < 0)
-    return -1;
+  if (!accept(ps, '{'))
+    return fail(ps, "the header must be a JSON object, expected '{'");
   if (!accept(ps, '}')) {
     do {
       char *name;
@@ -704,11 +704,13 @@ static int by_offsets(const void *pa, const void *pb) {
  * entries sorted by name. */
 static int check_entries(parser *ps, uint64_t data_bytes) {
   typedef unsigned long long ull;
+  char q[TG_QUOTE_LEN];
   if (ps->n > 1)
     qsort(ps->entries, (size_t)ps->n, sizeof *ps->entries, by_name);
   for (int i = 1; i < ps->n; i++)
     if (!strcmp(ps->entries[i].name, ps->entries[i - 1].name))
-      return invalid(ps, "duplicate tensor name '%.200s'", ps->entries[i].name);
+      return invalid(ps, "duplicate tensor name %s",
+                     tg__quote(ps->entries[i].name, q, sizeof q));
   for (int i = 0; i < ps->n; i++) {
     st_entry *e = &ps->entries[i];
     uint64_t numel = 1, esize = st_dtypes[e->dtype].size;
@@ -723,9 +725,9 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
     overflow = overflow || numel > UINT64_MAX / esize;
     if (e->end < e->begin)
       return invalid(ps,
-                     "tensor '%.200s': data_offsets [%llu, %llu] end before they "
+                     "tensor %s: data_offsets [%llu, %llu] end before they "
                      "begin",
-                     e->name, (ull)e->begin, (ull)e->end);
+                     tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end);
     if (overflow || numel * esize != e->end - e->begin) {
       char sh[TG_SHAPE_STR_LEN], need[32] = "more than 2^64";
       tg__shape_fmt(e->shape, e->ndim < TG_MAX_DIMS ? e->ndim : TG_MAX_DIMS, sh,
@@ -733,17 +735,18 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
       if (!overflow)
         snprintf(need, sizeof need, "%llu", (ull)(numel * esize));
       return invalid(ps,
-                     "tensor '%.200s': shape %s%s of %s needs %s bytes but "
+                     "tensor %s: shape %s%s of %s needs %s bytes but "
                      "data_offsets [%llu, %llu] span %llu",
-                     e->name, sh, e->ndim > TG_MAX_DIMS ? "..." : "",
-                     st_dtypes[e->dtype].name, need, (ull)e->begin, (ull)e->end,
-                     (ull)(e->end - e->begin));
+                     tg__quote(e->name, q, sizeof q), sh,
+                     e->ndim > TG_MAX_DIMS ? "..." : "", st_dtypes[e->dtype].name, need,
+                     (ull)e->begin, (ull)e->end, (ull)(e->end - e->begin));
     }
     if (e->end > data_bytes)
       return invalid(ps,
-                     "tensor '%.200s': data_offsets [%llu, %llu] run past the end "
+                     "tensor %s: data_offsets [%llu, %llu] run past the end "
                      "of the %llu-byte data buffer",
-                     e->name, (ull)e->begin, (ull)e->end, (ull)data_bytes);
+                     tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end,
+                     (ull)data_bytes);
   }
   st_entry **by_off = malloc((size_t)(ps->n > 0 ? ps->n : 1) * sizeof *by_off);
   if (!by_off)
@@ -757,9 +760,9 @@ static int check_entries(parser *ps, uint64_t data_bytes) {
     const st_entry *e = by_off[i];
     if (e->begin != next)
       rc = invalid(ps,
-                   "tensor '%.200s': data_offsets [%llu, %llu] %s (the tensors "
+                   "tensor %s: data_offsets [%llu, %llu] %s (the tensors "
                    "before it end at %llu)",
-                   e->name, (ull)e->begin, (ull)e->end,
+                   tg__quote(e->name, q, sizeof q), (ull)e->begin, (ull)e->end,
                    e->begin < next ? "overlap another tensor" : "leave a gap", (ull)next);
     next = e->end;
   }
@@ -872,14 +875,18 @@ static int read_exact(FILE *f, void *p, size_t n) {
  * load as) and the metadata into a new dict. */
 static tg_tensor_dict *read_file(const char *filename, const char *op,
                                  const tg_load_options *o) {
-  FILE *f = fopen(filename, "rb");
+  int fd = tg_file_open_read(filename, op);
+  FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
   if (!f) {
-    tg__error("%s: cannot open %s: %s", op, filename, strerror(errno));
+    if (fd >= 0) {
+      close(fd);
+      tg__error("%s: out of memory", op);
+    }
     return NULL;
   }
   tg_tensor_dict *d = tg_tensor_dict_new();
   parser ps = {.meta = d};
-  char *header = NULL;
+  char q[TG_QUOTE_LEN], *header = NULL;
   uint8_t *data = NULL;
   int rc = -1;
   struct stat st;
@@ -887,8 +894,9 @@ static tg_tensor_dict *read_file(const char *filename, const char *op,
   uint64_t hlen = 0;
   if (!d)
     goto done;
-  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    tg__error("%s: %s is not a regular file", op, filename);
+  if (fstat(fileno(f), &st) != 0) {
+    tg__error("%s: cannot read %s: %s", op, tg__quote(filename, q, sizeof q),
+              strerror(errno));
     goto done;
   }
   uint64_t fsize = (uint64_t)st.st_size;
@@ -917,11 +925,12 @@ static tg_tensor_dict *read_file(const char *filename, const char *op,
     goto done;
   }
   if (read_exact(f, header, hlen) < 0) {
-    tg__error("%s: reading %s failed: %s", op, filename, strerror(errno));
+    tg__error("%s: reading %s failed: %s", op, tg__quote(filename, q, sizeof q),
+              strerror(errno));
     goto done;
   }
   size_t bad_at;
-  if (!valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
+  if (!tg__valid_utf8((const uint8_t *)header, hlen, &bad_at)) {
     invalid(&ps, "the header is not valid UTF-8 (byte %zu)", bad_at);
     goto invalid;
   }
@@ -938,7 +947,8 @@ static tg_tensor_dict *read_file(const char *filename, const char *op,
     goto done;
   }
   if (read_exact(f, data, data_bytes) < 0) {
-    tg__error("%s: reading %s failed (did it change while loading?)", op, filename);
+    tg__error("%s: reading %s failed (did it change while loading?)", op,
+              tg__quote(filename, q, sizeof q));
     goto done;
   }
   rc = 0;
@@ -954,7 +964,8 @@ static tg_tensor_dict *read_file(const char *filename, const char *op,
   }
   goto done;
 invalid:
-  tg__error("%s: %s is not a valid safetensors file: %s", op, filename, ps.err);
+  tg__error("%s: %s is not a valid safetensors file: %s", op,
+            tg__quote(filename, q, sizeof q), ps.err);
 done:
   for (int i = 0; i < ps.n; i++)
     free(ps.entries[i].name);
@@ -1013,14 +1024,16 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
   }
   name_list missing = {0}, extra = {0}, bad = {0};
   int n_missing = 0;
+  for (int i = 0; i < nv; i++)
+    match[i] = -1;
+  for (int k = 0; k < d->n; k++) { /* hashed lookups: linear in the number of names */
+    const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
+    int i = name ? tg__varstore_find(vs, name) : -1;
+    if (i >= 0 && match[i] < 0)
+      match[i] = k;
+  }
   for (int i = 0; i < nv; i++) {
     const tg__var *v = &vs->vars[i];
-    match[i] = -1;
-    for (int k = 0; k < d->n && match[i] < 0; k++) {
-      const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
-      if (name && !strcmp(name, v->name))
-        match[i] = k;
-    }
     if (match[i] < 0) {
       list_add(&missing, v->name);
       left[n_missing++] = v->name;
@@ -1092,6 +1105,8 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
     const tg_tensor *t = conv[i] ? conv[i] : match[i] >= 0 ? d->items[match[i]].t : NULL;
     tg_tensor *v = vs->vars[i].t;
     size_t bytes = (size_t)v->numel * tg_dtype_size(v->dtype);
+    if (t)
+      tg__bump_version(v);
     if (t && bytes)
       rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), TG_CPU, bytes);
   }
@@ -1114,7 +1129,8 @@ int tg_varstore_load_ex(tg_varstore *vs, const char *filename, const tg_load_opt
   if (!o)
     o = &defaults;
   tg_tensor_dict *d = read_file(filename, op, o);
-  int rc = d ? apply(vs, d, o, false, report, op, filename) : -1;
+  char q[TG_QUOTE_LEN];
+  int rc = d ? apply(vs, d, o, false, report, op, tg__quote(filename, q, sizeof q)) : -1;
   tg_tensor_dict_free(d);
   return rc;
 }

@@ -29,17 +29,83 @@ static int reserve(void **items, int *cap, int n, size_t elem, const char *op) {
   return 0;
 }
 
-/* A path component: non-empty, without '.' (which separates components). */
+/* A path component: non-empty, without '.' (which separates components), and UTF-8,
+ * which safetensors requires of names (checked here so that a store always saves). */
 static int check_component(const char *name, const char *op) {
+  char q[TG_QUOTE_LEN];
+  size_t bad;
   if (!nonnull(name, op, "name"))
     return -1;
   if (!name[0])
     return tg__error("%s: variable and path names must not be empty", op);
   if (strchr(name, '.'))
-    return tg__error("%s: name '%s' must not contain '.', which separates path "
+    return tg__error("%s: name %s must not contain '.', which separates path "
                      "components (use tg_path_sub)",
-                     op, name);
+                     op, tg__quote(name, q, sizeof q));
+  if (!tg__valid_utf8((const uint8_t *)name, strlen(name), &bad))
+    return tg__error("%s: name %s is not valid UTF-8 (byte %zu), which safetensors "
+                     "requires of names",
+                     op, tg__quote(name, q, sizeof q), bad);
   return 0;
+}
+
+/* ------------------------------------------------------- name indexes -- */
+
+typedef const char *(*name_at_fn)(const tg_varstore *vs, int i);
+static const char *var_name(const tg_varstore *vs, int i) { return vs->vars[i].name; }
+static const char *path_name(const tg_varstore *vs, int i) {
+  return vs->paths[i]->prefix;
+}
+
+static size_t hash_name(const char *s) { /* FNV-1a */
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return (size_t)(h ^ h >> 32);
+}
+
+/* The slot holding name, or the empty slot where it would go (ix->cap > 0). */
+static size_t slot_of(const tg_varstore *vs, const tg__name_index *ix, name_at_fn at,
+                      const char *name) {
+  size_t mask = (size_t)ix->cap - 1, h = hash_name(name) & mask;
+  while (ix->slots[h] >= 0 && strcmp(at(vs, ix->slots[h]), name))
+    h = (h + 1) & mask;
+  return h;
+}
+
+/* Position of the item called name, or -1. */
+static int index_find(const tg_varstore *vs, const tg__name_index *ix, name_at_fn at,
+                      const char *name) {
+  return ix->cap ? ix->slots[slot_of(vs, ix, at, name)] : -1;
+}
+
+/* Rebuilds ix over items 0..n-1 with room for `room` items at most half full. */
+static int index_rebuild(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int n,
+                         int room, const char *op) {
+  int cap = 64;
+  while (cap < 2 * room)
+    cap *= 2;
+  int *slots = malloc((size_t)cap * sizeof *slots);
+  if (!slots)
+    return tg__error("%s: out of memory", op);
+  for (int i = 0; i < cap; i++)
+    slots[i] = -1;
+  free(ix->slots);
+  ix->slots = slots;
+  ix->cap = cap;
+  for (int i = 0; i < n; i++)
+    ix->slots[slot_of(vs, ix, at, at(vs, i))] = i;
+  return 0;
+}
+
+/* Room in ix for item n (items 0..n-1 indexed), so that index_add cannot fail. */
+static int index_reserve(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int n,
+                         const char *op) {
+  return 2 * (n + 1) <= ix->cap ? 0 : index_rebuild(vs, ix, at, n, 2 * (n + 1), op);
+}
+
+static void index_add(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int i) {
+  ix->slots[slot_of(vs, ix, at, at(vs, i))] = i;
 }
 
 static char *join(const char *prefix, const char *name) {
@@ -59,7 +125,8 @@ static char *join(const char *prefix, const char *name) {
 
 static tg_path *path_new(tg_varstore *vs, const char *prefix, const char *op) {
   if (reserve((void **)&vs->paths, &vs->cap_paths, vs->n_paths, sizeof *vs->paths, op) <
-      0)
+          0 ||
+      index_reserve(vs, &vs->path_index, path_name, vs->n_paths, op) < 0)
     return NULL;
   tg_path *p = malloc(sizeof *p);
   char *copy = strdup(prefix);
@@ -72,6 +139,7 @@ static tg_path *path_new(tg_varstore *vs, const char *prefix, const char *op) {
   p->vs = vs;
   p->prefix = copy;
   vs->paths[vs->n_paths++] = p;
+  index_add(vs, &vs->path_index, path_name, vs->n_paths - 1);
   return p;
 }
 
@@ -91,6 +159,8 @@ tg_varstore *tg_varstore_new(tg_device device) {
   vs->device = device;
   vs->dtype = TG_F32;
   if (!path_new(vs, "", "tg_varstore_new")) { /* the root is paths[0] */
+    free(vs->paths);
+    free(vs->path_index.slots);
     free(vs);
     return NULL;
   }
@@ -106,10 +176,7 @@ void tg_varstore_free(tg_varstore *vs) {
       m->release(m);
     free(m);
   }
-  for (int i = 0; i < vs->n_vars; i++) {
-    free(vs->vars[i].name);
-    tg_tensor_free(vs->vars[i].t);
-  }
+  tg__varstore_truncate(vs, 0);
   for (int i = 0; i < vs->n_paths; i++) {
     free(vs->paths[i]->prefix);
     free(vs->paths[i]);
@@ -117,7 +184,25 @@ void tg_varstore_free(tg_varstore *vs) {
   free(vs->modules);
   free(vs->vars);
   free(vs->paths);
+  free(vs->var_index.slots);
+  free(vs->path_index.slots);
   free(vs);
+}
+
+void tg__varstore_truncate(tg_varstore *vs, int mark) {
+  if (vs->n_vars <= mark)
+    return;
+  while (vs->n_vars > mark) {
+    tg__var *v = &vs->vars[--vs->n_vars];
+    free(v->name);
+    tg_tensor_free(v->t);
+  }
+  /* Linear probing has no cheap removal, and failed constructors are rare: the index
+   * is refilled in place (it keeps its size, so this cannot fail). */
+  for (int i = 0; i < vs->var_index.cap; i++)
+    vs->var_index.slots[i] = -1;
+  for (int i = 0; i < vs->n_vars; i++)
+    index_add(vs, &vs->var_index, var_name, i);
 }
 
 tg_device tg_varstore_device(const tg_varstore *vs) { return vs ? vs->device : TG_CPU; }
@@ -138,12 +223,9 @@ tg_path *tg_path_sub(tg_path *path, const char *name) {
     tg__error("tg_path_sub: out of memory");
     return NULL;
   }
-  tg_path *p = NULL;
-  for (int i = 0; i < vs->n_paths && !p; i++) /* the same name gives the same path */
-    if (!strcmp(vs->paths[i]->prefix, full))
-      p = vs->paths[i];
-  if (!p)
-    p = path_new(vs, full, "tg_path_sub");
+  int i = index_find(vs, &vs->path_index, path_name, full);
+  tg_path *p = i >= 0 ? vs->paths[i] /* the same name gives the same path */
+                      : path_new(vs, full, "tg_path_sub");
   free(full);
   return p;
 }
@@ -166,17 +248,14 @@ tg_tensor *tg_varstore_var(const tg_varstore *vs, int i, const char **name) {
   return vs->vars[i].t;
 }
 
-static int find(const tg_varstore *vs, const char *name) {
-  for (int i = 0; i < vs->n_vars; i++)
-    if (!strcmp(vs->vars[i].name, name))
-      return i;
-  return -1;
+int tg__varstore_find(const tg_varstore *vs, const char *name) {
+  return index_find(vs, &vs->var_index, var_name, name);
 }
 
 tg_tensor *tg_varstore_get(const tg_varstore *vs, const char *name) {
   if (!vs || !name)
     return NULL;
-  int i = find(vs, name);
+  int i = tg__varstore_find(vs, name);
   return i < 0 ? NULL : vs->vars[i].t;
 }
 
@@ -202,6 +281,17 @@ int tg_varstore_set_dtype(tg_varstore *vs, tg_dtype dtype) {
     return tg__error("tg_varstore_set_dtype: a var store holds float32 or float64 "
                      "variables, got %s",
                      tg_dtype_name(dtype));
+  /* A graph that holds a variable would run its backward on the converted tensor with
+   * buffers sized for the old dtype. */
+  for (int i = 0; i < vs->n_vars; i++) {
+    const tg_tensor *t = vs->vars[i].t;
+    if (t->tape_refs > 0 && tg__is_float(t->dtype) && t->dtype != dtype)
+      return tg__error("tg_varstore_set_dtype: variable '%s' is held by a graph that is "
+                       "still alive (a forward not yet backpropagated or freed); "
+                       "converting it in place would corrupt that graph's backward. Run "
+                       "tg_backward or free the graph's result first",
+                       vs->vars[i].name);
+  }
   /* Convert every variable first, then swap storages, so a failure changes nothing. */
   tg_tensor **conv = calloc((size_t)(vs->n_vars > 0 ? vs->n_vars : 1), sizeof *conv);
   if (!conv)
@@ -255,11 +345,20 @@ tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape
     return NULL;
   }
   tg_tensor *t = NULL;
-  if (find(vs, full) >= 0) {
-    tg__error("%s: a variable named '%s' already exists in the var store", op, full);
+  char q[TG_QUOTE_LEN];
+  if (!strcmp(full, "__metadata__")) {
+    tg__error("%s: the name '__metadata__' is reserved (safetensors keeps the file's "
+              "metadata under it); choose another variable name",
+              op);
     goto fail;
   }
-  if (reserve((void **)&vs->vars, &vs->cap_vars, vs->n_vars, sizeof *vs->vars, op) < 0)
+  if (index_find(vs, &vs->var_index, var_name, full) >= 0) {
+    tg__error("%s: a variable named %s already exists in the var store", op,
+              tg__quote(full, q, sizeof q));
+    goto fail;
+  }
+  if (reserve((void **)&vs->vars, &vs->cap_vars, vs->n_vars, sizeof *vs->vars, op) < 0 ||
+      index_reserve(vs, &vs->var_index, var_name, vs->n_vars, op) < 0)
     goto fail;
   t = tg__init_tensor(shape, ndim, init, dtype, vs->device, full, op);
   if (!t)
@@ -267,6 +366,7 @@ tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape
   tg__unscope(t);
   t->requires_grad = trainable;
   vs->vars[vs->n_vars++] = (tg__var){full, t, trainable};
+  index_add(vs, &vs->var_index, var_name, vs->n_vars - 1);
   return t;
 fail:
   free(full);

@@ -2,6 +2,7 @@
  * their exact (rounded) size when freed, so a training step that allocates the same
  * shapes every iteration reuses them instead of mapping fresh pages from the OS and
  * faulting them in again. Small buffers go straight to malloc. */
+#include "runtime/cuda.h"
 #include "runtime/internal.h"
 
 #include <pthread.h>
@@ -68,7 +69,7 @@ void tg__host_free(void *p, size_t bytes) {
   free(p);
 }
 
-void tg_empty_cache(void) {
+static void empty_host_cache(void) {
   pthread_mutex_lock(&lock);
   for (int i = 0; i < n_cached; i++)
     free(cache[i].ptr);
@@ -77,5 +78,13 @@ void tg_empty_cache(void) {
   pthread_mutex_unlock(&lock);
 }
 
-/* Frees the cache at exit so leak checkers see only real leaks. */
-__attribute__((destructor)) static void release_cache_at_exit(void) { tg_empty_cache(); }
+void tg_empty_cache(void) {
+  empty_host_cache();
+  tg__cuda_empty_cache();
+}
+
+/* Frees the host cache at exit so leak checkers see only real leaks (device memory
+ * goes with the CUDA context, which may already be torn down by then). */
+__attribute__((destructor)) static void release_cache_at_exit(void) {
+  empty_host_cache();
+}

@@ -1,4 +1,5 @@
 /* NumPy/PyTorch broadcasting rules and small in-place helpers outside the tape. */
+#include "runtime/cuda.h"
 #include "runtime/internal.h"
 
 #include <math.h>
@@ -59,7 +60,7 @@ tg_tensor *tg__sum_to_shape(const tg_tensor *g, const int64_t *shape, int ndim) 
 
 static int check_pair(const char *op, const tg_tensor *dst, const tg_tensor *src) {
   if (dst->numel != src->numel || dst->dtype != src->dtype ||
-      dst->device.type != TG_DEVICE_CPU || src->device.type != TG_DEVICE_CPU) {
+      dst->device.type != src->device.type || dst->device.index != src->device.index) {
     char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN];
     return tg__error("%s: shapes/dtypes differ: %s %s vs %s %s", op,
                      tg_dtype_name(dst->dtype), tg_shape_str(dst, a, sizeof a),
@@ -71,7 +72,11 @@ static int check_pair(const char *op, const tg_tensor *dst, const tg_tensor *src
 int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
   if (check_pair("axpy", dst, src) < 0)
     return -1;
+  tg__bump_version(dst);
   int64_t n = dst->numel;
+  if (tg__on_cuda(dst))
+    return tg__cuda_axpby(tg__data(dst), 1.0, tg__data(src), alpha, dst->dtype, n,
+                          dst->device.index);
   TG_DISPATCH_FLOAT(dst->dtype, T, {
     T *d = tg__data(dst);
     const T *s = tg__data(src);
@@ -84,7 +89,11 @@ int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
 }
 
 int tg__scale_(tg_tensor *dst, double alpha) {
+  tg__bump_version(dst);
   int64_t n = dst->numel;
+  if (tg__on_cuda(dst))
+    return tg__cuda_axpby(tg__data(dst), alpha, NULL, 0, dst->dtype, n,
+                          dst->device.index);
   TG_DISPATCH_FLOAT(dst->dtype, T, {
     T *d = tg__data(dst);
     T a = (T)alpha;
@@ -98,10 +107,14 @@ int tg__scale_(tg_tensor *dst, double alpha) {
 double tg__sumsq(const tg_tensor *t) {
   double acc = 0;
   int64_t n = t->numel;
+  if (tg__on_cuda(t))
+    return tg__cuda_sumsq(tg__data(t), t->dtype, n, t->device.index, &acc) < 0 ? NAN
+                                                                               : acc;
+  const int nt = tg__reduce_threads(n); /* the reduction's order depends on it */
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *d = tg__data(t);
     _Pragma(
-        "omp parallel for reduction(+ : acc) num_threads(tg__threads(n))") for (int64_t
+        "omp parallel for reduction(+ : acc) num_threads(nt)") for (int64_t
                                                                                     i = 0;
                                                                                 i < n;
                                                                                 i++)

@@ -5,6 +5,7 @@
 #include "tapegrad.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 
 typedef struct tg_node tg_node;
 typedef struct tg_scope tg_scope;
@@ -14,6 +15,7 @@ typedef struct {
   void *data;
   size_t bytes;
   tg_device device;
+  int64_t version; /* +1 per in-place write (tg__bump_version); views share it */
 } tg_storage;
 
 /* All tensors are contiguous and row-major; views (reshape, detach) share storage. */
@@ -30,7 +32,8 @@ struct tg_tensor {
   tg_node *grad_fn; /* producing node (owned reference); NULL for leaves */
   tg_scope *scope;  /* scope holding one reference, or NULL */
   int64_t scope_slot;
-  tg_tensor *bwd_grad; /* scratch used while backward runs */
+  tg_tensor *bwd_grad;   /* scratch used while backward runs */
+  _Atomic int tape_refs; /* live nodes holding it as an input or saved tensor */
 };
 
 /* ---- errors ---- */
@@ -39,14 +42,43 @@ int tg__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* True when t is non-NULL. When NULL, sets "<op>: argument '<arg>' is NULL" unless
  * an earlier error is pending, so the first failure of a chain is what users see. */
 bool tg__nonnull(const tg_tensor *t, const char *op, const char *arg);
+/* -1 with "<op>: out of memory: failed to allocate <bytes> bytes on <where>". op NULL
+ * means the op running: the last one whose arguments tg__nonnull or tg__check_same
+ * checked, or during a backward the node being differentiated ("tg_backward: out of
+ * memory in the backward of tg_conv2d (tape position 7): ..."), which the tape sets
+ * with tg__backward_enter/leave around each node. */
+int tg__oom(size_t bytes, const char *where, const char *op);
+void tg__op_enter(const char *op);
+const char *tg__running_op(void); /* NULL when none */
+void tg__backward_enter(const char *op, int64_t seq);
+void tg__backward_leave(void);
 /* "[2, 3]" of a raw shape, into buf. */
 char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
 #define TG_SHAPE_STR_LEN 160
+/* s quoted for a message ('name ' shows a trailing space), control characters escaped
+ * and names longer than about 128 bytes cut in the middle ('abc...xyz' (3000 bytes)),
+ * so the rule a message states is never lost to truncation. Into buf, which it
+ * returns; TG_QUOTE_LEN bytes always suffice. */
+const char *tg__quote(const char *s, char *buf, size_t len);
+#define TG_QUOTE_LEN 512
+/* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
+ * is not, *bad (may be NULL) gets the offset of the first bad byte. */
+bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
+/* The integer in environment variable `name`, or fallback when it is unset or empty.
+ * A value that is not an integer in [lo, hi] is ignored with a warning on stderr,
+ * once per *warned flag (one per variable), as PyTorch does for OMP_NUM_THREADS. */
+int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,
+                    _Atomic bool *warned);
 
 /* ---- tensors ---- */
-/* New uninitialised tensor recorded in the current scope (if one is open). */
-tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
-tg_tensor *tg__new_like(const tg_tensor *t);
+/* New uninitialised tensor recorded in the current scope (if one is open). Its
+ * messages (bad shape, device, out of memory) name op, else the calling function when
+ * it is a public tg_ function, else the op running (see tg__oom). */
+tg_tensor *tg__new_in(const char *op, const char *caller, const int64_t *shape, int ndim,
+                      tg_dtype dtype, tg_device device);
+/* tg__new(shape, ndim, dtype, device); variadic so that TG_SHAPE(...) expands. */
+#define tg__new(...) tg__new_in(NULL, __func__, __VA_ARGS__)
+#define tg__new_like(t) tg__new((t)->shape, (t)->ndim, (t)->dtype, (t)->device)
 /* New tensor object sharing t's storage with another shape of equal numel. */
 tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 /* Removes t from its scope: the caller now holds that reference for good (grads,
@@ -54,7 +86,16 @@ tg_tensor *tg__alias(const tg_tensor *t, const int64_t *shape, int ndim);
 tg_tensor *tg__unscope(tg_tensor *t);
 /* Drops one reference without touching scopes (used by scopes and the tape). */
 void tg__release(tg_tensor *t);
+/* y, the new reference a user callback returned from inputs, as an op's result: when
+ * y is one of the inputs (tg_tensor_retain(in[0]), the identity), that reference is
+ * not the one a scope records, and freeing y would make the scope forget the input;
+ * so it is dropped and y becomes a recorded tg_reshape of the input. NULL stays NULL. */
+tg_tensor *tg__callback_result(tg_tensor *y, int n, const tg_tensor *const *inputs);
 static inline void *tg__data(const tg_tensor *t) { return t->storage->data; }
+/* Every in-place write the library makes to a tensor that may already be recorded on
+ * a tape calls this, so that tg_backward can tell that a value it needs has changed
+ * since the forward (PyTorch's version counter). */
+static inline void tg__bump_version(tg_tensor *t) { t->storage->version++; }
 static inline bool tg__is_float(tg_dtype d) { return d == TG_F32 || d == TG_F64; }
 /* Wraps a negative dim; sets an error like PyTorch's "Dimension out of range
  * (expected to be in range of [-2, 1], but got 2)" and returns -1 when invalid. */
@@ -117,14 +158,58 @@ int tg__threads(int64_t work);
  * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
  * some AMD parts), 32 MiB when unknown. Read once. */
 int64_t tg__llc_bytes(void);
+/* Deterministic mode (tg_set_deterministic): a reduction whose partial sums are split
+ * over threads splits its work into tg__reduce_parts(work) parts (the threads take
+ * whole parts) and adds the parts' sums in part order: tg__threads(work) parts
+ * normally, TG_DET_PARTS (1 for small work) in deterministic mode, whatever the thread
+ * count. tg__reduce_threads(work) is for loops whose OpenMP `reduction` clause sums in
+ * an order that depends on the thread count: 1 thread in deterministic mode. */
+enum { TG_DET_PARTS = 12 }; /* divisible by 1, 2, 3, 4 and 6 threads */
+int tg__reduce_parts(int64_t work);
+int tg__reduce_threads(int64_t work);
 
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);
 void tg__host_free(void *p, size_t bytes);
 
-/* ---- CUDA (runtime/cuda.c; stubs when built without CUDA) ---- */
+/* ---- devices and per-op dispatch (runtime/device.c) ----
+ * Each op keeps one table of kernels per device (one signature per kernel, declared in
+ * its family's header); after its checks, the op picks the table of its input's
+ * device:
+ *   const gn_kernels *k = tg__pick(OP, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda));
+ * NULL, with "<op>: no kernel for cuda:0", when that device's table is absent. */
+#ifdef TG_HAVE_CUDA
+#define TG_IF_CUDA(table) (table)
+#else
+#define TG_IF_CUDA(table) NULL
+#endif
+const void *tg__pick_table(const char *op, const tg_tensor *t, const void *cpu,
+                           const void *cuda);
+#define tg__pick(op, t, cpu, cuda)                                                       \
+  ((__typeof__(cpu))tg__pick_table((op), (t), (cpu), (cuda)))
+/* "cpu" or "cuda:1", into buf. */
+const char *tg__device_str(tg_device d, char *buf, size_t len);
+static inline bool tg__on_cuda(const tg_tensor *t) {
+  return t->device.type == TG_DEVICE_CUDA;
+}
+
+/* ---- CUDA memory and copies (runtime/cuda.c; stubs when built without CUDA; the
+ * rest of the CUDA runtime is in runtime/cuda.h) ---- */
 void *tg__cuda_malloc(size_t bytes, int device);
 void tg__cuda_free(void *p, size_t bytes, int device);
 int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size_t n);
+
+/* ---- files (runtime/file.c; opening for reading is tg_file_open_read) ---- */
+/* Writes the file at path atomically: write(f, ctx) fills a new temporary file in the
+ * directory that path (after following symlinks) names; it is fsync'ed and renamed
+ * over path, then the directory is fsync'ed. write returns 0, or -1 with an error
+ * set; it may run twice (when the first temporary cannot be linked into place), so it
+ * must depend only on ctx. Refuses to replace anything but a regular file. Returns 0,
+ * or -1 with "<op>: ..." and no temporary left behind. */
+typedef int (*tg__write_fn)(FILE *f, void *ctx);
+int tg__write_atomic(const char *path, const char *op, tg__write_fn write, void *ctx);
+/* Tests set this to exercise the named-temporary fallback used where the filesystem
+ * lacks O_TMPFILE. */
+extern _Atomic bool tg__file_no_tmpfile;
 
 #endif

@@ -1,6 +1,8 @@
 /* Tensors, storage, scopes and creation. */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +96,7 @@ tg_tensor *tg__unscope(tg_tensor *t) {
 
 /* ------------------------------------------------------------ storage -- */
 
-static tg_storage *storage_new(size_t bytes, tg_device device) {
+static tg_storage *storage_new(size_t bytes, tg_device device, const char *op) {
   tg_storage *s = calloc(1, sizeof *s);
   if (!s)
     goto oom;
@@ -116,8 +118,7 @@ static tg_storage *storage_new(size_t bytes, tg_device device) {
   }
   return s;
 oom:
-  tg__error("out of memory: failed to allocate %zu bytes on %s", bytes,
-            device.type == TG_DEVICE_CPU ? "cpu" : "cuda");
+  tg__oom(bytes, device.type == TG_DEVICE_CPU ? "cpu" : "cuda", op);
   return NULL;
 }
 
@@ -177,10 +178,10 @@ static int check_device(tg_device d, const char *op) {
 }
 
 static tg_tensor *tensor_object(const int64_t *shape, int ndim, tg_dtype dtype,
-                                tg_device device) {
+                                tg_device device, const char *op) {
   tg_tensor *t = calloc(1, sizeof *t);
   if (!t) {
-    tg__error("out of memory: failed to allocate a tensor header");
+    tg__oom(sizeof *t, "cpu", op);
     return NULL;
   }
   t->refcount = 1;
@@ -195,14 +196,23 @@ static tg_tensor *tensor_object(const int64_t *shape, int ndim, tg_dtype dtype,
   return t;
 }
 
-tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
-  if (tg__check_shape(shape, ndim, dtype, "tg_empty") < 0 ||
-      check_device(device, "tg_empty") < 0)
+/* A public function's name names what the user called; internal helpers defer to the
+ * op running. */
+static bool is_public(const char *fn) {
+  return fn && !strncmp(fn, "tg_", 3) && fn[3] != '_';
+}
+
+tg_tensor *tg__new_in(const char *op, const char *caller, const int64_t *shape, int ndim,
+                      tg_dtype dtype, tg_device device) {
+  if (!op && is_public(caller))
+    op = caller;
+  const char *name = op ? op : tg__running_op() ? tg__running_op() : "tg_empty";
+  if (tg__check_shape(shape, ndim, dtype, name) < 0 || check_device(device, name) < 0)
     return NULL;
-  tg_tensor *t = tensor_object(shape, ndim, dtype, device);
+  tg_tensor *t = tensor_object(shape, ndim, dtype, device, op);
   if (!t)
     return NULL;
-  t->storage = storage_new((size_t)t->numel * tg_dtype_size(dtype), device);
+  t->storage = storage_new((size_t)t->numel * tg_dtype_size(dtype), device, op);
   if (!t->storage) {
     free(t);
     return NULL;
@@ -211,12 +221,8 @@ tg_tensor *tg__new(const int64_t *shape, int ndim, tg_dtype dtype, tg_device dev
   return t;
 }
 
-tg_tensor *tg__new_like(const tg_tensor *t) {
-  return tg__new(t->shape, t->ndim, t->dtype, t->device);
-}
-
 tg_tensor *tg__alias(const tg_tensor *src, const int64_t *shape, int ndim) {
-  tg_tensor *t = tensor_object(shape, ndim, src->dtype, src->device);
+  tg_tensor *t = tensor_object(shape, ndim, src->dtype, src->device, NULL);
   if (!t)
     return NULL;
   t->storage = src->storage;
@@ -231,9 +237,21 @@ tg_tensor *tg_tensor_retain(tg_tensor *t) {
   return t;
 }
 
-void tg__release(tg_tensor *t) {
-  if (!t || --t->refcount > 0)
-    return;
+/* Destroying a tensor releases its node, whose inputs may hold the last references
+ * to their own tensors, and so on down the graph: recursing would take stack per op
+ * (about 100,000 chained ops overflow 8 MiB). So the outermost release of this thread
+ * drains a list of the tensors whose count reached zero meanwhile, in a loop; the
+ * first entries live here, more on the heap (freed when drained, so exiting threads
+ * leak nothing). */
+enum { DOOMED_INLINE = 256 };
+static _Thread_local struct {
+  tg_tensor *inline_items[DOOMED_INLINE];
+  tg_tensor **items;
+  int64_t len, cap;
+  bool draining;
+} doomed;
+
+static void tensor_destroy(tg_tensor *t) {
   if (t->scope)
     tg__unscope(t);
   tg__release(t->grad);
@@ -242,6 +260,46 @@ void tg__release(tg_tensor *t) {
     tg__node_unref(t->grad_fn);
   storage_unref(t->storage);
   free(t);
+}
+
+/* Queues t; false when the list cannot grow (the caller then destroys t at once). */
+static bool doomed_push(tg_tensor *t) {
+  if (!doomed.items) {
+    doomed.items = doomed.inline_items;
+    doomed.cap = DOOMED_INLINE;
+  }
+  if (doomed.len == doomed.cap) {
+    int64_t cap = 2 * doomed.cap;
+    bool on_heap = doomed.items != doomed.inline_items;
+    tg_tensor **items =
+        realloc(on_heap ? doomed.items : NULL, (size_t)cap * sizeof *items);
+    if (!items)
+      return false;
+    if (!on_heap)
+      memcpy(items, doomed.inline_items, sizeof doomed.inline_items);
+    doomed.items = items;
+    doomed.cap = cap;
+  }
+  doomed.items[doomed.len++] = t;
+  return true;
+}
+
+void tg__release(tg_tensor *t) {
+  if (!t || --t->refcount > 0)
+    return;
+  if (doomed.draining) {
+    if (!doomed_push(t))
+      tensor_destroy(t); /* out of memory: recurse this once */
+    return;
+  }
+  doomed.draining = true;
+  tensor_destroy(t);
+  while (doomed.len > 0)
+    tensor_destroy(doomed.items[--doomed.len]);
+  if (doomed.items != doomed.inline_items)
+    free(doomed.items);
+  doomed.items = NULL;
+  doomed.draining = false;
 }
 
 void tg_tensor_free(tg_tensor *t) {
@@ -278,6 +336,13 @@ void *tg_data(tg_tensor *t) {
   return t->storage->data;
 }
 
+int64_t tg_tensor_version(const tg_tensor *t) { return t ? t->storage->version : -1; }
+
+void tg_tensor_bump_version(tg_tensor *t) {
+  if (t)
+    tg__bump_version(t);
+}
+
 int tg__wrap_dim(int dim, int ndim, const char *op) {
   int n = ndim > 0 ? ndim : 1;
   if (dim < -n || dim >= n)
@@ -288,6 +353,7 @@ int tg__wrap_dim(int dim, int ndim, const char *op) {
 }
 
 int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_float) {
+  tg__op_enter(op);
   const tg_tensor *first = NULL;
   for (int i = 0; i < n; i++) {
     const tg_tensor *t = ts[i];
@@ -305,12 +371,13 @@ int tg__check_same(const char *op, int n, const tg_tensor *const *ts, bool need_
       return tg__error("%s: expected all tensors to have the same dtype, but found "
                        "%s and %s",
                        op, tg_dtype_name(first->dtype), tg_dtype_name(t->dtype));
-    if (t->device.type != first->device.type || t->device.index != first->device.index)
-      return tg__error("%s: expected all tensors to be on the same device, but found "
-                       "at least two devices, %s:%d and %s:%d",
-                       op, first->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
-                       first->device.index,
-                       t->device.type == TG_DEVICE_CPU ? "cpu" : "cuda", t->device.index);
+    if (t->device.type != first->device.type || t->device.index != first->device.index) {
+      char d1[32], d2[32];
+      return tg__error("%s: Expected all tensors to be on the same device, but found at "
+                       "least two devices, %s and %s!",
+                       op, tg__device_str(first->device, d1, sizeof d1),
+                       tg__device_str(t->device, d2, sizeof d2));
+    }
   }
   return 0;
 }
@@ -362,19 +429,23 @@ tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device de
   return tg__new(shape, ndim, dtype, device);
 }
 
-int tg_fill_(tg_tensor *t, double value) {
-  if (!tg__nonnull(t, "tg_fill_", "t"))
-    return -1;
-  if (t->dtype == TG_I64 && !(value >= -0x1p63 && value < 0x1p63))
-    return tg__error("tg_fill_: value %g cannot be converted to type int64_t without "
-                     "overflow",
-                     value);
-  if (t->device.type != TG_DEVICE_CPU) {
-    tg_tensor *h = tg_full(t->shape, t->ndim, value, t->dtype, TG_CPU);
-    int rc = h ? tg_copy_(t, h) : -1;
-    tg_tensor_free(h);
-    return rc;
-  }
+/* PyTorch's rule for filling dtype with value: int64 and float32 refuse finite values
+ * out of their range (inf and NaN fill float32; NaN fills no int64). */
+static int check_fill(double value, tg_dtype dtype, const char *op) {
+  if (dtype == TG_I64 && !(value >= -0x1p63 && value < 0x1p63))
+    return tg__error("%s: value %g cannot be converted to type int64_t without overflow",
+                     op, value);
+  if (dtype == TG_F32 && isfinite(value) && fabs(value) > FLT_MAX &&
+      (float)value != (float)FLT_MAX) /* values that round to FLT_MAX are in range */
+    return tg__error("%s: value %g cannot be converted to type float without overflow",
+                     op, value);
+  return 0;
+}
+
+/* Fills t on its device (checked by the caller). Returns 0 or -1. */
+static int fill_any(tg_tensor *t, double value) {
+  if (tg__on_cuda(t))
+    return tg__cuda_fill(tg__data(t), t->dtype, t->numel, value, t->device.index);
   switch (t->dtype) {
   case TG_F32: {
     float *p = tg__data(t);
@@ -398,66 +469,104 @@ int tg_fill_(tg_tensor *t, double value) {
   return 0;
 }
 
-tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
-                   tg_device device) {
-  tg_tensor *t = tg__new(shape, ndim, dtype, device);
-  if (t && tg_fill_(t, value) < 0) {
-    tg_tensor_free(t);
+int tg_fill_(tg_tensor *t, double value) {
+  if (!tg__nonnull(t, "tg_fill_", "t") || check_fill(value, t->dtype, "tg_fill_") < 0)
+    return -1;
+  if (fill_any(t, value) < 0)
+    return -1;
+  tg__bump_version(t);
+  return 0;
+}
+
+/* tg_full and the creation functions built on it, under the name op. */
+static tg_tensor *full_in(const int64_t *shape, int ndim, double value, tg_dtype dtype,
+                          tg_device device, const char *op) {
+  if (check_fill(value, dtype, op) < 0)
     return NULL;
+  tg_tensor *t = tg__new_in(op, NULL, shape, ndim, dtype, device);
+  if (t && fill_any(t, value) < 0) {
+    tg_tensor_free(t);
+    t = NULL;
   }
   return t;
 }
 
+tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
+                   tg_device device) {
+  return full_in(shape, ndim, value, dtype, device, "tg_full");
+}
+
 tg_tensor *tg_zeros(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
-  return tg_full(shape, ndim, 0.0, dtype, device);
+  return full_in(shape, ndim, 0.0, dtype, device, "tg_zeros");
 }
 
 tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
-  return tg_full(shape, ndim, 1.0, dtype, device);
+  return full_in(shape, ndim, 1.0, dtype, device, "tg_ones");
 }
 
 tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device) {
-  return tg_full(NULL, 0, value, dtype, device);
+  return full_in(NULL, 0, value, dtype, device, "tg_scalar");
 }
 
 tg_tensor *tg_zeros_like(const tg_tensor *t) {
   if (!tg__nonnull(t, "tg_zeros_like", "t"))
     return NULL;
-  return tg_zeros(t->shape, t->ndim, t->dtype, t->device);
+  return full_in(t->shape, t->ndim, 0.0, t->dtype, t->device, "tg_zeros_like");
 }
 
 tg_tensor *tg_ones_like(const tg_tensor *t) {
   if (!tg__nonnull(t, "tg_ones_like", "t"))
     return NULL;
-  return tg_ones(t->shape, t->ndim, t->dtype, t->device);
+  return full_in(t->shape, t->ndim, 1.0, t->dtype, t->device, "tg_ones_like");
+}
+
+/* host, moved to device under the name op (host is consumed). */
+static tg_tensor *to_device_in(tg_tensor *host, tg_device device, const char *op) {
+  if (!host || device.type == TG_DEVICE_CPU)
+    return host;
+  tg_tensor *t = tg__new_in(op, NULL, host->shape, host->ndim, host->dtype, device);
+  if (t && tg_copy_(t, host) < 0) {
+    tg_tensor_free(t);
+    t = NULL;
+  }
+  tg_tensor_free(host);
+  return t;
+}
+
+/* int64 arange exactly (doubles hold integers up to 2^53 only): start + i*step in
+ * int64, which cannot overflow since every element lies between start and end. */
+static void arange_i64(tg_tensor *t, double start, double step) {
+  int64_t *p = tg__data(t), s = (int64_t)start, d = (int64_t)step;
+  for (int64_t i = 0; i < t->numel; i++)
+    p[i] = s + i * d;
 }
 
 tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
                      tg_device device) {
+  const char *op = "tg_arange";
   if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step))
-    return tg__error("tg_arange: step must be nonzero and bounds finite (got start=%g, "
-                     "end=%g, step=%g)",
-                     start, end, step),
+    return tg__error("%s: step must be nonzero and bounds finite (got start=%g, end=%g, "
+                     "step=%g)",
+                     op, start, end, step),
            NULL;
   if ((step > 0 && end < start) || (step < 0 && end > start))
-    return tg__error("tg_arange: upper bound and larger bound inconsistent with step "
-                     "sign (start=%g, end=%g, step=%g)",
-                     start, end, step),
+    return tg__error("%s: upper bound and larger bound inconsistent with step sign "
+                     "(start=%g, end=%g, step=%g)",
+                     op, start, end, step),
            NULL;
+  if (check_fill(start, dtype, op) < 0 || check_fill(end, dtype, op) < 0)
+    return NULL; /* as PyTorch: ends out of int64's range fail, not saturate */
   double count = ceil((end - start) / step);
   if (count > 1e15)
-    return tg__error("tg_arange: %g elements are too many", count), NULL;
+    return tg__error("%s: %g elements are too many", op, count), NULL;
   int64_t n = (int64_t)count;
-  tg_tensor *host = tg__new(&n, 1, dtype, TG_CPU);
-  if (!host)
-    return NULL;
-  for (int64_t i = 0; i < n; i++)
-    tg__set(host, i, start + (double)i * step);
-  if (device.type == TG_DEVICE_CPU)
-    return host;
-  tg_tensor *t = tg_tensor_to(host, device);
-  tg_tensor_free(host);
-  return t;
+  tg_tensor *host = tg__new_in(op, NULL, &n, 1, dtype, TG_CPU);
+  if (host && dtype == TG_I64 && start == trunc(start) && step == trunc(step))
+    arange_i64(host, start, step);
+  else
+    for (int64_t i = 0; host && i < n; i++)
+      tg__set(host, i, start + (double)i * step);
+  return to_device_in(host, device, op);
 }
 
 static tg_tensor *random_tensor(const int64_t *shape, int ndim, tg_dtype dtype,
@@ -467,13 +576,16 @@ static tg_tensor *random_tensor(const int64_t *shape, int ndim, tg_dtype dtype,
     return tg__error("%s: expected a floating point dtype, got %s", op,
                      tg_dtype_name(dtype)),
            NULL;
-  tg_tensor *host = tg__new(shape, ndim, dtype, TG_CPU);
+  if (check_device(device, op) < 0)
+    return NULL;
+  tg_tensor *host = tg__new_in(op, NULL, shape, ndim, dtype, TG_CPU);
   if (!host)
     return NULL;
-  double *tmp = malloc((size_t)(host->numel ? host->numel : 1) * sizeof *tmp);
+  size_t bytes = (size_t)(host->numel ? host->numel : 1) * sizeof(double);
+  double *tmp = malloc(bytes);
   if (!tmp) {
     tg_tensor_free(host);
-    return tg__error("%s: out of memory", op), NULL;
+    return tg__oom(bytes, "cpu", op), NULL;
   }
   if (normal)
     tg__rand_fill_normal(tmp, host->numel);
@@ -482,11 +594,7 @@ static tg_tensor *random_tensor(const int64_t *shape, int ndim, tg_dtype dtype,
   for (int64_t i = 0; i < host->numel; i++)
     tg__set(host, i, normal ? a + b * tmp[i] : a + (b - a) * tmp[i]);
   free(tmp);
-  if (device.type == TG_DEVICE_CPU)
-    return host;
-  tg_tensor *t = tg_tensor_to(host, device);
-  tg_tensor_free(host);
-  return t;
+  return to_device_in(host, device, op);
 }
 
 tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device) {
@@ -499,11 +607,24 @@ tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device de
 
 tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
                       tg_dtype dtype, tg_device device) {
+  const char *op = "tg_uniform";
   if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi))
-    return tg__error("tg_uniform: expects lo <= hi, both finite, but got lo=%g, hi=%g",
-                     lo, hi),
+    return tg__error("%s: expects lo <= hi, both finite, but got lo=%g, hi=%g", op, lo,
+                     hi),
            NULL;
-  return random_tensor(shape, ndim, dtype, device, false, lo, hi, "tg_uniform");
+  /* PyTorch's rules: both bounds in the dtype's range, and hi - lo too (else a + (b -
+   * a) * u overflows to infinity). */
+  double max = dtype == TG_F32 ? FLT_MAX : DBL_MAX;
+  if (tg__is_float(dtype) && (fabs(lo) > max || fabs(hi) > max))
+    return tg__error("%s: %s is out of bounds for %s (lo=%g, hi=%g)", op,
+                     fabs(lo) > max ? "lo" : "hi", tg_dtype_name(dtype), lo, hi),
+           NULL;
+  if (tg__is_float(dtype) && !(hi - lo <= max))
+    return tg__error("%s: expects hi - lo <= the largest %s (%g), but got lo=%g and "
+                     "hi=%g, whose difference exceeds it",
+                     op, tg_dtype_name(dtype), max, lo, hi),
+           NULL;
+  return random_tensor(shape, ndim, dtype, device, false, lo, hi, op);
 }
 
 tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
@@ -552,6 +673,7 @@ int tg_copy_(tg_tensor *dst, const tg_tensor *src) {
   size_t bytes = (size_t)src->numel * tg_dtype_size(src->dtype);
   if (!bytes || dst->storage->data == src->storage->data)
     return 0;
+  tg__bump_version(dst);
   return tg__cuda_memcpy(dst->storage->data, dst->device, src->storage->data, src->device,
                          bytes);
 }
@@ -590,15 +712,17 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype) {
     return NULL;
   if (!valid_dtype(dtype))
     return tg__error("tg_to_dtype: unknown dtype %d", (int)dtype), NULL;
-  if (t->device.type != TG_DEVICE_CPU) {
-    tg__unsupported_device("tg_to_dtype", t);
-    return NULL;
-  }
   tg_tensor *out = tg__new(t->shape, t->ndim, dtype, t->device);
   if (!out)
     return NULL;
   int64_t n = t->numel;
-  if (t->dtype == dtype) {
+  if (tg__on_cuda(t)) {
+    if (tg__cuda_cast(tg__data(out), dtype, tg__data(t), t->dtype, n, t->device.index) <
+        0) {
+      tg_tensor_free(out);
+      return NULL;
+    }
+  } else if (t->dtype == dtype) {
     memcpy(tg__data(out), tg__data(t), (size_t)n * tg_dtype_size(dtype));
   } else if (t->dtype == TG_F32 && dtype == TG_F64) {
     const float *s = tg__data(t);
@@ -618,6 +742,16 @@ tg_tensor *tg_to_dtype(const tg_tensor *t, tg_dtype dtype) {
     return out;
   const tg_tensor *in[1] = {t};
   return tg__finish("tg_to_dtype", out, 1, in, to_dtype_backward, NULL);
+}
+
+tg_tensor *tg__callback_result(tg_tensor *y, int n, const tg_tensor *const *inputs) {
+  for (int i = 0; y && i < n; i++)
+    if (y == inputs[i]) {
+      tg_tensor *r = tg_reshape(y, y->shape, y->ndim);
+      tg__release(y);
+      return r;
+    }
+  return y;
 }
 
 tg_tensor *tg_clone(const tg_tensor *t) {
@@ -698,12 +832,19 @@ void tg_tensor_print(const tg_tensor *t, FILE *out) {
   if (t->requires_grad)
     fprintf(out, ", requires_grad");
   fprintf(out, ")\n");
-  if (t->device.type != TG_DEVICE_CPU)
-    return;
+  tg_tensor *host = NULL;
+  if (tg__on_cuda(t)) { /* printed from a host copy */
+    if (!(host = tg_tensor_to(t, TG_CPU))) {
+      fprintf(out, "(cannot copy to the host: %s)\n", tg_last_error());
+      return;
+    }
+    t = tg__unscope(host);
+  }
   if (t->ndim == 0)
     fprintf(out, "%.6g\n", tg__get(t, 0));
   else if (t->numel > 0) {
     print_rec(t, out, 0, 0, 0);
     fputc('\n', out);
   }
+  tg_tensor_free(host);
 }

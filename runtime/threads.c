@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 void openblas_set_num_threads(int num_threads);
@@ -26,14 +27,8 @@ void openblas_set_num_threads(int num_threads);
 static atomic_int num_threads; /* 0: not initialised yet */
 
 static int initial_threads(void) {
-  const char *env = getenv("TG_NUM_THREADS");
-  if (env) {
-    char *end;
-    long n = strtol(env, &end, 10);
-    if (*env && !*end && n >= 1 && n <= 4096)
-      return (int)n;
-  }
-  return omp_get_num_procs();
+  static _Atomic bool warned;
+  return (int)tg__env_int("TG_NUM_THREADS", 1, 4096, omp_get_num_procs(), &warned);
 }
 
 int tg_get_num_threads(void) {
@@ -107,4 +102,32 @@ int tg__threads(int64_t work) {
   int n = tg_get_num_threads();
   int64_t useful = work / 16384;
   return useful < n ? (int)useful : n;
+}
+
+/* ---- deterministic mode ----
+ * Reductions split over threads add their partial sums in a fixed order, so a given
+ * thread count always gives the same bits; deterministic mode also fixes the split
+ * itself (tg__reduce_parts), so that every thread count gives the same bits. */
+static atomic_int deterministic; /* 0: not read yet, 1: off, 2: on */
+
+bool tg_get_deterministic(void) {
+  int s = atomic_load(&deterministic);
+  if (!s) {
+    const char *env = getenv("TG_DETERMINISTIC");
+    int expected = 0;
+    s = env && !strcmp(env, "1") ? 2 : 1;
+    if (!atomic_compare_exchange_strong(&deterministic, &expected, s))
+      s = expected;
+  }
+  return s == 2;
+}
+
+void tg_set_deterministic(bool on) { atomic_store(&deterministic, on ? 2 : 1); }
+
+int tg__reduce_parts(int64_t work) {
+  return tg_get_deterministic() ? (work < 32768 ? 1 : TG_DET_PARTS) : tg__threads(work);
+}
+
+int tg__reduce_threads(int64_t work) {
+  return tg_get_deterministic() ? 1 : tg__threads(work);
 }

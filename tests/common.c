@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 typedef struct {
   char label[64];
+  char *note; /* text of a note line, NULL for tensors */
   tg_dtype dtype;
   int ndim;
   int64_t shape[TG_MAX_DIMS];
@@ -28,6 +30,7 @@ typedef struct {
 struct ref_file {
   ref_case *cases;
   int n;
+  int last; /* case of the last lookup: tests read one case's labels in a row */
 };
 
 static char *slurp(const char *path) {
@@ -79,6 +82,8 @@ ref_file *ref_open(const char *family) {
         fail_msg("%s: bad tensor line in case %s", path, cur->name);
       p += used;
       t->dtype = !strcmp(dt, "i64") ? TG_I64 : TG_F64;
+      /* f32: values written as float32, read back exactly as float32. */
+      bool f32 = !strcmp(dt, "f32");
       t->numel = 1;
       for (int i = 0; i < t->ndim; i++) {
         t->shape[i] = strtoll(p, &end, 10);
@@ -87,11 +92,23 @@ ref_file *ref_open(const char *family) {
       }
       t->values = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(double));
       for (int64_t i = 0; i < t->numel; i++) {
-        t->values[i] = strtod(p, &end);
+        t->values[i] = f32 ? (double)strtof(p, &end) : strtod(p, &end);
         if (end == p)
           fail_msg("%s: too few values for %s/%s", path, cur->name, t->label);
         p = end;
       }
+    } else if (!strcmp(word, "note")) {
+      if (!cur)
+        fail_msg("%s: note outside a case", path);
+      cur->tensors = realloc(cur->tensors, (size_t)(cur->n + 1) * sizeof *cur->tensors);
+      ref_tensor *t = &cur->tensors[cur->n++];
+      memset(t, 0, sizeof *t);
+      if (sscanf(p, " %63s%n", t->label, &used) != 1)
+        fail_msg("%s: note without a label in case %s", path, cur->name);
+      p += used + strspn(p + used, " \t");
+      size_t len = strcspn(p, "\n");
+      t->note = strndup(p, len);
+      p += len;
     } else if (!strcmp(word, "end")) {
       cur = NULL;
     } else {
@@ -106,8 +123,10 @@ void ref_close(ref_file *f) {
   if (!f)
     return;
   for (int i = 0; i < f->n; i++) {
-    for (int k = 0; k < f->cases[i].n; k++)
+    for (int k = 0; k < f->cases[i].n; k++) {
       free(f->cases[i].tensors[k].values);
+      free(f->cases[i].tensors[k].note);
+    }
     free(f->cases[i].tensors);
   }
   free(f->cases);
@@ -117,13 +136,38 @@ void ref_close(ref_file *f) {
 int ref_num_cases(ref_file *f) { return f->n; }
 const char *ref_case_name(ref_file *f, int i) { return f->cases[i].name; }
 
-static ref_tensor *find(ref_file *f, const char *case_name, const char *label) {
+static ref_tensor *find_in(ref_case *c, const char *label, bool note) {
+  for (int k = 0; k < c->n; k++)
+    if (!strcmp(c->tensors[k].label, label) && !c->tensors[k].note == !note)
+      return &c->tensors[k];
+  return NULL;
+}
+
+static ref_case *find_case(ref_file *f, const char *case_name) {
+  if (f->last < f->n && !strcmp(f->cases[f->last].name, case_name))
+    return &f->cases[f->last];
   for (int i = 0; i < f->n; i++)
     if (!strcmp(f->cases[i].name, case_name))
-      for (int k = 0; k < f->cases[i].n; k++)
-        if (!strcmp(f->cases[i].tensors[k].label, label))
-          return &f->cases[i].tensors[k];
+      return &f->cases[f->last = i];
   return NULL;
+}
+
+static ref_tensor *find(ref_file *f, const char *case_name, const char *label) {
+  ref_case *c = find_case(f, case_name);
+  return c ? find_in(c, label, false) : NULL;
+}
+
+const char *ref_note(ref_file *f, const char *case_name, const char *label) {
+  ref_case *c = find_case(f, case_name);
+  ref_tensor *t = c ? find_in(c, label, true) : NULL;
+  return t ? t->note : NULL;
+}
+
+tg_dtype ref_dtype(ref_file *f, const char *case_name, const char *label) {
+  ref_tensor *r = find(f, case_name, label);
+  if (!r)
+    fail_msg("reference %s/%s not found", case_name, label);
+  return r->dtype;
 }
 
 int ref_has(ref_file *f, const char *case_name, const char *label) {

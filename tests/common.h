@@ -22,6 +22,10 @@ void ref_close(ref_file *f);
 tg_tensor *ref_get(ref_file *f, const char *case_name, const char *label, tg_dtype dtype);
 /* Whether case/label exists. */
 int ref_has(ref_file *f, const char *case_name, const char *label);
+/* Stored dtype of case/label: TG_I64 for integers, else TG_F64. */
+tg_dtype ref_dtype(ref_file *f, const char *case_name, const char *label);
+/* Borrowed: the text of case/label's note line, or NULL when it has none. */
+const char *ref_note(ref_file *f, const char *case_name, const char *label);
 /* Number of cases and the name of case i (borrowed). */
 int ref_num_cases(ref_file *f);
 const char *ref_case_name(ref_file *f, int i);

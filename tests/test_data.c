@@ -272,11 +272,25 @@ static void test_batch_iter(void **state) {
   tg_batch_iter_position(pf, &e, &p);
   assert_int_equal(e, 1);
   assert_int_equal(p, 0);
+  /* The position goes into a state dict and back (the seed must match). */
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  assert_ok(tg_batch_iter_seek(pf, 2, 3) == 0);
+  assert_ok(tg_batch_iter_state_dict(pf, d, "data.") == 0);
+  assert_ok(tg_batch_iter_seek(pf, 0, 0) == 0);
+  assert_ok(tg_batch_iter_load_state_dict(pf, d, "data.") == 0);
+  tg_batch_iter_position(pf, &e, &p);
+  assert_int_equal(e, 2);
+  assert_int_equal(p, 3);
+  assert_error(tg_batch_iter_load_state_dict(pf, d, NULL) < 0, "lacks 'position'");
+  assert_ok(tg_batch_iter_seek(pf, 1, 0) == 0);
   /* Another seed, another order. */
   c.seed = 43;
   tg_batch_iter *other = tg_batch_iter_new(x, y, 4, c);
   epoch(other, b, &nb);
   assert_true(memcmp(first, b, sizeof first) != 0);
+  assert_error(tg_batch_iter_load_state_dict(other, d, "data.") < 0,
+               "shuffling from seed 42, this one shuffles from 43");
+  tg_tensor_dict_free(d);
   tg_batch_iter_free(other);
   tg_batch_iter_free(it);
   /* Freed with a prefetch in flight. */

@@ -293,6 +293,21 @@ static void run_training(const train_case *c) {
     loss[s] = tg_item(l) / c->batch;
     tg_tensor_free(l);
   }
+  /* float32 runs carry their own rounding error, which Adam's division by sqrt(v)
+   * can make large where gradients are small: the one-process run in float64 from
+   * the same start and data measures it, and 2 ranks may differ from one process by
+   * twice that when it exceeds the tolerance. */
+  net exact = {0};
+  if (dt == TG_F32) {
+    net_build(&exact, c->kind, TG_F64, 42);
+    tg_optimizer *exact_opt = make_optimizer(c, exact.vs);
+    for (int s = 0; s < STEPS; s++) {
+      tg_tensor *x64 = tg_to_dtype(x[s], TG_F64);
+      step(c, &exact, exact_opt, x64, y[s], 0, c->batch, false);
+      tg_tensor_free(x64);
+    }
+    tg_optimizer_free(exact_opt);
+  }
   /* Both ranks must hold the same parameters, not only ones close to the reference:
    * compare each with rank 0's, bit for bit. */
   int n_vars = tg_varstore_len(dist.vs), differ = 0;
@@ -307,7 +322,7 @@ static void run_training(const train_case *c) {
 
   assert_int_equal(rc, 0);
   assert_int_equal(differ, 0);
-  double tol = dt == TG_F64 ? 1e-12 : 1e-5, worst = 0;
+  double tol = dt == TG_F64 ? 1e-12 : 1e-5, worst = 0, worst_own = 0;
   for (int s = 0; s < STEPS; s++)
     if (!(fabs(loss[s] - ref_loss[s]) <= tol * fabs(ref_loss[s])))
       fail_msg("%s: loss of step %d is %.17g on 2 ranks, %.17g on one", c->name, s,
@@ -320,25 +335,34 @@ static void run_training(const train_case *c) {
     /* relative to the variable's largest element, so entries near zero are held to
      * the same absolute error */
     tg_tensor *want = tg_varstore_var(ref.vs, i, NULL);
-    double scale = 0, diff = 0;
+    tg_tensor *e = exact.vs ? tg_varstore_var(exact.vs, i, NULL) : NULL;
+    double scale = 0, diff = 0, own = 0;
     for (int64_t j = 0; j < tg_numel(want); j++) {
       double a = element(v, j), b = element(want, j);
       scale = fmax(scale, fabs(b));
       diff = fmax(diff, fabs(a - b));
+      own = e ? fmax(own, fabs(b - element(e, j))) : 0;
     }
     worst = fmax(worst, diff / scale);
-    assert_close_impl(v, want, tol * scale, tol, what, __FILE__, __LINE__);
+    worst_own = fmax(worst_own, own / scale);
+    double bound = fmax(tol, 2 * own / scale);
+    assert_close_impl(v, want, bound * scale, tol, what, __FILE__, __LINE__);
   }
+  char own_text[96] = "";
+  if (dt == TG_F32)
+    snprintf(own_text, sizeof own_text, "; one float32 process is within %.1e of float64",
+             worst_own);
   if (rank == 0)
     print_message("%s: loss %.6f -> %.6f over %d steps, shards of %lld and %lld rows; "
                   "parameters within %.1e of one process's (relative to each variable's "
-                  "largest)\n",
+                  "largest)%s\n",
                   c->name, ref_loss[0], ref_loss[STEPS - 1], STEPS, (long long)len,
-                  (long long)(c->batch - len), worst);
+                  (long long)(c->batch - len), worst, own_text);
   tg_optimizer_free(ref_opt);
   tg_optimizer_free(opt);
   tg_varstore_free(ref.vs);
   tg_varstore_free(dist.vs);
+  tg_varstore_free(exact.vs);
   for (int s = 0; s < STEPS; s++) {
     tg_tensor_free(x[s]);
     tg_tensor_free(y[s]);

@@ -155,7 +155,7 @@ static void test_creation(void **state) {
                "2-dimensional");
   assert_error(tg_full(TG_SHAPE(2, -3), 1.0, TG_F64, TG_CPU) == NULL,
                "negative dimension -3", "[2, -3]");
-  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_empty",
+  assert_error(tg_randn(TG_SHAPE(-1), TG_F32, TG_CPU) == NULL, "tg_randn",
                "negative dimension -1");
   /* int64 overflow of numel and of bytes, caught before any allocation. */
   assert_error(tg_empty(TG_SHAPE(INT64_C(1) << 32, INT64_C(1) << 32), TG_F32, TG_CPU) ==
@@ -270,7 +270,7 @@ static void test_devices(void **state) {
     /* With a GPU: mixing devices is refused by name. */
     tg_tensor *c = tg_tensor_to(h, tg_cuda(0));
     assert_ok(c);
-    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu:0", "cuda:0");
+    assert_error(tg_add(h, c) == NULL, "tg_add", "same device", "cpu", "cuda:0");
     assert_error(tg_matmul(c, tg_transpose(h, 0, 1)) == NULL, "tg_matmul", "same device");
     assert_error(tg_cross_entropy(c, ZI(2), TG_REDUCTION_MEAN, -100) == NULL,
                  "tg_cross_entropy", "same device");
@@ -736,7 +736,8 @@ static void test_matmul_linear(void **state) {
   assert_error(tg_linear(NULL, w, bias) == NULL, "tg_linear", "argument 'input' is NULL");
   assert_error(tg_linear(x, NULL, bias) == NULL, "tg_linear",
                "argument 'weight' is NULL");
-  assert_error(tg_linear(x, RF(5), NULL) == NULL, "weight must be 2-D", "[5]");
+  assert_error(tg_linear(x, RF(5), NULL) == NULL, "mat1 and mat2 shapes", "(2x3 and 5)");
+  assert_error(tg_linear(x, RF(3), bias) == NULL, "mat2 must be a matrix", "[3]");
   assert_error(tg_linear(tg_scalar(1, TG_F32, TG_CPU), w, NULL) == NULL,
                "at least 1 dimension");
   assert_error(tg_linear(x, RF(5, 4), NULL) == NULL,
@@ -881,10 +882,13 @@ static void test_group_norm(void **state) {
   for (size_t k = 0; k < sizeof bad_eps / sizeof *bad_eps; k++)
     assert_error(tg_group_norm(x, 2, w, b, bad_eps[k]) == NULL, op,
                  "expected eps to be a positive finite number");
-  /* Zero-size inputs normalise to empty results. */
+  /* An empty batch normalises to an empty result; no channels or no elements per
+   * channel are errors, as in PyTorch. */
   expect_shape(tg_group_norm(RF(0, 6, 4), 3, w, b, 1e-5), 0, 6, 4);
-  expect_shape(tg_group_norm(RF(2, 6, 0), 3, w, b, 1e-5), 2, 6, 0);
-  expect_shape(tg_group_norm(RF(2, 0, 3), 1, NULL, NULL, 1e-5), 2, 0, 3);
+  assert_error(tg_group_norm(RF(2, 6, 0), 3, w, b, 1e-5) == NULL, op,
+               "Expected HxW to be greater than 0, got 0");
+  assert_error(tg_group_norm(RF(2, 0, 3), 1, NULL, NULL, 1e-5) == NULL, op,
+               "Expected number of channels to be greater than 0, got 0");
   expect_shape(tg_group_norm(RD(3, 4), 2, NULL, NULL, 1e-5), 3, 4);
   /* And backward through an empty one gives empty/zero gradients. */
   tg_tensor *e = RD(0, 4, 2), *we = RD(4);
@@ -1106,7 +1110,7 @@ static void test_pool(void **state) {
     const int64_t k2[2] = {2, 2};
     assert_error(f(NULL, k2, NULL, NULL) == NULL, op, "argument 'input' is NULL");
     assert_error(f(ZI(2, 3, 4, 4), k2, NULL, NULL) == NULL, op, "int64");
-    assert_error(f(RF(3, 4, 4), k2, NULL, NULL) == NULL, op, "4D", "[3, 4, 4]");
+    assert_error(f(RF(4, 4), k2, NULL, NULL) == NULL, op, "4D", "[4, 4]");
     assert_error(f(x, NULL, NULL, NULL) == NULL, op, "argument 'kernel' is NULL");
     assert_error(f(x, (int64_t[]){0, 2}, NULL, NULL) == NULL, op,
                  "kernel size should be greater than zero", "kH: 0");
@@ -1305,7 +1309,9 @@ static void test_checkpoint_files(void **state) {
   assert_error(tg_varstore_load(vs, other) < 0, "does not match the var store",
                "not in the var store: extra", "w (file F32 [3, 2], store F32 [2, 3])");
   assert_error(tg_varstore_load(vs2, path) < 0, "missing from the file: extra");
+  tg_no_grad_begin(); /* a graph on w would keep set_dtype from converting it */
   assert_true(tg_item(tg_sum(w)) == 42.0);
+  tg_no_grad_end();
   /* float64 stores do not load float32 files. */
   assert_int_equal(tg_varstore_set_dtype(vs, TG_F64), 0);
   assert_error(tg_varstore_load(vs, path) < 0, "dtype or shape mismatch", "F32", "F64");

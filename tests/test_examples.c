@@ -483,6 +483,108 @@ static void test_mnist_sigint_checkpoint(void **state) {
   run_result_free(&r);
 }
 
+/* The bytes of two files are the same. */
+static void assert_same_file(const char *a, const char *b) {
+  size_t la, lb;
+  uint8_t *pa = read_file(a, &la), *pb = read_file(b, &lb);
+  if (la != lb || memcmp(pa, pb, la))
+    fail_msg("%s and %s differ", a, b);
+  free(pa);
+  free(pb);
+}
+
+/* A run stopped (--stop-after, as Ctrl-C) and resumed ends with the weights of the
+ * run that went straight through, bit for bit: mid-epoch and at an epoch's end. */
+static void test_resume(void **state) {
+  tmpdir *t = *state;
+  const char *data = write_tiny_mnist(t), *out = in_dir(t, "out");
+  const char *full = in_dir(t, "full.safetensors"),
+             *resumed = in_dir(t, "res.safetensors");
+  const char *ckpt = in_dir(t, "out/interrupted.safetensors");
+  const char *stops[] = {"4", "6", "9"}; /* 6 steps per epoch */
+  for (int prog = 0; prog < 2; prog++) {
+    const char *seg[] = {"segmentation",
+                         "--train-size",
+                         "12",
+                         "--eval-size",
+                         "4",
+                         "--batch",
+                         "4",
+                         "--epochs",
+                         "3",
+                         "--threads",
+                         "2"};
+    const char *mnist[] = {"mnist", "--data", data, "--epochs",  "2", "--batch",
+                           "16",    "--seed", "3",  "--threads", "2"};
+    const char **base = prog ? seg : mnist;
+    const char *argv[20];
+    int n = 0;
+    for (int k = 0; k < 11; k++)
+      argv[n++] = base[k];
+    argv[n++] = "--out";
+    argv[n++] = out;
+    argv[n++] = "--save";
+    argv[n + 1] = NULL;
+    argv[n] = full;
+    run_result r = run_ex(argv, NULL);
+    assert_status(r, 0);
+    run_result_free(&r);
+    for (int k = 0; k < (prog ? 1 : 3); k++) {
+      const char *stop = prog ? "5" : stops[k];
+      argv[n - 1] = "--stop-after";
+      argv[n] = stop;
+      r = run_ex(argv, NULL);
+      assert_status(r, 0);
+      assert_contains(r.out, "stopped after");
+      assert_contains(r.out, "--resume");
+      assert_true(file_exists(ckpt));
+      run_result_free(&r);
+      argv[n - 1] = "--resume";
+      argv[n] = ckpt;
+      argv[n + 1] = "--save";
+      argv[n + 2] = resumed;
+      argv[n + 3] = NULL;
+      r = run_ex(argv, NULL);
+      assert_status(r, 0);
+      assert_contains(r.out, "resumed from");
+      run_result_free(&r);
+      assert_same_file(full, resumed);
+      argv[n - 1] = "--save";
+      argv[n] = full;
+      argv[n + 1] = NULL;
+    }
+  }
+  /* Other flags than the run that wrote it (the segmentation one): refused, naming
+   * the difference. */
+  const char *other[] = {"segmentation",
+                         "--train-size",
+                         "12",
+                         "--eval-size",
+                         "4",
+                         "--batch",
+                         "4",
+                         "--epochs",
+                         "4",
+                         "--out",
+                         out,
+                         "--resume",
+                         ckpt,
+                         NULL};
+  run_result r = run_ex(other, NULL);
+  assert_status(r, 1);
+  assert_contains(r.err, "it was written by a run of total_steps 9, this run has 12");
+  run_result_free(&r);
+  other[8] = "3";
+  other[9] = "--seed";
+  other[10] = "4";
+  other[11] = "--resume";
+  other[12] = ckpt;
+  r = run_ex(other, NULL);
+  assert_status(r, 1);
+  assert_contains(r.err, "it was written by a run of seed 0, this run has 4");
+  run_result_free(&r);
+}
+
 static bool is_png(const char *path) {
   FILE *f = fopen(path, "rb");
   if (!f)
@@ -589,6 +691,7 @@ int main(void) {
                                       tmpdir_teardown),
       cmocka_unit_test_setup_teardown(test_segmentation_few_steps, tmpdir_setup,
                                       tmpdir_teardown),
+      cmocka_unit_test_setup_teardown(test_resume, tmpdir_setup, tmpdir_teardown),
       cmocka_unit_test_setup_teardown(test_segmentation_sigint_save, tmpdir_setup,
                                       tmpdir_teardown),
   };

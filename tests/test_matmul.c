@@ -222,8 +222,8 @@ static void test_errors(void **state) {
   assert_error(tg_linear(x, tg_randn(TG_SHAPE(2, 5), TG_F32, TG_CPU), NULL) == NULL,
                "tg_linear: mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)",
                "[4, 3]", "[2, 5]");
-  assert_error(tg_linear(x, tg_randn(TG_SHAPE(3), TG_F32, TG_CPU), NULL) == NULL,
-               "weight must be 2-D", "[3]");
+  assert_error(tg_linear(x, tg_randn(TG_SHAPE(3, 3, 1), TG_F32, TG_CPU), NULL) == NULL,
+               "weight must be 2-D", "[3, 3, 1]");
   assert_error(tg_linear(x, tg_randn(TG_SHAPE(2, 3), TG_F32, TG_CPU),
                          tg_randn(TG_SHAPE(3), TG_F32, TG_CPU)) == NULL,
                "bias must have shape [2]", "got [3]");

@@ -2,8 +2,9 @@
  *
  * float32 convolutions with stride 1 and one group (most of a conv net's) run on the
  * direct kernels of direct.c where the CPU has AVX2 and FMA: forward, input gradient
- * and weight gradient. Everything else, and every CPU without them, runs on im2col +
- * GEMM, below.
+ * and weight gradient; the 3x3 ones among them through Winograd (winograd.c) where the
+ * CPU has AVX-512 and the layer gains by it. Everything else, and every CPU without
+ * AVX2 and FMA, runs on im2col + GEMM, below.
  *
  * Both ops share one geometry: an image [C, H, W] and a grid of oh x ow kernel
  * positions; position (oy, ox) and kernel tap (i, j) meet at image pixel
@@ -22,6 +23,7 @@
  * columns stay in its own cache. */
 #include "graph/internal.h"
 #include "ops/conv/direct.h"
+#include "ops/conv/winograd.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -642,8 +644,8 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
         (need_b && !(gi[2] = tg__new_like(node->inputs[2]))))
       return -1;
     if (direct_forward_plan(p, &d)) {
-      if (conv_direct_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
-                                  need_b ? tg__data(gi[2]) : NULL) < 0)
+      if (conv_fast_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
+                                need_b ? tg__data(gi[2]) : NULL) < 0)
         return -1;
       need_b = false;
     } else if (im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy),
@@ -657,8 +659,8 @@ static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
     if (!(gi[0] = tg__new_like(x)))
       return -1;
     if (direct_dgrad_plan(p, &d)) {
-      if (conv_direct_forward(&d, tg__data(gy), tg__data(w), true, NULL,
-                              tg__data(gi[0])) < 0)
+      if (conv_fast_forward(&d, tg__data(gy), tg__data(w), true, NULL, tg__data(gi[0])) <
+          0)
         return -1;
     } else if (dgrad_as_conv(p, &q)) {
       if (!(wf = flip_weight(w, p->groups)) ||
@@ -717,7 +719,7 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
   if (cp->transposed)
     rc = col2im_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out));
   else if (direct_forward_plan(&plan, &d))
-    rc = conv_direct_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
+    rc = conv_fast_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
   else
     rc = im2col_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out), NULL, NULL);
   if (rc < 0) {

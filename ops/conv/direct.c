@@ -40,8 +40,8 @@ bool conv_direct_available(void) {
   static atomic_int state; /* 0 unknown, 1 yes, 2 no; racing threads store the same */
   int s = atomic_load_explicit(&state, memory_order_relaxed);
   if (!s) {
-    const char *env = getenv("TG_CONV_DIRECT");
-    bool on = !(env && !strcmp(env, "0"));
+    static _Atomic bool warned;
+    bool on = tg__env_int("TG_CONV_DIRECT", 0, 1, 1, &warned) != 0;
     __builtin_cpu_init();
     s = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
     atomic_store_explicit(&state, s, memory_order_relaxed);
@@ -75,10 +75,11 @@ typedef struct {
   int64_t simg;          /* image stride of consecutive slabs */
   int64_t group;         /* whole-image items: images per slab group (weight grad) */
   bool copy;             /* false: no padding, the slab is the image */
-  int nt;
+  int nt;                /* pieces of work: threads (forward) or reduction parts */
 } layout;
 
-static layout plan_layout(const direct_conv *d, int64_t work) {
+/* Items for `pieces` pieces of work of `work` operations in all. */
+static layout plan_layout(const direct_conv *d, int pieces) {
   layout l;
   l.copy = d->ph > 0 || d->pw > 0;
   l.sw = l.copy ? d->ow + (d->kw - 1) * d->dw : d->w;
@@ -86,7 +87,7 @@ static layout plan_layout(const direct_conv *d, int64_t work) {
   const int64_t row_bytes = d->cin * l.sw * (int64_t)sizeof(float);
   int64_t rows = SLAB_BYTES / (row_bytes ? row_bytes : 1) - halo;
   rows = rows < 1 ? 1 : rows > d->oh ? d->oh : rows;
-  l.nt = tg__threads(work);
+  l.nt = pieces;
   if (d->n * ceil_div(d->oh, rows) < l.nt) /* small batch: split the rows more */
     rows = ceil_div(d->oh, ceil_div(l.nt, d->n));
   l.nblk = ceil_div(d->oh, rows);
@@ -271,7 +272,7 @@ static void fwd_rows(const direct_conv *d, const layout *l, const float *slab,
 int conv_direct_forward(const direct_conv *d, const float *x, const float *w, bool flip,
                         const float *bias, float *y) {
   const int64_t K = d->cin * d->kh * d->kw;
-  layout l = plan_layout(d, d->n * d->cout * d->oh * d->ow * K);
+  layout l = plan_layout(d, tg__threads(d->n * d->cout * d->oh * d->ow * K));
   const size_t wp_bytes = round_up((size_t)(ceil_div(d->cout, MR) * MR * K) * 4);
   const size_t off_bytes = round_up((size_t)K * sizeof(int64_t));
   const size_t slab_bytes = l.copy ? round_up((size_t)(d->cin * l.cs) * 4) : 0;
@@ -439,53 +440,61 @@ TARGET static void bias_sums(const float *dy, int64_t ld, int64_t cout, int64_t 
 int conv_direct_weight_grad(const direct_conv *d, const float *x, const float *dy,
                             float *dw, float *db) {
   const int64_t K = d->cin * d->kh * d->kw, nw = d->cout * K + d->cout;
-  layout l = plan_layout(d, d->n * d->cout * d->oh * d->ow * K);
+  /* l.nt parts, each summed on one thread into its own partial dw and db, then added
+   * in part order: tg__reduce_parts makes the result independent of the threads in
+   * deterministic mode */
+  const int64_t work = d->n * d->cout * d->oh * d->ow * K;
+  layout l = plan_layout(d, tg__reduce_parts(work));
+  const int nth = tg__threads(work) < l.nt ? tg__threads(work) : l.nt;
   const size_t off_bytes = round_up((size_t)K * sizeof(int64_t));
   const size_t slab_bytes = l.copy ? round_up((size_t)(l.group * l.simg) * 4) : 0;
   const size_t part_bytes = round_up((size_t)nw * 4);
-  char *buf = conv_workspace_get(off_bytes + (size_t)l.nt * (slab_bytes + part_bytes));
+  char *buf = conv_workspace_get(off_bytes + (size_t)nth * slab_bytes +
+                                 (size_t)l.nt * part_bytes);
   if (!buf)
     return tg__error("conv: out of memory for %d slabs and partial sums", l.nt);
   int64_t *off = (int64_t *)buf;
   tap_offsets(d, &l, off);
   const int64_t img = d->cin * d->h * d->w, plane = d->oh * d->ow;
-  char *slabs = buf + off_bytes, *parts = slabs + (size_t)l.nt * slab_bytes;
-  /* Each thread takes a contiguous run of items and sums into its own dw; whole-image
-   * items go in groups of l.group images, so that small images still make long tiles. */
-#pragma omp parallel num_threads(l.nt)
+  char *slabs = buf + off_bytes, *parts = slabs + (size_t)nth * slab_bytes;
+  /* Each part is a contiguous run of items summed into its own dw; whole-image items go
+   * in groups of l.group images, so that small images still make long tiles. */
+#pragma omp parallel num_threads(nth)
   {
-    const int t = omp_get_thread_num();
-    float *slab = (float *)(slabs + (size_t)t * slab_bytes);
-    float *part = (float *)(parts + (size_t)t * part_bytes), *pdb = part + d->cout * K;
-    memset(part, 0, (size_t)nw * 4);
-    const int64_t end = l.items * (t + 1) / l.nt;
-    for (int64_t it = l.items * t / l.nt; it < end;) {
-      const int64_t b = it / l.nblk, oy0 = it % l.nblk * l.rows;
-      const int64_t oy1 = oy0 + l.rows < d->oh ? oy0 + l.rows : d->oh;
-      const int64_t nimg = l.nblk == 1 && end - it < l.group ? end - it : l.group;
-      const float *s = NULL;
-      for (int64_t i = 0; i < nimg; i++) {
-        const float *si =
-            make_slab(d, &l, x + (b + i) * img, oy0, oy1, slab + i * l.simg);
-        s = i ? s : si;
-      }
-      const float *g = dy + b * d->cout * plane + oy0 * d->ow;
-      const wgrad_px px = {plane,     d->cout * plane, l.sw, l.copy ? l.simg : img,
-                           oy1 - oy0, d->ow,           nimg};
-      for (int64_t o = 0; o < d->cout; o += MR) {
-        const int mr = d->cout - o < MR ? (int)(d->cout - o) : MR;
-        for (int64_t k = 0; k < K; k += KT) {
-          const int kt = K - k < KT ? (int)(K - k) : KT;
-          WGRAD[mr - 1][kt - 1](g + o * plane, s, off + k, &px, part + o * K + k, K);
+    float *slab = (float *)(slabs + (size_t)omp_get_thread_num() * slab_bytes);
+#pragma omp for schedule(static)
+    for (int t = 0; t < l.nt; t++) {
+      float *part = (float *)(parts + (size_t)t * part_bytes), *pdb = part + d->cout * K;
+      memset(part, 0, (size_t)nw * 4);
+      const int64_t end = l.items * (t + 1) / l.nt;
+      for (int64_t it = l.items * t / l.nt; it < end;) {
+        const int64_t b = it / l.nblk, oy0 = it % l.nblk * l.rows;
+        const int64_t oy1 = oy0 + l.rows < d->oh ? oy0 + l.rows : d->oh;
+        const int64_t nimg = l.nblk == 1 && end - it < l.group ? end - it : l.group;
+        const float *s = NULL;
+        for (int64_t i = 0; i < nimg; i++) {
+          const float *si =
+              make_slab(d, &l, x + (b + i) * img, oy0, oy1, slab + i * l.simg);
+          s = i ? s : si;
         }
+        const float *g = dy + b * d->cout * plane + oy0 * d->ow;
+        const wgrad_px px = {plane,     d->cout * plane, l.sw, l.copy ? l.simg : img,
+                             oy1 - oy0, d->ow,           nimg};
+        for (int64_t o = 0; o < d->cout; o += MR) {
+          const int mr = d->cout - o < MR ? (int)(d->cout - o) : MR;
+          for (int64_t k = 0; k < K; k += KT) {
+            const int kt = K - k < KT ? (int)(K - k) : KT;
+            WGRAD[mr - 1][kt - 1](g + o * plane, s, off + k, &px, part + o * K + k, K);
+          }
+        }
+        for (int64_t i = 0; db && i < nimg; i++)
+          for (int64_t row = oy0; row < oy1; row++)
+            bias_sums(g + i * px.dy_img + (row - oy0) * d->ow, plane, d->cout, d->ow,
+                      pdb);
+        it += nimg;
       }
-      for (int64_t i = 0; db && i < nimg; i++)
-        for (int64_t row = oy0; row < oy1; row++)
-          bias_sums(g + i * px.dy_img + (row - oy0) * d->ow, plane, d->cout, d->ow, pdb);
-      it += nimg;
     }
-    /* dw and db are the sums of the threads' partial sums, in thread order */
-#pragma omp barrier
+    /* dw and db are the sums of the parts' partial sums, in part order */
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < nw; k++) {
       float sum = 0;

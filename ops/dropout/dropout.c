@@ -31,7 +31,7 @@ static void mask_block(const dropout_mask *m, tg_dtype dtype, const void *src, v
     T *D = dst;
     const T scale = (T)m->scale;
     for (int64_t i = i0; i < i1; i++)
-      D[i] = keep(m, i) ? S[i] * scale : (T)0;
+      D[i] = S[i] * (keep(m, i) ? scale : (T)0); /* NaN * 0 stays NaN, as PyTorch */
   });
 }
 

@@ -1,13 +1,27 @@
 /* Elementwise ops: broadcasting binary arithmetic, scalar arithmetic, unary math and
  * activations. Each backward is the derivative applied to the saved input (or, for
  * ops whose derivative is cheaper from the result, the node's output). */
+#include "elementwise.h"
 #include "graph/internal.h"
 
 #include <tgmath.h>
 
+/* Kernels, one table per device (defined after the CPU kernels); the ops check and
+ * record once, then call the table of their input's device. */
+typedef struct {
+  int (*binary)(binary_kind kind, const tg_tensor *a, const tg_tensor *b, tg_tensor *out);
+  int (*unary)(unary_kind kind, double param, const tg_tensor *x, tg_tensor *y);
+  int (*unary_grad)(unary_kind kind, double param, const tg_tensor *x, const tg_tensor *y,
+                    const tg_tensor *g, tg_tensor *dx);
+} ew_kernels;
+
+static const ew_kernels tg__ew_cpu;
+#ifdef TG_HAVE_CUDA
+static const ew_kernels tg__ew_cuda;
+#endif
+
 /* ------------------------------------------------------------- binary -- */
 
-typedef enum { B_ADD, B_SUB, B_MUL, B_DIV } binary_kind;
 static const char *const binary_names[] = {"tg_add", "tg_sub", "tg_mul", "tg_div"};
 
 #define BINARY_LOOP(K, EXPR)                                                             \
@@ -20,8 +34,8 @@ static const char *const binary_names[] = {"tg_add", "tg_sub", "tg_mul", "tg_div
 
 /* out = a (op) b over the broadcast shape of out: rows of the last dim, each row's
  * offsets in a and b found from the broadcast strides. */
-static void binary_kernel(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
-                          tg_tensor *out) {
+static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
+                      tg_tensor *out) {
   int nd = out->ndim;
   int64_t sa_all[TG_MAX_DIMS], sb_all[TG_MAX_DIMS];
   tg__broadcast_strides(a, out->shape, nd, sa_all);
@@ -56,6 +70,7 @@ static void binary_kernel(binary_kind kind, const tg_tensor *a, const tg_tensor 
       }
     }
   });
+  return 0;
 }
 
 static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b);
@@ -106,14 +121,17 @@ static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *
     return NULL;
   int64_t shape[TG_MAX_DIMS];
   int nd;
-  if (tg__broadcast_shape(a, b, shape, &nd, op) < 0)
+  const ew_kernels *k;
+  if (tg__broadcast_shape(a, b, shape, &nd, op) < 0 ||
+      !(k = tg__pick(op, a, &tg__ew_cpu, TG_IF_CUDA(&tg__ew_cuda))))
     return NULL;
-  if (a->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, a), NULL;
   tg_tensor *out = tg__new(shape, nd, a->dtype, a->device);
   if (!out)
     return NULL;
-  binary_kernel(kind, a, b, out);
+  if (k->binary(kind, a, b, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   tg_node *node;
   out = tg__finish(op, out, 2, in, binary_backward, &node);
   if (node)
@@ -127,22 +145,6 @@ tg_tensor *tg_mul(const tg_tensor *a, const tg_tensor *b) { return binary(B_MUL,
 tg_tensor *tg_div(const tg_tensor *a, const tg_tensor *b) { return binary(B_DIV, a, b); }
 
 /* -------------------------------------------------------------- unary -- */
-
-typedef enum {
-  U_NEG,
-  U_EXP,
-  U_LOG,
-  U_SQRT,
-  U_ABS,
-  U_RELU,
-  U_LEAKY_RELU,
-  U_SIGMOID,
-  U_TANH,
-  U_GELU,
-  U_ADD_S,
-  U_MUL_S,
-  U_POW,
-} unary_kind;
 
 static const char *const unary_names[] = {
     "tg_neg",        "tg_exp",        "tg_log",     "tg_sqrt", "tg_abs",
@@ -163,8 +165,7 @@ typedef struct {
     }                                                                                    \
     break;
 
-static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
-                         tg_tensor *out) {
+static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tensor *out) {
   int64_t n = in->numel;
   TG_DISPATCH_FLOAT(in->dtype, T, {
     const T *X = tg__data(in);
@@ -177,7 +178,7 @@ static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
       UNARY_LOOP(U_LOG, log(x))
       UNARY_LOOP(U_SQRT, sqrt(x))
       UNARY_LOOP(U_ABS, fabs(x))
-      UNARY_LOOP(U_RELU, x > 0 ? x : (T)0)
+      UNARY_LOOP(U_RELU, x <= 0 ? (T)0 : x) /* NaN passes, as PyTorch */
       UNARY_LOOP(U_LEAKY_RELU, x > 0 ? x : x * p)
       UNARY_LOOP(U_SIGMOID, (T)1 / ((T)1 + exp(-x)))
       UNARY_LOOP(U_TANH, tanh(x))
@@ -187,6 +188,7 @@ static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
       UNARY_LOOP(U_POW, pow(x, p))
     }
   });
+  return 0;
 }
 
 #define UNARY_GRAD(K, EXPR)                                                              \
@@ -201,25 +203,21 @@ static void unary_kernel(unary_kind kind, double param, const tg_tensor *in,
     break;
 
 /* dx = g * f'(x), with y = f(x) at hand for the ops whose derivative uses it. */
-static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const unary_ctx *c = node->ctx;
-  const tg_tensor *in = node->inputs[0];
-  tg_tensor *dx = tg__new_like(in);
-  if (!dx)
-    return -1;
+static int unary_grad_cpu(unary_kind kind, double param, const tg_tensor *in,
+                          const tg_tensor *out, const tg_tensor *g, tg_tensor *dx) {
   const int64_t n = in->numel;
   TG_DISPATCH_FLOAT(in->dtype, T, {
-    const T *X = tg__data(in), *Y = tg__data(node->output), *G = tg__data(g);
+    const T *X = tg__data(in), *Y = tg__data(out), *G = tg__data(g);
     T *D = tg__data(dx);
-    const T p = (T)c->param;
+    const T p = (T)param;
     (void)p;
-    switch (c->kind) {
+    switch (kind) {
       UNARY_GRAD(U_NEG, -g)
       UNARY_GRAD(U_EXP, g * y)
       UNARY_GRAD(U_LOG, g / x)
       UNARY_GRAD(U_SQRT, g / ((T)2 * y))
       UNARY_GRAD(U_ABS, x > 0 ? g : x < 0 ? -g : (T)0)
-      UNARY_GRAD(U_RELU, x > 0 ? g : (T)0)
+      UNARY_GRAD(U_RELU, x <= 0 ? (T)0 : g) /* as PyTorch's threshold_backward */
       UNARY_GRAD(U_LEAKY_RELU, x > 0 ? g : g * p)
       UNARY_GRAD(U_SIGMOID, g * y * ((T)1 - y))
       UNARY_GRAD(U_TANH, g * ((T)1 - y * y))
@@ -231,6 +229,46 @@ static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
       UNARY_GRAD(U_POW, p == 0 ? (T)0 : g * p * pow(x, p - (T)1))
     }
   });
+  return 0;
+}
+
+/* ------------------------------------------------------- kernel tables -- */
+
+static const ew_kernels tg__ew_cpu = {binary_cpu, unary_cpu, unary_grad_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int binary_cuda(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
+                       tg_tensor *out) {
+  int64_t sa[TG_MAX_DIMS], sb[TG_MAX_DIMS];
+  tg__broadcast_strides(a, out->shape, out->ndim, sa);
+  tg__broadcast_strides(b, out->shape, out->ndim, sb);
+  return tg__ew_cuda_binary(kind, out->dtype, tg__data(a), sa, tg__data(b), sb,
+                            out->shape, out->ndim, out->numel, tg__data(out),
+                            out->device.index);
+}
+
+static int unary_cuda(unary_kind kind, double param, const tg_tensor *x, tg_tensor *y) {
+  return tg__ew_cuda_unary(kind, param, x->dtype, tg__data(x), x->numel, tg__data(y),
+                           x->device.index);
+}
+
+static int unary_grad_cuda(unary_kind kind, double param, const tg_tensor *x,
+                           const tg_tensor *y, const tg_tensor *g, tg_tensor *dx) {
+  return tg__ew_cuda_unary_grad(kind, param, x->dtype, tg__data(x), tg__data(y),
+                                tg__data(g), x->numel, tg__data(dx), x->device.index);
+}
+
+static const ew_kernels tg__ew_cuda = {binary_cuda, unary_cuda, unary_grad_cuda};
+#endif
+
+static int unary_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const unary_ctx *c = node->ctx;
+  const tg_tensor *in = node->inputs[0];
+  const ew_kernels *k =
+      tg__pick(unary_names[c->kind], in, &tg__ew_cpu, TG_IF_CUDA(&tg__ew_cuda));
+  tg_tensor *dx = k ? tg__new_like(in) : NULL;
+  if (!dx || k->unary_grad(c->kind, c->param, in, node->output, g, dx) < 0)
+    return -1;
   gi[0] = dx;
   return 0;
 }
@@ -239,14 +277,17 @@ static tg_tensor *unary(unary_kind kind, const tg_tensor *a, double param) {
   const char *op = unary_names[kind];
   if (!tg__nonnull(a, op, "input"))
     return NULL;
-  if (tg__check_same(op, 1, &a, true) < 0)
+  const ew_kernels *k;
+  if (tg__check_same(op, 1, &a, true) < 0 ||
+      !(k = tg__pick(op, a, &tg__ew_cpu, TG_IF_CUDA(&tg__ew_cuda))))
     return NULL;
-  if (a->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, a), NULL;
   tg_tensor *out = tg__new_like(a);
   if (!out)
     return NULL;
-  unary_kernel(kind, param, a, out);
+  if (k->unary(kind, param, a, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   tg_node *node;
   out = tg__finish(op, out, 1, &a, unary_backward, &node);
   if (node) {

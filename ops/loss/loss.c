@@ -131,7 +131,7 @@ static double cross_entropy_kernel(const class_ctx *c, const tg_tensor *x,
     const T *X = tg__data(x);
     T *L = none_out ? tg__data(none_out) : NULL;
     T *M = tg__data(stats), *LS = M + npos;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__threads(x->numel * 8))")
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(x->numel * 8))")
     for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
       const int64_t w = l.w, ls = l.ls;
@@ -275,7 +275,7 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
   TG_DISPATCH_FLOAT(log_probs->dtype, T, {
     const T *X = tg__data(log_probs);
     T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__threads(npos))")
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(npos))")
     for (int64_t pos = 0; pos < npos; pos++) {
       int64_t k = tgt[pos];
       double l =
@@ -373,7 +373,7 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
   TG_DISPATCH_FLOAT(input->dtype, T, {
     const T *X = tg__data(input), *Y = tg__data(target);
     T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__threads(n * 4))")
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n * 4))")
     for (int64_t i = 0; i < n; i++) {
       T xv = X[i], tv = Y[i];
       T l = mse ? (xv - tv) * (xv - tv)

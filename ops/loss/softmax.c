@@ -5,6 +5,7 @@
  *   softmax:      dx = y * (g - sum_c g*y)
  *   log_softmax:  dx = g - exp(y) * sum_c g */
 #include "graph/internal.h"
+#include "ops/loss/loss_cuda.h"
 #include "ops/loss/slab.h"
 
 #include <tgmath.h>
@@ -14,7 +15,7 @@ typedef struct {
   bool log;
 } softmax_ctx;
 
-static void softmax_kernel(const softmax_ctx *c, const tg_tensor *x, tg_tensor *y) {
+static int softmax_cpu(const softmax_ctx *c, const tg_tensor *x, tg_tensor *y) {
   const slab s = c->s;
   const int64_t tasks = slab_tasks(&s), r = s.r;
   const bool log_out = c->log;
@@ -39,18 +40,16 @@ _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
       }
     }
   });
+  return 0;
 }
 
-static int softmax_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const softmax_ctx *c = node->ctx;
+static int softmax_grad_cpu(const softmax_ctx *c, const tg_tensor *y, const tg_tensor *g,
+                            tg_tensor *dx) {
   const slab s = c->s;
   const int64_t tasks = slab_tasks(&s), r = s.r;
   const bool log_out = c->log;
-  tg_tensor *dx = tg__new_like(g);
-  if (!dx)
-    return -1;
   TG_DISPATCH_FLOAT(g->dtype, T, {
-    const T *Y = tg__data(node->output), *G = tg__data(g);
+    const T *Y = tg__data(y), *G = tg__data(g);
     T *D = tg__data(dx);
 _Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))")
     for (int64_t t = 0; t < tasks; t++) {
@@ -76,6 +75,41 @@ _Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))")
       }
     }
   });
+  return 0;
+}
+
+/* Kernels, one table per device: softmax_impl and softmax_backward check and record
+ * once, then call the table of their input's device. */
+typedef struct {
+  int (*forward)(const softmax_ctx *c, const tg_tensor *x, tg_tensor *y);
+  int (*backward)(const softmax_ctx *c, const tg_tensor *y, const tg_tensor *g,
+                  tg_tensor *dx);
+} softmax_kernels;
+
+static const softmax_kernels tg__softmax_cpu = {softmax_cpu, softmax_grad_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int softmax_cuda(const softmax_ctx *c, const tg_tensor *x, tg_tensor *y) {
+  return tg__softmax_cuda_forward(x->dtype, c->log, tg__data(x), c->s.outer, c->s.r,
+                                  c->s.inner, tg__data(y), x->device.index);
+}
+
+static int softmax_grad_cuda(const softmax_ctx *c, const tg_tensor *y, const tg_tensor *g,
+                             tg_tensor *dx) {
+  return tg__softmax_cuda_backward(g->dtype, c->log, tg__data(y), tg__data(g), c->s.outer,
+                                   c->s.r, c->s.inner, tg__data(dx), g->device.index);
+}
+
+static const softmax_kernels tg__softmax_cuda = {softmax_cuda, softmax_grad_cuda};
+#endif
+
+static int softmax_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const softmax_ctx *c = node->ctx;
+  const softmax_kernels *k =
+      tg__pick(node->op, g, &tg__softmax_cpu, TG_IF_CUDA(&tg__softmax_cuda));
+  tg_tensor *dx = k ? tg__new_like(g) : NULL;
+  if (!dx || k->backward(c, node->output, g, dx) < 0)
+    return -1;
   gi[0] = dx;
   return 0;
 }
@@ -87,15 +121,17 @@ static tg_tensor *softmax_impl(const tg_tensor *x, int dim, bool log_out,
   if (tg__check_same(op, 1, &x, true) < 0)
     return NULL;
   int d = tg__wrap_dim(dim, x->ndim, op);
-  if (d < 0)
+  const softmax_kernels *k;
+  if (d < 0 || !(k = tg__pick(op, x, &tg__softmax_cpu, TG_IF_CUDA(&tg__softmax_cuda))))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   softmax_ctx c = {slab_around(x->shape, x->ndim, d), log_out};
   tg_tensor *out = tg__new_like(x);
   if (!out)
     return NULL;
-  softmax_kernel(&c, x, out);
+  if (k->forward(&c, x, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   tg_node *node;
   out = tg__finish(op, out, 1, &x, softmax_backward, &node);
   if (node)

@@ -3,6 +3,7 @@
  * transpose flags of GEMM instead of materialising transposed copies:
  *   C = A·B   =>   dA = dC·Bᵀ,   dB = Aᵀ·dC   (summed over broadcast batch dims). */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -14,15 +15,16 @@
 /* C[M,N] = op(A)·op(B) + beta·C, row-major, op(X) = Xᵀ when tX, ldc = N, beta 0 or 1.
  * The degenerate sizes BLAS rejects are settled here: K == 0 leaves beta·C, the sum
  * of no products. */
-static void gemm(tg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
-                 const void *A, int64_t lda, const void *B, int64_t ldb, double beta,
-                 void *C) {
+static int gemm_cpu(tg_dtype dt, int device, bool ta, bool tb, int64_t M, int64_t N,
+                    int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
+                    double beta, void *C) {
+  (void)device;
   if (M == 0 || N == 0)
-    return;
+    return 0;
   if (K == 0) {
     if (beta == 0)
       memset(C, 0, (size_t)(M * N) * tg_dtype_size(dt));
-    return;
+    return 0;
   }
   enum CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans;
   enum CBLAS_TRANSPOSE opb = tb ? CblasTrans : CblasNoTrans;
@@ -32,6 +34,42 @@ static void gemm(tg_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
   else
     cblas_dgemm(CblasRowMajor, opa, opb, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B,
                 (int)ldb, beta, C, (int)N);
+  return 0;
+}
+
+/* Kernels, one table per device: the ops plan and record once, then run the GEMMs of
+ * their plan through the table of their inputs' device. */
+typedef struct {
+  /* C[M,N] = op(A)·op(B) + beta·C as gemm_cpu */
+  int (*gemm)(tg_dtype dt, int device, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+              const void *A, int64_t lda, const void *B, int64_t ldb, double beta,
+              void *C);
+  /* batch such products, matrix i at A + i*sa, B + i*sb, C + i*sc (elements) */
+  int (*gemm_batched)(tg_dtype dt, int device, bool ta, bool tb, int64_t M, int64_t N,
+                      int64_t K, const void *A, int64_t lda, int64_t sa, const void *B,
+                      int64_t ldb, int64_t sb, double beta, void *C, int64_t sc,
+                      int64_t batch);
+  /* db[j] = sum over rows of g[r, j] */
+  int (*column_sums)(const tg_tensor *g, int64_t rows, int64_t cols, tg_tensor *db);
+  /* every row of out [rows, cols] = bias [cols] */
+  int (*bias_rows)(tg_tensor *out, const tg_tensor *bias, int64_t rows);
+} mm_kernels;
+static const mm_kernels tg__mm_cpu;
+#ifdef TG_HAVE_CUDA
+static const mm_kernels tg__mm_cuda;
+#endif
+#define MM_PICK(op, t) tg__pick(op, t, &tg__mm_cpu, TG_IF_CUDA(&tg__mm_cuda))
+
+static int gemm_batched_cpu(tg_dtype dt, int device, bool ta, bool tb, int64_t M,
+                            int64_t N, int64_t K, const void *A, int64_t lda, int64_t sa,
+                            const void *B, int64_t ldb, int64_t sb, double beta, void *C,
+                            int64_t sc, int64_t batch) {
+  const size_t es = tg_dtype_size(dt);
+  for (int64_t i = 0; i < batch; i++)
+    gemm_cpu(dt, device, ta, tb, M, N, K, (const char *)A + (size_t)(i * sa) * es, lda,
+             (const char *)B + (size_t)(i * sb) * es, ldb, beta,
+             (char *)C + (size_t)(i * sc) * es);
+  return 0;
 }
 
 /* "2x3x4" for PyTorch's "mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)". */
@@ -138,22 +176,28 @@ static bool fold_batch(const mm_plan *p) {
   return p->a_full && p->b_shared && p->batch * p->m <= INT_MAX;
 }
 
-static void matmul_forward(const mm_plan *p, const tg_tensor *a, const tg_tensor *b,
-                           tg_tensor *out) {
+static int matmul_forward(const mm_kernels *kt, const mm_plan *p, const tg_tensor *a,
+                          const tg_tensor *b, tg_tensor *out) {
   const size_t es = tg_dtype_size(a->dtype);
   const char *A = tg__data(a), *B = tg__data(b);
   char *C = tg__data(out);
   const int64_t sza = p->m * p->k, szb = p->k * p->n, szc = p->m * p->n;
-  if (fold_batch(p)) {
-    gemm(a->dtype, false, false, p->batch * p->m, p->n, p->k, A, p->k, B, p->n, 0, C);
-    return;
-  }
-  for (int64_t i = 0; i < p->batch; i++) {
+  const tg_dtype dt = a->dtype;
+  const int dev = a->device.index;
+  if (fold_batch(p))
+    return kt->gemm(dt, dev, false, false, p->batch * p->m, p->n, p->k, A, p->k, B, p->n,
+                    0, C);
+  if (p->a_full && p->b_full)
+    return kt->gemm_batched(dt, dev, false, false, p->m, p->n, p->k, A, p->k, sza, B,
+                            p->n, szb, 0, C, szc, p->batch);
+  int rc = 0;
+  for (int64_t i = 0; i < p->batch && rc == 0; i++) {
     int64_t ia, ib;
     batch_offsets(p, i, &ia, &ib);
-    gemm(a->dtype, false, false, p->m, p->n, p->k, A + (size_t)(ia * sza) * es, p->k,
-         B + (size_t)(ib * szb) * es, p->n, 0, C + (size_t)(i * szc) * es);
+    rc = kt->gemm(dt, dev, false, false, p->m, p->n, p->k, A + (size_t)(ia * sza) * es,
+                  p->k, B + (size_t)(ib * szb) * es, p->n, 0, C + (size_t)(i * szc) * es);
   }
+  return rc;
 }
 
 /* dA_i = dC_i·B_iᵀ and dB_i = A_iᵀ·dC_i. A gradient whose input was broadcast over a
@@ -166,47 +210,58 @@ static int matmul_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const char *A = tg__data(a), *B = tg__data(b), *G = tg__data(g);
   const int64_t m = p->m, k = p->k, n = p->n;
   const int64_t sza = m * k, szb = k * n, szc = m * n;
+  const mm_kernels *kt = MM_PICK("tg_matmul", a);
+  if (!kt)
+    return -1;
+  const int dev = a->device.index;
+  int rc = 0;
   if (tg__input_needs_grad(node, 0)) {
     tg_tensor *da = tg__new_like(a);
     if (!da)
       return -1;
     char *DA = tg__data(da);
     if (fold_batch(p)) {
-      gemm(dt, false, true, p->batch * m, k, n, G, n, B, n, 0, DA);
+      rc = kt->gemm(dt, dev, false, true, p->batch * m, k, n, G, n, B, n, 0, DA);
+    } else if (p->a_full && p->b_full) {
+      rc = kt->gemm_batched(dt, dev, false, true, m, k, n, G, n, szc, B, n, szb, 0, DA,
+                            sza, p->batch);
     } else {
       double beta = p->a_full ? 0 : 1;
       if (!p->a_full)
-        memset(DA, 0, (size_t)da->numel * es);
-      for (int64_t i = 0; i < p->batch; i++) {
+        rc = tg_fill_(da, 0);
+      for (int64_t i = 0; i < p->batch && rc == 0; i++) {
         int64_t ia, ib;
         batch_offsets(p, i, &ia, &ib);
-        gemm(dt, false, true, m, k, n, G + (size_t)(i * szc) * es, n,
-             B + (size_t)(ib * szb) * es, n, beta, DA + (size_t)(ia * sza) * es);
+        rc = kt->gemm(dt, dev, false, true, m, k, n, G + (size_t)(i * szc) * es, n,
+                      B + (size_t)(ib * szb) * es, n, beta, DA + (size_t)(ia * sza) * es);
       }
     }
     gi[0] = da;
   }
-  if (tg__input_needs_grad(node, 1)) {
+  if (rc == 0 && tg__input_needs_grad(node, 1)) {
     tg_tensor *db = tg__new_like(b);
     if (!db)
       return -1;
     char *DB = tg__data(db);
     if (fold_batch(p)) { /* dB = A_flatᵀ·dC_flat with A_flat [B*m, k] */
-      gemm(dt, true, false, k, n, p->batch * m, A, k, G, n, 0, DB);
+      rc = kt->gemm(dt, dev, true, false, k, n, p->batch * m, A, k, G, n, 0, DB);
+    } else if (p->a_full && p->b_full) {
+      rc = kt->gemm_batched(dt, dev, true, false, k, n, m, A, k, sza, G, n, szc, 0, DB,
+                            szb, p->batch);
     } else {
       double beta = p->b_full ? 0 : 1;
       if (!p->b_full)
-        memset(DB, 0, (size_t)db->numel * es);
-      for (int64_t i = 0; i < p->batch; i++) {
+        rc = tg_fill_(db, 0);
+      for (int64_t i = 0; i < p->batch && rc == 0; i++) {
         int64_t ia, ib;
         batch_offsets(p, i, &ia, &ib);
-        gemm(dt, true, false, k, n, m, A + (size_t)(ia * sza) * es, k,
-             G + (size_t)(i * szc) * es, n, beta, DB + (size_t)(ib * szb) * es);
+        rc = kt->gemm(dt, dev, true, false, k, n, m, A + (size_t)(ia * sza) * es, k,
+                      G + (size_t)(i * szc) * es, n, beta, DB + (size_t)(ib * szb) * es);
       }
     }
     gi[1] = db;
   }
-  return 0;
+  return rc;
 }
 
 tg_tensor *tg_matmul(const tg_tensor *a, const tg_tensor *b) {
@@ -219,14 +274,16 @@ tg_tensor *tg_matmul(const tg_tensor *a, const tg_tensor *b) {
   mm_plan p;
   int64_t shape[TG_MAX_DIMS];
   int nd = 0;
-  if (plan_matmul(a, b, &p, shape, &nd) < 0)
+  const mm_kernels *kt;
+  if (plan_matmul(a, b, &p, shape, &nd) < 0 || !(kt = MM_PICK(op, a)))
     return NULL;
-  if (a->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, a), NULL;
   tg_tensor *out = tg__new(shape, nd, a->dtype, a->device);
   if (!out)
     return NULL;
-  matmul_forward(&p, a, b, out);
+  if (matmul_forward(kt, &p, a, b, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   tg_node *node;
   out = tg__finish(op, out, 2, in, matmul_backward, &node);
   if (node)
@@ -242,7 +299,8 @@ typedef struct {
 } linear_plan;
 
 /* db[j] = sum over rows of dY[r, j]: dYᵀ·1 as a GEMV. */
-static int column_sums(const tg_tensor *g, int64_t rows, int64_t cols, tg_tensor *db) {
+static int column_sums_cpu(const tg_tensor *g, int64_t rows, int64_t cols,
+                           tg_tensor *db) {
   if (rows == 0) {
     memset(tg__data(db), 0, (size_t)cols * tg_dtype_size(g->dtype));
     return 0;
@@ -264,29 +322,106 @@ static int column_sums(const tg_tensor *g, int64_t rows, int64_t cols, tg_tensor
   return 0;
 }
 
+/* The copy is serial: OpenMP workers still spinning after a parallel region would slow
+ * the BLAS threads that start right after it. */
+static int bias_rows_cpu(tg_tensor *out, const tg_tensor *bias, int64_t rows) {
+  const size_t row_bytes = (size_t)bias->numel * tg_dtype_size(out->dtype);
+  char *Y = tg__data(out);
+  for (int64_t r = 0; r < rows; r++)
+    memcpy(Y + (size_t)r * row_bytes, tg__data(bias), row_bytes);
+  return 0;
+}
+
+static const mm_kernels tg__mm_cpu = {gemm_cpu, gemm_batched_cpu, column_sums_cpu,
+                                      bias_rows_cpu};
+
+#ifdef TG_HAVE_CUDA
+#include <cublas_v2.h>
+
+/* Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: the same buffers with
+ * the operands swapped. */
+static int gemm_batched_cuda(tg_dtype dt, int device, bool ta, bool tb, int64_t M,
+                             int64_t N, int64_t K, const void *A, int64_t lda, int64_t sa,
+                             const void *B, int64_t ldb, int64_t sb, double beta, void *C,
+                             int64_t sc, int64_t batch) {
+  cublasHandle_t h = tg__cuda_cublas(device);
+  if (!h)
+    return -1;
+  if (M == 0 || N == 0 || batch == 0)
+    return 0;
+  if (K == 0) /* no products: C = beta * C */
+    return beta != 0 ? 0 : tg__cuda_fill(C, dt, sc * (batch - 1) + M * N, 0, device);
+  const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t ob = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = (int)N, n = (int)M, k = (int)K;
+  if (dt == TG_F32) {
+    const float one = 1, bf = (float)beta;
+    if (batch == 1)
+      return TG_CUBLAS(cublasSgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
+                                   &bf, C, (int)N));
+    return TG_CUBLAS(cublasSgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb,
+                                               A, (int)lda, sa, &bf, C, (int)N, sc,
+                                               (int)batch));
+  }
+  const double one = 1;
+  if (batch == 1)
+    return TG_CUBLAS(cublasDgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
+                                 &beta, C, (int)N));
+  return TG_CUBLAS(cublasDgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb, A,
+                                             (int)lda, sa, &beta, C, (int)N, sc,
+                                             (int)batch));
+}
+
+static int gemm_cuda(tg_dtype dt, int device, bool ta, bool tb, int64_t M, int64_t N,
+                     int64_t K, const void *A, int64_t lda, const void *B, int64_t ldb,
+                     double beta, void *C) {
+  return gemm_batched_cuda(dt, device, ta, tb, M, N, K, A, lda, 0, B, ldb, 0, beta, C, 0,
+                           1);
+}
+
+/* A sum over dim 0 of g viewed as [rows, cols] (the reduction kernels). */
+static int column_sums_cuda(const tg_tensor *g, int64_t rows, int64_t cols,
+                            tg_tensor *db) {
+  tg_tensor *s = tg_sum_dims(tg_reshape(g, TG_SHAPE(rows, cols)), (int[]){0}, 1, false);
+  return s ? tg_copy_(db, s) : -1;
+}
+
+static int bias_rows_cuda(tg_tensor *out, const tg_tensor *bias, int64_t rows) {
+  const int64_t cols = bias->numel, shape[2] = {rows, cols};
+  return tg__cuda_strided_copy(tg__data(out), (int64_t[]){cols, 1}, 0, tg__data(bias),
+                               (int64_t[]){0, 1}, 0, shape, 2, rows * cols,
+                               tg_dtype_size(out->dtype), out->device.index);
+}
+
+static const mm_kernels tg__mm_cuda = {gemm_cuda, gemm_batched_cuda, column_sums_cuda,
+                                       bias_rows_cuda};
+#endif
+
 /* Y = X·Wᵀ + b  =>  dX = dY·W,  dW = dYᵀ·X,  db = column sums of dY. */
 static int linear_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const linear_plan *p = node->ctx;
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  const mm_kernels *kt = MM_PICK("tg_linear", x);
+  if (!kt)
+    return -1;
+  const int dev = x->device.index;
   if (tg__input_needs_grad(node, 0)) {
     tg_tensor *dx = tg__new_like(x);
-    if (!dx)
+    if (!dx || kt->gemm(g->dtype, dev, false, false, p->rows, p->in, p->out, tg__data(g),
+                        p->out, tg__data(w), p->in, 0, tg__data(dx)) < 0)
       return -1;
-    gemm(g->dtype, false, false, p->rows, p->in, p->out, tg__data(g), p->out, tg__data(w),
-         p->in, 0, tg__data(dx));
     gi[0] = dx;
   }
   if (tg__input_needs_grad(node, 1)) {
     tg_tensor *dw = tg__new_like(w);
-    if (!dw)
+    if (!dw || kt->gemm(g->dtype, dev, true, false, p->out, p->in, p->rows, tg__data(g),
+                        p->out, tg__data(x), p->in, 0, tg__data(dw)) < 0)
       return -1;
-    gemm(g->dtype, true, false, p->out, p->in, p->rows, tg__data(g), p->out, tg__data(x),
-         p->in, 0, tg__data(dw));
     gi[1] = dw;
   }
   if (tg__input_needs_grad(node, 2)) {
     tg_tensor *db = tg__new_like(node->inputs[2]);
-    if (!db || column_sums(g, p->rows, p->out, db) < 0)
+    if (!db || kt->column_sums(g, p->rows, p->out, db) < 0)
       return -1;
     gi[2] = db;
   }
@@ -328,35 +463,45 @@ static int plan_linear(const tg_tensor *x, const tg_tensor *w, const tg_tensor *
   return 0;
 }
 
+/* A 1-D weight [in], as PyTorch takes it: x·w with the last dim dropped. PyTorch
+ * refuses a bias with it (its addmm wants a matrix), and so does this. */
+static tg_tensor *linear_vector(const tg_tensor *x, const tg_tensor *w,
+                                const tg_tensor *bias) {
+  char s1[TG_SHAPE_STR_LEN];
+  if (bias)
+    return tg__error("tg_linear: mat2 must be a matrix, got 1-D tensor (weight %s with "
+                     "a bias; without a bias a 1-D weight gives input·weight)",
+                     tg_shape_str(w, s1, sizeof s1)),
+           NULL;
+  return tg_matmul(x, w);
+}
+
 tg_tensor *tg_linear(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias) {
   const char *op = "tg_linear";
   if (!tg__nonnull(x, op, "input") || !tg__nonnull(weight, op, "weight"))
     return NULL;
+  if (weight->ndim == 1 && x->ndim > 0)
+    return linear_vector(x, weight, bias);
   const tg_tensor *in[3] = {x, weight, bias};
   if (tg__check_same(op, 3, in, true) < 0)
     return NULL;
   linear_plan p;
-  if (plan_linear(x, weight, bias, &p) < 0)
+  const mm_kernels *kt;
+  if (plan_linear(x, weight, bias, &p) < 0 || !(kt = MM_PICK(op, x)))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   int64_t shape[TG_MAX_DIMS];
   memcpy(shape, x->shape, sizeof shape);
   shape[x->ndim - 1] = p.out;
   tg_tensor *out = tg__new(shape, x->ndim, x->dtype, x->device);
   if (!out)
     return NULL;
-  /* Y starts as rows of b, then one GEMM adds X·Wᵀ (beta = 1). The copy is serial:
-   * OpenMP workers still spinning after a parallel region would slow the BLAS
-   * threads that start right after it. */
-  if (bias) {
-    const size_t row_bytes = (size_t)p.out * tg_dtype_size(x->dtype);
-    char *Y = tg__data(out);
-    for (int64_t r = 0; r < p.rows; r++)
-      memcpy(Y + (size_t)r * row_bytes, tg__data(bias), row_bytes);
+  /* Y starts as rows of b, then one GEMM adds X·Wᵀ (beta = 1). */
+  if ((bias && kt->bias_rows(out, bias, p.rows) < 0) ||
+      kt->gemm(x->dtype, x->device.index, false, true, p.rows, p.out, p.in, tg__data(x),
+               p.in, tg__data(weight), p.in, bias ? 1 : 0, tg__data(out)) < 0) {
+    tg_tensor_free(out);
+    return NULL;
   }
-  gemm(x->dtype, false, true, p.rows, p.out, p.in, tg__data(x), p.in, tg__data(weight),
-       p.in, bias ? 1 : 0, tg__data(out));
   tg_node *node;
   out = tg__finish(op, out, 3, in, linear_backward, &node);
   if (node)

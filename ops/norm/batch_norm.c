@@ -187,6 +187,10 @@ tg_tensor *tg_batch_norm(const tg_tensor *x, const tg_tensor *weight,
   }
   bn_forward_cpu(x, weight, bias, running_mean, running_var, d, momentum, eps, y,
                  tg__data(stats));
+  if (training && running_mean) {
+    tg__bump_version(running_mean);
+    tg__bump_version(running_var);
+  }
   const tg_tensor *in[3] = {x, weight, bias};
   tg_node *node;
   y = tg__finish(OP, y, 3, in, bn_backward, &node);

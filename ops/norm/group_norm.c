@@ -3,6 +3,7 @@
  * mean and biased variance, then scaled and shifted per channel:
  *   y = (x - mean[n,g]) * rstd[n,g] * gamma[c] + beta[c],  rstd = 1/sqrt(var + eps).
  * The forward saves mean and rstd (norm_stats, float64 [N, G, 3]) for the backward. */
+#include "group_norm.h"
 #include "norm.h"
 
 #include <stdlib.h>
@@ -12,6 +13,7 @@ static const char *const OP = "tg_group_norm";
 
 typedef struct {
   int64_t N, C, G, HW; /* HW: product of the trailing dims */
+  bool relu;           /* tg_group_norm_relu: a ReLU fused onto the output */
 } gn_dims;
 
 /* Shape and argument rules, independent of the device. */
@@ -28,12 +30,18 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
   if (G <= 0)
     return tg__error("%s: Expected num groups to be greater than 0, got %lld", OP,
                      (long long)G);
+  *d = (gn_dims){0};
   d->N = x->shape[0];
   d->C = x->shape[1];
   d->G = G;
   d->HW = 1;
   for (int i = 2; i < x->ndim; i++)
     d->HW *= x->shape[i];
+  if (d->C <= 0 || d->HW <= 0)
+    return tg__error("%s: Expected %s to be greater than 0, got %lld (input of shape %s)",
+                     OP, d->C <= 0 ? "number of channels" : "HxW",
+                     (long long)(d->C <= 0 ? d->C : d->HW),
+                     tg_shape_str(x, sx, sizeof sx));
   if (d->C % G != 0)
     return tg__error("%s: Expected number of channels in input to be divisible by "
                      "num_groups, but got input of shape %s and num_groups=%lld",
@@ -55,16 +63,10 @@ static int gn_check(const tg_tensor *x, int64_t G, const tg_tensor *w, const tg_
  * fill more than half of a cache that other threads and processes share, so outputs
  * would be evicted before anyone reads them anyway. TG_NORM_STREAM_BYTES overrides the
  * size in bytes (0: always, a huge value: never; anything else that is not a
- * non-negative integer is ignored); the tests run both paths with it. */
+ * non-negative integer is ignored with a warning); the tests run both paths with it. */
 static int64_t stream_bytes(void) {
-  const char *env = getenv("TG_NORM_STREAM_BYTES");
-  if (env && *env) {
-    char *end;
-    long long v = strtoll(env, &end, 10);
-    if (!*end && v >= 0)
-      return v;
-  }
-  return tg__llc_bytes() / 8;
+  static _Atomic bool warned;
+  return tg__env_int("TG_NORM_STREAM_BYTES", 0, INT64_MAX, tg__llc_bytes() / 8, &warned);
 }
 
 /* ---------------------------------------------------------------- forward -- */
@@ -89,14 +91,14 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
         norm_moments(xg, 1, len, 0, eps, &st);
         if (stats)
           stats[ng] = st;
-        /* y = (x - p) * a_c + b_c with a_c = rstd*gamma_c, b_c = beta_c - dmean*a_c */
         const T p = (T)st.pivot;
         const int64_t c0 = (ng % d.G) * D;
         for (int64_t k = 0; k < D; k++) {
-          double a = st.rstd * (W ? (double)W[c0 + k] : 1.0);
-          double sh = (B ? (double)B[c0 + k] : 0.0) - st.dmean * a;
-          norm_affine(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
-                      next ? next + k * d.HW : NULL, stream);
+          double a, sh;
+          tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
+                        B ? (double)B[c0 + k] : 0.0, &a, &sh);
+          norm_affine_act(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
+                          next ? next + k * d.HW : NULL, stream, d.relu);
         }
       }
       if (stream)
@@ -111,17 +113,20 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
  * digits. Per (n, c): db = sum(dy), ds = sum(dy * (x - mean)). Per (n, g), with
  * s = 1 / (D*HW), dbg = sum_c gamma_c db, dsg = sum_c gamma_c ds:
  *   dx = (gamma_c*dy - dbg*s)*rstd + c2*(x - mean),  c2 = -dsg*rstd^3*s
- * and over the batch: dgamma_c = sum_n ds*rstd, dbeta_c = sum_n db.
+ * and over the batch: dgamma_c = sum_n ds*rstd, dbeta_c = sum_n db. With d.relu, dy is
+ * first masked by the fused ReLU (norm_tmpl.h act_grad), the forward's output
+ * recomputed from x, the statistics, w and b, so nothing but the statistics is saved.
  * sums gets (db, ds) per (n, c); dx may be NULL. */
 static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
-                            const norm_stats *stats, gn_dims d, tg_tensor *dx,
-                            double *sums) {
+                            const tg_tensor *b, const norm_stats *stats, gn_dims d,
+                            tg_tensor *dx, double *sums) {
   const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
   const int64_t bytes = x->numel * (int64_t)tg_dtype_size(x->dtype);
   const bool prefetch = bytes >= NORM_PREFETCH_BYTES, stream = bytes >= stream_bytes();
   const int nt = tg__threads(2 * x->numel);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *G = tg__data(g), *W = w ? tg__data(w) : NULL;
+    const T *B = b ? tg__data(b) : NULL;
     T *DX = dx ? tg__data(dx) : NULL;
     _Pragma("omp parallel num_threads(nt)") {
       _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
@@ -133,8 +138,11 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
         double *sg = sums + 2 * ng * D;
         double dbg = 0, dsg = 0;
         for (int64_t k = 0; k < D; k++) {
-          double db = 0, ds = 0;
-          norm_grad_sums(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, &db, &ds);
+          double db = 0, ds = 0, fa, fb;
+          tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
+                        B ? (double)B[c0 + k] : 0.0, &fa, &fb);
+          norm_grad_sums_act(G + off + k * d.HW, X + off + k * d.HW, d.HW, p, (T)fa,
+                             (T)fb, d.relu, &db, &ds);
           ds -= db * st.dmean;
           sg[2 * k] = db;
           sg[2 * k + 1] = ds;
@@ -143,13 +151,17 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
           dsg += gamma * ds;
         }
         if (DX && len > 0) {
-          const double s = 1.0 / (double)len, c2 = -dsg * rstd * rstd * rstd * s;
-          const T m = (T)(dbg * s), c3 = (T)(-c2 * st.dmean);
+          double m, c2, c3;
+          tg__gn_dx_coefs(dbg, dsg, rstd, st.dmean, len, &m, &c2, &c3);
           for (int64_t k = 0; k < D; k++) {
             const T gamma = W ? W[c0 + k] : (T)1;
             const int64_t o = off + k * d.HW;
-            norm_dx(G + o, X + o, DX + o, d.HW, p, gamma, m, (T)rstd, (T)c2, c3,
-                    next ? G + o + len : NULL, next ? X + o + len : NULL, stream);
+            double fa, fb;
+            tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
+                          B ? (double)B[c0 + k] : 0.0, &fa, &fb);
+            norm_dx_act(G + o, X + o, DX + o, d.HW, p, gamma, (T)m, (T)rstd, (T)c2, (T)c3,
+                        next ? G + o + len : NULL, next ? X + o + len : NULL, stream,
+                        (T)fa, (T)fb, d.relu);
           }
         }
       }
@@ -177,36 +189,94 @@ static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims 
   }
 }
 
-static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  gn_dims d = *(const gn_dims *)node->ctx;
-  tg_tensor *grads[3];
-  if (norm_new_grads(node, grads) < 0)
-    return -1;
-  tg_tensor *dx = grads[0], *dw = grads[1], *db = grads[2];
+/* ------------------------------------------------------- kernel tables -- */
+
+/* One signature per kernel, one table per device; tg_group_norm and gn_backward check
+ * and record once, then call the table of x's device. y and stats (may be NULL) are
+ * on x's device, stats in the same layout on every device; in backward, grads[i] is
+ * NULL where input i needs no gradient. */
+typedef struct {
+  int (*forward)(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b, gn_dims d,
+                 double eps, tg_tensor *y, tg_tensor *stats);
+  int (*backward)(const tg_tensor *dy, const tg_tensor *x, const tg_tensor *w,
+                  const tg_tensor *b, const tg_tensor *stats, gn_dims d,
+                  tg_tensor *grads[3]);
+} gn_kernels;
+
+static int gn_forward_cpu_k(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                            gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
+  gn_forward_cpu(x, w, b, d, eps, y, stats ? tg__data(stats) : NULL);
+  return 0;
+}
+
+static int gn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *b, const tg_tensor *saved, gn_dims d,
+                             tg_tensor *grads[3]) {
   size_t n_sums = (size_t)(d.N * d.C * 2);
   double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
   if (!sums)
     return tg__error("%s: out of memory in backward (%zu bytes)", OP,
                      n_sums * sizeof *sums);
-  const norm_stats *stats = tg__data(node->saved[0]);
-  gn_backward_cpu(g, x, w, stats, d, dx, sums);
-  if (dw || db)
-    gn_param_grads(sums, stats, d, dw, db);
+  const norm_stats *stats = tg__data(saved);
+  gn_backward_cpu(g, x, w, b, stats, d, grads[0], sums);
+  if (grads[1] || grads[2])
+    gn_param_grads(sums, stats, d, grads[1], grads[2]);
   free(sums);
+  return 0;
+}
+
+static const gn_kernels tg__gn_cpu = {gn_forward_cpu_k, gn_backward_cpu_k};
+
+#ifdef TG_HAVE_CUDA
+static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
+
+static int gn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                           gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
+  return tg__gn_cuda_forward(x->dtype, tg__data(x), data_or_null(w), data_or_null(b), d.N,
+                             d.C, d.G, d.HW, eps, tg__data(y), data_or_null(stats),
+                             x->device.index);
+}
+
+static int gn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                            const tg_tensor *b, const tg_tensor *stats, gn_dims d,
+                            tg_tensor *grads[3]) {
+  (void)b; /* only the fused ReLU needs it, and it has no CUDA kernel yet */
+  return tg__gn_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
+                              tg__data(stats), d.N, d.C, d.G, d.HW,
+                              data_or_null(grads[0]), data_or_null(grads[1]),
+                              data_or_null(grads[2]), x->device.index);
+}
+
+static const gn_kernels tg__gn_cuda = {gn_forward_cuda, gn_backward_cuda};
+#endif
+
+/* The fused ReLU has a CPU kernel only (issue #13 adds the CUDA one). */
+static const gn_kernels *pick(const char *op, const tg_tensor *x, bool relu) {
+  return tg__pick(op, x, &tg__gn_cpu, relu ? NULL : TG_IF_CUDA(&tg__gn_cuda));
+}
+
+static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0], *w = node->inputs[1], *b = node->inputs[2];
+  gn_dims d = *(const gn_dims *)node->ctx;
+  tg_tensor *grads[3];
+  const gn_kernels *k = pick(node->op, x, d.relu);
+  if (!k || norm_new_grads(node, grads) < 0 ||
+      k->backward(g, x, w, b, node->saved[0], d, grads) < 0)
+    return -1;
   memcpy(gi, grads, sizeof grads);
   return 0;
 }
 
-tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor *weight,
-                         const tg_tensor *bias, double eps) {
-  if (!tg__nonnull(x, OP, "input"))
+static tg_tensor *group_norm(const char *op, const tg_tensor *x, int64_t num_groups,
+                             const tg_tensor *weight, const tg_tensor *bias, double eps,
+                             bool relu) {
+  if (!tg__nonnull(x, op, "input"))
     return NULL;
   gn_dims d;
-  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0)
+  const gn_kernels *k;
+  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0 || !(k = pick(op, x, relu)))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, x), NULL;
+  d.relu = relu;
   const tg_tensor *in[3] = {x, weight, bias};
   tg_tensor *stats = NULL;
   if (tg__should_record(3, in)) {
@@ -219,13 +289,28 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor
     tg_tensor_free(stats);
     return NULL;
   }
-  gn_forward_cpu(x, weight, bias, d, eps, y, stats ? tg__data(stats) : NULL);
+  if (k->forward(x, weight, bias, d, eps, y, stats) < 0) {
+    tg_tensor_free(stats);
+    tg_tensor_free(y);
+    return NULL;
+  }
   tg_node *node;
-  y = tg__finish(OP, y, 3, in, gn_backward, &node);
+  y = tg__finish(op, y, 3, in, gn_backward, &node);
   if (node) {
     tg__save(node, stats);
     *(gn_dims *)tg__ctx(node, sizeof d) = d;
   }
   tg_tensor_free(stats);
   return y;
+}
+
+tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups, const tg_tensor *weight,
+                         const tg_tensor *bias, double eps) {
+  return group_norm(OP, x, num_groups, weight, bias, eps, false);
+}
+
+tg_tensor *tg_group_norm_relu(const tg_tensor *x, int64_t num_groups,
+                              const tg_tensor *weight, const tg_tensor *bias,
+                              double eps) {
+  return group_norm("tg_group_norm_relu", x, num_groups, weight, bias, eps, true);
 }

@@ -180,7 +180,7 @@ static int ln_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   tg_tensor *db = need_b ? tg__new_like(node->inputs[2]) : NULL;
   if ((need_w && !dw) || (need_b && !db))
     return -1;
-  const int nt = tg__threads(2 * x->numel);
+  const int nt = tg__reduce_threads(2 * x->numel); /* per-thread partial sums */
   const size_t n = (size_t)nt * 2 * (size_t)(d.D ? d.D : 1);
   double *acc = calloc(n, sizeof *acc);
   void *part = malloc(n * tg_dtype_size(x->dtype));

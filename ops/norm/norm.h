@@ -75,10 +75,13 @@ static inline void norm_stream_fence(void) {}
            const double *: norm_##name##_d, double *: norm_##name##_d)
 #define norm_moments(x, ...) NORM_PICK(moments, x)(x, __VA_ARGS__)
 #define norm_affine(x, ...) NORM_PICK(affine, x)(x, __VA_ARGS__)
+#define norm_affine_act(x, ...) NORM_PICK(affine_act, x)(x, __VA_ARGS__)
 #define norm_affine_vec(x, ...) NORM_PICK(affine_vec, x)(x, __VA_ARGS__)
 #define norm_grad_sums(dy, ...) NORM_PICK(grad_sums, dy)(dy, __VA_ARGS__)
+#define norm_grad_sums_act(dy, ...) NORM_PICK(grad_sums_act, dy)(dy, __VA_ARGS__)
 #define norm_grad_sums_vec(dy, ...) NORM_PICK(grad_sums_vec, dy)(dy, __VA_ARGS__)
 #define norm_dx(dy, ...) NORM_PICK(dx, dy)(dy, __VA_ARGS__)
+#define norm_dx_act(dy, ...) NORM_PICK(dx_act, dy)(dy, __VA_ARGS__)
 #define norm_dx_vec(dy, ...) NORM_PICK(dx_vec, dy)(dy, __VA_ARGS__)
 
 /* New gradients for the inputs (x, weight, bias) of a normalisation node that need

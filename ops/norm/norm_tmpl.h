@@ -90,27 +90,37 @@ static inline void NK(prefetch)(const T *pf, int64_t n) {
       __builtin_prefetch(pf + i);
 }
 
-/* y = (x - p) * a + b. While it runs, pf (NULL: none) is prefetched: the next segment's
- * input, so reading it from memory overlaps writing this output. With stream, y is
- * written with non-temporal stores (norm.h), through an L1 buffer; the caller fences. */
-static inline void NK(affine)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
-                              T b, const T *pf, bool stream) {
+/* v, or with relu max(v, 0) with NaN kept (as torch.relu). */
+static inline T NK(act)(T v, bool relu) { return relu && v < 0 ? (T)0 : v; }
+
+/* y = act((x - p) * a + b). While it runs, pf (NULL: none) is prefetched: the next
+ * segment's input, so reading it from memory overlaps writing this output. With stream,
+ * y is written with non-temporal stores (norm.h), through an L1 buffer; the caller
+ * fences. */
+static inline void NK(affine_act)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
+                                  T b, const T *pf, bool stream, bool relu) {
   enum { BLOCK = NORM_STREAM_BLOCK };
   int64_t i = 0;
   if (stream)
     for (; i < n && (uintptr_t)(y + i) % NORM_STREAM_ALIGN; i++)
-      y[i] = (x[i] - p) * a + b;
+      y[i] = NK(act)((x[i] - p) * a + b, relu);
   for (; i + BLOCK <= n; i += BLOCK) {
     NK(prefetch)(pf ? pf + i : NULL, BLOCK);
     _Alignas(64) T buf[BLOCK];
     T *out = stream ? buf : y + i;
     for (int64_t j = 0; j < BLOCK; j++)
-      out[j] = (x[i + j] - p) * a + b;
+      out[j] = NK(act)((x[i + j] - p) * a + b, relu);
     if (stream)
       NK(stream)(y + i, buf, BLOCK);
   }
   for (; i < n; i++)
-    y[i] = (x[i] - p) * a + b;
+    y[i] = NK(act)((x[i] - p) * a + b, relu);
+}
+
+/* y = (x - p) * a + b (affine_act without the activation). */
+static inline void NK(affine)(const T *restrict x, T *restrict y, int64_t n, T p, T a,
+                              T b, const T *pf, bool stream) {
+  NK(affine_act)(x, y, n, p, a, b, pf, stream, false);
 }
 
 /* y = ((x - p) * r + s) * gamma + beta, gamma and beta per element. */
@@ -120,24 +130,39 @@ static inline void NK(affine_vec)(const T *restrict x, T *restrict y, int64_t n,
     y[i] = ((x[i] - p) * r + s) * gamma[i] + beta[i];
 }
 
-/* sdy += sum(dy), sdyx += sum(dy * (x - p)). */
-static inline void NK(grad_sums)(const T *dy, const T *x, int64_t n, T p, double *sdy,
-                                 double *sdyx) {
+/* dy, or with relu the gradient through the ReLU that followed y = (x - p) * a + b
+ * (affine_act): dy where y > 0, else 0 (NaN y included, as torch's threshold_backward).
+ * The same expression as affine_act's, so the mask is the forward's exactly. */
+static inline T NK(act_grad)(T dy, T x, T p, T a, T b, bool relu) {
+  return relu && !((x - p) * a + b > 0) ? (T)0 : dy;
+}
+
+/* sdy += sum(g), sdyx += sum(g * (x - p)), g = act_grad(dy, ...). */
+static inline void NK(grad_sums_act)(const T *dy, const T *x, int64_t n, T p, T a, T bb,
+                                     bool relu, double *sdy, double *sdyx) {
   for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
     int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK, i = 0;
     const T *g = dy + i0, *b = x + i0;
     T a1[LANES] = {0}, a2[LANES] = {0};
     for (; i + LANES <= m; i += LANES)
       for (int l = 0; l < LANES; l++) {
-        a1[l] += g[i + l];
-        a2[l] += g[i + l] * (b[i + l] - p);
+        T gi = NK(act_grad)(g[i + l], b[i + l], p, a, bb, relu);
+        a1[l] += gi;
+        a2[l] += gi * (b[i + l] - p);
       }
     for (; i < m; i++) {
-      a1[0] += g[i];
-      a2[0] += g[i] * (b[i] - p);
+      T gi = NK(act_grad)(g[i], b[i], p, a, bb, relu);
+      a1[0] += gi;
+      a2[0] += gi * (b[i] - p);
     }
     NK(merge)(a1, a2, sdy, sdyx);
   }
+}
+
+/* sdy += sum(dy), sdyx += sum(dy * (x - p)). */
+static inline void NK(grad_sums)(const T *dy, const T *x, int64_t n, T p, double *sdy,
+                                 double *sdyx) {
+  NK(grad_sums_act)(dy, x, n, p, 0, 0, false, sdy, sdyx);
 }
 
 /* As grad_sums with dy scaled by gamma per element. */
@@ -162,30 +187,40 @@ static inline void NK(grad_sums_vec)(const T *dy, const T *x, int64_t n, T p,
   }
 }
 
-/* dx = (g * dy - m) * r + c2 * (x - p) + c3. Subtracting the mean m of g*dy before
- * scaling by r keeps the cancellation in the small terms (a one-element group gives
- * exactly 0). pf_dy and pf_x (NULL: none) are prefetched and stream used as in
- * affine. */
-static inline void NK(dx)(const T *restrict dy, const T *restrict x, T *restrict dx,
-                          int64_t n, T p, T g, T m, T r, T c2, T c3, const T *pf_dy,
-                          const T *pf_x, bool stream) {
+/* dx = (g * dy' - m) * r + c2 * (x - p) + c3, dy' = act_grad(dy, x, p, a, bb, relu).
+ * Subtracting the mean m of g*dy' before scaling by r keeps the cancellation in the
+ * small terms (a one-element group gives exactly 0). pf_dy and pf_x (NULL: none) are
+ * prefetched and stream used as in affine. */
+static inline void NK(dx_act)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                              int64_t n, T p, T g, T m, T r, T c2, T c3, const T *pf_dy,
+                              const T *pf_x, bool stream, T a, T bb, bool relu) {
   enum { BLOCK = NORM_STREAM_BLOCK };
   int64_t i = 0;
   if (stream)
     for (; i < n && (uintptr_t)(dx + i) % NORM_STREAM_ALIGN; i++)
-      dx[i] = (g * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+      dx[i] =
+          (g * NK(act_grad)(dy[i], x[i], p, a, bb, relu) - m) * r + c2 * (x[i] - p) + c3;
   for (; i + BLOCK <= n; i += BLOCK) {
     NK(prefetch)(pf_dy ? pf_dy + i : NULL, BLOCK);
     NK(prefetch)(pf_x ? pf_x + i : NULL, BLOCK);
     _Alignas(64) T buf[BLOCK];
     T *out = stream ? buf : dx + i;
     for (int64_t j = 0; j < BLOCK; j++)
-      out[j] = (g * dy[i + j] - m) * r + c2 * (x[i + j] - p) + c3;
+      out[j] = (g * NK(act_grad)(dy[i + j], x[i + j], p, a, bb, relu) - m) * r +
+               c2 * (x[i + j] - p) + c3;
     if (stream)
       NK(stream)(dx + i, buf, BLOCK);
   }
   for (; i < n; i++)
-    dx[i] = (g * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+    dx[i] =
+        (g * NK(act_grad)(dy[i], x[i], p, a, bb, relu) - m) * r + c2 * (x[i] - p) + c3;
+}
+
+/* dx = (g * dy - m) * r + c2 * (x - p) + c3 (dx_act without the activation). */
+static inline void NK(dx)(const T *restrict dy, const T *restrict x, T *restrict dx,
+                          int64_t n, T p, T g, T m, T r, T c2, T c3, const T *pf_dy,
+                          const T *pf_x, bool stream) {
+  NK(dx_act)(dy, x, dx, n, p, g, m, r, c2, c3, pf_dy, pf_x, stream, 0, 0, false);
 }
 
 /* As dx with g per element. */

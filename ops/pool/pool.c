@@ -3,6 +3,7 @@
  * planes in parallel; each backward scatters the output gradient back along the same
  * windows or source indices, PyTorch's formulas throughout. */
 #include "graph/internal.h"
+#include "ops/unbatched.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -410,6 +411,12 @@ static int max_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
 tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
                          const int64_t stride[2], const int64_t padding[2]) {
   const char *op = "tg_max_pool2d";
+  if (x && x->ndim == 3) { /* unbatched [C, H, W] */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y = tg__drop_batch(tg_max_pool2d(xb, kernel, stride, padding));
+    tg_tensor_free(xb);
+    return y;
+  }
   window w;
   int64_t oh, ow;
   if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
@@ -515,6 +522,12 @@ static int avg_pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
 tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
                          const int64_t stride[2], const int64_t padding[2]) {
   const char *op = "tg_avg_pool2d";
+  if (x && x->ndim == 3) { /* unbatched [C, H, W] */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y = tg__drop_batch(tg_avg_pool2d(xb, kernel, stride, padding));
+    tg_tensor_free(xb);
+    return y;
+  }
   window w;
   int64_t oh, ow;
   if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
@@ -552,6 +565,12 @@ static int adaptive_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
 
 tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[2]) {
   const char *op = "tg_adaptive_avg_pool2d";
+  if (x && x->ndim == 3 && x->shape[0] > 0) { /* unbatched [C, H, W] */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y = tg__drop_batch(tg_adaptive_avg_pool2d(xb, output_size));
+    tg_tensor_free(xb);
+    return y;
+  }
   if (check_input(op, x) < 0)
     return NULL;
   if (!output_size)

@@ -1,4 +1,5 @@
 /* Reductions: sum and mean over all or some dims, max/argmax over one dim. */
+#include "reduce.h"
 #include "graph/internal.h"
 
 #include <math.h>
@@ -39,9 +40,25 @@ static int plan_dims(const tg_tensor *t, const int *dims, int n_dims, const char
   return 0;
 }
 
+/* Kernels, one table per device (defined after the CPU kernels). */
+typedef struct {
+  int (*sum)(const tg_tensor *x, const reduce_plan *p, tg_tensor *out);
+  /* x as [outer, r, inner]: first maximum over r; val may be NULL */
+  int (*max)(const tg_tensor *x, int64_t outer, int64_t r, int64_t inner, tg_tensor *idx,
+             tg_tensor *val);
+  /* dx (zeroed) at the maxima = g */
+  int (*max_scatter)(const tg_tensor *g, const tg_tensor *idx, int64_t outer, int64_t r,
+                     int64_t inner, tg_tensor *dx);
+} reduce_kernels;
+static const reduce_kernels tg__reduce_cpu;
+#ifdef TG_HAVE_CUDA
+static const reduce_kernels tg__reduce_cuda;
+#endif
+#define REDUCE_PICK(op, t) tg__pick(op, t, &tg__reduce_cpu, TG_IF_CUDA(&tg__reduce_cuda))
+
 /* out[o] = sum over masked dims of x; out has the keepdim shape. Accumulates in
  * double for float32 so long reductions do not drift. */
-static void sum_kernel(const tg_tensor *x, const reduce_plan *p, tg_tensor *out) {
+static int sum_cpu(const tg_tensor *x, const reduce_plan *p, tg_tensor *out) {
   int nd = x->ndim;
   int64_t ostride[TG_MAX_DIMS], s = 1;
   for (int i = nd - 1; i >= 0; i--) {
@@ -88,6 +105,7 @@ static void sum_kernel(const tg_tensor *x, const reduce_plan *p, tg_tensor *out)
       free(acc);
     }
   });
+  return 0;
 }
 
 typedef struct {
@@ -114,10 +132,9 @@ static tg_tensor *reduce_sum(const tg_tensor *t, const int *dims, int n_dims, bo
                              bool keepdim, bool mean, const char *op) {
   if (!tg__nonnull(t, op, "input"))
     return NULL;
-  if (tg__check_same(op, 1, &t, true) < 0)
+  const reduce_kernels *k;
+  if (tg__check_same(op, 1, &t, true) < 0 || !(k = REDUCE_PICK(op, t)))
     return NULL;
-  if (t->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, t), NULL;
   reduce_plan p;
   int all_dims[TG_MAX_DIMS];
   if (all || n_dims == 0) { /* PyTorch: an empty dim list reduces everything */
@@ -131,7 +148,10 @@ static tg_tensor *reduce_sum(const tg_tensor *t, const int *dims, int n_dims, bo
   tg_tensor *out = tg__new(p.out_shape, t->ndim, t->dtype, t->device);
   if (!out)
     return NULL;
-  sum_kernel(t, &p, out);
+  if (k->sum(t, &p, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   double scale = 1.0;
   if (mean) {
     scale = 1.0 / (double)p.count; /* count 0 gives NaN, as PyTorch's mean of empty */
@@ -174,6 +194,90 @@ tg_tensor *tg_mean_dims(const tg_tensor *t, const int *dims, int n_dims, bool ke
 
 /* ------------------------------------------------------------ max/argmax -- */
 
+static int max_scatter_cpu(const tg_tensor *g, const tg_tensor *idx, int64_t outer,
+                           int64_t r, int64_t inner, tg_tensor *dx) {
+  const int64_t *I = tg__data(idx);
+  TG_DISPATCH_FLOAT(dx->dtype, T, {
+    const T *G = tg__data(g);
+    T *D = tg__data(dx);
+    for (int64_t o = 0; o < outer; o++)
+      for (int64_t k = 0; k < inner; k++)
+        D[(o * r + I[o * inner + k]) * inner + k] = G[o * inner + k];
+  });
+  return 0;
+}
+
+/* The first maximum (NaN wins) of each [o, :, k] slice. */
+static int max_cpu(const tg_tensor *t, int64_t outer, int64_t r, int64_t inner,
+                   tg_tensor *idx, tg_tensor *val) {
+  int64_t *I = tg__data(idx);
+  TG_DISPATCH_FLOAT(t->dtype, T, {
+    const T *X = tg__data(t);
+    T *V = val ? tg__data(val) : NULL;
+    _Pragma(
+        "omp parallel for num_threads(tg__threads(t->numel))") for (int64_t o = 0;
+                                                                    o < outer;
+                                                                    o++) for (int64_t k =
+                                                                                  0;
+                                                                              k < inner;
+                                                                              k++) {
+      const T *p = X + o * r * inner + k;
+      int64_t best = 0;
+      T bv = p[0];
+      for (int64_t j = 1; j < r && !isnan(bv); j++)
+        if (p[j * inner] > bv || isnan(p[j * inner])) {
+          bv = p[j * inner];
+          best = j;
+        }
+      I[o * inner + k] = best;
+      if (V)
+        V[o * inner + k] = bv;
+    }
+  });
+  return 0;
+}
+
+static const reduce_kernels tg__reduce_cpu = {sum_cpu, max_cpu, max_scatter_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int sum_cuda(const tg_tensor *x, const reduce_plan *p, tg_tensor *out) {
+  int64_t kshape[TG_MAX_DIMS], kstride[TG_MAX_DIMS], rshape[TG_MAX_DIMS],
+      rstride[TG_MAX_DIMS], s = 1;
+  int kn = 0, rn = 0;
+  int64_t strides[TG_MAX_DIMS];
+  for (int i = x->ndim - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= x->shape[i];
+  }
+  for (int i = 0; i < x->ndim; i++) {
+    if (p->mask[i]) {
+      rshape[rn] = x->shape[i];
+      rstride[rn++] = strides[i];
+    } else {
+      kshape[kn] = x->shape[i];
+      kstride[kn++] = strides[i];
+    }
+  }
+  return tg__reduce_cuda_sum(x->dtype, tg__data(x), kn, kshape, kstride, rn, rshape,
+                             rstride, out->numel, p->count, tg__data(out),
+                             x->device.index);
+}
+
+static int max_cuda(const tg_tensor *t, int64_t outer, int64_t r, int64_t inner,
+                    tg_tensor *idx, tg_tensor *val) {
+  return tg__reduce_cuda_max(t->dtype, tg__data(t), outer, r, inner, tg__data(idx),
+                             val ? tg__data(val) : NULL, t->device.index);
+}
+
+static int max_scatter_cuda(const tg_tensor *g, const tg_tensor *idx, int64_t outer,
+                            int64_t r, int64_t inner, tg_tensor *dx) {
+  return tg__reduce_cuda_max_scatter(dx->dtype, tg__data(g), tg__data(idx), outer, r,
+                                     inner, tg__data(dx), dx->device.index);
+}
+
+static const reduce_kernels tg__reduce_cuda = {sum_cuda, max_cuda, max_scatter_cuda};
+#endif
+
 /* Gradient flows to the (first) arg max of each slice. */
 static int max_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = n->inputs[0], *idx = n->saved[0];
@@ -183,17 +287,10 @@ static int max_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
     outer *= x->shape[i];
   for (int i = dim + 1; i < x->ndim; i++)
     inner *= x->shape[i];
-  tg_tensor *dx = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
-  if (!dx)
+  const reduce_kernels *k = REDUCE_PICK("tg_max_dim", x);
+  tg_tensor *dx = k ? tg_zeros(x->shape, x->ndim, x->dtype, x->device) : NULL;
+  if (!dx || k->max_scatter(g, idx, outer, r, inner, dx) < 0)
     return -1;
-  const int64_t *I = tg__data(idx);
-  TG_DISPATCH_FLOAT(x->dtype, T, {
-    const T *G = tg__data(g);
-    T *D = tg__data(dx);
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t k = 0; k < inner; k++)
-        D[(o * r + I[o * inner + k]) * inner + k] = G[o * inner + k];
-  });
   gi[0] = dx;
   return 0;
 }
@@ -204,10 +301,9 @@ static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim, tg_tensor 
     *indices = NULL;
   if (!tg__nonnull(t, op, "input"))
     return NULL;
-  if (tg__check_same(op, 1, &t, true) < 0)
+  const reduce_kernels *kt;
+  if (tg__check_same(op, 1, &t, true) < 0 || !(kt = REDUCE_PICK(op, t)))
     return NULL;
-  if (t->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, t), NULL;
   int d = tg__wrap_dim(dim, t->ndim, op);
   if (d < 0)
     return NULL;
@@ -248,30 +344,11 @@ static tg_tensor *max_impl(const tg_tensor *t, int dim, bool keepdim, tg_tensor 
     tg_tensor_free(val);
     return NULL;
   }
-  int64_t *I = tg__data(idx);
-  TG_DISPATCH_FLOAT(t->dtype, T, {
-    const T *X = tg__data(t);
-    T *V = val ? tg__data(val) : NULL;
-    _Pragma(
-        "omp parallel for num_threads(tg__threads(t->numel))") for (int64_t o = 0;
-                                                                    o < outer;
-                                                                    o++) for (int64_t k =
-                                                                                  0;
-                                                                              k < inner;
-                                                                              k++) {
-      const T *p = X + o * r * inner + k;
-      int64_t best = 0;
-      T bv = p[0];
-      for (int64_t j = 1; j < r && !isnan(bv); j++)
-        if (p[j * inner] > bv || isnan(p[j * inner])) {
-          bv = p[j * inner];
-          best = j;
-        }
-      I[o * inner + k] = best;
-      if (V)
-        V[o * inner + k] = bv;
-    }
-  });
+  if (kt->max(t, outer, r, inner, idx, val) < 0) {
+    tg_tensor_free(idx);
+    tg_tensor_free(val);
+    return NULL;
+  }
   if (!want_values)
     return idx;
   tg_node *node;

@@ -1,6 +1,7 @@
 /* Shape ops. Tensors are always contiguous, so reshape-like ops are free aliases of
  * the storage and permute/narrow/cat copy. */
 #include "graph/internal.h"
+#include "runtime/cuda.h"
 
 #include <string.h>
 
@@ -133,16 +134,38 @@ tg_tensor *tg_unsqueeze(const tg_tensor *t, int dim) {
 
 /* ------------------------------------------------------------ permute -- */
 
-/* out[i_0..i_k] = x[i_perm^-1...]: walk out in order, map to x offsets. */
-static void permute_kernel(const tg_tensor *x, const int *perm, tg_tensor *out) {
-  int nd = x->ndim;
-  int64_t xstride[TG_MAX_DIMS], s = 1, ostr[TG_MAX_DIMS];
-  for (int i = nd - 1; i >= 0; i--) {
+/* Kernels, one table per device (defined after the CPU kernels). */
+typedef struct {
+  int (*permute)(const tg_tensor *x, const int *perm, tg_tensor *out);
+  /* dst's [outer, dst_start .. +len, inner] block = src's [outer, src_start .., inner],
+   * the two tensors differing only in `dim` */
+  int (*copy_block)(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
+                    int64_t dst_start, int dim, int64_t len);
+} shape_kernels;
+static const shape_kernels tg__shape_cpu;
+#ifdef TG_HAVE_CUDA
+static const shape_kernels tg__shape_cuda;
+#endif
+#define SHAPE_PICK(op, t) tg__pick(op, t, &tg__shape_cpu, TG_IF_CUDA(&tg__shape_cuda))
+
+/* Strides in elements of x's contiguous layout and, per dim i of out, the stride in x
+ * of out's dim i. */
+static void permute_strides(const tg_tensor *x, const int *perm, int64_t *xstride,
+                            int64_t *ostr) {
+  int64_t s = 1;
+  for (int i = x->ndim - 1; i >= 0; i--) {
     xstride[i] = s;
     s *= x->shape[i];
   }
-  for (int i = 0; i < nd; i++)
-    ostr[i] = xstride[perm[i]]; /* stride in x of out's dim i */
+  for (int i = 0; i < x->ndim; i++)
+    ostr[i] = xstride[perm[i]];
+}
+
+/* out[i_0..i_k] = x[i_perm^-1...]: walk out in order, map to x offsets. */
+static int permute_cpu(const tg_tensor *x, const int *perm, tg_tensor *out) {
+  int nd = x->ndim;
+  int64_t xstride[TG_MAX_DIMS], ostr[TG_MAX_DIMS];
+  permute_strides(x, perm, xstride, ostr);
   size_t es = tg_dtype_size(x->dtype);
   const char *X = tg__data(x);
   char *O = tg__data(out);
@@ -164,6 +187,7 @@ static void permute_kernel(const tg_tensor *x, const int *perm, tg_tensor *out) 
       for (int64_t j = 0; j < inner; j++)
         ((double *)po)[j] = ((const double *)X)[off + j * istride];
   }
+  return 0;
 }
 
 static int permute_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
@@ -198,12 +222,14 @@ tg_tensor *tg_permute(const tg_tensor *t, const int *dims, int ndim) {
     perm[i] = d;
     shape[i] = t->shape[d];
   }
-  if (t->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device("tg_permute", t), NULL;
-  tg_tensor *out = tg__new(shape, ndim, t->dtype, t->device);
+  const shape_kernels *k = SHAPE_PICK("tg_permute", t);
+  tg_tensor *out = k ? tg__new(shape, ndim, t->dtype, t->device) : NULL;
   if (!out)
     return NULL;
-  permute_kernel(t, perm, out);
+  if (k->permute(t, perm, out) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   tg_node *node;
   out = tg__finish("tg_permute", out, 1, &t, permute_backward, &node);
   if (node)
@@ -233,8 +259,8 @@ tg_tensor *tg_contiguous(const tg_tensor *t) { return tg_clone(t); }
 /* ------------------------------------------------------------- narrow & cat -- */
 
 /* Copies a [outer, len, inner] block between tensors that differ only in `dim`. */
-static void copy_block(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
-                       int64_t dst_start, int dim, int64_t len) {
+static int copy_block_cpu(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
+                          int64_t dst_start, int dim, int64_t len) {
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < dim; i++)
     outer *= src->shape[i];
@@ -244,11 +270,45 @@ static void copy_block(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
   const char *S = tg__data(src);
   char *D = tg__data(dst);
   int64_t sd = src->shape[dim], dd = dst->shape[dim];
-#pragma omp parallel for num_threads(tg__threads(outer * len * inner))
+#pragma omp parallel for num_threads(tg__threads(outer *len *inner))
   for (int64_t o = 0; o < outer; o++)
     memcpy(D + (size_t)((o * dd + dst_start) * inner) * es,
            S + (size_t)((o * sd + src_start) * inner) * es, (size_t)(len * inner) * es);
+  return 0;
 }
+
+static const shape_kernels tg__shape_cpu = {permute_cpu, copy_block_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int permute_cuda(const tg_tensor *x, const int *perm, tg_tensor *out) {
+  int64_t xstride[TG_MAX_DIMS], ostr[TG_MAX_DIMS], contiguous[TG_MAX_DIMS], s = 1;
+  permute_strides(x, perm, xstride, ostr);
+  for (int i = out->ndim - 1; i >= 0; i--) {
+    contiguous[i] = s;
+    s *= out->shape[i];
+  }
+  return tg__cuda_strided_copy(tg__data(out), contiguous, 0, tg__data(x), ostr, 0,
+                               out->shape, out->ndim, out->numel, tg_dtype_size(x->dtype),
+                               x->device.index);
+}
+
+static int copy_block_cuda(const tg_tensor *src, int64_t src_start, tg_tensor *dst,
+                           int64_t dst_start, int dim, int64_t len) {
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < dim; i++)
+    outer *= src->shape[i];
+  for (int i = dim + 1; i < src->ndim; i++)
+    inner *= src->shape[i];
+  const int64_t shape[3] = {outer, len, inner};
+  const int64_t ss[3] = {src->shape[dim] * inner, inner, 1};
+  const int64_t ds[3] = {dst->shape[dim] * inner, inner, 1};
+  return tg__cuda_strided_copy(tg__data(dst), ds, dst_start * inner, tg__data(src), ss,
+                               src_start * inner, shape, 3, outer * len * inner,
+                               tg_dtype_size(src->dtype), src->device.index);
+}
+
+static const shape_kernels tg__shape_cuda = {permute_cuda, copy_block_cuda};
+#endif
 
 typedef struct {
   int dim;
@@ -258,10 +318,10 @@ typedef struct {
 static int narrow_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   const narrow_ctx *c = n->ctx;
   const tg_tensor *x = n->inputs[0];
-  tg_tensor *dx = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
-  if (!dx)
+  const shape_kernels *k = SHAPE_PICK("tg_narrow", x);
+  tg_tensor *dx = k ? tg_zeros(x->shape, x->ndim, x->dtype, x->device) : NULL;
+  if (!dx || k->copy_block(g, 0, dx, c->start, c->dim, g->shape[c->dim]) < 0)
     return -1;
-  copy_block(g, 0, dx, c->start, c->dim, g->shape[c->dim]);
   gi[0] = dx;
   return 0;
 }
@@ -285,15 +345,19 @@ tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length)
                      tg_shape_str(t, a, sizeof a)),
            NULL;
   }
-  if (t->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device("tg_narrow", t), NULL;
+  const shape_kernels *k = SHAPE_PICK("tg_narrow", t);
+  if (!k)
+    return NULL;
   int64_t shape[TG_MAX_DIMS];
   memcpy(shape, t->shape, sizeof shape);
   shape[d] = length;
   tg_tensor *out = tg__new(shape, t->ndim, t->dtype, t->device);
   if (!out)
     return NULL;
-  copy_block(t, start, out, 0, d, length);
+  if (k->copy_block(t, start, out, 0, d, length) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   if (!tg__is_float(t->dtype))
     return out;
   tg_node *node;
@@ -309,13 +373,15 @@ tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length)
 static int cat_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   int dim = *(int *)n->ctx;
   int64_t off = 0;
+  const shape_kernels *k = SHAPE_PICK("tg_cat", g);
+  if (!k)
+    return -1;
   for (int i = 0; i < n->n_inputs; i++) {
     const tg_tensor *x = n->inputs[i];
     if (tg__input_needs_grad(n, i)) {
       gi[i] = tg__new(x->shape, x->ndim, x->dtype, x->device);
-      if (!gi[i])
+      if (!gi[i] || k->copy_block(g, off, gi[i], 0, dim, x->shape[dim]) < 0)
         return -1;
-      copy_block(g, off, gi[i], 0, dim, x->shape[dim]);
     }
     off += x->shape[dim];
   }
@@ -358,14 +424,16 @@ tg_tensor *tg_cat(tg_tensor *const *tensors, int n, int dim) {
     }
     shape[d] += t->shape[d];
   }
-  if (first->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device("tg_cat", first), NULL;
-  tg_tensor *out = tg__new(shape, first->ndim, first->dtype, first->device);
+  const shape_kernels *k = SHAPE_PICK("tg_cat", first);
+  tg_tensor *out = k ? tg__new(shape, first->ndim, first->dtype, first->device) : NULL;
   if (!out)
     return NULL;
   int64_t off = 0;
   for (int i = 0; i < n; i++) {
-    copy_block(ts[i], 0, out, off, d, ts[i]->shape[d]);
+    if (k->copy_block(ts[i], 0, out, off, d, ts[i]->shape[d]) < 0) {
+      tg_tensor_free(out);
+      return NULL;
+    }
     off += ts[i]->shape[d];
   }
   if (!tg__is_float(first->dtype))

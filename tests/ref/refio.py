@@ -2,9 +2,11 @@
 
 Format (whitespace separated, read by tests/common.c):
     case NAME
-    tensor LABEL f64|i64 NDIM D0 D1 ...
+    tensor LABEL f64|f32|i64 NDIM D0 D1 ...
     v0 v1 ...
+    note LABEL text to the end of the line
     end
+f32 values are float32-exact and read as float32 (gen_opinfo.py).
 Values are float64 printed with 17 significant digits, so float64 tests can compare
 to ~1e-12.
 """

@@ -1,0 +1,50 @@
+/* Device helpers shared by the .cu files: the stream of a device, launch checks,
+ * warp and block reductions, vector types. Included after runtime/cuda_compat.cuh. */
+#ifndef TG_RUNTIME_CUDA_COMMON_CUH
+#define TG_RUNTIME_CUDA_COMMON_CUH
+
+#include "runtime/cuda.h"
+#include "runtime/cuda_compat.cuh"
+
+#include <stdint.h>
+
+static inline cudaStream_t tg_stream(int device) {
+  return (cudaStream_t)tg__cuda_stream(device);
+}
+
+/* Elementwise grids: 256 threads, grid-stride loops over int64 indices. */
+enum { TG_THREADS = 256 };
+
+/* Sum over the warp of a value every lane holds (all 32 lanes active). */
+template <typename T> __device__ inline T tg_warp_sum(T v) {
+  for (int o = 16; o > 0; o /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets
+ * it. scratch holds 32 values; the call synchronises the block twice. */
+template <typename T> __device__ inline T tg_block_sum(T v, T *scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = (blockDim.x + 31) / 32;
+  v = tg_warp_sum(v);
+  __syncthreads(); /* scratch may still be read by a previous call */
+  if (lane == 0)
+    scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : T(0);
+  return tg_warp_sum(v);
+}
+
+/* 16-byte vectors of T: four floats or two doubles. */
+template <typename T> struct tg_vec;
+template <> struct tg_vec<float> {
+  typedef float4 type;
+  enum { n = 4 };
+};
+template <> struct tg_vec<double> {
+  typedef double2 type;
+  enum { n = 2 };
+};
+
+#endif
