@@ -100,7 +100,9 @@ void tg_scope_begin(void);
  * or -1 when no scope is open. */
 int tg_scope_end(void);
 
-/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device. */
+/* Creation. Each returns a new tensor, or NULL on bad shape/dtype/device, or a value
+ * the dtype cannot hold (as PyTorch: a finite value beyond float32's range, an int64
+ * value or tg_arange end outside int64's); messages name the function called. */
 tg_tensor *tg_tensor_from_data(const void *data, const int64_t *shape, int ndim,
                                tg_dtype dtype, tg_device device);
 tg_tensor *tg_empty(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
@@ -109,11 +111,12 @@ tg_tensor *tg_ones(const int64_t *shape, int ndim, tg_dtype dtype, tg_device dev
 tg_tensor *tg_full(const int64_t *shape, int ndim, double value, tg_dtype dtype,
                    tg_device device);
 tg_tensor *tg_scalar(double value, tg_dtype dtype, tg_device device); /* 0-dim */
-/* [start, end) by step, like torch.arange. */
+/* [start, end) by step, like torch.arange; int64 values are computed exactly. */
 tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
                      tg_device device);
 tg_tensor *tg_rand(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
 tg_tensor *tg_randn(const int64_t *shape, int ndim, tg_dtype dtype, tg_device device);
+/* lo, hi and hi - lo must lie within the dtype's range (PyTorch's uniform_ rules). */
 tg_tensor *tg_uniform(const int64_t *shape, int ndim, double lo, double hi,
                       tg_dtype dtype, tg_device device);
 tg_tensor *tg_zeros_like(const tg_tensor *t);
@@ -173,6 +176,12 @@ tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length)
 tg_tensor *tg_cat(tg_tensor *const *tensors, int n, int dim);
 tg_tensor *tg_contiguous(const tg_tensor *t);
 
+/* ------------------------------------ shape ops: PyTorch's further arguments -- */
+/* squeeze(dims): drops the listed dims that have size 1 (others stay); a dim listed
+ * twice is an error. Shares storage. tg_cat also skips 1-D tensors of size 0 whatever
+ * the others' shapes, PyTorch's legacy rule. */
+tg_tensor *tg_squeeze_dims(const tg_tensor *t, const int *dims, int n_dims);
+
 /* --------------------------------------------------------------- autograd -- */
 
 /* Leaves only (tensors no op produced). Float dtypes only. Returns 0 or -1. */
@@ -201,9 +210,11 @@ void tg_set_detect_anomaly(bool enabled);
 bool tg_is_anomaly_enabled(void);
 
 /* Gradient check: compares the analytic Jacobian of fn with central differences.
- * Inputs that require grad must be float64. fn returns a new reference (any shape).
- * Returns 0 when every element agrees (|a - n| <= atol + rtol*|n|), -1 otherwise with
- * the worst element in tg_last_error(). */
+ * Inputs that require grad must be float64 (leaves or not: fn gets leaves sharing
+ * their storage, so the inputs' own gradients are left untouched). fn returns a new
+ * reference (any shape; an input itself, retained, is fine). Returns 0 when every
+ * element agrees (|a - n| <= atol + rtol*|n|; a NaN in either Jacobian never does),
+ * -1 otherwise with the worst element in tg_last_error(). */
 typedef tg_tensor *(*tg_gradcheck_fn)(tg_tensor *const *inputs, int n_inputs,
                                       void *ctx);
 typedef struct {
@@ -268,6 +279,20 @@ tg_tensor *tg_mean_dims(const tg_tensor *t, const int *dims, int n_dims,
 tg_tensor *tg_max_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
 tg_tensor *tg_argmax(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
 
+/* ------------------------------------ reductions: PyTorch's further ones -- */
+/* Min over dim, values and (when indices is non-NULL) their TG_I64 indices. */
+tg_tensor *tg_min_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
+tg_tensor *tg_argmin(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
+/* Over all elements (an error for an empty t): 0-dim results; argmax/argmin give the
+ * flat index of the first extremum, as PyTorch. */
+tg_tensor *tg_max_all(const tg_tensor *t);
+tg_tensor *tg_min_all(const tg_tensor *t);
+tg_tensor *tg_argmax_all(const tg_tensor *t);
+tg_tensor *tg_argmin_all(const tg_tensor *t);
+/* Max/min over the listed dims (none: all), as torch.amax/amin. */
+tg_tensor *tg_amax(const tg_tensor *t, const int *dims, int n_dims, bool keepdim);
+tg_tensor *tg_amin(const tg_tensor *t, const int *dims, int n_dims, bool keepdim);
+
 /* ---------------------------------------------------------------- matmul -- */
 /* 2-D [m,k]x[k,n], or batched [...,m,k]x[...,k,n] with broadcast batch dims. A 1-D
  * operand acts as a row (a) or column (b) vector whose dim is dropped from the result,
@@ -297,6 +322,47 @@ tg_tensor *tg_mse_loss(const tg_tensor *input, const tg_tensor *target,
 tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
                                                const tg_tensor *target,
                                                tg_reduction reduction);
+
+/* ------------------------------------ losses: PyTorch's further arguments -- */
+/* softmax(t, dim, dtype=...): t converted to dtype (float32 or float64) first. */
+tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
+tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
+/* Options of the _ex losses; weight and pos_weight are borrowed for the call. */
+typedef struct {
+  tg_reduction reduction;
+  int64_t ignore_index;
+  const tg_tensor *weight; /* [C] class weights or NULL */
+} tg_nll_loss_options;
+tg_nll_loss_options tg_nll_loss_options_default(void); /* mean, -100, NULL */
+/* nll_loss(weight=): loss_i = -weight[t_i] * log_probs[i, t_i]; the mean divides by
+ * the sum of the weights of the targets not ignored (NaN when that is 0). */
+tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
+                          const tg_nll_loss_options *options);
+typedef struct {
+  tg_reduction reduction;
+  int64_t ignore_index;    /* index targets only */
+  const tg_tensor *weight; /* [C] class weights or NULL */
+  double label_smoothing;  /* in [0, 1] */
+} tg_cross_entropy_options;
+tg_cross_entropy_options tg_cross_entropy_options_default(void); /* mean, -100, NULL, 0 */
+/* cross_entropy as PyTorch: target int64 class indices (as tg_cross_entropy; the
+ * weighted mean divides by the sum of the targets' weights) or float class
+ * probabilities of the input's shape (the mean divides by the number of positions
+ * N * d1 * ..., and the target gets a gradient too); label_smoothing mixes in the
+ * uniform distribution (1 - s) * target + s / C. */
+tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
+                               const tg_cross_entropy_options *options);
+typedef struct {
+  tg_reduction reduction;
+  const tg_tensor *weight;     /* broadcasts to the input's shape, or NULL */
+  const tg_tensor *pos_weight; /* weight of positive targets, broadcast (e.g. [C]) */
+} tg_bce_with_logits_options;
+tg_bce_with_logits_options tg_bce_with_logits_options_default(void); /* mean */
+/* l = weight * [(1 - t) x + (1 + (pos_weight - 1) t) log(1 + exp(-x))];
+ * differentiable in input, target, weight and pos_weight. */
+tg_tensor *tg_binary_cross_entropy_with_logits_ex(const tg_tensor *input,
+                                                  const tg_tensor *target,
+                                                  const tg_bce_with_logits_options *options);
 
 /* ------------------------------------------------------------ GroupNorm -- */
 /* x [N, C, *] (any number of trailing dims, none included); weight/bias [C] or NULL;
@@ -343,6 +409,24 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]);
 /* align_corners = false. */
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
+
+/* ------------------------------ convolution: PyTorch's further arguments -- */
+/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. */
+typedef enum {
+  TG_PADDING_EXPLICIT = 0, /* the padding field, as tg_conv2d */
+  TG_PADDING_VALID,        /* padding="valid": none */
+  TG_PADDING_SAME,         /* padding="same": output size = input size, stride 1 */
+} tg_padding_mode;
+typedef struct {
+  int64_t stride[2], padding[2], dilation[2]; /* {height, width} */
+  int64_t groups;
+  tg_padding_mode padding_mode;
+} tg_conv2d_options;
+tg_conv2d_options tg_conv2d_options_default(void); /* 1, 0, 1, 1, explicit */
+/* conv2d with PyTorch's string paddings; "same" pads one more at the end when
+ * dilation * (kernel - 1) is odd, as PyTorch. */
+tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
+                        const tg_conv2d_options *options);
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
 /* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
@@ -439,8 +523,8 @@ void tg_varstore_unfreeze(tg_varstore *vs);
  * dangling one creates it); a FIFO, device, directory or socket is refused, as when
  * loading, which never blocks.
  * Loading checks every name, shape and dtype (float64 files load into float32
- * stores and vice versa are rejected) and names what is missing, extra or
- * mismatched. */
+ * stores and vice versa are rejected; tg_varstore_load_ex casts as load_state_dict
+ * does) and names what is missing, extra or mismatched. */
 int tg_varstore_save(const tg_varstore *vs, const char *filename);
 int tg_varstore_load(tg_varstore *vs, const char *filename);
 
@@ -512,12 +596,14 @@ tg_layer_norm_config tg_layer_norm_config_default(void); /* 1e-5, true, 1, 0 */
 tg_module *tg_nn_layer_norm(tg_path *path, const int64_t *normalized_shape, int n_dims,
                             tg_layer_norm_config config);
 
-/* A module around a function of one tensor (tg_relu, a user function...). */
+/* A module around a function of one tensor (tg_relu, a user function...). fn returns a
+ * new reference (x itself, retained, is fine); a NULL without a message gets one. */
 typedef tg_tensor *(*tg_module_fn)(const tg_tensor *x, bool train, void *ctx);
 tg_module *tg_nn_func(tg_varstore *vs, tg_module_fn fn, void *ctx);
 tg_module *tg_nn_relu(tg_varstore *vs);
 /* Runs its modules in order. */
 tg_module *tg_nn_sequential(tg_varstore *vs);
+/* m must belong to seq's var store (which frees both). Returns 0 or -1. */
 int tg_sequential_add(tg_module *seq, tg_module *m);
 
 /* ------------------------------------------------------------- optimizers -- */
@@ -545,7 +631,8 @@ void tg_optimizer_set_lr(tg_optimizer *opt, double lr);
 double tg_optimizer_lr(const tg_optimizer *opt);
 void tg_optimizer_free(tg_optimizer *opt);
 /* Scales the gradients of vs's trainable variables so their total L2 norm is at most
- * max_norm; returns the norm before clipping (negative on error). */
+ * max_norm; returns the norm before clipping (negative on error). A NaN norm makes
+ * every gradient NaN, as PyTorch. */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm);
 
 /* --------------------------------------- in-place detection (harden-core) -- */
@@ -625,7 +712,8 @@ int tg_tensor_dict_set_metadata(tg_tensor_dict *d, const char *key, const char *
 const char *tg_tensor_dict_metadata(const tg_tensor_dict *d, const char *key);
 int tg_tensor_dict_metadata_len(const tg_tensor_dict *d);
 /* Borrowed: the i-th key, and its value in *value. */
-const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i, const char **value);
+const char *tg_tensor_dict_metadata_at(const tg_tensor_dict *d, int i,
+                                       const char **value);
 /* Adds references to vs's variables, named "<prefix><name>" (prefix may be NULL). */
 int tg_varstore_state_dict(const tg_varstore *vs, tg_tensor_dict *d, const char *prefix);
 
@@ -750,7 +838,8 @@ typedef struct {
   int64_t cooldown;
   double min_lr, eps;
 } tg_plateau_config;
-tg_plateau_config tg_plateau_config_default(void); /* min, 0.1, 10, 1e-4, rel, 0, 0, 1e-8 */
+/* min, factor 0.1, patience 10, threshold 1e-4 rel, cooldown 0, min_lr 0, eps 1e-8 */
+tg_plateau_config tg_plateau_config_default(void);
 tg_scheduler *tg_reduce_lr_on_plateau_new(tg_optimizer *opt, tg_plateau_config config);
 /* One step (ReduceLROnPlateau: step_metric with the epoch's metric). 0 or -1. */
 int tg_scheduler_step(tg_scheduler *s);

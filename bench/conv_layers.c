@@ -80,6 +80,14 @@ int main(int argc, char **argv) {
       {1, 64, 64, 56},  {16, 16, 16, 14}, {8, 16, 16, 8},  {8, 32, 32, 8},
       {8, 64, 64, 8},   {8, 64, 64, 4},   {8, 8, 16, 32},
   };
+  {
+    direct_conv probe = {1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1};
+    float px = 1, pw[9] = {0}, py;
+    if (conv_winograd_forward(&probe, &px, pw, false, NULL, &py) < 0) {
+      printf("conv_layers: %s; nothing to compare\n", tg_last_error());
+      return 0;
+    }
+  }
   double load[3];
   getloadavg(load, 3);
   const double gemm = sgemm_gflops();

@@ -4,6 +4,7 @@
  * when the Python of TG_BENCH_PYTHON (default /usr/bin/python3, Debian's) has torch.
  *
  *   bench/group_norm [reps]          (default 15 repetitions per measurement)
+ *   bench/group_norm --device cuda [reps] [--small]     (bench/cuda/group_norm.c)
  *
  * fwd+bwd calls the node's backward directly (what a training step spends in
  * GroupNorm); "api" is forward + tg_backward_ex, which also clones grad_output.
@@ -233,7 +234,11 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   return got == 2 * N_THREADS * N_SHAPES ? 0 : -1;
 }
 
+int tg_bench_group_norm_cuda(int argc, char **argv);
+
 int main(int argc, char **argv) {
+  if (argc > 2 && !strcmp(argv[1], "--device") && !strncmp(argv[2], "cuda", 4))
+    return tg_bench_group_norm_cuda(argc - 3, argv + 3);
   mallopt(M_MMAP_THRESHOLD, 32 << 20); /* the largest value glibc accepts */
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   int reps = argc > 1 ? atoi(argv[1]) : 15;

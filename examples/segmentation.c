@@ -167,30 +167,34 @@ static tg_tensor *batch_targets(const scenes *s, const int64_t *idx, int64_t n,
   return ex_to_device(y, device);
 }
 
-/* Class-weighted mean of the per-pixel cross-entropy, as PyTorch's
+/* Class-weighted mean of the per-pixel cross-entropy, PyTorch's
  * cross_entropy(weight=[1, w, w, w]): sum(w_i * ce_i) / sum(w_i). Weighting the few
  * shape pixels up gets SGD past the plateau where the net finds the shapes but calls
  * them all the same class. */
 static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
                                 const int64_t *idx, int64_t n, double fg_weight,
                                 tg_device device) {
-  tg_tensor *ce =
-      tg_cross_entropy(logits, batch_targets(s, idx, n, device), TG_REDUCTION_NONE, -100);
-  if (fg_weight == 1)
-    return tg_mean(ce);
-  tg_tensor *w = tg_empty(TG_SHAPE(n, SIDE, SIDE), TG_F32, TG_CPU);
-  if (!w)
-    return NULL;
-  float *p = tg_data(w);
+  /* The weighted mean divides by the sum of the pixels' weights; under mpirun the
+   * ranks share the global one (the mean of their sums, as their gradients are
+   * averaged), so that their losses average to the whole batch's. Every rank gets
+   * here, also one whose forward failed. */
   double total = 0;
-  for (int64_t i = 0; i < n; i++)
-    for (int k = 0; k < PIXELS; k++) {
-      p[i * PIXELS + k] = s->labels[idx[i] * PIXELS + k] ? (float)fg_weight : 1.0f;
-      total += p[i * PIXELS + k];
-    }
-  /* Under mpirun the ranks' sums share the global normaliser (the mean of their
-   * totals, as their gradients are averaged), so they average to the global loss. */
-  return tg_div_scalar(tg_sum(tg_mul(ce, ex_to_device(w, device))), ex_dist_mean(total));
+  for (int64_t i = 0; i < n * PIXELS; i++)
+    total += s->labels[idx[i / PIXELS] * PIXELS + i % PIXELS] ? fg_weight : 1;
+  total = ex_dist_mean(total);
+  if (!logits)
+    return NULL;
+  double w[CLASSES];
+  for (int c = 0; c < CLASSES; c++)
+    w[c] = c ? fg_weight : 1;
+  tg_cross_entropy_options o = tg_cross_entropy_options_default();
+  o.weight =
+      ex_to_device(tg_to_dtype(tg_tensor_from_data(w, TG_SHAPE(CLASSES), TG_F64, TG_CPU),
+                               tg_dtype_of(logits)),
+                   device);
+  o.reduction = TG_REDUCTION_SUM;
+  return tg_div_scalar(tg_cross_entropy_ex(logits, batch_targets(s, idx, n, device), &o),
+                       total);
 }
 
 /* ------------------------------------------------------------------ metrics -- */
@@ -438,8 +442,11 @@ int main(int argc, char **argv) {
   bc.seed = ex_hash2((uint64_t)o.seed, 100);
   bc.rank = o.rank; /* each rank its slice of every global batch */
   bc.world = o.world;
-  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch / o.world, bc)) ||
-      scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch / o.world, bc))) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    goto done;
+  }
+  if (scenes_make(&train, train_size, ex_hash2((uint64_t)o.seed, 1)) < 0 ||
       scenes_make(&held, eval_size, ex_hash2(0x5e6e7a11d0u, 2)) < 0)
     goto done;
   if (ex_unet_build(&m, o.device) < 0) {

@@ -244,9 +244,8 @@ static int check_versions(const tg_node *n) {
       return version_error(n, n->inputs[i], n->in_versions[i], what);
     }
   for (int i = 0; i < n->n_saved; i++)
-    if (changed(n->saved[i], n->saved_versions[i])) {
+    if (changed(n->saved[i], n->saved_versions[i]))
       return version_error(n, n->saved[i], n->saved_versions[i], "a tensor saved by");
-    }
   return 0;
 }
 

@@ -53,7 +53,7 @@ static uint32_t be32(const uint8_t *b) {
 static int idx_read(const char *op, const char *path, int want_ndim, const char *kind,
                     int64_t *dims, int *ndim, uint8_t **bytes_out) {
   *bytes_out = NULL;
-  /* Through the library's opener: a FIFO or a device is refused instead of blocking. */
+  /* Through tg_file_open_read: a FIFO or a device is refused instead of blocking. */
   int fd = tg_file_open_read(path, op);
   if (fd < 0)
     return -1;

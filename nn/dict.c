@@ -23,8 +23,41 @@ void tg_tensor_dict_free(tg_tensor_dict *d) {
   for (int i = 0; i < 2 * d->n_meta; i++)
     free(d->meta[i]);
   free(d->items);
+  free(d->slots);
   free(d->meta);
   free(d);
+}
+
+static size_t hash_name(const char *s) { /* FNV-1a */
+  size_t h = 1469598103934665603u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211u;
+  return h;
+}
+
+/* The slot holding name, or the empty slot where it would go. */
+static int *slot_of(const tg_tensor_dict *d, const char *name) {
+  size_t mask = (size_t)d->n_slots - 1, i = hash_name(name) & mask;
+  while (d->slots[i] && strcmp(d->items[d->slots[i] - 1].name, name))
+    i = (i + 1) & mask;
+  return &d->slots[i];
+}
+
+/* Keeps the index at most half full, so lookups stay constant time (files of
+ * 100,000 tensors load in linear time). */
+static int index_grow(tg_tensor_dict *d) {
+  if (2 * (d->n + 1) <= d->n_slots)
+    return 0;
+  int n_slots = d->n_slots ? 2 * d->n_slots : 64;
+  int *slots = calloc((size_t)n_slots, sizeof *slots);
+  if (!slots)
+    return -1;
+  free(d->slots);
+  d->slots = slots;
+  d->n_slots = n_slots;
+  for (int i = 0; i < d->n; i++)
+    *slot_of(d, d->items[i].name) = i + 1;
+  return 0;
 }
 
 char *tg__concat(const char *prefix, const char *name, const char *op) {
@@ -41,10 +74,10 @@ char *tg__concat(const char *prefix, const char *name, const char *op) {
 }
 
 tg__dict_entry *tg__dict_find(const tg_tensor_dict *d, const char *name) {
-  for (int i = 0; i < d->n; i++)
-    if (!strcmp(d->items[i].name, name))
-      return &d->items[i];
-  return NULL;
+  if (!d->n_slots)
+    return NULL;
+  int k = *slot_of(d, name);
+  return k ? &d->items[k - 1] : NULL;
 }
 
 int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char *op) {
@@ -64,9 +97,10 @@ int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char 
     d->items = p;
     d->cap = cap;
   }
-  if (!(copy = strdup(name)))
+  if (index_grow(d) < 0 || !(copy = strdup(name)))
     goto oom;
-  d->items[d->n++] = (tg__dict_entry){copy, t, NULL};
+  d->items[d->n] = (tg__dict_entry){copy, t, NULL};
+  *slot_of(d, copy) = ++d->n;
   return 0;
 oom:
   tg_tensor_free(t);

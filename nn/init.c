@@ -51,12 +51,11 @@ static tg_tensor *randn_init(const int64_t *shape, int ndim, double mean, double
 tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtype dtype,
                            tg_device device, const char *what, const char *op) {
   char buf[TG_SHAPE_STR_LEN], q[TG_QUOTE_LEN];
-  const char *qw = tg__quote(what, q, sizeof q);
   if (tg__check_shape(shape, ndim, dtype, op) < 0)
     return NULL;
   if (!tg__is_float(dtype) && init.kind != TG_INIT_CONST) {
-    tg__error("%s: %s has dtype %s, which only a constant init can fill", op, qw,
-              tg_dtype_name(dtype));
+    tg__error("%s: %s has dtype %s, which only a constant init can fill", op,
+              tg__quote(what, q, sizeof q), tg_dtype_name(dtype));
     return NULL;
   }
   switch (init.kind) {
@@ -66,7 +65,7 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
     if (!(init.a <= init.b) || !isfinite(init.a) || !isfinite(init.b)) {
       tg__error("%s: uniform init of %s expects lo <= hi, both finite, but got "
                 "lo=%g, hi=%g",
-                op, qw, init.a, init.b);
+                op, tg__quote(what, q, sizeof q), init.a, init.b);
       return NULL;
     }
     return tg_uniform(shape, ndim, init.a, init.b, dtype, device);
@@ -74,7 +73,7 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
     if (!(init.b >= 0) || !isfinite(init.a) || !isfinite(init.b)) {
       tg__error("%s: normal init of %s expects a finite mean and std >= 0.0, but got "
                 "mean=%g, std=%g",
-                op, qw, init.a, init.b);
+                op, tg__quote(what, q, sizeof q), init.a, init.b);
       return NULL;
     }
     return randn_init(shape, ndim, init.a, init.b, dtype, device);
@@ -84,13 +83,15 @@ tg_tensor *tg__init_tensor(const int64_t *shape, int ndim, tg_init init, tg_dtyp
       tg__error("%s: Fan in and fan out can not be computed for tensor with fewer than "
                 "2 dimensions: Kaiming init of %s with shape %s (layers initialise "
                 "biases from their weight's fan_in)",
-                op, qw, tg__shape_fmt(shape, ndim, buf, sizeof buf));
+                op, tg__quote(what, q, sizeof q),
+                tg__shape_fmt(shape, ndim, buf, sizeof buf));
       return NULL;
     }
     double bound = fan_in > 0 ? 1.0 / sqrt((double)fan_in) : 0.0;
     return tg_uniform(shape, ndim, -bound, bound, dtype, device);
   }
   }
-  tg__error("%s: unknown init kind %d for %s", op, (int)init.kind, qw);
+  tg__error("%s: unknown init kind %d for %s", op, (int)init.kind,
+            tg__quote(what, q, sizeof q));
   return NULL;
 }

@@ -25,13 +25,25 @@ struct tg_module {
   void (*release)(tg_module *m); /* frees what the layer allocated besides itself */
 };
 
-/* Open-addressing hash index from names to positions in an array (vars, paths):
- * slots hold positions, -1 when empty; cap is 0 or a power of two, at most half
- * full. */
+/* ---- name indexes (name_index.c): names -> positions in an owner's array ---- */
+/* The name of item i of owner (a var store's variable or path...). */
+typedef const char *(*tg__name_at_fn)(const void *owner, int i);
+/* Open addressing: slots hold positions, -1 when empty; cap is 0 or a power of two,
+ * at most half full. Zero-initialise with `at` set. */
 typedef struct {
   int *slots;
   int cap;
+  tg__name_at_fn at;
 } tg__name_index;
+/* Position of the item called name, or -1. */
+int tg__name_find(const tg__name_index *ix, const void *owner, const char *name);
+/* Room for item n (items 0..n-1 indexed), so that tg__name_add cannot fail. */
+int tg__name_reserve(tg__name_index *ix, const void *owner, int n, const char *op);
+/* Indexes item i (its name must not be indexed yet). */
+void tg__name_add(tg__name_index *ix, const void *owner, int i);
+/* Indexes items 0..n-1 afresh, after items were removed (cannot fail). */
+void tg__name_refill(tg__name_index *ix, const void *owner, int n);
+void tg__name_index_free(tg__name_index *ix);
 
 struct tg_varstore {
   tg_device device;
@@ -77,6 +89,8 @@ typedef struct {
 struct tg_tensor_dict {
   tg__dict_entry *items; /* insertion order */
   int n, cap;
+  int *slots; /* hash index of items by name: 1 + index, 0 empty; n_slots a power of 2 */
+  int n_slots;
   char **meta; /* __metadata__: key, value, key, value... in insertion order */
   int n_meta, cap_meta;
 };

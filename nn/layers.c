@@ -494,7 +494,7 @@ typedef struct {
   tg_module **items;
   int n, cap;
   tg_varstore *vs; /* its owner: it holds modules of that store only */
-  tg_path *path; /* tg_nn_sequential_path's: children are named "<path>.<index>" */
+  tg_path *path;   /* tg_nn_sequential_path's: children are named "<path>.<index>" */
 } sequential_module;
 
 /* Each intermediate result is released as soon as the next module has used it (the

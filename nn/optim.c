@@ -525,13 +525,15 @@ static int buffer_of(const tg_tensor *t, const opt_param *p, const char *what,
     return tg__error("%s: %s is %s %s but its parameter is %s %s", op, what,
                      tg_dtype_name(t->dtype), tg_shape_str(t, a, sizeof a),
                      tg_dtype_name(p->param->dtype), tg_shape_str(p->param, b, sizeof b));
-  tg_tensor *c = tg__unscope(tg_empty(t->shape, t->ndim, t->dtype, p->param->device));
-  if (!c || tg_copy_(c, t) < 0) {
-    tg_tensor_free(c);
-    return -1;
-  }
+  /* A copy of its own on the parameter's device (tg_tensor_to would share a CPU
+   * tensor's storage with the dict). */
+  tg_no_grad_begin();
+  tg_tensor *c = tg__unscope(p->param->device.type == TG_DEVICE_CPU
+                                 ? tg_clone(t)
+                                 : tg_tensor_to(t, p->param->device));
+  tg_no_grad_end();
   *out = c;
-  return 0;
+  return c ? 0 : -1;
 }
 
 int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,

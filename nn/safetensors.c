@@ -266,11 +266,12 @@ static int write_job(FILE *f, void *ctx) {
   return write_file(j->order, j->n, j->meta, f, j->filename, j->op);
 }
 
-/* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. */
+/* Writes vars[0..n) and meta's __metadata__ (meta may be NULL) to filename. Names
+ * made by a var store are valid already; a dict's are checked here. */
 static int save_entries(const tg__var *vars, int n, const tg_tensor_dict *meta,
                         const char *filename, const char *op) {
   for (int i = 0; i < n; i++)
-    if (check_utf8(vars[i].name, "variable name", op) < 0)
+    if (check_utf8(vars[i].name, "tensor name", op) < 0)
       return -1;
   for (int i = 0; meta && i < 2 * meta->n_meta; i++)
     if (check_utf8(meta->meta[i], "metadata string", op) < 0)
@@ -838,15 +839,18 @@ static tg_tensor *entry_tensor(const st_entry *e, uint8_t *bytes, const char *op
   const char *dt = st_dtypes[e->dtype].name;
   bool half = !strcmp(dt, "F16"), bf16 = !strcmp(dt, "BF16");
   tg_dtype dtype = !strcmp(dt, "F64") ? TG_F64 : !strcmp(dt, "I64") ? TG_I64 : TG_F32;
+  char qf[TG_QUOTE_LEN], qn[TG_QUOTE_LEN];
   if (!half && !bf16 && strcmp(dt, st_name(dtype))) {
-    tg__error("%s: %s: tensor '%s' has dtype %s, which tapegrad does not hold (it reads "
+    tg__error("%s: %s: tensor %s has dtype %s, which tapegrad does not hold (it reads "
               "F16, BF16, F32, F64 and I64)",
-              op, filename, e->name, dt);
+              op, tg__quote(filename, qf, sizeof qf), tg__quote(e->name, qn, sizeof qn),
+              dt);
     return NULL;
   }
   if (e->ndim > TG_MAX_DIMS) {
-    tg__error("%s: %s: tensor '%s' has %d dimensions, more than the %d tapegrad holds",
-              op, filename, e->name, e->ndim, TG_MAX_DIMS);
+    tg__error("%s: %s: tensor %s has %d dimensions, more than the %d tapegrad holds", op,
+              tg__quote(filename, qf, sizeof qf), tg__quote(e->name, qn, sizeof qn),
+              e->ndim, TG_MAX_DIMS);
     return NULL;
   }
   tg_tensor *t = tg__unscope(tg_empty(e->shape, e->ndim, dtype, TG_CPU));
@@ -1009,10 +1013,11 @@ static int copy_names(const char *const *names, int n, char ***out, const char *
 
 /* Loads d's tensors (named as o selects when filter is set) into vs's variables:
  * matches every variable with its tensor, checks shapes and dtypes, converts what
- * needs it, and only then writes. `source` names d in messages. */
+ * needs it, and only then writes. filename names d's file in messages (NULL: d came
+ * from memory). */
 static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options *o,
                  bool filter, tg_load_report *report, const char *op,
-                 const char *source) {
+                 const char *filename) {
   int nv = vs->n_vars, rc = 0;
   int *match = malloc((size_t)(nv > 0 ? nv : 1) * sizeof *match);
   bool *used = calloc((size_t)(d->n > 0 ? d->n : 1), sizeof *used);
@@ -1079,7 +1084,9 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
       len += (size_t)snprintf(msg + len, sizeof msg - len, "%s%s%s", len ? "; " : " ",
                               titles[k], lists[k]->text);
     }
-    rc = tg__error("%s: %s does not match the var store:%s", op, source, msg);
+    char q[TG_QUOTE_LEN];
+    rc = tg__error("%s: %s does not match the var store:%s", op,
+                   filename ? tg__quote(filename, q, sizeof q) : "the tensor dict", msg);
     goto done;
   }
   /* Conversions first (they allocate), so a failure changes no variable. */
@@ -1147,7 +1154,7 @@ int tg_varstore_load_dict(tg_varstore *vs, const tg_tensor_dict *d,
   if (!vs || !d)
     return tg__error("%s: argument '%s' is NULL", op, vs ? "d" : "vs");
   tg_load_options defaults = tg_load_options_default();
-  return apply(vs, d, o ? o : &defaults, true, report, op, "the tensor dict");
+  return apply(vs, d, o ? o : &defaults, true, report, op, NULL);
 }
 
 tg_tensor_dict *tg_load_tensors(const char *filename, const tg_load_options *o) {

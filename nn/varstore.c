@@ -49,63 +49,11 @@ static int check_component(const char *name, const char *op) {
   return 0;
 }
 
-/* ------------------------------------------------------- name indexes -- */
-
-typedef const char *(*name_at_fn)(const tg_varstore *vs, int i);
-static const char *var_name(const tg_varstore *vs, int i) { return vs->vars[i].name; }
-static const char *path_name(const tg_varstore *vs, int i) {
-  return vs->paths[i]->prefix;
+static const char *var_name(const void *vs, int i) {
+  return ((const tg_varstore *)vs)->vars[i].name;
 }
-
-static size_t hash_name(const char *s) { /* FNV-1a */
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-  return (size_t)(h ^ h >> 32);
-}
-
-/* The slot holding name, or the empty slot where it would go (ix->cap > 0). */
-static size_t slot_of(const tg_varstore *vs, const tg__name_index *ix, name_at_fn at,
-                      const char *name) {
-  size_t mask = (size_t)ix->cap - 1, h = hash_name(name) & mask;
-  while (ix->slots[h] >= 0 && strcmp(at(vs, ix->slots[h]), name))
-    h = (h + 1) & mask;
-  return h;
-}
-
-/* Position of the item called name, or -1. */
-static int index_find(const tg_varstore *vs, const tg__name_index *ix, name_at_fn at,
-                      const char *name) {
-  return ix->cap ? ix->slots[slot_of(vs, ix, at, name)] : -1;
-}
-
-/* Rebuilds ix over items 0..n-1 with room for `room` items at most half full. */
-static int index_rebuild(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int n,
-                         int room, const char *op) {
-  int cap = 64;
-  while (cap < 2 * room)
-    cap *= 2;
-  int *slots = malloc((size_t)cap * sizeof *slots);
-  if (!slots)
-    return tg__error("%s: out of memory", op);
-  for (int i = 0; i < cap; i++)
-    slots[i] = -1;
-  free(ix->slots);
-  ix->slots = slots;
-  ix->cap = cap;
-  for (int i = 0; i < n; i++)
-    ix->slots[slot_of(vs, ix, at, at(vs, i))] = i;
-  return 0;
-}
-
-/* Room in ix for item n (items 0..n-1 indexed), so that index_add cannot fail. */
-static int index_reserve(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int n,
-                         const char *op) {
-  return 2 * (n + 1) <= ix->cap ? 0 : index_rebuild(vs, ix, at, n, 2 * (n + 1), op);
-}
-
-static void index_add(const tg_varstore *vs, tg__name_index *ix, name_at_fn at, int i) {
-  ix->slots[slot_of(vs, ix, at, at(vs, i))] = i;
+static const char *path_name(const void *vs, int i) {
+  return ((const tg_varstore *)vs)->paths[i]->prefix;
 }
 
 static char *join(const char *prefix, const char *name) {
@@ -126,7 +74,7 @@ static char *join(const char *prefix, const char *name) {
 static tg_path *path_new(tg_varstore *vs, const char *prefix, const char *op) {
   if (reserve((void **)&vs->paths, &vs->cap_paths, vs->n_paths, sizeof *vs->paths, op) <
           0 ||
-      index_reserve(vs, &vs->path_index, path_name, vs->n_paths, op) < 0)
+      tg__name_reserve(&vs->path_index, vs, vs->n_paths, op) < 0)
     return NULL;
   tg_path *p = malloc(sizeof *p);
   char *copy = strdup(prefix);
@@ -139,7 +87,7 @@ static tg_path *path_new(tg_varstore *vs, const char *prefix, const char *op) {
   p->vs = vs;
   p->prefix = copy;
   vs->paths[vs->n_paths++] = p;
-  index_add(vs, &vs->path_index, path_name, vs->n_paths - 1);
+  tg__name_add(&vs->path_index, vs, vs->n_paths - 1);
   return p;
 }
 
@@ -158,9 +106,11 @@ tg_varstore *tg_varstore_new(tg_device device) {
   }
   vs->device = device;
   vs->dtype = TG_F32;
+  vs->var_index.at = var_name;
+  vs->path_index.at = path_name;
   if (!path_new(vs, "", "tg_varstore_new")) { /* the root is paths[0] */
     free(vs->paths);
-    free(vs->path_index.slots);
+    tg__name_index_free(&vs->path_index);
     free(vs);
     return NULL;
   }
@@ -184,8 +134,8 @@ void tg_varstore_free(tg_varstore *vs) {
   free(vs->modules);
   free(vs->vars);
   free(vs->paths);
-  free(vs->var_index.slots);
-  free(vs->path_index.slots);
+  tg__name_index_free(&vs->var_index);
+  tg__name_index_free(&vs->path_index);
   free(vs);
 }
 
@@ -199,10 +149,7 @@ void tg__varstore_truncate(tg_varstore *vs, int mark) {
   }
   /* Linear probing has no cheap removal, and failed constructors are rare: the index
    * is refilled in place (it keeps its size, so this cannot fail). */
-  for (int i = 0; i < vs->var_index.cap; i++)
-    vs->var_index.slots[i] = -1;
-  for (int i = 0; i < vs->n_vars; i++)
-    index_add(vs, &vs->var_index, var_name, i);
+  tg__name_refill(&vs->var_index, vs, vs->n_vars);
 }
 
 tg_device tg_varstore_device(const tg_varstore *vs) { return vs ? vs->device : TG_CPU; }
@@ -223,7 +170,7 @@ tg_path *tg_path_sub(tg_path *path, const char *name) {
     tg__error("tg_path_sub: out of memory");
     return NULL;
   }
-  int i = index_find(vs, &vs->path_index, path_name, full);
+  int i = tg__name_find(&vs->path_index, vs, full);
   tg_path *p = i >= 0 ? vs->paths[i] /* the same name gives the same path */
                       : path_new(vs, full, "tg_path_sub");
   free(full);
@@ -249,7 +196,7 @@ tg_tensor *tg_varstore_var(const tg_varstore *vs, int i, const char **name) {
 }
 
 int tg__varstore_find(const tg_varstore *vs, const char *name) {
-  return index_find(vs, &vs->var_index, var_name, name);
+  return tg__name_find(&vs->var_index, vs, name);
 }
 
 tg_tensor *tg_varstore_get(const tg_varstore *vs, const char *name) {
@@ -352,13 +299,13 @@ tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape
               op);
     goto fail;
   }
-  if (index_find(vs, &vs->var_index, var_name, full) >= 0) {
+  if (tg__name_find(&vs->var_index, vs, full) >= 0) {
     tg__error("%s: a variable named %s already exists in the var store", op,
               tg__quote(full, q, sizeof q));
     goto fail;
   }
   if (reserve((void **)&vs->vars, &vs->cap_vars, vs->n_vars, sizeof *vs->vars, op) < 0 ||
-      index_reserve(vs, &vs->var_index, var_name, vs->n_vars, op) < 0)
+      tg__name_reserve(&vs->var_index, vs, vs->n_vars, op) < 0)
     goto fail;
   t = tg__init_tensor(shape, ndim, init, dtype, vs->device, full, op);
   if (!t)
@@ -366,7 +313,7 @@ tg_tensor *tg__path_var_ex(tg_path *path, const char *name, const int64_t *shape
   tg__unscope(t);
   t->requires_grad = trainable;
   vs->vars[vs->n_vars++] = (tg__var){full, t, trainable};
-  index_add(vs, &vs->var_index, var_name, vs->n_vars - 1);
+  tg__name_add(&vs->var_index, vs, vs->n_vars - 1);
   return t;
 fail:
   free(full);

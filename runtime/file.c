@@ -231,7 +231,7 @@ static int link_unnamed(const target *t, int fd, char name[TMP_NAME_LEN + 1]) {
 /* Removes dead writers' temporaries: unlocked and not touched for a minute (a writer
  * locks its temporary right after creating it, so a younger one may be in between). */
 static void remove_stale(const target *t) {
-  int fd = dup(t->dirfd);
+  int fd = fcntl(t->dirfd, F_DUPFD_CLOEXEC, 0);
   DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
   if (!d) {
     if (fd >= 0)
@@ -276,7 +276,9 @@ static int write_once(const char *path, const char *op, const target *t, bool un
     return tg__error("%s: cannot create a temporary file in %s to save %s: %s", op,
                      tg__quote(t->dir, qd, sizeof qd), tg__quote(path, q, sizeof q),
                      strerror(errno));
-  int rc = 0, wfd = dup(fd);
+  /* Close-on-exec, as every descriptor here: a child exec'ed meanwhile by another
+   * thread must not inherit the temporary, nor its lock. */
+  int rc = 0, wfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   FILE *f = wfd >= 0 ? fdopen(wfd, "wb") : NULL;
   if (!f) {
     if (wfd >= 0)

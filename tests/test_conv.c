@@ -406,10 +406,11 @@ static void test_errors(void **state) {
   tg_tensor *b5 = tg_randn(TG_SHAPE(5), TG_F32, TG_CPU);
   assert_error(tg_conv2d(x4, w4, b5, one, zero, one, 4) == NULL,
                "expected bias to be 1-dimensional with 4 elements", "[5]");
-  tg_tensor *x3d = tg_randn(TG_SHAPE(4, 5, 5), TG_F32, TG_CPU);
-  assert_error(tg_conv2d(x3d, w4, NULL, one, zero, one, 4) == NULL,
+  tg_tensor *x2d = tg_randn(TG_SHAPE(5, 5), TG_F32, TG_CPU); /* [C, H, W] is unbatched */
+  assert_error(tg_conv2d(x2d, w4, NULL, one, zero, one, 4) == NULL,
                "Expected 4-dimensional input for 4-dimensional weight [4, 1, 3, 3], but "
-               "got 3-dimensional input of size [4, 5, 5] instead");
+               "got 2-dimensional input of size [5, 5] instead");
+  tg_tensor *x3d = tg_randn(TG_SHAPE(4, 5, 5), TG_F32, TG_CPU);
   assert_error(tg_conv2d(x4, x3d, NULL, one, zero, one, 1) == NULL,
                "expected a 4-dimensional weight", "[4, 5, 5]");
   tg_tensor *w64 = tg_randn(TG_SHAPE(4, 4, 3, 3), TG_F64, TG_CPU);

@@ -106,6 +106,43 @@ static void test_unet(void **state) {
   check_net(UNET);
 }
 
+/* Convolutions off the direct and Winograd kernels (float64, stride 2, groups, a
+ * transposed one) take im2col + GEMM, whose weight gradient also sums per part. */
+static void test_im2col_convs(void **state) {
+  (void)state;
+  tg_set_deterministic(true);
+  int saved = tg_get_num_threads();
+  const int64_t s2[2] = {2, 2}, p1[2] = {1, 1}, op[2] = {1, 1};
+  double *ref[2] = {NULL, NULL};
+  for (int t = 1; t <= 3; t++) {
+    tg_set_num_threads(t);
+    tg_manual_seed(3);
+    tg_scope_begin();
+    tg_tensor *x = rand_leaf(TG_SHAPE(3, 6, 21, 19), TG_F64);
+    tg_tensor *w = rand_leaf(TG_SHAPE(8, 3, 3, 3), TG_F64);
+    tg_tensor *wt = rand_leaf(TG_SHAPE(6, 4, 3, 3), TG_F64);
+    tg_tensor *y = tg_conv2d(x, w, NULL, s2, p1, NULL, 2);
+    tg_tensor *z = tg_conv_transpose2d(x, wt, NULL, s2, p1, op, NULL, 2);
+    assert_ok(y && z);
+    assert_ok(tg_backward(tg_add(tg_sum(tg_mul(y, y)), tg_sum(tg_mul(z, z)))) == 0);
+    tg_tensor *g[2] = {tg_grad(w), tg_grad(wt)};
+    for (int k = 0; k < 2; k++) {
+      const size_t bytes = (size_t)tg_numel(g[k]) * sizeof(double);
+      if (t == 1) {
+        ref[k] = malloc(bytes);
+        memcpy(ref[k], tg_data(g[k]), bytes);
+      } else if (memcmp(ref[k], tg_data(g[k]), bytes)) {
+        fail_msg("%s weight gradient on %d threads differs from 1 thread",
+                 k ? "conv_transpose2d" : "conv2d", t);
+      }
+    }
+    assert_int_equal(tg_scope_end(), 0);
+  }
+  free(ref[0]);
+  free(ref[1]);
+  tg_set_num_threads(saved);
+}
+
 /* The switch itself; TG_DETERMINISTIC=1 is read when it was never set. */
 static void test_switch(void **state) {
   (void)state;
@@ -120,6 +157,7 @@ int main(void) {
       cmocka_unit_test(test_switch),
       cmocka_unit_test(test_convnet),
       cmocka_unit_test(test_unet),
+      cmocka_unit_test(test_im2col_convs),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

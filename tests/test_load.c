@@ -273,6 +273,32 @@ static void test_save_load_tensors(void **state) {
   assert_ok(back);
   assert_int_equal(tg_tensor_dict_len(back), 1);
   tg_tensor_dict_free(back);
+  /* More dimensions than a tensor holds: an error naming the tensor. */
+  const char deep[] = "{\"d\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+                      "\"data_offsets\":[0,4]}}";
+  hl = (sizeof deep - 1 + 7) / 8 * 8;
+  memset(file, 0, sizeof file);
+  file[0] = (uint8_t)hl;
+  memset(file + 8, ' ', hl);
+  memcpy(file + 8, deep, sizeof deep - 1);
+  fp = fopen(tmp_path("deep.safetensors"), "wb");
+  fwrite(file, 1, 8 + hl + 4, fp);
+  fclose(fp);
+  assert_error(!tg_load_tensors(tmp_path("deep.safetensors"), NULL),
+               "tensor 'd' has 9 dimensions, more than the 8 tapegrad holds");
+  /* int64 tensors load into int64 variables only, casts or not. */
+  tg_varstore *ints = tg_varstore_new(TG_CPU);
+  tg_path_var(tg_varstore_root(ints), "opt", TG_SHAPE(2, 3), tg_init_const(0));
+  o = tg_load_options_default();
+  o.strict = false;
+  tg_tensor_dict *just_b = tg_tensor_dict_new();
+  tg_tensor *b23 = tg_zeros(TG_SHAPE(2, 3), TG_I64, TG_CPU);
+  assert_ok(tg_tensor_dict_set(just_b, "opt", b23) == 0);
+  assert_error(tg_varstore_load_dict(ints, just_b, &o, NULL) < 0,
+               "opt (file I64 [2, 3], store F32 [2, 3])");
+  tg_tensor_free(b23);
+  tg_tensor_dict_free(just_b);
+  tg_varstore_free(ints);
 
   assert_error(tg_save_tensors(NULL, path) < 0, "'d' is NULL");
   assert_error(tg_tensor_dict_set(d, "x", NULL) < 0, "'t' is NULL");

@@ -224,9 +224,53 @@ RUNNER(max_dim) {
                     values_only ? NULL : out1_slot(S));
 }
 
+RUNNER(min_dim) {
+  UNUSED_ARGS;
+  bool values_only = ref_note(S->f, S->name, "s_values_only") != NULL;
+  return tg_min_dim(x[0], (int)pi(S, "dim"), pi(S, "keepdim"),
+                    values_only ? NULL : out1_slot(S));
+}
+
+RUNNER(max_all) {
+  UNUSED_ARGS;
+  return tg_max_all(x[0]);
+}
+
+RUNNER(min_all) {
+  UNUSED_ARGS;
+  return tg_min_all(x[0]);
+}
+
+RUNNER(amax_dims) {
+  UNUSED_ARGS;
+  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
+  return tg_amax(x[0], d, nd, pi(S, "keepdim"));
+}
+
+RUNNER(amin_dims) {
+  UNUSED_ARGS;
+  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
+  return tg_amin(x[0], d, nd, pi(S, "keepdim"));
+}
+
+/* Over all elements, keepdim gives ones of the input's rank. */
+static tg_tensor *arg_all(tg_tensor *r, const tg_tensor *t, bool keepdim) {
+  int64_t ones[TG_MAX_DIMS] = {1, 1, 1, 1, 1, 1, 1, 1};
+  return keepdim && r ? tg_reshape(r, ones, tg_ndim(t)) : r;
+}
+
 RUNNER(argmax) {
   UNUSED_ARGS;
+  if (!has_p(S, "dim"))
+    return arg_all(tg_argmax_all(x[0]), x[0], pi(S, "keepdim"));
   return tg_argmax(x[0], (int)pi(S, "dim"), pi(S, "keepdim"));
+}
+
+RUNNER(argmin) {
+  UNUSED_ARGS;
+  if (!has_p(S, "dim"))
+    return arg_all(tg_argmin_all(x[0]), x[0], pi(S, "keepdim"));
+  return tg_argmin(x[0], (int)pi(S, "dim"), pi(S, "keepdim"));
 }
 
 RUNNER(matmul) {
@@ -239,24 +283,47 @@ RUNNER(linear) {
   return tg_linear(x[0], x[1], n > 2 ? x[2] : NULL);
 }
 
+/* The output dtype asked for, or -1 for none. */
+static int out_dtype(sample *s) {
+  const char *d = ref_note(s->f, s->name, "s_dtype");
+  return !d ? -1 : !strcmp(d, "f64") ? TG_F64 : TG_F32;
+}
+
 RUNNER(softmax) {
   UNUSED_ARGS;
-  return tg_softmax(x[0], (int)pi(S, "dim"));
+  int dt = out_dtype(S);
+  return dt < 0 ? tg_softmax(x[0], (int)pi(S, "dim"))
+                : tg_softmax_ex(x[0], (int)pi(S, "dim"), (tg_dtype)dt);
 }
 
 RUNNER(log_softmax) {
   UNUSED_ARGS;
-  return tg_log_softmax(x[0], (int)pi(S, "dim"));
+  int dt = out_dtype(S);
+  return dt < 0 ? tg_log_softmax(x[0], (int)pi(S, "dim"))
+                : tg_log_softmax_ex(x[0], (int)pi(S, "dim"), (tg_dtype)dt);
 }
+
+static tg_tensor *opt(tg_tensor *const *x, int n, int i) { return i < n ? x[i] : NULL; }
 
 RUNNER(cross_entropy) {
   UNUSED_ARGS;
-  return tg_cross_entropy(x[0], x[1], (tg_reduction)pi(S, "reduction"), pi(S, "ignore"));
+  tg_cross_entropy_options o = tg_cross_entropy_options_default();
+  o.reduction = (tg_reduction)pi(S, "reduction");
+  o.ignore_index = pi(S, "ignore");
+  o.weight = opt(x, n, 2);
+  o.label_smoothing = pf(S, "smoothing");
+  if (!o.weight && !o.label_smoothing && tg_dtype_of(x[1]) == TG_I64)
+    return tg_cross_entropy(x[0], x[1], o.reduction, o.ignore_index);
+  return tg_cross_entropy_ex(x[0], x[1], &o);
 }
 
 RUNNER(nll_loss) {
   UNUSED_ARGS;
-  return tg_nll_loss(x[0], x[1], (tg_reduction)pi(S, "reduction"), pi(S, "ignore"));
+  tg_nll_loss_options o = {(tg_reduction)pi(S, "reduction"), pi(S, "ignore"),
+                           opt(x, n, 2)};
+  if (!o.weight)
+    return tg_nll_loss(x[0], x[1], o.reduction, o.ignore_index);
+  return tg_nll_loss_ex(x[0], x[1], &o);
 }
 
 RUNNER(mse_loss) {
@@ -266,11 +333,12 @@ RUNNER(mse_loss) {
 
 RUNNER(bce_with_logits) {
   UNUSED_ARGS;
-  return tg_binary_cross_entropy_with_logits(x[0], x[1],
-                                             (tg_reduction)pi(S, "reduction"));
+  tg_bce_with_logits_options o = {(tg_reduction)pi(S, "reduction"), opt(x, n, 2),
+                                  opt(x, n, 3)};
+  if (!o.weight && !o.pos_weight)
+    return tg_binary_cross_entropy_with_logits(x[0], x[1], o.reduction);
+  return tg_binary_cross_entropy_with_logits_ex(x[0], x[1], &o);
 }
-
-static tg_tensor *opt(tg_tensor *const *x, int n, int i) { return i < n ? x[i] : NULL; }
 
 RUNNER(group_norm) {
   UNUSED_ARGS;
@@ -292,11 +360,17 @@ RUNNER(layer_norm) {
 
 RUNNER(conv2d) {
   UNUSED_ARGS;
-  int64_t st[2], pad[2], dil[2];
-  pv(S, "stride", st, 2);
-  pv(S, "padding", pad, 2);
-  pv(S, "dilation", dil, 2);
-  return tg_conv2d(x[0], x[1], opt(x, n, 2), st, pad, dil, pi(S, "groups"));
+  tg_conv2d_options o = tg_conv2d_options_default();
+  pv(S, "stride", o.stride, 2);
+  pv(S, "dilation", o.dilation, 2);
+  o.groups = pi(S, "groups");
+  const char *mode = ref_note(S->f, S->name, "s_padding");
+  if (!mode) {
+    pv(S, "padding", o.padding, 2);
+    return tg_conv2d(x[0], x[1], opt(x, n, 2), o.stride, o.padding, o.dilation, o.groups);
+  }
+  o.padding_mode = !strcmp(mode, "same") ? TG_PADDING_SAME : TG_PADDING_VALID;
+  return tg_conv2d_ex(x[0], x[1], opt(x, n, 2), &o);
 }
 
 RUNNER(conv_transpose2d) {
@@ -396,6 +470,12 @@ RUNNER(flatten) {
 RUNNER(squeeze) {
   UNUSED_ARGS;
   return tg_squeeze(x[0], (int)pi(S, "dim"));
+}
+
+RUNNER(squeeze_dims) {
+  UNUSED_ARGS;
+  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
+  return tg_squeeze_dims(x[0], d, nd);
 }
 
 RUNNER(squeeze_all) {
@@ -498,6 +578,20 @@ static const op_row ops[] = {
     ROW(pow),
     ROW(gelu_ex),
     ROW(rpow_scalar),
+    ROW(min_dim),
+    ROW(max_all),
+    ROW(min_all),
+    ROW(amax_dims),
+    ROW(amin_dims),
+    ROW(argmin),
+    ROW(squeeze_dims),
+    ROW(min_dim),
+    ROW(max_all),
+    ROW(min_all),
+    ROW(amax_dims),
+    ROW(amin_dims),
+    ROW(argmin),
+    ROW(squeeze_dims),
 };
 
 static const op_row *find_op(const char *key) {
@@ -580,6 +674,34 @@ static bool check(sample *s, const tg_tensor *a, const char *label, char *why,
 }
 
 /* --------------------------------------------------------------- replay -- */
+
+/* tg_gradcheck takes no NULL inputs: it sees the tensors given, the runner all. */
+typedef struct {
+  sample *s;
+  const op_row *row;
+  int n, pos[MAX_IN]; /* positions of the gradchecked tensors among the runner's */
+} packed_call;
+
+static tg_tensor *packed_fn(tg_tensor *const *in, int n, void *ctx) {
+  const packed_call *p = ctx;
+  tg_tensor *x[MAX_IN] = {0};
+  for (int i = 0; i < n; i++)
+    x[p->pos[i]] = in[i];
+  return p->row->fn(x, p->n, p->s);
+}
+
+static int gradcheck_sample(sample *s, const op_row *row, tg_tensor *const *leaves,
+                            int n) {
+  packed_call p = {s, row, n, {0}};
+  tg_tensor *in[MAX_IN];
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (leaves[i]) {
+      p.pos[m] = i;
+      in[m++] = leaves[i];
+    }
+  return tg_gradcheck(packed_fn, &p, in, m, NULL);
+}
 
 /* Whether an index tensor [..., h, w] repeats an index within a plane. */
 static bool has_duplicates(const tg_tensor *idx) {
@@ -669,7 +791,7 @@ static outcome replay(sample *s, const op_row *row, tg_device dev, char *why,
     goto done;
   }
   if (ref_has(s->f, s->name, "dy")) {
-    tg_tensor *dy = ref_get(s->f, s->name, "dy", s->dtype);
+    tg_tensor *dy = ref_get(s->f, s->name, "dy", tg_dtype_of(out)); /* softmax dtype= */
     tg_tensor *dyd = tg_tensor_to(dy, dev);
     if (tg_backward_ex(out, dyd, false) < 0) {
       snprintf(why, len, "backward failed: %s", tg_last_error());
@@ -687,7 +809,7 @@ static outcome replay(sample *s, const op_row *row, tg_device dev, char *why,
     }
     if (s->dtype == TG_F64 && dev.type == TG_DEVICE_CPU && gradcheckable(s, leaves, n)) {
       s->gradchecked = s->gradchecking = true;
-      int rc = tg_gradcheck(row->fn, s, leaves, n, NULL);
+      int rc = gradcheck_sample(s, row, leaves, n);
       s->gradchecking = false;
       if (rc < 0) {
         snprintf(why, len, "float64 gradcheck: %s", tg_last_error());

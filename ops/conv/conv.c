@@ -24,6 +24,7 @@
 #include "graph/internal.h"
 #include "ops/conv/direct.h"
 #include "ops/conv/winograd.h"
+#include "ops/unbatched.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -250,9 +251,13 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int64_t cfg = p->cf / p->groups, rows = kg * p->groups, img = g->c * g->h * g->w;
   const int64_t dw_n = p->cf * kg;
   const bool direct = geom_is_identity(g);
-  int nt = tg__threads(p->n * p->cf * L * kg);
+  /* nt pieces of work: the threads, or with dw the parts of its sum (each summed on one
+   * thread into its own partial dw, added in part order): tg__reduce_parts makes the
+   * result independent of the threads in deterministic mode. */
+  const int64_t work = p->n * p->cf * L * kg;
+  int nt = dw ? tg__reduce_parts(work) : tg__threads(work);
   /* Blocks of equal size, at most COL_BLOCK_BYTES of columns, and enough of them for
-   * every thread when the batch is small. */
+   * every piece when the batch is small. */
   int64_t blk = clamp64((int64_t)(COL_BLOCK_BYTES / ((size_t)rows * es + 1)), g->ow, L);
   int64_t nblk = L ? ceil_div(L, blk) : 0;
   if (p->n > 0 && p->n * nblk < nt)
@@ -262,47 +267,51 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int64_t items = p->n * nblk;
   if (items < nt)
     nt = items > 0 ? (int)items : 1;
+  const int nth = tg__threads(work) < nt ? tg__threads(work) : nt;
   size_t col_bytes = direct ? 0 : round_up((size_t)(rows * blk) * es);
   size_t dw_bytes = dw ? round_up((size_t)dw_n * es) : 0;
   char *buf =
-      conv_workspace_get((size_t)nt * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
+      conv_workspace_get((size_t)nth * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
   if (!buf)
     return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
                      (long long)rows, (long long)blk);
   if (dw)
     memset(dw, 0, dw_bytes);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nth)
   {
-    const int t = omp_get_thread_num();
-    void *cols = buf + (size_t)t * col_bytes;
-    void *my_dw = t == 0 ? dw : buf + (size_t)nt * col_bytes + (size_t)(t - 1) * dw_bytes;
-    if (dw && t > 0)
-      memset(my_dw, 0, dw_bytes);
+    void *cols = buf + (size_t)omp_get_thread_num() * col_bytes;
 #pragma omp for schedule(static)
-    for (int64_t it = 0; it < items; it++) {
-      const int64_t b = it / nblk, l0 = it % nblk * blk;
-      const int64_t l1 = l0 + blk < L ? l0 + blk : L, n = l1 - l0;
-      const void *cb = direct ? at(image, b * img + l0, es) : cols;
-      const int64_t ldb = direct ? L : n;
-      if (!direct)
-        im2col(p->dtype, at(image, b * img, es), cols, l0, l1, g);
-      for (int64_t q = 0; dw && q < p->groups; q++)
-        gemm(p->dtype, false, true, cfg, kg, n,
-             at(flat_in, (b * p->cf + q * cfg) * L + l0, es), L, at(cb, q * kg * ldb, es),
-             ldb, 1.0, at(my_dw, q * cfg * kg, es), kg);
-      if (flat_out) {
-        void *out = at(flat_out, b * p->cf * L + l0, es);
-        if (bias)
-          fill_rows(p->dtype, out, bias, p->cf, n, L);
-        for (int64_t q = 0; q < p->groups; q++)
-          gemm(p->dtype, false, false, cfg, n, kg, at(w, q * cfg * kg, es), kg,
-               at(cb, q * kg * ldb, es), ldb, bias ? 1.0 : 0.0, at(out, q * cfg * L, es),
-               L);
+    for (int t = 0; t < nt; t++) {
+      void *my_dw =
+          t == 0 ? dw : buf + (size_t)nth * col_bytes + (size_t)(t - 1) * dw_bytes;
+      if (dw && t > 0)
+        memset(my_dw, 0, dw_bytes);
+      for (int64_t it = items * t / nt; it < items * (t + 1) / nt; it++) {
+        const int64_t b = it / nblk, l0 = it % nblk * blk;
+        const int64_t l1 = l0 + blk < L ? l0 + blk : L, n = l1 - l0;
+        const void *cb = direct ? at(image, b * img + l0, es) : cols;
+        const int64_t ldb = direct ? L : n;
+        if (!direct)
+          im2col(p->dtype, at(image, b * img, es), cols, l0, l1, g);
+        for (int64_t q = 0; dw && q < p->groups; q++)
+          gemm(p->dtype, false, true, cfg, kg, n,
+               at(flat_in, (b * p->cf + q * cfg) * L + l0, es), L,
+               at(cb, q * kg * ldb, es), ldb, 1.0, at(my_dw, q * cfg * kg, es), kg);
+        if (flat_out) {
+          void *out = at(flat_out, b * p->cf * L + l0, es);
+          if (bias)
+            fill_rows(p->dtype, out, bias, p->cf, n, L);
+          for (int64_t q = 0; q < p->groups; q++)
+            gemm(p->dtype, false, false, cfg, n, kg, at(w, q * cfg * kg, es), kg,
+                 at(cb, q * kg * ldb, es), ldb, bias ? 1.0 : 0.0,
+                 at(out, q * cfg * L, es), L);
+        }
       }
     }
   }
   if (dw && nt > 1)
-    add_partials(p->dtype, dw, buf + (size_t)nt * col_bytes, nt - 1, dw_bytes / es, dw_n);
+    add_partials(p->dtype, dw, buf + (size_t)nth * col_bytes, nt - 1, dw_bytes / es,
+                 dw_n);
   conv_workspace_put(buf);
   return 0;
 }
@@ -737,6 +746,13 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
 tg_tensor *tg_conv2d(const tg_tensor *x, const tg_tensor *weight, const tg_tensor *bias,
                      const int64_t stride[2], const int64_t padding[2],
                      const int64_t dilation[2], int64_t groups) {
+  if (x && x->ndim == 3) { /* unbatched [C, H, W], as PyTorch */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y =
+        tg__drop_batch(tg_conv2d(xb, weight, bias, stride, padding, dilation, groups));
+    tg_tensor_free(xb);
+    return y;
+  }
   conv_params cp = {.groups = groups};
   pair_or(cp.stride, stride, 1);
   pair_or(cp.padding, padding, 0);
@@ -748,6 +764,13 @@ tg_tensor *tg_conv_transpose2d(const tg_tensor *x, const tg_tensor *weight,
                                const tg_tensor *bias, const int64_t stride[2],
                                const int64_t padding[2], const int64_t output_padding[2],
                                const int64_t dilation[2], int64_t groups) {
+  if (x && x->ndim == 3) { /* unbatched [C, H, W], as PyTorch */
+    tg_tensor *xb = tg__add_batch(x);
+    tg_tensor *y = tg__drop_batch(tg_conv_transpose2d(xb, weight, bias, stride, padding,
+                                                      output_padding, dilation, groups));
+    tg_tensor_free(xb);
+    return y;
+  }
   conv_params cp = {.groups = groups, .transposed = true};
   pair_or(cp.stride, stride, 1);
   pair_or(cp.padding, padding, 0);

@@ -88,6 +88,8 @@ bool conv_winograd_use(const direct_conv *d) {
   return mode == MODE_ON || (mode == MODE_RULE && worth_it(d));
 }
 
+#if HAVE_WINOGRAD /* the rest of the kernels: x86-64 only */
+
 /* ---------------------------------------------------------- weights -- */
 
 /* G of F(4x4, 3x3). */
@@ -206,8 +208,6 @@ static wplan make_plan(const direct_conv *d, int pieces) {
   p.ld = (4 * p.qw * p.R + 15) / 16 * 16;
   return p;
 }
-
-#if HAVE_WINOGRAD
 
 /* Lanes [0, n) for n in [0, 16]. */
 static INLINE __mmask16 first(int64_t n) {

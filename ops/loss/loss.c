@@ -4,6 +4,7 @@
  * divides by the number of targets not equal to ignore_index. Losses are summed in
  * double whatever the input dtype. */
 #include "graph/internal.h"
+#include "ops/loss/loss_cuda.h"
 #include "ops/loss/slab.h"
 
 #include <string.h>
@@ -31,7 +32,7 @@ static double finish_reduction(tg_reduction r, tg_tensor *out, double total,
                                double count) {
   if (r == TG_REDUCTION_NONE)
     return 1.0;
-  tg__set(out, 0, r == TG_REDUCTION_MEAN ? total / count : total);
+  tg_fill_(out, r == TG_REDUCTION_MEAN ? total / count : total); /* on out's device */
   return r == TG_REDUCTION_MEAN ? 1.0 / count : 1.0;
 }
 
@@ -44,12 +45,37 @@ typedef struct {
   double scale;
 } class_ctx;
 
+/* The CUDA kernels of the losses (loss.cu), called where the CPU loops run: the losses'
+ * checks and tape stay shared; tg__pick refuses devices without kernels. */
+#ifdef TG_HAVE_CUDA
+static const int loss_cuda_table = 1;
+#define LOSS_CUDA TG_IF_CUDA(&loss_cuda_table)
+#else
+#define LOSS_CUDA NULL
+#endif
+static const int loss_cpu_table = 1;
+
 /* Number of targets not ignored; -1 naming the first target outside [0, C). */
 static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
                              int64_t ignore) {
   const int64_t *t = tg__data(target);
   const int64_t n = target->numel;
   int64_t count = 0, bad = 0;
+  if (tg__on_cuda(target)) {
+    int64_t first;
+    if (tg__loss_cuda_count_targets(t, n, C, ignore, &count, &first,
+                                    target->device.index) < 0)
+      return -1;
+    if (first < 0)
+      return count;
+    int64_t v;
+    if (tg__cuda_memcpy(&v, TG_CPU, t + first, target->device, sizeof v) < 0)
+      return -1;
+    return tg__error("%s: Target %lld is out of bounds: expected a class index in "
+                     "[0, %lld) or ignore_index (%lld), found at target element %lld",
+                     op, (long long)v, (long long)C, (long long)ignore,
+                     (long long)first);
+  }
 #pragma omp parallel for reduction(+ : count, bad) num_threads(tg__threads(n))
   for (int64_t i = 0; i < n; i++) {
     if (t[i] == ignore)
@@ -107,8 +133,8 @@ static int64_t class_plan(const char *op, const char *in_name, const tg_tensor *
                      "target shape %s",
                      op, tg__shape_fmt(want, wnd, e, sizeof e),
                      tg_shape_str(in, a, sizeof a), tg_shape_str(target, b, sizeof b));
-  if (in->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, in);
+  if (!tg__pick(op, in, &loss_cpu_table, LOSS_CUDA))
+    return -1;
   c->s = slab_around(in->shape, in->ndim, cdim);
   c->reduction = reduction;
   c->ignore_index = ignore_index;
@@ -169,6 +195,12 @@ static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor *
   tg_tensor *dx = tg__new_like(x);
   if (!dx)
     return -1;
+  if (tg__on_cuda(x)) {
+    gi[0] = dx;
+    return tg__loss_cuda_ce_backward(x->dtype, tg__data(x), tgt, tg__data(node->saved[0]),
+                                     tg__data(g), per_elem, scale, s.outer, C, s.inner,
+                                     ignore, tg__data(dx), x->device.index);
+  }
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *G = tg__data(g);
     const T *M = tg__data(node->saved[0]), *LS = M + npos;
@@ -215,8 +247,19 @@ tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
     tg_tensor_free(out);
     return NULL;
   }
-  double total = cross_entropy_kernel(&c, input, target, stats,
-                                      reduction == TG_REDUCTION_NONE ? out : NULL);
+  tg_tensor *none_out = reduction == TG_REDUCTION_NONE ? out : NULL;
+  double total = 0;
+  if (!tg__on_cuda(input))
+    total = cross_entropy_kernel(&c, input, target, stats, none_out);
+  else if (tg__loss_cuda_ce_forward(input->dtype, tg__data(input), tg__data(target),
+                                    c.s.outer, c.s.r, c.s.inner, ignore_index,
+                                    tg__data(stats),
+                                    none_out ? tg__data(none_out) : NULL, &total,
+                                    input->device.index) < 0) {
+    tg_tensor_free(stats);
+    tg_tensor_free(out);
+    return NULL;
+  }
   c.scale = finish_reduction(reduction, out, total, (double)count);
   const tg_tensor *in[2] = {input, target};
   tg_node *node;
@@ -243,6 +286,12 @@ static int nll_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   tg_tensor *dx = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
   if (!dx)
     return -1;
+  if (tg__on_cuda(x)) {
+    gi[0] = dx;
+    return tg__loss_cuda_nll_backward(x->dtype, tg__data(g), tgt, per_elem, scale,
+                                      c->s.outer, C, inner, ignore, tg__data(dx),
+                                      x->device.index);
+  }
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *G = tg__data(g);
     T *D = tg__data(dx);
@@ -272,11 +321,20 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
   const int64_t inner = c.s.inner, C = c.s.r, npos = c.s.outer * inner;
   const int64_t *tgt = tg__data(target);
   double total = 0;
+  if (tg__on_cuda(log_probs) &&
+      tg__loss_cuda_nll_forward(log_probs->dtype, tg__data(log_probs), tgt, c.s.outer, C,
+                                inner, ignore_index,
+                                reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL,
+                                &total, log_probs->device.index) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
+  const int64_t host_npos = tg__on_cuda(log_probs) ? 0 : npos;
   TG_DISPATCH_FLOAT(log_probs->dtype, T, {
     const T *X = tg__data(log_probs);
     T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(npos))")
-    for (int64_t pos = 0; pos < npos; pos++) {
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(host_npos))")
+    for (int64_t pos = 0; pos < host_npos; pos++) {
       int64_t k = tgt[pos];
       double l =
           k == ignore_index ? 0 : -(double)X[(pos / inner * C + k) * inner + pos % inner];
@@ -318,6 +376,13 @@ static int pointwise_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi)
     return -1;
   const int64_t n = x->numel;
   const bool per_elem = c->reduction == TG_REDUCTION_NONE, mse = c->kind == P_MSE;
+  gi[0] = dx;
+  gi[1] = dt;
+  if (tg__on_cuda(x))
+    return tg__loss_cuda_pointwise_backward(c->kind, x->dtype, tg__data(x), tg__data(t),
+                                            tg__data(g), per_elem, c->scale, n,
+                                            dx ? tg__data(dx) : NULL,
+                                            dt ? tg__data(dt) : NULL, x->device.index);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *Y = tg__data(t), *G = tg__data(g);
     T *DX = dx ? tg__data(dx) : NULL, *DT = dt ? tg__data(dt) : NULL;
@@ -340,8 +405,6 @@ _Pragma("omp parallel for num_threads(tg__threads(n * 4))")
         DT[i] = ddt;
     }
   });
-  gi[0] = dx;
-  gi[1] = dt;
   return 0;
 }
 
@@ -362,14 +425,22 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
                      tg_shape_str(target, b, sizeof b), tg_shape_str(input, a, sizeof a)),
            NULL;
   }
-  if (input->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, input), NULL;
+  if (!tg__pick(op, input, &loss_cpu_table, LOSS_CUDA))
+    return NULL;
   tg_tensor *out = new_loss(reduction, input, input->dtype);
   if (!out)
     return NULL;
-  const int64_t n = input->numel;
+  const int64_t n = tg__on_cuda(input) ? 0 : input->numel; /* the CPU loop's */
   const bool mse = kind == P_MSE;
   double total = 0;
+  void *none_out = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
+  if (tg__on_cuda(input) &&
+      tg__loss_cuda_pointwise_forward(kind, input->dtype, tg__data(input),
+                                      tg__data(target), input->numel, none_out, &total,
+                                      input->device.index) < 0) {
+    tg_tensor_free(out);
+    return NULL;
+  }
   TG_DISPATCH_FLOAT(input->dtype, T, {
     const T *X = tg__data(input), *Y = tg__data(target);
     T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
@@ -383,7 +454,8 @@ _Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n 
       total += l;
     }
   });
-  pointwise_ctx c = {kind, reduction, finish_reduction(reduction, out, total, (double)n)};
+  pointwise_ctx c = {kind, reduction,
+                     finish_reduction(reduction, out, total, (double)input->numel)};
   tg_node *node;
   out = tg__finish(op, out, 2, in, pointwise_backward, &node);
   if (node)

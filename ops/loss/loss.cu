@@ -90,3 +90,354 @@ extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
               (const double *)y, (const double *)gr, outer, r, inner, (double *)dx);
   return TG_CUDA_LAUNCHED(softmax_backward_kernel);
 }
+
+/* ------------------------------------------------------------------ losses -- */
+/* One thread per position (class losses) or element (pointwise), losses summed in
+ * double through per-block partials in a fixed order, as the CPU sums in double. */
+
+namespace {
+
+__global__ void count_kernel(const int64_t *t, int64_t n, int64_t C, int64_t ignore,
+                             unsigned long long *count, unsigned long long *bad) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    if (t[i] == ignore)
+      continue;
+    if (t[i] < 0 || t[i] >= C)
+      atomicMin(bad, (unsigned long long)i);
+    else
+      atomicAdd(count, 1ull);
+  }
+}
+
+/* part[b] = sum of v over block b's grid-stride elements. */
+__global__ void partial_sums(const double *v, int64_t n, double *part) {
+  __shared__ double scratch[32];
+  double acc = 0;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    acc += v[i];
+  acc = tg_block_sum(acc, scratch);
+  if (threadIdx.x == 0)
+    part[blockIdx.x] = acc;
+}
+
+__global__ void final_sum(const double *part, int n, double *out) {
+  __shared__ double scratch[32];
+  double acc = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    acc += part[i];
+  acc = tg_block_sum(acc, scratch);
+  if (threadIdx.x == 0)
+    *out = acc;
+}
+
+/* *total = sum of v[0, n) on the host (waits). */
+int sum_to_host(const double *v, int64_t n, cudaStream_t st, int device, double *total) {
+  const unsigned b = tg__cuda_blocks(n, TG_THREADS), g = b < 1024 ? b : 1024;
+  double *part = (double *)tg__cuda_malloc((g + 1) * sizeof(double), device);
+  if (!part)
+    return -1;
+  TG_LAUNCH(partial_sums, g, TG_THREADS, 0, st, v, n, part);
+  int rc = TG_CUDA_LAUNCHED(partial_sums);
+  if (rc == 0) {
+    TG_LAUNCH(final_sum, 1, TG_THREADS, 0, st, part, (int)g, part + g);
+    rc = TG_CUDA_LAUNCHED(final_sum);
+  }
+  if (rc == 0)
+    rc = TG_CUDA(
+        cudaMemcpyAsync(total, part + g, sizeof *total, cudaMemcpyDeviceToHost, st));
+  if (rc == 0)
+    rc = TG_CUDA(cudaStreamSynchronize(st));
+  tg__cuda_free(part, (g + 1) * sizeof(double), device);
+  return rc;
+}
+
+template <typename T>
+__global__ void ce_forward_kernel(const T *x, const int64_t *t, int64_t outer, int64_t C,
+                                  int64_t inner, int64_t ignore, T *M, T *LS, T *L,
+                                  double *lp) {
+  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
+       pos += (int64_t)gridDim.x * blockDim.x) {
+    const T *xp = x + pos / inner * C * inner + pos % inner;
+    T m = -INFINITY;
+    for (int64_t c = 0; c < C; c++)
+      m = xp[c * inner] > m ? xp[c * inner] : m;
+    double sum = 0;
+    for (int64_t c = 0; c < C; c++)
+      sum += (T)exp(xp[c * inner] - m);
+    const int64_t k = t[pos];
+    const double log_sum = log(sum);
+    M[pos] = m;
+    LS[pos] = (T)log_sum;
+    const double l = k == ignore ? 0 : ((double)m - (double)xp[k * inner]) + log_sum;
+    if (L)
+      L[pos] = (T)l;
+    lp[pos] = l;
+  }
+}
+
+template <typename T>
+__global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *M, const T *LS,
+                                   const T *g, bool per_elem, double scale, int64_t outer,
+                                   int64_t C, int64_t inner, int64_t ignore, T *dx) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < outer * C * inner;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t o = i / (C * inner), c = i / inner % C, pos = o * inner + i % inner;
+    const int64_t k = t[pos];
+    const T gs = k == ignore ? (T)0 : (T)((double)g[per_elem ? pos : 0] * scale);
+    const T p = exp((x[i] - M[pos]) - LS[pos]);
+    dx[i] = (p - (T)(c == k)) * gs;
+  }
+}
+
+template <typename T>
+__global__ void nll_forward_kernel(const T *x, const int64_t *t, int64_t outer, int64_t C,
+                                   int64_t inner, int64_t ignore, T *L, double *lp) {
+  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
+       pos += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t k = t[pos];
+    const double l =
+        k == ignore ? 0 : -(double)x[(pos / inner * C + k) * inner + pos % inner];
+    if (L)
+      L[pos] = (T)l;
+    lp[pos] = l;
+  }
+}
+
+template <typename T>
+__global__ void nll_backward_kernel(const T *g, const int64_t *t, bool per_elem,
+                                    double scale, int64_t outer, int64_t C, int64_t inner,
+                                    int64_t ignore, T *dx) {
+  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
+       pos += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t k = t[pos];
+    if (k != ignore)
+      dx[(pos / inner * C + k) * inner + pos % inner] =
+          (T)(-(double)g[per_elem ? pos : 0] * scale);
+  }
+}
+
+template <typename T>
+__global__ void pointwise_forward_kernel(int kind, const T *x, const T *t, int64_t n,
+                                         T *L, double *lp) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const T xv = x[i], tv = t[i];
+    const T l = kind == 0 ? (xv - tv) * (xv - tv)
+                          : (xv > 0 ? xv : (T)0) - xv * tv + log1p(exp(-fabs(xv)));
+    if (L)
+      L[i] = l;
+    lp[i] = l;
+  }
+}
+
+template <typename T>
+__global__ void pointwise_backward_kernel(int kind, const T *x, const T *t, const T *g,
+                                          bool per_elem, T scale, int64_t n, T *dx,
+                                          T *dt) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const T gs = g[per_elem ? i : 0] * scale, xv = x[i], tv = t[i];
+    T ddx, ddt;
+    if (kind == 0) {
+      ddx = (T)2 * (xv - tv) * gs;
+      ddt = -ddx;
+    } else {
+      const T e = exp(-fabs(xv)); /* sigmoid without overflow on either side */
+      const T sig = xv >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);
+      ddx = (sig - tv) * gs;
+      ddt = -xv * gs;
+    }
+    if (dx)
+      dx[i] = ddx;
+    if (dt)
+      dt[i] = ddt;
+  }
+}
+
+} // namespace
+
+extern "C" int tg__loss_cuda_count_targets(const int64_t *t, int64_t n, int64_t C,
+                                           int64_t ignore, int64_t *count, int64_t *bad,
+                                           int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *count = 0;
+  *bad = -1;
+  if (n == 0)
+    return 0;
+  unsigned long long *d = (unsigned long long *)tg__cuda_malloc(2 * sizeof *d, device);
+  if (!d)
+    return -1;
+  unsigned long long h[2] = {0, 0};
+  int rc = TG_CUDA(cudaMemsetAsync(d, 0, sizeof *d, st));
+  if (rc == 0) /* all bits set: no bad index */
+    rc = TG_CUDA(cudaMemsetAsync(d + 1, 0xff, sizeof *d, st));
+  if (rc == 0) {
+    TG_LAUNCH(count_kernel, tg__cuda_blocks(n, TG_THREADS), TG_THREADS, 0, st, t, n, C,
+              ignore, d, d + 1);
+    rc = TG_CUDA_LAUNCHED(count_kernel);
+  }
+  if (rc == 0)
+    rc = TG_CUDA(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, st));
+  if (rc == 0)
+    rc = TG_CUDA(cudaStreamSynchronize(st));
+  tg__cuda_free(d, 2 * sizeof *d, device);
+  *count = (int64_t)h[0];
+  *bad = (int64_t)h[1];
+  return rc;
+}
+
+/* A double per position for the total, freed after the sum. */
+static double *positions(int64_t n, int device) {
+  return (double *)tg__cuda_malloc((size_t)(n ? n : 1) * sizeof(double), device);
+}
+
+extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t,
+                                        int64_t outer, int64_t C, int64_t inner,
+                                        int64_t ignore, void *stats, void *L,
+                                        double *total, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *total = 0;
+  const int64_t npos = outer * inner;
+  if (npos == 0)
+    return 0;
+  double *lp = positions(npos, device);
+  if (!lp)
+    return -1;
+  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(ce_forward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t, outer,
+              C, inner, ignore, (float *)stats, (float *)stats + npos, (float *)L, lp);
+  else
+    TG_LAUNCH(ce_forward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
+              outer, C, inner, ignore, (double *)stats, (double *)stats + npos,
+              (double *)L, lp);
+  int rc = TG_CUDA_LAUNCHED(ce_forward_kernel);
+  if (rc == 0)
+    rc = sum_to_host(lp, npos, st, device, total);
+  tg__cuda_free(lp, (size_t)npos * sizeof(double), device);
+  return rc;
+}
+
+extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
+                                         const void *stats, const void *gr, bool per_elem,
+                                         double scale, int64_t outer, int64_t C,
+                                         int64_t inner, int64_t ignore, void *dx,
+                                         int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  const int64_t n = outer * C * inner, npos = outer * inner;
+  if (n == 0)
+    return 0;
+  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(ce_backward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t,
+              (const float *)stats, (const float *)stats + npos, (const float *)gr,
+              per_elem, scale, outer, C, inner, ignore, (float *)dx);
+  else
+    TG_LAUNCH(ce_backward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
+              (const double *)stats, (const double *)stats + npos, (const double *)gr,
+              per_elem, scale, outer, C, inner, ignore, (double *)dx);
+  return TG_CUDA_LAUNCHED(ce_backward_kernel);
+}
+
+extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t,
+                                         int64_t outer, int64_t C, int64_t inner,
+                                         int64_t ignore, void *L, double *total,
+                                         int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *total = 0;
+  const int64_t npos = outer * inner;
+  if (npos == 0)
+    return 0;
+  double *lp = positions(npos, device);
+  if (!lp)
+    return -1;
+  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(nll_forward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t, outer,
+              C, inner, ignore, (float *)L, lp);
+  else
+    TG_LAUNCH(nll_forward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
+              outer, C, inner, ignore, (double *)L, lp);
+  int rc = TG_CUDA_LAUNCHED(nll_forward_kernel);
+  if (rc == 0)
+    rc = sum_to_host(lp, npos, st, device, total);
+  tg__cuda_free(lp, (size_t)npos * sizeof(double), device);
+  return rc;
+}
+
+extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
+                                          bool per_elem, double scale, int64_t outer,
+                                          int64_t C, int64_t inner, int64_t ignore,
+                                          void *dx, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  const int64_t npos = outer * inner;
+  if (npos == 0)
+    return 0;
+  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(nll_backward_kernel<float>, g, TG_THREADS, 0, st, (const float *)gr, t,
+              per_elem, scale, outer, C, inner, ignore, (float *)dx);
+  else
+    TG_LAUNCH(nll_backward_kernel<double>, g, TG_THREADS, 0, st, (const double *)gr, t,
+              per_elem, scale, outer, C, inner, ignore, (double *)dx);
+  return TG_CUDA_LAUNCHED(nll_backward_kernel);
+}
+
+extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,
+                                               const void *t, int64_t n, void *L,
+                                               double *total, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *total = 0;
+  if (n == 0)
+    return 0;
+  double *lp = positions(n, device);
+  if (!lp)
+    return -1;
+  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(pointwise_forward_kernel<float>, g, TG_THREADS, 0, st, kind,
+              (const float *)x, (const float *)t, n, (float *)L, lp);
+  else
+    TG_LAUNCH(pointwise_forward_kernel<double>, g, TG_THREADS, 0, st, kind,
+              (const double *)x, (const double *)t, n, (double *)L, lp);
+  int rc = TG_CUDA_LAUNCHED(pointwise_forward_kernel);
+  if (rc == 0)
+    rc = sum_to_host(lp, n, st, device, total);
+  tg__cuda_free(lp, (size_t)n * sizeof(double), device);
+  return rc;
+}
+
+extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void *x,
+                                                const void *t, const void *gr,
+                                                bool per_elem, double scale, int64_t n,
+                                                void *dx, void *dt, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  if (n == 0)
+    return 0;
+  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
+  if (dtype == TG_F32)
+    TG_LAUNCH(pointwise_backward_kernel<float>, g, TG_THREADS, 0, st, kind,
+              (const float *)x, (const float *)t, (const float *)gr, per_elem,
+              (float)scale, n, (float *)dx, (float *)dt);
+  else
+    TG_LAUNCH(pointwise_backward_kernel<double>, g, TG_THREADS, 0, st, kind,
+              (const double *)x, (const double *)t, (const double *)gr, per_elem, scale,
+              n, (double *)dx, (double *)dt);
+  return TG_CUDA_LAUNCHED(pointwise_backward_kernel);
+}

@@ -173,6 +173,8 @@ tg_tensor *tg_batch_norm(const tg_tensor *x, const tg_tensor *weight,
   if (!tg__nonnull(x, OP, "input"))
     return NULL;
   bn_dims d;
+  if (x->ndim == 1 && x->numel == 0) /* PyTorch: an empty vector stays empty */
+    return tg_clone(x);
   if (bn_check(x, weight, bias, running_mean, running_var, training, momentum, eps, &d) <
       0)
     return NULL;

@@ -419,15 +419,16 @@ int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
               x, w, b, G, D, HW, eps, y, stats);
     return TG_CUDA_LAUNCHED(gn_fwd_fused);
   }
-  /* Enough blocks for two per multiprocessor, chunks of at least 2048 elements. */
-  int64_t S = (2 * sms + groups - 1) / groups;
+  /* Enough blocks for two per multiprocessor, chunks of at least 2048 elements (and
+   * one block for an empty group, which still has statistics to write). */
   const int64_t max_s = (len + 2047) / 2048;
-  S = S > max_s ? max_s : S < 1 ? 1 : S;
+  int64_t S = (2 * sms + groups - 1) / groups;
+  S = S > max_s ? max_s : S;
+  S = S < 1 ? 1 : S;
   int64_t chunk = (len + S - 1) / S;
   chunk = (chunk + V - 1) / V * V;
-  S = chunk ? (len + chunk - 1) / chunk : 1;
-  if (S < 1)
-    S = 1;
+  if (chunk > 0)
+    S = (len + chunk - 1) / chunk;
   const size_t part_bytes = (size_t)(groups * S) * sizeof(moments);
   moments *part = (moments *)tg__cuda_malloc(part_bytes, device);
   if (!part)

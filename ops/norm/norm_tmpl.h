@@ -131,10 +131,11 @@ static inline void NK(affine_vec)(const T *restrict x, T *restrict y, int64_t n,
 }
 
 /* dy, or with relu the gradient through the ReLU that followed y = (x - p) * a + b
- * (affine_act): dy where y > 0, else 0 (NaN y included, as torch's threshold_backward).
- * The same expression as affine_act's, so the mask is the forward's exactly. */
+ * (affine_act): 0 where y <= 0, else dy (NaN y passes dy, as torch's
+ * threshold_backward). The same expression as affine_act's, so the mask is the
+ * forward's exactly. */
 static inline T NK(act_grad)(T dy, T x, T p, T a, T b, bool relu) {
-  return relu && !((x - p) * a + b > 0) ? (T)0 : dy;
+  return relu && (x - p) * a + b <= 0 ? (T)0 : dy;
 }
 
 /* sdy += sum(g), sdyx += sum(g * (x - p)), g = act_grad(dy, ...). */

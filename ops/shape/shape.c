@@ -3,6 +3,7 @@
 #include "graph/internal.h"
 #include "runtime/cuda.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------ reshape -- */
@@ -98,6 +99,28 @@ tg_tensor *tg_squeeze(const tg_tensor *t, int dim) {
     if (i != d || t->shape[i] != 1)
       shape[nd++] = t->shape[i];
   return reshape_impl(t, shape, nd, "tg_squeeze");
+}
+
+tg_tensor *tg_squeeze_dims(const tg_tensor *t, const int *dims, int n_dims) {
+  const char *op = "tg_squeeze_dims";
+  if (!tg__nonnull(t, op, "input"))
+    return NULL;
+  bool seen[TG_MAX_DIMS] = {false};
+  for (int i = 0; i < n_dims; i++) {
+    int d = tg__wrap_dim(dims[i], t->ndim, op);
+    if (d < 0)
+      return NULL;
+    if (seen[d])
+      return tg__error("%s: dim %d appears multiple times in the list of dims", op, d),
+             NULL;
+    seen[d] = true;
+  }
+  int64_t shape[TG_MAX_DIMS];
+  int nd = 0;
+  for (int i = 0; i < t->ndim; i++)
+    if (!seen[i] || t->shape[i] != 1)
+      shape[nd++] = t->shape[i];
+  return reshape_impl(t, shape, nd, op);
 }
 
 tg_tensor *tg_squeeze_all(const tg_tensor *t) {
@@ -335,9 +358,18 @@ tg_tensor *tg_narrow(const tg_tensor *t, int dim, int64_t start, int64_t length)
   if (d < 0)
     return NULL;
   int64_t size = t->shape[d];
+  if (start < -size || start > size)
+    return tg__error("tg_narrow: start out of range (expected to be in range of [%lld, "
+                     "%lld], but got %lld)",
+                     (long long)-size, (long long)size, (long long)start),
+           NULL;
+  if (length < 0)
+    return tg__error("tg_narrow: narrow(): length must be non-negative (got %lld)",
+                     (long long)length),
+           NULL;
   if (start < 0)
     start += size;
-  if (start < 0 || start > size || length < 0 || start > size - length) {
+  if (start > size - length) {
     char a[TG_SHAPE_STR_LEN];
     return tg__error("tg_narrow: start (%lld) + length (%lld) exceeds dimension size "
                      "(%lld) of dim %d (shape %s)",
@@ -388,12 +420,39 @@ static int cat_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   return 0;
 }
 
+/* PyTorch's legacy rule: 1-D tensors of size 0 are skipped, whatever the others'
+ * shapes. Returns how many of tensors remain in kept (all of them when every one is
+ * such an empty vector, so that the result is one too). */
+static int cat_skip_legacy_empty(tg_tensor *const *tensors, int n, tg_tensor **kept) {
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (!(tensors[i]->ndim == 1 && tensors[i]->shape[0] == 0))
+      kept[m++] = tensors[i];
+  if (m == 0)
+    for (; m < n; m++)
+      kept[m] = tensors[m];
+  return m;
+}
+
 tg_tensor *tg_cat(tg_tensor *const *tensors, int n, int dim) {
   if (n <= 0 || !tensors)
     return tg__error("tg_cat: expected a non-empty list of tensors"), NULL;
   for (int i = 0; i < n; i++)
     if (!tg__nonnull(tensors[i], "tg_cat", "tensors[i]"))
       return NULL;
+  tg_tensor *kept_small[16],
+      **kept = n <= 16 ? kept_small : malloc((size_t)n * sizeof *kept);
+  if (!kept)
+    return tg__error("tg_cat: out of memory"), NULL;
+  int m = cat_skip_legacy_empty(tensors, n, kept);
+  if (m < n) {
+    tg_tensor *r = tg_cat(kept, m, dim);
+    if (kept != kept_small)
+      free(kept);
+    return r;
+  }
+  if (kept != kept_small)
+    free(kept);
   const tg_tensor *const *ts = (const tg_tensor *const *)tensors;
   if (tg__check_same("tg_cat", n, ts, false) < 0)
     return NULL;

@@ -113,7 +113,8 @@ struct scheduler {
    * the same few stacks, which stay in cache. */
   std::vector<char *> free_stacks;
   unsigned n = 0, live = 0, at_block = 0, block_true = 0;
-  unsigned at_warp = 0; /* threads waiting in warp rendezvous */
+  /* per warp: lanes waiting in a rendezvous, lanes that ended */
+  unsigned waiting[32] = {}, ended[32] = {};
   block_vote block_out{};
   fiber *cur = nullptr;
   context home;
@@ -204,28 +205,26 @@ unsigned warp_lanes(unsigned warp) {
 /* Completes the rendezvous named by mask in warp w if every live lane it names waits
  * in it; the members then read each other's values. */
 bool complete_warp(unsigned w, unsigned mask) {
+  unsigned members = mask & warp_lanes(w) & ~S.ended[w], ballot = 0;
+  if ((S.waiting[w] & members) != members) /* the usual case: not everyone is here */
+    return false;
   fiber *lanes = &S.fibers[w * 32];
-  unsigned need = mask & warp_lanes(w), members = 0, ballot = 0;
-  for (unsigned l = 0; l < 32; l++) {
-    if (!(need >> l & 1u) || lanes[l].st == DONE)
-      continue;
-    if (lanes[l].st != AT_WARP || lanes[l].mask != mask)
+  for (unsigned m = members; m; m &= m - 1) {
+    const fiber &f = lanes[__builtin_ctz(m)];
+    if (f.mask != mask) /* waiting in another rendezvous */
       return false;
-    members |= 1u << l;
-    if (lanes[l].pred)
-      ballot |= 1u << l;
+    if (f.pred)
+      ballot |= m & -m;
   }
-  for (unsigned l = 0; l < 32; l++) {
-    if (!(members >> l & 1u))
-      continue;
-    fiber &f = lanes[l];
+  for (unsigned m = members; m; m &= m - 1) {
+    fiber &f = lanes[__builtin_ctz(m)];
     unsigned src = static_cast<unsigned>(f.src);
     f.out.value = src < 32 && (members >> src & 1u) ? lanes[src].value : ~0ull;
     f.out.ballot = ballot;
     f.out.members = members;
     f.st = RUNNABLE;
   }
-  S.at_warp -= static_cast<unsigned>(__builtin_popcount(members));
+  S.waiting[w] &= ~members;
   return true;
 }
 
@@ -243,13 +242,13 @@ void thread_ended(fiber *f) {
   S.live--;
   if (S.at_block && S.at_block == S.live)
     release_block();
-  if (!S.at_warp)
-    return;
   unsigned w = static_cast<unsigned>(f - S.fibers.data()) / 32, lane = f->info.lane;
-  fiber *lanes = &S.fibers[w * 32];
-  for (unsigned l = 0; l < 32 && w * 32 + l < S.n; l++)
-    if (lanes[l].st == AT_WARP && (lanes[l].mask >> lane & 1u))
-      complete_warp(w, lanes[l].mask);
+  S.ended[w] |= 1u << lane;
+  for (unsigned m = S.waiting[w]; m; m &= m - 1) {
+    const fiber &g = S.fibers[w * 32 + __builtin_ctz(m)];
+    if (g.mask >> lane & 1u)
+      complete_warp(w, g.mask);
+  }
 }
 
 void run_thread() { S.run(S.args); }
@@ -277,7 +276,9 @@ bool run_block(bool backwards) {
     f.asan_fake_stack = nullptr;
   }
   S.live = S.n;
-  S.at_block = S.block_true = S.at_warp = 0;
+  S.at_block = S.block_true = 0;
+  for (unsigned w = 0; w < 32; w++)
+    S.waiting[w] = S.ended[w] = 0;
   while (S.live) {
     bool ran = false;
     for (unsigned k = 0; k < S.n; k++) {
@@ -348,8 +349,9 @@ warp_vote sync_warp(unsigned mask, uint64_t value, int src, int pred) {
   f->src = src;
   f->pred = pred;
   f->st = AT_WARP;
-  S.at_warp++;
-  if (!complete_warp(static_cast<unsigned>(f - S.fibers.data()) / 32, f->mask))
+  unsigned w = static_cast<unsigned>(f - S.fibers.data()) / 32;
+  S.waiting[w] |= 1u << f->info.lane;
+  if (!complete_warp(w, f->mask))
     leave(f, false);
   return f->out;
 }

@@ -11,7 +11,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -118,36 +117,31 @@ struct window {
 };
 constexpr int kMaxWindows = 4096;
 window windows[kMaxWindows];
-std::atomic<int> window_count{0}; /* past kMaxWindows: close the whole arena */
-std::atomic<int> access_depth{0};
+int window_count = 0; /* the last window, once reached, spans the whole arena */
+int access_depth = 0;
 } /* namespace */
 
 static size_t arena_top() { return (heap.bump + heap.page - 1) / heap.page * heap.page; }
 
-static bool open_window(size_t lo, size_t hi) {
-  if (hi <= lo)
-    return true;
+static void open_window(size_t lo, size_t hi) {
+  if (hi <= lo || (window_count == kMaxWindows))
+    return;
+  if (window_count == kMaxWindows - 1) /* out of records: open everything */
+    lo = 0, hi = arena_top();
   if (mprotect(heap.base + lo, hi - lo, PROT_READ | PROT_WRITE) != 0)
-    return false;
-  int i = window_count.fetch_add(1);
-  if (i < kMaxWindows)
-    windows[i] = window{lo, hi};
-  return true;
+    perror("tg_simt: mprotect of device memory");
+  windows[window_count++] = window{lo, hi};
 }
 
 static void close_windows() {
-  int n = window_count.exchange(0);
-  if (n > kMaxWindows) {
-    mprotect(heap.base, arena_top(), PROT_NONE);
-    return;
-  }
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < window_count; i++)
     mprotect(heap.base + windows[i].lo, windows[i].hi - windows[i].lo, PROT_NONE);
+  window_count = 0;
 }
 
-device_access::device_access() { access_depth.fetch_add(1); }
+device_access::device_access() { access_depth++; }
 device_access::~device_access() {
-  if (access_depth.fetch_sub(1) == 1)
+  if (--access_depth == 0)
     close_windows();
 }
 
@@ -174,8 +168,7 @@ void device_access::open(const void *p, size_t bytes) {
   size_t lo = off / heap.page * heap.page, hi = arena_top();
   if (bytes < hi - off)
     hi = (off + bytes + heap.page - 1) / heap.page * heap.page;
-  if (!open_window(lo, hi))
-    perror("tg_simt: mprotect of device memory");
+  open_window(lo, hi);
 }
 
 bool is_device(const void *p) {
@@ -202,19 +195,24 @@ static size_t block_bytes(size_t size) {
   return (size + rz + 255) / 256 * 256;
 }
 
+/* The part of a's redzone inside [lo, hi) (offsets), as offsets; empty when none. */
+static window redzone_part(size_t off, const allocation &a, size_t lo, size_t hi) {
+  size_t b = off + a.size > lo ? off + a.size : lo,
+         e = off + a.block < hi ? off + a.block : hi;
+  return window{b, e > b ? e : b};
+}
+
 /* Reads the redzone, which ASan keeps poisoned to catch the kernels' accesses. */
-__attribute__((no_sanitize_address)) static bool redzone_intact(size_t off,
-                                                                const allocation &a) {
-  const unsigned char *p = reinterpret_cast<unsigned char *>(heap.base) + off;
-  for (size_t i = a.size; i < a.block; i++)
+__attribute__((no_sanitize_address)) static bool redzone_intact(window w) {
+  const unsigned char *p = reinterpret_cast<unsigned char *>(heap.base);
+  for (size_t i = w.lo; i < w.hi; i++)
     if (p[i] != 0xFF)
       return false;
   return true;
 }
 
-__attribute__((no_sanitize_address)) static void restore_redzone(size_t off,
-                                                                 const allocation &a) {
-  memset(heap.base + off + a.size, 0xFF, a.block - a.size);
+__attribute__((no_sanitize_address)) static void restore_redzone(window w) {
+  memset(heap.base + w.lo, 0xFF, w.hi - w.lo);
 }
 
 static cudaError_t arena_alloc(void **out, size_t size) {
@@ -300,25 +298,23 @@ static cudaError_t arena_free(void *ptr) {
 }
 
 bool device_access::redzones_intact(const char *kernel) {
-  int n = window_count.load();
-  if (n > kMaxWindows) /* too many windows to tell which: every allocation */
-    n = 0, windows[n++] = window{0, arena_top()};
   bool intact = true;
-  for (int i = 0; i < n; i++) {
-    auto it = heap.live.upper_bound(windows[i].lo);
+  for (int i = 0; i < window_count; i++) {
+    window w = windows[i];
+    auto it = heap.live.upper_bound(w.lo);
     if (it != heap.live.begin())
       --it;
-    for (; it != heap.live.end() && it->first < windows[i].hi; ++it)
-      if (it->first + it->second.block > windows[i].lo &&
-          !redzone_intact(it->first, it->second)) {
-        fprintf(
-            stderr,
-            "tg_simt: kernel %s wrote past the end of the %zu-byte device allocation at "
-            "%p\n",
-            kernel, it->second.size, static_cast<void *>(heap.base + it->first));
-        restore_redzone(it->first, it->second);
+    for (; it != heap.live.end() && it->first < w.hi; ++it) {
+      window rz = redzone_part(it->first, it->second, w.lo, w.hi);
+      if (rz.hi > rz.lo && !redzone_intact(rz)) {
+        fprintf(stderr,
+                "tg_simt: kernel %s wrote past the end of the %zu-byte device allocation "
+                "at %p\n",
+                kernel, it->second.size, static_cast<void *>(heap.base + it->first));
+        restore_redzone(rz);
         intact = false;
       }
+    }
   }
   return intact;
 }

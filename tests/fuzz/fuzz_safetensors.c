@@ -1,6 +1,7 @@
 /* libFuzzer harness for the safetensors loader: any byte string given to
- * tg_varstore_load must produce 0 or an error message, never a crash, a leak or a
- * partially updated store. Build: CC=clang meson setup build-fuzz -Dfuzz=true. */
+ * tg_varstore_load, tg_varstore_load_ex or tg_load_tensors must produce 0 or an error
+ * message, never a crash, a leak or a partially updated store. Build: CC=clang meson
+ * setup build-fuzz -Dfuzz=true. */
 #include "tapegrad.h"
 
 #include <stdio.h>
@@ -47,6 +48,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (checksum(vs) != before)
       abort(); /* a failed load must leave the store untouched */
   }
+  tg_clear_error();
+  /* The flexible path too: casts (F16/BF16/F64 into float32), non-strict, a prefix,
+   * and the bare dict loader with its metadata. */
+  tg_load_options o = tg_load_options_default();
+  o.strict = false;
+  o.prefix = "enc.";
+  before = checksum(vs);
+  tg_load_report report;
+  if (tg_varstore_load_ex(vs, path, &o, &report) == 0)
+    tg_load_report_free(&report);
+  else if (!tg_last_error()[0] || checksum(vs) != before)
+    abort();
+  tg_clear_error();
+  tg_tensor_dict *d = tg_load_tensors(path, NULL);
+  if (!d && !tg_last_error()[0])
+    abort();
+  for (int i = 0; i < tg_tensor_dict_metadata_len(d); i++)
+    if (!tg_tensor_dict_metadata_at(d, i, NULL))
+      abort();
+  tg_tensor_dict_free(d);
   tg_clear_error();
   tg_varstore_free(vs);
   return 0;

@@ -1,0 +1,310 @@
+/* PyTorch's further loss arguments: class weights for nll_loss and cross_entropy,
+ * class-probability targets and label smoothing for cross_entropy, weight and
+ * pos_weight for binary_cross_entropy_with_logits, softmax with an output dtype. Each is
+ * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp) composed of
+ * tapegrad's differentiable ops; the plain cases go to loss.c's kernels. */
+#include "graph/internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* PyTorch casts the input to the requested dtype before the op. */
+static tg_tensor *softmax_as(tg_tensor *(*fn)(const tg_tensor *, int), const tg_tensor *t,
+                             int dim, tg_dtype dtype) {
+  if (t && !tg__is_float(dtype))
+    return tg__error("softmax: expected a float32 or float64 dtype, got %s",
+                     tg_dtype_name(dtype)),
+           NULL;
+  tg_tensor *c = t ? tg_to_dtype(t, dtype) : NULL;
+  tg_tensor *r = c ? fn(c, dim) : NULL;
+  tg_tensor_free(c);
+  return r;
+}
+
+tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype) {
+  return softmax_as(tg_softmax, t, dim, dtype);
+}
+
+tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype) {
+  return softmax_as(tg_log_softmax, t, dim, dtype);
+}
+
+tg_nll_loss_options tg_nll_loss_options_default(void) {
+  return (tg_nll_loss_options){TG_REDUCTION_MEAN, -100, NULL};
+}
+
+tg_cross_entropy_options tg_cross_entropy_options_default(void) {
+  return (tg_cross_entropy_options){TG_REDUCTION_MEAN, -100, NULL, 0.0};
+}
+
+tg_bce_with_logits_options tg_bce_with_logits_options_default(void) {
+  return (tg_bce_with_logits_options){TG_REDUCTION_MEAN, NULL, NULL};
+}
+
+static int class_dim(const tg_tensor *x) { return x->ndim == 1 ? 0 : 1; }
+
+/* weight [C] viewed to broadcast along x's class dim: [C] or [1, C, 1, ...]. */
+static tg_tensor *weight_view(const tg_tensor *w, const tg_tensor *x) {
+  int64_t shape[TG_MAX_DIMS];
+  for (int i = 0; i < x->ndim; i++)
+    shape[i] = i == class_dim(x) ? w->shape[0] : 1;
+  return tg_view(w, shape, x->ndim);
+}
+
+static int check_weight(const char *op, const tg_tensor *w, const tg_tensor *x) {
+  char sw[TG_SHAPE_STR_LEN];
+  if (!w)
+    return 0;
+  if (x->ndim == 0)
+    return 0; /* the loss's own check names the 0-dim input */
+  const int64_t C = x->shape[class_dim(x)];
+  const tg_tensor *both[2] = {x, w};
+  if (tg__check_same(op, 2, both, true) < 0)
+    return -1;
+  if (w->ndim != 1 || w->shape[0] != C)
+    return tg__error("%s: weight tensor should be defined either for all %lld classes or "
+                     "no classes but got weight tensor of shape: %s",
+                     op, (long long)C, tg_shape_str(w, sw, sizeof sw));
+  return 0;
+}
+
+/* mask[n, c, d...] = weight[c] (1 without weights) where c is target[n, d...], zero
+ * elsewhere and where the target is ignore_index; *wsum = the sum of the weights
+ * picked, the divisor of a mean. Targets are checked by tg_nll_loss first. */
+static tg_tensor *target_mask(const tg_tensor *x, const tg_tensor *target,
+                              const tg_tensor *w, int64_t ignore, double *wsum) {
+  if (x->device.type != TG_DEVICE_CPU) /* the mask is written from the host */
+    return tg__unsupported_device("tg_nll_loss_ex", x), NULL;
+  tg_tensor *mask = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
+  if (!mask)
+    return NULL;
+  const int cd = class_dim(x);
+  const int64_t C = x->ndim ? x->shape[cd] : 1;
+  int64_t inner = 1;
+  for (int i = cd + 1; i < x->ndim; i++)
+    inner *= x->shape[i];
+  const int64_t *t = tg__data(target);
+  double sum = 0;
+  for (int64_t pos = 0; pos < target->numel; pos++) {
+    if (t[pos] == ignore)
+      continue;
+    const double wk = w ? tg__get(w, t[pos]) : 1.0;
+    tg__set(mask, (pos / inner * C + t[pos]) * inner + pos % inner, wk);
+    sum += wk;
+  }
+  *wsum = sum;
+  return mask;
+}
+
+/* Reduces per-element losses l as `r`; a mean divides by `divisor`. */
+static tg_tensor *reduce(tg_tensor *l, tg_reduction r, double divisor) {
+  if (r == TG_REDUCTION_NONE || !l)
+    return l;
+  tg_tensor *s = tg_sum(l);
+  tg_tensor_free(l);
+  if (r == TG_REDUCTION_SUM || !s)
+    return s;
+  tg_tensor *d = tg_scalar(divisor, tg_dtype_of(s), tg_device_of(s));
+  tg_tensor *m = tg_div(s, d);
+  tg_tensor_free(s);
+  tg_tensor_free(d);
+  return m;
+}
+
+/* -sum over the class dim of a * b (b may broadcast). */
+static tg_tensor *neg_class_sum(const tg_tensor *a, const tg_tensor *b, int cd) {
+  tg_tensor *p = tg_mul(a, b);
+  tg_tensor *s = tg_sum_dims(p, &cd, 1, false);
+  tg_tensor_free(p);
+  tg_tensor *n = tg_neg(s);
+  tg_tensor_free(s);
+  return n;
+}
+
+/* Weighted nll: loss_i = -w[t_i] x[i, t_i], a mean divided by the weights' sum. */
+static tg_tensor *nll_weighted(const tg_tensor *x, const tg_tensor *target,
+                               const tg_nll_loss_options *o) {
+  double wsum;
+  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum);
+  if (!mask)
+    return NULL;
+  tg_tensor *l = neg_class_sum(x, mask, class_dim(x));
+  tg_tensor_free(mask);
+  return reduce(l, o->reduction, wsum);
+}
+
+tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
+                          const tg_nll_loss_options *o) {
+  const char *op = "tg_nll_loss_ex";
+  if (!o)
+    return tg__error("%s: argument 'options' is NULL", op), NULL;
+  if (!o->weight)
+    return tg_nll_loss(log_probs, target, o->reduction, o->ignore_index);
+  /* tg_nll_loss checks shapes, dtypes and targets (in no-grad mode, the cost of a
+   * gather) and the weight is checked here. */
+  tg_no_grad_begin();
+  tg_tensor *probe = tg_nll_loss(log_probs, target, TG_REDUCTION_SUM, o->ignore_index);
+  tg_no_grad_end();
+  if (!probe)
+    return NULL;
+  tg_tensor_free(probe);
+  if (check_weight(op, o->weight, log_probs) < 0)
+    return NULL;
+  return nll_weighted(log_probs, target, o);
+}
+
+/* Probability targets: -sum_c w_c t_c log_softmax(x)_c; a mean divides by the number
+ * of positions (N * d1 * ...), not by the weights. */
+static tg_tensor *ce_probs(const char *op, const tg_tensor *x, const tg_tensor *target,
+                           const tg_cross_entropy_options *o, const tg_tensor *logp) {
+  char sx[TG_SHAPE_STR_LEN], st[TG_SHAPE_STR_LEN];
+  bool same = x->ndim == target->ndim;
+  for (int i = 0; same && i < x->ndim; i++)
+    same = x->shape[i] == target->shape[i];
+  const tg_tensor *both[2] = {x, target};
+  if (tg__check_same(op, 2, both, true) < 0)
+    return NULL;
+  if (!same)
+    return tg__error("%s: Expected target of the input's shape %s for class-probability "
+                     "targets, but got %s",
+                     op, tg_shape_str(x, sx, sizeof sx),
+                     tg_shape_str(target, st, sizeof st)),
+           NULL;
+  const int cd = class_dim(x);
+  const int64_t C = x->ndim ? x->shape[cd] : 1;
+  tg_tensor *t = (tg_tensor *)target, *smoothed = NULL, *scaled = NULL;
+  if (o->label_smoothing > 0) {
+    scaled = tg_mul_scalar(target, 1 - o->label_smoothing);
+    t = smoothed = tg_add_scalar(scaled, o->label_smoothing / (double)C);
+  }
+  tg_tensor *wt = t, *wv = NULL;
+  if (o->weight && t) {
+    wv = weight_view(o->weight, x);
+    wt = tg_mul(t, wv);
+  }
+  tg_tensor *l = neg_class_sum(logp, wt, cd);
+  if (wt != t)
+    tg_tensor_free(wt);
+  tg_tensor_free(wv);
+  tg_tensor_free(smoothed);
+  tg_tensor_free(scaled);
+  const double positions = (double)(x->numel / (C ? C : 1));
+  return reduce(l, o->reduction, x->numel ? positions : NAN);
+}
+
+/* Index targets with label smoothing s: (1 - s) * nll + s / C * smooth, smooth_i =
+ * -sum_c w_c log_softmax(x)_ic (zero where ignored), its mean divided like nll's. */
+static tg_tensor *ce_smoothed(const tg_tensor *x, const tg_tensor *target,
+                              const tg_cross_entropy_options *o, const tg_tensor *logp) {
+  const int cd = class_dim(x);
+  const int64_t C = x->ndim ? x->shape[cd] : 1;
+  const tg_nll_loss_options no = {o->reduction, o->ignore_index, o->weight};
+  tg_tensor *nll = tg_nll_loss_ex(logp, target, &no);
+  if (!nll)
+    return NULL;
+  /* keep[n, 1, d...] = 1 where the target is not ignored; wsum as nll's divisor */
+  double wsum;
+  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum);
+  tg_tensor *keep = mask ? tg_zeros_like(target) : NULL;
+  tg_tensor *keepf = NULL, *w = NULL, *l = NULL;
+  if (keep) {
+    const int64_t *t = tg__data(target);
+    keepf = tg_to_dtype(keep, x->dtype);
+    for (int64_t i = 0; keepf && i < target->numel; i++)
+      tg__set(keepf, i, t[i] != o->ignore_index);
+  }
+  if (keepf) {
+    w = o->weight ? weight_view(o->weight, x) : tg_ones(TG_SHAPE(1), x->dtype, x->device);
+    tg_tensor *per = neg_class_sum(logp, w, cd);
+    l = reduce(tg_mul(per, keepf), o->reduction, wsum);
+    tg_tensor_free(per);
+  }
+  tg_tensor *a = tg_mul_scalar(nll, 1 - o->label_smoothing);
+  tg_tensor *b = tg_mul_scalar(l, o->label_smoothing / (double)C);
+  tg_tensor *r = tg_add(a, b);
+  tg_tensor *all[] = {nll, mask, keep, keepf, w, l, a, b};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+    tg_tensor_free(all[i]);
+  return r;
+}
+
+tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
+                               const tg_cross_entropy_options *o) {
+  const char *op = "tg_cross_entropy_ex";
+  if (!o)
+    return tg__error("%s: argument 'options' is NULL", op), NULL;
+  if (!tg__nonnull(input, op, "input") || !tg__nonnull(target, op, "target"))
+    return NULL;
+  const bool probs = tg__is_float(target->dtype);
+  if (!(o->label_smoothing >= 0 && o->label_smoothing <= 1))
+    return tg__error("%s: label_smoothing must be between 0.0 and 1.0. Got: %g", op,
+                     o->label_smoothing),
+           NULL;
+  if (!probs && !o->weight && o->label_smoothing == 0)
+    return tg_cross_entropy(input, target, o->reduction, o->ignore_index);
+  if (input->ndim == 0)
+    return tg__error("%s: expected input of shape [C], [N, C] or [N, C, d1, ...], but "
+                     "got a 0-dim tensor",
+                     op),
+           NULL;
+  if (check_weight(op, o->weight, input) < 0)
+    return NULL;
+  if (o->reduction != TG_REDUCTION_NONE && o->reduction != TG_REDUCTION_MEAN &&
+      o->reduction != TG_REDUCTION_SUM)
+    return tg__error("%s: invalid reduction %d", op, (int)o->reduction), NULL;
+  tg_tensor *logp = tg_log_softmax(input, class_dim(input));
+  if (!logp)
+    return NULL;
+  tg_tensor *r;
+  if (probs) {
+    r = ce_probs(op, input, target, o, logp);
+  } else if (o->label_smoothing > 0) {
+    r = ce_smoothed(input, target, o, logp);
+  } else {
+    const tg_nll_loss_options no = {o->reduction, o->ignore_index, o->weight};
+    r = tg_nll_loss_ex(logp, target, &no);
+  }
+  tg_tensor_free(logp);
+  return r;
+}
+
+/* ------------------------------------------------------ bce with logits -- */
+
+/* PyTorch: l = w [(1 - y) x + (1 + (p - 1) y) softplus(-x)]. With l0 = loss.c's
+ * stable (1 - y) x + softplus(-x) and softplus(-x) = l0 at y = 1:
+ * l = w (l0 + (p - 1) y softplus(-x)). */
+tg_tensor *tg_binary_cross_entropy_with_logits_ex(const tg_tensor *input,
+                                                  const tg_tensor *target,
+                                                  const tg_bce_with_logits_options *o) {
+  const char *op = "tg_binary_cross_entropy_with_logits_ex";
+  if (!o)
+    return tg__error("%s: argument 'options' is NULL", op), NULL;
+  if (!o->weight && !o->pos_weight)
+    return tg_binary_cross_entropy_with_logits(input, target, o->reduction);
+  if (o->reduction != TG_REDUCTION_NONE && o->reduction != TG_REDUCTION_MEAN &&
+      o->reduction != TG_REDUCTION_SUM)
+    return tg__error("%s: invalid reduction %d", op, (int)o->reduction), NULL;
+  tg_tensor *l = tg_binary_cross_entropy_with_logits(input, target, TG_REDUCTION_NONE);
+  if (!l)
+    return NULL;
+  tg_tensor *ones = NULL, *sp = NULL, *pm1 = NULL, *py = NULL, *extra = NULL;
+  if (o->pos_weight) {
+    ones = tg_ones_like(input);
+    sp = tg_binary_cross_entropy_with_logits(input, ones, TG_REDUCTION_NONE);
+    pm1 = tg_sub_scalar(o->pos_weight, 1);
+    py = tg_mul(pm1, target);
+    extra = tg_mul(py, sp);
+    tg_tensor *sum = extra ? tg_add(l, extra) : NULL;
+    tg_tensor_free(l);
+    l = sum;
+  }
+  if (o->weight && l) {
+    tg_tensor *wl = tg_mul(o->weight, l);
+    tg_tensor_free(l);
+    l = wl;
+  }
+  tg_tensor *all[] = {ones, sp, pm1, py, extra};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+    tg_tensor_free(all[i]);
+  return reduce(l, o->reduction, l ? (double)tg_numel(l) : 0);
+}
