@@ -940,6 +940,62 @@ tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip);
 void tg_set_deterministic(bool on);
 bool tg_get_deterministic(void);
 
+/* ---------------------------------------------- data-parallel training (dist/) -- */
+/* N processes, each training on its slice of every global batch, end with the
+ * parameters one process gets on the whole batch (PyTorch DDP's contract), over MPI
+ * for CPU tensors and NCCL for CUDA tensors. Launch with `mpirun -np N prog`; a
+ * process not launched by MPI is a world of one, where every call below is a checked
+ * no-op. Built without MPI (-Dmpi=disabled), the world is always one.
+ *
+ * The calls are process-wide (call them from one thread) and collective: every rank
+ * makes the same calls in the same order. Each starts by comparing a signature of its
+ * arguments across the ranks, so a rank that fails (bad input, out of memory) or
+ * disagrees (other shapes, dtypes, variables or call) makes the call fail on every
+ * rank, naming that rank and its error, rather than hang the others; MPI's own errors
+ * are returned as values too (MPI_ERRORS_RETURN). A rank that dies outright is left
+ * to mpirun, which stops the job. Calls before tg_dist_init or after
+ * tg_dist_finalize are errors. */
+typedef enum { TG_DIST_SUM = 0, TG_DIST_AVERAGE = 1 } tg_dist_op;
+
+/* Whether tapegrad was built with MPI / with NCCL (CUDA tensors across processes). */
+bool tg_dist_is_available(void);
+bool tg_dist_nccl_is_available(void);
+/* Joins the MPI job (initialising MPI unless the caller already has), or makes a
+ * world of one when the process was not launched by mpirun. Once per process. 0/-1. */
+int tg_dist_init(void);
+/* Releases communicators; finalises MPI if tg_dist_init initialised it. 0/-1. */
+int tg_dist_finalize(void);
+/* This process's rank in [0, world size), and the number of processes; -1 (with an
+ * error) outside init/finalize. */
+int tg_dist_rank(void);
+int tg_dist_world_size(void);
+/* Returns on each rank once every rank has entered it. 0/-1. */
+int tg_dist_barrier(void);
+/* In place: t becomes the sum or the mean over the ranks of t (same shape and dtype
+ * on every rank; float32/float64, or int64 for the sum; CPU or CUDA). 0/-1. */
+int tg_dist_all_reduce(tg_tensor *t, tg_dist_op op);
+/* In place: t becomes root's t (any dtype). 0/-1. */
+int tg_dist_broadcast(tg_tensor *t, int root);
+/* Every variable of vs (parameters and buffers, in creation order) becomes root's,
+ * so all ranks start alike; call it before training (optimizer state is not sent).
+ * Var stores must hold the same names, shapes and dtypes on every rank. 0/-1. */
+int tg_dist_broadcast_varstore(tg_varstore *vs, int root);
+/* After backward: every trainable variable's gradient becomes its mean over the
+ * ranks, exchanged in flattened buckets of up to tg_dist_set_bucket_bytes (default
+ * 25 MiB, as DDP) taken in creation order. Frozen variables (requires_grad false) are
+ * skipped. A variable without a gradient on every rank is skipped too; one with a
+ * gradient on some ranks only gets a zero gradient on the others first, so every rank
+ * takes the same optimizer step. With a mean-reduced loss the result is the gradient
+ * of the global batch's mean when every rank has the same number of samples; with
+ * uneven shards multiply each rank's loss by world_size * n_rank / n_global before
+ * backward. 0/-1; after a failure the gradients may be partly averaged. A rank
+ * whose step failed passes vs NULL with its error pending: the call fails on every
+ * rank with that error instead of leaving the others waiting. */
+int tg_dist_average_gradients(tg_varstore *vs);
+/* Bucket size of tg_dist_average_gradients in bytes (>= 1; must match on every
+ * rank): variables larger than it are all-reduced alone, in place. 0/-1. */
+int tg_dist_set_bucket_bytes(int64_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -26,7 +26,8 @@ int ex_common_flags(ex_flag *flags, int n, ex_common_options *o) {
       {"epochs", EX_FLAG_INT, &o->epochs, 0, 1e6, "N", "passes over the training set"},
       {"steps", EX_FLAG_I64, &o->steps, 0, 1e15, "N",
        "stop after N training steps (0 = no limit)"},
-      {"batch", EX_FLAG_INT, &o->batch, 1, 65536, "N", "images per step"},
+      {"batch", EX_FLAG_INT, &o->batch, 1, 65536, "N",
+       "images per step (over all ranks under mpirun)"},
       {"lr", EX_FLAG_DOUBLE, &o->lr, 0, 100, "X", "peak learning rate of SGD"},
       {"seed", EX_FLAG_I64, &o->seed, 0, 9007199254740992.0, "N",
        "random seed (same seed, device and threads: same numbers)"},
@@ -166,12 +167,55 @@ int ex_exit(int status) {
   return status;
 }
 
+/* This process's place among the mpirun ranks (0 of 1 without mpirun). */
+static int ex_rank, ex_world = 1;
+
+static int join_ranks(ex_common_options *o) {
+  if (tg_dist_init() < 0) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    return EX_EXIT_FAILURE;
+  }
+  o->rank = ex_rank = tg_dist_rank();
+  o->world = ex_world = tg_dist_world_size();
+  if (o->batch % o->world) {
+    usage_error("--batch %d is the global batch and must be a multiple of the %d ranks",
+                o->batch, o->world);
+    return EX_EXIT_USAGE;
+  }
+  if (ex_rank > 0 && !freopen("/dev/null", "w", stdout)) {
+    fprintf(stderr, "error: rank %d cannot silence stdout: %s\n", ex_rank,
+            strerror(errno));
+    return EX_EXIT_FAILURE;
+  }
+  return 0;
+}
+
+int ex_dist_end(int status) {
+  if (status == 0 && tg_dist_finalize() < 0) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    return EX_EXIT_FAILURE;
+  }
+  return status;
+}
+
+double ex_dist_mean(double v) {
+  if (ex_world == 1)
+    return v;
+  tg_tensor *t = tg_scalar(v, TG_F64, TG_CPU);
+  double mean = t && tg_dist_all_reduce(t, TG_DIST_AVERAGE) == 0 ? tg_item(t) : NAN;
+  tg_tensor_free(t);
+  return mean;
+}
+
 int ex_common_apply(ex_common_options *o) {
+  int rc = join_ranks(o);
+  if (rc != 0)
+    return rc;
   const char *d = o->device_name ? o->device_name : "cpu";
   if (!strcmp(d, "cpu")) {
     o->device = TG_CPU;
   } else if (!strncmp(d, "cuda", 4) && (d[4] == '\0' || d[4] == ':')) {
-    int index = 0;
+    int index = tg_cuda_device_count() > 0 ? o->rank % tg_cuda_device_count() : 0;
     if (d[4] == ':') {
       char *end;
       long v = strtol(d + 5, &end, 10);
@@ -383,9 +427,16 @@ void ex_sigint_install(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
-bool ex_interrupted(void) { return interrupted != 0; }
+bool ex_interrupted(void) {
+  static bool stop; /* agreed by every rank: stays set */
+  if (!stop && ex_world > 1)
+    stop = ex_dist_mean(interrupted) != 0; /* NAN (failed exchange) stops too */
+  return stop || (ex_world == 1 && interrupted);
+}
 
 int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
+  if (ex_rank > 0) /* rank 0 holds the same weights and writes them */
+    return 0;
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
@@ -420,6 +471,8 @@ int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
     snprintf(path, sizeof path, "%s/interrupted.safetensors", o->out);
   printf("%s after %lld steps\n", ex_interrupted() ? "interrupted" : "stopped",
          (long long)t->step);
+  if (ex_rank > 0) /* rank 0 saves the state every rank shares */
+    return 0;
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
@@ -651,6 +704,8 @@ static void png_buffer_write(png_structp png, png_bytep data, png_size_t n) {
 static void png_buffer_flush(png_structp png) { (void)png; }
 
 int ex_png_write(const char *path, const ex_canvas *c) {
+  if (ex_rank > 0)
+    return 0;
   /* On the heap: a local changed between setjmp and longjmp would be indeterminate. */
   png_buffer *buf = calloc(1, sizeof *buf);
   png_structp png =
@@ -883,6 +938,11 @@ int ex_training_setup(ex_training *t, tg_varstore *vs, const ex_common_options *
     }
     printf("loaded weights from %s\n", o->load);
   }
+  /* Every rank starts from rank 0's weights (the same seed made them alike anyway). */
+  if (tg_dist_broadcast_varstore(vs, 0) < 0) {
+    fprintf(stderr, "error: %s\n", tg_last_error());
+    return -1;
+  }
   ex_plan *plan = &t->plan;
   plan->steps_per_epoch = tg_batch_iter_len(batches);
   plan->total = (int64_t)o->epochs * plan->steps_per_epoch;
@@ -929,6 +989,9 @@ void ex_print_plan(const ex_plan *plan, const ex_common_options *o, const char *
            "momentum 0.9, seed %lld\n",
            plan->epochs, (long long)plan->total, o->batch, items, o->lr,
            (long long)o->seed);
+  if (o->world > 1)
+    printf("data-parallel: %d ranks, %d %s each per step\n", o->world,
+           o->batch / o->world, items);
   fflush(stdout);
 }
 

@@ -39,6 +39,7 @@ typedef struct {
   int64_t seed;
   const char *save, *load, *resume, *out;
   int64_t stop_after; /* 0: no limit */
+  int rank, world;    /* set by ex_common_apply: this process among the mpirun ranks */
 } ex_common_options;
 
 /* Appends the common flags to `flags` (room for 12 more), bound to `o`. */
@@ -49,8 +50,18 @@ int ex_parse_flags(int argc, char **argv, const char *summary, const ex_flag *fl
                    int n);
 /* Applies the common options: device availability, threads, seed. Returns 0, or the
  * exit status after printing the error (EX_EXIT_USAGE for a malformed --device,
- * EX_EXIT_FAILURE for one that is unavailable). */
+ * EX_EXIT_FAILURE for one that is unavailable). Joins the MPI job when started by
+ * mpirun (tg_dist_init): every rank then trains on its slice of each global batch of
+ * --batch (which must divide among the ranks), ranks other than 0 print nothing to
+ * stdout and write no files (ex_png_write and the checkpoint savers return at once),
+ * and `--device cuda` gives rank r GPU r modulo the count. */
 int ex_common_apply(ex_common_options *o);
+/* End of main, around ex_exit: leaves the MPI job after a successful run (a failed
+ * rank exits without, so that mpirun stops the others rather than wait for it).
+ * Returns status. */
+int ex_dist_end(int status);
+/* Mean over the ranks of v (v in a world of one); NAN when the exchange fails. */
+double ex_dist_mean(double v);
 
 /* How many steps a run takes. */
 typedef struct {
@@ -125,7 +136,10 @@ void ex_rng_shuffle(ex_rng *r, int64_t *a, int64_t n);
 uint64_t ex_hash2(uint64_t a, uint64_t b);
 
 /* ------------------------------------------------------------------ Ctrl-C -- */
-/* The first SIGINT asks to stop after the current step; a second one kills. */
+/* The first SIGINT asks to stop after the current step; a second one kills. Under
+ * mpirun every rank calls ex_interrupted at the same points, and it tells them all
+ * to stop when any rank was interrupted (one tiny all-reduce). mpirun itself answers
+ * Ctrl-C by terminating the ranks a second later: signal the ranks to stop cleanly. */
 void ex_sigint_install(void);
 bool ex_interrupted(void);
 /* Saves vs to path (creating its directory), printing the outcome. Returns 0 or -1. */

@@ -158,7 +158,10 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = (uint64_t)o.seed;
-  if (!(batches = tg_batch_iter_new(train.images, train.labels, o.batch, bc)) ||
+  bc.prefetch = true;
+  bc.rank = o.rank; /* each rank its slice of every global batch */
+  bc.world = o.world;
+  if (!(batches = tg_batch_iter_new(train.images, train.labels, o.batch / o.world, bc)) ||
       ex_convnet_build(&m, o.device) < 0) {
     fprintf(stderr, "error: cannot build the network: %s\n", tg_last_error());
     goto done;
@@ -197,8 +200,10 @@ int main(int argc, char **argv) {
           ok ? ex_convnet_forward(&m, ex_to_device(x, o.device), true) : NULL;
       tg_tensor *loss = tg_cross_entropy(logits, y, TG_REDUCTION_MEAN, -100);
       tg_optimizer_zero_grad(tr.opt);
-      ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(tr.opt) == 0 &&
-           tg_scheduler_step(tr.sched) == 0;
+      ok = loss && tg_backward(loss) == 0;
+      /* mpirun: a failed step still joins the averaging, which then fails everywhere */
+      ok = tg_dist_average_gradients(ok ? m.vs : NULL) == 0;
+      ok = ok && tg_optimizer_step(tr.opt) == 0 && tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       int64_t c = ok ? count_correct(logits, y_host) : -1;
       tg_scope_end();
@@ -218,7 +223,8 @@ int main(int argc, char **argv) {
       char metrics[96];
       snprintf(metrics, sizeof metrics, "loss %.4f acc %5.2f%%", loss_sum / (double)seen,
                100.0 * (double)correct / (double)seen);
-      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n, metrics);
+      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n * o.world,
+                       metrics);
     }
     if (ex_should_stop(&tr, &o))
       break;
@@ -259,5 +265,5 @@ done:
   tg_tensor_free(train.images);
   tg_tensor_free(test.images);
   tg_mnist_free(&data);
-  return ex_exit(status);
+  return ex_dist_end(ex_exit(status));
 }

@@ -174,6 +174,14 @@ static tg_tensor *batch_targets(const scenes *s, const int64_t *idx, int64_t n,
 static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
                                 const int64_t *idx, int64_t n, double fg_weight,
                                 tg_device device) {
+  /* The weighted mean divides by the sum of the pixels' weights; under mpirun the
+   * ranks share the global one (the mean of their sums, as their gradients are
+   * averaged), so that their losses average to the whole batch's. Every rank gets
+   * here, also one whose forward failed. */
+  double total = 0;
+  for (int64_t i = 0; i < n * PIXELS; i++)
+    total += s->labels[idx[i / PIXELS] * PIXELS + i % PIXELS] ? fg_weight : 1;
+  total = ex_dist_mean(total);
   if (!logits)
     return NULL;
   double w[CLASSES];
@@ -184,7 +192,9 @@ static tg_tensor *weighted_loss(const tg_tensor *logits, const scenes *s,
       ex_to_device(tg_to_dtype(tg_tensor_from_data(w, TG_SHAPE(CLASSES), TG_F64, TG_CPU),
                                tg_dtype_of(logits)),
                    device);
-  return tg_cross_entropy_ex(logits, batch_targets(s, idx, n, device), &o);
+  o.reduction = TG_REDUCTION_SUM;
+  return tg_div_scalar(tg_cross_entropy_ex(logits, batch_targets(s, idx, n, device), &o),
+                       total);
 }
 
 /* ------------------------------------------------------------------ metrics -- */
@@ -430,7 +440,9 @@ int main(int argc, char **argv) {
   tg_batch_config bc = tg_batch_config_default();
   bc.shuffle = true;
   bc.seed = ex_hash2((uint64_t)o.seed, 100);
-  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch, bc))) {
+  bc.rank = o.rank; /* each rank its slice of every global batch */
+  bc.world = o.world;
+  if (!(batches = tg_batch_iter_new(scene_ids, NULL, o.batch / o.world, bc))) {
     fprintf(stderr, "error: %s\n", tg_last_error());
     goto done;
   }
@@ -480,8 +492,10 @@ int main(int argc, char **argv) {
                 : NULL;
       tg_tensor *loss = weighted_loss(logits, &train, idx, n, fg_weight, o.device);
       tg_optimizer_zero_grad(tr.opt);
-      bool ok = loss && tg_backward(loss) == 0 && tg_optimizer_step(tr.opt) == 0 &&
-                tg_scheduler_step(tr.sched) == 0;
+      bool ok = loss && tg_backward(loss) == 0;
+      /* mpirun: a failed step still joins the averaging, which then fails everywhere */
+      ok = tg_dist_average_gradients(ok ? m.vs : NULL) == 0;
+      ok = ok && tg_optimizer_step(tr.opt) == 0 && tg_scheduler_step(tr.sched) == 0;
       double loss_v = ok ? tg_item(loss) : NAN;
       confusion batch_cm = {0};
       ok = ok && confusion_add(&batch_cm, logits, &train, idx, n) == 0;
@@ -514,7 +528,8 @@ int main(int argc, char **argv) {
       char metrics[96];
       snprintf(metrics, sizeof metrics, "loss %.4f mIoU %.3f", loss_sum / (double)seen,
                confusion_iou(&epoch_cm, iou));
-      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n, metrics);
+      ex_progress_step(&prog, epoch, epochs, s + 1, steps_per_epoch, n * o.world,
+                       metrics);
     }
     if (ex_should_stop(&tr, &o))
       break;
@@ -559,5 +574,5 @@ done:
   ex_curve_free(&hist.held_miou);
   scenes_free(&train);
   scenes_free(&held);
-  return ex_exit(status);
+  return ex_dist_end(ex_exit(status));
 }
