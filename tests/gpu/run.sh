@@ -68,7 +68,7 @@ step ptxas-check 120 tests/gpu/ptxas-check.sh
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim
+  group_norm matmul optim dist opinfo
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||
