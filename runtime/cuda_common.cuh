@@ -36,6 +36,19 @@ template <typename T> __device__ inline T tg_block_sum(T v, T *scratch) {
   return tg_warp_sum(v);
 }
 
+/* *out = sum of part[0, n), by one block: the second phase of the two-kernel sums
+ * (per-block partials, then this). A template so every .cu may include it unused. */
+template <typename T = double>
+__global__ void tg_sum_partials(const T *part, int n, T *out) {
+  __shared__ T scratch[32];
+  T acc = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    acc += part[i];
+  acc = tg_block_sum(acc, scratch);
+  if (threadIdx.x == 0)
+    *out = acc;
+}
+
 /* 16-byte vectors of T: four floats or two doubles. */
 template <typename T> struct tg_vec;
 template <> struct tg_vec<float> {

@@ -57,16 +57,6 @@ __global__ void sumsq_kernel(const T *p, int64_t n, double *partial) {
     partial[blockIdx.x] = acc;
 }
 
-__global__ void sum_partials_kernel(const double *partial, int n, double *out) {
-  __shared__ double scratch[32];
-  double acc = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    acc += partial[i];
-  acc = tg_block_sum(acc, scratch);
-  if (threadIdx.x == 0)
-    *out = acc;
-}
-
 /* Smallest index of a non-finite element, through per-block minima. */
 template <typename T>
 __global__ void nonfinite_kernel(const T *p, int64_t n, long long *first) {
@@ -189,8 +179,9 @@ extern "C" int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device,
     TG_LAUNCH(sumsq_kernel<double>, g, TG_THREADS, 0, s, (const double *)p, n, partial);
   int rc = TG_CUDA_LAUNCHED(sumsq_kernel);
   if (rc == 0) {
-    TG_LAUNCH(sum_partials_kernel, 1, TG_THREADS, 0, s, partial, (int)g, partial + g);
-    rc = TG_CUDA_LAUNCHED(sum_partials_kernel);
+    TG_LAUNCH(tg_sum_partials<>, 1, TG_THREADS, 0, s, (const double *)partial, (int)g,
+              partial + g);
+    rc = TG_CUDA_LAUNCHED(tg_sum_partials);
   }
   if (rc == 0)
     rc = TG_CUDA(

@@ -122,16 +122,6 @@ __global__ void partial_sums(const double *v, int64_t n, double *part) {
     part[blockIdx.x] = acc;
 }
 
-__global__ void final_sum(const double *part, int n, double *out) {
-  __shared__ double scratch[32];
-  double acc = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    acc += part[i];
-  acc = tg_block_sum(acc, scratch);
-  if (threadIdx.x == 0)
-    *out = acc;
-}
-
 /* *total = sum of v[0, n) on the host (waits). */
 int sum_to_host(const double *v, int64_t n, cudaStream_t st, int device, double *total) {
   const unsigned b = tg__cuda_blocks(n, TG_THREADS), g = b < 1024 ? b : 1024;
@@ -141,8 +131,9 @@ int sum_to_host(const double *v, int64_t n, cudaStream_t st, int device, double 
   TG_LAUNCH(partial_sums, g, TG_THREADS, 0, st, v, n, part);
   int rc = TG_CUDA_LAUNCHED(partial_sums);
   if (rc == 0) {
-    TG_LAUNCH(final_sum, 1, TG_THREADS, 0, st, part, (int)g, part + g);
-    rc = TG_CUDA_LAUNCHED(final_sum);
+    TG_LAUNCH(tg_sum_partials<>, 1, TG_THREADS, 0, st, (const double *)part, (int)g,
+              part + g);
+    rc = TG_CUDA_LAUNCHED(tg_sum_partials);
   }
   if (rc == 0)
     rc = TG_CUDA(
