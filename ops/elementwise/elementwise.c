@@ -22,7 +22,9 @@ static const ew_kernels tg__ew_cuda;
 
 /* ------------------------------------------------------------- binary -- */
 
-static const char *const binary_names[] = {"tg_add", "tg_sub", "tg_mul", "tg_div"};
+static const char *const binary_names[] = {
+    "tg_add",    "tg_sub",        "tg_mul",        "tg_div",       "tg_div_ex",
+    "tg_div_ex", "tg_pow_tensor", "tg_pow_tensor", "tg_pow_tensor"};
 
 #define BINARY_LOOP(K, EXPR)                                                             \
   case K:                                                                                \
@@ -67,13 +69,19 @@ static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
         BINARY_LOOP(B_SUB, x - y)
         BINARY_LOOP(B_MUL, x * y)
         BINARY_LOOP(B_DIV, x / y)
+        BINARY_LOOP(B_DIV_TRUNC, (T)trunc((double)x / (double)y))
+        BINARY_LOOP(B_DIV_FLOOR, (T)tg__div_floor(x, y))
+        BINARY_LOOP(B_POW, (T)pow((double)x, (double)y))
+        BINARY_LOOP(B_POW_DA, (T)tg__pow_da(x, y))
+        BINARY_LOOP(B_POW_DB, (T)tg__pow_db(x, y))
       }
     }
   });
   return 0;
 }
 
-static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b);
+static tg_tensor *binary_map(const char *op, binary_kind kind, const tg_tensor *a,
+                             const tg_tensor *b);
 
 /* d(a op b): sum the broadcast gradient back to each input's shape. */
 static int binary_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
@@ -102,6 +110,20 @@ static int binary_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
         full = tg_neg(q);
       }
       break;
+    case B_DIV_TRUNC: /* the quotient is piecewise constant: zero, as PyTorch */
+    case B_DIV_FLOOR:
+      if (!(gi[i] = tg_zeros_like(n->inputs[i])))
+        return -1;
+      continue;
+    case B_POW: { /* g * d(a^b)/da or g * d(a^b)/db, over the broadcast shape */
+      tg_tensor *d = binary_map(n->op, i ? B_POW_DB : B_POW_DA, a, b);
+      full = d ? tg_mul(d, g) : NULL;
+      tg_tensor_free(d);
+      break;
+    }
+    case B_POW_DA: /* never recorded */
+    case B_POW_DB:
+      break;
     }
     if (!full)
       return -1;
@@ -112,8 +134,9 @@ static int binary_backward(tg_node *n, const tg_tensor *g, tg_tensor **gi) {
   return 0;
 }
 
-static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b) {
-  const char *op = binary_names[kind];
+/* a (op) b over the broadcast shape, checked, on a's device; not recorded. */
+static tg_tensor *binary_map(const char *op, binary_kind kind, const tg_tensor *a,
+                             const tg_tensor *b) {
   if (!tg__nonnull(a, op, "a") || !tg__nonnull(b, op, "b"))
     return NULL;
   const tg_tensor *in[2] = {a, b};
@@ -126,12 +149,19 @@ static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *
       !(k = tg__pick(op, a, &tg__ew_cpu, TG_IF_CUDA(&tg__ew_cuda))))
     return NULL;
   tg_tensor *out = tg__new(shape, nd, a->dtype, a->device);
-  if (!out)
-    return NULL;
-  if (k->binary(kind, a, b, out) < 0) {
+  if (out && k->binary(kind, a, b, out) < 0) {
     tg_tensor_free(out);
     return NULL;
   }
+  return out;
+}
+
+static tg_tensor *binary(binary_kind kind, const tg_tensor *a, const tg_tensor *b) {
+  const char *op = binary_names[kind];
+  tg_tensor *out = binary_map(op, kind, a, b);
+  if (!out)
+    return NULL;
+  const tg_tensor *in[2] = {a, b};
   tg_node *node;
   out = tg__finish(op, out, 2, in, binary_backward, &node);
   if (node)
@@ -143,13 +173,17 @@ tg_tensor *tg_add(const tg_tensor *a, const tg_tensor *b) { return binary(B_ADD,
 tg_tensor *tg_sub(const tg_tensor *a, const tg_tensor *b) { return binary(B_SUB, a, b); }
 tg_tensor *tg_mul(const tg_tensor *a, const tg_tensor *b) { return binary(B_MUL, a, b); }
 tg_tensor *tg_div(const tg_tensor *a, const tg_tensor *b) { return binary(B_DIV, a, b); }
+struct tg_tensor *tg__ew_binary(binary_kind kind, const tg_tensor *a,
+                                const tg_tensor *b) {
+  return binary(kind, a, b);
+}
 
 /* -------------------------------------------------------------- unary -- */
 
 static const char *const unary_names[] = {
-    "tg_neg",        "tg_exp",        "tg_log",     "tg_sqrt", "tg_abs",
-    "tg_relu",       "tg_leaky_relu", "tg_sigmoid", "tg_tanh", "tg_gelu",
-    "tg_add_scalar", "tg_mul_scalar", "tg_pow"};
+    "tg_neg",        "tg_exp",        "tg_log",     "tg_sqrt",   "tg_abs",
+    "tg_relu",       "tg_leaky_relu", "tg_sigmoid", "tg_tanh",   "tg_gelu",
+    "tg_add_scalar", "tg_mul_scalar", "tg_pow",     "tg_gelu_ex"};
 
 typedef struct {
   unary_kind kind;
@@ -186,6 +220,7 @@ static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tens
       UNARY_LOOP(U_ADD_S, x + p)
       UNARY_LOOP(U_MUL_S, x * p)
       UNARY_LOOP(U_POW, pow(x, p))
+      UNARY_LOOP(U_GELU_TANH, (T)tg__gelu_tanh(x))
     }
   });
   return 0;
@@ -227,6 +262,7 @@ static int unary_grad_cpu(unary_kind kind, double param, const tg_tensor *in,
       UNARY_GRAD(U_ADD_S, g)
       UNARY_GRAD(U_MUL_S, g * p)
       UNARY_GRAD(U_POW, p == 0 ? (T)0 : g * p * pow(x, p - (T)1))
+      UNARY_GRAD(U_GELU_TANH, (T)tg__gelu_tanh_grad(x, g))
     }
   });
   return 0;
@@ -298,6 +334,9 @@ static tg_tensor *unary(unary_kind kind, const tg_tensor *a, double param) {
   return out;
 }
 
+struct tg_tensor *tg__ew_unary(unary_kind kind, const tg_tensor *a, double param) {
+  return unary(kind, a, param);
+}
 tg_tensor *tg_neg(const tg_tensor *a) { return unary(U_NEG, a, 0); }
 tg_tensor *tg_exp(const tg_tensor *a) { return unary(U_EXP, a, 0); }
 tg_tensor *tg_log(const tg_tensor *a) { return unary(U_LOG, a, 0); }

@@ -24,8 +24,18 @@ template <typename T> __device__ inline T binary_op(int kind, T x, T y) {
     return x - y;
   case B_MUL:
     return x * y;
-  default:
+  case B_DIV:
     return x / y;
+  case B_DIV_TRUNC:
+    return (T)trunc((double)x / (double)y);
+  case B_DIV_FLOOR:
+    return (T)tg__div_floor(x, y);
+  case B_POW:
+    return (T)pow((double)x, (double)y);
+  case B_POW_DA:
+    return (T)tg__pow_da(x, y);
+  default:
+    return (T)tg__pow_db(x, y);
   }
 }
 
@@ -80,6 +90,8 @@ template <typename T> __device__ inline T unary_op(int kind, T x, T p) {
     return x + p;
   case U_MUL_S:
     return x * p;
+  case U_GELU_TANH:
+    return (T)tg__gelu_tanh(x);
   default:
     return pow(x, p);
   }
@@ -112,6 +124,8 @@ template <typename T> __device__ inline T unary_grad(int kind, T x, T y, T g, T 
     return g;
   case U_MUL_S:
     return g * p;
+  case U_GELU_TANH:
+    return (T)tg__gelu_tanh_grad(x, g);
   default:
     return p == 0 ? (T)0 : g * p * pow(x, p - (T)1);
   }
