@@ -5,6 +5,7 @@
 
 #include "runtime/cuda.h"
 #include "runtime/cuda_compat.cuh"
+#include "tapegrad.h"
 
 #include <stdint.h>
 
@@ -47,6 +48,18 @@ __global__ void tg_sum_partials(const T *part, int n, T *out) {
   acc = tg_block_sum(acc, scratch);
   if (threadIdx.x == 0)
     *out = acc;
+}
+
+/* Calls f(T()) with T float for a TG_F32 dtype, double otherwise: one launch site in
+ * a generic lambda serves both dtypes,
+ *   tg_float_dispatch(dtype, [&](auto z) { using T = decltype(z); TG_LAUNCH(k<T>, ...);
+ * });
+ */
+template <typename F> inline void tg_float_dispatch(int dtype, F &&f) {
+  if (dtype == TG_F32)
+    f(float());
+  else
+    f(double());
 }
 
 /* 16-byte vectors of T: four floats or two doubles. */

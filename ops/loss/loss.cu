@@ -209,6 +209,26 @@ __global__ void nll_backward_kernel(const T *g, const int64_t *t, bool per_elem,
   }
 }
 
+/* The class-weight mask of loss_ex.c: mask[o, t, i] = w[t] (1 without weights) at
+ * each position's target (mask zeroed before), keep[pos] = target not ignored,
+ * wp[pos] = the weight picked (0 where ignored). Targets are valid (checked before). */
+template <typename T>
+__global__ void target_mask_kernel(const int64_t *t, const T *w, int64_t outer, int64_t C,
+                                   int64_t inner, int64_t ignore, T *mask, T *keep,
+                                   double *wp) {
+  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
+       pos += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t k = t[pos];
+    const bool kept = k != ignore;
+    const T wk = !kept ? (T)0 : w ? w[k] : (T)1;
+    if (kept)
+      mask[(pos / inner * C + k) * inner + pos % inner] = wk;
+    if (keep)
+      keep[pos] = (T)kept;
+    wp[pos] = (double)wk;
+  }
+}
+
 template <typename T>
 __global__ void pointwise_forward_kernel(int kind, const T *x, const T *t, int64_t n,
                                          T *L, double *lp) {
@@ -384,6 +404,33 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
     TG_LAUNCH(nll_backward_kernel<double>, g, TG_THREADS, 0, st, (const double *)gr, t,
               per_elem, scale, outer, C, inner, ignore, (double *)dx);
   return TG_CUDA_LAUNCHED(nll_backward_kernel);
+}
+
+extern "C" int tg__loss_cuda_target_mask(int dtype, const int64_t *t, const void *w,
+                                         int64_t outer, int64_t C, int64_t inner,
+                                         int64_t ignore, void *mask, void *keep,
+                                         double *wsum, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *wsum = 0;
+  const int64_t npos = outer * inner;
+  if (npos == 0)
+    return 0;
+  double *wp = positions(npos, device);
+  if (!wp)
+    return -1;
+  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(target_mask_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, outer, C,
+              inner, ignore, (T *)mask, (T *)keep, wp);
+  });
+  int rc = TG_CUDA_LAUNCHED(target_mask_kernel);
+  if (rc == 0)
+    rc = sum_to_host(wp, npos, st, device, wsum);
+  tg__cuda_free(wp, (size_t)npos * sizeof(double), device);
+  return rc;
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,

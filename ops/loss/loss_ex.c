@@ -4,6 +4,7 @@
  * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp) composed of
  * tapegrad's differentiable ops; the plain cases go to loss.c's kernels. */
 #include "graph/internal.h"
+#include "ops/loss/loss_cuda.h"
 
 #include <math.h>
 #include <string.h>
@@ -70,22 +71,41 @@ static int check_weight(const char *op, const tg_tensor *w, const tg_tensor *x) 
 
 /* mask[n, c, d...] = weight[c] (1 without weights) where c is target[n, d...], zero
  * elsewhere and where the target is ignore_index; *wsum = the sum of the weights
- * picked, the divisor of a mean. Targets are checked by tg_nll_loss first. */
+ * picked, the divisor of a mean. With keep, *keep [n, d...] of x's dtype is 1 where
+ * the target is not ignore_index, else 0. Written on x's device (loss.cu's kernel on
+ * cuda). Targets are checked by tg_nll_loss first. */
 static tg_tensor *target_mask(const tg_tensor *x, const tg_tensor *target,
-                              const tg_tensor *w, int64_t ignore, double *wsum) {
-  if (x->device.type != TG_DEVICE_CPU) /* the mask is written from the host */
-    return tg__unsupported_device("tg_nll_loss_ex", x), NULL;
+                              const tg_tensor *w, int64_t ignore, double *wsum,
+                              tg_tensor **keep) {
   tg_tensor *mask = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
-  if (!mask)
-    return NULL;
+  tg_tensor *k = keep ? tg__new(target->shape, target->ndim, x->dtype, x->device) : NULL;
+  if (keep)
+    *keep = k;
+  if (!mask || (keep && !k)) {
+    tg_tensor_free(mask);
+    return NULL; /* the caller frees *keep */
+  }
   const int cd = class_dim(x);
   const int64_t C = x->ndim ? x->shape[cd] : 1;
   int64_t inner = 1;
   for (int i = cd + 1; i < x->ndim; i++)
     inner *= x->shape[i];
+#ifdef TG_HAVE_CUDA /* (without CUDA no tensor is on cuda, and no launcher links) */
+  if (tg__on_cuda(x)) {
+    if (tg__loss_cuda_target_mask(x->dtype, tg__data(target), w ? tg__data(w) : NULL,
+                                  target->numel / inner, C, inner, ignore, tg__data(mask),
+                                  k ? tg__data(k) : NULL, wsum, x->device.index) < 0) {
+      tg_tensor_free(mask);
+      return NULL;
+    }
+    return mask;
+  }
+#endif
   const int64_t *t = tg__data(target);
   double sum = 0;
   for (int64_t pos = 0; pos < target->numel; pos++) {
+    if (k)
+      tg__set(k, pos, t[pos] != ignore);
     if (t[pos] == ignore)
       continue;
     const double wk = w ? tg__get(w, t[pos]) : 1.0;
@@ -125,7 +145,7 @@ static tg_tensor *neg_class_sum(const tg_tensor *a, const tg_tensor *b, int cd) 
 static tg_tensor *nll_weighted(const tg_tensor *x, const tg_tensor *target,
                                const tg_nll_loss_options *o) {
   double wsum;
-  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum);
+  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum, NULL);
   if (!mask)
     return NULL;
   tg_tensor *l = neg_class_sum(x, mask, class_dim(x));
@@ -202,27 +222,20 @@ static tg_tensor *ce_smoothed(const tg_tensor *x, const tg_tensor *target,
   tg_tensor *nll = tg_nll_loss_ex(logp, target, &no);
   if (!nll)
     return NULL;
-  /* keep[n, 1, d...] = 1 where the target is not ignored; wsum as nll's divisor */
+  /* keep[n, d...] = 1 where the target is not ignored; wsum as nll's divisor */
   double wsum;
-  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum);
-  tg_tensor *keep = mask ? tg_zeros_like(target) : NULL;
-  tg_tensor *keepf = NULL, *w = NULL, *l = NULL;
-  if (keep) {
-    const int64_t *t = tg__data(target);
-    keepf = tg_to_dtype(keep, x->dtype);
-    for (int64_t i = 0; keepf && i < target->numel; i++)
-      tg__set(keepf, i, t[i] != o->ignore_index);
-  }
-  if (keepf) {
+  tg_tensor *keep = NULL, *w = NULL, *l = NULL;
+  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum, &keep);
+  if (mask) {
     w = o->weight ? weight_view(o->weight, x) : tg_ones(TG_SHAPE(1), x->dtype, x->device);
     tg_tensor *per = neg_class_sum(logp, w, cd);
-    l = reduce(tg_mul(per, keepf), o->reduction, wsum);
+    l = reduce(tg_mul(per, keep), o->reduction, wsum);
     tg_tensor_free(per);
   }
   tg_tensor *a = tg_mul_scalar(nll, 1 - o->label_smoothing);
   tg_tensor *b = tg_mul_scalar(l, o->label_smoothing / (double)C);
   tg_tensor *r = tg_add(a, b);
-  tg_tensor *all[] = {nll, mask, keep, keepf, w, l, a, b};
+  tg_tensor *all[] = {nll, mask, keep, w, l, a, b};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++)
     tg_tensor_free(all[i]);
   return r;
