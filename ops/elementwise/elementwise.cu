@@ -167,12 +167,11 @@ extern "C" int tg__ew_cuda_binary(int kind, int dtype, const void *a, const int6
     stride *= shape[d];
   }
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(binary_kernel<float>, g, TG_THREADS, 0, st, kind, (const float *)a,
-              (const float *)b, (float *)out, n, s, same);
-  else
-    TG_LAUNCH(binary_kernel<double>, g, TG_THREADS, 0, st, kind, (const double *)a,
-              (const double *)b, (double *)out, n, s, same);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(binary_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)a, (const T *)b,
+              (T *)out, n, s, same);
+  });
   return TG_CUDA_LAUNCHED(binary_kernel);
 }
 
@@ -184,12 +183,11 @@ extern "C" int tg__ew_cuda_unary(int kind, double param, int dtype, const void *
   if (n == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(unary_kernel<float>, g, TG_THREADS, 0, st, kind, (float)param,
-              (const float *)x, (float *)y, n);
-  else
-    TG_LAUNCH(unary_kernel<double>, g, TG_THREADS, 0, st, kind, param, (const double *)x,
-              (double *)y, n);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(unary_kernel<T>, g, TG_THREADS, 0, st, kind, (T)param, (const T *)x, (T *)y,
+              n);
+  });
   return TG_CUDA_LAUNCHED(unary_kernel);
 }
 
@@ -202,11 +200,10 @@ extern "C" int tg__ew_cuda_unary_grad(int kind, double param, int dtype, const v
   if (n == 0)
     return 0;
   const unsigned b = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(unary_grad_kernel<float>, b, TG_THREADS, 0, st, kind, (float)param,
-              (const float *)x, (const float *)y, (const float *)g, (float *)dx, n);
-  else
-    TG_LAUNCH(unary_grad_kernel<double>, b, TG_THREADS, 0, st, kind, param,
-              (const double *)x, (const double *)y, (const double *)g, (double *)dx, n);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(unary_grad_kernel<T>, b, TG_THREADS, 0, st, kind, (T)param, (const T *)x,
+              (const T *)y, (const T *)g, (T *)dx, n);
+  });
   return TG_CUDA_LAUNCHED(unary_grad_kernel);
 }

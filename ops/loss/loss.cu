@@ -64,12 +64,11 @@ extern "C" int tg__softmax_cuda_forward(int dtype, bool log_out, const void *x,
   if (outer * r * inner == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(softmax_kernel<float>, g, TG_THREADS, 0, st, log_out, (const float *)x,
-              outer, r, inner, (float *)y);
-  else
-    TG_LAUNCH(softmax_kernel<double>, g, TG_THREADS, 0, st, log_out, (const double *)x,
-              outer, r, inner, (double *)y);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(softmax_kernel<T>, g, TG_THREADS, 0, st, log_out, (const T *)x, outer, r,
+              inner, (T *)y);
+  });
   return TG_CUDA_LAUNCHED(softmax_kernel);
 }
 
@@ -82,12 +81,11 @@ extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
   if (outer * r * inner == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(softmax_backward_kernel<float>, g, TG_THREADS, 0, st, log_out,
-              (const float *)y, (const float *)gr, outer, r, inner, (float *)dx);
-  else
-    TG_LAUNCH(softmax_backward_kernel<double>, g, TG_THREADS, 0, st, log_out,
-              (const double *)y, (const double *)gr, outer, r, inner, (double *)dx);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(softmax_backward_kernel<T>, g, TG_THREADS, 0, st, log_out, (const T *)y,
+              (const T *)gr, outer, r, inner, (T *)dx);
+  });
   return TG_CUDA_LAUNCHED(softmax_backward_kernel);
 }
 
@@ -321,13 +319,11 @@ extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t 
   if (!lp)
     return -1;
   const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(ce_forward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t, outer,
-              C, inner, ignore, (float *)stats, (float *)stats + npos, (float *)L, lp);
-  else
-    TG_LAUNCH(ce_forward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
-              outer, C, inner, ignore, (double *)stats, (double *)stats + npos,
-              (double *)L, lp);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
+              inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
+  });
   int rc = TG_CUDA_LAUNCHED(ce_forward_kernel);
   if (rc == 0)
     rc = sum_to_host(lp, npos, st, device, total);
@@ -347,14 +343,12 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
   if (n == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(ce_backward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t,
-              (const float *)stats, (const float *)stats + npos, (const float *)gr,
-              per_elem, scale, outer, C, inner, ignore, (float *)dx);
-  else
-    TG_LAUNCH(ce_backward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
-              (const double *)stats, (const double *)stats + npos, (const double *)gr,
-              per_elem, scale, outer, C, inner, ignore, (double *)dx);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t,
+              (const T *)stats, (const T *)stats + npos, (const T *)gr, per_elem, scale,
+              outer, C, inner, ignore, (T *)dx);
+  });
   return TG_CUDA_LAUNCHED(ce_backward_kernel);
 }
 
@@ -373,12 +367,11 @@ extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t
   if (!lp)
     return -1;
   const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(nll_forward_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, t, outer,
-              C, inner, ignore, (float *)L, lp);
-  else
-    TG_LAUNCH(nll_forward_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, t,
-              outer, C, inner, ignore, (double *)L, lp);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
+              inner, ignore, (T *)L, lp);
+  });
   int rc = TG_CUDA_LAUNCHED(nll_forward_kernel);
   if (rc == 0)
     rc = sum_to_host(lp, npos, st, device, total);
@@ -397,12 +390,11 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
   if (npos == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(nll_backward_kernel<float>, g, TG_THREADS, 0, st, (const float *)gr, t,
-              per_elem, scale, outer, C, inner, ignore, (float *)dx);
-  else
-    TG_LAUNCH(nll_backward_kernel<double>, g, TG_THREADS, 0, st, (const double *)gr, t,
-              per_elem, scale, outer, C, inner, ignore, (double *)dx);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t, per_elem,
+              scale, outer, C, inner, ignore, (T *)dx);
+  });
   return TG_CUDA_LAUNCHED(nll_backward_kernel);
 }
 
@@ -446,12 +438,11 @@ extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *
   if (!lp)
     return -1;
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(pointwise_forward_kernel<float>, g, TG_THREADS, 0, st, kind,
-              (const float *)x, (const float *)t, n, (float *)L, lp);
-  else
-    TG_LAUNCH(pointwise_forward_kernel<double>, g, TG_THREADS, 0, st, kind,
-              (const double *)x, (const double *)t, n, (double *)L, lp);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(pointwise_forward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
+              (const T *)t, n, (T *)L, lp);
+  });
   int rc = TG_CUDA_LAUNCHED(pointwise_forward_kernel);
   if (rc == 0)
     rc = sum_to_host(lp, n, st, device, total);
@@ -469,13 +460,10 @@ extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void 
   if (n == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(pointwise_backward_kernel<float>, g, TG_THREADS, 0, st, kind,
-              (const float *)x, (const float *)t, (const float *)gr, per_elem,
-              (float)scale, n, (float *)dx, (float *)dt);
-  else
-    TG_LAUNCH(pointwise_backward_kernel<double>, g, TG_THREADS, 0, st, kind,
-              (const double *)x, (const double *)t, (const double *)gr, per_elem, scale,
-              n, (double *)dx, (double *)dt);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(pointwise_backward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
+              (const T *)t, (const T *)gr, per_elem, (T)scale, n, (T *)dx, (T *)dt);
+  });
   return TG_CUDA_LAUNCHED(pointwise_backward_kernel);
 }

@@ -95,12 +95,11 @@ extern "C" int tg__reduce_cuda_sum(int dtype, const void *x, int kn,
                       : count > 32 ? (int)((count + 31) / 32 * 32)
                                    : 32;
   const unsigned g = n_out < 65535 * 16 ? (unsigned)n_out : 65535 * 16;
-  if (dtype == TG_F32)
-    TG_LAUNCH(sum_kernel<float>, g, threads, 0, st, (const float *)x, kept, red, n_out,
-              count, (float *)out);
-  else
-    TG_LAUNCH(sum_kernel<double>, g, threads, 0, st, (const double *)x, kept, red, n_out,
-              count, (double *)out);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(sum_kernel<T>, g, threads, 0, st, (const T *)x, kept, red, n_out, count,
+              (T *)out);
+  });
   return TG_CUDA_LAUNCHED(sum_kernel);
 }
 
@@ -112,12 +111,11 @@ extern "C" int tg__reduce_cuda_max(int dtype, const void *x, int64_t outer, int6
   if (outer * inner == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(max_kernel<float>, g, TG_THREADS, 0, st, (const float *)x, outer, r, inner,
-              idx, (float *)val);
-  else
-    TG_LAUNCH(max_kernel<double>, g, TG_THREADS, 0, st, (const double *)x, outer, r,
-              inner, idx, (double *)val);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(max_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, outer, r, inner, idx,
+              (T *)val);
+  });
   return TG_CUDA_LAUNCHED(max_kernel);
 }
 
@@ -130,11 +128,10 @@ extern "C" int tg__reduce_cuda_max_scatter(int dtype, const void *gr, const int6
   if (outer * inner == 0)
     return 0;
   const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  if (dtype == TG_F32)
-    TG_LAUNCH(max_scatter_kernel<float>, g, TG_THREADS, 0, st, (const float *)gr, idx,
-              outer, r, inner, (float *)dx);
-  else
-    TG_LAUNCH(max_scatter_kernel<double>, g, TG_THREADS, 0, st, (const double *)gr, idx,
-              outer, r, inner, (double *)dx);
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(max_scatter_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, idx, outer, r,
+              inner, (T *)dx);
+  });
   return TG_CUDA_LAUNCHED(max_scatter_kernel);
 }
