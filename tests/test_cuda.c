@@ -171,13 +171,13 @@ typedef struct {
   double label_smoothing;
 } class_ex_ctx;
 
-static tg_tensor *nll_ex_fn(tg_tensor *const *in, int n, void *vctx) {
+static tg_tensor *nll_x_fn(tg_tensor *const *in, int n, void *vctx) {
   const class_ex_ctx *c = vctx;
   const tg_nll_loss_options o = {c->reduction, c->ignore_index, n > 2 ? in[2] : NULL};
   return tg_nll_loss_ex(tg_log_softmax(in[0], 1), in[1], &o);
 }
 
-static tg_tensor *ce_ex_fn(tg_tensor *const *in, int n, void *vctx) {
+static tg_tensor *ce_x_fn(tg_tensor *const *in, int n, void *vctx) {
   const class_ex_ctx *c = vctx;
   const tg_cross_entropy_options o = {c->reduction, c->ignore_index, n > 2 ? in[2] : NULL,
                                       c->label_smoothing};
@@ -190,7 +190,7 @@ typedef struct {
   bool pos_only;
 } bce_ex_ctx;
 
-static tg_tensor *bce_ex_fn(tg_tensor *const *in, int n, void *vctx) {
+static tg_tensor *bce_x_fn(tg_tensor *const *in, int n, void *vctx) {
   const bce_ex_ctx *c = vctx;
   const tg_tensor *w = n > 2 && !c->pos_only ? in[2] : NULL;
   const tg_tensor *pw = c->pos_only ? in[2] : n > 3 ? in[3] : NULL;
@@ -203,9 +203,9 @@ static const class_ex_ctx cx_mean = {TG_REDUCTION_MEAN, 1, 0},
                           cx_none = {TG_REDUCTION_NONE, 2, 0},
                           cx_smooth = {TG_REDUCTION_MEAN, 1, 0.2},
                           cx_smooth_none = {TG_REDUCTION_NONE, 0, 0.1};
-static const bce_ex_ctx bx_mean = {TG_REDUCTION_MEAN, false},
-                        bx_none = {TG_REDUCTION_NONE, false},
-                        bx_pos_sum = {TG_REDUCTION_SUM, true};
+static const bce_ex_ctx bce_m = {TG_REDUCTION_MEAN, false},
+                        bce_n = {TG_REDUCTION_NONE, false},
+                        bce_ps = {TG_REDUCTION_SUM, true};
 
 typedef struct {
   int64_t groups;
@@ -325,59 +325,20 @@ static const cuda_case cases[] = {
     {"softmax_dtype", softmax_f64_fn, NULL, {SH(3, 5, 2)}, F32, 1e-12, "f"},
     /* float64 in, float32 out: too many elements for a (float32) gradcheck */
     {"log_softmax_dtype", logsoftmax_f32_fn, NULL, {SH(9, 10)}, F64, 1e-12, "f"},
-    {"nll_loss_ex", nll_ex_fn, &cx_mean, {SH(6, 3), SH(6), SH(3)}, F64, 1e-24, "fiw"},
-    {"nll_loss_ex",
-     nll_ex_fn,
-     &cx_none,
-     {SH(2, 4, 3, 2), SH(2, 3, 2), SH(4)},
-     F32,
-     1e-12,
-     "fiw"},
-    {"cross_entropy_ex",
-     ce_ex_fn,
-     &cx_mean,
-     {SH(2, 3, 4, 5), SH(2, 4, 5), SH(3)},
-     F32,
-     1e-12,
-     "fiw"},
-    {"cross_entropy_ex", ce_ex_fn, &cx_sum, {SH(5, 4), SH(5), SH(4)}, F64, 1e-24, "fiw"},
-    {"cross_entropy_ex",
-     ce_ex_fn,
-     &cx_smooth,
-     {SH(4, 3, 2), SH(4, 2), SH(3)},
-     F64,
-     1e-24,
-     "fiw"},
-    {"cross_entropy_ex", ce_ex_fn, &cx_smooth_none, {SH(6, 4), SH(6)}, F32, 1e-12, "fi"},
-    {"cross_entropy_ex",
-     ce_ex_fn,
-     &cx_smooth,
-     {SH(3, 4, 2), SH(3, 4, 2), SH(4)},
-     F64,
-     1e-24,
-     "fuw"}, /* probability targets */
-    {"cross_entropy_ex", ce_ex_fn, &cx_none, {SH(5, 3), SH(5, 3)}, F32, 1e-12, "fu"},
-    {"bce_logits_ex",
-     bce_ex_fn,
-     &bx_mean,
-     {SH(4, 3), SH(4, 3), SH(3), SH(3)},
-     F64,
-     1e-24,
-     "fuww"},
-    {"bce_logits_ex",
-     bce_ex_fn,
-     &bx_none,
-     {SH(2, 5), SH(2, 5), SH(2, 1), SH(5)},
-     F32,
-     1e-12,
-     "fupp"},
-    {"bce_logits_ex",
-     bce_ex_fn,
-     &bx_pos_sum,
-     {SH(3, 4), SH(3, 4), SH(4)},
-     F64,
-     1e-24,
-     "fuw"},
+    {"nll_ex", nll_x_fn, &cx_mean, {SH(6, 3), SH(6), SH(3)}, F64, 1e-24, "fiw"},
+    {"nll_ex", nll_x_fn, &cx_none, {SH(2, 4, 6), SH(2, 6), SH(4)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_mean, {SH(2, 3, 4, 5), SH(2, 4, 5), SH(3)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_sum, {SH(5, 4), SH(5), SH(4)}, F64, 1e-24, "fiw"},
+    /* examples/segmentation's loss: class-weighted sum over [N, C, H, W] */
+    {"ce_ex", ce_x_fn, &cx_sum, {SH(2, 4, 8, 8), SH(2, 8, 8), SH(4)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_smooth, {SH(4, 3, 2), SH(4, 2), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(6, 4), SH(6)}, F32, 1e-12, "fi"},
+    /* probability targets */
+    {"ce_ex", ce_x_fn, &cx_smooth, {SH(3, 4, 2), SH(3, 4, 2), SH(4)}, F64, 1e-24, "fuw"},
+    {"ce_ex", ce_x_fn, &cx_none, {SH(5, 3), SH(5, 3)}, F32, 1e-12, "fu"},
+    {"bce_ex", bce_x_fn, &bce_m, {SH(4, 3), SH(4, 3), SH(3), SH(3)}, F64, 1e-24, "fuww"},
+    {"bce_ex", bce_x_fn, &bce_n, {SH(2, 5), SH(2, 5), SH(2, 1)}, F32, 1e-12, "fup"},
+    {"bce_ex", bce_x_fn, &bce_ps, {SH(3, 4), SH(3, 4), SH(4)}, F64, 1e-24, "fuw"},
 };
 
 /* ---- running one row ---- */
