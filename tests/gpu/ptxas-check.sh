@@ -20,7 +20,7 @@ for f in "${files[@]}"; do
     # "N bytes stack frame, N bytes spill stores, N bytes spill loads", then
     # "Used N registers, ...".
     while IFS=$'\t' read -r name stack st ld regs; do
-      short=$(echo "$name" | c++filt | sed -E 's/^void (\(anonymous namespace\)::)?//; s/\(.*//')
+      short=$(echo "$name" | c++filt | sed -E 's/^(void )?(\(anonymous namespace\)::)?//; s/\(.*//')
       printf '%-44s sm_%-3s %5s %6s %7s %7s\n' "${short:0:44}" "$arch" "$regs" "$stack" "$st" "$ld"
       if [ "$st" != 0 ] || [ "$ld" != 0 ] || [ "$stack" != 0 ]; then bad=1; fi
     done < <(awk '

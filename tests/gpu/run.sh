@@ -63,7 +63,8 @@ wipe=
 step setup 120 meson setup "$build" $wipe --native-file "$native" -Dcuda=enabled \
   -Dexamples=false -Dbench=true -Dbuildtype=release
 step build 240 ninja -C "$build"
-step ptxas-check 120 tests/gpu/ptxas-check.sh
+step ptxas-check 120 tests/gpu/ptxas-check.sh ops/norm/group_norm.cu \
+  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu
 
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
