@@ -299,36 +299,40 @@ extern "C" int tg__loss_cuda_count_targets(const int64_t *t, int64_t n, int64_t 
   return rc;
 }
 
-/* A double per position for the total, freed after the sum. */
-static double *positions(int64_t n, int device) {
-  return (double *)tg__cuda_malloc((size_t)(n ? n : 1) * sizeof(double), device);
+/* The frame of every forward that sums a double per position on the host: *total =
+ * 0, then for n > 0 launch(stream, lp, blocks) fills lp [n] (returning its launch's
+ * status) and *total = the sum of lp (waits). */
+template <typename F>
+static int sum_positions(int64_t n, int device, double *total, F &&launch) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  *total = 0;
+  if (n == 0)
+    return 0;
+  double *lp = (double *)tg__cuda_malloc((size_t)n * sizeof(double), device);
+  if (!lp)
+    return -1;
+  int rc = launch(st, lp, tg__cuda_blocks(n, TG_THREADS));
+  if (rc == 0)
+    rc = sum_to_host(lp, n, st, device, total);
+  tg__cuda_free(lp, (size_t)n * sizeof(double), device);
+  return rc;
 }
 
 extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t,
                                         int64_t outer, int64_t C, int64_t inner,
                                         int64_t ignore, void *stats, void *L,
                                         double *total, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  *total = 0;
   const int64_t npos = outer * inner;
-  if (npos == 0)
-    return 0;
-  double *lp = positions(npos, device);
-  if (!lp)
-    return -1;
-  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
-              inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
+  return sum_positions(npos, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
+                inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
+    });
+    return TG_CUDA_LAUNCHED(ce_forward_kernel);
   });
-  int rc = TG_CUDA_LAUNCHED(ce_forward_kernel);
-  if (rc == 0)
-    rc = sum_to_host(lp, npos, st, device, total);
-  tg__cuda_free(lp, (size_t)npos * sizeof(double), device);
-  return rc;
 }
 
 extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
@@ -356,27 +360,15 @@ extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t
                                          int64_t outer, int64_t C, int64_t inner,
                                          int64_t ignore, void *L, double *total,
                                          int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  *total = 0;
-  const int64_t npos = outer * inner;
-  if (npos == 0)
-    return 0;
-  double *lp = positions(npos, device);
-  if (!lp)
-    return -1;
-  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
-              inner, ignore, (T *)L, lp);
-  });
-  int rc = TG_CUDA_LAUNCHED(nll_forward_kernel);
-  if (rc == 0)
-    rc = sum_to_host(lp, npos, st, device, total);
-  tg__cuda_free(lp, (size_t)npos * sizeof(double), device);
-  return rc;
+  return sum_positions(
+      outer * inner, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+        tg_float_dispatch(dtype, [&](auto z) {
+          using T = decltype(z);
+          TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer,
+                    C, inner, ignore, (T *)L, lp);
+        });
+        return TG_CUDA_LAUNCHED(nll_forward_kernel);
+      });
 }
 
 extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
@@ -402,52 +394,28 @@ extern "C" int tg__loss_cuda_target_mask(int dtype, const int64_t *t, const void
                                          int64_t outer, int64_t C, int64_t inner,
                                          int64_t ignore, void *mask, void *keep,
                                          double *wsum, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  *wsum = 0;
-  const int64_t npos = outer * inner;
-  if (npos == 0)
-    return 0;
-  double *wp = positions(npos, device);
-  if (!wp)
-    return -1;
-  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(target_mask_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, outer, C,
-              inner, ignore, (T *)mask, (T *)keep, wp);
-  });
-  int rc = TG_CUDA_LAUNCHED(target_mask_kernel);
-  if (rc == 0)
-    rc = sum_to_host(wp, npos, st, device, wsum);
-  tg__cuda_free(wp, (size_t)npos * sizeof(double), device);
-  return rc;
+  return sum_positions(
+      outer * inner, device, wsum, [&](cudaStream_t st, double *lp, unsigned g) {
+        tg_float_dispatch(dtype, [&](auto z) {
+          using T = decltype(z);
+          TG_LAUNCH(target_mask_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, outer,
+                    C, inner, ignore, (T *)mask, (T *)keep, lp);
+        });
+        return TG_CUDA_LAUNCHED(target_mask_kernel);
+      });
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,
                                                const void *t, int64_t n, void *L,
                                                double *total, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  *total = 0;
-  if (n == 0)
-    return 0;
-  double *lp = positions(n, device);
-  if (!lp)
-    return -1;
-  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(pointwise_forward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
-              (const T *)t, n, (T *)L, lp);
+  return sum_positions(n, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(pointwise_forward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
+                (const T *)t, n, (T *)L, lp);
+    });
+    return TG_CUDA_LAUNCHED(pointwise_forward_kernel);
   });
-  int rc = TG_CUDA_LAUNCHED(pointwise_forward_kernel);
-  if (rc == 0)
-    rc = sum_to_host(lp, n, st, device, total);
-  tg__cuda_free(lp, (size_t)n * sizeof(double), device);
-  return rc;
 }
 
 extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void *x,
