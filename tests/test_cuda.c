@@ -333,6 +333,8 @@ static const cuda_case cases[] = {
     {"ce_ex", ce_x_fn, &cx_sum, {SH(2, 4, 8, 8), SH(2, 8, 8), SH(4)}, F32, 1e-12, "fiw"},
     {"ce_ex", ce_x_fn, &cx_smooth, {SH(4, 3, 2), SH(4, 2), SH(3)}, F64, 1e-24, "fiw"},
     {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(6, 4), SH(6)}, F32, 1e-12, "fi"},
+    {"ce_ex", ce_x_fn, &cx_sum, {SH(2, 3, 0), SH(2, 0), SH(3)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_sum, {SH(0, 3), SH(0), SH(3)}, F64, 1e-24, "fiw"},
     /* probability targets */
     {"ce_ex", ce_x_fn, &cx_smooth, {SH(3, 4, 2), SH(3, 4, 2), SH(4)}, F64, 1e-24, "fuw"},
     {"ce_ex", ce_x_fn, &cx_none, {SH(5, 3), SH(5, 3)}, F32, 1e-12, "fu"},

@@ -93,7 +93,7 @@ static tg_tensor *target_mask(const tg_tensor *x, const tg_tensor *target,
 #ifdef TG_HAVE_CUDA /* (without CUDA no tensor is on cuda, and no launcher links) */
   if (tg__on_cuda(x)) {
     if (tg__loss_cuda_target_mask(x->dtype, tg__data(target), w ? tg__data(w) : NULL,
-                                  target->numel / inner, C, inner, ignore, tg__data(mask),
+                                  cd ? x->shape[0] : 1, C, inner, ignore, tg__data(mask),
                                   k ? tg__data(k) : NULL, wsum, x->device.index) < 0) {
       tg_tensor_free(mask);
       return NULL;
