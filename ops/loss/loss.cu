@@ -180,50 +180,48 @@ __global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *M, con
   }
 }
 
+/* loss = -w[t] x[t] (w NULL: weight 1); wp (may be NULL) gets w[t], 0 where ignored. */
 template <typename T>
-__global__ void nll_forward_kernel(const T *x, const int64_t *t, int64_t outer, int64_t C,
-                                   int64_t inner, int64_t ignore, T *L, double *lp) {
+__global__ void nll_forward_kernel(const T *x, const int64_t *t, const T *w,
+                                   int64_t outer, int64_t C, int64_t inner,
+                                   int64_t ignore, T *L, double *lp, double *wp) {
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
+    const double wk = k == ignore ? 0 : w ? (double)w[k] : 1;
     const double l =
-        k == ignore ? 0 : -(double)x[(pos / inner * C + k) * inner + pos % inner];
+        k == ignore ? 0 : -wk * (double)x[(pos / inner * C + k) * inner + pos % inner];
     if (L)
       L[pos] = (T)l;
     lp[pos] = l;
+    if (wp)
+      wp[pos] = wk;
   }
 }
 
 template <typename T>
-__global__ void nll_backward_kernel(const T *g, const int64_t *t, bool per_elem,
-                                    double scale, int64_t outer, int64_t C, int64_t inner,
-                                    int64_t ignore, T *dx) {
+__global__ void nll_backward_kernel(const T *g, const int64_t *t, const T *w,
+                                    bool per_elem, double scale, int64_t outer, int64_t C,
+                                    int64_t inner, int64_t ignore, T *dx) {
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
     if (k != ignore)
       dx[(pos / inner * C + k) * inner + pos % inner] =
-          (T)(-(double)g[per_elem ? pos : 0] * scale);
+          (T)(-(double)g[per_elem ? pos : 0] * scale * (w ? (double)w[k] : 1));
   }
 }
 
-/* The class-weight mask of loss_ex.c: mask[o, t, i] = w[t] (1 without weights) at
- * each position's target (mask zeroed before), keep[pos] = target not ignored,
- * wp[pos] = the weight picked (0 where ignored). Targets are valid (checked before). */
+/* loss_ex.c's kept targets: keep[pos] = target not ignored, wp[pos] = its weight
+ * (1 without weights; 0 where ignored). Targets are valid (checked before). */
 template <typename T>
-__global__ void target_mask_kernel(const int64_t *t, const T *w, int64_t outer, int64_t C,
-                                   int64_t inner, int64_t ignore, T *mask, T *keep,
-                                   double *wp) {
-  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
+__global__ void target_keep_kernel(const int64_t *t, const T *w, int64_t n,
+                                   int64_t ignore, T *keep, double *wp) {
+  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < n;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
-    const bool kept = k != ignore;
-    const T wk = !kept ? (T)0 : w ? w[k] : (T)1;
-    if (kept)
-      mask[(pos / inner * C + k) * inner + pos % inner] = wk;
-    if (keep)
-      keep[pos] = (T)kept;
-    wp[pos] = (double)wk;
+    keep[pos] = (T)(k != ignore);
+    wp[pos] = k == ignore ? 0 : w ? (double)w[k] : 1;
   }
 }
 
@@ -299,24 +297,26 @@ extern "C" int tg__loss_cuda_count_targets(const int64_t *t, int64_t n, int64_t 
   return rc;
 }
 
-/* The frame of every forward that sums a double per position on the host: *total =
- * 0, then for n > 0 launch(stream, lp, blocks) fills lp [n] (returning its launch's
- * status) and *total = the sum of lp (waits). */
+/* The frame of every forward that sums doubles per position on the host: totals[0,
+ * parts) = 0, then for n > 0 launch(stream, lp, blocks) fills lp [parts, n] (returning
+ * its launch's status) and totals[p] = the sum of lp[p] (waits). */
 template <typename F>
-static int sum_positions(int64_t n, int device, double *total, F &&launch) {
+static int sum_positions(int64_t n, int parts, int device, double *totals, F &&launch) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
-  *total = 0;
+  for (int p = 0; p < parts; p++)
+    totals[p] = 0;
   if (n == 0)
     return 0;
-  double *lp = (double *)tg__cuda_malloc((size_t)n * sizeof(double), device);
+  const size_t bytes = (size_t)(n * parts) * sizeof(double);
+  double *lp = (double *)tg__cuda_malloc(bytes, device);
   if (!lp)
     return -1;
   int rc = launch(st, lp, tg__cuda_blocks(n, TG_THREADS));
-  if (rc == 0)
-    rc = sum_to_host(lp, n, st, device, total);
-  tg__cuda_free(lp, (size_t)n * sizeof(double), device);
+  for (int p = 0; p < parts && rc == 0; p++)
+    rc = sum_to_host(lp + p * n, n, st, device, totals + p);
+  tg__cuda_free(lp, bytes, device);
   return rc;
 }
 
@@ -325,14 +325,15 @@ extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t 
                                         int64_t ignore, void *stats, void *L,
                                         double *total, int device) {
   const int64_t npos = outer * inner;
-  return sum_positions(npos, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
-    tg_float_dispatch(dtype, [&](auto z) {
-      using T = decltype(z);
-      TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
-                inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
-    });
-    return TG_CUDA_LAUNCHED(ce_forward_kernel);
-  });
+  return sum_positions(
+      npos, 1, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+        tg_float_dispatch(dtype, [&](auto z) {
+          using T = decltype(z);
+          TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
+                    inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
+        });
+        return TG_CUDA_LAUNCHED(ce_forward_kernel);
+      });
 }
 
 extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
@@ -356,25 +357,35 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
   return TG_CUDA_LAUNCHED(ce_backward_kernel);
 }
 
-extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t,
-                                         int64_t outer, int64_t C, int64_t inner,
-                                         int64_t ignore, void *L, double *total,
-                                         int device) {
-  return sum_positions(
-      outer * inner, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
-        tg_float_dispatch(dtype, [&](auto z) {
-          using T = decltype(z);
-          TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer,
-                    C, inner, ignore, (T *)L, lp);
-        });
-        return TG_CUDA_LAUNCHED(nll_forward_kernel);
-      });
+extern "C" int tg__loss_cuda_nll_weighted_forward(int dtype, const void *x,
+                                                  const int64_t *t, const void *w,
+                                                  int64_t outer, int64_t C, int64_t inner,
+                                                  int64_t ignore, void *L, double *total,
+                                                  double *wsum, int device) {
+  const int64_t npos = outer * inner;
+  auto launch = [&](cudaStream_t st, double *lp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t,
+                (const T *)w, outer, C, inner, ignore, (T *)L, lp,
+                wsum ? lp + npos : (double *)NULL);
+    });
+    return TG_CUDA_LAUNCHED(nll_forward_kernel);
+  };
+  double totals[2];
+  const int rc = sum_positions(npos, wsum ? 2 : 1, device, totals, launch);
+  *total = totals[0];
+  if (wsum)
+    *wsum = totals[1];
+  return rc;
 }
 
-extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
-                                          bool per_elem, double scale, int64_t outer,
-                                          int64_t C, int64_t inner, int64_t ignore,
-                                          void *dx, int device) {
+extern "C" int tg__loss_cuda_nll_weighted_backward(int dtype, const void *gr,
+                                                   const int64_t *t, const void *w,
+                                                   bool per_elem, double scale,
+                                                   int64_t outer, int64_t C,
+                                                   int64_t inner, int64_t ignore,
+                                                   void *dx, int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
@@ -384,31 +395,46 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
   const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
-    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t, per_elem,
-              scale, outer, C, inner, ignore, (T *)dx);
+    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t,
+              (const T *)w, per_elem, scale, outer, C, inner, ignore, (T *)dx);
   });
   return TG_CUDA_LAUNCHED(nll_backward_kernel);
 }
 
-extern "C" int tg__loss_cuda_target_mask(int dtype, const int64_t *t, const void *w,
+extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t,
                                          int64_t outer, int64_t C, int64_t inner,
-                                         int64_t ignore, void *mask, void *keep,
+                                         int64_t ignore, void *L, double *total,
+                                         int device) {
+  return tg__loss_cuda_nll_weighted_forward(dtype, x, t, NULL, outer, C, inner, ignore, L,
+                                            total, NULL, device);
+}
+
+extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
+                                          bool per_elem, double scale, int64_t outer,
+                                          int64_t C, int64_t inner, int64_t ignore,
+                                          void *dx, int device) {
+  return tg__loss_cuda_nll_weighted_backward(dtype, gr, t, NULL, per_elem, scale, outer,
+                                             C, inner, ignore, dx, device);
+}
+
+extern "C" int tg__loss_cuda_target_keep(int dtype, const int64_t *t, const void *w,
+                                         int64_t n, int64_t ignore, void *keep,
                                          double *wsum, int device) {
-  return sum_positions(
-      outer * inner, device, wsum, [&](cudaStream_t st, double *lp, unsigned g) {
-        tg_float_dispatch(dtype, [&](auto z) {
-          using T = decltype(z);
-          TG_LAUNCH(target_mask_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, outer,
-                    C, inner, ignore, (T *)mask, (T *)keep, lp);
-        });
-        return TG_CUDA_LAUNCHED(target_mask_kernel);
-      });
+  auto launch = [&](cudaStream_t st, double *wp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(target_keep_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, n, ignore,
+                (T *)keep, wp);
+    });
+    return TG_CUDA_LAUNCHED(target_keep_kernel);
+  };
+  return sum_positions(n, 1, device, wsum, launch);
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,
                                                const void *t, int64_t n, void *L,
                                                double *total, int device) {
-  return sum_positions(n, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+  return sum_positions(n, 1, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
     tg_float_dispatch(dtype, [&](auto z) {
       using T = decltype(z);
       TG_LAUNCH(pointwise_forward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,

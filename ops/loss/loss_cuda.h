@@ -40,13 +40,22 @@ int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t, int64_
 int tg__loss_cuda_nll_backward(int dtype, const void *g, const int64_t *t, bool per_elem,
                                double scale, int64_t outer, int64_t C, int64_t inner,
                                int64_t ignore, void *dx, int device);
-/* loss_ex.c's class weights: mask [outer, C, inner] (zeroed by the caller) gets
- * w[t] (1 when w is NULL) at each target not ignored, keep [outer, inner] (may be
- * NULL) 1 where the target is not ignored, 0 elsewhere; *wsum = the sum of the
- * weights picked (waits). Targets must be valid. */
-int tg__loss_cuda_target_mask(int dtype, const int64_t *t, const void *w, int64_t outer,
-                              int64_t C, int64_t inner, int64_t ignore, void *mask,
-                              void *keep, double *wsum, int device);
+/* nll_loss with class weights w [C] (NULL: all 1): loss = -w[t] x[t]; *wsum (may be
+ * NULL) = the sum of the weights of the targets not ignored (waits); backward writes
+ * -g * scale * w[t] there. */
+int tg__loss_cuda_nll_weighted_forward(int dtype, const void *x, const int64_t *t,
+                                       const void *w, int64_t outer, int64_t C,
+                                       int64_t inner, int64_t ignore, void *L,
+                                       double *total, double *wsum, int device);
+int tg__loss_cuda_nll_weighted_backward(int dtype, const void *g, const int64_t *t,
+                                        const void *w, bool per_elem, double scale,
+                                        int64_t outer, int64_t C, int64_t inner,
+                                        int64_t ignore, void *dx, int device);
+/* loss_ex.c's label smoothing: keep [n] gets 1 where the target is not ignore, else
+ * 0; *wsum = the sum of w[t] (1 when w is NULL) over those targets (waits). Targets
+ * must be valid. */
+int tg__loss_cuda_target_keep(int dtype, const int64_t *t, const void *w, int64_t n,
+                              int64_t ignore, void *keep, double *wsum, int device);
 /* Pointwise losses (kind 0: mse, 1: BCE with logits) over n elements, as loss.c. */
 int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x, const void *t,
                                     int64_t n, void *L, double *total, int device);

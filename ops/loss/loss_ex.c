@@ -69,51 +69,47 @@ static int check_weight(const char *op, const tg_tensor *w, const tg_tensor *x) 
   return 0;
 }
 
-/* mask[n, c, d...] = weight[c] (1 without weights) where c is target[n, d...], zero
- * elsewhere and where the target is ignore_index; *wsum = the sum of the weights
- * picked, the divisor of a mean. With keep, *keep [n, d...] of x's dtype is 1 where
- * the target is not ignore_index, else 0. Written on x's device (loss.cu's kernel on
- * cuda). Targets are checked by tg_nll_loss first. */
-static tg_tensor *target_mask(const tg_tensor *x, const tg_tensor *target,
-                              const tg_tensor *w, int64_t ignore, double *wsum,
-                              tg_tensor **keep) {
-  tg_tensor *mask = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
-  tg_tensor *k = keep ? tg__new(target->shape, target->ndim, x->dtype, x->device) : NULL;
-  if (keep)
-    *keep = k;
-  if (!mask || (keep && !k)) {
-    tg_tensor_free(mask);
-    return NULL; /* the caller frees *keep */
-  }
+/* x [N, C, d...] or [C] as [outer, C, inner] around its class dim. */
+typedef struct {
+  int64_t outer, C, inner;
+} class_dims;
+
+static class_dims dims_of(const tg_tensor *x) {
   const int cd = class_dim(x);
-  const int64_t C = x->ndim ? x->shape[cd] : 1;
-  int64_t inner = 1;
+  class_dims d = {cd ? x->shape[0] : 1, x->ndim ? x->shape[cd] : 1, 1};
   for (int i = cd + 1; i < x->ndim; i++)
-    inner *= x->shape[i];
+    d.inner *= x->shape[i];
+  return d;
+}
+
+/* keep [n, d...] of x's dtype: 1 where the target is not ignore_index, else 0; *wsum =
+ * the sum of the weights (1 without weights) of those targets, the divisor of a mean.
+ * Written on x's device. Targets are checked by tg_nll_loss first. */
+static tg_tensor *target_keep(const tg_tensor *x, const tg_tensor *target,
+                              const tg_tensor *w, int64_t ignore, double *wsum) {
+  tg_tensor *keep = tg__new(target->shape, target->ndim, x->dtype, x->device);
+  if (!keep)
+    return NULL;
 #ifdef TG_HAVE_CUDA /* (without CUDA no tensor is on cuda, and no launcher links) */
   if (tg__on_cuda(x)) {
-    if (tg__loss_cuda_target_mask(x->dtype, tg__data(target), w ? tg__data(w) : NULL,
-                                  cd ? x->shape[0] : 1, C, inner, ignore, tg__data(mask),
-                                  k ? tg__data(k) : NULL, wsum, x->device.index) < 0) {
-      tg_tensor_free(mask);
+    if (tg__loss_cuda_target_keep(x->dtype, tg__data(target), w ? tg__data(w) : NULL,
+                                  target->numel, ignore, tg__data(keep), wsum,
+                                  x->device.index) < 0) {
+      tg_tensor_free(keep);
       return NULL;
     }
-    return mask;
+    return keep;
   }
 #endif
   const int64_t *t = tg__data(target);
   double sum = 0;
   for (int64_t pos = 0; pos < target->numel; pos++) {
-    if (k)
-      tg__set(k, pos, t[pos] != ignore);
-    if (t[pos] == ignore)
-      continue;
-    const double wk = w ? tg__get(w, t[pos]) : 1.0;
-    tg__set(mask, (pos / inner * C + t[pos]) * inner + pos % inner, wk);
-    sum += wk;
+    tg__set(keep, pos, t[pos] != ignore);
+    if (t[pos] != ignore)
+      sum += w ? tg__get(w, t[pos]) : 1.0;
   }
   *wsum = sum;
-  return mask;
+  return keep;
 }
 
 /* Reduces per-element losses l as `r`; a mean divides by `divisor`. */
@@ -141,16 +137,108 @@ static tg_tensor *neg_class_sum(const tg_tensor *a, const tg_tensor *b, int cd) 
   return n;
 }
 
-/* Weighted nll: loss_i = -w[t_i] x[i, t_i], a mean divided by the weights' sum. */
+/* Weighted nll, its own node: loss_i = -w[t_i] x[i, t_i] (0 where ignored), a mean
+ * divided by the sum of the weights picked; one pass per device, no [N, C, ...] mask. */
+typedef struct {
+  class_dims d;
+  int64_t ignore;
+  tg_reduction reduction;
+  double scale; /* dloss / dloss_i: 1, or 1 / the weights' sum for a mean */
+} wnll_ctx;
+
+/* The per-position losses into L (NULL: not kept); *total = their sum, *wsum = the
+ * picked weights' sum, in double. */
+static int nll_weighted_forward(const wnll_ctx *c, const tg_tensor *x,
+                                const tg_tensor *target, const tg_tensor *w, tg_tensor *L,
+                                double *total, double *wsum) {
+  const int64_t outer = c->d.outer, C = c->d.C, inner = c->d.inner, ignore = c->ignore;
+#ifdef TG_HAVE_CUDA
+  if (tg__on_cuda(x))
+    return tg__loss_cuda_nll_weighted_forward(
+        x->dtype, tg__data(x), tg__data(target), tg__data(w), outer, C, inner, ignore,
+        L ? tg__data(L) : NULL, total, wsum, x->device.index);
+#endif
+  const int64_t npos = outer * inner, *t = tg__data(target);
+  double tot = 0, ws = 0;
+  TG_DISPATCH_FLOAT(x->dtype, T, {
+    const T *X = tg__data(x), *W = tg__data(w);
+    T *LP = L ? tg__data(L) : NULL;
+    // clang-format off
+    _Pragma("omp parallel for reduction(+ : tot, ws) num_threads(tg__reduce_threads(npos))")
+    for (int64_t pos = 0; pos < npos; pos++) { // clang-format on
+      const int64_t k = t[pos];
+      const double wk = k == ignore ? 0 : (double)W[k];
+      const double l =
+          k == ignore ? 0 : -wk * (double)X[(pos / inner * C + k) * inner + pos % inner];
+      if (LP)
+        LP[pos] = (T)l;
+      tot += l;
+      ws += wk;
+    }
+  });
+  *total = tot;
+  *wsum = ws;
+  return 0;
+}
+
+/* dx[i, t_i] = -g_i * scale * w[t_i], zero elsewhere; no gradient for the weights, as
+ * PyTorch. */
+static int nll_weighted_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  if (!tg__input_needs_grad(node, 0))
+    return 0;
+  const wnll_ctx *c = node->ctx;
+  const tg_tensor *x = node->inputs[0], *target = node->inputs[1], *w = node->inputs[2];
+  const int64_t outer = c->d.outer, C = c->d.C, inner = c->d.inner, ignore = c->ignore;
+  const bool per_elem = c->reduction == TG_REDUCTION_NONE;
+  const double scale = c->scale;
+  tg_tensor *dx = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
+  if (!(gi[0] = dx))
+    return -1;
+#ifdef TG_HAVE_CUDA
+  if (tg__on_cuda(x))
+    return tg__loss_cuda_nll_weighted_backward(
+        x->dtype, tg__data(g), tg__data(target), tg__data(w), per_elem, scale, outer, C,
+        inner, ignore, tg__data(dx), x->device.index);
+#endif
+  const int64_t npos = outer * inner, *t = tg__data(target);
+  TG_DISPATCH_FLOAT(x->dtype, T, {
+    const T *G = tg__data(g), *W = tg__data(w);
+    T *D = tg__data(dx);
+    // clang-format off
+    _Pragma("omp parallel for num_threads(tg__threads(npos))")
+    for (int64_t pos = 0; pos < npos; pos++) { // clang-format on
+      const int64_t k = t[pos];
+      if (k != ignore)
+        D[(pos / inner * C + k) * inner + pos % inner] =
+            (T)(-(double)G[per_elem ? pos : 0] * scale * (double)W[k]);
+    }
+  });
+  return 0;
+}
+
 static tg_tensor *nll_weighted(const tg_tensor *x, const tg_tensor *target,
                                const tg_nll_loss_options *o) {
-  double wsum;
-  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum, NULL);
-  if (!mask)
+  static const int64_t scalar[1] = {1};
+  wnll_ctx c = {dims_of(x), o->ignore_index, o->reduction, 1.0};
+  const bool none = o->reduction == TG_REDUCTION_NONE;
+  tg_tensor *out = none ? tg__new(target->shape, target->ndim, x->dtype, x->device)
+                        : tg__new(scalar, 0, x->dtype, x->device);
+  double total, wsum;
+  if (!out || nll_weighted_forward(&c, x, target, o->weight, none ? out : NULL, &total,
+                                   &wsum) < 0) {
+    tg_tensor_free(out);
     return NULL;
-  tg_tensor *l = neg_class_sum(x, mask, class_dim(x));
-  tg_tensor_free(mask);
-  return reduce(l, o->reduction, wsum);
+  }
+  if (!none) /* on out's device */
+    tg_fill_(out, o->reduction == TG_REDUCTION_MEAN ? total / wsum : total);
+  if (o->reduction == TG_REDUCTION_MEAN)
+    c.scale = 1.0 / wsum;
+  const tg_tensor *in[3] = {x, target, o->weight};
+  tg_node *node;
+  out = tg__finish("tg_nll_loss_ex", out, 3, in, nll_weighted_backward, &node);
+  if (node)
+    *(wnll_ctx *)tg__ctx(node, sizeof c) = c;
+  return out;
 }
 
 tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
@@ -224,9 +312,9 @@ static tg_tensor *ce_smoothed(const tg_tensor *x, const tg_tensor *target,
     return NULL;
   /* keep[n, d...] = 1 where the target is not ignored; wsum as nll's divisor */
   double wsum;
-  tg_tensor *keep = NULL, *w = NULL, *l = NULL;
-  tg_tensor *mask = target_mask(x, target, o->weight, o->ignore_index, &wsum, &keep);
-  if (mask) {
+  tg_tensor *w = NULL, *l = NULL;
+  tg_tensor *keep = target_keep(x, target, o->weight, o->ignore_index, &wsum);
+  if (keep) {
     w = o->weight ? weight_view(o->weight, x) : tg_ones(TG_SHAPE(1), x->dtype, x->device);
     tg_tensor *per = neg_class_sum(logp, w, cd);
     l = reduce(tg_mul(per, keep), o->reduction, wsum);
@@ -235,7 +323,7 @@ static tg_tensor *ce_smoothed(const tg_tensor *x, const tg_tensor *target,
   tg_tensor *a = tg_mul_scalar(nll, 1 - o->label_smoothing);
   tg_tensor *b = tg_mul_scalar(l, o->label_smoothing / (double)C);
   tg_tensor *r = tg_add(a, b);
-  tg_tensor *all[] = {nll, mask, keep, w, l, a, b};
+  tg_tensor *all[] = {nll, keep, w, l, a, b};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++)
     tg_tensor_free(all[i]);
   return r;
