@@ -1,7 +1,8 @@
 /* PyTorch's further loss arguments: class weights for nll_loss and cross_entropy,
  * class-probability targets and label smoothing for cross_entropy, weight and
  * pos_weight for binary_cross_entropy_with_logits, softmax with an output dtype. Each is
- * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp) composed of
+ * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp): weighted nll is a
+ * node of its own with a kernel per device (loss.cu on cuda), the rest compose
  * tapegrad's differentiable ops; the plain cases go to loss.c's kernels. */
 #include "graph/internal.h"
 #include "ops/loss/loss_cuda.h"
@@ -181,8 +182,8 @@ static int nll_weighted_forward(const wnll_ctx *c, const tg_tensor *x,
   return 0;
 }
 
-/* dx[i, t_i] = -g_i * scale * w[t_i], zero elsewhere; no gradient for the weights, as
- * PyTorch. */
+/* dx[i, t_i] = -g_i * scale * w[t_i], zero elsewhere. The weights get no gradient
+ * (PyTorch does not differentiate nll_loss in weight either). */
 static int nll_weighted_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   if (!tg__input_needs_grad(node, 0))
     return 0;
