@@ -359,8 +359,8 @@ def m_bce(s):
 
 
 def check_eps(eps):
-    if not (eps >= 0):
-        raise NE(f"negative eps {eps} (tapegrad takes finite eps >= 0)")
+    if not math.isfinite(eps):
+        raise NE(f"eps {eps} (tapegrad takes any finite eps)")
     return float(eps)
 
 
