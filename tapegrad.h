@@ -458,17 +458,26 @@ typedef struct {
  * true, no divisor override. */
 tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw);
 tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *options);
-/* Resampling [N, C, H, W] by size or by scale_factor, as F.interpolate. */
+/* Resampling by size or by scale_factor, as F.interpolate: [N, C, L] (1d), [N, C, H, W]
+ * (2d) or [N, C, D, H, W] (3d); size and scale_factor hold one entry per spatial dim,
+ * in order, from the first (1d uses [0], 2d [0..1]). */
 typedef struct {
-  int64_t size[2];        /* the output size, used when scale_factor is 0 */
-  double scale_factor[2]; /* > 0: output floor(in * scale); sources map with 1/scale */
-  bool align_corners;     /* bilinear only: corners of input and output coincide */
+  int64_t size[3];        /* the output size, used when scale_factor is 0 */
+  double scale_factor[3]; /* > 0: output floor(in * scale); sources map with 1/scale */
+  bool align_corners;     /* linear modes only: corners of input and output coincide */
   bool recompute_scale_factor; /* map sources with in/out instead of 1/scale */
 } tg_upsample_options;
 tg_upsample_options tg_upsample_options_default(void); /* all zero/false */
+/* mode="nearest", "linear", "bilinear", "trilinear". CPU only (other devices: an
+ * error). New reference, differentiable in x. */
+tg_tensor *tg_upsample_nearest1d_ex(const tg_tensor *x, const tg_upsample_options *options);
 tg_tensor *tg_upsample_nearest2d_ex(const tg_tensor *x, const tg_upsample_options *options);
+tg_tensor *tg_upsample_nearest3d_ex(const tg_tensor *x, const tg_upsample_options *options);
+tg_tensor *tg_upsample_linear1d_ex(const tg_tensor *x, const tg_upsample_options *options);
 tg_tensor *tg_upsample_bilinear2d_ex(const tg_tensor *x,
                                      const tg_upsample_options *options);
+tg_tensor *tg_upsample_trilinear3d_ex(const tg_tensor *x,
+                                      const tg_upsample_options *options);
 
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
  * !train or p == 0 returns an alias of x. The mask comes from the global generator. */

@@ -434,32 +434,55 @@ RUNNER(adaptive_avg_pool2d) {
                  : (tg_adaptive_avg_pool2d(x[0], NULL));
 }
 
-/* By size (the plain functions when they apply) or by scale_factor. */
-static tg_tensor *upsample(sample *s, const tg_tensor *x, bool bilinear) {
+/* The resampling function of each mode, by spatial dims (1 to 3). */
+typedef tg_tensor *(*resample_fn)(const tg_tensor *, const tg_upsample_options *);
+static const resample_fn nearest_fns[3] = {
+    tg_upsample_nearest1d_ex, tg_upsample_nearest2d_ex, tg_upsample_nearest3d_ex};
+static const resample_fn linear_fns[3] = {
+    tg_upsample_linear1d_ex, tg_upsample_bilinear2d_ex, tg_upsample_trilinear3d_ex};
+
+/* By size (the plain 2-D functions when they apply) or by scale_factor. nearest picks
+ * its function by the input's dims, as F.interpolate; the linear modes have theirs
+ * (nsp), whatever the input (PyTorch's error inputs). */
+static tg_tensor *upsample(sample *s, const tg_tensor *x, const resample_fn *fns,
+                           int nsp) {
   tg_upsample_options o = tg_upsample_options_default();
   o.align_corners = pi(s, "align_corners");
+  if (!nsp)
+    nsp = tg_ndim(x) >= 3 && tg_ndim(x) <= 5 ? tg_ndim(x) - 2 : 2;
   if (has_p(s, "size"))
-    pv(s, "size", o.size, 2);
-  if (has_p(s, "size") && !o.align_corners)
-    return bilinear ? tg_upsample_bilinear2d(x, o.size)
-                    : tg_upsample_nearest2d(x, o.size);
+    pv(s, "size", o.size, 3);
+  if (has_p(s, "size") && !o.align_corners && nsp == 2)
+    return fns == linear_fns ? tg_upsample_bilinear2d(x, o.size)
+                             : tg_upsample_nearest2d(x, o.size);
   if (has_p(s, "scale")) {
     tg_tensor *t = ref_get(s->f, s->name, "p_scale", TG_F64);
-    memcpy(o.scale_factor, tg_data(t), sizeof o.scale_factor);
+    assert_true(tg_numel(t) <= 3);
+    memcpy(o.scale_factor, tg_data(t), (size_t)tg_numel(t) * sizeof(double));
     tg_tensor_free(t);
     o.recompute_scale_factor = pi(s, "recompute");
   }
-  return bilinear ? tg_upsample_bilinear2d_ex(x, &o) : tg_upsample_nearest2d_ex(x, &o);
+  return fns[nsp - 1](x, &o);
 }
 
 RUNNER(upsample_nearest) {
   UNUSED_ARGS;
-  return upsample(S, x[0], false);
+  return upsample(S, x[0], nearest_fns, 0);
+}
+
+RUNNER(upsample_linear) {
+  UNUSED_ARGS;
+  return upsample(S, x[0], linear_fns, 1);
 }
 
 RUNNER(upsample_bilinear) {
   UNUSED_ARGS;
-  return upsample(S, x[0], true);
+  return upsample(S, x[0], linear_fns, 2);
+}
+
+RUNNER(upsample_trilinear) {
+  UNUSED_ARGS;
+  return upsample(S, x[0], linear_fns, 3);
 }
 
 RUNNER(reshape) {
@@ -571,6 +594,8 @@ static const op_row ops[] = {
     ROW(adaptive_avg_pool2d),
     ROW(upsample_nearest),
     ROW(upsample_bilinear),
+    ROW(upsample_linear),
+    ROW(upsample_trilinear),
     ROW(max_unpool2d),
     ROW(reshape),
     ROW(view),

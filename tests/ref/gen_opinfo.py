@@ -42,7 +42,7 @@ CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscala
         "pow_tensor", "gelu_tanh", "prob_targets", "class_weight", "label_smoothing",
         "bce_weight", "softmax_dtype", "squeeze_dims", "cat_legacy", "cat_empty",
         "unbatched_conv", "conv_same", "bn_empty",
-        "align_corners", "scale_factor"}
+        "align_corners", "scale_factor", "resample_nd"}
 
 
 class NE(Exception):
@@ -513,10 +513,13 @@ def m_interp(mode, upsample=False):
         md = k.get("mode", mode)
         if upsample and md == "bilinear":
             k = dict(k, align_corners=True)  # upsample_bilinear's, unlike interpolate's
-        if md not in ("nearest", "bilinear"):
+        if md not in ("nearest", "linear", "bilinear", "trilinear"):
             raise NE(f"mode {md}")
-        if s.input.dim() != 4:
-            raise NE(f"{s.input.dim()}-D input (tapegrad resamples 4-D)")
+        nsp = s.input.dim() - 2  # spatial dims
+        if not 1 <= nsp <= 3:
+            raise NE(f"{s.input.dim()}-D input (tapegrad resamples 3-D to 5-D)")
+        if nsp != 2:
+            need("resample_nd", f"{s.input.dim()}-D input")
         if k.get("antialias"):
             raise NE("antialias")
         c = Call("upsample_" + md).t(s.input)
@@ -526,10 +529,10 @@ def m_interp(mode, upsample=False):
         c.p["align_corners"] = int(bool(ac))
         sf = k.get("scale_factor")
         if size is not None:
-            c.p["size"] = pair(size, "size")
+            c.p["size"] = pair(size, "size", nsp)
         else:
             need("scale_factor", "scale_factor")
-            sf = [float(sf)] * 2 if not isinstance(sf, (tuple, list)) else list(sf)
+            sf = [float(sf)] * nsp if not isinstance(sf, (tuple, list)) else list(sf)
             c.p["scale"] = [float(v) for v in sf]
             c.p["recompute"] = int(bool(k.get("recompute_scale_factor")))
         return c
@@ -652,7 +655,9 @@ OPS = {
     "nn.functional.max_pool2d": m_max_pool, "nn.functional.avg_pool2d": m_avg_pool,
     "nn.functional.adaptive_avg_pool2d": m_adaptive,
     "nn.functional.interpolate.nearest": m_interp("nearest"),
+    "nn.functional.interpolate.linear": m_interp("linear"),
     "nn.functional.interpolate.bilinear": m_interp("bilinear"),
+    "nn.functional.interpolate.trilinear": m_interp("trilinear"),
     "nn.functional.upsample_nearest": m_interp("nearest", True),
     "nn.functional.upsample_bilinear": m_interp("bilinear", True),
     "nn.functional.max_unpool2d": m_unpool, "nn.functional.max_unpool2d.grad": m_unpool,
@@ -679,7 +684,8 @@ FAMILY = {
     "conv": ["nn.functional.conv2d", "nn.functional.conv_transpose2d"],
     "pool": ["nn.functional.max_pool2d", "nn.functional.avg_pool2d",
              "nn.functional.adaptive_avg_pool2d", "nn.functional.interpolate.nearest",
-             "nn.functional.interpolate.bilinear", "nn.functional.upsample_nearest",
+             "nn.functional.interpolate.linear", "nn.functional.interpolate.bilinear",
+             "nn.functional.interpolate.trilinear", "nn.functional.upsample_nearest",
              "nn.functional.upsample_bilinear", "nn.functional.max_unpool2d",
              "nn.functional.max_unpool2d.grad"],
     "shape": ["reshape", "view", "flatten", "squeeze", "squeeze.multiple", "unsqueeze",
