@@ -366,7 +366,7 @@ tg_tensor *tg_binary_cross_entropy_with_logits_ex(const tg_tensor *input,
 
 /* ------------------------------------------------------------ GroupNorm -- */
 /* x [N, C, *] (any number of trailing dims, none included); weight/bias [C] or NULL;
- * C % num_groups == 0; biased variance, eps > 0 inside the sqrt. New reference.
+ * C % num_groups == 0; biased variance, eps inside the sqrt. New reference.
  * Outputs (y, and dx in backward) of 1/8 of the CPU's L3 and more are written with
  * non-temporal stores, bypassing the cache; the environment variable
  * TG_NORM_STREAM_BYTES sets that size in bytes (0: always). Results are identical. */
@@ -374,6 +374,8 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups,
                          const tg_tensor *weight, const tg_tensor *bias, double eps);
 
 /* ------------------------------------------------------- other norms -------- */
+/* All three norms take any finite eps, 0 and negative ones too, as PyTorch (where
+ * var + eps < 0 the result is NaN, as PyTorch's); NaN and Inf eps are errors. */
 /* x [N, C, *]. In training, batch statistics normalize and the running stats (may be
  * NULL, both or neither) are updated in place with momentum (unbiased variance), as
  * PyTorch does; evaluation needs them. Running stats get no gradient. New reference. */
