@@ -105,6 +105,21 @@ def kw(s, *allowed):
     return s.kwargs
 
 
+def named(s, *names, skip=0):
+    """The sample's arguments by name: the positional ones after the first skip in
+    the order of names, then the keywords (any other keyword: not expressible)."""
+    vals = dict(kw(s, *names))
+    if len(s.args) - skip > len(names):
+        raise NE("extra arguments")
+    vals.update(zip(names, s.args[skip:]))
+    return vals
+
+
+def keepdim(c, v):
+    c.p["keepdim"] = int(bool(v.get("keepdim", False)))
+    return c
+
+
 def same_float_dtype(tensors):
     dts = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.dtype in FLOATS}
     if len(dts) > 1:
@@ -216,43 +231,36 @@ def m_gelu(s):
 
 def m_sum_mean(key):
     def f(s):
-        k = kw(s, "dim", "keepdim", "dtype")
-        if k.get("dtype") is not None:
+        v = named(s, "dim", "keepdim", "dtype")
+        if v.get("dtype") is not None:
             raise NE("kwarg dtype")
-        dim = dims_of(s.args[0] if s.args else k.get("dim"))
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        dim = dims_of(v.get("dim"))
         if dim is None:
-            if keep:
+            if v.get("keepdim"):
                 raise NE("keepdim over all dims")
             return Call(key).t(s.input)
         c = Call(key + "_dims").t(s.input)
         c.p["dims"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        return keepdim(c, v)
     return f
 
 
 def m_minmax(key):
     """max/min with dim (values and indices) or over all elements."""
     def f(s):
-        kw(s, "dim", "keepdim")
-        args = list(s.args)
-        dim = args[0] if args else s.kwargs.get("dim")
-        keep = args[1] if len(args) > 1 else s.kwargs.get("keepdim", False)
-        if dim is None:
+        v = named(s, "dim", "keepdim")
+        if v.get("dim") is None:
             return Call(key + "_all").t(s.input)
         c = Call(key + "_dim").t(s.input)
-        c.p["dim"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        c.p["dim"] = v["dim"]
+        return keepdim(c, v)
     return f
 
 
 def m_amax(key):
     def f(s):
-        k = kw(s, "dim", "keepdim")
-        dim = dims_of(s.args[0] if s.args else k.get("dim", ()))
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        v = named(s, "dim", "keepdim")
+        dim = dims_of(v.get("dim", ()))
         if len(dim) == 1:
             c = Call(key[1:] + "_dim").t(s.input)
             c.p["dim"] = dim[0]
@@ -260,21 +268,17 @@ def m_amax(key):
         else:
             c = Call(key + "_dims").t(s.input)
             c.p["dims"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        return keepdim(c, v)
     return f
 
 
 def m_arg(key):
     def f(s):
-        k = kw(s, "dim", "keepdim")
-        dim = s.args[0] if s.args else k.get("dim")
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        v = named(s, "dim", "keepdim")
         c = Call(key).t(s.input)
-        if dim is not None:
-            c.p["dim"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        if v.get("dim") is not None:
+            c.p["dim"] = v["dim"]
+        return keepdim(c, v)
     return f
 
 
@@ -285,10 +289,8 @@ def m_matmul(s):
 
 
 def m_linear(s):
-    k = kw(s, "bias")
-    args = list(s.args)
-    w = args[0]
-    b = args[1] if len(args) > 1 else k.get("bias")
+    vals = named(s, "weight", "bias")
+    w, b = vals["weight"], vals.get("bias")
     same_float_dtype([s.input, w, b])
     return Call("linear").t(s.input).t(w, what="weight").t(b, what="bias")
 
@@ -416,12 +418,8 @@ def m_conv(key):
     def f(s):
         names = ["stride", "padding"] + (["output_padding"] if key != "conv2d" else [])
         names += ["groups", "dilation"] if key != "conv2d" else ["dilation", "groups"]
-        k = kw(s, "bias", *names)
-        args = list(s.args)
-        w = args[0]
-        b = args[1] if len(args) > 1 else k.get("bias")
-        vals = dict(zip(names, args[2:]))
-        vals.update({n: k[n] for n in names if n in k})
+        vals = named(s, "weight", "bias", *names)
+        w, b = vals["weight"], vals.get("bias")
         unbatched(s.input, key)
         c = Call(key).t(s.input).t(w, what="weight").t(b, what="bias")
         for n in names:
@@ -437,17 +435,20 @@ def m_conv(key):
     return f
 
 
-def m_max_pool(s):
-    k = kw(s, "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
-    vals = dict(zip(names, s.args))
-    vals.update(k)
-    unbatched(s.input, "max_pool2d")
-    c = Call("max_pool2d").t(s.input)
+def window(c, vals):
+    """A pool's kernel, stride (None or empty: the kernel) and padding."""
     c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
     st = vals.get("stride")
     c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
     c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    return c
+
+
+def m_max_pool(s):
+    vals = named(s, "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                 "return_indices")
+    unbatched(s.input, "max_pool2d")
+    c = window(Call("max_pool2d").t(s.input), vals)
     c.p["dilation"] = pair(vals.get("dilation", 1), "dilation")
     if c.p["dilation"] != [1, 1]:
         need("pool_ex", "dilation")
@@ -461,17 +462,10 @@ def m_max_pool(s):
 
 
 def m_avg_pool(s):
-    names = ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-             "divisor_override"]
-    k = kw(s, *names)
-    vals = dict(zip(names, s.args))
-    vals.update(k)
+    vals = named(s, "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
     unbatched(s.input, "avg_pool2d")
-    c = Call("avg_pool2d").t(s.input)
-    c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
-    st = vals.get("stride")
-    c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
-    c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    c = window(Call("avg_pool2d").t(s.input), vals)
     c.p["ceil"] = int(bool(vals.get("ceil_mode", False)))
     c.p["include_pad"] = int(bool(vals.get("count_include_pad", True)))
     d = vals.get("divisor_override")
@@ -540,17 +534,11 @@ def m_interp(mode, upsample=False):
 
 
 def m_unpool(s):
-    names = ["kernel_size", "stride", "padding", "output_size"]
-    k = kw(s, *names)
+    vals = named(s, "kernel_size", "stride", "padding", "output_size", skip=1)
     need("unpool", "max_unpool2d")
-    vals = dict(zip(names, s.args[1:]))
-    vals.update(k)
     unbatched(s.input, "max_unpool2d")
     c = Call("max_unpool2d").t(s.input).t(s.args[0], kind="index", what="indices")
-    c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
-    st = vals.get("stride")
-    c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
-    c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    window(c, vals)
     os_ = vals.get("output_size")
     if os_ is not None:
         c.p["output_size"] = list(os_)[-2:]
@@ -895,7 +883,7 @@ def opinfo_name(o):
 def main(families):
     by_name = {opinfo_name(o): o for o in op_db}
     total = {}
-    for family in families:
+    for family in [f for f in families if f in FAMILY]:
         lines = []
         for name in FAMILY[family]:
             o = by_name[name]
