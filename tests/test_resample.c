@@ -127,6 +127,9 @@ static void test_errors(void **state) {
   o.scale_factor[1] = NAN;
   assert_error(tg_upsample_nearest3d_ex(x5, &o) == NULL,
                "scale_factor must be positive and finite, got nan");
+  o.scale_factor[1] = 1e300;
+  assert_error(tg_upsample_nearest3d_ex(x5, &o) == NULL, "scale_factor 1e+300",
+               "too large");
   o.scale_factor[1] = 0.1; /* floor(3 * 0.1) = 0 */
   o.scale_factor[2] = 1;
   assert_error(tg_upsample_trilinear3d_ex(x5, &o) == NULL, "output (D: 6, H: 0, W: 3)");

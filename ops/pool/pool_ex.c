@@ -456,7 +456,11 @@ static int resample_plan(const char *op, const tg_tensor *x, const tg_upsample_o
     if (by_scale && !(o->scale_factor[i] > 0 && isfinite(o->scale_factor[i])))
       return tg__error("%s: scale_factor must be positive and finite, got %g", op,
                        o->scale_factor[i]);
-    out[i] = by_scale ? (int64_t)floor((double)in * o->scale_factor[i]) : o->size[i];
+    const double scaled = floor((double)in * o->scale_factor[i]);
+    if (by_scale && !(scaled < 0x1p53)) /* the cast below would overflow */
+      return tg__error("%s: scale_factor %g makes an output size of %g, too large", op,
+                       o->scale_factor[i], scaled);
+    out[i] = by_scale ? (int64_t)scaled : o->size[i];
     empty |= in <= 0 || out[i] <= 0;
   }
   if (empty) { /* PyTorch's message, naming every axis */
