@@ -247,10 +247,9 @@ tg_tensor *tg_tanh(const tg_tensor *a);
 tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
 
 /* ------------------------------ elementwise: PyTorch's further arguments -- */
-/* Devices: tg_add_alpha, tg_sub_alpha, tg_rsub_scalar and tg_rdiv_scalar are made of
- * the plain ops and run on every device those have kernels on; tg_pow_tensor,
- * tg_rpow_scalar, tg_div_ex with a rounding mode and tg_gelu_ex with tanh run on the
- * CPU only (another device: an error naming it). */
+/* Devices: all of these run on the CPU and on CUDA (tg_pow_tensor, tg_rpow_scalar,
+ * tg_div_ex's rounding modes and tg_gelu_ex's tanh are kinds of the elementwise
+ * kernels; the rest are made of the plain ops). */
 /* a + alpha * b and a - alpha * b (torch.add/sub's alpha), broadcasting. */
 tg_tensor *tg_add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
 tg_tensor *tg_sub_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
@@ -330,11 +329,9 @@ tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
                                                tg_reduction reduction);
 
 /* ------------------------------------ losses: PyTorch's further arguments -- */
-/* Devices: tg_softmax_ex/tg_log_softmax_ex and tg_binary_cross_entropy_with_logits_ex
- * are made of plain ops and run where those have kernels; tg_nll_loss_ex with a weight
- * and tg_cross_entropy_ex with class weights, label smoothing or probability targets
- * build their target mask on the host: CPU only (another device: an error). Without
- * those arguments they are the plain losses, on their devices. */
+/* Devices: all of these run on the CPU and on CUDA with every argument (weighted nll
+ * has a kernel per device; the other arguments are made of plain ops and a small
+ * kernel for the kept targets). Without those arguments they are the plain losses. */
 /* softmax(t, dim, dtype=...): t converted to dtype (float32 or float64) first. */
 tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
 tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
