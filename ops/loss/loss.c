@@ -54,6 +54,21 @@ static const int loss_cuda_table = 1;
 #define LOSS_CUDA NULL
 #endif
 static const int loss_cpu_table = 1;
+#ifndef TG_HAVE_CUDA
+/* Built without CUDA, tg__pick refuses CUDA tensors before a launcher is reached:
+ * these stand in for loss.cu's so that the calls link. */
+static int no_cuda(int unused, ...) {
+  (void)unused;
+  return tg__error("tapegrad was built without CUDA");
+}
+#define tg__loss_cuda_count_targets(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_ce_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_ce_backward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_nll_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_nll_backward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_pointwise_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_pointwise_backward(...) no_cuda(0, __VA_ARGS__)
+#endif
 
 /* Number of targets not ignored; -1 naming the first target outside [0, C). */
 static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
@@ -62,7 +77,7 @@ static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
   const int64_t n = target->numel;
   int64_t count = 0, bad = 0;
   if (tg__on_cuda(target)) {
-    int64_t first;
+    int64_t first = -1;
     if (tg__loss_cuda_count_targets(t, n, C, ignore, &count, &first,
                                     target->device.index) < 0)
       return -1;
