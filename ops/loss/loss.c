@@ -188,10 +188,8 @@ static int64_t ce_lanes(int64_t C) {
   return l < 16 ? 16 : l > CE_LANES_MAX ? CE_LANES_MAX : l & ~(int64_t)15;
 }
 
-/* exp and log of the kernels: the float ones vectorise (slab.h), the double ones are
- * libm's, as accurate as gradcheck needs. log takes a sum of exp(x - m), >= 1. */
-static inline float ce_exp_float(float x) { return slab_expf(x); }
-static inline double ce_exp_double(double x) { return exp(x); }
+/* log of the kernels, of a sum of exp(x - m) (>= 1): the float one vectorises
+ * (slab.h), the double one is libm's, as accurate as gradcheck needs. */
 static inline float ce_log_float(double sum) { return slab_logf((float)sum); }
 static inline double ce_log_double(double sum) { return log(sum); }
 
@@ -268,19 +266,19 @@ static inline double ce_sum(const double *v, int64_t n) {
       const double wk = w ? w[k] : 1.0;                                                  \
       if (ek)                                                                            \
         for (int64_t j = 0; j < n; j++) {                                                \
-          T e = ce_exp_##T(xk[j * LS] - (*m)[j]);                                        \
+          T e = slab_exp_##T(xk[j * LS] - (*m)[j]);                                      \
           ek[j * LS] = e;                                                                \
           (*sum)[j] += e;                                                                \
         }                                                                                \
       else if (wd)                                                                       \
         for (int64_t j = 0; j < n; j++) {                                                \
           T d = xk[j * LS] - (*m)[j];                                                    \
-          (*sum)[j] += ce_exp_##T(d);                                                    \
+          (*sum)[j] += slab_exp_##T(d);                                                  \
           (*wd)[j] += wk * (double)d;                                                    \
         }                                                                                \
       else                                                                               \
         for (int64_t j = 0; j < n; j++)                                                  \
-          (*sum)[j] += ce_exp_##T(xk[j * LS] - (*m)[j]);                                 \
+          (*sum)[j] += slab_exp_##T(xk[j * LS] - (*m)[j]);                               \
     }                                                                                    \
   }                                                                                      \
                                                                                          \
@@ -307,7 +305,7 @@ static inline double ce_sum(const double *v, int64_t n) {
       const double lse = (double)ce_log_##T(sum[j]); /* lse_i - m_i */                   \
       double v = (1 - s) * wt[j] * (((double)m[j] - (double)xt[j]) + lse) +              \
                  sc * (W * lse - wd[j]);                                                 \
-      li[j] = ce_keep(kt[j] >= 0, v);                                                       \
+      li[j] = ce_keep(kt[j] >= 0, v);                                                    \
     }                                                                                    \
     if (L)                                                                               \
       for (int64_t j = 0; j < n; j++)                                                    \

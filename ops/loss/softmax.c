@@ -70,7 +70,7 @@ _Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))")
         T *dk = D + l.base + k * l.ks;
         for (int64_t j = 0; j < w; j++) {
           T y = yk[j * ls], gv = gk[j * ls];
-          dk[j * ls] = log_out ? gv - exp(y) * dot[j] : y * (gv - dot[j]);
+          dk[j * ls] = log_out ? gv - slab_exp(y) * dot[j] : y * (gv - dot[j]);
         }
       }
     }
