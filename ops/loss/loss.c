@@ -181,11 +181,9 @@ typedef struct {
 
 /* Positions per task where they are contiguous ([N, C, H, W]): a tile of C rows of
  * them stays in L1 while it is read twice (max, then exp). */
-#define CE_LANES_MAX 512
-
 static int64_t ce_lanes(int64_t C) {
   int64_t l = 4096 / (C ? C : 1);
-  return l < 16 ? 16 : l > CE_LANES_MAX ? CE_LANES_MAX : l & ~(int64_t)15;
+  return l < 16 ? 16 : l > SLAB_LANES_MAX ? SLAB_LANES_MAX : l & ~(int64_t)15;
 }
 
 /* log of the kernels, of a sum of exp(x - m) (>= 1): the float one vectorises
@@ -230,58 +228,8 @@ static inline double ce_sum(const double *v, int64_t n) {
 }
 
 /* The kernels' tile functions, per dtype T and lane stride LS (1 for contiguous
- * positions, a constant the compiler vectorises on). ce_rows: per lane j of tile l,
- * m[j] = max_c x_c and sum[j] = sum_c exp(x_c - m[j]); each exp is also stored in E
- * (X's layout) unless E is NULL; unless wd is NULL, wd[j] = sum_c w_c (x_c - m[j]) (w
- * NULL: all 1); unless xt is NULL, xt[j] = x_kt[j] (0 where kt[j] is -1). Accumulators
- * in double whatever T. */
+ * positions, a constant the compiler vectorises on). */
 #define CE_TILES(T)                                                                      \
-  static inline __attribute__((always_inline)) void ce_rows_##T(                         \
-      const T *X, T *E, const slab_lanes *l, int64_t C, int64_t LS, const double *w,     \
-      const int32_t *kt, T(*xt)[CE_LANES_MAX], T(*m)[CE_LANES_MAX],                      \
-      double(*sum)[CE_LANES_MAX], double(*wd)[CE_LANES_MAX]) {                           \
-    const int64_t n = l->w;                                                              \
-    for (int64_t j = 0; j < n; j++) {                                                    \
-      (*m)[j] = -INFINITY;                                                               \
-      (*sum)[j] = 0;                                                                     \
-      if (wd)                                                                            \
-        (*wd)[j] = 0;                                                                    \
-      if (xt)                                                                            \
-        (*xt)[j] = 0;                                                                    \
-    }                                                                                    \
-    for (int64_t k = 0; k < C; k++) {                                                    \
-      const T *xk = X + l->base + k * l->ks;                                             \
-      if (xt)                                                                            \
-        for (int64_t j = 0; j < n; j++) {                                                \
-          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
-          (*xt)[j] = kt[j] == (int32_t)k ? xk[j * LS] : (*xt)[j];                        \
-        }                                                                                \
-      else                                                                               \
-        for (int64_t j = 0; j < n; j++)                                                  \
-          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
-    }                                                                                    \
-    for (int64_t k = 0; k < C; k++) {                                                    \
-      const T *xk = X + l->base + k * l->ks;                                             \
-      T *ek = E ? E + l->base + k * l->ks : NULL;                                        \
-      const double wk = w ? w[k] : 1.0;                                                  \
-      if (ek)                                                                            \
-        for (int64_t j = 0; j < n; j++) {                                                \
-          T e = slab_exp_##T(xk[j * LS] - (*m)[j]);                                      \
-          ek[j * LS] = e;                                                                \
-          (*sum)[j] += e;                                                                \
-        }                                                                                \
-      else if (wd)                                                                       \
-        for (int64_t j = 0; j < n; j++) {                                                \
-          T d = xk[j * LS] - (*m)[j];                                                    \
-          (*sum)[j] += slab_exp_##T(d);                                                  \
-          (*wd)[j] += wk * (double)d;                                                    \
-        }                                                                                \
-      else                                                                               \
-        for (int64_t j = 0; j < n; j++)                                                  \
-          (*sum)[j] += slab_exp_##T(xk[j * LS] - (*m)[j]);                               \
-    }                                                                                    \
-  }                                                                                      \
-                                                                                         \
   /* Forward of one tile: per-position losses into L (unless NULL); part[0] = their sum, \
    * part[1] = that of the targets' weights, part[2] = the targets out of range. */      \
   static inline __attribute__((always_inline)) void ce_forward_tile_##T(                 \
@@ -291,11 +239,12 @@ static inline double ce_sum(const double *v, int64_t n) {
     const int64_t *tk = tgt + l->pos0;                                                   \
     const double s = c->smoothing, sc = s / (double)C, W = c->wsum;                      \
     const double *w = c->weighted ? c->w : NULL;                                         \
-    T m[CE_LANES_MAX], xt[CE_LANES_MAX];                                                 \
-    double sum[CE_LANES_MAX], wd[CE_LANES_MAX], li[CE_LANES_MAX], wt[CE_LANES_MAX];      \
-    int32_t kt[CE_LANES_MAX];                                                            \
+    T m[SLAB_LANES_MAX], xt[SLAB_LANES_MAX];                                             \
+    double sum[SLAB_LANES_MAX], wd[SLAB_LANES_MAX], li[SLAB_LANES_MAX],                  \
+        wt[SLAB_LANES_MAX];                                                              \
+    int32_t kt[SLAB_LANES_MAX];                                                          \
     const int64_t bad = ce_targets(tk, n, ignore, C, kt);                                \
-    ce_rows_##T(X, NULL, l, C, LS, w, kt, &xt, &m, &sum, s > 0 ? &wd : NULL);            \
+    slab_rows_##T(X, NULL, l, C, LS, w, kt, &xt, &m, &sum, s > 0 ? &wd : NULL);          \
     if (!(s > 0))                                                                        \
       for (int64_t j = 0; j < n; j++)                                                    \
         wd[j] = 0;                                                                       \
@@ -324,10 +273,10 @@ static inline double ce_sum(const double *v, int64_t n) {
     const int64_t *tk = tgt + l->pos0;                                                   \
     const double s = c->smoothing, sc = s / (double)C, W = c->wsum, g0 = (double)G[0];   \
     const double *w = c->weighted ? c->w : NULL;                                         \
-    T m[CE_LANES_MAX], a[CE_LANES_MAX], b[CE_LANES_MAX], u[CE_LANES_MAX];                \
-    double sum[CE_LANES_MAX];                                                            \
-    int32_t kt[CE_LANES_MAX];                                                            \
-    ce_rows_##T(X, D, l, C, LS, NULL, NULL, NULL, &m, &sum, NULL);                       \
+    T m[SLAB_LANES_MAX], a[SLAB_LANES_MAX], b[SLAB_LANES_MAX], u[SLAB_LANES_MAX];        \
+    double sum[SLAB_LANES_MAX];                                                          \
+    int32_t kt[SLAB_LANES_MAX];                                                          \
+    slab_rows_##T(X, D, l, C, LS, NULL, NULL, NULL, &m, &sum, NULL);                     \
     ce_targets(tk, n, ignore, C, kt);                                                    \
     for (int64_t j = 0; j < n; j++) {                                                    \
       const double wt = kt[j] < 0 ? 0.0 : w ? w[kt[j]] : 1.0;                            \

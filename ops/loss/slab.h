@@ -139,44 +139,72 @@ static inline float slab_exp_float(float x) { return slab_expf(x); }
 static inline double slab_exp_double(double x) { return exp(x); }
 #define slab_exp(x) _Generic((x), float : slab_exp_float, double : slab_exp_double)(x)
 
-/* Per lane j of task l: m[j] = max_k x_k and sum[j] = sum_k exp(x_k - m[j]) over its r
- * elements x_k at X + base + k*ks + j*ls, the max-subtracted sum behind softmax and
- * cross-entropy. Each exp(x_k - m[j]) is also stored at the same place in E unless E
- * is NULL (softmax keeps them). The sums are double whatever T. m and sum point to
- * whole tiles rather than to their first elements so that the compiler still knows
- * j < SLAB_TILE: it unrolls the strided loops on that bound. */
-#define SLAB_MAX_SUMEXP(T)                                                               \
-  static inline void slab_max_sumexp_##T(const T *X, T *E, const slab_lanes *l,          \
-                                         int64_t r, T(*m)[SLAB_TILE],                    \
-                                         double(*sum)[SLAB_TILE]) {                      \
-    const int64_t w = l->w, ls = l->ls;                                                  \
-    for (int64_t j = 0; j < w; j++) {                                                    \
+/* The tile functions take up to SLAB_LANES_MAX lanes (slab.lanes may be raised to
+ * that where positions are contiguous). */
+#define SLAB_LANES_MAX 512
+
+/* Per lane j of tile l, over the r = C elements x_c of its row (at X + base + c*ks +
+ * j*LS; LS = 1 for contiguous lanes, passed as a constant so that the loops
+ * vectorise): m[j] = max_c x_c and sum[j] = sum_c exp(x_c - m[j]), the max-subtracted
+ * sum behind softmax and cross-entropy. Each exp is also stored at the same place in E
+ * unless E is NULL (softmax keeps them); unless wd is NULL, wd[j] = sum_c w_c (x_c -
+ * m[j]) (w NULL: all 1; label smoothing); unless xt is NULL, xt[j] = x_kt[j] (0 where
+ * kt[j] is -1; the target's logit). Sums in double whatever T. The arrays are whole
+ * tiles rather than pointers to their first elements so that the compiler knows
+ * j < SLAB_LANES_MAX. */
+#define SLAB_ROWS(T)                                                                     \
+  static inline __attribute__((always_inline)) void slab_rows_##T(                       \
+      const T *X, T *E, const slab_lanes *l, int64_t C, int64_t LS, const double *w,     \
+      const int32_t *kt, T(*xt)[SLAB_LANES_MAX], T(*m)[SLAB_LANES_MAX],                  \
+      double(*sum)[SLAB_LANES_MAX], double(*wd)[SLAB_LANES_MAX]) {                       \
+    const int64_t n = l->w;                                                              \
+    for (int64_t j = 0; j < n; j++) {                                                    \
       (*m)[j] = -INFINITY;                                                               \
       (*sum)[j] = 0;                                                                     \
+      if (wd)                                                                            \
+        (*wd)[j] = 0;                                                                    \
+      if (xt)                                                                            \
+        (*xt)[j] = 0;                                                                    \
     }                                                                                    \
-    for (int64_t k = 0; k < r; k++) {                                                    \
+    for (int64_t k = 0; k < C; k++) {                                                    \
       const T *xk = X + l->base + k * l->ks;                                             \
-      for (int64_t j = 0; j < w; j++)                                                    \
-        (*m)[j] = xk[j * ls] > (*m)[j] ? xk[j * ls] : (*m)[j];                           \
+      if (xt)                                                                            \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
+          (*xt)[j] = kt[j] == (int32_t)k ? xk[j * LS] : (*xt)[j];                        \
+        }                                                                                \
+      else                                                                               \
+        for (int64_t j = 0; j < n; j++)                                                  \
+          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
     }                                                                                    \
-    for (int64_t k = 0; k < r; k++) {                                                    \
+    for (int64_t k = 0; k < C; k++) {                                                    \
       const T *xk = X + l->base + k * l->ks;                                             \
       T *ek = E ? E + l->base + k * l->ks : NULL;                                        \
-      for (int64_t j = 0; j < w; j++) {                                                  \
-        T e = slab_exp_##T(xk[j * ls] - (*m)[j]);                                        \
-        if (ek)                                                                          \
-          ek[j * ls] = e;                                                                \
-        (*sum)[j] += e;                                                                  \
-      }                                                                                  \
+      const double wk = w ? w[k] : 1.0;                                                  \
+      if (ek)                                                                            \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          T e = slab_exp_##T(xk[j * LS] - (*m)[j]);                                      \
+          ek[j * LS] = e;                                                                \
+          (*sum)[j] += e;                                                                \
+        }                                                                                \
+      else if (wd)                                                                       \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          T d = xk[j * LS] - (*m)[j];                                                    \
+          (*sum)[j] += slab_exp_##T(d);                                                  \
+          (*wd)[j] += wk * (double)d;                                                    \
+        }                                                                                \
+      else                                                                               \
+        for (int64_t j = 0; j < n; j++)                                                  \
+          (*sum)[j] += slab_exp_##T(xk[j * LS] - (*m)[j]);                               \
     }                                                                                    \
   }
-SLAB_MAX_SUMEXP(float)
-SLAB_MAX_SUMEXP(double)
-#undef SLAB_MAX_SUMEXP
+SLAB_ROWS(float)
+SLAB_ROWS(double)
+#undef SLAB_ROWS
 
 /* The float or double instance, from the type of X. */
-#define slab_max_sumexp(X, ...)                                                          \
-  _Generic((X), const float *: slab_max_sumexp_float,                                   \
-           const double *: slab_max_sumexp_double)(X, __VA_ARGS__)
+#define slab_rows(X, ...)                                                                \
+  _Generic((X), const float *: slab_rows_float, const double *: slab_rows_double)(      \
+      X, __VA_ARGS__)
 
 #endif
