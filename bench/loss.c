@@ -216,7 +216,7 @@ int main(int argc, char **argv) {
          "the logits in this run; min x = the same between minimum times%s; load "
          "average %.2f\n",
          reps, have_torch ? "; torch = PyTorch's medians, same threads" : "", load[0]);
-  printf("%-21s %-12s %3s | %6s | %6s %5s %5s | %7s %5s %5s", "case", "logits", "thr",
+  printf("%-21s %-12s %3s | %7s | %6s %5s %5s | %7s %5s %5s", "case", "logits", "thr",
          "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x");
   if (have_torch)
     printf(" | %9s %9s", "torch fwd", "torch f+b");
@@ -235,7 +235,7 @@ int main(int argc, char **argv) {
                  (long long)c->c);
       else
         snprintf(shape, sizeof shape, "[%lld,%lld]", (long long)c->n, (long long)c->c);
-      printf("%-21s %-12s %3d | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f", c->name,
+      printf("%-21s %-12s %3d | %7.4f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f", c->name,
              shape, THREADS[t], m[0] * 1e3, m[1] * 1e3, m[1] / m[0], mn[1] / mn[0],
              m[2] * 1e3, m[2] / m[0], mn[2] / mn[0]);
       if (have_torch)
