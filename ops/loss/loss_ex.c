@@ -2,7 +2,8 @@
  * class-probability targets and label smoothing for cross_entropy, weight and
  * pos_weight for binary_cross_entropy_with_logits, softmax with an output dtype. Each is
  * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp) composed of
- * tapegrad's differentiable ops; the plain cases go to loss.c's kernels. */
+ * tapegrad's differentiable ops; the plain cases, and cross-entropy over class indices
+ * on the CPU, go to loss.c's kernels. */
 #include "graph/internal.h"
 #include "ops/loss/loss.h"
 
