@@ -3,8 +3,13 @@
  * over the same number of threads). Prints the ratios; PyTorch's times beside ours
  * when the Python of TG_BENCH_PYTHON (default /usr/bin/python3, Debian's) has torch.
  *
- *   bench/group_norm [reps]          (default 15 repetitions per measurement)
+ *   bench/group_norm [reps] [--shape N,C,H,W,G | --shape I] [--threads T] [--cold]
+ *                    [--no-torch]
  *   bench/group_norm --device cuda [reps] [--small]     (bench/cuda/group_norm.c)
+ *
+ * reps: repetitions per measurement (default 15). --shape runs one shape (I: the row
+ * of the table below, from 0), --threads one thread count, --cold the cold state only,
+ * --no-torch skips PyTorch: quick runs of one row, e.g. `--shape 2 --threads 2 --cold`.
  *
  * fwd+bwd calls the node's backward directly (what a training step spends in
  * GroupNorm); "api" is forward + tg_backward_ex, which also clones grad_output.
@@ -14,6 +19,7 @@
  * raises the mmap and trim thresholds first, as a long-running trainer would. */
 #include "graph/internal.h"
 
+#include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
 #include <omp.h>
@@ -35,6 +41,14 @@ static const shape SHAPES[] = {
 #define N_SHAPES ((int)(sizeof SHAPES / sizeof *SHAPES))
 static const int THREADS[] = {1, 2};
 #define N_THREADS ((int)(sizeof THREADS / sizeof *THREADS))
+
+/* What one run measures: the shapes and thread counts (all, or one picked by the
+ * options), and the cache states (0 warm, 1 cold) from first_state on. */
+typedef struct {
+  shape shapes[N_SHAPES];
+  int threads[N_THREADS], n_shapes, n_threads, first_state, reps;
+  bool torch;
+} config;
 
 static double now(void) {
   struct timespec ts;
@@ -104,7 +118,8 @@ static void flush_caches(void) {
   flush_sink = s;
 }
 
-static int bench_one(const shape *s, int threads, int reps, timing *out) {
+static int bench_one(const shape *s, int threads, int reps, int first_state,
+                     timing *out) {
   tg_set_num_threads(threads);
   tg_scope_begin();
   const int64_t dims[4] = {s->n, s->c, s->h, s->w};
@@ -128,7 +143,7 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
    * another process lands on all four rather than on one of them. */
   enum { ROUND = 5 };
   int rc = 0;
-  for (int cold = 0; cold < 2; cold++) {
+  for (int cold = first_state; cold < 2; cold++) {
     for (int r0 = 0; r0 < reps && rc == 0; r0 += ROUND)
       for (int k = 0; k < 4 && rc == 0; k++)
         for (int r = r0 - 2; r < r0 + ROUND && r < reps && rc == 0; r++) {
@@ -193,7 +208,7 @@ static const char *TORCH_SCRIPT =
     "            print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), "
     "flush=True)\n";
 
-static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
+static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   const char *py = getenv("TG_BENCH_PYTHON");
   py = py && *py ? py : "/usr/bin/python3";
   char cmd[1024];
@@ -209,29 +224,71 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   fputs(TORCH_SCRIPT, f);
   fclose(f);
   char shapes[512] = "[", threads[64] = "[";
-  for (int i = 0; i < N_SHAPES; i++)
+  for (int i = 0; i < cf->n_shapes; i++) {
+    const shape *sh = &cf->shapes[i];
     snprintf(shapes + strlen(shapes), sizeof shapes - strlen(shapes),
-             "(%lld,%lld,%lld,%lld,%lld),", (long long)SHAPES[i].n,
-             (long long)SHAPES[i].c, (long long)SHAPES[i].h, (long long)SHAPES[i].w,
-             (long long)SHAPES[i].g);
+             "(%lld,%lld,%lld,%lld,%lld),", (long long)sh->n, (long long)sh->c,
+             (long long)sh->h, (long long)sh->w, (long long)sh->g);
+  }
   strcat(shapes, "]");
-  for (int i = 0; i < N_THREADS; i++)
+  for (int i = 0; i < cf->n_threads; i++)
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
-             THREADS[i]);
+             cf->threads[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, reps, shapes,
-           threads, flush_len);
+  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, cf->reps,
+           shapes, threads, flush_len);
   FILE *p = popen(cmd, "r");
   int got = 0;
-  for (int t = 0; p && t < N_THREADS; t++)
-    for (int i = 0; i < N_SHAPES; i++)
+  for (int t = 0; p && t < cf->n_threads; t++)
+    for (int i = 0; i < cf->n_shapes; i++)
       for (int cold = 0; cold < 2; cold++)
         got +=
             fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0], &torch_ms[t][i][cold][1]) == 2;
   if (p)
     pclose(p);
   remove(path);
-  return got == 2 * N_THREADS * N_SHAPES ? 0 : -1;
+  return got == 2 * cf->n_threads * cf->n_shapes ? 0 : -1;
+}
+
+/* The options of the usage line at the top; returns -1 with a message on bad ones. */
+static int parse_args(int argc, char **argv, config *cf) {
+  *cf = (config){.n_shapes = N_SHAPES, .n_threads = N_THREADS, .reps = 15, .torch = true};
+  memcpy(cf->shapes, SHAPES, sizeof SHAPES);
+  memcpy(cf->threads, THREADS, sizeof THREADS);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    shape sh;
+    int k;
+    if (!strcmp(a, "--cold")) {
+      cf->first_state = 1;
+    } else if (!strcmp(a, "--no-torch")) {
+      cf->torch = false;
+    } else if (!strcmp(a, "--threads") && v && (k = atoi(v)) >= 1) {
+      cf->threads[0] = k;
+      cf->n_threads = 1;
+      i++;
+    } else if (!strcmp(a, "--shape") && v &&
+               sscanf(v, "%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64,
+                      &sh.n, &sh.c, &sh.h, &sh.w, &sh.g) == 5) {
+      cf->shapes[0] = sh;
+      cf->n_shapes = 1;
+      i++;
+    } else if (!strcmp(a, "--shape") && v && sscanf(v, "%d", &k) == 1 && k >= 0 &&
+               k < N_SHAPES) {
+      cf->shapes[0] = SHAPES[k];
+      cf->n_shapes = 1;
+      i++;
+    } else if (a[0] != '-' && (k = atoi(a)) >= 1) {
+      cf->reps = k;
+    } else {
+      fprintf(stderr,
+              "usage: %s [reps] [--shape N,C,H,W,G | --shape 0-%d] [--threads T] "
+              "[--cold] [--no-torch]\n",
+              argv[0], N_SHAPES - 1);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 int tg_bench_group_norm_cuda(int argc, char **argv);
@@ -239,44 +296,45 @@ int tg_bench_group_norm_cuda(int argc, char **argv);
 int main(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "--device") && !strncmp(argv[2], "cuda", 4))
     return tg_bench_group_norm_cuda(argc - 3, argv + 3);
+  config cf;
+  if (parse_args(argc, argv, &cf) < 0)
+    return 2;
   mallopt(M_MMAP_THRESHOLD, 32 << 20); /* the largest value glibc accepts */
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  int reps = argc > 1 ? atoi(argv[1]) : 15;
-  if (reps < 1)
-    reps = 1;
   if (flush_init() < 0) {
     fprintf(stderr, "group_norm bench: out of memory\n");
     return 1;
   }
   double torch_ms[N_THREADS][N_SHAPES][2][2];
-  bool have_torch = torch_times(reps, torch_ms) == 0;
+  bool have_torch = cf.torch && torch_times(&cf, torch_ms) == 0;
   printf("GroupNorm float32: median of %d runs in ms, x = ratio to memcpy of the same "
          "tensor in the same cache state;\nmin x = the same ratio between minimum times "
          "(steadier on a busy machine). warm: runs back to back, tensors left in the "
          "cache;\ncold: caches flushed before every run (of memcpy too)%s\n",
-         reps, have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
+         cf.reps,
+         have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
   printf("%-15s %3s %3s %4s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]",
          "G", "thr", "", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api",
          "x");
   if (have_torch)
     printf(" | %9s %9s", "torch fwd", "torch f+b");
   printf("\n");
-  for (int t = 0; t < N_THREADS; t++)
-    for (int i = 0; i < N_SHAPES; i++) {
-      const shape *s = &SHAPES[i];
+  for (int t = 0; t < cf.n_threads; t++)
+    for (int i = 0; i < cf.n_shapes; i++) {
+      const shape *s = &cf.shapes[i];
       timing r;
-      if (bench_one(s, THREADS[t], reps, &r) != 0) {
+      if (bench_one(s, cf.threads[t], cf.reps, cf.first_state, &r) != 0) {
         fprintf(stderr, "group_norm bench failed: %s\n", tg_last_error());
         return 1;
       }
       char name[64];
       snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld]", (long long)s->n,
                (long long)s->c, (long long)s->h, (long long)s->w);
-      for (int cold = 0; cold < 2; cold++) {
+      for (int cold = cf.first_state; cold < 2; cold++) {
         const double *m = r.med[cold], *mn = r.min[cold];
         printf("%-15s %3lld %3d %4s | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f | "
                "%6.3f %5.2f",
-               name, (long long)s->g, THREADS[t], cold ? "cold" : "warm", m[0] * 1e3,
+               name, (long long)s->g, cf.threads[t], cold ? "cold" : "warm", m[0] * 1e3,
                m[1] * 1e3, m[1] / m[0], mn[1] / mn[0], m[2] * 1e3, m[2] / m[0],
                mn[2] / mn[0], m[3] * 1e3, m[3] / m[0]);
         if (have_torch)
