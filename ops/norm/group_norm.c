@@ -171,21 +171,25 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
   });
 }
 
-/* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c]. */
+/* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c], each summed in
+ * the order of n. sums, (db, ds) per (n, c), is read in the order the backward's
+ * threads wrote it: going channel by channel instead strode over N cache lines per
+ * channel, most of them in the other core's cache. acc: 2*C doubles of scratch. */
 static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims d,
-                           tg_tensor *dw, tg_tensor *db) {
+                           double *acc, tg_tensor *dw, tg_tensor *db) {
   const int64_t D = d.C / d.G;
-  for (int64_t c = 0; c < d.C; c++) {
-    double gw = 0, gb = 0;
-    for (int64_t n = 0; n < d.N; n++) {
+  memset(acc, 0, (size_t)(2 * d.C) * sizeof *acc);
+  for (int64_t n = 0; n < d.N; n++)
+    for (int64_t c = 0; c < d.C; c++) {
       const double *s = sums + 2 * (n * d.C + c);
-      gb += s[0];
-      gw += s[1] * stats[n * d.G + c / D].rstd;
+      acc[2 * c] += s[0];
+      acc[2 * c + 1] += s[1] * stats[n * d.G + c / D].rstd;
     }
+  for (int64_t c = 0; c < d.C; c++) {
     if (dw)
-      tg__set(dw, c, gw);
+      tg__set(dw, c, acc[2 * c + 1]);
     if (db)
-      tg__set(db, c, gb);
+      tg__set(db, c, acc[2 * c]);
   }
 }
 
@@ -212,15 +216,16 @@ static int gn_forward_cpu_k(const tg_tensor *x, const tg_tensor *w, const tg_ten
 static int gn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                              const tg_tensor *b, const tg_tensor *saved, gn_dims d,
                              tg_tensor *grads[3]) {
-  size_t n_sums = (size_t)(d.N * d.C * 2);
-  double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
+  /* (db, ds) per (n, c), then gn_param_grads' scratch */
+  size_t n_sums = (size_t)(d.N * d.C * 2 + d.C * 2);
+  double *sums = malloc(n_sums * sizeof *sums);
   if (!sums)
     return tg__error("%s: out of memory in backward (%zu bytes)", OP,
                      n_sums * sizeof *sums);
   const norm_stats *stats = tg__data(saved);
   gn_backward_cpu(g, x, w, b, stats, d, grads[0], sums);
   if (grads[1] || grads[2])
-    gn_param_grads(sums, stats, d, grads[1], grads[2]);
+    gn_param_grads(sums, stats, d, sums + d.N * d.C * 2, grads[1], grads[2]);
   free(sums);
   return 0;
 }
