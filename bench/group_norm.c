@@ -4,12 +4,13 @@
  * when the Python of TG_BENCH_PYTHON (default /usr/bin/python3, Debian's) has torch.
  *
  *   bench/group_norm [reps] [--shape N,C,H,W,G | --shape I] [--threads T] [--cold]
- *                    [--no-torch]
+ *                    [--no-torch] [--pieces]
  *   bench/group_norm --device cuda [reps] [--small]     (bench/cuda/group_norm.c)
  *
  * reps: repetitions per measurement (default 15). --shape runs one shape (I: the row
  * of the table below, from 0), --threads one thread count, --cold the cold state only,
  * --no-torch skips PyTorch: quick runs of one row, e.g. `--shape 2 --threads 2 --cold`.
+ * --pieces times the parts of a call instead (bench_pieces).
  *
  * fwd+bwd calls the node's backward directly (what a training step spends in
  * GroupNorm); "api" is forward + tg_backward_ex, which also clones grad_output.
@@ -18,6 +19,7 @@
  * the next allocation (several ms for 25 MB), which would swamp the kernels: main()
  * raises the mmap and trim thresholds first, as a long-running trainer would. */
 #include "graph/internal.h"
+#include "ops/norm/norm.h"
 
 #include <inttypes.h>
 #include <malloc.h>
@@ -47,7 +49,7 @@ static const int THREADS[] = {1, 2};
 typedef struct {
   shape shapes[N_SHAPES];
   int threads[N_THREADS], n_shapes, n_threads, first_state, reps;
-  bool torch;
+  bool torch, pieces;
 } config;
 
 static double now(void) {
@@ -181,6 +183,127 @@ static int bench_one(const shape *s, int threads, int reps, int first_state,
   return rc;
 }
 
+/* --pieces: where a call's time goes, cold (caches flushed before each run), each piece
+ * timed alone, with memcpy as in the table:
+ *   region  an empty OpenMP parallel region of GroupNorm's thread count;
+ *   alloc   the forward's allocations (y and the saved statistics), freed again;
+ *   read    the same sums over each thread's share of x in one run: the floor of
+ *           stats (no restart per group);
+ *   stats   the statistics pass alone (norm_moments per group, as the forward's first
+ *           pass; x from memory);
+ *   nograd  tg_group_norm without recording (kernel and allocation, no tape);
+ *   fwd     tg_group_norm recorded, as in the table;
+ *   bwd     the node's backward alone (x, dy from memory; y's node made before the
+ *           flush). */
+enum { N_PIECES = 8 };
+static const char *const PIECE_NAMES[N_PIECES] = {"memcpy", "region", "alloc", "read",
+                                                  "stats",  "nograd", "fwd",   "bwd"};
+
+static volatile double piece_sink;
+
+static int run_piece(int k, const shape *s, tg_tensor *x, tg_tensor *w, tg_tensor *b,
+                     tg_tensor *dy, tg_tensor *dst, int threads, double *t) {
+  const int64_t groups = s->n * s->g, len = tg_numel(x) / groups;
+  const float *X = tg_data(x);
+  tg_scope_begin();
+  tg_node *node = NULL;
+  if (k == 7) {
+    tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
+    if (!y)
+      return tg_scope_end(), -1;
+    node = y->grad_fn;
+  }
+  flush_caches();
+  int rc = 0;
+  double t0 = now(), acc = 0;
+  switch (k) {
+  case 0:
+    parallel_memcpy(tg_data(dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
+    break;
+  case 1:
+#pragma omp parallel num_threads(tg__threads(tg_numel(x)))
+    piece_sink = 0;
+    break;
+  case 2:
+    rc = tg__new_like(x) && tg__new(TG_SHAPE(s->n, s->g, 3), TG_F64, TG_CPU) ? 0 : -1;
+    break;
+  case 3: {
+    const int nt = tg__threads(tg_numel(x));
+#pragma omp parallel for num_threads(nt) reduction(+ : acc)
+    for (int p = 0; p < nt; p++) {
+      const int64_t lo = groups * p / nt * len, hi = groups * (p + 1) / nt * len;
+      norm_stats st;
+      norm_moments(X + lo, 1, hi - lo, 0, 1e-5, &st);
+      acc += st.rstd;
+    }
+    break;
+  }
+  case 4:
+#pragma omp parallel for num_threads(tg__threads(tg_numel(x))) reduction(+ : acc)
+    for (int64_t ng = 0; ng < groups; ng++) {
+      norm_stats st;
+      norm_moments(X + ng * len, 1, len, 0, 1e-5, &st);
+      acc += st.rstd;
+    }
+    break;
+  case 5:
+    tg_no_grad_begin();
+    rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
+    tg_no_grad_end();
+    break;
+  case 6:
+    rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
+    break;
+  case 7:
+    rc = node_backward(node, dy);
+    break;
+  }
+  *t = now() - t0;
+  piece_sink = acc;
+  tg_scope_end();
+  tg_zero_grad(x);
+  tg_zero_grad(w);
+  tg_zero_grad(b);
+  return rc;
+}
+
+/* Prints one line per piece: median and minimum ms, and the median's ratio to
+ * memcpy's. The pieces take turns run by run. */
+static int bench_pieces(const shape *s, int threads, int reps) {
+  tg_set_num_threads(threads);
+  tg_scope_begin();
+  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
+  tg_tensor *x = tg_randn(dims, 4, TG_F32, TG_CPU);
+  tg_tensor *dy = tg_randn(dims, 4, TG_F32, TG_CPU);
+  tg_tensor *w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
+  tg_tensor *b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
+  tg_tensor *dst = tg_empty(dims, 4, TG_F32, TG_CPU);
+  double *t = malloc((size_t)(N_PIECES * reps) * sizeof *t);
+  if (!x || !dy || !w || !b || !dst || !t)
+    return free(t), tg_scope_end(), -1;
+  tg_set_requires_grad(x, true);
+  tg_set_requires_grad(w, true);
+  tg_set_requires_grad(b, true);
+  int rc = 0;
+  for (int r = -2; r < reps && rc == 0; r++)
+    for (int k = 0; k < N_PIECES && rc == 0; k++) {
+      double dt = 0;
+      rc = run_piece(k, s, x, w, b, dy, dst, threads, &dt);
+      if (r >= 0)
+        t[k * reps + r] = dt;
+    }
+  for (int k = 0; k < N_PIECES && rc == 0; k++) {
+    double *v = t + k * reps, med = median(v, reps); /* sorts v */
+    double copy = k ? t[reps / 2] : med;             /* memcpy's, sorted first */
+    printf("[%lld,%lld,%lld,%lld] %3lld %3d cold %-7s | %7.3f %7.3f | %5.2f\n",
+           (long long)s->n, (long long)s->c, (long long)s->h, (long long)s->w,
+           (long long)s->g, threads, PIECE_NAMES[k], med * 1e3, v[0] * 1e3, med / copy);
+  }
+  free(t);
+  tg_scope_end();
+  return rc;
+}
+
 /* PyTorch's medians (ms) for every shape and thread count, one python run: lines of
  * "fwd fwdbwd" in the order of the loops below. */
 static const char *TORCH_SCRIPT =
@@ -263,6 +386,8 @@ static int parse_args(int argc, char **argv, config *cf) {
       cf->first_state = 1;
     } else if (!strcmp(a, "--no-torch")) {
       cf->torch = false;
+    } else if (!strcmp(a, "--pieces")) {
+      cf->pieces = true;
     } else if (!strcmp(a, "--threads") && v && (k = atoi(v)) >= 1) {
       cf->threads[0] = k;
       cf->n_threads = 1;
@@ -283,7 +408,7 @@ static int parse_args(int argc, char **argv, config *cf) {
     } else {
       fprintf(stderr,
               "usage: %s [reps] [--shape N,C,H,W,G | --shape 0-%d] [--threads T] "
-              "[--cold] [--no-torch]\n",
+              "[--cold] [--no-torch] [--pieces]\n",
               argv[0], N_SHAPES - 1);
       return -1;
     }
@@ -304,6 +429,18 @@ int main(int argc, char **argv) {
   if (flush_init() < 0) {
     fprintf(stderr, "group_norm bench: out of memory\n");
     return 1;
+  }
+  if (cf.pieces) {
+    printf("GroupNorm float32, pieces of a call (bench/group_norm.c, --pieces): median "
+           "and min of %d runs in ms, x = median / memcpy's median\n",
+           cf.reps);
+    for (int t = 0; t < cf.n_threads; t++)
+      for (int i = 0; i < cf.n_shapes; i++)
+        if (bench_pieces(&cf.shapes[i], cf.threads[t], cf.reps) != 0) {
+          fprintf(stderr, "group_norm bench failed: %s\n", tg_last_error());
+          return 1;
+        }
+    return 0;
   }
   double torch_ms[N_THREADS][N_SHAPES][2][2];
   bool have_torch = cf.torch && torch_times(&cf, torch_ms) == 0;
