@@ -120,21 +120,35 @@ static void flush_caches(void) {
   flush_sink = s;
 }
 
+/* The tensors of one shape's runs, in the current scope: x, dy random, w in
+ * [0.5, 1.5), b random, dst memcpy's destination; x, w and b require grad. */
+typedef struct {
+  tg_tensor *x, *dy, *w, *b, *dst;
+} inputs;
+
+static int make_inputs(const shape *s, inputs *in) {
+  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
+  in->x = tg_randn(dims, 4, TG_F32, TG_CPU);
+  in->dy = tg_randn(dims, 4, TG_F32, TG_CPU);
+  in->w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
+  in->b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
+  in->dst = tg_empty(dims, 4, TG_F32, TG_CPU);
+  if (!in->x || !in->dy || !in->w || !in->b || !in->dst)
+    return -1;
+  tg_set_requires_grad(in->x, true);
+  tg_set_requires_grad(in->w, true);
+  tg_set_requires_grad(in->b, true);
+  return 0;
+}
+
 static int bench_one(const shape *s, int threads, int reps, int first_state,
                      timing *out) {
   tg_set_num_threads(threads);
   tg_scope_begin();
-  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
-  tg_tensor *x = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *dy = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
-  tg_tensor *b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
-  tg_tensor *dst = tg_empty(dims, 4, TG_F32, TG_CPU);
-  if (!x || !dy || !w || !b || !dst)
+  inputs in;
+  if (make_inputs(s, &in) < 0)
     return tg_scope_end(), -1;
-  tg_set_requires_grad(x, true);
-  tg_set_requires_grad(w, true);
-  tg_set_requires_grad(b, true);
+  tg_tensor *x = in.x, *dy = in.dy, *w = in.w, *b = in.b, *dst = in.dst;
   const size_t bytes = (size_t)tg_numel(x) * sizeof(float);
   double *t[4];
   for (int k = 0; k < 4; k++)
@@ -201,8 +215,8 @@ static const char *const PIECE_NAMES[N_PIECES] = {"memcpy", "region", "alloc", "
 
 static volatile double piece_sink;
 
-static int run_piece(int k, const shape *s, tg_tensor *x, tg_tensor *w, tg_tensor *b,
-                     tg_tensor *dy, tg_tensor *dst, int threads, double *t) {
+static int run_piece(int k, const shape *s, const inputs *in, int threads, double *t) {
+  tg_tensor *x = in->x, *w = in->w, *b = in->b;
   const int64_t groups = s->n * s->g, len = tg_numel(x) / groups;
   const float *X = tg_data(x);
   tg_scope_begin();
@@ -218,7 +232,7 @@ static int run_piece(int k, const shape *s, tg_tensor *x, tg_tensor *w, tg_tenso
   double t0 = now(), acc = 0;
   switch (k) {
   case 0:
-    parallel_memcpy(tg_data(dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
+    parallel_memcpy(tg_data(in->dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
     break;
   case 1:
 #pragma omp parallel num_threads(tg__threads(tg_numel(x)))
@@ -255,7 +269,7 @@ static int run_piece(int k, const shape *s, tg_tensor *x, tg_tensor *w, tg_tenso
     rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
     break;
   case 7:
-    rc = node_backward(node, dy);
+    rc = node_backward(node, in->dy);
     break;
   }
   *t = now() - t0;
@@ -272,23 +286,15 @@ static int run_piece(int k, const shape *s, tg_tensor *x, tg_tensor *w, tg_tenso
 static int bench_pieces(const shape *s, int threads, int reps) {
   tg_set_num_threads(threads);
   tg_scope_begin();
-  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
-  tg_tensor *x = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *dy = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
-  tg_tensor *b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
-  tg_tensor *dst = tg_empty(dims, 4, TG_F32, TG_CPU);
+  inputs in;
   double *t = malloc((size_t)(N_PIECES * reps) * sizeof *t);
-  if (!x || !dy || !w || !b || !dst || !t)
+  if (!t || make_inputs(s, &in) < 0)
     return free(t), tg_scope_end(), -1;
-  tg_set_requires_grad(x, true);
-  tg_set_requires_grad(w, true);
-  tg_set_requires_grad(b, true);
   int rc = 0;
   for (int r = -2; r < reps && rc == 0; r++)
     for (int k = 0; k < N_PIECES && rc == 0; k++) {
       double dt = 0;
-      rc = run_piece(k, s, x, w, b, dy, dst, threads, &dt);
+      rc = run_piece(k, s, &in, threads, &dt);
       if (r >= 0)
         t[k * reps + r] = dt;
     }
