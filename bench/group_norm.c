@@ -404,6 +404,7 @@ static int parse_args(int argc, char **argv, config *cf) {
       cf->pieces = true;
     } else if (!strcmp(a, "--cpu")) {
       cpu_clock = true;
+      cf->torch = false; /* PyTorch's times are wall times */
     } else if (!strcmp(a, "--threads") && v && (k = atoi(v)) >= 1) {
       cf->threads[0] = k;
       cf->n_threads = 1;
