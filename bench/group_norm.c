@@ -211,15 +211,32 @@ static int bench_one(const shape *s, int threads, int reps, int first_state,
  *   alloc   the forward's allocations (y and the saved statistics), freed again;
  *   read    the same sums over each thread's share of x in one run: the floor of
  *           stats (no restart per group);
+ *   stream  x copied to memcpy's destination through norm_affine (a = 1, b = 0) with
+ *           the non-temporal stores that GroupNorm writes y and dx with from
+ *           TG_NORM_STREAM_BYTES on; each thread its share;
+ *   plain   the same with plain stores (what smaller tensors get);
  *   stats   the statistics pass alone (norm_moments per group, as the forward's first
  *           pass; x from memory);
  *   nograd  tg_group_norm without recording (kernel and allocation, no tape);
  *   fwd     tg_group_norm recorded, as in the table;
  *   bwd     the node's backward alone (x, dy from memory; y's node made before the
  *           flush). */
-enum { N_PIECES = 8 };
+enum {
+  P_MEMCPY,
+  P_REGION,
+  P_ALLOC,
+  P_READ,
+  P_STREAM,
+  P_PLAIN,
+  P_STATS,
+  P_NOGRAD,
+  P_FWD,
+  P_BWD,
+  N_PIECES
+};
 static const char *const PIECE_NAMES[N_PIECES] = {"memcpy", "region", "alloc", "read",
-                                                  "stats",  "nograd", "fwd",   "bwd"};
+                                                  "stream", "plain",  "stats", "nograd",
+                                                  "fwd",    "bwd"};
 
 static volatile double piece_sink;
 
@@ -229,7 +246,7 @@ static int run_piece(int k, const shape *s, const inputs *in, int threads, doubl
   const float *X = tg_data(x);
   tg_scope_begin();
   tg_node *node = NULL;
-  if (k == 7) {
+  if (k == P_BWD) {
     tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
     if (!y)
       return tg_scope_end(), -1;
@@ -238,45 +255,52 @@ static int run_piece(int k, const shape *s, const inputs *in, int threads, doubl
   flush_caches();
   int rc = 0;
   double t0 = now(), acc = 0;
+  const int nt = tg__threads(tg_numel(x));
   switch (k) {
-  case 0:
+  case P_MEMCPY:
     parallel_memcpy(tg_data(in->dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
     break;
-  case 1:
-#pragma omp parallel num_threads(tg__threads(tg_numel(x)))
+  case P_REGION:
+#pragma omp parallel num_threads(nt)
     piece_sink = 0;
     break;
-  case 2:
+  case P_ALLOC:
     rc = tg__new_like(x) && tg__new(TG_SHAPE(s->n, s->g, 3), TG_F64, TG_CPU) ? 0 : -1;
     break;
-  case 3: {
-    const int nt = tg__threads(tg_numel(x));
+  case P_READ:
+  case P_STREAM:
+  case P_PLAIN:
 #pragma omp parallel for num_threads(nt) reduction(+ : acc)
     for (int p = 0; p < nt; p++) {
       const int64_t lo = groups * p / nt * len, hi = groups * (p + 1) / nt * len;
-      norm_stats st;
-      norm_moments(X + lo, 1, hi - lo, 0, 1e-5, &st);
+      norm_stats st = {0};
+      if (k == P_READ)
+        norm_moments(X + lo, 1, hi - lo, 0, 1e-5, &st);
+      else
+        norm_affine(X + lo, (float *)tg_data(in->dst) + lo, hi - lo, 0.0f, 1.0f, 0.0f,
+                    NULL, k == P_STREAM);
+      if (k == P_STREAM)
+        norm_stream_fence();
       acc += st.rstd;
     }
     break;
-  }
-  case 4:
-#pragma omp parallel for num_threads(tg__threads(tg_numel(x))) reduction(+ : acc)
+  case P_STATS:
+#pragma omp parallel for num_threads(nt) reduction(+ : acc)
     for (int64_t ng = 0; ng < groups; ng++) {
       norm_stats st;
       norm_moments(X + ng * len, 1, len, 0, 1e-5, &st);
       acc += st.rstd;
     }
     break;
-  case 5:
+  case P_NOGRAD:
     tg_no_grad_begin();
     rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
     tg_no_grad_end();
     break;
-  case 6:
+  case P_FWD:
     rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
     break;
-  case 7:
+  case P_BWD:
     rc = node_backward(node, in->dy);
     break;
   }
