@@ -189,9 +189,10 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
 }
 
 /* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c], each summed in
- * the order of n. sums, (db, ds) per (n, c), is read in the order the backward's
- * threads wrote it: going channel by channel instead strode over N cache lines per
- * channel, most of them in the other core's cache. acc: 2*C doubles of scratch. */
+ * the order of n (so any thread count gives the same bits). sums, (db, ds) per (n, c),
+ * is read in the order the backward's threads wrote it: going channel by channel
+ * instead strode over N cache lines per channel, with two threads half of them in the
+ * other core's cache. acc: 2*C doubles of scratch. */
 static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims d,
                            double *acc, tg_tensor *dw, tg_tensor *db) {
   const int64_t D = d.C / d.G;
