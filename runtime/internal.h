@@ -176,6 +176,12 @@ int tg__reduce_threads(int64_t work);
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);
 void tg__host_free(void *p, size_t bytes);
+/* Blocks of TG_SMALL_BYTES, 64-byte aligned, uninitialised, for the headers every op
+ * allocates (tensors with their storage, tape nodes, scopes): freed blocks are kept
+ * per thread for the next, so tiny ops do not churn malloc (runtime/alloc.c). */
+enum { TG_SMALL_BYTES = 512 };
+void *tg__small_alloc(void);
+void tg__small_free(void *p);
 
 /* ---- devices and per-op dispatch (runtime/device.c) ----
  * Each op keeps one table of kernels per device (one signature per kernel, declared in

@@ -1,0 +1,15 @@
+/* Timing helpers shared by the benchmarks (bench/common.c): clocks, medians and the
+ * load average each benchmark prints beside its figures. */
+#ifndef TG_BENCH_COMMON_H
+#define TG_BENCH_COMMON_H
+
+/* Seconds on CLOCK_MONOTONIC (wall) and on this thread's CPU clock: on a shared
+ * machine the thread's CPU time hardly moves when other processes take the cores. */
+double bench_now(void);
+double bench_thread_cpu_now(void);
+/* Median of v[0..n) (sorts v); NaN when n is 0. */
+double bench_median(double *v, int n);
+/* The 1-minute load average from /proc/loadavg, NaN when unreadable. */
+double bench_load_average(void);
+
+#endif
