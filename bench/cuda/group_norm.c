@@ -9,6 +9,7 @@
  * >= 0.7), and PyTorch CUDA's F.group_norm medians, measured the same way, when
  * `python3` (TG_BENCH_PYTHON) has torch with CUDA. --small runs tiny shapes (the host
  * SIMT build, to prove the benchmark itself works). */
+#include "../common.h"
 #include "graph/internal.h"
 #include "runtime/cuda.h"
 
@@ -29,16 +30,6 @@ static const gn_shape LARGE[] = {
 };
 static const gn_shape SMALL[] = {{2, 8, 6, 6, 4}, {1, 16, 9, 9, 8}};
 enum { SETS = 3 };
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct {
   cudaStream_t stream;
@@ -111,7 +102,7 @@ static int bench_shape(const gn_shape *s, int reps, timer *t, double out[3]) {
       if (r >= 0)
         v[r] = ms;
     }
-    out[m] = median(v, reps);
+    out[m] = bench_median(v, reps);
   }
   free(v);
   tg_scope_end();
