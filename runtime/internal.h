@@ -61,6 +61,8 @@ char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
  * returns; TG_QUOTE_LEN bytes always suffice. */
 const char *tg__quote(const char *s, char *buf, size_t len);
 #define TG_QUOTE_LEN 512
+/* The same in double quotes ("name"), as PyTorch's load_state_dict lists keys. */
+const char *tg__dquote(const char *s, char *buf, size_t len);
 /* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
  * is not, *bad (may be NULL) gets the offset of the first bad byte. */
 bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
