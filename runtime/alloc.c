@@ -96,14 +96,14 @@ __attribute__((destructor)) static void release_cache_at_exit(void) {
  * recording, a node: several small malloc/free pairs per op. Freed small chunks sit in
  * glibc's fastbins, and the next request of a large-bin size (OpenMP allocates each
  * parallel region's team, a few KiB, even for one thread) first runs
- * malloc_consolidate over all of them: that doubled the cost of an OpenMP region and
- * made tiny ops 20-30 % slower (bench/tiny_ops, bench/NOTES.md). So these headers come
- * in blocks of one size, and freed blocks wait in a per-thread list (linked through
- * the blocks) for the next: no lock (a block freed on another thread than the one
- * that allocated it joins that thread's list), at most SMALL_CACHED per thread,
- * returned to malloc when the thread exits (a pthread key's destructor) or, for the
- * thread that runs exit handlers, by the destructor below. Under ASan nothing is
- * kept, so that ASan sees every use of a freed header. */
+ * malloc_consolidate over all of them, which doubles the cost of a one-thread region
+ * (bench/tiny_ops, bench/NOTES.md). So these headers come in blocks of one size, and
+ * freed blocks wait in a per-thread list (linked through the blocks) for the next: no
+ * lock (a block freed on another thread than the one that allocated it joins that
+ * thread's list), at most SMALL_CACHED per thread, returned to malloc when the thread
+ * exits (a pthread key's destructor) or, for the thread that runs exit handlers, by
+ * the destructor below. Under ASan nothing is kept, so that ASan sees every use of a
+ * freed header. */
 #ifdef __SANITIZE_ADDRESS__
 enum { SMALL_CACHED = 0 };
 #else
