@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double clock_s(clockid_t id) {
@@ -34,4 +35,16 @@ double bench_load_average(void) {
   if (f)
     fclose(f);
   return l;
+}
+
+int bench_int_flags(int argc, char **argv, int n, const char *const *names, int *values) {
+  for (int i = 1; i < argc; i++) {
+    int k = 0;
+    while (k < n && (strncmp(argv[i], "--", 2) || strcmp(argv[i] + 2, names[k])))
+      k++;
+    if (k == n || i + 1 >= argc)
+      return -1;
+    values[k] = atoi(argv[++i]);
+  }
+  return 0;
 }

@@ -11,5 +11,8 @@ double bench_thread_cpu_now(void);
 double bench_median(double *v, int n);
 /* The 1-minute load average from /proc/loadavg, NaN when unreadable. */
 double bench_load_average(void);
+/* Reads argv[1..argc) as "--name N" pairs, names[i] setting values[i]; -1 on any
+ * other argument (the caller prints its usage). */
+int bench_int_flags(int argc, char **argv, int n, const char *const *names, int *values);
 
 #endif

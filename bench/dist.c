@@ -107,17 +107,13 @@ static double train(trainer *t, int steps, bool dist, double *avg_ms) {
 }
 
 int main(int argc, char **argv) {
-  int steps = 8, reps = 30;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--steps") && i + 1 < argc)
-      steps = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-      reps = atoi(argv[++i]);
-    else {
-      fprintf(stderr, "usage: mpirun -np 2 %s [--steps N] [--reps N]\n", argv[0]);
-      return 2;
-    }
+  int v[2] = {8, 30}; /* steps, reps */
+  static const char *const names[2] = {"steps", "reps"};
+  if (bench_int_flags(argc, argv, 2, names, v) < 0) {
+    fprintf(stderr, "usage: mpirun -np 2 %s [--steps N] [--reps N]\n", argv[0]);
+    return 2;
   }
+  int steps = v[0], reps = v[1];
   if (steps < 1 || steps > MAX_REPS || reps < 1 || reps > MAX_REPS) {
     fprintf(stderr, "bench/dist: --steps and --reps take 1 to %d\n", MAX_REPS);
     return 2;

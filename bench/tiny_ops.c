@@ -60,17 +60,13 @@ static void run(bench_case c, int ops, tg_tensor *a, tg_tensor *b, tg_tensor *se
 }
 
 int main(int argc, char **argv) {
-  int reps = 31, ops = 256;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-      reps = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--ops") && i + 1 < argc)
-      ops = atoi(argv[++i]);
-    else {
-      fprintf(stderr, "usage: %s [--reps N (1-%d)] [--ops N]\n", argv[0], MAX_REPS);
-      return 2;
-    }
+  int v[2] = {31, 256}; /* reps, ops */
+  static const char *const names[2] = {"reps", "ops"};
+  if (bench_int_flags(argc, argv, 2, names, v) < 0) {
+    fprintf(stderr, "usage: %s [--reps N (1-%d)] [--ops N]\n", argv[0], MAX_REPS);
+    return 2;
   }
+  const int reps = v[0], ops = v[1];
   if (reps < 1 || reps > MAX_REPS || ops < 1) {
     fprintf(stderr, "bench/tiny_ops: --reps must be in 1-%d and --ops positive\n",
             MAX_REPS);
