@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
+
 /* ------------------------------------------------------------- dtypes -- */
 
 const char *tg_dtype_name(tg_dtype dtype) {
@@ -136,9 +140,27 @@ static tensor_block *block_new(int users, const char *op) {
   return b;
 }
 
+/* Under ASan, the inline data past what bytes needs, rounded up to 64 as
+ * tg__host_alloc rounds, is out of bounds: kernels that write past a small tensor's
+ * end are caught as they are on a buffer of its own. More than INLINE_DATA_BYTES:
+ * all of it (a freed storage's). */
+static void poison_data_tail(tensor_block *b, size_t bytes) {
+#ifdef __SANITIZE_ADDRESS__
+  size_t used = bytes > INLINE_DATA_BYTES ? 0 : bytes ? (bytes + 63) / 64 * 64 : 64;
+  ASAN_POISON_MEMORY_REGION(b->data + used, INLINE_DATA_BYTES - used);
+#else
+  (void)b;
+  (void)bytes;
+#endif
+}
+
 static void block_release(tensor_block *b) {
-  if (--b->users == 0)
-    tg__small_free(b);
+  if (--b->users > 0)
+    return;
+#ifdef __SANITIZE_ADDRESS__
+  ASAN_UNPOISON_MEMORY_REGION(b->data, INLINE_DATA_BYTES);
+#endif
+  tg__small_free(b);
 }
 
 /* Fills the storage of block b with bytes of data on device. */
@@ -151,8 +173,11 @@ static int storage_init(tensor_block *b, size_t bytes, tg_device device, const c
     return (s->data = tg__cuda_malloc(bytes ? bytes : 1, device.index))
                ? 0
                : -1; /* tg__cuda_malloc set the message */
-  s->data = bytes <= INLINE_DATA_BYTES ? b->data : tg__host_alloc(bytes);
-  return s->data ? 0 : tg__oom(bytes, "cpu", op);
+  if (bytes > INLINE_DATA_BYTES)
+    return (s->data = tg__host_alloc(bytes)) ? 0 : tg__oom(bytes, "cpu", op);
+  s->data = b->data;
+  poison_data_tail(b, bytes);
+  return 0;
 }
 
 static void storage_unref(tg_storage *s) {
@@ -163,6 +188,8 @@ static void storage_unref(tg_storage *s) {
     tg__cuda_free(s->data, s->bytes, s->device.index);
   else if (s->data != b->data)
     tg__host_free(s->data, s->bytes);
+  else /* the block may outlive its storage (a view's tensor in it, see above) */
+    poison_data_tail(b, INLINE_DATA_BYTES + 1);
   block_release(b);
 }
 
