@@ -10,7 +10,10 @@
  *   add grad       tg_add(a, b) with a requiring grad: each op records a node
  *   add chain+bwd  y = tg_add(y, b) chained `ops` times from a leaf, then tg_backward
  *                  (forward and backward, per op)
- *   empty          tg_empty of [4]: the allocation floor of any op */
+ *   empty          tg_empty of [4]: the allocation floor of any op
+ *   omp region     an empty OpenMP `parallel for` on one thread, which every CPU kernel
+ *                  opens (libgomp builds a team even for one thread): the baseline the
+ *                  last column divides by */
 #include "common.h"
 #include "tapegrad.h"
 
@@ -20,8 +23,14 @@
 
 enum { MAX_REPS = 1000 };
 
-typedef enum { ADD, ADD_GRAD, CHAIN, EMPTY, N_CASES } bench_case;
-static const char *const NAMES[N_CASES] = {"add", "add grad", "add chain+bwd", "empty"};
+typedef enum { ADD, ADD_GRAD, CHAIN, EMPTY, OMP, N_CASES } bench_case;
+static const char *const NAMES[N_CASES] = {"add", "add grad", "add chain+bwd", "empty",
+                                           "omp region"};
+
+/* One thread, as tg__threads gives a tiny kernel; not a constant, as it is not one in
+ * the kernels either. */
+static volatile int one_thread = 1;
+static volatile float sink[4];
 
 static void die(const char *what) {
   fprintf(stderr, "bench/tiny_ops: %s: %s\n", what, tg_last_error());
@@ -46,6 +55,11 @@ static void run(bench_case c, int ops, tg_tensor *a, tg_tensor *b, tg_tensor *se
       break;
     case EMPTY:
       y = tg_empty(&four, 1, TG_F32, TG_CPU);
+      break;
+    case OMP:
+#pragma omp parallel for num_threads(one_thread)
+      for (int j = 0; j < 4; j++)
+        sink[j] += 1;
       break;
     case N_CASES:
       break;
@@ -93,10 +107,13 @@ int main(int argc, char **argv) {
   printf("tiny ops on [4] float32, 1 thread: median of %d reps of %d ops in a scope, ns "
          "per op (load average %.2f)\n",
          reps, ops, bench_load_average());
-  printf("%-14s %10s %10s\n", "case", "cpu ns", "wall ns");
+  printf("%-14s %10s %10s %12s\n", "case", "cpu ns", "wall ns", "cpu / omp");
+  double med[N_CASES];
   for (int c = 0; c < N_CASES; c++)
-    printf("%-14s %10.0f %10.0f\n", NAMES[c], bench_median(cpu[c], reps),
-           bench_median(wall[c], reps));
+    med[c] = bench_median(cpu[c], reps);
+  for (int c = 0; c < N_CASES; c++)
+    printf("%-14s %10.0f %10.0f %12.2f\n", NAMES[c], med[c], bench_median(wall[c], reps),
+           med[c] / med[OMP]);
   tg_tensor_free(a);
   tg_tensor_free(b);
   tg_tensor_free(seed);
