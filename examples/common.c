@@ -457,17 +457,23 @@ bool ex_interrupted(void) {
   return stop || (ex_world == 1 && interrupted);
 }
 
-int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
-  if (ex_rank > 0) /* rank 0 holds the same weights and writes them */
-    return 0;
+/* Creates the directory that file path is in (path is shorter than PATH_MAX: see
+ * check_path_lengths). 0 or -1, having said why. */
+static int make_parent_dir(const char *path) {
   char dir[PATH_MAX];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
-  if (slash && slash != dir) {
-    *slash = '\0';
-    if (ex_mkdir_p(dir) < 0)
-      return -1;
-  }
+  if (!slash || slash == dir)
+    return 0;
+  *slash = '\0';
+  return ex_mkdir_p(dir);
+}
+
+int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
+  if (ex_rank > 0) /* rank 0 holds the same weights and writes them */
+    return 0;
+  if (make_parent_dir(path) < 0)
+    return -1;
   if (tg_varstore_save(vs, path) < 0) {
     fprintf(stderr, "error: cannot save checkpoint %s: %s\n", path, tg_last_error());
     return -1;
@@ -496,14 +502,8 @@ int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
          (long long)t->step);
   if (ex_rank > 0) /* rank 0 saves the state every rank shares */
     return 0;
-  char dir[PATH_MAX];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash && slash != dir) {
-    *slash = '\0';
-    if (ex_mkdir_p(dir) < 0)
-      return EX_EXIT_FAILURE;
-  }
+  if (make_parent_dir(path) < 0)
+    return EX_EXIT_FAILURE;
   tg_tensor_dict *d = tg_tensor_dict_new();
   uint64_t rng[4];
   tg_random_get_state(rng);
