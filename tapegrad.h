@@ -247,6 +247,10 @@ tg_tensor *tg_tanh(const tg_tensor *a);
 tg_tensor *tg_gelu(const tg_tensor *a); /* exact (erf) form, PyTorch's default */
 
 /* ------------------------------ elementwise: PyTorch's further arguments -- */
+/* Devices: tg_add_alpha, tg_sub_alpha, tg_rsub_scalar and tg_rdiv_scalar are made of
+ * the plain ops and run on every device those have kernels on; tg_pow_tensor,
+ * tg_rpow_scalar, tg_div_ex with a rounding mode and tg_gelu_ex with tanh run on the
+ * CPU only (another device: an error naming it). */
 /* a + alpha * b and a - alpha * b (torch.add/sub's alpha), broadcasting. */
 tg_tensor *tg_add_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
 tg_tensor *tg_sub_alpha(const tg_tensor *a, const tg_tensor *b, double alpha);
@@ -280,6 +284,8 @@ tg_tensor *tg_max_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **ind
 tg_tensor *tg_argmax(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
 
 /* ------------------------------------ reductions: PyTorch's further ones -- */
+/* Devices: made of tg_neg, tg_max_dim, tg_argmax, tg_permute and tg_reshape, these run
+ * on every device those have kernels on. */
 /* Min over dim, values and (when indices is non-NULL) their TG_I64 indices. */
 tg_tensor *tg_min_dim(const tg_tensor *t, int dim, bool keepdim, tg_tensor **indices);
 tg_tensor *tg_argmin(const tg_tensor *t, int dim, bool keepdim); /* TG_I64 */
@@ -324,6 +330,11 @@ tg_tensor *tg_binary_cross_entropy_with_logits(const tg_tensor *input,
                                                tg_reduction reduction);
 
 /* ------------------------------------ losses: PyTorch's further arguments -- */
+/* Devices: tg_softmax_ex/tg_log_softmax_ex and tg_binary_cross_entropy_with_logits_ex
+ * are made of plain ops and run where those have kernels; tg_nll_loss_ex with a weight
+ * and tg_cross_entropy_ex with class weights, label smoothing or probability targets
+ * build their target mask on the host: CPU only (another device: an error). Without
+ * those arguments they are the plain losses, on their devices. */
 /* softmax(t, dim, dtype=...): t converted to dtype (float32 or float64) first. */
 tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
 tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype);
@@ -366,7 +377,7 @@ tg_tensor *tg_binary_cross_entropy_with_logits_ex(const tg_tensor *input,
 
 /* ------------------------------------------------------------ GroupNorm -- */
 /* x [N, C, *] (any number of trailing dims, none included); weight/bias [C] or NULL;
- * C % num_groups == 0; biased variance, eps > 0 inside the sqrt. New reference.
+ * C % num_groups == 0; biased variance, eps inside the sqrt. New reference.
  * Outputs (y, and dx in backward) of 1/8 of the CPU's L3 and more are written with
  * non-temporal stores, bypassing the cache; the environment variable
  * TG_NORM_STREAM_BYTES sets that size in bytes (0: always). Results are identical. */
@@ -374,6 +385,8 @@ tg_tensor *tg_group_norm(const tg_tensor *x, int64_t num_groups,
                          const tg_tensor *weight, const tg_tensor *bias, double eps);
 
 /* ------------------------------------------------------- other norms -------- */
+/* All three norms take any finite eps, 0 and negative ones too, as PyTorch (where
+ * var + eps < 0 the result is NaN, as PyTorch's); NaN and Inf eps are errors. */
 /* x [N, C, *]. In training, batch statistics normalize and the running stats (may be
  * NULL, both or neither) are updated in place with momentum (unbiased variance), as
  * PyTorch does; evaluation needs them. Running stats get no gradient. New reference. */
@@ -411,7 +424,8 @@ tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
 
 /* ------------------------------ convolution: PyTorch's further arguments -- */
-/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. */
+/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. CPU only, as
+ * the plain convolutions (another device: an error). */
 typedef enum {
   TG_PADDING_EXPLICIT = 0, /* the padding field, as tg_conv2d */
   TG_PADDING_VALID,        /* padding="valid": none */
@@ -429,7 +443,9 @@ tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_te
                         const tg_conv2d_options *options);
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
-/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. */
+/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. Everything
+ * here (pools, max_unpool2d, resampling) runs on the CPU only, as the plain pools
+ * (another device: an error naming it). */
 typedef struct {
   int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */
   bool ceil_mode;
@@ -458,17 +474,26 @@ typedef struct {
  * true, no divisor override. */
 tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw);
 tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *options);
-/* Resampling [N, C, H, W] by size or by scale_factor, as F.interpolate. */
+/* Resampling by size or by scale_factor, as F.interpolate: [N, C, L] (1d), [N, C, H, W]
+ * (2d) or [N, C, D, H, W] (3d); size and scale_factor hold one entry per spatial dim,
+ * in order, from the first (1d uses [0], 2d [0..1]). */
 typedef struct {
-  int64_t size[2];        /* the output size, used when scale_factor is 0 */
-  double scale_factor[2]; /* > 0: output floor(in * scale); sources map with 1/scale */
-  bool align_corners;     /* bilinear only: corners of input and output coincide */
+  int64_t size[3];        /* the output size, used when scale_factor is 0 */
+  double scale_factor[3]; /* > 0: output floor(in * scale); sources map with 1/scale */
+  bool align_corners;     /* linear modes only: corners of input and output coincide */
   bool recompute_scale_factor; /* map sources with in/out instead of 1/scale */
 } tg_upsample_options;
 tg_upsample_options tg_upsample_options_default(void); /* all zero/false */
+/* mode="nearest", "linear", "bilinear", "trilinear". New reference, differentiable
+ * in x. */
+tg_tensor *tg_upsample_nearest1d_ex(const tg_tensor *x, const tg_upsample_options *options);
 tg_tensor *tg_upsample_nearest2d_ex(const tg_tensor *x, const tg_upsample_options *options);
+tg_tensor *tg_upsample_nearest3d_ex(const tg_tensor *x, const tg_upsample_options *options);
+tg_tensor *tg_upsample_linear1d_ex(const tg_tensor *x, const tg_upsample_options *options);
 tg_tensor *tg_upsample_bilinear2d_ex(const tg_tensor *x,
                                      const tg_upsample_options *options);
+tg_tensor *tg_upsample_trilinear3d_ex(const tg_tensor *x,
+                                      const tg_upsample_options *options);
 
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
  * !train or p == 0 returns an alias of x. The mask comes from the global generator. */

@@ -275,6 +275,26 @@ void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n
     fail_msg("%s", tg_last_error());
 }
 
+void ref_check_one_input(ref_file *f, const char *name, tg_dtype dtype, double tol,
+                         tg_gradcheck_fn fn, void *ctx) {
+  tg_scope_begin();
+  tg_tensor *x = ref_get(f, name, "x", dtype);
+  assert_ok(tg_set_requires_grad(x, true) == 0);
+  tg_tensor *y = fn(&x, 1, ctx);
+  assert_ok(y);
+  assert_close(y, ref_get(f, name, "y", dtype), tol, tol);
+  assert_ok(tg_backward_ex(y, ref_get(f, name, "gy", dtype), false) == 0);
+  assert_close(tg_grad(x), ref_get(f, name, "dx", dtype), tol, tol);
+  tg_no_grad_begin(); /* the untaped path (max pool skips its indices): same values */
+  assert_close(fn(&x, 1, ctx), y, 0, 0);
+  tg_no_grad_end();
+  if (dtype == TG_F64) {
+    tg_tensor *fresh = rand_leaf(tg_shape(x), tg_ndim(x), TG_F64);
+    gradcheck_ok(fn, ctx, &fresh, 1);
+  }
+  assert_int_equal(tg_scope_end(), 0);
+}
+
 int test_setup(void **state) {
   (void)state;
   tg_manual_seed(1234);

@@ -55,6 +55,14 @@ tg_tensor *rand_leaf(const int64_t *shape, int ndim, tg_dtype dtype);
 /* Runs tg_gradcheck with default options and fails the test with its message. */
 void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n);
 
+/* ---- reference cases of one input ---- */
+/* Case `name` of f with tensors x, gy, y and dx (PyTorch's): fn(x) (one input, ctx)
+ * must match y and, without the tape, give the same values; its gradient for gy must
+ * match dx, all to tol; in float64 also a gradcheck of fn at a fresh random input of
+ * x's shape. */
+void ref_check_one_input(ref_file *f, const char *name, tg_dtype dtype, double tol,
+                         tg_gradcheck_fn fn, void *ctx);
+
 /* Group setup that seeds the generator and checks for leaked scopes/errors. */
 int test_setup(void **state);
 

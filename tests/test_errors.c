@@ -882,11 +882,13 @@ static void test_group_norm(void **state) {
                "Expected bias to be a vector", "[6, 1]", "[2, 6, 4]");
   assert_error(tg_group_norm(x, 2, RD(6), b, 1e-5) == NULL, op, "float32 and float64");
   assert_error(tg_group_norm(ZI(2, 6, 4), 2, NULL, NULL, 1e-5) == NULL, op, "int64");
-  const double bad_eps[] = {-1e-5, NAN, INFINITY, -INFINITY};
+  const double bad_eps[] = {NAN, INFINITY, -INFINITY};
   for (size_t k = 0; k < sizeof bad_eps / sizeof *bad_eps; k++)
     assert_error(tg_group_norm(x, 2, w, b, bad_eps[k]) == NULL, op,
-                 "expected eps to be a finite number >= 0");
-  tg_tensor_free(tg_group_norm(x, 2, w, b, 0.0)); /* eps 0, as PyTorch takes it */
+                 "expected eps to be a finite number");
+  /* eps 0 and negative eps, as PyTorch takes them. */
+  tg_tensor_free(tg_group_norm(x, 2, w, b, 0.0));
+  tg_tensor_free(tg_group_norm(x, 2, w, b, -1e-5));
   assert_string_equal(tg_last_error(), "");
   /* An empty batch normalises to an empty result; no channels or no elements per
    * channel are errors, as in PyTorch. */
@@ -935,8 +937,8 @@ static void test_batch_layer_norm(void **state) {
                "more than 1 value per channel", "[1, 3, 1, 1]");
   assert_error(tg_batch_norm(x, w, b, rm, rv, true, NAN, 1e-5) == NULL, op,
                "finite momentum");
-  assert_error(tg_batch_norm(x, w, b, rm, rv, true, 0.1, -1) == NULL, op,
-               "eps to be a finite number >= 0", "-1");
+  assert_error(tg_batch_norm(x, w, b, rm, rv, true, 0.1, -INFINITY) == NULL, op,
+               "eps to be a finite number", "-inf");
   assert_error(tg_batch_norm(x, w, b, rm, rv, false, 0.1, NAN) == NULL, op, "eps");
   /* A failed call leaves the running stats alone. */
   assert_true(tg_item(tg_sum(rm)) == 0.0 && tg_item(tg_sum(rv)) == 3.0);
@@ -966,7 +968,7 @@ static void test_batch_layer_norm(void **state) {
                "Expected bias", "[1, 3]");
   assert_error(tg_layer_norm(y, TG_SHAPE(3), RD(3), NULL, 1e-5) == NULL, op,
                "float32 and float64");
-  assert_error(tg_layer_norm(y, TG_SHAPE(3), NULL, NULL, -1) == NULL, op, "eps");
+  assert_error(tg_layer_norm(y, TG_SHAPE(3), NULL, NULL, NAN) == NULL, op, "eps");
   assert_error(tg_layer_norm(y, TG_SHAPE(3), NULL, NULL, INFINITY) == NULL, op, "eps");
   expect_shape(tg_layer_norm(RF(0, 3), TG_SHAPE(3), RF(3), RF(3), 1e-5), 0, 3);
   expect_shape(tg_layer_norm(RF(3, 0), TG_SHAPE(0), NULL, NULL, 1e-5), 3, 0);
@@ -1445,7 +1447,7 @@ static void test_layers(void **state) {
   expect_shape(tg_module_forward(gn, RF(0, 4, 3), false), 0, 4, 3);
   /* A bad eps is refused, at construction or at the latest at the first forward. */
   tg_group_norm_config gbad = gc;
-  gbad.eps = -1; /* 0 is valid, as in PyTorch */
+  gbad.eps = NAN; /* 0 and negative eps are valid, as in PyTorch */
   tg_module *gn0 = tg_nn_group_norm(tg_path_sub(root, "g0"), 2, 4, gbad);
   tg_tensor *gy = gn0 ? tg_module_forward(gn0, RF(2, 4, 3), false) : NULL;
   assert_error(gy == NULL, "eps");

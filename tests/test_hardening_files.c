@@ -796,7 +796,7 @@ static void test_layer_configs_checked_at_construction(void **state) {
   assert_error(!tg_nn_group_norm(tg_path_sub(root, "g"), 2, 0, gc),
                "num_channels must be positive (num_channels 0, num_groups 2)");
   assert_null(strstr(tg_last_error(), "divisible"));
-  const double bad_eps[] = {NAN, -1e-5, INFINITY, -INFINITY};
+  const double bad_eps[] = {NAN, INFINITY, -INFINITY};
   for (size_t i = 0; i < sizeof bad_eps / sizeof bad_eps[0]; i++) {
     gc.eps = bc.eps = lc.eps = bad_eps[i];
     assert_error(!tg_nn_group_norm(tg_path_sub(root, "enc"), 2, 4, gc),
@@ -813,29 +813,37 @@ static void test_layer_configs_checked_at_construction(void **state) {
                "tg_nn_batch_norm2d 'bn': expected a finite momentum");
   assert_int_equal(tg_varstore_len(vs), 0);
 
-  /* eps = 0: the layers accept exactly what their ops accept (one rule for both). */
+  /* eps = 0 and negative eps: the ops and the layers take them, as PyTorch's do (one
+   * rule for both); the input's variance (about 1) keeps var + eps positive. */
   tg_tensor *x = tg_randn(TG_SHAPE(2, 4, 3, 3), TG_F32, TG_CPU);
-  gc = tg_group_norm_config_default();
-  bc = tg_batch_norm_config_default();
-  lc = tg_layer_norm_config_default();
-  gc.eps = bc.eps = lc.eps = 0;
-  tg_tensor *y;
-  bool op_ok = (y = tg_group_norm(x, 2, NULL, NULL, 0)) != NULL;
-  tg_tensor_free(y);
-  tg_clear_error();
-  assert_true(op_ok == (tg_nn_group_norm(tg_path_sub(root, "g0"), 2, 4, gc) != NULL));
-  tg_clear_error();
-  op_ok = (y = tg_batch_norm(x, NULL, NULL, NULL, NULL, true, 0.1, 0)) != NULL;
-  tg_tensor_free(y);
-  tg_clear_error();
-  assert_true(op_ok == (tg_nn_batch_norm2d(tg_path_sub(root, "b0"), 4, bc) != NULL));
-  tg_clear_error();
-  op_ok = (y = tg_layer_norm(x, TG_SHAPE(3), NULL, NULL, 0)) != NULL;
-  tg_tensor_free(y);
-  tg_clear_error();
-  assert_true(op_ok ==
-              (tg_nn_layer_norm(tg_path_sub(root, "l0"), TG_SHAPE(3), lc) != NULL));
-  tg_clear_error();
+  const double good_eps[] = {0, -1e-5};
+  tg_scope_begin();
+  for (size_t i = 0; i < sizeof good_eps / sizeof *good_eps; i++) {
+    gc = tg_group_norm_config_default();
+    bc = tg_batch_norm_config_default();
+    lc = tg_layer_norm_config_default();
+    gc.eps = bc.eps = lc.eps = good_eps[i];
+    char name[3][8];
+    snprintf(name[0], sizeof name[0], "g%zu", i);
+    snprintf(name[1], sizeof name[1], "b%zu", i);
+    snprintf(name[2], sizeof name[2], "l%zu", i);
+    tg_module *m[3] = {tg_nn_group_norm(tg_path_sub(root, name[0]), 2, 4, gc),
+                       tg_nn_batch_norm2d(tg_path_sub(root, name[1]), 4, bc),
+                       tg_nn_layer_norm(tg_path_sub(root, name[2]), TG_SHAPE(3), lc)};
+    tg_tensor *y[6] = {tg_group_norm(x, 2, NULL, NULL, good_eps[i]),
+                       tg_batch_norm(x, NULL, NULL, NULL, NULL, true, 0.1, good_eps[i]),
+                       tg_layer_norm(x, TG_SHAPE(3), NULL, NULL, good_eps[i])};
+    for (int k = 0; k < 3; k++) {
+      assert_non_null(m[k]);
+      y[3 + k] = tg_module_forward(m[k], x, true);
+    }
+    for (int k = 0; k < 6; k++) {
+      assert_non_null(y[k]);
+      assert_true(isfinite(tg_item(tg_sum(y[k]))));
+    }
+  }
+  assert_int_equal(tg_scope_end(), 0);
+  assert_string_equal(tg_last_error(), "");
   tg_tensor_free(x);
   tg_varstore_free(vs);
 }

@@ -98,6 +98,11 @@ UNARY(tanh)
 UNARY(relu)
 UNARY(clone)
 UNARY(gelu)
+UNARY(sum)
+UNARY(mean)
+UNARY(max_all)
+UNARY(min_all)
+UNARY(squeeze_all)
 
 #define BINARY(name)                                                                     \
   RUNNER(name) {                                                                         \
@@ -122,32 +127,32 @@ static tg_rounding_mode rounding(sample *s) {
                                : TG_ROUNDING_FLOOR;
 }
 
-RUNNER(add_ex) {
-  UNUSED_ARGS;
-  return tg_add_alpha(x[0], x[1], alpha(S));
-}
-
-RUNNER(sub_ex) {
-  UNUSED_ARGS;
-  return tg_sub_alpha(x[0], x[1], alpha(S));
-}
+#define ALPHA(name)                                                                      \
+  RUNNER(name##_ex) {                                                                    \
+    UNUSED_ARGS;                                                                         \
+    return tg_##name##_alpha(x[0], x[1], alpha(S));                                      \
+  }
+ALPHA(add)
+ALPHA(sub)
 
 RUNNER(div_ex) {
   UNUSED_ARGS;
   return tg_div_ex(x[0], x[1], rounding(S));
 }
 
-/* The scalar as a 0-dim tensor of the input's dtype, as PyTorch wraps it. */
+/* The scalar p_s as a 0-dim tensor of the input's dtype, as PyTorch wraps it. */
+static tg_tensor *scalar_of(sample *s, const tg_tensor *x) {
+  return tg_scalar(pf(s, "s"), tg_dtype_of(x), tg_device_of(x));
+}
+
 RUNNER(div_ex_scalar) {
   UNUSED_ARGS;
-  tg_tensor *s = tg_scalar(pf(S, "s"), tg_dtype_of(x[0]), tg_device_of(x[0]));
-  return tg_div_ex(x[0], s, rounding(S));
+  return tg_div_ex(x[0], scalar_of(S, x[0]), rounding(S));
 }
 
 RUNNER(rdiv_ex_scalar) {
   UNUSED_ARGS;
-  tg_tensor *s = tg_scalar(pf(S, "s"), tg_dtype_of(x[0]), tg_device_of(x[0]));
-  return tg_div_ex(s, x[0], rounding(S));
+  return tg_div_ex(scalar_of(S, x[0]), x[0], rounding(S));
 }
 
 RUNNER(rsub_scalar) { /* s - alpha * input */
@@ -195,63 +200,28 @@ RUNNER(leaky_relu) {
   return tg_leaky_relu(x[0], pf(S, "slope"));
 }
 
-RUNNER(sum) {
-  UNUSED_ARGS;
-  return tg_sum(x[0]);
-}
+/* Over the dims p_dims, keepdim p_keepdim. */
+#define OVER_DIMS(name, fn)                                                              \
+  RUNNER(name) {                                                                         \
+    UNUSED_ARGS;                                                                         \
+    int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);                                    \
+    return fn(x[0], d, nd, pi(S, "keepdim"));                                            \
+  }
+OVER_DIMS(sum_dims, tg_sum_dims)
+OVER_DIMS(mean_dims, tg_mean_dims)
+OVER_DIMS(amax_dims, tg_amax)
+OVER_DIMS(amin_dims, tg_amin)
 
-RUNNER(mean) {
-  UNUSED_ARGS;
-  return tg_mean(x[0]);
-}
-
-RUNNER(sum_dims) {
-  UNUSED_ARGS;
-  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
-  return tg_sum_dims(x[0], d, nd, pi(S, "keepdim"));
-}
-
-RUNNER(mean_dims) {
-  UNUSED_ARGS;
-  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
-  return tg_mean_dims(x[0], d, nd, pi(S, "keepdim"));
-}
-
-RUNNER(max_dim) {
-  UNUSED_ARGS;
-  bool values_only = ref_note(S->f, S->name, "s_values_only") != NULL;
-  return tg_max_dim(x[0], (int)pi(S, "dim"), pi(S, "keepdim"),
-                    values_only ? NULL : out1_slot(S));
-}
-
-RUNNER(min_dim) {
-  UNUSED_ARGS;
-  bool values_only = ref_note(S->f, S->name, "s_values_only") != NULL;
-  return tg_min_dim(x[0], (int)pi(S, "dim"), pi(S, "keepdim"),
-                    values_only ? NULL : out1_slot(S));
-}
-
-RUNNER(max_all) {
-  UNUSED_ARGS;
-  return tg_max_all(x[0]);
-}
-
-RUNNER(min_all) {
-  UNUSED_ARGS;
-  return tg_min_all(x[0]);
-}
-
-RUNNER(amax_dims) {
-  UNUSED_ARGS;
-  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
-  return tg_amax(x[0], d, nd, pi(S, "keepdim"));
-}
-
-RUNNER(amin_dims) {
-  UNUSED_ARGS;
-  int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
-  return tg_amin(x[0], d, nd, pi(S, "keepdim"));
-}
+/* max/min over p_dim: values, and the indices unless amax/amin asked for values only. */
+#define MINMAX_DIM(op)                                                                   \
+  RUNNER(op##_dim) {                                                                     \
+    UNUSED_ARGS;                                                                         \
+    bool values_only = ref_note(S->f, S->name, "s_values_only") != NULL;                 \
+    return tg_##op##_dim(x[0], (int)pi(S, "dim"), pi(S, "keepdim"),                      \
+                         values_only ? NULL : out1_slot(S));                             \
+  }
+MINMAX_DIM(max)
+MINMAX_DIM(min)
 
 /* Over all elements, keepdim gives ones of the input's rank. */
 static tg_tensor *arg_all(tg_tensor *r, const tg_tensor *t, bool keepdim) {
@@ -259,19 +229,15 @@ static tg_tensor *arg_all(tg_tensor *r, const tg_tensor *t, bool keepdim) {
   return keepdim && r ? tg_reshape(r, ones, tg_ndim(t)) : r;
 }
 
-RUNNER(argmax) {
-  UNUSED_ARGS;
-  if (!has_p(S, "dim"))
-    return arg_all(tg_argmax_all(x[0]), x[0], pi(S, "keepdim"));
-  return tg_argmax(x[0], (int)pi(S, "dim"), pi(S, "keepdim"));
-}
-
-RUNNER(argmin) {
-  UNUSED_ARGS;
-  if (!has_p(S, "dim"))
-    return arg_all(tg_argmin_all(x[0]), x[0], pi(S, "keepdim"));
-  return tg_argmin(x[0], (int)pi(S, "dim"), pi(S, "keepdim"));
-}
+#define ARG(name)                                                                        \
+  RUNNER(name) {                                                                         \
+    UNUSED_ARGS;                                                                         \
+    if (!has_p(S, "dim"))                                                                \
+      return arg_all(tg_##name##_all(x[0]), x[0], pi(S, "keepdim"));                     \
+    return tg_##name(x[0], (int)pi(S, "dim"), pi(S, "keepdim"));                         \
+  }
+ARG(argmax)
+ARG(argmin)
 
 RUNNER(matmul) {
   UNUSED_ARGS;
@@ -289,19 +255,15 @@ static int out_dtype(sample *s) {
   return !d ? -1 : !strcmp(d, "f64") ? TG_F64 : TG_F32;
 }
 
-RUNNER(softmax) {
-  UNUSED_ARGS;
-  int dt = out_dtype(S);
-  return dt < 0 ? tg_softmax(x[0], (int)pi(S, "dim"))
-                : tg_softmax_ex(x[0], (int)pi(S, "dim"), (tg_dtype)dt);
-}
-
-RUNNER(log_softmax) {
-  UNUSED_ARGS;
-  int dt = out_dtype(S);
-  return dt < 0 ? tg_log_softmax(x[0], (int)pi(S, "dim"))
-                : tg_log_softmax_ex(x[0], (int)pi(S, "dim"), (tg_dtype)dt);
-}
+#define SOFTMAX(name)                                                                    \
+  RUNNER(name) {                                                                         \
+    UNUSED_ARGS;                                                                         \
+    int dt = out_dtype(S);                                                               \
+    return dt < 0 ? tg_##name(x[0], (int)pi(S, "dim"))                                   \
+                  : tg_##name##_ex(x[0], (int)pi(S, "dim"), (tg_dtype)dt);               \
+  }
+SOFTMAX(softmax)
+SOFTMAX(log_softmax)
 
 static tg_tensor *opt(tg_tensor *const *x, int n, int i) { return i < n ? x[i] : NULL; }
 
@@ -384,12 +346,18 @@ RUNNER(conv_transpose2d) {
                              pi(S, "groups"));
 }
 
+/* A pool's window: p_kernel, p_stride, p_padding. */
+static void pool_window(sample *s, int64_t kernel[2], int64_t stride[2],
+                        int64_t padding[2]) {
+  pv(s, "kernel", kernel, 2);
+  pv(s, "stride", stride, 2);
+  pv(s, "padding", padding, 2);
+}
+
 RUNNER(max_pool2d) {
   UNUSED_ARGS;
   tg_max_pool2d_options o = tg_max_pool2d_options_default(0, 0);
-  pv(S, "kernel", o.kernel, 2);
-  pv(S, "stride", o.stride, 2);
-  pv(S, "padding", o.padding, 2);
+  pool_window(S, o.kernel, o.stride, o.padding);
   pv(S, "dilation", o.dilation, 2);
   o.ceil_mode = pi(S, "ceil");
   bool plain =
@@ -402,9 +370,7 @@ RUNNER(max_pool2d) {
 RUNNER(max_unpool2d) {
   UNUSED_ARGS;
   int64_t k[2], st[2], pad[2], size[2];
-  pv(S, "kernel", k, 2);
-  pv(S, "stride", st, 2);
-  pv(S, "padding", pad, 2);
+  pool_window(S, k, st, pad);
   bool sized = has_p(S, "output_size");
   if (sized)
     pv(S, "output_size", size, 2);
@@ -414,9 +380,7 @@ RUNNER(max_unpool2d) {
 RUNNER(avg_pool2d) {
   UNUSED_ARGS;
   tg_avg_pool2d_options o = tg_avg_pool2d_options_default(0, 0);
-  pv(S, "kernel", o.kernel, 2);
-  pv(S, "stride", o.stride, 2);
-  pv(S, "padding", o.padding, 2);
+  pool_window(S, o.kernel, o.stride, o.padding);
   o.ceil_mode = pi(S, "ceil");
   o.count_include_pad = pi(S, "include_pad");
   o.divisor_override = pi(S, "divisor");
@@ -434,47 +398,66 @@ RUNNER(adaptive_avg_pool2d) {
                  : (tg_adaptive_avg_pool2d(x[0], NULL));
 }
 
-/* By size (the plain functions when they apply) or by scale_factor. */
-static tg_tensor *upsample(sample *s, const tg_tensor *x, bool bilinear) {
+/* The resampling function of each mode, by spatial dims (1 to 3). */
+typedef tg_tensor *(*resample_fn)(const tg_tensor *, const tg_upsample_options *);
+static const resample_fn nearest_fns[3] = {
+    tg_upsample_nearest1d_ex, tg_upsample_nearest2d_ex, tg_upsample_nearest3d_ex};
+static const resample_fn linear_fns[3] = {
+    tg_upsample_linear1d_ex, tg_upsample_bilinear2d_ex, tg_upsample_trilinear3d_ex};
+
+/* By size (the plain 2-D functions when they apply) or by scale_factor. nearest picks
+ * its function by the input's dims, as F.interpolate; the linear modes have theirs
+ * (nsp), whatever the input (PyTorch's error inputs). */
+static tg_tensor *upsample(sample *s, const tg_tensor *x, const resample_fn *fns,
+                           int nsp) {
   tg_upsample_options o = tg_upsample_options_default();
   o.align_corners = pi(s, "align_corners");
+  if (!nsp)
+    nsp = tg_ndim(x) >= 3 && tg_ndim(x) <= 5 ? tg_ndim(x) - 2 : 2;
   if (has_p(s, "size"))
-    pv(s, "size", o.size, 2);
-  if (has_p(s, "size") && !o.align_corners)
-    return bilinear ? tg_upsample_bilinear2d(x, o.size)
-                    : tg_upsample_nearest2d(x, o.size);
+    pv(s, "size", o.size, 3);
+  if (has_p(s, "size") && !o.align_corners && nsp == 2)
+    return fns == linear_fns ? tg_upsample_bilinear2d(x, o.size)
+                             : tg_upsample_nearest2d(x, o.size);
   if (has_p(s, "scale")) {
     tg_tensor *t = ref_get(s->f, s->name, "p_scale", TG_F64);
-    memcpy(o.scale_factor, tg_data(t), sizeof o.scale_factor);
+    assert_true(tg_numel(t) <= 3);
+    memcpy(o.scale_factor, tg_data(t), (size_t)tg_numel(t) * sizeof(double));
     tg_tensor_free(t);
     o.recompute_scale_factor = pi(s, "recompute");
   }
-  return bilinear ? tg_upsample_bilinear2d_ex(x, &o) : tg_upsample_nearest2d_ex(x, &o);
+  return fns[nsp - 1](x, &o);
 }
 
 RUNNER(upsample_nearest) {
   UNUSED_ARGS;
-  return upsample(S, x[0], false);
+  return upsample(S, x[0], nearest_fns, 0);
+}
+
+RUNNER(upsample_linear) {
+  UNUSED_ARGS;
+  return upsample(S, x[0], linear_fns, 1);
 }
 
 RUNNER(upsample_bilinear) {
   UNUSED_ARGS;
-  return upsample(S, x[0], true);
+  return upsample(S, x[0], linear_fns, 2);
 }
 
-RUNNER(reshape) {
+RUNNER(upsample_trilinear) {
   UNUSED_ARGS;
-  int64_t shape[TG_MAX_DIMS + 8];
-  int nd = pv(S, "shape", shape, TG_MAX_DIMS + 8);
-  return tg_reshape(x[0], shape, nd);
+  return upsample(S, x[0], linear_fns, 3);
 }
 
-RUNNER(view) {
-  UNUSED_ARGS;
-  int64_t shape[TG_MAX_DIMS + 8];
-  int nd = pv(S, "shape", shape, TG_MAX_DIMS + 8);
-  return tg_view(x[0], shape, nd);
-}
+#define TO_SHAPE(name)                                                                   \
+  RUNNER(name) {                                                                         \
+    UNUSED_ARGS;                                                                         \
+    int64_t shape[TG_MAX_DIMS + 8];                                                      \
+    int nd = pv(S, "shape", shape, TG_MAX_DIMS + 8);                                     \
+    return tg_##name(x[0], shape, nd);                                                   \
+  }
+TO_SHAPE(reshape)
+TO_SHAPE(view)
 
 RUNNER(flatten) {
   UNUSED_ARGS;
@@ -490,11 +473,6 @@ RUNNER(squeeze_dims) {
   UNUSED_ARGS;
   int d[TG_MAX_DIMS + 8], nd = pints(S, "dims", d);
   return tg_squeeze_dims(x[0], d, nd);
-}
-
-RUNNER(squeeze_all) {
-  UNUSED_ARGS;
-  return tg_squeeze_all(x[0]);
 }
 
 RUNNER(unsqueeze) {
@@ -571,6 +549,8 @@ static const op_row ops[] = {
     ROW(adaptive_avg_pool2d),
     ROW(upsample_nearest),
     ROW(upsample_bilinear),
+    ROW(upsample_linear),
+    ROW(upsample_trilinear),
     ROW(max_unpool2d),
     ROW(reshape),
     ROW(view),
@@ -592,13 +572,6 @@ static const op_row ops[] = {
     ROW(pow),
     ROW(gelu_ex),
     ROW(rpow_scalar),
-    ROW(min_dim),
-    ROW(max_all),
-    ROW(min_all),
-    ROW(amax_dims),
-    ROW(amin_dims),
-    ROW(argmin),
-    ROW(squeeze_dims),
     ROW(min_dim),
     ROW(max_all),
     ROW(min_all),

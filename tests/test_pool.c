@@ -50,23 +50,7 @@ static tg_tensor *apply(tg_tensor *const *in, int n, void *ctx) {
 
 static void check_case(ref_file *f, const char *name, tg_dtype dtype, double tol) {
   pool_args a = read_args(f, name);
-  tg_scope_begin();
-  tg_tensor *x = ref_get(f, name, "x", dtype);
-  assert_ok(tg_set_requires_grad(x, true) == 0);
-  tg_tensor *y = apply(&x, 1, &a);
-  assert_ok(y);
-  assert_close(y, ref_get(f, name, "y", dtype), tol, tol);
-  assert_ok(tg_backward_ex(y, ref_get(f, name, "gy", dtype), false) == 0);
-  assert_close(tg_grad(x), ref_get(f, name, "dx", dtype), tol, tol);
-  /* Without the tape (max pool skips its indices): same values. */
-  tg_no_grad_begin();
-  assert_close(apply(&x, 1, &a), y, 0, 0);
-  tg_no_grad_end();
-  if (dtype == TG_F64) {
-    tg_tensor *fresh = rand_leaf(tg_shape(x), 4, TG_F64);
-    gradcheck_ok(apply, &a, &fresh, 1);
-  }
-  assert_int_equal(tg_scope_end(), 0);
+  ref_check_one_input(f, name, dtype, tol, apply, &a);
 }
 
 static void test_reference_f64(void **state) {

@@ -95,11 +95,12 @@ static inline int norm_new_grads(const tg_node *node, tg_tensor *grads[3]) {
   return 0;
 }
 
-/* eps may be 0 or any finite positive number (PyTorch also takes negative ones, which
- * only make the variance plus eps negative); NaN and Inf are refused. */
+/* eps may be any finite number, as PyTorch takes it: 0, or negative (where var + eps < 0
+ * the statistics are NaN, as in PyTorch). NaN and Inf are refused: PyTorch takes them
+ * and returns NaN or zeros everywhere, which no caller means. */
 static inline int norm_check_eps(const char *op, double eps) {
-  if (!(eps >= 0) || isinf(eps))
-    return tg__error("%s: expected eps to be a finite number >= 0, but got %g", op, eps);
+  if (!isfinite(eps))
+    return tg__error("%s: expected eps to be a finite number, but got %g", op, eps);
   return 0;
 }
 

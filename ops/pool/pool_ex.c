@@ -1,7 +1,8 @@
 /* PyTorch's further pooling arguments: max_pool2d with dilation, ceil_mode and
  * indices, max_unpool2d, avg_pool2d with ceil_mode, count_include_pad = false and
- * divisor_override; unbatched [C, H, W] inputs for every pool. The plain cases go to
- * the kernels of pool.c; these loops are PyTorch's general ones, plane by plane. */
+ * divisor_override; unbatched [C, H, W] inputs for every pool; resampling of 1 to 3
+ * spatial dims by size or scale_factor. The plain cases go to the kernels of pool.c;
+ * these loops are PyTorch's general ones, plane by plane. */
 #include "graph/internal.h"
 #include "ops/unbatched.h"
 
@@ -417,9 +418,11 @@ tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *o) 
 }
 
 /* ----------------------------------------------------------- resampling -- */
+/* 1 to 3 spatial dims (the input's dims after N and C); every axis runs the same
+ * code, and a 1-D or 2-D input is a 3-D one whose leading axes have size 1. */
 
 tg_upsample_options tg_upsample_options_default(void) {
-  return (tg_upsample_options){{0, 0}, {0, 0}, false, false};
+  return (tg_upsample_options){{0, 0, 0}, {0, 0, 0}, false, false};
 }
 
 /* PyTorch's compute_scales_value: 1/scale_factor when one was given (and not
@@ -429,32 +432,49 @@ static double src_scale(const tg_upsample_options *o, int axis, int64_t in, int6
   return sf > 0 && !o->recompute_scale_factor ? 1.0 / sf : (double)in / (double)out;
 }
 
-/* Output size and source scale of each axis; the sizes come from scale_factor
- * (floor(in * s)) when it is positive. */
+/* Output size of each of the nsp spatial axes; the sizes come from scale_factor
+ * (floor(in * s)) when one is positive. */
 static int resample_plan(const char *op, const tg_tensor *x, const tg_upsample_options *o,
-                         int64_t out[2]) {
+                         int nsp, int64_t out[3]) {
+  static const char *const layout[] = {"", "[N, C, L]", "[N, C, H, W]",
+                                       "[N, C, D, H, W]"};
+  static const char *const axes[][3] = {{""}, {"W"}, {"H", "W"}, {"D", "H", "W"}};
   char s[TG_SHAPE_STR_LEN];
   if (!o)
     return tg__error("%s: argument 'options' is NULL", op);
   if (!tg__nonnull(x, op, "input") || tg__check_same(op, 1, &x, true) < 0)
     return -1;
-  if (x->ndim != 4)
-    return tg__error("%s: expected a 4D tensor [N, C, H, W] for input, but got input of "
-                     "size %s",
-                     op, tg_shape_str(x, s, sizeof s));
-  const bool by_scale = o->scale_factor[0] > 0 || o->scale_factor[1] > 0;
-  for (int i = 0; i < 2; i++) {
+  if (x->ndim != nsp + 2)
+    return tg__error("%s: expected a %dD tensor %s for input, but got input of size %s",
+                     op, nsp + 2, layout[nsp], tg_shape_str(x, s, sizeof s));
+  bool by_scale = false;
+  for (int i = 0; i < nsp; i++)
+    by_scale |= o->scale_factor[i] > 0;
+  bool empty = false;
+  for (int i = 0; i < nsp; i++) {
     const int64_t in = x->shape[2 + i];
     if (by_scale && !(o->scale_factor[i] > 0 && isfinite(o->scale_factor[i])))
       return tg__error("%s: scale_factor must be positive and finite, got %g", op,
                        o->scale_factor[i]);
-    out[i] = by_scale ? (int64_t)floor((double)in * o->scale_factor[i]) : o->size[i];
-    if (in <= 0 || out[i] <= 0)
-      return tg__error(
-          "%s: Input and output sizes should be greater than 0, but got input "
-          "(H: %lld, W: %lld) output (H: %lld, W: %lld)",
-          op, (long long)x->shape[2], (long long)x->shape[3],
-          (long long)(i ? out[0] : out[i]), (long long)out[i]);
+    const double scaled = floor((double)in * o->scale_factor[i]);
+    if (by_scale && !(scaled < 0x1p53)) /* the cast below would overflow */
+      return tg__error("%s: scale_factor %g makes an output size of %g, too large", op,
+                       o->scale_factor[i], scaled);
+    out[i] = by_scale ? (int64_t)scaled : o->size[i];
+    empty |= in <= 0 || out[i] <= 0;
+  }
+  if (empty) { /* PyTorch's message, naming every axis */
+    char in_s[96] = "", out_s[96] = "";
+    for (int i = 0; i < nsp; i++) {
+      const size_t ni = strlen(in_s), no = strlen(out_s);
+      snprintf(in_s + ni, sizeof in_s - ni, "%s%s: %lld", i ? ", " : "", axes[nsp][i],
+               (long long)x->shape[2 + i]);
+      snprintf(out_s + no, sizeof out_s - no, "%s%s: %lld", i ? ", " : "", axes[nsp][i],
+               (long long)out[i]);
+    }
+    return tg__error("%s: Input and output sizes should be greater than 0, but got input "
+                     "(%s) output (%s)",
+                     op, in_s, out_s);
   }
   if (x->device.type != TG_DEVICE_CPU)
     return tg__unsupported_device(op, x);
@@ -471,15 +491,17 @@ static int64_t nearest_index(int64_t o, int64_t in, int64_t out, double scale) {
   return s < in - 1 ? s : in - 1;
 }
 
-/* Bilinear taps along one axis: source i0, i1 = i0 + (i0 < in - 1) with weights
- * 1 - l, l (PyTorch's area_pixel_compute_source_index, in the dtype's precision). */
+/* The taps of one output along one axis: sources i[0], i[1] = i[0] + (i[0] < in - 1)
+ * with weights w[0] = 1 - l, w[1] = l (linear: PyTorch's
+ * area_pixel_compute_source_index, in the dtype's precision), or the one nearest
+ * source with weight 1. */
 typedef struct {
-  int64_t i0, i1;
-  double l;
+  int64_t i[2];
+  double w[2];
 } tap;
 
-static tap bilinear_tap(int64_t o, int64_t in, int64_t out, double scale, bool align,
-                        bool f32) {
+static tap linear_tap(int64_t o, int64_t in, int64_t out, double scale, bool align,
+                      bool f32) {
   double src;
   if (align) {
     const double sc = out > 1 ? (double)(in - 1) / (double)(out - 1) : 0;
@@ -491,49 +513,57 @@ static tap bilinear_tap(int64_t o, int64_t in, int64_t out, double scale, bool a
     const double v = scale * ((double)o + 0.5) - 0.5;
     src = v < 0 ? 0 : v;
   }
-  tap t = {(int64_t)src, 0, 0};
-  t.i1 = t.i0 + (t.i0 < in - 1);
-  t.l = f32 ? (double)((float)src - (float)t.i0) : src - (double)t.i0;
-  return t;
+  const int64_t i0 = (int64_t)src;
+  const double l = f32 ? (double)((float)src - (float)i0) : src - (double)i0;
+  return (tap){{i0, i0 + (i0 < in - 1)}, {1 - l, l}};
 }
 
 typedef struct {
-  bool bilinear, align;
-  double scale[2];
-  int64_t in[2], out[2];
+  bool linear, align;
+  int taps[3]; /* per axis: 2 for a linear spatial axis, 1 otherwise */
+  double scale[3];
+  int64_t in[3], out[3]; /* axes (D, H, W); the missing leading ones of size 1 */
 } resample_plan_t;
 
-/* backward false: y from x; true: dx += from dy, along the same taps. */
+static tap tap_at(const resample_plan_t *r, int a, int64_t o, bool f32) {
+  if (r->taps[a] == 2)
+    return linear_tap(o, r->in[a], r->out[a], r->scale[a], r->align, f32);
+  /* nearest, or an axis the input lacks (in = out = 1: source 0) */
+  return (tap){{nearest_index(o, r->in[a], r->out[a], r->scale[a]), 0}, {1, 0}};
+}
+
+/* backward false: y from x; true: dx += from dy, along the same taps. An axis of one
+ * tap contributes no factor, so 1-D and 2-D inputs compute what PyTorch's 1-D and 2-D
+ * kernels do (no 0 * x terms that would turn an Inf into NaN). */
 static void resample_kernel(const resample_plan_t *r, const tg_tensor *src,
                             tg_tensor *dst, int64_t planes, bool backward) {
-  const int64_t H = r->in[0], W = r->in[1], OH = r->out[0], OW = r->out[1];
+  const int64_t D = r->in[0], H = r->in[1], W = r->in[2];
+  const int64_t OD = r->out[0], OH = r->out[1], OW = r->out[2];
   const bool f32 = src->dtype == TG_F32;
   const void *S = tg__data(src);
-  void *D = tg__data(dst);
-#pragma omp parallel for num_threads(tg__threads(planes *OH *OW * 4))
+  void *X = tg__data(dst);
+#pragma omp parallel for num_threads(tg__threads(planes *OD *OH *OW * 4))
   for (int64_t p = 0; p < planes; p++)
-    for (int64_t oy = 0; oy < OH; oy++) {
-      const tap ty = r->bilinear ? bilinear_tap(oy, H, OH, r->scale[0], r->align, f32)
-                                 : (tap){nearest_index(oy, H, OH, r->scale[0]), 0, 0};
-      for (int64_t ox = 0; ox < OW; ox++) {
-        const tap tx = r->bilinear ? bilinear_tap(ox, W, OW, r->scale[1], r->align, f32)
-                                   : (tap){nearest_index(ox, W, OW, r->scale[1]), 0, 0};
-        const int64_t o = (p * OH + oy) * OW + ox, base = p * H * W;
-        const int64_t at[4] = {ty.i0 * W + tx.i0, ty.i0 * W + tx.i1, ty.i1 * W + tx.i0,
-                               ty.i1 * W + tx.i1};
-        const double wt[4] = {(1 - ty.l) * (1 - tx.l), (1 - ty.l) * tx.l,
-                              ty.l * (1 - tx.l), ty.l * tx.l};
-        const int taps = r->bilinear ? 4 : 1;
-        if (backward) {
-          const double g = ld(S, o, f32);
-          for (int k = 0; k < taps; k++)
-            st(D, base + at[k], ld(D, base + at[k], f32) + (r->bilinear ? wt[k] : 1) * g,
-               f32);
-        } else {
-          double acc = 0;
-          for (int k = 0; k < taps; k++)
-            acc += (r->bilinear ? wt[k] : 1) * ld(S, base + at[k], f32);
-          st(D, o, acc, f32);
+    for (int64_t od = 0; od < OD; od++) {
+      const tap td = tap_at(r, 0, od, f32);
+      for (int64_t oy = 0; oy < OH; oy++) {
+        const tap ty = tap_at(r, 1, oy, f32);
+        for (int64_t ox = 0; ox < OW; ox++) {
+          const tap tx = tap_at(r, 2, ox, f32);
+          const int64_t o = ((p * OD + od) * OH + oy) * OW + ox, base = p * D * H * W;
+          double acc = 0, g = backward ? ld(S, o, f32) : 0;
+          for (int a = 0; a < r->taps[0]; a++)
+            for (int b = 0; b < r->taps[1]; b++)
+              for (int c = 0; c < r->taps[2]; c++) {
+                const int64_t at = base + (td.i[a] * H + ty.i[b]) * W + tx.i[c];
+                const double wt = td.w[a] * ty.w[b] * tx.w[c];
+                if (backward)
+                  st(X, at, ld(X, at, f32) + wt * g, f32);
+                else
+                  acc += wt * ld(S, at, f32);
+              }
+          if (!backward)
+            st(X, o, acc, f32);
         }
       }
     }
@@ -549,19 +579,23 @@ static int resample_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
   return 0;
 }
 
+/* Resampling of nsp spatial dims, nearest or linear (bi-, trilinear). */
 static tg_tensor *resample(const char *op, const tg_tensor *x,
-                           const tg_upsample_options *o, bool bilinear) {
-  int64_t out[2];
-  if (resample_plan(op, x, o, out) < 0)
+                           const tg_upsample_options *o, int nsp, bool linear) {
+  int64_t out[3] = {0};
+  if (resample_plan(op, x, o, nsp, out) < 0)
     return NULL;
-  resample_plan_t r = {bilinear, bilinear && o->align_corners, {0, 0}, {0, 0}, {0, 0}};
-  for (int i = 0; i < 2; i++) {
-    r.in[i] = x->shape[2 + i];
-    r.out[i] = out[i];
-    r.scale[i] = src_scale(o, i, r.in[i], out[i]);
+  resample_plan_t r = {
+      linear, linear && o->align_corners, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}};
+  int64_t shape[5] = {x->shape[0], x->shape[1]};
+  for (int i = 0; i < nsp; i++) {
+    const int a = 3 - nsp + i; /* the spatial dims are the trailing axes */
+    r.in[a] = x->shape[2 + i];
+    r.out[a] = shape[2 + i] = out[i];
+    r.scale[a] = src_scale(o, i, r.in[a], out[i]);
+    r.taps[a] = linear ? 2 : 1;
   }
-  tg_tensor *y =
-      tg__new(TG_SHAPE(x->shape[0], x->shape[1], out[0], out[1]), x->dtype, x->device);
+  tg_tensor *y = tg__new(shape, nsp + 2, x->dtype, x->device);
   if (!y)
     return NULL;
   resample_kernel(&r, x, y, x->shape[0] * x->shape[1], false);
@@ -572,10 +606,26 @@ static tg_tensor *resample(const char *op, const tg_tensor *x,
   return y;
 }
 
+tg_tensor *tg_upsample_nearest1d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_nearest1d_ex", x, o, 1, false);
+}
+
 tg_tensor *tg_upsample_nearest2d_ex(const tg_tensor *x, const tg_upsample_options *o) {
-  return resample("tg_upsample_nearest2d_ex", x, o, false);
+  return resample("tg_upsample_nearest2d_ex", x, o, 2, false);
+}
+
+tg_tensor *tg_upsample_nearest3d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_nearest3d_ex", x, o, 3, false);
+}
+
+tg_tensor *tg_upsample_linear1d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_linear1d_ex", x, o, 1, true);
 }
 
 tg_tensor *tg_upsample_bilinear2d_ex(const tg_tensor *x, const tg_upsample_options *o) {
-  return resample("tg_upsample_bilinear2d_ex", x, o, true);
+  return resample("tg_upsample_bilinear2d_ex", x, o, 2, true);
+}
+
+tg_tensor *tg_upsample_trilinear3d_ex(const tg_tensor *x, const tg_upsample_options *o) {
+  return resample("tg_upsample_trilinear3d_ex", x, o, 3, true);
 }

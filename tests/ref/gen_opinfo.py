@@ -17,11 +17,15 @@ or, instead of op/outputs, `note skip REASON` (not expressible in tapegrad),
 References are computed in float64 from the float32 sample (upcast, so the float64
 replay sees the same values); float32 results give the error PyTorch itself makes.
 Non-contiguous samples are written contiguous: tapegrad tensors are contiguous.
-Run: /tmp/torch2/bin/python tests/ref/gen_opinfo.py"""
+Every OpInfo draws from generators seeded by its name, so a file depends only on its
+own OpInfos and a second run writes the same bytes.
+Run: /tmp/torch2/bin/python tests/ref/gen_opinfo.py [family ...]"""
 import math
 import os
+import random
 import sys
 import warnings
+import zlib
 
 import torch
 from torch.testing._internal.common_methods_invocations import op_db
@@ -38,7 +42,7 @@ CAPS = {"pool_ex", "unbatched_pool", "unpool", "alpha", "rounding_mode", "rscala
         "pow_tensor", "gelu_tanh", "prob_targets", "class_weight", "label_smoothing",
         "bce_weight", "softmax_dtype", "squeeze_dims", "cat_legacy", "cat_empty",
         "unbatched_conv", "conv_same", "bn_empty",
-        "align_corners", "scale_factor"}
+        "align_corners", "scale_factor", "resample_nd"}
 
 
 class NE(Exception):
@@ -99,6 +103,21 @@ def kw(s, *allowed):
     if extra:
         raise NE("unsupported kwarg " + ", ".join(sorted(extra)))
     return s.kwargs
+
+
+def named(s, *names, skip=0):
+    """The sample's arguments by name: the positional ones after the first skip in
+    the order of names, then the keywords (any other keyword: not expressible)."""
+    vals = dict(kw(s, *names))
+    if len(s.args) - skip > len(names):
+        raise NE("extra arguments")
+    vals.update(zip(names, s.args[skip:]))
+    return vals
+
+
+def keepdim(c, v):
+    c.p["keepdim"] = int(bool(v.get("keepdim", False)))
+    return c
 
 
 def same_float_dtype(tensors):
@@ -212,43 +231,36 @@ def m_gelu(s):
 
 def m_sum_mean(key):
     def f(s):
-        k = kw(s, "dim", "keepdim", "dtype")
-        if k.get("dtype") is not None:
+        v = named(s, "dim", "keepdim", "dtype")
+        if v.get("dtype") is not None:
             raise NE("kwarg dtype")
-        dim = dims_of(s.args[0] if s.args else k.get("dim"))
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        dim = dims_of(v.get("dim"))
         if dim is None:
-            if keep:
+            if v.get("keepdim"):
                 raise NE("keepdim over all dims")
             return Call(key).t(s.input)
         c = Call(key + "_dims").t(s.input)
         c.p["dims"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        return keepdim(c, v)
     return f
 
 
 def m_minmax(key):
     """max/min with dim (values and indices) or over all elements."""
     def f(s):
-        kw(s, "dim", "keepdim")
-        args = list(s.args)
-        dim = args[0] if args else s.kwargs.get("dim")
-        keep = args[1] if len(args) > 1 else s.kwargs.get("keepdim", False)
-        if dim is None:
+        v = named(s, "dim", "keepdim")
+        if v.get("dim") is None:
             return Call(key + "_all").t(s.input)
         c = Call(key + "_dim").t(s.input)
-        c.p["dim"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        c.p["dim"] = v["dim"]
+        return keepdim(c, v)
     return f
 
 
 def m_amax(key):
     def f(s):
-        k = kw(s, "dim", "keepdim")
-        dim = dims_of(s.args[0] if s.args else k.get("dim", ()))
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        v = named(s, "dim", "keepdim")
+        dim = dims_of(v.get("dim", ()))
         if len(dim) == 1:
             c = Call(key[1:] + "_dim").t(s.input)
             c.p["dim"] = dim[0]
@@ -256,21 +268,17 @@ def m_amax(key):
         else:
             c = Call(key + "_dims").t(s.input)
             c.p["dims"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        return keepdim(c, v)
     return f
 
 
 def m_arg(key):
     def f(s):
-        k = kw(s, "dim", "keepdim")
-        dim = s.args[0] if s.args else k.get("dim")
-        keep = s.args[1] if len(s.args) > 1 else k.get("keepdim", False)
+        v = named(s, "dim", "keepdim")
         c = Call(key).t(s.input)
-        if dim is not None:
-            c.p["dim"] = dim
-        c.p["keepdim"] = int(bool(keep))
-        return c
+        if v.get("dim") is not None:
+            c.p["dim"] = v["dim"]
+        return keepdim(c, v)
     return f
 
 
@@ -281,10 +289,8 @@ def m_matmul(s):
 
 
 def m_linear(s):
-    k = kw(s, "bias")
-    args = list(s.args)
-    w = args[0]
-    b = args[1] if len(args) > 1 else k.get("bias")
+    vals = named(s, "weight", "bias")
+    w, b = vals["weight"], vals.get("bias")
     same_float_dtype([s.input, w, b])
     return Call("linear").t(s.input).t(w, what="weight").t(b, what="bias")
 
@@ -359,8 +365,8 @@ def m_bce(s):
 
 
 def check_eps(eps):
-    if not (eps >= 0):
-        raise NE(f"negative eps {eps} (tapegrad takes finite eps >= 0)")
+    if not math.isfinite(eps):
+        raise NE(f"eps {eps} (tapegrad takes any finite eps)")
     return float(eps)
 
 
@@ -412,12 +418,8 @@ def m_conv(key):
     def f(s):
         names = ["stride", "padding"] + (["output_padding"] if key != "conv2d" else [])
         names += ["groups", "dilation"] if key != "conv2d" else ["dilation", "groups"]
-        k = kw(s, "bias", *names)
-        args = list(s.args)
-        w = args[0]
-        b = args[1] if len(args) > 1 else k.get("bias")
-        vals = dict(zip(names, args[2:]))
-        vals.update({n: k[n] for n in names if n in k})
+        vals = named(s, "weight", "bias", *names)
+        w, b = vals["weight"], vals.get("bias")
         unbatched(s.input, key)
         c = Call(key).t(s.input).t(w, what="weight").t(b, what="bias")
         for n in names:
@@ -433,17 +435,20 @@ def m_conv(key):
     return f
 
 
-def m_max_pool(s):
-    k = kw(s, "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
-    vals = dict(zip(names, s.args))
-    vals.update(k)
-    unbatched(s.input, "max_pool2d")
-    c = Call("max_pool2d").t(s.input)
+def window(c, vals):
+    """A pool's kernel, stride (None or empty: the kernel) and padding."""
     c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
     st = vals.get("stride")
     c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
     c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    return c
+
+
+def m_max_pool(s):
+    vals = named(s, "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                 "return_indices")
+    unbatched(s.input, "max_pool2d")
+    c = window(Call("max_pool2d").t(s.input), vals)
     c.p["dilation"] = pair(vals.get("dilation", 1), "dilation")
     if c.p["dilation"] != [1, 1]:
         need("pool_ex", "dilation")
@@ -457,17 +462,10 @@ def m_max_pool(s):
 
 
 def m_avg_pool(s):
-    names = ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-             "divisor_override"]
-    k = kw(s, *names)
-    vals = dict(zip(names, s.args))
-    vals.update(k)
+    vals = named(s, "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
     unbatched(s.input, "avg_pool2d")
-    c = Call("avg_pool2d").t(s.input)
-    c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
-    st = vals.get("stride")
-    c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
-    c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    c = window(Call("avg_pool2d").t(s.input), vals)
     c.p["ceil"] = int(bool(vals.get("ceil_mode", False)))
     c.p["include_pad"] = int(bool(vals.get("count_include_pad", True)))
     d = vals.get("divisor_override")
@@ -509,10 +507,13 @@ def m_interp(mode, upsample=False):
         md = k.get("mode", mode)
         if upsample and md == "bilinear":
             k = dict(k, align_corners=True)  # upsample_bilinear's, unlike interpolate's
-        if md not in ("nearest", "bilinear"):
+        if md not in ("nearest", "linear", "bilinear", "trilinear"):
             raise NE(f"mode {md}")
-        if s.input.dim() != 4:
-            raise NE(f"{s.input.dim()}-D input (tapegrad resamples 4-D)")
+        nsp = s.input.dim() - 2  # spatial dims
+        if not 1 <= nsp <= 3:
+            raise NE(f"{s.input.dim()}-D input (tapegrad resamples 3-D to 5-D)")
+        if nsp != 2:
+            need("resample_nd", f"{s.input.dim()}-D input")
         if k.get("antialias"):
             raise NE("antialias")
         c = Call("upsample_" + md).t(s.input)
@@ -522,10 +523,10 @@ def m_interp(mode, upsample=False):
         c.p["align_corners"] = int(bool(ac))
         sf = k.get("scale_factor")
         if size is not None:
-            c.p["size"] = pair(size, "size")
+            c.p["size"] = pair(size, "size", nsp)
         else:
             need("scale_factor", "scale_factor")
-            sf = [float(sf)] * 2 if not isinstance(sf, (tuple, list)) else list(sf)
+            sf = [float(sf)] * nsp if not isinstance(sf, (tuple, list)) else list(sf)
             c.p["scale"] = [float(v) for v in sf]
             c.p["recompute"] = int(bool(k.get("recompute_scale_factor")))
         return c
@@ -533,17 +534,11 @@ def m_interp(mode, upsample=False):
 
 
 def m_unpool(s):
-    names = ["kernel_size", "stride", "padding", "output_size"]
-    k = kw(s, *names)
+    vals = named(s, "kernel_size", "stride", "padding", "output_size", skip=1)
     need("unpool", "max_unpool2d")
-    vals = dict(zip(names, s.args[1:]))
-    vals.update(k)
     unbatched(s.input, "max_unpool2d")
     c = Call("max_unpool2d").t(s.input).t(s.args[0], kind="index", what="indices")
-    c.p["kernel"] = pair(vals["kernel_size"], "kernel_size")
-    st = vals.get("stride")
-    c.p["stride"] = pair(st, "stride") if st not in (None, [], ()) else c.p["kernel"]
-    c.p["padding"] = pair(vals.get("padding", 0), "padding")
+    window(c, vals)
     os_ = vals.get("output_size")
     if os_ is not None:
         c.p["output_size"] = list(os_)[-2:]
@@ -648,7 +643,9 @@ OPS = {
     "nn.functional.max_pool2d": m_max_pool, "nn.functional.avg_pool2d": m_avg_pool,
     "nn.functional.adaptive_avg_pool2d": m_adaptive,
     "nn.functional.interpolate.nearest": m_interp("nearest"),
+    "nn.functional.interpolate.linear": m_interp("linear"),
     "nn.functional.interpolate.bilinear": m_interp("bilinear"),
+    "nn.functional.interpolate.trilinear": m_interp("trilinear"),
     "nn.functional.upsample_nearest": m_interp("nearest", True),
     "nn.functional.upsample_bilinear": m_interp("bilinear", True),
     "nn.functional.max_unpool2d": m_unpool, "nn.functional.max_unpool2d.grad": m_unpool,
@@ -675,7 +672,8 @@ FAMILY = {
     "conv": ["nn.functional.conv2d", "nn.functional.conv_transpose2d"],
     "pool": ["nn.functional.max_pool2d", "nn.functional.avg_pool2d",
              "nn.functional.adaptive_avg_pool2d", "nn.functional.interpolate.nearest",
-             "nn.functional.interpolate.bilinear", "nn.functional.upsample_nearest",
+             "nn.functional.interpolate.linear", "nn.functional.interpolate.bilinear",
+             "nn.functional.interpolate.trilinear", "nn.functional.upsample_nearest",
              "nn.functional.upsample_bilinear", "nn.functional.max_unpool2d",
              "nn.functional.max_unpool2d.grad"],
     "shape": ["reshape", "view", "flatten", "squeeze", "squeeze.multiple", "unsqueeze",
@@ -767,10 +765,12 @@ def max_err(a, b):
     return float(d[fin].max()) if fin.any() else 0.0
 
 
-gen = torch.Generator().manual_seed(18)
+def seed_of(name):
+    """A stable seed per OpInfo (Python's hash() of a str changes between runs)."""
+    return zlib.crc32(name.encode())
 
 
-def sample_case(name, op, s32_src, mapping):
+def sample_case(name, op, s32_src, mapping, gen):
     """Lines of one sample's case (without the case/end lines)."""
     lines = [f"note opinfo {name}"]
     try:
@@ -880,14 +880,18 @@ def opinfo_name(o):
     return o.name + ("." + o.variant_test_name if o.variant_test_name else "")
 
 
-def main():
-    torch.manual_seed(18)  # op_db draws its samples from the global generator
+def main(families):
     by_name = {opinfo_name(o): o for o in op_db}
     total = {}
-    for family, names in FAMILY.items():
+    for family in [f for f in families if f in FAMILY]:
         lines = []
-        for name in names:
+        for name in FAMILY[family]:
             o = by_name[name]
+            # op_db draws its samples from the global generators: seeded per OpInfo, a
+            # family's file depends on its own OpInfos only.
+            torch.manual_seed(seed_of(name))
+            random.seed(seed_of(name))
+            gen = torch.Generator().manual_seed(seed_of(name))  # the upstream gradients
             fn = o.reference_inputs if o.reference_inputs_func is not None else \
                 o.sample_inputs
             samples = list(fn("cpu", torch.float32, requires_grad=True))
@@ -895,8 +899,8 @@ def main():
             mapping = OPS[name]
             n_ok = 0
             for k, s in enumerate(samples):
-                body = sample_case(name, o.op, s, mapping)
-                n_ok += any(b.startswith("note op ") for b in body)
+                body = sample_case(name, o.op, s, mapping, gen)
+                n_ok += expressible(body)
                 lines += [f"case {name}#{k}"] + body + ["end"]
             for k, e in enumerate(errors):
                 body = error_case(name, o.op, e, mapping)
@@ -906,14 +910,29 @@ def main():
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         print(f"wrote {path} ({os.path.getsize(path) // 1024} KiB)")
+    if "extra" not in families:
+        return summary(total)
     lines, n_ok, extras = [], 0, extra_samples()
+    gen = torch.Generator().manual_seed(seed_of("extra"))
     for k, (name, fn, mapping, smp) in enumerate(extras):
-        body = sample_case(name, fn, smp, mapping)
-        n_ok += any(b.startswith("note op ") for b in body)
+        body = sample_case(name, fn, smp, mapping, gen)
+        n_ok += expressible(body)
+        n, ok, ne = total.get(name, (0, 0, 0))
+        total[name] = (n + 1, ok + expressible(body), ne)
         lines += [f"case {name}#{k}"] + body + ["end"]
     with open(os.path.join(DATA, "opinfo_extra.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote opinfo_extra.txt: {n_ok} of {len(extras)} extra samples expressible")
+    return summary(total)
+
+
+def expressible(body):
+    """Whether a sample counts as expressible: the README's definition, trimmed
+    samples (expressible, only too large to store) included."""
+    return not any(b.startswith("note skip ") for b in body)
+
+
+def summary(total):
     ns = sum(v[0] for v in total.values())
     nok = sum(v[1] for v in total.values())
     for name, (n, ok, ne) in total.items():
@@ -922,4 +941,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Families to write (default all): each file comes out the same either way.
+    wanted = sys.argv[1:] or list(FAMILY) + ["extra"]
+    unknown = [f for f in wanted if f not in FAMILY and f != "extra"]
+    if unknown:
+        sys.exit(f"unknown families {unknown}; known: {list(FAMILY)} and extra")
+    sys.exit(main(wanted))
