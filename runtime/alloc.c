@@ -170,7 +170,11 @@ void tg__small_free(void *p) {
   free(p);
 }
 
-/* The thread running exit handlers (pthread key destructors do not run for it). */
+/* The thread running exit handlers (pthread key destructors do not run for it). The
+ * key goes too, so that a thread outliving a dlclose of the library does not call
+ * into unloaded code when it exits (its blocks are then left to the OS). */
 __attribute__((destructor)) static void release_small_at_exit(void) {
   small_close(&small);
+  if (small_key_ok)
+    pthread_key_delete(small_key);
 }
