@@ -161,6 +161,12 @@ void tg__rand_fill_normal(double *out, int64_t n);
  *   #pragma omp parallel for num_threads(tg__threads(work))
  * Do not call BLAS from inside a parallel region. */
 int tg__threads(int64_t work);
+/* body(ctx, lo, hi) over [0, n) in one contiguous part per thread of
+ * tg__threads(work); on one thread a plain call, no OpenMP region: libgomp builds and
+ * frees a team for every region, even a region of one thread, which costs more than
+ * a tiny kernel (bench/tiny_ops). For loops whose iterations are independent. */
+typedef void (*tg__range_fn)(void *ctx, int64_t lo, int64_t hi);
+void tg__parallel_for(int64_t n, int64_t work, tg__range_fn body, void *ctx);
 /* Bytes of the last-level cache the calling CPU shares with its neighbours (one L3
  * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
  * some AMD parts), 32 MiB when unknown. Read once. */

@@ -2,6 +2,7 @@
  * separate threads at once; errors, grad mode and scopes are per thread; the random
  * generator is shared behind a lock. */
 #include "common.h"
+#include "runtime/internal.h" /* tg__parallel_for */
 
 #include <math.h>
 #include <pthread.h>
@@ -131,10 +132,49 @@ static void test_tensors_freed_on_other_threads(void **state) {
   free(ts);
 }
 
+/* tg__parallel_for covers [0, n) exactly once at 1 to 3 threads (work large enough
+ * for all of them), with one call per thread at most, and calls nothing for n = 0. */
+typedef struct {
+  int *hits;
+  _Atomic int64_t n_calls;
+} cover;
+
+static void mark(void *ctx, int64_t lo, int64_t hi) {
+  cover *c = ctx;
+  for (int64_t i = lo; i < hi; i++)
+    c->hits[i]++;
+  c->n_calls++;
+}
+
+static void test_parallel_for_covers_each_index_once(void **state) {
+  (void)state;
+  const int64_t sizes[] = {0, 1, 2, 3, 5, 7, 100003};
+  int *hits = calloc(100003, sizeof *hits);
+  assert_non_null(hits);
+  for (int threads = 1; threads <= 3; threads++) {
+    tg_set_num_threads(threads);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+      const int64_t n = sizes[k];
+      memset(hits, 0, 100003 * sizeof *hits);
+      cover c = {.hits = hits};
+      tg__parallel_for(n, 1 << 20, mark, &c);
+      for (int64_t i = 0; i < n; i++)
+        assert_int_equal(hits[i], 1);
+      assert_true(c.n_calls <= (n < threads ? n : threads));
+      assert_true(n == 0 ? c.n_calls == 0 : c.n_calls >= 1);
+      if (threads > 1 && n == 100003) /* the parallel path ran */
+        assert_true(c.n_calls >= 2);
+    }
+  }
+  tg_set_num_threads(2);
+  free(hits);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_independent_tapes_on_threads),
       cmocka_unit_test(test_tensors_freed_on_other_threads),
+      cmocka_unit_test(test_parallel_for_covers_each_index_once),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }
