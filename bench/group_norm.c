@@ -3,8 +3,18 @@
  * over the same number of threads). Prints the ratios; PyTorch's times beside ours
  * when the Python of TG_BENCH_PYTHON (default /usr/bin/python3, Debian's) has torch.
  *
- *   bench/group_norm [reps]          (default 15 repetitions per measurement)
+ *   bench/group_norm [reps] [--shape N,C,H,W,G | --shape I] [--threads T] [--cold]
+ *                    [--no-torch] [--pieces] [--cpu]
  *   bench/group_norm --device cuda [reps] [--small]     (bench/cuda/group_norm.c)
+ *
+ * reps: repetitions per measurement (default 15). --shape runs one shape (I: the row
+ * of the table below, from 0), --threads one thread count, --cold the cold state only,
+ * --no-torch skips PyTorch: quick runs of one row, e.g. `--shape 2 --threads 2 --cold`.
+ * --pieces times the parts of a call instead (bench_pieces). --cpu measures the
+ * process's CPU time divided by the thread count instead of wall time: what a loaded
+ * machine moves least (use OMP_WAIT_POLICY=passive, so waiting threads don't count),
+ * but it leaves out waiting (thread wake-up, imbalance), which wall time includes;
+ * the targets are judged on wall time.
  *
  * fwd+bwd calls the node's backward directly (what a training step spends in
  * GroupNorm); "api" is forward + tg_backward_ex, which also clones grad_output.
@@ -13,7 +23,9 @@
  * the next allocation (several ms for 25 MB), which would swamp the kernels: main()
  * raises the mmap and trim thresholds first, as a long-running trainer would. */
 #include "graph/internal.h"
+#include "ops/norm/norm.h"
 
+#include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
 #include <omp.h>
@@ -36,10 +48,22 @@ static const shape SHAPES[] = {
 static const int THREADS[] = {1, 2};
 #define N_THREADS ((int)(sizeof THREADS / sizeof *THREADS))
 
+/* What one run measures: the shapes and thread counts (all, or one picked by the
+ * options), and the cache states (0 warm, 1 cold) from first_state on. */
+typedef struct {
+  shape shapes[N_SHAPES];
+  int threads[N_THREADS], n_shapes, n_threads, first_state, reps;
+  bool torch, pieces;
+} config;
+
+/* --cpu: the process's CPU time divided by the thread count instead of wall time. */
+static bool cpu_clock;
+
 static double now(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  clock_gettime(cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+  return ((double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec) /
+         (cpu_clock ? tg_get_num_threads() : 1);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -104,20 +128,35 @@ static void flush_caches(void) {
   flush_sink = s;
 }
 
-static int bench_one(const shape *s, int threads, int reps, timing *out) {
+/* The tensors of one shape's runs, in the current scope: x, dy random, w in
+ * [0.5, 1.5), b random, dst memcpy's destination; x, w and b require grad. */
+typedef struct {
+  tg_tensor *x, *dy, *w, *b, *dst;
+} inputs;
+
+static int make_inputs(const shape *s, inputs *in) {
+  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
+  in->x = tg_randn(dims, 4, TG_F32, TG_CPU);
+  in->dy = tg_randn(dims, 4, TG_F32, TG_CPU);
+  in->w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
+  in->b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
+  in->dst = tg_empty(dims, 4, TG_F32, TG_CPU);
+  if (!in->x || !in->dy || !in->w || !in->b || !in->dst)
+    return -1;
+  tg_set_requires_grad(in->x, true);
+  tg_set_requires_grad(in->w, true);
+  tg_set_requires_grad(in->b, true);
+  return 0;
+}
+
+static int bench_one(const shape *s, int threads, int reps, int first_state,
+                     timing *out) {
   tg_set_num_threads(threads);
   tg_scope_begin();
-  const int64_t dims[4] = {s->n, s->c, s->h, s->w};
-  tg_tensor *x = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *dy = tg_randn(dims, 4, TG_F32, TG_CPU);
-  tg_tensor *w = tg_uniform(TG_SHAPE(s->c), 0.5, 1.5, TG_F32, TG_CPU);
-  tg_tensor *b = tg_randn(TG_SHAPE(s->c), TG_F32, TG_CPU);
-  tg_tensor *dst = tg_empty(dims, 4, TG_F32, TG_CPU);
-  if (!x || !dy || !w || !b || !dst)
+  inputs in;
+  if (make_inputs(s, &in) < 0)
     return tg_scope_end(), -1;
-  tg_set_requires_grad(x, true);
-  tg_set_requires_grad(w, true);
-  tg_set_requires_grad(b, true);
+  tg_tensor *x = in.x, *dy = in.dy, *w = in.w, *b = in.b, *dst = in.dst;
   const size_t bytes = (size_t)tg_numel(x) * sizeof(float);
   double *t[4];
   for (int k = 0; k < 4; k++)
@@ -128,7 +167,7 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
    * another process lands on all four rather than on one of them. */
   enum { ROUND = 5 };
   int rc = 0;
-  for (int cold = 0; cold < 2; cold++) {
+  for (int cold = first_state; cold < 2; cold++) {
     for (int r0 = 0; r0 < reps && rc == 0; r0 += ROUND)
       for (int k = 0; k < 4 && rc == 0; k++)
         for (int r = r0 - 2; r < r0 + ROUND && r < reps && rc == 0; r++) {
@@ -166,6 +205,143 @@ static int bench_one(const shape *s, int threads, int reps, timing *out) {
   return rc;
 }
 
+/* --pieces: where a call's time goes, cold (caches flushed before each run), each piece
+ * timed alone, with memcpy as in the table:
+ *   region  an empty OpenMP parallel region of GroupNorm's thread count;
+ *   alloc   the forward's allocations (y and the saved statistics), freed again;
+ *   read    the same sums over each thread's share of x in one run: the floor of
+ *           stats (no restart per group);
+ *   stream  x copied to memcpy's destination through norm_affine (a = 1, b = 0) with
+ *           the non-temporal stores that GroupNorm writes y and dx with from
+ *           TG_NORM_STREAM_BYTES on; each thread its share;
+ *   plain   the same with plain stores (what smaller tensors get);
+ *   stats   the statistics pass alone (norm_moments per group, as the forward's first
+ *           pass; x from memory);
+ *   nograd  tg_group_norm without recording (kernel and allocation, no tape);
+ *   fwd     tg_group_norm recorded, as in the table;
+ *   bwd     the node's backward alone (x, dy from memory; y's node made before the
+ *           flush). */
+enum {
+  P_MEMCPY,
+  P_REGION,
+  P_ALLOC,
+  P_READ,
+  P_STREAM,
+  P_PLAIN,
+  P_STATS,
+  P_NOGRAD,
+  P_FWD,
+  P_BWD,
+  N_PIECES
+};
+static const char *const PIECE_NAMES[N_PIECES] = {"memcpy", "region", "alloc", "read",
+                                                  "stream", "plain",  "stats", "nograd",
+                                                  "fwd",    "bwd"};
+
+static volatile double piece_sink;
+
+static int run_piece(int k, const shape *s, const inputs *in, int threads, double *t) {
+  tg_tensor *x = in->x, *w = in->w, *b = in->b;
+  const int64_t groups = s->n * s->g, len = tg_numel(x) / groups;
+  const float *X = tg_data(x);
+  tg_scope_begin();
+  tg_node *node = NULL;
+  if (k == P_BWD) {
+    tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
+    if (!y)
+      return tg_scope_end(), -1;
+    node = y->grad_fn;
+  }
+  flush_caches();
+  int rc = 0;
+  double t0 = now(), acc = 0;
+  const int nt = tg__threads(tg_numel(x));
+  switch (k) {
+  case P_MEMCPY:
+    parallel_memcpy(tg_data(in->dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
+    break;
+  case P_REGION:
+#pragma omp parallel num_threads(nt)
+    piece_sink = 0;
+    break;
+  case P_ALLOC:
+    rc = tg__new_like(x) && tg__new(TG_SHAPE(s->n, s->g, 3), TG_F64, TG_CPU) ? 0 : -1;
+    break;
+  case P_READ:
+  case P_STREAM:
+  case P_PLAIN:
+#pragma omp parallel for num_threads(nt) reduction(+ : acc)
+    for (int p = 0; p < nt; p++) {
+      const int64_t lo = groups * p / nt * len, hi = groups * (p + 1) / nt * len;
+      norm_stats st = {0};
+      if (k == P_READ)
+        norm_moments(X + lo, 1, hi - lo, 0, 1e-5, &st);
+      else
+        norm_affine(X + lo, (float *)tg_data(in->dst) + lo, hi - lo, 0.0f, 1.0f, 0.0f,
+                    NULL, k == P_STREAM);
+      if (k == P_STREAM)
+        norm_stream_fence();
+      acc += st.rstd;
+    }
+    break;
+  case P_STATS:
+#pragma omp parallel for num_threads(nt) reduction(+ : acc)
+    for (int64_t ng = 0; ng < groups; ng++) {
+      norm_stats st;
+      norm_moments(X + ng * len, 1, len, 0, 1e-5, &st);
+      acc += st.rstd;
+    }
+    break;
+  case P_NOGRAD:
+    tg_no_grad_begin();
+    rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
+    tg_no_grad_end();
+    break;
+  case P_FWD:
+    rc = tg_group_norm(x, s->g, w, b, 1e-5) ? 0 : -1;
+    break;
+  case P_BWD:
+    rc = node_backward(node, in->dy);
+    break;
+  }
+  *t = now() - t0;
+  piece_sink = acc;
+  tg_scope_end();
+  tg_zero_grad(x);
+  tg_zero_grad(w);
+  tg_zero_grad(b);
+  return rc;
+}
+
+/* Prints one line per piece: median and minimum ms, and the median's ratio to
+ * memcpy's. The pieces take turns run by run. */
+static int bench_pieces(const shape *s, int threads, int reps) {
+  tg_set_num_threads(threads);
+  tg_scope_begin();
+  inputs in;
+  double *t = malloc((size_t)(N_PIECES * reps) * sizeof *t);
+  if (!t || make_inputs(s, &in) < 0)
+    return free(t), tg_scope_end(), -1;
+  int rc = 0;
+  for (int r = -2; r < reps && rc == 0; r++)
+    for (int k = 0; k < N_PIECES && rc == 0; k++) {
+      double dt = 0;
+      rc = run_piece(k, s, &in, threads, &dt);
+      if (r >= 0)
+        t[k * reps + r] = dt;
+    }
+  for (int k = 0; k < N_PIECES && rc == 0; k++) {
+    double *v = t + k * reps, med = median(v, reps); /* sorts v */
+    double copy = k ? t[reps / 2] : med;             /* memcpy's, sorted first */
+    printf("[%lld,%lld,%lld,%lld] %3lld %3d cold %-7s | %7.3f %7.3f | %5.2f\n",
+           (long long)s->n, (long long)s->c, (long long)s->h, (long long)s->w,
+           (long long)s->g, threads, PIECE_NAMES[k], med * 1e3, v[0] * 1e3, med / copy);
+  }
+  free(t);
+  tg_scope_end();
+  return rc;
+}
+
 /* PyTorch's medians (ms) for every shape and thread count, one python run: lines of
  * "fwd fwdbwd" in the order of the loops below. */
 static const char *TORCH_SCRIPT =
@@ -193,7 +369,7 @@ static const char *TORCH_SCRIPT =
     "            print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), "
     "flush=True)\n";
 
-static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
+static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   const char *py = getenv("TG_BENCH_PYTHON");
   py = py && *py ? py : "/usr/bin/python3";
   char cmd[1024];
@@ -209,29 +385,76 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
   fputs(TORCH_SCRIPT, f);
   fclose(f);
   char shapes[512] = "[", threads[64] = "[";
-  for (int i = 0; i < N_SHAPES; i++)
+  for (int i = 0; i < cf->n_shapes; i++) {
+    const shape *sh = &cf->shapes[i];
     snprintf(shapes + strlen(shapes), sizeof shapes - strlen(shapes),
-             "(%lld,%lld,%lld,%lld,%lld),", (long long)SHAPES[i].n,
-             (long long)SHAPES[i].c, (long long)SHAPES[i].h, (long long)SHAPES[i].w,
-             (long long)SHAPES[i].g);
+             "(%lld,%lld,%lld,%lld,%lld),", (long long)sh->n, (long long)sh->c,
+             (long long)sh->h, (long long)sh->w, (long long)sh->g);
+  }
   strcat(shapes, "]");
-  for (int i = 0; i < N_THREADS; i++)
+  for (int i = 0; i < cf->n_threads; i++)
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
-             THREADS[i]);
+             cf->threads[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, reps, shapes,
-           threads, flush_len);
+  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, cf->reps,
+           shapes, threads, flush_len);
   FILE *p = popen(cmd, "r");
   int got = 0;
-  for (int t = 0; p && t < N_THREADS; t++)
-    for (int i = 0; i < N_SHAPES; i++)
+  for (int t = 0; p && t < cf->n_threads; t++)
+    for (int i = 0; i < cf->n_shapes; i++)
       for (int cold = 0; cold < 2; cold++)
         got +=
             fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0], &torch_ms[t][i][cold][1]) == 2;
   if (p)
     pclose(p);
   remove(path);
-  return got == 2 * N_THREADS * N_SHAPES ? 0 : -1;
+  return got == 2 * cf->n_threads * cf->n_shapes ? 0 : -1;
+}
+
+/* The options of the usage line at the top; returns -1 with a message on bad ones. */
+static int parse_args(int argc, char **argv, config *cf) {
+  *cf = (config){.n_shapes = N_SHAPES, .n_threads = N_THREADS, .reps = 15, .torch = true};
+  memcpy(cf->shapes, SHAPES, sizeof SHAPES);
+  memcpy(cf->threads, THREADS, sizeof THREADS);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    shape sh;
+    int k;
+    if (!strcmp(a, "--cold")) {
+      cf->first_state = 1;
+    } else if (!strcmp(a, "--no-torch")) {
+      cf->torch = false;
+    } else if (!strcmp(a, "--pieces")) {
+      cf->pieces = true;
+    } else if (!strcmp(a, "--cpu")) {
+      cpu_clock = true;
+      cf->torch = false; /* PyTorch's times are wall times */
+    } else if (!strcmp(a, "--threads") && v && (k = atoi(v)) >= 1) {
+      cf->threads[0] = k;
+      cf->n_threads = 1;
+      i++;
+    } else if (!strcmp(a, "--shape") && v &&
+               sscanf(v, "%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64,
+                      &sh.n, &sh.c, &sh.h, &sh.w, &sh.g) == 5) {
+      cf->shapes[0] = sh;
+      cf->n_shapes = 1;
+      i++;
+    } else if (!strcmp(a, "--shape") && v && sscanf(v, "%d", &k) == 1 && k >= 0 &&
+               k < N_SHAPES) {
+      cf->shapes[0] = SHAPES[k];
+      cf->n_shapes = 1;
+      i++;
+    } else if (a[0] != '-' && (k = atoi(a)) >= 1) {
+      cf->reps = k;
+    } else {
+      fprintf(stderr,
+              "usage: %s [reps] [--shape N,C,H,W,G | --shape 0-%d] [--threads T] "
+              "[--cold] [--no-torch] [--pieces] [--cpu]\n",
+              argv[0], N_SHAPES - 1);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 int tg_bench_group_norm_cuda(int argc, char **argv);
@@ -239,44 +462,57 @@ int tg_bench_group_norm_cuda(int argc, char **argv);
 int main(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "--device") && !strncmp(argv[2], "cuda", 4))
     return tg_bench_group_norm_cuda(argc - 3, argv + 3);
+  config cf;
+  if (parse_args(argc, argv, &cf) < 0)
+    return 2;
   mallopt(M_MMAP_THRESHOLD, 32 << 20); /* the largest value glibc accepts */
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  int reps = argc > 1 ? atoi(argv[1]) : 15;
-  if (reps < 1)
-    reps = 1;
   if (flush_init() < 0) {
     fprintf(stderr, "group_norm bench: out of memory\n");
     return 1;
   }
+  if (cf.pieces) {
+    printf("GroupNorm float32, pieces of a call (bench/group_norm.c, --pieces): median "
+           "and min of %d runs in ms, x = median / memcpy's median\n",
+           cf.reps);
+    for (int t = 0; t < cf.n_threads; t++)
+      for (int i = 0; i < cf.n_shapes; i++)
+        if (bench_pieces(&cf.shapes[i], cf.threads[t], cf.reps) != 0) {
+          fprintf(stderr, "group_norm bench failed: %s\n", tg_last_error());
+          return 1;
+        }
+    return 0;
+  }
   double torch_ms[N_THREADS][N_SHAPES][2][2];
-  bool have_torch = torch_times(reps, torch_ms) == 0;
+  bool have_torch = cf.torch && torch_times(&cf, torch_ms) == 0;
   printf("GroupNorm float32: median of %d runs in ms, x = ratio to memcpy of the same "
          "tensor in the same cache state;\nmin x = the same ratio between minimum times "
          "(steadier on a busy machine). warm: runs back to back, tensors left in the "
          "cache;\ncold: caches flushed before every run (of memcpy too)%s\n",
-         reps, have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
+         cf.reps,
+         have_torch ? "; torch = PyTorch's medians, same threads and state" : "");
   printf("%-15s %3s %3s %4s | %6s | %6s %5s %5s | %7s %5s %5s | %6s %5s", "[N,C,H,W]",
          "G", "thr", "", "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x", "api",
          "x");
   if (have_torch)
     printf(" | %9s %9s", "torch fwd", "torch f+b");
   printf("\n");
-  for (int t = 0; t < N_THREADS; t++)
-    for (int i = 0; i < N_SHAPES; i++) {
-      const shape *s = &SHAPES[i];
+  for (int t = 0; t < cf.n_threads; t++)
+    for (int i = 0; i < cf.n_shapes; i++) {
+      const shape *s = &cf.shapes[i];
       timing r;
-      if (bench_one(s, THREADS[t], reps, &r) != 0) {
+      if (bench_one(s, cf.threads[t], cf.reps, cf.first_state, &r) != 0) {
         fprintf(stderr, "group_norm bench failed: %s\n", tg_last_error());
         return 1;
       }
       char name[64];
       snprintf(name, sizeof name, "[%lld,%lld,%lld,%lld]", (long long)s->n,
                (long long)s->c, (long long)s->h, (long long)s->w);
-      for (int cold = 0; cold < 2; cold++) {
+      for (int cold = cf.first_state; cold < 2; cold++) {
         const double *m = r.med[cold], *mn = r.min[cold];
         printf("%-15s %3lld %3d %4s | %6.3f | %6.3f %5.2f %5.2f | %7.3f %5.2f %5.2f | "
                "%6.3f %5.2f",
-               name, (long long)s->g, THREADS[t], cold ? "cold" : "warm", m[0] * 1e3,
+               name, (long long)s->g, cf.threads[t], cold ? "cold" : "warm", m[0] * 1e3,
                m[1] * 1e3, m[1] / m[0], mn[1] / mn[0], m[2] * 1e3, m[2] / m[0],
                mn[2] / mn[0], m[3] * 1e3, m[3] / m[0]);
         if (have_torch)

@@ -3,10 +3,12 @@
  * logits) over equal shapes. Reductions none/mean/sum; the mean of a class loss
  * divides by the number of targets not equal to ignore_index. Losses are summed in
  * double whatever the input dtype. */
+#include "ops/loss/loss.h"
 #include "graph/internal.h"
 #include "ops/loss/loss_cuda.h"
 #include "ops/loss/slab.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <tgmath.h>
 
@@ -54,6 +56,21 @@ static const int loss_cuda_table = 1;
 #define LOSS_CUDA NULL
 #endif
 static const int loss_cpu_table = 1;
+#ifndef TG_HAVE_CUDA
+/* Built without CUDA, tg__pick refuses CUDA tensors before a launcher is reached:
+ * these stand in for loss.cu's so that the calls link. */
+static int no_cuda(int unused, ...) {
+  (void)unused;
+  return tg__error("tapegrad was built without CUDA");
+}
+#define tg__loss_cuda_count_targets(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_ce_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_ce_backward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_nll_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_nll_backward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_pointwise_forward(...) no_cuda(0, __VA_ARGS__)
+#define tg__loss_cuda_pointwise_backward(...) no_cuda(0, __VA_ARGS__)
+#endif
 
 /* Number of targets not ignored; -1 naming the first target outside [0, C). */
 static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
@@ -62,7 +79,7 @@ static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
   const int64_t n = target->numel;
   int64_t count = 0, bad = 0;
   if (tg__on_cuda(target)) {
-    int64_t first;
+    int64_t first = -1;
     if (tg__loss_cuda_count_targets(t, n, C, ignore, &count, &first,
                                     target->device.index) < 0)
       return -1;
@@ -73,8 +90,7 @@ static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
       return -1;
     return tg__error("%s: Target %lld is out of bounds: expected a class index in "
                      "[0, %lld) or ignore_index (%lld), found at target element %lld",
-                     op, (long long)v, (long long)C, (long long)ignore,
-                     (long long)first);
+                     op, (long long)v, (long long)C, (long long)ignore, (long long)first);
   }
 #pragma omp parallel for reduction(+ : count, bad) num_threads(tg__threads(n))
   for (int64_t i = 0; i < n; i++) {
@@ -95,10 +111,10 @@ static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
 }
 
 /* Checks the arguments of a class loss (messages call `in` in_name) and plans its
- * kernels. Returns the number of targets not ignored, or -1. */
-static int64_t class_plan(const char *op, const char *in_name, const tg_tensor *in,
-                          const tg_tensor *target, tg_reduction reduction,
-                          int64_t ignore_index, class_ctx *c) {
+ * kernels (the targets' values are checked by count_targets or the kernel). */
+static int class_plan(const char *op, const char *in_name, const tg_tensor *in,
+                      const tg_tensor *target, tg_reduction reduction,
+                      int64_t ignore_index, class_ctx *c) {
   char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN], e[TG_SHAPE_STR_LEN];
   if (!tg__nonnull(in, op, in_name) || !tg__nonnull(target, op, "target"))
     return -1;
@@ -138,138 +154,303 @@ static int64_t class_plan(const char *op, const char *in_name, const tg_tensor *
   c->s = slab_around(in->shape, in->ndim, cdim);
   c->reduction = reduction;
   c->ignore_index = ignore_index;
-  return count_targets(op, target, c->s.r, ignore_index);
+  return 0;
 }
 
-/* loss_i = log(sum_c exp(x_ic)) - x_i,t = (m_i - x_i,t) + log(s_i),
- *   m_i = max_c x_ic,  s_i = sum_c exp(x_ic - m_i).
- * stats [2, positions] keeps m_i and log(s_i) for backward, which then forms the
- * softmax as exp((x - m) - log(s)) in the input dtype without cancellation, however
- * large the logits. Returns the sum of the losses. */
-static double cross_entropy_kernel(const class_ctx *c, const tg_tensor *x,
-                                   const tg_tensor *target, tg_tensor *stats,
-                                   tg_tensor *none_out) {
+/* ------------------------------------------------------ cross-entropy -- */
+
+/* Cross-entropy over class indices, PyTorch's cross_entropy(x, t, weight=w,
+ * ignore_index, label_smoothing=s), in one pass over the logits each way. Position i
+ * with target t (w_c = 1 without weights, W = sum_c w_c, C classes) loses
+ *   loss_i = (1 - s) w_t (lse_i - x_it) + s/C sum_c w_c (lse_i - x_ic),  0 if ignored,
+ *   lse_i - x_ic = (m_i - x_ic) + log sum_c exp(x_ic - m_i),  m_i = max_c x_ic,
+ * finite however large the logits. The mean divides the sum by that of w_t over the
+ * targets not ignored (their number without weights), as PyTorch's nll_loss does.
+ *   dx_ic = g_i [p_ic ((1 - s) w_t + s/C W) - (1 - s) w_t [c == t] - s/C w_c],
+ * p the softmax, which backward recomputes from x instead of keeping statistics.
+ * The weights are constants (PyTorch has no gradient for them either). */
+typedef struct {
+  slab s; /* input as [N, C, d1*d2*...]: r = C */
+  tg_reduction reduction;
+  int64_t ignore_index;
+  double scale;           /* dloss/dloss_i */
+  double smoothing, wsum; /* s and W */
+  bool weighted;
+  double w[]; /* the C weights when weighted */
+} ce_ctx;
+
+/* Positions per task where they are contiguous ([N, C, H, W]): a tile of C rows of
+ * them stays in L1 while it is read twice (max, then exp). */
+static int64_t ce_lanes(int64_t C) {
+  int64_t l = 4096 / (C ? C : 1);
+  return l < 16 ? 16 : l > SLAB_LANES_MAX ? SLAB_LANES_MAX : l & ~(int64_t)15;
+}
+
+/* log of the kernels, of a sum of exp(x - m) (>= 1): the float one vectorises
+ * (slab.h), the double one is libm's, as accurate as gradcheck needs. */
+static inline float ce_log_float(double sum) { return slab_logf((float)sum); }
+static inline double ce_log_double(double sum) { return log(sum); }
+
+/* kt[j] = the class of target tk[j], -1 where it is ignore_index or outside [0, C)
+ * (C <= INT32_MAX); returns the number outside and not ignored. */
+static inline int64_t ce_targets(const int64_t *tk, int64_t n, int64_t ignore, int64_t C,
+                                 int32_t *kt) {
+  int64_t bad = 0;
+  for (int64_t j = 0; j < n; j++) { /* no && nor float selects: this vectorises */
+    const int64_t t = tk[j], ign = t == ignore, in = (uint64_t)t < (uint64_t)C;
+    kt[j] = (int32_t)(ign | !in ? -1 : t);
+    bad += !ign & !in;
+  }
+  return bad;
+}
+
+/* v where keep, else +0 (NaN too, as PyTorch's ignored positions), selected as integer
+ * bits: GCC does not if-convert the float select in the loops below. */
+static inline double ce_keep(bool keep, double v) {
+  int64_t b;
+  memcpy(&b, &v, sizeof b);
+  b &= -(int64_t)keep;
+  memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+/* Sum of v[0..n) in a fixed order, eight partial sums (so that it vectorises). */
+static inline double ce_sum(const double *v, int64_t n) {
+  double acc[8] = {0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int q = 0; q < 8; q++)
+      acc[q] += v[j + q];
+  for (int q = 0; j < n; j++, q++)
+    acc[q] += v[j];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+         ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* The kernels' tile functions, per dtype T and lane stride LS (1 for contiguous
+ * positions, a constant the compiler vectorises on). */
+#define CE_TILES(T)                                                                      \
+  /* Forward of one tile: per-position losses into L (unless NULL); part[0] = their sum, \
+   * part[1] = that of the targets' weights, part[2] = the targets out of range. */      \
+  static inline __attribute__((always_inline)) void ce_forward_tile_##T(                 \
+      const ce_ctx *c, const T *X, const int64_t *tgt, const slab_lanes *l, int64_t LS,  \
+      T *L, double part[3]) {                                                            \
+    const int64_t C = c->s.r, ignore = c->ignore_index, n = l->w;                        \
+    const int64_t *tk = tgt + l->pos0;                                                   \
+    const double s = c->smoothing, sc = s / (double)C, W = c->wsum;                      \
+    const double *w = c->weighted ? c->w : NULL;                                         \
+    T m[SLAB_LANES_MAX], xt[SLAB_LANES_MAX];                                             \
+    double sum[SLAB_LANES_MAX], wd[SLAB_LANES_MAX], li[SLAB_LANES_MAX],                  \
+        wt[SLAB_LANES_MAX];                                                              \
+    int32_t kt[SLAB_LANES_MAX];                                                          \
+    const int64_t bad = ce_targets(tk, n, ignore, C, kt);                                \
+    slab_rows_##T(X, NULL, l, C, LS, w, kt, &xt, &m, &sum, s > 0 ? &wd : NULL);          \
+    if (!(s > 0))                                                                        \
+      for (int64_t j = 0; j < n; j++)                                                    \
+        wd[j] = 0;                                                                       \
+    for (int64_t j = 0; j < n; j++)                                                      \
+      wt[j] = kt[j] < 0 ? 0.0 : w ? w[kt[j]] : 1.0;                                      \
+    for (int64_t j = 0; j < n; j++) {                                                    \
+      const double lse = (double)ce_log_##T(sum[j]); /* lse_i - m_i */                   \
+      double v = (1 - s) * wt[j] * (((double)m[j] - (double)xt[j]) + lse) +              \
+                 sc * (W * lse - wd[j]);                                                 \
+      li[j] = ce_keep(kt[j] >= 0, v);                                                    \
+    }                                                                                    \
+    if (L)                                                                               \
+      for (int64_t j = 0; j < n; j++)                                                    \
+        L[l->pos0 + j] = (T)li[j];                                                       \
+    part[0] = ce_sum(li, n);                                                             \
+    part[1] = ce_sum(wt, n);                                                             \
+    part[2] = (double)bad;                                                               \
+  }                                                                                      \
+                                                                                         \
+  /* Backward of one tile into D; the upstream gradient is G[pos] when per_elem, else    \
+   * G[0], times the reduction's scale. */                                               \
+  static inline __attribute__((always_inline)) void ce_backward_tile_##T(                \
+      const ce_ctx *c, const T *X, const int64_t *tgt, const T *G, bool per_elem,        \
+      const slab_lanes *l, int64_t LS, T *D) {                                           \
+    const int64_t C = c->s.r, ignore = c->ignore_index, n = l->w;                        \
+    const int64_t *tk = tgt + l->pos0;                                                   \
+    const double s = c->smoothing, sc = s / (double)C, W = c->wsum, g0 = (double)G[0];   \
+    const double *w = c->weighted ? c->w : NULL;                                         \
+    T m[SLAB_LANES_MAX], a[SLAB_LANES_MAX], b[SLAB_LANES_MAX], u[SLAB_LANES_MAX];        \
+    double sum[SLAB_LANES_MAX];                                                          \
+    int32_t kt[SLAB_LANES_MAX];                                                          \
+    slab_rows_##T(X, D, l, C, LS, NULL, NULL, NULL, &m, &sum, NULL);                     \
+    ce_targets(tk, n, ignore, C, kt);                                                    \
+    for (int64_t j = 0; j < n; j++) {                                                    \
+      const double wt = kt[j] < 0 ? 0.0 : w ? w[kt[j]] : 1.0;                            \
+      const double gj =                                                                  \
+          kt[j] < 0 ? 0.0 : (per_elem ? (double)G[l->pos0 + j] : g0) * c->scale;         \
+      a[j] = (T)(gj * ((1 - s) * wt + sc * W) / sum[j]);                                 \
+      b[j] = (T)(gj * (1 - s) * wt);                                                     \
+      u[j] = (T)(gj * sc);                                                               \
+    }                                                                                    \
+    for (int64_t k = 0; k < C; k++) {                                                    \
+      T *dk = D + l->base + k * l->ks;                                                   \
+      const T wk = w ? (T)w[k] : (T)1;                                                   \
+      for (int64_t j = 0; j < n; j++) {                                                  \
+        const T v = dk[j * LS] * a[j] - u[j] * wk;                                       \
+        dk[j * LS] = kt[j] == (int32_t)k ? v - b[j] : v;                                 \
+      }                                                                                  \
+    }                                                                                    \
+  }
+CE_TILES(float)
+CE_TILES(double)
+#undef CE_TILES
+#define ce_forward_tile(c, X, ...)                                                       \
+  _Generic((X), const float *: ce_forward_tile_float,                                   \
+           const double *: ce_forward_tile_double)(c, X, __VA_ARGS__)
+#define ce_backward_tile(c, X, ...)                                                      \
+  _Generic((X), const float *: ce_backward_tile_float,                                  \
+           const double *: ce_backward_tile_double)(c, X, __VA_ARGS__)
+
+/* Sums the losses into *total and the targets' weights into *wsum, tile by tile in
+ * a fixed order (the same bits at every thread count); -1 naming the first target
+ * outside [0, C) that is not ignore_index. */
+static int ce_forward_cpu(const char *op, const ce_ctx *c, const tg_tensor *x,
+                          const tg_tensor *target, tg_tensor *none_out, double *total,
+                          double *wsum) {
   const slab s = c->s;
-  const int64_t tasks = slab_tasks(&s), npos = s.outer * s.inner, C = s.r;
-  const int64_t ignore = c->ignore_index, *tgt = tg__data(target);
-  double total = 0;
+  const int64_t tasks = slab_tasks(&s);
+  const int64_t *tgt = tg__data(target);
+  double *part = calloc((size_t)(tasks ? tasks : 1), 3 * sizeof *part);
+  if (!part)
+    return tg__error("%s: out of memory", op);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x);
     T *L = none_out ? tg__data(none_out) : NULL;
-    T *M = tg__data(stats), *LS = M + npos;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(x->numel * 8))")
+_Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
     for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
-      const int64_t w = l.w, ls = l.ls;
-      T m[SLAB_TILE];
-      double sum[SLAB_TILE];
-      slab_max_sumexp(X, NULL, &l, C, &m, &sum);
-      for (int64_t j = 0; j < w; j++) {
-        int64_t pos = l.pos0 + j, k = tgt[pos];
-        double log_sum = log(sum[j]);
-        M[pos] = m[j];
-        LS[pos] = (T)log_sum;
-        double xt = k == ignore ? 0 : (double)X[l.base + k * l.ks + j * ls];
-        double l_pos = k == ignore ? 0 : ((double)m[j] - xt) + log_sum;
-        if (L)
-          L[pos] = (T)l_pos;
-        total += l_pos;
-      }
+      if (l.ls == 1)
+        ce_forward_tile(c, X, tgt, &l, 1, L, part + 3 * t);
+      else
+        ce_forward_tile(c, X, tgt, &l, l.ls, L, part + 3 * t);
     }
   });
-  return total;
+  double sum = 0, weights = 0, bad = 0;
+  for (int64_t t = 0; t < tasks; t++) {
+    sum += part[3 * t];
+    weights += part[3 * t + 1];
+    bad += part[3 * t + 2];
+  }
+  free(part);
+  *total = sum;
+  *wsum = weights;
+  return bad ? count_targets(op, target, s.r, c->ignore_index) : 0; /* names it */
 }
 
-/* dx_ic = (softmax(x_i)_c - [c == t_i]) * g_i * scale, zero where t_i is ignored. */
-static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  if (!tg__input_needs_grad(node, 0))
-    return 0;
-  const class_ctx *c = node->ctx;
-  const tg_tensor *x = node->inputs[0];
-  const int64_t *tgt = tg__data(node->inputs[1]);
+static void ce_backward_cpu(const ce_ctx *c, const tg_tensor *x, const tg_tensor *target,
+                            const tg_tensor *g, tg_tensor *dx) {
   const slab s = c->s;
-  const int64_t tasks = slab_tasks(&s), npos = s.outer * s.inner, C = s.r;
-  const int64_t ignore = c->ignore_index;
+  const int64_t tasks = slab_tasks(&s), *tgt = tg__data(target);
   const bool per_elem = c->reduction == TG_REDUCTION_NONE;
-  const double scale = c->scale;
-  tg_tensor *dx = tg__new_like(x);
-  if (!dx)
-    return -1;
-  if (tg__on_cuda(x)) {
-    gi[0] = dx;
-    return tg__loss_cuda_ce_backward(x->dtype, tg__data(x), tgt, tg__data(node->saved[0]),
-                                     tg__data(g), per_elem, scale, s.outer, C, s.inner,
-                                     ignore, tg__data(dx), x->device.index);
-  }
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *G = tg__data(g);
-    const T *M = tg__data(node->saved[0]), *LS = M + npos;
     T *D = tg__data(dx);
 _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
     for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
-      const int64_t w = l.w, ls = l.ls;
-      T gs[SLAB_TILE], m[SLAB_TILE], log_sum[SLAB_TILE];
-      int64_t cls[SLAB_TILE];
-      for (int64_t j = 0; j < w; j++) {
-        int64_t pos = l.pos0 + j;
-        m[j] = M[pos];
-        log_sum[j] = LS[pos];
-        cls[j] = tgt[pos];
-        gs[j] = cls[j] == ignore ? 0 : (T)((double)G[per_elem ? pos : 0] * scale);
-      }
-      for (int64_t k = 0; k < C; k++) {
-        const T *xk = X + l.base + k * l.ks;
-        T *dk = D + l.base + k * l.ks;
-        for (int64_t j = 0; j < w; j++) {
-          T p = exp((xk[j * ls] - m[j]) - log_sum[j]);
-          dk[j * ls] = (p - (T)(k == cls[j])) * gs[j];
-        }
-      }
+      if (l.ls == 1)
+        ce_backward_tile(c, X, tgt, G, per_elem, &l, 1, D);
+      else
+        ce_backward_tile(c, X, tgt, G, per_elem, &l, l.ls, D);
     }
   });
+}
+
+static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  if (!tg__input_needs_grad(node, 0))
+    return 0;
+  const ce_ctx *c = node->ctx;
+  const tg_tensor *x = node->inputs[0], *target = node->inputs[1];
+  tg_tensor *dx = tg__new_like(x);
+  if (!dx)
+    return -1;
   gi[0] = dx;
+  if (tg__on_cuda(x)) /* plain cross-entropy only (tg__cross_entropy) */
+    return tg__loss_cuda_ce_backward(
+        x->dtype, tg__data(x), tg__data(target), tg__data(node->saved[0]), tg__data(g),
+        c->reduction == TG_REDUCTION_NONE, c->scale, c->s.outer, c->s.r, c->s.inner,
+        c->ignore_index, tg__data(dx), x->device.index);
+  ce_backward_cpu(c, x, target, g, dx);
   return 0;
 }
 
-tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
-                            tg_reduction reduction, int64_t ignore_index) {
-  const char *op = "tg_cross_entropy";
-  class_ctx c;
-  int64_t count = class_plan(op, "input", input, target, reduction, ignore_index, &c);
-  if (count < 0)
+tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
+                             const tg_tensor *target, tg_reduction reduction,
+                             int64_t ignore_index, const tg_tensor *weight,
+                             double smoothing) {
+  class_ctx plan;
+  if (class_plan(op, "input", input, target, reduction, ignore_index, &plan) < 0)
     return NULL;
-  int64_t stats_shape[2] = {2, c.s.outer * c.s.inner};
-  tg_tensor *stats = tg__new(stats_shape, 2, input->dtype, input->device);
-  tg_tensor *out = new_loss(reduction, target, input->dtype);
-  if (!stats || !out) {
-    tg_tensor_free(stats);
-    tg_tensor_free(out);
-    return NULL;
+  const int64_t C = plan.s.r;
+  if (C > INT32_MAX) /* the kernels keep class indices in int32 */
+    return tg__error("%s: at most %d classes are supported, got %lld", op, INT32_MAX,
+                     (long long)C),
+           NULL;
+  const bool on_cuda = tg__on_cuda(input);
+  if (on_cuda && (weight || smoothing > 0))
+    return tg__unsupported_device(op, input), NULL;
+  const size_t ctx_bytes = sizeof(ce_ctx) + (weight ? (size_t)C * sizeof(double) : 0);
+  ce_ctx *c = calloc(1, ctx_bytes);
+  tg_tensor *out = c ? new_loss(reduction, target, input->dtype) : NULL;
+  tg_tensor *stats = NULL; /* CUDA's backward reads max and log-sum-exp */
+  if (!out)
+    goto fail;
+  *c = (ce_ctx){plan.s, reduction, ignore_index, 0, smoothing, (double)C, weight != NULL};
+  if (c->s.inner > 1)
+    c->s.lanes = ce_lanes(C);
+  if (weight) {
+    c->wsum = 0;
+    for (int64_t k = 0; k < C; k++)
+      c->wsum += c->w[k] = tg__get(weight, k);
   }
   tg_tensor *none_out = reduction == TG_REDUCTION_NONE ? out : NULL;
-  double total = 0;
-  if (!tg__on_cuda(input))
-    total = cross_entropy_kernel(&c, input, target, stats, none_out);
-  else if (tg__loss_cuda_ce_forward(input->dtype, tg__data(input), tg__data(target),
-                                    c.s.outer, c.s.r, c.s.inner, ignore_index,
-                                    tg__data(stats),
-                                    none_out ? tg__data(none_out) : NULL, &total,
-                                    input->device.index) < 0) {
-    tg_tensor_free(stats);
-    tg_tensor_free(out);
-    return NULL;
+  double total = 0, wsum = 0;
+  if (!on_cuda) {
+    if (ce_forward_cpu(op, c, input, target, none_out, &total, &wsum) < 0)
+      goto fail;
+  } else {
+    int64_t stats_shape[2] = {2, c->s.outer * c->s.inner};
+    int64_t count = count_targets(op, target, C, ignore_index);
+    if (count < 0 || !(stats = tg__new(stats_shape, 2, input->dtype, input->device)) ||
+        tg__loss_cuda_ce_forward(input->dtype, tg__data(input), tg__data(target),
+                                 c->s.outer, C, c->s.inner, ignore_index, tg__data(stats),
+                                 none_out ? tg__data(none_out) : NULL, &total,
+                                 input->device.index) < 0)
+      goto fail;
+    wsum = (double)count;
   }
-  c.scale = finish_reduction(reduction, out, total, (double)count);
+  c->scale = finish_reduction(reduction, out, total, wsum);
   const tg_tensor *in[2] = {input, target};
   tg_node *node;
   out = tg__finish(op, out, 2, in, cross_entropy_backward, &node);
   if (node) {
-    *(class_ctx *)tg__ctx(node, sizeof c) = c;
-    tg__save(node, stats);
+    void *ctx = tg__ctx(node, ctx_bytes);
+    if (!ctx) {
+      tg__error("%s: out of memory", op);
+      goto fail;
+    }
+    memcpy(ctx, c, ctx_bytes);
+    if (stats)
+      tg__save(node, stats);
   }
   tg_tensor_free(stats);
+  free(c);
   return out;
+fail:
+  tg_tensor_free(stats);
+  tg_tensor_free(out);
+  free(c);
+  return NULL;
+}
+
+tg_tensor *tg_cross_entropy(const tg_tensor *input, const tg_tensor *target,
+                            tg_reduction reduction, int64_t ignore_index) {
+  return tg__cross_entropy("tg_cross_entropy", input, target, reduction, ignore_index,
+                           NULL, 0.0);
 }
 
 /* loss_i = -x_i,t_i; dx_i,t_i = -g_i * scale. */
@@ -312,7 +493,9 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
   const char *op = "tg_nll_loss";
   class_ctx c;
   int64_t count =
-      class_plan(op, "log_probs", log_probs, target, reduction, ignore_index, &c);
+      class_plan(op, "log_probs", log_probs, target, reduction, ignore_index, &c) < 0
+          ? -1
+          : count_targets(op, target, c.s.r, ignore_index);
   if (count < 0)
     return NULL;
   tg_tensor *out = new_loss(reduction, target, log_probs->dtype);
@@ -379,10 +562,9 @@ static int pointwise_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi)
   gi[0] = dx;
   gi[1] = dt;
   if (tg__on_cuda(x))
-    return tg__loss_cuda_pointwise_backward(c->kind, x->dtype, tg__data(x), tg__data(t),
-                                            tg__data(g), per_elem, c->scale, n,
-                                            dx ? tg__data(dx) : NULL,
-                                            dt ? tg__data(dt) : NULL, x->device.index);
+    return tg__loss_cuda_pointwise_backward(
+        c->kind, x->dtype, tg__data(x), tg__data(t), tg__data(g), per_elem, c->scale, n,
+        dx ? tg__data(dx) : NULL, dt ? tg__data(dt) : NULL, x->device.index);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *Y = tg__data(t), *G = tg__data(g);
     T *DX = dx ? tg__data(dx) : NULL, *DT = dt ? tg__data(dt) : NULL;

@@ -2,8 +2,10 @@
  * class-probability targets and label smoothing for cross_entropy, weight and
  * pos_weight for binary_cross_entropy_with_logits, softmax with an output dtype. Each is
  * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp) composed of
- * tapegrad's differentiable ops; the plain cases go to loss.c's kernels. */
+ * tapegrad's differentiable ops; the plain cases, and cross-entropy over class indices
+ * on the CPU, go to loss.c's kernels. */
 #include "graph/internal.h"
+#include "ops/loss/loss.h"
 
 #include <math.h>
 #include <string.h>
@@ -252,6 +254,12 @@ tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
   if (o->reduction != TG_REDUCTION_NONE && o->reduction != TG_REDUCTION_MEAN &&
       o->reduction != TG_REDUCTION_SUM)
     return tg__error("%s: invalid reduction %d", op, (int)o->reduction), NULL;
+  /* Index targets on the CPU: loss.c's fused kernel, unless the weights want a
+   * gradient (the composition below gives them one; PyTorch has none). */
+  if (!probs && input->device.type == TG_DEVICE_CPU &&
+      !(o->weight && o->weight->requires_grad))
+    return tg__cross_entropy(op, input, target, o->reduction, o->ignore_index, o->weight,
+                             o->label_smoothing);
   tg_tensor *logp = tg_log_softmax(input, class_dim(input));
   if (!logp)
     return NULL;

@@ -8,6 +8,7 @@
 #define TG_OPS_LOSS_SLAB_H
 
 #include <stdint.h>
+#include <string.h>
 #include <tgmath.h>
 
 #define SLAB_TILE 64
@@ -71,44 +72,139 @@ static inline slab_lanes slab_task(const slab *s, int64_t t) {
   return l;
 }
 
-/* Per lane j of task l: m[j] = max_k x_k and sum[j] = sum_k exp(x_k - m[j]) over its r
- * elements x_k at X + base + k*ks + j*ls, the max-subtracted sum behind softmax and
- * cross-entropy. Each exp(x_k - m[j]) is also stored at the same place in E unless E
- * is NULL (softmax keeps them). The sums are double whatever T. m and sum point to
- * whole tiles rather than to their first elements so that the compiler still knows
- * j < SLAB_TILE: it unrolls the strided loops on that bound. */
-#define SLAB_MAX_SUMEXP(T)                                                               \
-  static inline void slab_max_sumexp_##T(const T *X, T *E, const slab_lanes *l,          \
-                                         int64_t r, T(*m)[SLAB_TILE],                    \
-                                         double(*sum)[SLAB_TILE]) {                      \
-    const int64_t w = l->w, ls = l->ls;                                                  \
-    for (int64_t j = 0; j < w; j++) {                                                    \
+/* a * b + c, fused where the CPU has FMA (the C11 build does not contract it): the
+ * polynomials below take half the instructions. */
+#ifdef __FMA__
+#define SLAB_FMA(a, b, c) fmaf(a, b, c)
+#else
+#define SLAB_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* exp(x) for float x <= 0 or NaN (a logit minus its row's max), branch-free so that
+ * loops of it vectorise (glibc's expf does not): Cephes' expf, 2^n exp(r) with
+ * |r| <= ln2/2 and a degree-6 polynomial, within 1 ulp (measured over every float in
+ * [-87, 0]); 0 below -87 (where exp(x) is under 2^-125, nothing beside the row's
+ * exp(0) = 1), NaN for NaN. */
+static inline float slab_expf(float x) {
+  float xc = x >= -87.0f ? x : -87.0f;               /* NaN too: n below stays in range */
+  float n = xc * 1.44269504088896341f + 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+  n -= 12582912.0f;
+  float r =
+      SLAB_FMA(n, -0.693359375f, xc); /* ln2 in two parts, the first exact in 9 bits */
+  r = SLAB_FMA(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = SLAB_FMA(p, r, 1.3981999507e-3f);
+  p = SLAB_FMA(p, r, 8.3334519073e-3f);
+  p = SLAB_FMA(p, r, 4.1665795894e-2f);
+  p = SLAB_FMA(p, r, 1.6666665459e-1f);
+  p = SLAB_FMA(p, r, 5.0000001201e-1f);
+  p = SLAB_FMA(p, r * r, r) + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  float y = x >= -87.0f ? p * scale : 0.0f;
+  return x == x ? y : x;
+}
+
+/* log(x) for float x >= 1 (a sum of exp(x - max) over a row) or NaN: Cephes' logf,
+ * e ln2 + log(m) with m in [sqrt(1/2), sqrt(2)), within 1 ulp; branch-free as
+ * slab_expf (integer selects: GCC does not if-convert float ones here). */
+static inline float slab_logf(float x) {
+  int32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  int32_t mb = (bits & 0x7fffff) | 0x3f800000, big = mb > 0x3fb504f3; /* m > sqrt(2) */
+  mb -= big << 23;
+  float m;
+  memcpy(&m, &mb, sizeof m);
+  const float fe = (float)(((bits >> 23) & 0xff) - 127 + big);
+  float f = m - 1.0f, z = f * f;
+  float p = 7.0376836292e-2f;
+  p = SLAB_FMA(p, f, -1.1514610310e-1f);
+  p = SLAB_FMA(p, f, 1.1676998740e-1f);
+  p = SLAB_FMA(p, f, -1.2420140846e-1f);
+  p = SLAB_FMA(p, f, 1.4249322787e-1f);
+  p = SLAB_FMA(p, f, -1.6668057665e-1f);
+  p = SLAB_FMA(p, f, 2.0000714765e-1f);
+  p = SLAB_FMA(p, f, -2.4999993993e-1f);
+  p = SLAB_FMA(p, f, 3.3333331174e-1f);
+  float y = p * f * z;
+  y += fe * -2.12194440e-4f;
+  y -= 0.5f * z;
+  y = f + y + fe * 0.693359375f;
+  return y + (x - x);
+}
+
+/* exp in the kernels: the float one vectorises, the double one is libm's. */
+static inline float slab_exp_float(float x) { return slab_expf(x); }
+static inline double slab_exp_double(double x) { return exp(x); }
+#define slab_exp(x) _Generic((x), float : slab_exp_float, double : slab_exp_double)(x)
+
+/* The tile functions take up to SLAB_LANES_MAX lanes (slab.lanes may be raised to
+ * that where positions are contiguous). */
+#define SLAB_LANES_MAX 512
+
+/* Per lane j of tile l, over the r = C elements x_c of its row (at X + base + c*ks +
+ * j*LS; LS = 1 for contiguous lanes, passed as a constant so that the loops
+ * vectorise): m[j] = max_c x_c and sum[j] = sum_c exp(x_c - m[j]), the max-subtracted
+ * sum behind softmax and cross-entropy. Each exp is also stored at the same place in E
+ * unless E is NULL (softmax keeps them); unless wd is NULL, wd[j] = sum_c w_c (x_c -
+ * m[j]) (w NULL: all 1; label smoothing); unless xt is NULL, xt[j] = x_kt[j] (0 where
+ * kt[j] is -1; the target's logit). Sums in double whatever T. The arrays are whole
+ * tiles rather than pointers to their first elements so that the compiler knows
+ * j < SLAB_LANES_MAX. */
+#define SLAB_ROWS(T)                                                                     \
+  static inline __attribute__((always_inline)) void slab_rows_##T(                       \
+      const T *X, T *E, const slab_lanes *l, int64_t C, int64_t LS, const double *w,     \
+      const int32_t *kt, T(*xt)[SLAB_LANES_MAX], T(*m)[SLAB_LANES_MAX],                  \
+      double(*sum)[SLAB_LANES_MAX], double(*wd)[SLAB_LANES_MAX]) {                       \
+    const int64_t n = l->w;                                                              \
+    for (int64_t j = 0; j < n; j++) {                                                    \
       (*m)[j] = -INFINITY;                                                               \
       (*sum)[j] = 0;                                                                     \
+      if (wd)                                                                            \
+        (*wd)[j] = 0;                                                                    \
+      if (xt)                                                                            \
+        (*xt)[j] = 0;                                                                    \
     }                                                                                    \
-    for (int64_t k = 0; k < r; k++) {                                                    \
+    for (int64_t k = 0; k < C; k++) {                                                    \
       const T *xk = X + l->base + k * l->ks;                                             \
-      for (int64_t j = 0; j < w; j++)                                                    \
-        (*m)[j] = xk[j * ls] > (*m)[j] ? xk[j * ls] : (*m)[j];                           \
+      if (xt)                                                                            \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
+          (*xt)[j] = kt[j] == (int32_t)k ? xk[j * LS] : (*xt)[j];                        \
+        }                                                                                \
+      else                                                                               \
+        for (int64_t j = 0; j < n; j++)                                                  \
+          (*m)[j] = xk[j * LS] > (*m)[j] ? xk[j * LS] : (*m)[j];                         \
     }                                                                                    \
-    for (int64_t k = 0; k < r; k++) {                                                    \
+    for (int64_t k = 0; k < C; k++) {                                                    \
       const T *xk = X + l->base + k * l->ks;                                             \
       T *ek = E ? E + l->base + k * l->ks : NULL;                                        \
-      for (int64_t j = 0; j < w; j++) {                                                  \
-        T e = exp(xk[j * ls] - (*m)[j]);                                                 \
-        if (ek)                                                                          \
-          ek[j * ls] = e;                                                                \
-        (*sum)[j] += e;                                                                  \
-      }                                                                                  \
+      const double wk = w ? w[k] : 1.0;                                                  \
+      if (ek)                                                                            \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          T e = slab_exp_##T(xk[j * LS] - (*m)[j]);                                      \
+          ek[j * LS] = e;                                                                \
+          (*sum)[j] += e;                                                                \
+        }                                                                                \
+      else if (wd)                                                                       \
+        for (int64_t j = 0; j < n; j++) {                                                \
+          T d = xk[j * LS] - (*m)[j];                                                    \
+          (*sum)[j] += slab_exp_##T(d);                                                  \
+          (*wd)[j] += wk * (double)d;                                                    \
+        }                                                                                \
+      else                                                                               \
+        for (int64_t j = 0; j < n; j++)                                                  \
+          (*sum)[j] += slab_exp_##T(xk[j * LS] - (*m)[j]);                               \
     }                                                                                    \
   }
-SLAB_MAX_SUMEXP(float)
-SLAB_MAX_SUMEXP(double)
-#undef SLAB_MAX_SUMEXP
+SLAB_ROWS(float)
+SLAB_ROWS(double)
+#undef SLAB_ROWS
 
 /* The float or double instance, from the type of X. */
-#define slab_max_sumexp(X, ...)                                                          \
-  _Generic((X), const float *: slab_max_sumexp_float,                                   \
-           const double *: slab_max_sumexp_double)(X, __VA_ARGS__)
+#define slab_rows(X, ...)                                                                \
+  _Generic((X), const float *: slab_rows_float, const double *: slab_rows_double)(      \
+      X, __VA_ARGS__)
 
 #endif

@@ -26,9 +26,12 @@ _Pragma("omp parallel for num_threads(tg__threads(x->numel * 8))")
     for (int64_t t = 0; t < tasks; t++) {
       const slab_lanes l = slab_task(&s, t);
       const int64_t w = l.w, ls = l.ls;
-      T m[SLAB_TILE];
-      double sum[SLAB_TILE];
-      slab_max_sumexp(X, log_out ? NULL : Y, &l, r, &m, &sum);
+      T m[SLAB_LANES_MAX];
+      double sum[SLAB_LANES_MAX];
+      if (ls == 1)
+        slab_rows(X, log_out ? NULL : Y, &l, r, 1, NULL, NULL, NULL, &m, &sum, NULL);
+      else
+        slab_rows(X, log_out ? NULL : Y, &l, r, ls, NULL, NULL, NULL, &m, &sum, NULL);
       T f[SLAB_TILE]; /* log(sum) for log_softmax, 1/sum for softmax */
       for (int64_t j = 0; j < w; j++)
         f[j] = (T)(log_out ? log(sum[j]) : 1.0 / sum[j]);
@@ -70,7 +73,7 @@ _Pragma("omp parallel for num_threads(tg__threads(g->numel * 8))")
         T *dk = D + l.base + k * l.ks;
         for (int64_t j = 0; j < w; j++) {
           T y = yk[j * ls], gv = gk[j * ls];
-          dk[j * ls] = log_out ? gv - exp(y) * dot[j] : y * (gv - dot[j]);
+          dk[j * ls] = log_out ? gv - slab_exp(y) * dot[j] : y * (gv - dot[j]);
         }
       }
     }

@@ -71,10 +71,24 @@ static int64_t stream_bytes(void) {
 
 /* ---------------------------------------------------------------- forward -- */
 
+/* What the pass over channel k (of D, hw elements each) of a group prefetches of the
+ * thread's next group, as an offset into it, or -1 for nothing. Inputs from
+ * NORM_PREFETCH_BYTES on come from DRAM: the same channel of the next group, so
+ * reading it overlaps writing this one. Smaller ones: the next group's first channel,
+ * during the last channel. The hardware prefetcher follows a statistics pass, but
+ * stops during the passes that read the group back from L2, so without the hint every
+ * group's statistics start with a DRAM miss (128 groups of 32-50 KB in the 4-6 MB
+ * tensors of bench/group_norm; bench/NOTES.md has the figures). Prefetching all of
+ * the next group there was no faster (and slower warm on the earlier machine). */
+static int64_t prefetch_offset(int64_t k, int64_t D, int64_t hw, bool full) {
+  return full ? k * hw : k == D - 1 ? 0 : -1;
+}
+
 /* One (n, g) at a time: its D*HW elements are contiguous and stay in L2 between the
  * statistics pass and the normalising pass; each thread takes a contiguous run of
- * groups, so on large inputs it prefetches its next group while writing this one, and
- * writes y with non-temporal stores. stats (may be NULL) gets the statistics. */
+ * groups and prefetches from its next group while writing this one
+ * (prefetch_offset), and large inputs write y with non-temporal stores. stats (may be
+ * NULL) gets the statistics. */
 static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
                            gn_dims d, double eps, tg_tensor *y, norm_stats *stats) {
   const int64_t D = d.C / d.G, len = D * d.HW, groups = d.N * d.G;
@@ -85,7 +99,7 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
     T *Y = tg__data(y);
     _Pragma("omp parallel num_threads(tg__threads(x->numel))") {
       _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
-        const T *xg = X + ng * len, *next = prefetch && ng + 1 < groups ? xg + len : NULL;
+        const T *xg = X + ng * len, *next = ng + 1 < groups ? xg + len : NULL;
         T *yg = Y + ng * len;
         norm_stats st;
         norm_moments(xg, 1, len, 0, eps, &st);
@@ -97,8 +111,9 @@ static void gn_forward_cpu(const tg_tensor *x, const tg_tensor *w, const tg_tens
           double a, sh;
           tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
                         B ? (double)B[c0 + k] : 0.0, &a, &sh);
+          const int64_t pf = next ? prefetch_offset(k, D, d.HW, prefetch) : -1;
           norm_affine_act(xg + k * d.HW, yg + k * d.HW, d.HW, p, (T)a, (T)sh,
-                          next ? next + k * d.HW : NULL, stream, d.relu);
+                          pf >= 0 ? next + pf : NULL, stream, d.relu);
         }
       }
       if (stream)
@@ -131,7 +146,7 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
     _Pragma("omp parallel num_threads(nt)") {
       _Pragma("omp for schedule(static) nowait") for (int64_t ng = 0; ng < groups; ng++) {
         const int64_t off = ng * len, c0 = (ng % d.G) * D;
-        const bool next = prefetch && ng + 1 < groups;
+        const bool next = ng + 1 < groups;
         const norm_stats st = stats[ng];
         const double rstd = st.rstd;
         const T p = (T)st.pivot;
@@ -159,8 +174,10 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
             double fa, fb;
             tg__gn_affine(st.rstd, st.dmean, W ? (double)W[c0 + k] : 1.0,
                           B ? (double)B[c0 + k] : 0.0, &fa, &fb);
+            const int64_t pf = next ? prefetch_offset(k, D, d.HW, prefetch) : -1;
+            const int64_t o_pf = off + len + pf; /* in the next group */
             norm_dx_act(G + o, X + o, DX + o, d.HW, p, gamma, (T)m, (T)rstd, (T)c2, (T)c3,
-                        next ? G + o + len : NULL, next ? X + o + len : NULL, stream,
+                        pf >= 0 ? G + o_pf : NULL, pf >= 0 ? X + o_pf : NULL, stream,
                         (T)fa, (T)fb, d.relu);
           }
         }
@@ -171,21 +188,26 @@ static void gn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
   });
 }
 
-/* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c]. */
+/* dgamma_c = sum_n ds[n,c] * rstd[n,g(c)], dbeta_c = sum_n db[n,c], each summed in
+ * the order of n (so any thread count gives the same bits). sums, (db, ds) per (n, c),
+ * is read in the order the backward's threads wrote it: going channel by channel
+ * instead strode over N cache lines per channel, with two threads half of them in the
+ * other core's cache. acc: 2*C doubles of scratch. */
 static void gn_param_grads(const double *sums, const norm_stats *stats, gn_dims d,
-                           tg_tensor *dw, tg_tensor *db) {
+                           double *acc, tg_tensor *dw, tg_tensor *db) {
   const int64_t D = d.C / d.G;
-  for (int64_t c = 0; c < d.C; c++) {
-    double gw = 0, gb = 0;
-    for (int64_t n = 0; n < d.N; n++) {
+  memset(acc, 0, (size_t)(2 * d.C) * sizeof *acc);
+  for (int64_t n = 0; n < d.N; n++)
+    for (int64_t c = 0; c < d.C; c++) {
       const double *s = sums + 2 * (n * d.C + c);
-      gb += s[0];
-      gw += s[1] * stats[n * d.G + c / D].rstd;
+      acc[2 * c] += s[0];
+      acc[2 * c + 1] += s[1] * stats[n * d.G + c / D].rstd;
     }
+  for (int64_t c = 0; c < d.C; c++) {
     if (dw)
-      tg__set(dw, c, gw);
+      tg__set(dw, c, acc[2 * c + 1]);
     if (db)
-      tg__set(db, c, gb);
+      tg__set(db, c, acc[2 * c]);
   }
 }
 
@@ -212,15 +234,16 @@ static int gn_forward_cpu_k(const tg_tensor *x, const tg_tensor *w, const tg_ten
 static int gn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                              const tg_tensor *b, const tg_tensor *saved, gn_dims d,
                              tg_tensor *grads[3]) {
-  size_t n_sums = (size_t)(d.N * d.C * 2);
-  double *sums = malloc((n_sums ? n_sums : 1) * sizeof *sums);
+  /* (db, ds) per (n, c), then gn_param_grads' scratch */
+  size_t n_sums = (size_t)(d.N * d.C * 2 + d.C * 2);
+  double *sums = malloc(n_sums * sizeof *sums);
   if (!sums)
     return tg__error("%s: out of memory in backward (%zu bytes)", OP,
                      n_sums * sizeof *sums);
   const norm_stats *stats = tg__data(saved);
   gn_backward_cpu(g, x, w, b, stats, d, grads[0], sums);
   if (grads[1] || grads[2])
-    gn_param_grads(sums, stats, d, grads[1], grads[2]);
+    gn_param_grads(sums, stats, d, sums + d.N * d.C * 2, grads[1], grads[2]);
   free(sums);
   return 0;
 }
