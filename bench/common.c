@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,15 @@ static double clock_s(clockid_t id) {
 
 double bench_now(void) { return clock_s(CLOCK_MONOTONIC); }
 double bench_thread_cpu_now(void) { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
+
+void bench_parallel_memcpy(void *dst, const void *src, size_t bytes, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    size_t lo = bytes * (size_t)t / (size_t)nt, hi = bytes * (size_t)(t + 1) / (size_t)nt;
+    memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
+  }
+}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

@@ -3,10 +3,15 @@
 #ifndef TG_BENCH_COMMON_H
 #define TG_BENCH_COMMON_H
 
+#include <stddef.h>
+
 /* Seconds on CLOCK_MONOTONIC (wall) and on this thread's CPU clock: on a shared
  * machine the thread's CPU time hardly moves when other processes take the cores. */
 double bench_now(void);
 double bench_thread_cpu_now(void);
+/* memcpy split over `threads` OpenMP threads, one contiguous part each: the
+ * bandwidth baseline of the benchmarks that compare a kernel with a copy. */
+void bench_parallel_memcpy(void *dst, const void *src, size_t bytes, int threads);
 /* Median of v[0..n) (sorts v); NaN when n is 0. */
 double bench_median(double *v, int n);
 /* The 1-minute load average from /proc/loadavg, NaN when unreadable. */
