@@ -2,10 +2,12 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double clock_s(clockid_t id) {
   struct timespec ts;
@@ -57,4 +59,48 @@ int bench_int_flags(int argc, char **argv, int n, const char *const *names, int 
     values[k] = atoi(argv[++i]);
   }
   return 0;
+}
+
+FILE *bench_python_open(bench_python *b, const char *python, const char *script,
+                        const char *args, ...) {
+  const char *py = getenv("TG_BENCH_PYTHON");
+  py = py && *py ? py : python;
+  char cmd[4096];
+  b->out = NULL;
+  snprintf(b->path, sizeof b->path, "/tmp/tg_bench_XXXXXX");
+  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
+  FILE *probe = popen(cmd, "r");
+  if (!probe || pclose(probe) != 0)
+    return NULL;
+  int fd = mkstemp(b->path);
+  if (fd < 0)
+    return NULL;
+  FILE *f = fdopen(fd, "w");
+  if (!f) {
+    close(fd);
+    remove(b->path);
+    return NULL;
+  }
+  int wrote = fputs(script, f);
+  if (fclose(f) != 0 || wrote < 0) {
+    remove(b->path);
+    return NULL;
+  }
+  int len = snprintf(cmd, sizeof cmd, "%s %s ", py, b->path);
+  va_list ap;
+  va_start(ap, args);
+  vsnprintf(cmd + len, sizeof cmd - (size_t)len, args, ap);
+  va_end(ap);
+  strncat(cmd, " 2>/dev/null", sizeof cmd - strlen(cmd) - 1);
+  if (!(b->out = popen(cmd, "r")))
+    remove(b->path);
+  return b->out;
+}
+
+void bench_python_close(bench_python *b) {
+  if (!b->out)
+    return;
+  pclose(b->out);
+  b->out = NULL;
+  remove(b->path);
 }

@@ -4,6 +4,7 @@
 #define TG_BENCH_COMMON_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* Seconds on CLOCK_MONOTONIC (wall) and on this thread's CPU clock: on a shared
  * machine the thread's CPU time hardly moves when other processes take the cores. */
@@ -19,5 +20,17 @@ double bench_load_average(void);
 /* Reads argv[1..argc) as "--name N" pairs, names[i] setting values[i]; -1 on any
  * other argument (the caller prints its usage). */
 int bench_int_flags(int argc, char **argv, int n, const char *const *names, int *values);
+
+/* PyTorch's side of a benchmark: script (Python source, in a temporary file) run by
+ * $TG_BENCH_PYTHON, else by `python`, with args (a printf format) after it; its
+ * stderr is dropped. The pipe to read its output from, or NULL when that Python has
+ * no torch or the script cannot be run. bench_python_close ends it. */
+typedef struct {
+  FILE *out;
+  char path[64];
+} bench_python;
+FILE *bench_python_open(bench_python *b, const char *python, const char *script,
+                        const char *args, ...) __attribute__((format(printf, 4, 5)));
+void bench_python_close(bench_python *b);
 
 #endif

@@ -353,20 +353,6 @@ static const char *TORCH_SCRIPT =
     "flush=True)\n";
 
 static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
-  const char *py = getenv("TG_BENCH_PYTHON");
-  py = py && *py ? py : "/usr/bin/python3";
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
-  FILE *probe = popen(cmd, "r");
-  if (!probe || pclose(probe) != 0)
-    return -1;
-  char path[] = "/tmp/tg_bench_gn_XXXXXX";
-  int fd = mkstemp(path);
-  if (fd < 0)
-    return -1;
-  FILE *f = fdopen(fd, "w");
-  fputs(TORCH_SCRIPT, f);
-  fclose(f);
   char shapes[512] = "[", threads[64] = "[";
   for (int i = 0; i < cf->n_shapes; i++) {
     const shape *sh = &cf->shapes[i];
@@ -379,18 +365,16 @@ static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2]
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              cf->threads[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, cf->reps,
-           shapes, threads, flush_len);
-  FILE *p = popen(cmd, "r");
+  bench_python py;
+  FILE *p = bench_python_open(&py, "/usr/bin/python3", TORCH_SCRIPT, "%d '%s' '%s' %zu",
+                              cf->reps, shapes, threads, flush_len);
   int got = 0;
   for (int t = 0; p && t < cf->n_threads; t++)
     for (int i = 0; i < cf->n_shapes; i++)
       for (int cold = 0; cold < 2; cold++)
         got +=
             fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0], &torch_ms[t][i][cold][1]) == 2;
-  if (p)
-    pclose(p);
-  remove(path);
+  bench_python_close(&py);
   return got == 2 * cf->n_threads * cf->n_shapes ? 0 : -1;
 }
 

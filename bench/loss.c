@@ -132,20 +132,6 @@ static const char *TORCH_SCRIPT =
     "        print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), flush=True)\n";
 
 static int torch_times(int reps, double torch_ms[N_THREADS][N_CASES][2]) {
-  const char *py = getenv("TG_BENCH_PYTHON");
-  py = py && *py ? py : "/usr/bin/python3";
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
-  FILE *probe = popen(cmd, "r");
-  if (!probe || pclose(probe) != 0)
-    return -1;
-  char path[] = "/tmp/tg_bench_loss_XXXXXX";
-  int fd = mkstemp(path);
-  if (fd < 0)
-    return -1;
-  FILE *f = fdopen(fd, "w");
-  fputs(TORCH_SCRIPT, f);
-  fclose(f);
   char cases[1024] = "[", threads[64] = "[";
   for (int i = 0; i < N_CASES; i++)
     snprintf(cases + strlen(cases), sizeof cases - strlen(cases),
@@ -157,16 +143,14 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_CASES][2]) {
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              THREADS[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' 2>/dev/null", py, path, reps, cases,
-           threads);
-  FILE *p = popen(cmd, "r");
+  bench_python py;
+  FILE *p = bench_python_open(&py, "/usr/bin/python3", TORCH_SCRIPT, "%d '%s' '%s'", reps,
+                              cases, threads);
   int got = 0;
   for (int t = 0; p && t < N_THREADS; t++)
     for (int i = 0; i < N_CASES; i++)
       got += fscanf(p, "%lf %lf", &torch_ms[t][i][0], &torch_ms[t][i][1]) == 2;
-  if (p)
-    pclose(p);
-  remove(path);
+  bench_python_close(&py);
   return got == N_THREADS * N_CASES ? 0 : -1;
 }
 
