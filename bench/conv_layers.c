@@ -11,34 +11,17 @@
  * CPU time on one thread, of the wall time on more), with the
  * direct-equivalent GFLOP/s (2 * n * oh * ow * cout * cin * 9 per kernel) and an
  * OpenBLAS sgemm 1024^3 rate measured in the same run. */
+#include "common.h"
 #include "ops/conv/winograd.h"
 #include "tapegrad.h"
 
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
 
 /* On one thread, the thread's CPU time: on a machine shared with busy processes the
  * wall clock counts the time other processes hold the core. */
-static clockid_t clock_id = CLOCK_MONOTONIC;
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(clock_id, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+static double (*now)(void) = bench_now;
 
 static float *randf(size_t n) {
   float *p = malloc(n * sizeof *p);
@@ -71,7 +54,7 @@ int main(int argc, char **argv) {
   reps = reps < 1 ? 1 : reps > MAX_REPS ? MAX_REPS : reps;
   tg_set_num_threads(threads);
   if (threads == 1)
-    clock_id = CLOCK_THREAD_CPUTIME_ID;
+    now = bench_thread_cpu_now;
   const int64_t layers[][4] = {
       /* n, cin, cout, size */
       {64, 32, 64, 14}, {8, 3, 16, 64},   {8, 16, 16, 64}, {8, 16, 32, 32},
@@ -88,12 +71,11 @@ int main(int argc, char **argv) {
       return 0;
     }
   }
-  double load[3];
-  getloadavg(load, 3);
   const double gemm = sgemm_gflops();
   printf("3x3 conv layers, float32, pad 1, %d thread(s), median of %d (%s); load %.2f; "
          "sgemm 1024^3 %.1f GFLOP/s\n",
-         threads, reps, threads == 1 ? "thread CPU time" : "wall time", load[0], gemm);
+         threads, reps, threads == 1 ? "thread CPU time" : "wall time",
+         bench_load_average(), gemm);
   printf("%-22s | %-25s | %-25s | %-25s\n", "n,cin->cout,size", "fwd ms d / w (w/d)",
          "dgrad ms d / w (w/d)", "wgrad ms d / w (w/d)");
   for (size_t l = 0; l < sizeof layers / sizeof *layers; l++) {
@@ -124,7 +106,7 @@ int main(int argc, char **argv) {
       }
     double m[K];
     for (int k = 0; k < K; k++)
-      m[k] = median(t[k], reps) * 1e3;
+      m[k] = bench_median(t[k], reps) * 1e3;
     const double gf = 2.0 * (double)(n * s * s * co * ci * 9) * 1e-6; /* per ms */
     char name[32];
     snprintf(name, sizeof name, "%lld,%lld->%lld,%lld", (long long)n, (long long)ci,

@@ -13,6 +13,7 @@
  *     taking turns, after a barrier each.
  * Medians of rank 0's wall times. Under mpirun as root, Open MPI wants
  * OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1. */
+#include "common.h"
 #include "nets.h"
 #include "tapegrad.h"
 
@@ -24,32 +25,6 @@
 #include <time.h>
 
 enum { MAX_REPS = 1000, BATCH = 8, WARMUP = 2 };
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static double load_average(void) {
-  double l = NAN;
-  FILE *f = fopen("/proc/loadavg", "r");
-  if (f && fscanf(f, "%lf", &l) != 1)
-    l = NAN;
-  if (f)
-    fclose(f);
-  return l;
-}
 
 /* Waits for every rank while sleeping, so that a rank left out of a measurement
  * leaves the cores to the others (MPI_Barrier spins). */
@@ -103,21 +78,21 @@ static void trainer_free(trainer *t) {
 
 /* One step; returns its wall ms and adds the averaging's to *avg_ms. */
 static double step(trainer *t, bool dist, double *avg_ms) {
-  double t0 = now();
+  double t0 = bench_now();
   tg_scope_begin();
   tg_tensor *loss = tg_cross_entropy(ex_unet_forward(&t->net, t->x, true), t->y,
                                      TG_REDUCTION_MEAN, -100);
   tg_optimizer_zero_grad(t->opt);
   if (!loss || tg_backward(loss) < 0)
     die("backward");
-  double a0 = now();
+  double a0 = bench_now();
   if (dist && tg_dist_average_gradients(t->net.vs) < 0)
     die("tg_dist_average_gradients");
-  *avg_ms += (now() - a0) * 1e3;
+  *avg_ms += (bench_now() - a0) * 1e3;
   if (tg_optimizer_step(t->opt) < 0)
     die("step");
   tg_scope_end();
-  return (now() - t0) * 1e3;
+  return (bench_now() - t0) * 1e3;
 }
 
 static double train(trainer *t, int steps, bool dist, double *avg_ms) {
@@ -128,21 +103,17 @@ static double train(trainer *t, int steps, bool dist, double *avg_ms) {
   for (int i = 0; i < steps; i++)
     ms[i] = step(t, dist, avg_ms);
   *avg_ms /= steps;
-  return median(ms, steps);
+  return bench_median(ms, steps);
 }
 
 int main(int argc, char **argv) {
-  int steps = 8, reps = 30;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--steps") && i + 1 < argc)
-      steps = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-      reps = atoi(argv[++i]);
-    else {
-      fprintf(stderr, "usage: mpirun -np 2 %s [--steps N] [--reps N]\n", argv[0]);
-      return 2;
-    }
+  int v[2] = {8, 30}; /* steps, reps */
+  static const char *const names[2] = {"steps", "reps"};
+  if (bench_int_flags(argc, argv, 2, names, v) < 0) {
+    fprintf(stderr, "usage: mpirun -np 2 %s [--steps N] [--reps N]\n", argv[0]);
+    return 2;
   }
+  int steps = v[0], reps = v[1];
   if (steps < 1 || steps > MAX_REPS || reps < 1 || reps > MAX_REPS) {
     fprintf(stderr, "bench/dist: --steps and --reps take 1 to %d\n", MAX_REPS);
     return 2;
@@ -194,22 +165,23 @@ int main(int argc, char **argv) {
       if (tg_dist_set_bucket_bytes(caps[c]) < 0)
         die("tg_dist_set_bucket_bytes");
       MPI_Barrier(MPI_COMM_WORLD);
-      double t0 = now();
+      double t0 = bench_now();
       if (tg_dist_average_gradients(t.net.vs) < 0)
         die("tg_dist_average_gradients");
-      ms[c][r] = (now() - t0) * 1e3;
+      ms[c][r] = (bench_now() - t0) * 1e3;
     }
     MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = now();
+    double t0 = bench_now();
     MPI_Allreduce(MPI_IN_PLACE, flat, (int)numel, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    ms[2][r] = (now() - t0) * 1e3;
+    ms[2][r] = (bench_now() - t0) * 1e3;
   }
-  double bucketed = median(ms[0], reps), per_tensor = median(ms[1], reps),
-         one_buffer = median(ms[2], reps);
+  double bucketed = bench_median(ms[0], reps), per_tensor = bench_median(ms[1], reps),
+         one_buffer = bench_median(ms[2], reps);
   if (rank == 0) {
     printf("bench/dist: U-Net, batch %d, %d gradients of %lld floats (%.2f MB); "
            "load %.2f\n",
-           BATCH, n_grads, (long long)numel, (double)numel * 4 / 1e6, load_average());
+           BATCH, n_grads, (long long)numel, (double)numel * 4 / 1e6,
+           bench_load_average());
     printf("%-44s %9s | %-24s %9s | %6s\n", "2 ranks", "ms", "baseline", "ms", "ratio");
     printf("%-44s %9.3f | %-24s %9.3f | %6.2f\n",
            "tg_dist_average_gradients (25 MiB buckets)", bucketed,

@@ -22,6 +22,7 @@
  * glibc returns freed blocks of tens of MB to the kernel and page-faults them back on
  * the next allocation (several ms for 25 MB), which would swamp the kernels: main()
  * raises the mmap and trim thresholds first, as a long-running trainer would. */
+#include "common.h"
 #include "graph/internal.h"
 #include "ops/norm/norm.h"
 
@@ -64,25 +65,6 @@ static double now(void) {
   clock_gettime(cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
   return ((double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec) /
          (cpu_clock ? tg_get_num_threads() : 1);
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static void parallel_memcpy(void *dst, const void *src, size_t bytes, int threads) {
-#pragma omp parallel num_threads(threads)
-  {
-    int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    size_t lo = bytes * (size_t)t / (size_t)nt, hi = bytes * (size_t)(t + 1) / (size_t)nt;
-    memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
-  }
 }
 
 /* Runs GroupNorm's backward on node as the engine does (no-grad, own scope). */
@@ -176,7 +158,7 @@ static int bench_one(const shape *s, int threads, int reps, int first_state,
           tg_scope_begin();
           double t0 = now();
           if (k == 0) {
-            parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
+            bench_parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
           } else {
             tg_tensor *y = tg_group_norm(x, s->g, w, b, 1e-5);
             if (!y)
@@ -195,7 +177,7 @@ static int bench_one(const shape *s, int threads, int reps, int first_state,
             t[k][r] = t1 - t0;
         }
     for (int k = 0; k < 4; k++) {
-      out->med[cold][k] = median(t[k], reps); /* sorts t[k] */
+      out->med[cold][k] = bench_median(t[k], reps); /* sorts t[k] */
       out->min[cold][k] = t[k][0];
     }
   }
@@ -258,7 +240,8 @@ static int run_piece(int k, const shape *s, const inputs *in, int threads, doubl
   const int nt = tg__threads(tg_numel(x));
   switch (k) {
   case P_MEMCPY:
-    parallel_memcpy(tg_data(in->dst), X, (size_t)tg_numel(x) * sizeof(float), threads);
+    bench_parallel_memcpy(tg_data(in->dst), X, (size_t)tg_numel(x) * sizeof(float),
+                          threads);
     break;
   case P_REGION:
 #pragma omp parallel num_threads(nt)
@@ -331,8 +314,8 @@ static int bench_pieces(const shape *s, int threads, int reps) {
         t[k * reps + r] = dt;
     }
   for (int k = 0; k < N_PIECES && rc == 0; k++) {
-    double *v = t + k * reps, med = median(v, reps); /* sorts v */
-    double copy = k ? t[reps / 2] : med;             /* memcpy's, sorted first */
+    double *v = t + k * reps, med = bench_median(v, reps); /* sorts v */
+    double copy = k ? t[reps / 2] : med;                   /* memcpy's, sorted first */
     printf("[%lld,%lld,%lld,%lld] %3lld %3d cold %-7s | %7.3f %7.3f | %5.2f\n",
            (long long)s->n, (long long)s->c, (long long)s->h, (long long)s->w,
            (long long)s->g, threads, PIECE_NAMES[k], med * 1e3, v[0] * 1e3, med / copy);
@@ -370,20 +353,6 @@ static const char *TORCH_SCRIPT =
     "flush=True)\n";
 
 static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2][2]) {
-  const char *py = getenv("TG_BENCH_PYTHON");
-  py = py && *py ? py : "/usr/bin/python3";
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
-  FILE *probe = popen(cmd, "r");
-  if (!probe || pclose(probe) != 0)
-    return -1;
-  char path[] = "/tmp/tg_bench_gn_XXXXXX";
-  int fd = mkstemp(path);
-  if (fd < 0)
-    return -1;
-  FILE *f = fdopen(fd, "w");
-  fputs(TORCH_SCRIPT, f);
-  fclose(f);
   char shapes[512] = "[", threads[64] = "[";
   for (int i = 0; i < cf->n_shapes; i++) {
     const shape *sh = &cf->shapes[i];
@@ -396,18 +365,16 @@ static int torch_times(const config *cf, double torch_ms[N_THREADS][N_SHAPES][2]
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              cf->threads[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' %zu 2>/dev/null", py, path, cf->reps,
-           shapes, threads, flush_len);
-  FILE *p = popen(cmd, "r");
+  bench_python py;
+  FILE *p = bench_python_open(&py, "/usr/bin/python3", TORCH_SCRIPT, "%d '%s' '%s' %zu",
+                              cf->reps, shapes, threads, flush_len);
   int got = 0;
   for (int t = 0; p && t < cf->n_threads; t++)
     for (int i = 0; i < cf->n_shapes; i++)
       for (int cold = 0; cold < 2; cold++)
         got +=
             fscanf(p, "%lf %lf", &torch_ms[t][i][cold][0], &torch_ms[t][i][cold][1]) == 2;
-  if (p)
-    pclose(p);
-  remove(path);
+  bench_python_close(&py);
   return got == 2 * cf->n_threads * cf->n_shapes ? 0 : -1;
 }
 

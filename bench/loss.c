@@ -10,14 +10,13 @@
  * examples/segmentation.c does (class weights [1, 10, 10, 10], sum), the same with
  * label smoothing, and the conv net's [64, 10] batch. Runs are warm (the logits come
  * from the layer before, so they are in the cache in a training step too). */
+#include "common.h"
 #include "tapegrad.h"
 
 #include <malloc.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 typedef struct {
   const char *name;
@@ -36,31 +35,6 @@ static const lcase CASES[] = {
 #define N_CASES ((int)(sizeof CASES / sizeof *CASES))
 static const int THREADS[] = {1, 2};
 #define N_THREADS ((int)(sizeof THREADS / sizeof *THREADS))
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static void parallel_memcpy(void *dst, const void *src, size_t bytes, int threads) {
-#pragma omp parallel num_threads(threads)
-  {
-    int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    size_t lo = bytes * (size_t)t / (size_t)nt, hi = bytes * (size_t)(t + 1) / (size_t)nt;
-    memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
-  }
-}
 
 static tg_tensor *loss_of(const lcase *c, tg_tensor *x, tg_tensor *y, tg_tensor *w) {
   if (!w && c->smoothing == 0)
@@ -109,9 +83,9 @@ static int bench_one(const lcase *c, int threads, int reps, double med[3],
     for (int k = 0; k < 3 && rc == 0; k++)
       for (int r = r0 - 2; r < r0 + ROUND && r < reps && rc == 0; r++) {
         tg_scope_begin();
-        double t0 = now();
+        double t0 = bench_now();
         if (k == 0) {
-          parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
+          bench_parallel_memcpy(tg_data(dst), tg_data(x), bytes, threads);
         } else {
           tg_tensor *l = loss_of(c, x, y, w);
           if (!l)
@@ -119,14 +93,14 @@ static int bench_one(const lcase *c, int threads, int reps, double med[3],
           else if (k == 2)
             rc = tg_backward(l);
         }
-        double t1 = now();
+        double t1 = bench_now();
         tg_scope_end();
         tg_zero_grad(x);
         if (r >= r0)
           t[k][r] = t1 - t0;
       }
   for (int k = 0; k < 3; k++) {
-    med[k] = median(t[k], reps); /* sorts t[k] */
+    med[k] = bench_median(t[k], reps); /* sorts t[k] */
     min[k] = t[k][0];
     free(t[k]);
   }
@@ -158,20 +132,6 @@ static const char *TORCH_SCRIPT =
     "        print('%.4f %.4f' % (med(tf[2:]) * 1e3, med(tb[2:]) * 1e3), flush=True)\n";
 
 static int torch_times(int reps, double torch_ms[N_THREADS][N_CASES][2]) {
-  const char *py = getenv("TG_BENCH_PYTHON");
-  py = py && *py ? py : "/usr/bin/python3";
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd, "%s -c 'import torch' 2>/dev/null", py);
-  FILE *probe = popen(cmd, "r");
-  if (!probe || pclose(probe) != 0)
-    return -1;
-  char path[] = "/tmp/tg_bench_loss_XXXXXX";
-  int fd = mkstemp(path);
-  if (fd < 0)
-    return -1;
-  FILE *f = fdopen(fd, "w");
-  fputs(TORCH_SCRIPT, f);
-  fclose(f);
   char cases[1024] = "[", threads[64] = "[";
   for (int i = 0; i < N_CASES; i++)
     snprintf(cases + strlen(cases), sizeof cases - strlen(cases),
@@ -183,16 +143,14 @@ static int torch_times(int reps, double torch_ms[N_THREADS][N_CASES][2]) {
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads), "%d,",
              THREADS[i]);
   strcat(threads, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' '%s' 2>/dev/null", py, path, reps, cases,
-           threads);
-  FILE *p = popen(cmd, "r");
+  bench_python py;
+  FILE *p = bench_python_open(&py, "/usr/bin/python3", TORCH_SCRIPT, "%d '%s' '%s'", reps,
+                              cases, threads);
   int got = 0;
   for (int t = 0; p && t < N_THREADS; t++)
     for (int i = 0; i < N_CASES; i++)
       got += fscanf(p, "%lf %lf", &torch_ms[t][i][0], &torch_ms[t][i][1]) == 2;
-  if (p)
-    pclose(p);
-  remove(path);
+  bench_python_close(&py);
   return got == N_THREADS * N_CASES ? 0 : -1;
 }
 
@@ -205,17 +163,11 @@ int main(int argc, char **argv) {
     reps = 1;
   double torch_ms[N_THREADS][N_CASES][2];
   bool have_torch = torch_times(reps, torch_ms) == 0;
-  double load[3] = {0};
-  FILE *la = fopen("/proc/loadavg", "r");
-  if (la) {
-    if (fscanf(la, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
-      load[0] = -1;
-    fclose(la);
-  }
   printf("cross-entropy float32, warm: median of %d runs in ms, x = ratio to memcpy of "
          "the logits in this run; min x = the same between minimum times%s; load "
          "average %.2f\n",
-         reps, have_torch ? "; torch = PyTorch's medians, same threads" : "", load[0]);
+         reps, have_torch ? "; torch = PyTorch's medians, same threads" : "",
+         bench_load_average());
   printf("%-21s %-12s %3s | %7s | %6s %5s %5s | %7s %5s %5s", "case", "logits", "thr",
          "memcpy", "fwd", "x", "min x", "fwd+bwd", "x", "min x");
   if (have_torch)

@@ -186,7 +186,21 @@ int tg_dist_set_bucket_bytes(int64_t bytes) {
 
 /* ---------------------------------------------------------------- tensors -- */
 
-static const char *const elements_name[] = {"elements"};
+/* The start of the one-tensor collectives, on every rank: the ranks agree on t (sig
+ * chained with its dtype, shape and device type, and its element count; rc is this
+ * rank's status so far), the exchanges begin on k, and t's version moves on (a tape
+ * that saved t must not use the new values unawares). 0, or -1 on every rank. */
+static int agree_on_tensor(const char *op, int rc, uint64_t sig, tg_tensor *t,
+                           const char *what, const tg__dist_kernels *k) {
+  static const char *const elements_name[] = {"elements"};
+  int64_t count = rc == 0 ? t->numel : 0;
+  if (tg__dist_agree(op, rc, rc == 0 ? hash_tensor(sig, t) : 0, what, 1, &count,
+                     elements_name, NULL) < 0 ||
+      begin(op, k, t->device.index) < 0)
+    return -1;
+  tg__bump_version(t);
+  return 0;
+}
 
 int tg_dist_all_reduce(tg_tensor *t, tg_dist_op op) {
   const char *OP = "tg_dist_all_reduce";
@@ -204,15 +218,10 @@ int tg_dist_all_reduce(tg_tensor *t, tg_dist_op op) {
                   op == TG_DIST_SUM ? "the sum" : "the average", tg_dtype_name(t->dtype));
   else if (!(k = pick(OP, t->device)))
     rc = -1;
-  uint64_t sig = rc == 0 ? hash_tensor(hash_i64(TG__DIST_FNV, op), t) : 0;
-  int64_t count = rc == 0 ? t->numel : 0;
-  if (tg__dist_agree(OP, rc, sig, "the tensor to reduce", 1, &count, elements_name,
-                     NULL) < 0)
+  if (agree_on_tensor(OP, rc, hash_i64(TG__DIST_FNV, op), t, "the tensor to reduce", k) <
+      0)
     return -1;
   int dev = t->device.index;
-  if (begin(OP, k, dev) < 0)
-    return -1;
-  tg__bump_version(t); /* a tape that saved t must not use the new values unawares */
   return finish(OP, k, dev, k->all_reduce(tg__data(t), t->numel, t->dtype, op, dev));
 }
 
@@ -232,16 +241,11 @@ int tg_dist_broadcast(tg_tensor *t, int root) {
                    !(k = pick(OP, t->device))
                ? -1
                : 0;
-  uint64_t sig = rc == 0 ? hash_tensor(hash_i64(TG__DIST_FNV, root), t) : 0;
-  int64_t count = rc == 0 ? t->numel : 0;
-  if (tg__dist_agree(OP, rc, sig, "the tensor to broadcast", 1, &count, elements_name,
-                     NULL) < 0)
+  if (agree_on_tensor(OP, rc, hash_i64(TG__DIST_FNV, root), t, "the tensor to broadcast",
+                      k) < 0)
     return -1;
   int dev = t->device.index;
-  if (begin(OP, k, dev) < 0)
-    return -1;
   size_t bytes = (size_t)t->numel * tg_dtype_size(t->dtype);
-  tg__bump_version(t);
   return finish(OP, k, dev, bytes ? k->broadcast(tg__data(t), bytes, root, dev) : 0);
 }
 

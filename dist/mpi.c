@@ -86,15 +86,21 @@ int tg__dist_mpi_max(int64_t *buf, int n) {
              : TG_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_INT64_T, MPI_MAX, comm));
 }
 
-int tg__dist_mpi_bcast(void *buf, size_t bytes, int root) {
-  if (alone())
-    return 0;
-  for (size_t off = 0; off < bytes; off += CHUNK) {
-    int c = (int)(bytes - off < CHUNK ? bytes - off : CHUNK);
-    if (TG_MPI(MPI_Bcast((char *)buf + off, c, MPI_BYTE, root, comm)) < 0)
+/* n elements of `size` bytes at buf, in pieces of at most CHUNK: broadcast from root,
+ * or (root < 0) summed in place. */
+static int in_chunks(void *buf, int64_t n, size_t size, MPI_Datatype type, int root) {
+  for (int64_t off = 0; off < n; off += CHUNK) {
+    int c = (int)(n - off < CHUNK ? n - off : CHUNK);
+    void *p = (char *)buf + (size_t)off * size;
+    if ((root < 0 ? TG_MPI(MPI_Allreduce(MPI_IN_PLACE, p, c, type, MPI_SUM, comm))
+                  : TG_MPI(MPI_Bcast(p, c, type, root, comm))) < 0)
       return -1;
   }
   return 0;
+}
+
+int tg__dist_mpi_bcast(void *buf, size_t bytes, int root) {
+  return alone() ? 0 : in_chunks(buf, (int64_t)bytes, 1, MPI_BYTE, root);
 }
 
 /* buf /= world, as DDP divides its summed gradients. */
@@ -120,13 +126,8 @@ static int mpi_all_reduce(void *buf, int64_t n, tg_dtype dtype, tg_dist_op op,
   MPI_Datatype type = dtype == TG_F32   ? MPI_FLOAT
                       : dtype == TG_F64 ? MPI_DOUBLE
                                         : MPI_INT64_T;
-  size_t size = tg_dtype_size(dtype);
-  for (int64_t off = 0; off < n; off += CHUNK) {
-    int c = (int)(n - off < CHUNK ? n - off : CHUNK);
-    if (TG_MPI(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + (size_t)off * size, c, type,
-                             MPI_SUM, comm)) < 0)
-      return -1;
-  }
+  if (in_chunks(buf, n, tg_dtype_size(dtype), type, -1) < 0)
+    return -1;
   if (op == TG_DIST_AVERAGE)
     divide(buf, n, dtype, tg__dist_world());
   return 0;

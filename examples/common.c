@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <signal.h>
@@ -207,7 +208,29 @@ double ex_dist_mean(double v) {
   return mean;
 }
 
+/* Output paths are built in PATH_MAX buffers: names that cannot fit are refused
+ * before any work, rather than cut short (or a file left unwritten) at the end of a
+ * long run. The longest name written in --out is the Ctrl-C checkpoint's. */
+static int check_path_lengths(const ex_common_options *o) {
+  static const char longest[] = "/interrupted.safetensors";
+  if (o->out && strlen(o->out) + sizeof longest > PATH_MAX)
+    return usage_error("--out: a directory name of %zu bytes is too long: the files "
+                       "written in it (such as %s) need paths under PATH_MAX (%d bytes)",
+                       strlen(o->out), longest + 1, PATH_MAX);
+  const struct {
+    const char *flag, *path;
+  } files[] = {{"save", o->save}, {"load", o->load}, {"resume", o->resume}};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+    if (files[i].path && strlen(files[i].path) >= PATH_MAX)
+      return usage_error("--%s: a file name of %zu bytes is too long (paths must be "
+                         "under PATH_MAX, %d bytes)",
+                         files[i].flag, strlen(files[i].path), PATH_MAX);
+  return 0;
+}
+
 int ex_common_apply(ex_common_options *o) {
+  if (check_path_lengths(o) < 0)
+    return EX_EXIT_USAGE;
   int rc = join_ranks(o);
   if (rc != 0)
     return rc;
@@ -434,17 +457,23 @@ bool ex_interrupted(void) {
   return stop || (ex_world == 1 && interrupted);
 }
 
+/* Creates the directory that file path is in (path is shorter than PATH_MAX: see
+ * check_path_lengths). 0 or -1, having said why. */
+static int make_parent_dir(const char *path) {
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir)
+    return 0;
+  *slash = '\0';
+  return ex_mkdir_p(dir);
+}
+
 int ex_save_checkpoint(const tg_varstore *vs, const char *path) {
   if (ex_rank > 0) /* rank 0 holds the same weights and writes them */
     return 0;
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash && slash != dir) {
-    *slash = '\0';
-    if (ex_mkdir_p(dir) < 0)
-      return -1;
-  }
+  if (make_parent_dir(path) < 0)
+    return -1;
   if (tg_varstore_save(vs, path) < 0) {
     fprintf(stderr, "error: cannot save checkpoint %s: %s\n", path, tg_last_error());
     return -1;
@@ -464,7 +493,7 @@ static const char *const run_key_names[3] = {"total_steps", "batch", "seed"};
 
 int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
                         const tg_batch_iter *batches, const ex_common_options *o) {
-  char path[4096];
+  char path[PATH_MAX];
   if (o->save)
     snprintf(path, sizeof path, "%s", o->save);
   else
@@ -473,14 +502,8 @@ int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
          (long long)t->step);
   if (ex_rank > 0) /* rank 0 saves the state every rank shares */
     return 0;
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash && slash != dir) {
-    *slash = '\0';
-    if (ex_mkdir_p(dir) < 0)
-      return EX_EXIT_FAILURE;
-  }
+  if (make_parent_dir(path) < 0)
+    return EX_EXIT_FAILURE;
   tg_tensor_dict *d = tg_tensor_dict_new();
   uint64_t rng[4];
   tg_random_get_state(rng);
@@ -517,10 +540,15 @@ int ex_save_interrupted(const ex_training *t, const tg_varstore *vs,
 /* ------------------------------------------------------------------- files -- */
 
 int ex_mkdir_p(const char *dir) {
-  char buf[4096];
+  char buf[PATH_MAX];
   size_t len = strlen(dir);
   if (len == 0 || len >= sizeof buf) {
-    fprintf(stderr, "error: bad directory name '%s'\n", dir);
+    if (len == 0)
+      fprintf(stderr, "error: cannot create a directory with an empty name\n");
+    else
+      fprintf(stderr,
+              "error: a directory name of %zu bytes is too long (PATH_MAX is %d)\n", len,
+              PATH_MAX);
     return -1;
   }
   memcpy(buf, dir, len + 1);

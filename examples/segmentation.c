@@ -12,6 +12,7 @@
 #include "common.h"
 #include "nets.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -387,7 +388,7 @@ static int write_curves(const history *h, const char *path) {
 
 static int write_pictures(const ex_unet *m, const scenes *held, const history *h,
                           const ex_common_options *o) {
-  char path[4096];
+  char path[PATH_MAX]; /* ex_common_apply refused an --out too long for it */
   if (ex_mkdir_p(o->out) < 0)
     return -1;
   snprintf(path, sizeof path, "%s/samples.png", o->out);

@@ -5,6 +5,10 @@
 #include "runtime/internal.h"
 
 #define TG_NODE_MAX_SAVED 8
+/* Inputs (with their versions) and ctx bytes a node holds in itself; more are on the
+ * heap. Nodes are small blocks (tg__small_alloc), so recording costs no malloc. */
+#define TG_NODE_INLINE_INPUTS 8
+#define TG_NODE_INLINE_CTX 96
 
 /* Computes the gradient of each input i from grad_out (the gradient of the node's
  * output). Sets grad_in[i] to a tensor with inputs[i]'s shape, or leaves it NULL where
@@ -34,6 +38,9 @@ struct tg_node {
   void *ctx;           /* op-specific plain data, free()d with the graph */
   bool released;       /* saved state dropped after backward */
   int64_t visit;       /* id of the last backward pass that collected it */
+  tg_tensor *inline_inputs[TG_NODE_INLINE_INPUTS]; /* inputs when they fit */
+  int64_t inline_versions[TG_NODE_INLINE_INPUTS];
+  _Alignas(16) unsigned char inline_ctx[TG_NODE_INLINE_CTX]; /* ctx when it fits */
 };
 
 /* True when grad mode is on and any non-NULL input requires grad. */
@@ -46,7 +53,7 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
                     const tg_tensor *const *inputs, tg_backward_fn backward);
 /* Saves t (retained) for backward; returns its index in node->saved. */
 int tg__save(tg_node *node, const tg_tensor *t);
-/* Zeroed ctx of `bytes`, owned by node. */
+/* Zeroed ctx of `bytes` (16-byte aligned), owned by node. */
 void *tg__ctx(tg_node *node, size_t bytes);
 static inline bool tg__input_needs_grad(const tg_node *n, int i) {
   return n->inputs[i] != NULL && n->inputs[i]->requires_grad;

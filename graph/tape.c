@@ -76,6 +76,14 @@ static void tape_release(tg_tensor *t) {
   tg__release(t);
 }
 
+_Static_assert(sizeof(tg_node) <= TG_SMALL_BYTES, "a node fits a small block");
+
+static void ctx_free(tg_node *n) {
+  if (n->ctx != n->inline_ctx)
+    free(n->ctx);
+  n->ctx = NULL;
+}
+
 static void node_release_saved(tg_node *n) {
   for (int i = 0; i < n->n_inputs; i++) {
     tape_release(n->inputs[i]);
@@ -85,8 +93,7 @@ static void node_release_saved(tg_node *n) {
     tape_release(n->saved[i]);
     n->saved[i] = NULL;
   }
-  free(n->ctx);
-  n->ctx = NULL;
+  ctx_free(n);
   n->released = true;
 }
 
@@ -94,8 +101,9 @@ void tg__node_unref(tg_node *n) {
   if (!n || --n->refcount > 0)
     return;
   node_release_saved(n);
-  free(n->inputs);
-  free(n);
+  if (n->inputs != n->inline_inputs)
+    free(n->inputs);
+  tg__small_free(n);
 }
 
 /* The first non-finite element of a device tensor (*bad = -1 when none). */
@@ -142,23 +150,27 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   int64_t seq = atomic_fetch_add(&next_seq, 1);
   if (anomaly && tg__check_finite(op, seq, "output", out) < 0)
     return NULL;
-  tg_node *n = calloc(1, sizeof *n);
-  /* The inputs and their versions in one block (pointers and int64 align alike). */
-  tg_tensor **ins =
-      calloc((size_t)(n_inputs ? n_inputs : 1), sizeof *ins + sizeof(int64_t));
-  if (!n || !ins) {
-    free(n);
-    free(ins);
-    tg__error("%s: out of memory while recording the tape", op);
-    return NULL;
+  tg_node *n = tg__small_alloc();
+  if (!n)
+    goto oom;
+  memset(n, 0, sizeof *n);
+  n->inputs = n->inline_inputs;
+  n->in_versions = n->inline_versions;
+  if (n_inputs > TG_NODE_INLINE_INPUTS) {
+    /* Inputs and their versions in one block (pointers and int64 align alike). */
+    n->inputs = calloc((size_t)n_inputs, sizeof *n->inputs + sizeof(int64_t));
+    if (!n->inputs) {
+      tg__small_free(n);
+      goto oom;
+    }
+    n->in_versions = (int64_t *)(n->inputs + n_inputs);
   }
   n->refcount = 1;
   n->op = op;
   n->seq = seq;
   n->backward = backward;
   n->n_inputs = n_inputs;
-  n->inputs = ins;
-  n->in_versions = (int64_t *)(ins + (n_inputs ? n_inputs : 1));
+  tg_tensor **ins = n->inputs;
   for (int i = 0; i < n_inputs; i++)
     if ((ins[i] = tg_tensor_retain((tg_tensor *)inputs[i]))) {
       ins[i]->tape_refs++;
@@ -171,6 +183,9 @@ tg_node *tg__record(const char *op, tg_tensor *out, int n_inputs,
   out->grad_fn = n;
   out->requires_grad = true;
   return n;
+oom:
+  tg__error("%s: out of memory while recording the tape", op);
+  return NULL;
 }
 
 int tg__save(tg_node *node, const tg_tensor *t) {
@@ -184,9 +199,12 @@ int tg__save(tg_node *node, const tg_tensor *t) {
 }
 
 void *tg__ctx(tg_node *node, size_t bytes) {
-  free(node->ctx);
-  node->ctx = calloc(1, bytes ? bytes : 1);
-  return node->ctx;
+  ctx_free(node);
+  if (bytes <= sizeof node->inline_ctx) {
+    memset(node->inline_ctx, 0, bytes);
+    return node->ctx = node->inline_ctx;
+  }
+  return node->ctx = calloc(1, bytes);
 }
 
 tg_tensor *tg__finish(const char *op, tg_tensor *out, int n_inputs,

@@ -1038,7 +1038,10 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
     rc = tg__error("%s: out of memory", op);
     goto done;
   }
+  /* Names in double quotes, as PyTorch's load_state_dict lists its missing and
+   * unexpected keys: a name with ", " in it cannot be read as two. */
   name_list missing = {0}, extra = {0}, bad = {0};
+  char q[TG_QUOTE_LEN];
   int n_missing = 0;
   for (int i = 0; i < nv; i++)
     match[i] = -1;
@@ -1051,7 +1054,7 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
   for (int i = 0; i < nv; i++) {
     const tg__var *v = &vs->vars[i];
     if (match[i] < 0) {
-      list_add(&missing, v->name);
+      list_add(&missing, tg__dquote(v->name, q, sizeof q));
       left[n_missing++] = v->name;
       continue;
     }
@@ -1068,17 +1071,18 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
                               (tg__is_float(t->dtype) && tg__is_float(v->t->dtype));
     if (same_shape && dtype_ok)
       continue;
-    char item[600], fs[TG_SHAPE_STR_LEN], ss[TG_SHAPE_STR_LEN];
-    snprintf(item, sizeof item, "%.300s (file %s %s, store %s %s)", v->name, fd,
-             tg_shape_str(t, fs, sizeof fs), st_name(v->t->dtype),
-             tg_shape_str(v->t, ss, sizeof ss));
+    char item[TG_QUOTE_LEN + 2 * TG_SHAPE_STR_LEN + 40], fs[TG_SHAPE_STR_LEN],
+        ss[TG_SHAPE_STR_LEN];
+    snprintf(item, sizeof item, "%s (file %s %s, store %s %s)",
+             tg__dquote(v->name, q, sizeof q), fd, tg_shape_str(t, fs, sizeof fs),
+             st_name(v->t->dtype), tg_shape_str(v->t, ss, sizeof ss));
     list_add(&bad, item);
   }
   int n_extra = 0;
   for (int k = 0; k < d->n; k++) {
     const char *name = filter ? selected(d->items[k].name, o) : d->items[k].name;
     if (name && !used[k]) {
-      list_add(&extra, name);
+      list_add(&extra, tg__dquote(name, q, sizeof q));
       left[n_missing + n_extra++] = name;
     }
   }

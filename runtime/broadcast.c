@@ -69,6 +69,25 @@ static int check_pair(const char *op, const tg_tensor *dst, const tg_tensor *src
   return 0;
 }
 
+/* dst += alpha * src, or dst *= alpha when src is NULL, on the CPU. */
+typedef struct {
+  tg_tensor *dst;
+  const tg_tensor *src;
+  double alpha;
+} axpy_job;
+
+static void axpy_range(void *ctx, int64_t lo, int64_t hi) {
+  const axpy_job *j = ctx;
+  TG_DISPATCH_FLOAT(j->dst->dtype, T, {
+    T *d = tg__data(j->dst);
+    const T a = (T)j->alpha, *s = j->src ? tg__data(j->src) : NULL;
+    if (s)
+      _Pragma("omp simd") for (int64_t i = lo; i < hi; i++) d[i] += a * s[i];
+    else
+      _Pragma("omp simd") for (int64_t i = lo; i < hi; i++) d[i] *= a;
+  });
+}
+
 int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
   if (check_pair("axpy", dst, src) < 0)
     return -1;
@@ -77,14 +96,7 @@ int tg__axpy_(tg_tensor *dst, double alpha, const tg_tensor *src) {
   if (tg__on_cuda(dst))
     return tg__cuda_axpby(tg__data(dst), 1.0, tg__data(src), alpha, dst->dtype, n,
                           dst->device.index);
-  TG_DISPATCH_FLOAT(dst->dtype, T, {
-    T *d = tg__data(dst);
-    const T *s = tg__data(src);
-    T a = (T)alpha;
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) d[i] +=
-        a * s[i];
-  });
+  tg__parallel_for(n, n, axpy_range, &(axpy_job){dst, src, alpha});
   return 0;
 }
 
@@ -94,13 +106,7 @@ int tg__scale_(tg_tensor *dst, double alpha) {
   if (tg__on_cuda(dst))
     return tg__cuda_axpby(tg__data(dst), alpha, NULL, 0, dst->dtype, n,
                           dst->device.index);
-  TG_DISPATCH_FLOAT(dst->dtype, T, {
-    T *d = tg__data(dst);
-    T a = (T)alpha;
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) d[i] *=
-        a;
-  });
+  tg__parallel_for(n, n, axpy_range, &(axpy_job){dst, NULL, alpha});
   return 0;
 }
 
@@ -113,12 +119,9 @@ double tg__sumsq(const tg_tensor *t) {
   const int nt = tg__reduce_threads(n); /* the reduction's order depends on it */
   TG_DISPATCH_FLOAT(t->dtype, T, {
     const T *d = tg__data(t);
-    _Pragma(
-        "omp parallel for reduction(+ : acc) num_threads(nt)") for (int64_t
-                                                                                    i = 0;
-                                                                                i < n;
-                                                                                i++)
-        acc += (double)d[i] * (double)d[i];
+    _Pragma("omp parallel for reduction(+ : acc) num_threads(nt)") for (int64_t i = 0;
+                                                                        i < n; i++) acc +=
+        (double)d[i] * (double)d[i];
   });
   return acc;
 }

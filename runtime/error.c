@@ -157,7 +157,7 @@ static void put_escaped(char *buf, size_t len, size_t *pos, const char *s, size_
   }
 }
 
-const char *tg__quote(const char *s, char *buf, size_t len) {
+static const char *quote_with(char q, const char *s, char *buf, size_t len) {
   enum { HEAD = 64, TAIL = 48 };
   size_t pos = 0, n = s ? strlen(s) : 0;
   if (!buf || len == 0)
@@ -166,7 +166,7 @@ const char *tg__quote(const char *s, char *buf, size_t len) {
     snprintf(buf, len, "(null)");
     return buf;
   }
-  put_char(buf, len, &pos, '\'');
+  put_char(buf, len, &pos, q);
   if (n <= HEAD + TAIL + 16) {
     put_escaped(buf, len, &pos, s, n);
   } else {
@@ -181,11 +181,19 @@ const char *tg__quote(const char *s, char *buf, size_t len) {
       put_char(buf, len, &pos, *e);
     put_escaped(buf, len, &pos, s + tail, n - tail);
   }
-  put_char(buf, len, &pos, '\'');
+  put_char(buf, len, &pos, q);
   buf[pos] = '\0';
   if (n > HEAD + TAIL + 16 && pos + 1 < len)
     snprintf(buf + pos, len - pos, " (%zu bytes)", n);
   return buf;
+}
+
+const char *tg__quote(const char *s, char *buf, size_t len) {
+  return quote_with('\'', s, buf, len);
+}
+
+const char *tg__dquote(const char *s, char *buf, size_t len) {
+  return quote_with('"', s, buf, len);
 }
 
 int64_t tg__env_int(const char *name, int64_t lo, int64_t hi, int64_t fallback,

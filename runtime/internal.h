@@ -61,6 +61,8 @@ char *tg__shape_fmt(const int64_t *shape, int ndim, char *buf, size_t len);
  * returns; TG_QUOTE_LEN bytes always suffice. */
 const char *tg__quote(const char *s, char *buf, size_t len);
 #define TG_QUOTE_LEN 512
+/* The same in double quotes ("name"), as PyTorch's load_state_dict lists keys. */
+const char *tg__dquote(const char *s, char *buf, size_t len);
 /* UTF-8 as Rust's str::from_utf8 accepts it (safetensors' names and headers); when it
  * is not, *bad (may be NULL) gets the offset of the first bad byte. */
 bool tg__valid_utf8(const uint8_t *s, size_t n, size_t *bad);
@@ -159,6 +161,12 @@ void tg__rand_fill_normal(double *out, int64_t n);
  *   #pragma omp parallel for num_threads(tg__threads(work))
  * Do not call BLAS from inside a parallel region. */
 int tg__threads(int64_t work);
+/* body(ctx, lo, hi) over [0, n) in one contiguous part per thread of
+ * tg__threads(work); on one thread a plain call, no OpenMP region: libgomp builds and
+ * frees a team for every region, even a region of one thread, which costs more than
+ * a tiny kernel (bench/tiny_ops). For loops whose iterations are independent. */
+typedef void (*tg__range_fn)(void *ctx, int64_t lo, int64_t hi);
+void tg__parallel_for(int64_t n, int64_t work, tg__range_fn body, void *ctx);
 /* Bytes of the last-level cache the calling CPU shares with its neighbours (one L3
  * slice, as Linux's sysfs reports it; glibc's sysconf gives the whole chip's total on
  * some AMD parts), 32 MiB when unknown. Read once. */
@@ -176,6 +184,12 @@ int tg__reduce_threads(int64_t work);
 /* ---- host memory (runtime/alloc.c): 64-byte aligned, large buffers cached ---- */
 void *tg__host_alloc(size_t bytes);
 void tg__host_free(void *p, size_t bytes);
+/* Blocks of TG_SMALL_BYTES, 64-byte aligned, uninitialised, for the headers every op
+ * allocates (tensors with their storage, tape nodes, scopes): freed blocks are kept
+ * per thread for the next, so tiny ops do not churn malloc (runtime/alloc.c). */
+enum { TG_SMALL_BYTES = 512 };
+void *tg__small_alloc(void);
+void tg__small_free(void *p);
 
 /* ---- devices and per-op dispatch (runtime/device.c) ----
  * Each op keeps one table of kernels per device (one signature per kernel, declared in

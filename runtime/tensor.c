@@ -4,8 +4,13 @@
 
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 
 /* ------------------------------------------------------------- dtypes -- */
 
@@ -36,19 +41,24 @@ static bool valid_dtype(tg_dtype d) { return d == TG_F32 || d == TG_F64 || d == 
 
 /* ------------------------------------------------------------- scopes -- */
 
+/* A scope is a small block (backward opens one per node): its first tensors are
+ * recorded in the block itself, more in a heap array. */
 struct tg_scope {
   tg_tensor **items;
   int64_t len, cap;
   tg_scope *parent;
+  tg_tensor *inline_items[];
 };
+
+enum { SCOPE_INLINE = (TG_SMALL_BYTES - sizeof(tg_scope)) / sizeof(tg_tensor *) };
 
 static _Thread_local tg_scope *current_scope;
 
 void tg_scope_begin(void) {
-  tg_scope *s = calloc(1, sizeof *s);
+  tg_scope *s = tg__small_alloc();
   if (!s)
     return; /* without a scope, references are simply not recorded */
-  s->parent = current_scope;
+  *s = (tg_scope){.items = s->inline_items, .cap = SCOPE_INLINE, .parent = current_scope};
   current_scope = s;
 }
 
@@ -64,8 +74,9 @@ int tg_scope_end(void) {
     t->scope = NULL;
     tg__release(t);
   }
-  free(s->items);
-  free(s);
+  if (s->items != s->inline_items)
+    free(s->items);
+  tg__small_free(s);
   return 0;
 }
 
@@ -74,10 +85,13 @@ static void scope_add(tg_tensor *t) {
   if (!s)
     return;
   if (s->len == s->cap) {
-    int64_t cap = s->cap ? s->cap * 2 : 64;
-    tg_tensor **items = realloc(s->items, (size_t)cap * sizeof *items);
+    int64_t cap = s->cap * 2;
+    bool on_heap = s->items != s->inline_items;
+    tg_tensor **items = realloc(on_heap ? s->items : NULL, (size_t)cap * sizeof *items);
     if (!items)
       return; /* the caller keeps the reference; it is only not auto-released */
+    if (!on_heap)
+      memcpy(items, s->inline_items, sizeof(tg_tensor *) * SCOPE_INLINE);
     s->items = items;
     s->cap = cap;
   }
@@ -96,40 +110,87 @@ tg_tensor *tg__unscope(tg_tensor *t) {
 
 /* ------------------------------------------------------------ storage -- */
 
-static tg_storage *storage_new(size_t bytes, tg_device device, const char *op) {
-  tg_storage *s = calloc(1, sizeof *s);
-  if (!s)
-    goto oom;
+/* A new tensor, its storage and, when it is small enough, its data share one small
+ * block (runtime/alloc.c): one allocation per op instead of three. A view (tg__alias)
+ * takes a block for its tensor alone. A block is freed when the tensor and the storage
+ * it holds are both gone: a storage outlives its first tensor while views use it, and
+ * tg_varstore_set_dtype swaps storages between tensors, so either may go first. */
+typedef struct {
+  _Atomic int users; /* 2 for a tensor and its storage, 1 for a view's tensor */
+  tg_storage storage;
+  tg_tensor tensor;
+  _Alignas(64) unsigned char data[]; /* tg__host_alloc's alignment */
+} tensor_block;
+
+enum { INLINE_DATA_BYTES = TG_SMALL_BYTES - sizeof(tensor_block) };
+_Static_assert(sizeof(tensor_block) + 256 <= TG_SMALL_BYTES,
+               "a tensor block holds 256 bytes of data at least");
+
+#define BLOCK_OF(p, member)                                                              \
+  ((tensor_block *)(void *)((char *)(p)-offsetof(tensor_block, member)))
+
+static tensor_block *block_new(int users, const char *op) {
+  tensor_block *b = tg__small_alloc();
+  if (!b) {
+    tg__oom(TG_SMALL_BYTES, "cpu", op);
+    return NULL;
+  }
+  memset(b, 0, sizeof *b);
+  b->users = users;
+  return b;
+}
+
+/* Under ASan, the inline data past what bytes needs, rounded up to 64 as
+ * tg__host_alloc rounds, is out of bounds: kernels that write past a small tensor's
+ * end are caught as they are on a buffer of its own. More than INLINE_DATA_BYTES:
+ * all of it (a freed storage's). */
+static void poison_data_tail(tensor_block *b, size_t bytes) {
+#ifdef __SANITIZE_ADDRESS__
+  size_t used = bytes > INLINE_DATA_BYTES ? 0 : bytes ? (bytes + 63) / 64 * 64 : 64;
+  ASAN_POISON_MEMORY_REGION(b->data + used, INLINE_DATA_BYTES - used);
+#else
+  (void)b;
+  (void)bytes;
+#endif
+}
+
+static void block_release(tensor_block *b) {
+  if (--b->users > 0)
+    return;
+#ifdef __SANITIZE_ADDRESS__
+  ASAN_UNPOISON_MEMORY_REGION(b->data, INLINE_DATA_BYTES);
+#endif
+  tg__small_free(b);
+}
+
+/* Fills the storage of block b with bytes of data on device. */
+static int storage_init(tensor_block *b, size_t bytes, tg_device device, const char *op) {
+  tg_storage *s = &b->storage;
   s->refcount = 1;
   s->bytes = bytes;
   s->device = device;
-  if (device.type == TG_DEVICE_CPU) {
-    s->data = tg__host_alloc(bytes);
-  } else {
-    s->data = tg__cuda_malloc(bytes ? bytes : 1, device.index);
-    if (!s->data) {
-      free(s);
-      return NULL; /* tg__cuda_malloc set the message */
-    }
-  }
-  if (!s->data) {
-    free(s);
-    goto oom;
-  }
-  return s;
-oom:
-  tg__oom(bytes, device.type == TG_DEVICE_CPU ? "cpu" : "cuda", op);
-  return NULL;
+  if (device.type != TG_DEVICE_CPU)
+    return (s->data = tg__cuda_malloc(bytes ? bytes : 1, device.index))
+               ? 0
+               : -1; /* tg__cuda_malloc set the message */
+  if (bytes > INLINE_DATA_BYTES)
+    return (s->data = tg__host_alloc(bytes)) ? 0 : tg__oom(bytes, "cpu", op);
+  s->data = b->data;
+  poison_data_tail(b, bytes);
+  return 0;
 }
 
 static void storage_unref(tg_storage *s) {
   if (!s || --s->refcount > 0)
     return;
-  if (s->device.type == TG_DEVICE_CPU)
-    tg__host_free(s->data, s->bytes);
-  else
+  tensor_block *b = BLOCK_OF(s, storage);
+  if (s->device.type != TG_DEVICE_CPU)
     tg__cuda_free(s->data, s->bytes, s->device.index);
-  free(s);
+  else if (s->data != b->data)
+    tg__host_free(s->data, s->bytes);
+  else /* the block may outlive its storage (a view's tensor in it, see above) */
+    poison_data_tail(b, INLINE_DATA_BYTES + 1);
+  block_release(b);
 }
 
 /* ------------------------------------------------------------ tensors -- */
@@ -177,13 +238,8 @@ static int check_device(tg_device d, const char *op) {
   return 0;
 }
 
-static tg_tensor *tensor_object(const int64_t *shape, int ndim, tg_dtype dtype,
-                                tg_device device, const char *op) {
-  tg_tensor *t = calloc(1, sizeof *t);
-  if (!t) {
-    tg__oom(sizeof *t, "cpu", op);
-    return NULL;
-  }
+static void tensor_init(tg_tensor *t, const int64_t *shape, int ndim, tg_dtype dtype,
+                        tg_device device) {
   t->refcount = 1;
   t->dtype = dtype;
   t->device = device;
@@ -193,7 +249,6 @@ static tg_tensor *tensor_object(const int64_t *shape, int ndim, tg_dtype dtype,
     t->shape[i] = shape[i];
     t->numel *= shape[i];
   }
-  return t;
 }
 
 /* A public function's name names what the user called; internal helpers defer to the
@@ -209,22 +264,26 @@ tg_tensor *tg__new_in(const char *op, const char *caller, const int64_t *shape, 
   const char *name = op ? op : tg__running_op() ? tg__running_op() : "tg_empty";
   if (tg__check_shape(shape, ndim, dtype, name) < 0 || check_device(device, name) < 0)
     return NULL;
-  tg_tensor *t = tensor_object(shape, ndim, dtype, device, op);
-  if (!t)
+  tensor_block *b = block_new(2, op);
+  if (!b)
     return NULL;
-  t->storage = storage_new((size_t)t->numel * tg_dtype_size(dtype), device, op);
-  if (!t->storage) {
-    free(t);
+  tg_tensor *t = &b->tensor;
+  tensor_init(t, shape, ndim, dtype, device);
+  if (storage_init(b, (size_t)t->numel * tg_dtype_size(dtype), device, op) < 0) {
+    tg__small_free(b);
     return NULL;
   }
+  t->storage = &b->storage;
   scope_add(t);
   return t;
 }
 
 tg_tensor *tg__alias(const tg_tensor *src, const int64_t *shape, int ndim) {
-  tg_tensor *t = tensor_object(shape, ndim, src->dtype, src->device, NULL);
-  if (!t)
+  tensor_block *b = block_new(1, NULL);
+  if (!b)
     return NULL;
+  tg_tensor *t = &b->tensor;
+  tensor_init(t, shape, ndim, src->dtype, src->device);
   t->storage = src->storage;
   t->storage->refcount++;
   scope_add(t);
@@ -259,7 +318,7 @@ static void tensor_destroy(tg_tensor *t) {
   if (t->grad_fn)
     tg__node_unref(t->grad_fn);
   storage_unref(t->storage);
-  free(t);
+  block_release(BLOCK_OF(t, tensor));
 }
 
 /* Queues t; false when the list cannot grow (the caller then destroys t at once). */

@@ -104,6 +104,24 @@ int tg__threads(int64_t work) {
   return useful < n ? (int)useful : n;
 }
 
+void tg__parallel_for(int64_t n, int64_t work, tg__range_fn body, void *ctx) {
+  const int threads = tg__threads(work);
+  if (n <= 0)
+    return;
+  if (threads == 1 || n == 1) {
+    body(ctx, 0, n);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), m = omp_get_num_threads();
+    const int64_t part = n / m, rem = n % m;
+    const int64_t lo = t * part + (t < rem ? t : rem), hi = lo + part + (t < rem);
+    if (lo < hi)
+      body(ctx, lo, hi);
+  }
+}
+
 /* ---- deterministic mode ----
  * Reductions split over threads add their partial sums in a fixed order, so a given
  * thread count always gives the same bits; deterministic mode also fixes the split

@@ -64,7 +64,8 @@ static void test_collectives_are_identity(void **state) {
       if (dtypes[d] != TG_I64)
         assert_ok(tg_dist_all_reduce(t, TG_DIST_AVERAGE) == 0);
       assert_ok(tg_dist_broadcast(t, 0) == 0);
-      assert_memory_equal(tg_data(t), tg_data(want), bytes ? bytes : 1);
+      if (bytes) /* an empty tensor's data pointer points at nothing to compare */
+        assert_memory_equal(tg_data(t), tg_data(want), bytes);
       tg_tensor_free(t);
       tg_tensor_free(want);
     }

@@ -420,7 +420,8 @@ static void test_shape_ops(void **state) {
                "cannot be applied to a 0-dim tensor");
   assert_error(tg_narrow(t, 1, 2, 2) == NULL,
                "start (2) + length (2) exceeds dimension size (3)", "[2, 3]");
-  assert_error(tg_narrow(t, 1, 0, -1) == NULL, "tg_narrow", "length must be non-negative");
+  assert_error(tg_narrow(t, 1, 0, -1) == NULL, "tg_narrow",
+               "length must be non-negative");
   /* PyTorch's wording, naming the start the caller passed */
   assert_error(tg_narrow(t, 1, 4, 0) == NULL, "tg_narrow",
                "start out of range (expected to be in range of [-3, 3], but got 4)");
@@ -1314,8 +1315,9 @@ static void test_checkpoint_files(void **state) {
                "fewer than the 8");
   /* A file of another model: every difference named, the store left unchanged. */
   assert_error(tg_varstore_load(vs, other) < 0, "does not match the var store",
-               "not in the var store: extra", "w (file F32 [3, 2], store F32 [2, 3])");
-  assert_error(tg_varstore_load(vs2, path) < 0, "missing from the file: extra");
+               "not in the var store: \"extra\"",
+               "\"w\" (file F32 [3, 2], store F32 [2, 3])");
+  assert_error(tg_varstore_load(vs2, path) < 0, "missing from the file: \"extra\"");
   tg_no_grad_begin(); /* a graph on w would keep set_dtype from converting it */
   assert_true(tg_item(tg_sum(w)) == 42.0);
   tg_no_grad_end();

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -345,6 +346,44 @@ static void test_help_and_bad_flags(void **state) {
     }
 }
 
+/* Paths that cannot fit PATH_MAX are refused before any work, with a usage error:
+ * --out must leave room for "/interrupted.safetensors" (the longest name written in
+ * it), --save/--load/--resume must be shorter than PATH_MAX. */
+static void test_path_too_long(void **state) {
+  (void)state;
+  enum { OUT_MAX = PATH_MAX - (int)sizeof "/interrupted.safetensors" };
+  char *out = malloc(OUT_MAX + 2), *file = malloc(PATH_MAX + 1);
+  assert_ok(out && file);
+  memset(out, 'd', OUT_MAX + 1);
+  out[OUT_MAX + 1] = '\0'; /* one byte more than fits */
+  memset(file, 'f', PATH_MAX);
+  file[PATH_MAX] = '\0';
+  char out_msg[128], file_msg[128];
+  snprintf(out_msg, sizeof out_msg, "--out: a directory name of %d bytes is too long",
+           OUT_MAX + 1);
+  snprintf(file_msg, sizeof file_msg, "a file name of %d bytes is too long", PATH_MAX);
+  const char *progs[] = {"mnist", "segmentation"},
+             *file_flags[] = {"--save", "--load", "--resume"};
+  for (size_t p = 0; p < 2; p++) {
+    const char *argv[] = {progs[p], "--out", out, NULL};
+    run_result r = run_ex(argv, NULL);
+    assert_status(r, 2);
+    assert_contains(r.err, out_msg);
+    assert_contains(r.err, "--help");
+    run_result_free(&r);
+    for (size_t f = 0; f < 3; f++) {
+      const char *argv2[] = {progs[p], file_flags[f], file, NULL};
+      r = run_ex(argv2, NULL);
+      assert_status(r, 2);
+      assert_contains(r.err, file_flags[f]);
+      assert_contains(r.err, file_msg);
+      run_result_free(&r);
+    }
+  }
+  free(out);
+  free(file);
+}
+
 static void test_cuda_unavailable(void **state) {
   (void)state;
   if (tg_cuda_is_available())
@@ -682,6 +721,7 @@ static void test_segmentation_sigint_save(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_help_and_bad_flags),
+      cmocka_unit_test(test_path_too_long),
       cmocka_unit_test(test_cuda_unavailable),
       cmocka_unit_test_setup_teardown(test_mnist_train_save_load, tmpdir_setup,
                                       tmpdir_teardown),

@@ -113,7 +113,7 @@ static void test_pytorch_files(void **state) {
       if (k == 0) { /* "extra" is no variable: strict refuses, non-strict reports */
         double before = checksum(m.vs);
         assert_error(tg_varstore_load_ex(m.vs, data_path(tags[k]), &o, NULL) < 0,
-                     "does not match the var store", "not in the var store: extra");
+                     "does not match the var store", "not in the var store: \"extra\"");
         assert_true(checksum(m.vs) == before);
         o.strict = false;
       }
@@ -134,8 +134,8 @@ static void test_pytorch_files(void **state) {
         assert_ok(rc == 0);
       } else {
         char frag[64];
-        snprintf(frag, sizeof frag, "0.bias (file %s [3], store %s [3])", file_dtype[k],
-                 dt == TG_F64 ? "F64" : "F32");
+        snprintf(frag, sizeof frag, "\"0.bias\" (file %s [3], store %s [3])",
+                 file_dtype[k], dt == TG_F64 ? "F64" : "F32");
         assert_error(rc < 0, "dtype or shape mismatch", frag);
       }
       tg_varstore_free(m2.vs);
@@ -145,10 +145,11 @@ static void test_pytorch_files(void **state) {
   /* tg_varstore_load keeps refusing casts; without the prefix, nothing matches. */
   model m = model_new(TG_F32);
   assert_error(tg_varstore_load(m.vs, data_path("f64")) < 0,
-               "2.weight (file F64 [2, 3], store F32 [2, 3])");
+               "\"2.weight\" (file F64 [2, 3], store F32 [2, 3])");
   assert_error(tg_varstore_load_ex(m.vs, data_path("f16"), NULL, NULL) < 0,
-               "missing from the file: 0.weight, 0.bias, 2.weight, 2.bias",
-               "not in the var store: module.0.bias");
+               "missing from the file: \"0.weight\", \"0.bias\", \"2.weight\", "
+               "\"2.bias\"",
+               "not in the var store: \"module.0.bias\"");
   tg_load_options o = tg_load_options_default();
   o.strict = false;
   tg_load_report r;
@@ -165,7 +166,7 @@ static void test_pytorch_files(void **state) {
   tg_path_var(tg_path_sub(tg_varstore_root(other), "0"), "bias", TG_SHAPE(4),
               tg_init_const(1));
   assert_error(tg_varstore_load_ex(other, data_path("f32"), &o, NULL) < 0,
-               "0.bias (file F32 [3], store F32 [4])");
+               "\"0.bias\" (file F32 [3], store F32 [4])");
   tg_varstore_free(other);
 
   /* The metadata PyTorch's side wrote; F16 widened exactly; exclude_prefix. */
@@ -244,7 +245,7 @@ static void test_save_load_tensors(void **state) {
   assert_ok(tg_varstore_load_dict(vs2, d, &o, NULL) == 0);
   assert_close(tg_varstore_get(vs2, "w"), tg_varstore_get(vs, "w"), 0, 0);
   assert_error(tg_varstore_load_dict(vs2, d, NULL, NULL) < 0, "the tensor dict",
-               "not in the var store: opt.a");
+               "not in the var store: \"opt.a\"");
   /* The dict shares the variables: a save writes their current values. */
   assert_ok(tg_fill_(tg_varstore_get(vs, "w"), 3) == 0);
   assert_ok(tg_save_tensors(d, path) == 0);
@@ -295,7 +296,7 @@ static void test_save_load_tensors(void **state) {
   tg_tensor *b23 = tg_zeros(TG_SHAPE(2, 3), TG_I64, TG_CPU);
   assert_ok(tg_tensor_dict_set(just_b, "opt", b23) == 0);
   assert_error(tg_varstore_load_dict(ints, just_b, &o, NULL) < 0,
-               "opt (file I64 [2, 3], store F32 [2, 3])");
+               "\"opt\" (file I64 [2, 3], store F32 [2, 3])");
   tg_tensor_free(b23);
   tg_tensor_dict_free(just_b);
   tg_varstore_free(ints);
@@ -310,6 +311,26 @@ static void test_save_load_tensors(void **state) {
   tg_tensor_free(a);
   tg_tensor_free(b);
   tg_tensor_free(c);
+}
+
+/* Load errors list names in double quotes, as PyTorch's load_state_dict does, so a
+ * name holding ", " reads as one name; control characters show escaped. */
+static void test_load_error_names_quoted(void **state) {
+  (void)state;
+  tg_tensor_dict *d = tg_tensor_dict_new();
+  tg_tensor *t = tg_zeros(TG_SHAPE(2), TG_F32, TG_CPU);
+  assert_ok(tg_tensor_dict_set(d, "a, b", t) == 0);
+  assert_ok(tg_tensor_dict_set(d, "line\nbreak", t) == 0);
+  const char *path = tmp_path("names.safetensors");
+  assert_ok(tg_save_tensors(d, path) == 0);
+  tg_varstore *vs = tg_varstore_new(TG_CPU);
+  tg_path_var(tg_varstore_root(vs), "w", TG_SHAPE(2), tg_init_const(0));
+  tg_path_var(tg_varstore_root(vs), "a", TG_SHAPE(3), tg_init_const(0));
+  assert_error(tg_varstore_load(vs, path) < 0, "missing from the file: \"w\", \"a\";",
+               "not in the var store: \"a, b\", \"line\\nbreak\"");
+  tg_tensor_dict_free(d);
+  tg_tensor_free(t);
+  tg_varstore_free(vs);
 }
 
 static void test_sequential_naming_and_summary(void **state) {
@@ -358,6 +379,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pytorch_files),
       cmocka_unit_test(test_save_load_tensors),
+      cmocka_unit_test(test_load_error_names_quoted),
       cmocka_unit_test(test_sequential_naming_and_summary),
   };
   return cmocka_run_group_tests(tests, dir_setup, dir_teardown);

@@ -9,6 +9,7 @@
  * >= 0.7), and PyTorch CUDA's F.group_norm medians, measured the same way, when
  * `python3` (TG_BENCH_PYTHON) has torch with CUDA. --small runs tiny shapes (the host
  * SIMT build, to prove the benchmark itself works). */
+#include "../common.h"
 #include "graph/internal.h"
 #include "runtime/cuda.h"
 
@@ -29,16 +30,6 @@ static const gn_shape LARGE[] = {
 };
 static const gn_shape SMALL[] = {{2, 8, 6, 6, 4}, {1, 16, 9, 9, 8}};
 enum { SETS = 3 };
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct {
   cudaStream_t stream;
@@ -111,7 +102,7 @@ static int bench_shape(const gn_shape *s, int reps, timer *t, double out[3]) {
       if (r >= 0)
         v[r] = ms;
     }
-    out[m] = median(v, reps);
+    out[m] = bench_median(v, reps);
   }
   free(v);
   tg_scope_end();
@@ -147,30 +138,20 @@ static const char *TORCH_SCRIPT =
 
 static int torch_times(const gn_shape *shapes, int n, int reps, size_t flush,
                        double (*ms)[2]) {
-  const char *py = getenv("TG_BENCH_PYTHON");
-  py = py && *py ? py : "python3";
-  char path[] = "/tmp/tg_bench_gn_cuda_XXXXXX";
-  int fd = mkstemp(path);
-  if (fd < 0)
-    return -1;
-  FILE *f = fdopen(fd, "w");
-  fputs(TORCH_SCRIPT, f);
-  fclose(f);
-  char list[512] = "[", cmd[1024];
+  char list[512] = "[";
   for (int i = 0; i < n; i++)
     snprintf(list + strlen(list), sizeof list - strlen(list),
              "(%lld,%lld,%lld,%lld,%lld),", (long long)shapes[i].n,
              (long long)shapes[i].c, (long long)shapes[i].h, (long long)shapes[i].w,
              (long long)shapes[i].g);
   strcat(list, "]");
-  snprintf(cmd, sizeof cmd, "%s %s %d '%s' %zu 2>/dev/null", py, path, reps, list, flush);
-  FILE *p = popen(cmd, "r");
+  bench_python py;
+  FILE *p =
+      bench_python_open(&py, "python3", TORCH_SCRIPT, "%d '%s' %zu", reps, list, flush);
   int got = 0;
   for (int i = 0; p && i < n; i++)
     got += fscanf(p, "%lf %lf", &ms[i][0], &ms[i][1]) == 2;
-  if (p)
-    pclose(p);
-  remove(path);
+  bench_python_close(&py);
   return got == n ? 0 : -1;
 }
 

@@ -36,35 +36,31 @@ static const char *const binary_names[] = {
 
 /* out = a (op) b over the broadcast shape of out: rows of the last dim, each row's
  * offsets in a and b found from the broadcast strides. */
-static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
-                      tg_tensor *out) {
-  int nd = out->ndim;
-  int64_t sa_all[TG_MAX_DIMS], sb_all[TG_MAX_DIMS];
-  tg__broadcast_strides(a, out->shape, nd, sa_all);
-  tg__broadcast_strides(b, out->shape, nd, sb_all);
-  int64_t inner = nd ? out->shape[nd - 1] : 1;
-  int64_t sa = nd ? sa_all[nd - 1] : 0, sb = nd ? sb_all[nd - 1] : 0;
-  if (a->numel == out->numel && b->numel == out->numel) { /* same shape: one row */
-    inner = out->numel;
-    sa = sb = 1;
-    nd = 1;
-  }
-  int64_t rows = inner ? out->numel / inner : 0;
-  TG_DISPATCH_FLOAT(out->dtype, T, {
-    const T *A = tg__data(a), *B = tg__data(b);
-    T *O = tg__data(out);
-    _Pragma("omp parallel for num_threads(tg__threads(out->numel))") for (int64_t r = 0;
-                                                                          r < rows; r++) {
+typedef struct {
+  binary_kind kind;
+  const tg_tensor *a, *b;
+  tg_tensor *out;
+  int nd;
+  int64_t inner, sa, sb, sa_all[TG_MAX_DIMS], sb_all[TG_MAX_DIMS];
+} binary_job;
+
+static void binary_rows(void *ctx, int64_t r0, int64_t r1) {
+  const binary_job *j = ctx;
+  const int64_t inner = j->inner, sa = j->sa, sb = j->sb, *shape = j->out->shape;
+  TG_DISPATCH_FLOAT(j->out->dtype, T, {
+    const T *A = tg__data(j->a), *B = tg__data(j->b);
+    T *O = tg__data(j->out);
+    for (int64_t r = r0; r < r1; r++) {
       int64_t oa = 0, ob = 0, rem = r;
-      for (int d = nd - 2; d >= 0; d--) {
-        int64_t idx = rem % out->shape[d];
-        rem /= out->shape[d];
-        oa += idx * sa_all[d];
-        ob += idx * sb_all[d];
+      for (int d = j->nd - 2; d >= 0; d--) {
+        int64_t idx = rem % shape[d];
+        rem /= shape[d];
+        oa += idx * j->sa_all[d];
+        ob += idx * j->sb_all[d];
       }
       const T *pa = A + oa, *pb = B + ob;
       T *po = O + r * inner;
-      switch (kind) {
+      switch (j->kind) {
         BINARY_LOOP(B_ADD, x + y)
         BINARY_LOOP(B_SUB, x - y)
         BINARY_LOOP(B_MUL, x * y)
@@ -77,6 +73,22 @@ static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
       }
     }
   });
+}
+
+static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
+                      tg_tensor *out) {
+  binary_job j = {.kind = kind, .a = a, .b = b, .out = out, .nd = out->ndim};
+  tg__broadcast_strides(a, out->shape, j.nd, j.sa_all);
+  tg__broadcast_strides(b, out->shape, j.nd, j.sb_all);
+  j.inner = j.nd ? out->shape[j.nd - 1] : 1;
+  j.sa = j.nd ? j.sa_all[j.nd - 1] : 0;
+  j.sb = j.nd ? j.sb_all[j.nd - 1] : 0;
+  if (a->numel == out->numel && b->numel == out->numel) { /* same shape: one row */
+    j.inner = out->numel;
+    j.sa = j.sb = 1;
+    j.nd = 1;
+  }
+  tg__parallel_for(j.inner ? out->numel / j.inner : 0, out->numel, binary_rows, &j);
   return 0;
 }
 
@@ -192,21 +204,28 @@ typedef struct {
 
 #define UNARY_LOOP(K, EXPR)                                                              \
   case K:                                                                                \
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;     \
-                                                                      i < n; i++) {      \
+    _Pragma("omp simd") for (int64_t i = lo; i < hi; i++) {                              \
       T x = X[i];                                                                        \
       Y[i] = EXPR;                                                                       \
     }                                                                                    \
     break;
 
-static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tensor *out) {
-  int64_t n = in->numel;
-  TG_DISPATCH_FLOAT(in->dtype, T, {
-    const T *X = tg__data(in);
-    T *Y = tg__data(out);
-    const T p = (T)param;
+/* An elementwise job: y = f(x), or dx = g * f'(x) (g and y NULL for the forward). */
+typedef struct {
+  unary_kind kind;
+  double param;
+  const tg_tensor *x, *y, *g;
+  tg_tensor *out;
+} unary_job;
+
+static void unary_range(void *ctx, int64_t lo, int64_t hi) {
+  const unary_job *j = ctx;
+  TG_DISPATCH_FLOAT(j->x->dtype, T, {
+    const T *X = tg__data(j->x);
+    T *Y = tg__data(j->out);
+    const T p = (T)j->param;
     (void)p;
-    switch (kind) {
+    switch (j->kind) {
       UNARY_LOOP(U_NEG, -x)
       UNARY_LOOP(U_EXP, exp(x))
       UNARY_LOOP(U_LOG, log(x))
@@ -223,13 +242,17 @@ static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tens
       UNARY_LOOP(U_GELU_TANH, (T)tg__gelu_tanh(x))
     }
   });
+}
+
+static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tensor *out) {
+  unary_job j = {kind, param, in, NULL, NULL, out};
+  tg__parallel_for(in->numel, in->numel, unary_range, &j);
   return 0;
 }
 
 #define UNARY_GRAD(K, EXPR)                                                              \
   case K:                                                                                \
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;     \
-                                                                      i < n; i++) {      \
+    _Pragma("omp simd") for (int64_t i = lo; i < hi; i++) {                              \
       T x = X[i], y = Y[i], g = G[i];                                                    \
       (void)x;                                                                           \
       (void)y;                                                                           \
@@ -238,15 +261,14 @@ static int unary_cpu(unary_kind kind, double param, const tg_tensor *in, tg_tens
     break;
 
 /* dx = g * f'(x), with y = f(x) at hand for the ops whose derivative uses it. */
-static int unary_grad_cpu(unary_kind kind, double param, const tg_tensor *in,
-                          const tg_tensor *out, const tg_tensor *g, tg_tensor *dx) {
-  const int64_t n = in->numel;
-  TG_DISPATCH_FLOAT(in->dtype, T, {
-    const T *X = tg__data(in), *Y = tg__data(out), *G = tg__data(g);
-    T *D = tg__data(dx);
-    const T p = (T)param;
+static void unary_grad_range(void *ctx, int64_t lo, int64_t hi) {
+  const unary_job *j = ctx;
+  TG_DISPATCH_FLOAT(j->x->dtype, T, {
+    const T *X = tg__data(j->x), *Y = tg__data(j->y), *G = tg__data(j->g);
+    T *D = tg__data(j->out);
+    const T p = (T)j->param;
     (void)p;
-    switch (kind) {
+    switch (j->kind) {
       UNARY_GRAD(U_NEG, -g)
       UNARY_GRAD(U_EXP, g * y)
       UNARY_GRAD(U_LOG, g / x)
@@ -265,6 +287,12 @@ static int unary_grad_cpu(unary_kind kind, double param, const tg_tensor *in,
       UNARY_GRAD(U_GELU_TANH, (T)tg__gelu_tanh_grad(x, g))
     }
   });
+}
+
+static int unary_grad_cpu(unary_kind kind, double param, const tg_tensor *in,
+                          const tg_tensor *out, const tg_tensor *g, tg_tensor *dx) {
+  unary_job j = {kind, param, in, out, g, dx};
+  tg__parallel_for(in->numel, in->numel, unary_grad_range, &j);
   return 0;
 }
 
