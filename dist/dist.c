@@ -103,6 +103,22 @@ int tg__dist_agree(const char *op, int local_rc, uint64_t sig, const char *what,
 }
 
 /* The collectives for tensors on d. */
+static int identity_all_reduce(void *buf, int64_t n, tg_dtype dtype, tg_dist_op op,
+                               int device) {
+  (void)buf, (void)n, (void)dtype, (void)op, (void)device;
+  return 0;
+}
+
+static int identity_broadcast(void *buf, size_t bytes, int root, int device) {
+  (void)buf, (void)bytes, (void)root, (void)device;
+  return 0;
+}
+
+/* A world of one exchanges nothing: its sums, averages and broadcasts are the tensor
+ * itself. Device tensors take this table when there is no NCCL to run them. */
+static const tg__dist_kernels identity = {"none", NULL, NULL, NULL, identity_all_reduce,
+                                          identity_broadcast};
+
 static const tg__dist_kernels *pick(const char *op, tg_device d) {
   if (d.type == TG_DEVICE_CPU)
     return &tg__dist_mpi;
@@ -110,6 +126,8 @@ static const tg__dist_kernels *pick(const char *op, tg_device d) {
   if (d.type == TG_DEVICE_CUDA)
     return &tg__dist_nccl;
 #endif
+  if (st.world == 1)
+    return &identity;
   tg__error("%s: no collectives for tensors on cuda:%d: tapegrad was built without "
             "NCCL",
             op, d.index);
@@ -358,9 +376,9 @@ int tg_dist_average_gradients(tg_varstore *vs) {
     rc = tg_last_error()[0] ? -1 : tg__error("%s: argument 'vs' is NULL", OP);
   else if (!(k = pick(OP, vs->device)))
     rc = -1;
-  /* A world of one on the CPU has nothing to exchange (CUDA gradients still take the
-   * NCCL path, so that one GPU runs it). */
-  if (st.world == 1 && (rc < 0 || vs->device.type == TG_DEVICE_CPU))
+  /* A world of one on the CPU, or on a device without NCCL, has nothing to exchange
+   * (CUDA gradients with NCCL still take its path, so that one GPU runs it). */
+  if (st.world == 1 && (rc < 0 || vs->device.type == TG_DEVICE_CPU || k == &identity))
     return rc;
   int n = 0;
   grad_item *items = NULL;
