@@ -141,11 +141,37 @@ static void test_empty_tensors(void **state) {
   tg_scope_end();
 }
 
+/* Same-shape operands large enough for several threads are cut into flat rows (the
+ * last one partial): every element must still see its own operands, on 1-3 threads. */
+static void test_same_shape_threads(void **state) {
+  (void)state;
+  const int64_t n = 3 * 4096 * 9 + 123;
+  const int saved = tg_get_num_threads();
+  for (int threads = 1; threads <= 3; threads++) {
+    assert_int_equal(tg_set_num_threads(threads), 0);
+    tg_scope_begin();
+    tg_tensor *a = tg_arange(0, (double)n, 1, TG_F64, TG_CPU);
+    tg_tensor *b = tg_mul_scalar(a, 0.5);
+    tg_tensor *c = tg_reshape(tg_sub(tg_mul(a, b), b), TG_SHAPE(3, -1));
+    assert_non_null(c);
+    const double *p = tg_data(c);
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; i++)
+      if (p[i] != (double)i * (double)i * 0.5 - (double)i * 0.5)
+        bad = i;
+    if (bad >= 0)
+      fail_msg("a * b - b on [%lld], %d threads: element %lld is %g", (long long)n,
+               threads, (long long)bad, p[bad]);
+    tg_scope_end();
+  }
+  assert_int_equal(tg_set_num_threads(saved), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_reference_f64),   cmocka_unit_test(test_reference_f32),
-      cmocka_unit_test(test_broadcast_error), cmocka_unit_test(test_null_chain),
-      cmocka_unit_test(test_empty_tensors),
+      cmocka_unit_test(test_same_shape_threads), cmocka_unit_test(test_reference_f64),
+      cmocka_unit_test(test_reference_f32),      cmocka_unit_test(test_broadcast_error),
+      cmocka_unit_test(test_null_chain),         cmocka_unit_test(test_empty_tensors),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

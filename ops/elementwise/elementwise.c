@@ -28,21 +28,25 @@ static const char *const binary_names[] = {
 
 #define BINARY_LOOP(K, EXPR)                                                             \
   case K:                                                                                \
-    for (int64_t j = 0; j < inner; j++) {                                                \
+    for (int64_t j = 0; j < len; j++) {                                                  \
       T x = pa[j * sa], y = pb[j * sb];                                                  \
       po[j] = EXPR;                                                                      \
     }                                                                                    \
     break;
 
 /* out = a (op) b over the broadcast shape of out: rows of the last dim, each row's
- * offsets in a and b found from the broadcast strides. */
+ * offsets in a and b found from the broadcast strides; operands of out's shape are one
+ * flat run cut into rows of FLAT_ROW elements, so that threads share it. */
 typedef struct {
   binary_kind kind;
   const tg_tensor *a, *b;
   tg_tensor *out;
   int nd;
   int64_t inner, sa, sb, sa_all[TG_MAX_DIMS], sb_all[TG_MAX_DIMS];
+  bool flat;
 } binary_job;
+
+enum { FLAT_ROW = 4096 };
 
 static void binary_rows(void *ctx, int64_t r0, int64_t r1) {
   const binary_job *j = ctx;
@@ -51,7 +55,11 @@ static void binary_rows(void *ctx, int64_t r0, int64_t r1) {
     const T *A = tg__data(j->a), *B = tg__data(j->b);
     T *O = tg__data(j->out);
     for (int64_t r = r0; r < r1; r++) {
-      int64_t oa = 0, ob = 0, rem = r;
+      int64_t oa = 0, ob = 0, rem = r, len = inner;
+      if (j->flat) {
+        oa = ob = r * inner;
+        len = inner < j->out->numel - oa ? inner : j->out->numel - oa;
+      }
       for (int d = j->nd - 2; d >= 0; d--) {
         int64_t idx = rem % shape[d];
         rem /= shape[d];
@@ -83,12 +91,16 @@ static int binary_cpu(binary_kind kind, const tg_tensor *a, const tg_tensor *b,
   j.inner = j.nd ? out->shape[j.nd - 1] : 1;
   j.sa = j.nd ? j.sa_all[j.nd - 1] : 0;
   j.sb = j.nd ? j.sb_all[j.nd - 1] : 0;
-  if (a->numel == out->numel && b->numel == out->numel) { /* same shape: one row */
-    j.inner = out->numel;
+  if (a->numel == out->numel && b->numel == out->numel) { /* same shape: flat rows */
+    j.inner = FLAT_ROW;
     j.sa = j.sb = 1;
     j.nd = 1;
+    j.flat = true;
   }
-  tg__parallel_for(j.inner ? out->numel / j.inner : 0, out->numel, binary_rows, &j);
+  const int64_t rows = j.flat    ? (out->numel + FLAT_ROW - 1) / FLAT_ROW
+                       : j.inner ? out->numel / j.inner
+                                 : 0;
+  tg__parallel_for(rows, out->numel, binary_rows, &j);
   return 0;
 }
 
