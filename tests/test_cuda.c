@@ -209,7 +209,7 @@ static const bce_ex_ctx bce_m = {TG_REDUCTION_MEAN, false},
 
 typedef struct {
   int64_t groups;
-  bool weight, bias;
+  bool weight, bias, relu; /* relu: tg_group_norm_relu */
 } gn_ctx;
 
 static tg_tensor *gn_fn(tg_tensor *const *in, int n, void *vctx) {
@@ -217,12 +217,18 @@ static tg_tensor *gn_fn(tg_tensor *const *in, int n, void *vctx) {
   (void)n;
   const tg_tensor *w = c->weight ? in[1] : NULL;
   const tg_tensor *b = c->bias ? in[c->weight ? 2 : 1] : NULL;
-  return tg_group_norm(in[0], c->groups, w, b, 1e-5);
+  return (c->relu ? tg_group_norm_relu : tg_group_norm)(in[0], c->groups, w, b, 1e-5);
 }
 
-static const gn_ctx g3 = {3, true, true}, g2 = {2, true, true}, g1 = {1, true, true},
-                    g4_noaffine = {4, false, false}, g2_bias = {2, false, true},
-                    g32 = {32, true, true}, g8 = {8, true, true};
+static const gn_ctx g3 = {3, true, true, false}, g2 = {2, true, true, false},
+                    g1 = {1, true, true, false}, g4_noaffine = {4, false, false, false},
+                    g2_bias = {2, false, true, false}, g32 = {32, true, true, false},
+                    g8 = {8, true, true, false};
+static const gn_ctx r3 = {3, true, true, true}, r1 = {1, true, true, true},
+                    r4 = {4, true, true, true}, r8_noaffine = {8, false, false, true},
+                    r2_noaffine = {2, false, false, true},
+                    r2_bias = {2, false, true, true}, r32 = {32, true, true, true},
+                    r8 = {8, true, true, true};
 static const tg_reduction r_mean = TG_REDUCTION_MEAN, r_sum = TG_REDUCTION_SUM,
                           r_none = TG_REDUCTION_NONE;
 
@@ -245,6 +251,45 @@ static const cuda_case cases[] = {
     /* split path (few large groups) */
     {"group_norm", gn_fn, &g8, {SH(1, 16, 40, 40), SH(16), SH(16)}, F32, 1e-10, "fff"},
     {"group_norm", gn_fn, &g8, {SH(1, 16, 37, 41), SH(16), SH(16)}, F64, 1e-24, "fff"},
+    /* fused ReLU, labelled with shape and groups (odd HW: scalar loads) */
+    {"gnr 2x6x7x13/3", gn_fn, &r3, {SH(2, 6, 7, 13), SH(6), SH(6)}, F32, 1e-10, "fff"},
+    {"gnr 2x6x7x13/3", gn_fn, &r3, {SH(2, 6, 7, 13), SH(6), SH(6)}, F64, 1e-24, "fff"},
+    {"gnr 2x3x4/1", gn_fn, &r1, {SH(2, 3, 4), SH(3), SH(3)}, F64, 1e-24, "fff"},
+    {"gnr 2x3x5/1", gn_fn, &r1, {SH(2, 3, 5), SH(3), SH(3)}, F32, 1e-10, "fff"},
+    {"gnr 2x4x5/4", gn_fn, &r4, {SH(2, 4, 5), SH(4), SH(4)}, F64, 1e-24, "fff"},
+    {"gnr 2x4x8/4", gn_fn, &r4, {SH(2, 4, 8), SH(4), SH(4)}, F32, 1e-10, "fff"},
+    {"gnr 2x8x3x3/8", gn_fn, &r8_noaffine, {SH(2, 8, 3, 3)}, F32, 1e-10, "f"},
+    {"gnr 2x4x3/2", gn_fn, &r2_noaffine, {SH(2, 4, 3)}, F64, 1e-24, "f"},
+    {"gnr 2x4x9/2", gn_fn, &r2_bias, {SH(2, 4, 9), SH(4)}, F64, 1e-24, "ff"},
+    {"gnr 0x6x4/3", gn_fn, &r3, {SH(0, 6, 4), SH(6), SH(6)}, F32, 1e-10, "fff"},
+    {"gnr 8x64x4x4/32",
+     gn_fn,
+     &r32,
+     {SH(8, 64, 4, 4), SH(64), SH(64)},
+     F32,
+     1e-10,
+     "fff"},
+    {"gnr 8x64x3x3/32",
+     gn_fn,
+     &r32,
+     {SH(8, 64, 3, 3), SH(64), SH(64)},
+     F64,
+     1e-24,
+     "fff"},
+    {"gnr 1x16x40x40/8",
+     gn_fn,
+     &r8,
+     {SH(1, 16, 40, 40), SH(16), SH(16)},
+     F32,
+     1e-10,
+     "fff"},
+    {"gnr 1x16x37x41/8",
+     gn_fn,
+     &r8,
+     {SH(1, 16, 37, 41), SH(16), SH(16)},
+     F64,
+     1e-24,
+     "fff"},
 
     {"add", add_fn, NULL, {SH(4, 1, 5), SH(3, 5)}, F64, 1e-24, "ff"},
     {"add", add_fn, NULL, {SH(3, 5), SH(4, 1, 5)}, F32, 1e-12, "ff"},
@@ -639,6 +684,43 @@ static void test_group_norm_reproducible(void **state) {
   }
 }
 
+/* The fused ReLU on NaN inputs, on the fused and the split/plane paths: a NaN group's
+ * outputs stay NaN (not 0), and its dy passes the ReLU into dbias as on the CPU (a
+ * mask of y > 0 would drop it). */
+static void test_group_norm_relu_nan(void **state) {
+  (void)state;
+  require_gpu();
+  const int64_t base = tg_cuda_memory_allocated(0);
+  const int64_t shapes[2][4] = {{8, 64, 2, 2}, {1, 8, 33, 33}};
+  for (int s = 0; s < 2; s++) {
+    tg_scope_begin();
+    const int64_t C = shapes[s][1];
+    tg_tensor *x = tg_randn(shapes[s], 4, TG_F64, TG_CPU);
+    ((double *)tg_data(x))[5] = NAN; /* sample 0, group 0 */
+    tg_tensor *w = tg_randn(TG_SHAPE(C), TG_F64, TG_CPU);
+    tg_tensor *b = tg_randn(TG_SHAPE(C), TG_F64, TG_CPU);
+    tg_tensor *dy = tg_randn(shapes[s], 4, TG_F64, TG_CPU);
+    tg_tensor *h[3] = {x, w, b}, *d[3], *got[4], *want[4];
+    for (int i = 0; i < 3; i++) {
+      assert_ok(tg_set_requires_grad(h[i], true) == 0);
+      d[i] = device_leaf(h[i]);
+    }
+    for (int dev = 0; dev < 2; dev++) {
+      tg_tensor **in = dev ? d : h, **out = dev ? got : want;
+      tg_tensor *y = tg_group_norm_relu(in[0], 8, in[1], in[2], 1e-5);
+      assert_ok(y && tg_backward_ex(y, dev ? tg_tensor_to(dy, CUDA0) : dy, false) == 0);
+      out[0] = tg_tensor_to(y, TG_CPU);
+      for (int i = 0; i < 3; i++)
+        out[i + 1] = tg_tensor_to(tg_grad(in[i]), TG_CPU);
+    }
+    assert_true(isnan(((const double *)tg_data(got[0]))[0]));
+    for (int i = 0; i < 4; i++)
+      assert_close(got[i], want[i], 1e-12, 1e-12);
+    assert_int_equal(tg_scope_end(), 0);
+  }
+  assert_int_equal(tg_cuda_memory_allocated(0), base);
+}
+
 /* ---------------------------------------------------------------- runtime -- */
 
 static void test_creation_and_copies(void **state) {
@@ -845,6 +927,7 @@ int main(void) {
       cmocka_unit_test(test_gradcheck_on_device),
       cmocka_unit_test(test_group_norm_hard),
       cmocka_unit_test(test_group_norm_reproducible),
+      cmocka_unit_test(test_group_norm_relu_nan),
       cmocka_unit_test(test_transfer_gradients),
       cmocka_unit_test(test_anomaly_on_device),
   };

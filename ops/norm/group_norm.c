@@ -256,33 +256,31 @@ static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
 static int gn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
                            gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
   return tg__gn_cuda_forward(x->dtype, tg__data(x), data_or_null(w), data_or_null(b), d.N,
-                             d.C, d.G, d.HW, eps, tg__data(y), data_or_null(stats),
-                             x->device.index);
+                             d.C, d.G, d.HW, eps, d.relu, tg__data(y),
+                             data_or_null(stats), x->device.index);
 }
 
 static int gn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                             const tg_tensor *b, const tg_tensor *stats, gn_dims d,
                             tg_tensor *grads[3]) {
-  (void)b; /* only the fused ReLU needs it, and it has no CUDA kernel yet */
   return tg__gn_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
-                              tg__data(stats), d.N, d.C, d.G, d.HW,
-                              data_or_null(grads[0]), data_or_null(grads[1]),
+                              data_or_null(b), tg__data(stats), d.N, d.C, d.G, d.HW,
+                              d.relu, data_or_null(grads[0]), data_or_null(grads[1]),
                               data_or_null(grads[2]), x->device.index);
 }
 
 static const gn_kernels tg__gn_cuda = {gn_forward_cuda, gn_backward_cuda};
 #endif
 
-/* The fused ReLU has a CPU kernel only (issue #13 adds the CUDA one). */
-static const gn_kernels *pick(const char *op, const tg_tensor *x, bool relu) {
-  return tg__pick(op, x, &tg__gn_cpu, relu ? NULL : TG_IF_CUDA(&tg__gn_cuda));
+static const gn_kernels *pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &tg__gn_cpu, TG_IF_CUDA(&tg__gn_cuda));
 }
 
 static int gn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0], *w = node->inputs[1], *b = node->inputs[2];
   gn_dims d = *(const gn_dims *)node->ctx;
   tg_tensor *grads[3];
-  const gn_kernels *k = pick(node->op, x, d.relu);
+  const gn_kernels *k = pick(node->op, x);
   if (!k || norm_new_grads(node, grads) < 0 ||
       k->backward(g, x, w, b, node->saved[0], d, grads) < 0)
     return -1;
@@ -297,7 +295,7 @@ static tg_tensor *group_norm(const char *op, const tg_tensor *x, int64_t num_gro
     return NULL;
   gn_dims d;
   const gn_kernels *k;
-  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0 || !(k = pick(op, x, relu)))
+  if (gn_check(x, num_groups, weight, bias, eps, &d) < 0 || !(k = pick(op, x)))
     return NULL;
   d.relu = relu;
   const tg_tensor *in[3] = {x, weight, bias};

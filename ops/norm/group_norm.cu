@@ -26,7 +26,12 @@
  *  dweight and dbias are reduced over N from the per-(n, c) sums by one thread per
  *  channel in order: no atomics, bitwise reproducible.
  * Loads and stores are 16-byte vectors when HW is a multiple of the vector width (so
- * a vector never straddles two channels), scalars otherwise. */
+ * a vector never straddles two channels), scalars otherwise.
+ *
+ * Fused ReLU (tg_group_norm_relu; template parameter R of the same kernels): forward
+ * writes act(y); backward masks dy by the ReLU (act_grad) wherever it reads dy, the
+ * output recomputed from x, the statistics, w and b as the CPU's (norm_tmpl.h), so
+ * nothing but the statistics is saved. */
 #include "runtime/cuda_common.cuh"
 
 #include "ops/norm/group_norm.h"
@@ -138,8 +143,20 @@ __device__ inline void coefs(const group_stats &st, const T *w, const T *b, int6
   *s = (T)sd;
 }
 
-/* y[begin, end) of the group from xs (global memory or the shared copy). */
-template <typename T, int V>
+/* v, or with R max(v, 0) with NaN kept (as torch.relu and norm_tmpl.h's act). */
+template <bool R, typename T> __device__ inline T act(T v) {
+  return R && v < 0 ? (T)0 : v;
+}
+
+/* dy, or with R the gradient through the ReLU that followed y = (x - p) * a + s: 0
+ * where y <= 0, else dy (NaN y passes dy, as torch's threshold_backward). apply's
+ * expression, so the mask is the forward's exactly. */
+template <bool R, typename T> __device__ inline T act_grad(T dy, T x, T p, T a, T s) {
+  return R && (x - p) * a + s <= 0 ? (T)0 : dy;
+}
+
+/* act(y)[begin, end) of the group from xs (global memory or the shared copy). */
+template <typename T, int V, bool R>
 __device__ inline void apply(const T *xs, T *yg, int64_t begin, int64_t end, int64_t HW,
                              int64_t c0, const group_stats &st, const T *w, const T *b) {
   typedef typename tg_vec<T>::type vec;
@@ -152,14 +169,14 @@ __device__ inline void apply(const T *xs, T *yg, int64_t begin, int64_t end, int
       T *e = (T *)&v;
 #pragma unroll
       for (int k = 0; k < V; k++)
-        e[k] = (e[k] - p) * a + s;
+        e[k] = act<R>((e[k] - p) * a + s);
       ((vec *)yg)[i] = v;
     }
   } else {
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       T a, s;
       coefs(st, w, b, c0 + i / HW, &a, &s);
-      yg[i] = (xs[i] - p) * a + s;
+      yg[i] = act<R>((xs[i] - p) * a + s);
     }
   }
 }
@@ -174,7 +191,7 @@ __device__ inline void store_stats(double *stats, int64_t g, const group_stats &
 
 /* --------------------------------------------------------------- forward -- */
 
-template <typename T, int V>
+template <typename T, int V, bool R>
 __global__ void gn_fwd_fused(const T *x, const T *w, const T *b, int64_t G, int64_t D,
                              int64_t HW, double eps, T *y, double *stats) {
   TG_DYNAMIC_SHARED(double, smem);
@@ -191,7 +208,7 @@ __global__ void gn_fwd_fused(const T *x, const T *w, const T *b, int64_t G, int6
   if (threadIdx.x == 0)
     store_stats(stats, g, st);
   /* block_moments synchronised the block: xs is complete. */
-  apply<T, V>(xs, y + g * len, 0, len, HW, (g % G) * D, st, w, b);
+  apply<T, V, R>(xs, y + g * len, 0, len, HW, (g % G) * D, st, w, b);
 }
 
 template <typename T, int V>
@@ -207,7 +224,7 @@ __global__ void gn_fwd_partial(const T *x, int64_t len, int64_t chunk, int S,
     part[blockIdx.x] = m;
 }
 
-template <typename T, int V>
+template <typename T, int V, bool R>
 __global__ void gn_fwd_apply(const T *x, const T *w, const T *b, int64_t G, int64_t D,
                              int64_t HW, int64_t chunk, int S, const moments *part,
                              double eps, T *y, double *stats) {
@@ -224,19 +241,23 @@ __global__ void gn_fwd_apply(const T *x, const T *w, const T *b, int64_t G, int6
   __syncthreads();
   const group_stats st = st_s;
   const int64_t begin = s * chunk, end = begin + chunk < len ? begin + chunk : len;
-  apply<T, V>(x + g * len, y + g * len, begin, end, HW, (g % G) * D, st, w, b);
+  apply<T, V, R>(x + g * len, y + g * len, begin, end, HW, (g % G) * D, st, w, b);
 }
 
 /* -------------------------------------------------------------- backward -- */
 
-/* sum(dy) and sum(dy * (x - p)) over [begin, end) of one channel, then the deviation
- * sum re-centred on the mean: ds = sum(dy * (x - p)) - db * dmean. */
-template <typename T, int V>
+/* sum(dy) and sum(dy * (x - p)) over [begin, end) of channel c, then the deviation
+ * sum re-centred on the mean: ds = sum(dy * (x - p)) - db * dmean; dy masked by the
+ * ReLU with R. */
+template <typename T, int V, bool R>
 __device__ inline void channel_sums(const T *dy, const T *x, int64_t begin, int64_t end,
-                                    const group_stats &st, double *scratch, double *db,
-                                    double *ds) {
+                                    const group_stats &st, const T *w, const T *b,
+                                    int64_t c, double *scratch, double *db, double *ds) {
   typedef typename tg_vec<T>::type vec;
   const T p = (T)st.pivot;
+  T a = 0, s = 0;
+  if (R)
+    coefs(st, w, b, c, &a, &s);
   T a1 = 0, a2 = 0;
   if (V > 1) {
     for (int64_t i = begin / V + threadIdx.x; i < end / V; i += blockDim.x) {
@@ -244,14 +265,16 @@ __device__ inline void channel_sums(const T *dy, const T *x, int64_t begin, int6
       const T *ge = (const T *)&gv, *xe = (const T *)&xv;
 #pragma unroll
       for (int k = 0; k < V; k++) {
-        a1 += ge[k];
-        a2 += ge[k] * (xe[k] - p);
+        const T gk = act_grad<R>(ge[k], xe[k], p, a, s);
+        a1 += gk;
+        a2 += gk * (xe[k] - p);
       }
     }
   } else {
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      a1 += dy[i];
-      a2 += dy[i] * (x[i] - p);
+      const T gi = act_grad<R>(dy[i], x[i], p, a, s);
+      a1 += gi;
+      a2 += gi * (x[i] - p);
     }
   }
   *db = tg_block_sum((double)a1, scratch);
@@ -263,28 +286,38 @@ __device__ inline group_stats load_stats(const double *stats, int64_t g) {
   return {stats[3 * g], stats[3 * g + 1], stats[3 * g + 2]};
 }
 
-/* dx over [begin, end) of a group, from its coefficients. */
-template <typename T, int V>
+/* dx over [begin, end) of a group, from its coefficients; dy masked by the ReLU with
+ * R (channel_sums' mask). */
+template <typename T, int V, bool R>
 __device__ inline void dx_range(const T *dy, const T *x, T *dx, int64_t begin,
-                                int64_t end, int64_t HW, int64_t c0, const T *w, T p, T m,
-                                T r, T c2, T c3) {
+                                int64_t end, int64_t HW, int64_t c0, const T *w,
+                                const T *b, const group_stats &st, T m, T c2, T c3) {
   typedef typename tg_vec<T>::type vec;
+  const T p = (T)st.pivot, r = (T)st.rstd;
+  T a = 0, s = 0;
   if (V > 1) {
     for (int64_t i = begin / V + threadIdx.x; i < end / V; i += blockDim.x) {
-      const T gamma = w ? w[c0 + i * V / HW] : (T)1;
+      const int64_t c = c0 + i * V / HW;
+      const T gamma = w ? w[c] : (T)1;
+      if (R)
+        coefs(st, w, b, c, &a, &s);
       const vec gv = ((const vec *)dy)[i], xv = ((const vec *)x)[i];
       const T *ge = (const T *)&gv, *xe = (const T *)&xv;
       vec out;
       T *o = (T *)&out;
 #pragma unroll
       for (int k = 0; k < V; k++)
-        o[k] = (gamma * ge[k] - m) * r + c2 * (xe[k] - p) + c3;
+        o[k] =
+            (gamma * act_grad<R>(ge[k], xe[k], p, a, s) - m) * r + c2 * (xe[k] - p) + c3;
       ((vec *)dx)[i] = out;
     }
   } else {
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      const T gamma = w ? w[c0 + i / HW] : (T)1;
-      dx[i] = (gamma * dy[i] - m) * r + c2 * (x[i] - p) + c3;
+      const int64_t c = c0 + i / HW;
+      const T gamma = w ? w[c] : (T)1;
+      if (R)
+        coefs(st, w, b, c, &a, &s);
+      dx[i] = (gamma * act_grad<R>(dy[i], x[i], p, a, s) - m) * r + c2 * (x[i] - p) + c3;
     }
   }
 }
@@ -309,9 +342,10 @@ __device__ inline void group_coefs(const double *sums, const T *w, int64_t c0, i
 
 /* One block per group: x and dy in shared memory, read once. sums gets (db, ds) per
  * (n, c) for the parameter gradients. */
-template <typename T, int V>
-__global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const double *stats,
-                             int64_t G, int64_t D, int64_t HW, T *dx, double *sums) {
+template <typename T, int V, bool R>
+__global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const T *b,
+                             const double *stats, int64_t G, int64_t D, int64_t HW, T *dx,
+                             double *sums) {
   TG_DYNAMIC_SHARED(double, smem);
   __shared__ double scratch[32];
   __shared__ T coef[3];
@@ -325,7 +359,8 @@ __global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const double *
   double *sg = sums + 2 * g * D;
   for (int64_t k = 0; k < D; k++) {
     double db, ds;
-    channel_sums<T, V>(gs + k * HW, xs + k * HW, 0, HW, st, scratch, &db, &ds);
+    channel_sums<T, V, R>(gs + k * HW, xs + k * HW, 0, HW, st, w, b, c0 + k, scratch, &db,
+                          &ds);
     if (threadIdx.x == 0) {
       sg[2 * k] = db;
       sg[2 * k + 1] = ds;
@@ -337,19 +372,21 @@ __global__ void gn_bwd_fused(const T *dy, const T *x, const T *w, const double *
   if (threadIdx.x == 0)
     group_coefs<T>(sg, w, c0, D, st, len, &coef[0], &coef[1], &coef[2]);
   __syncthreads();
-  dx_range<T, V>(gs, xs, dx + g * len, 0, len, HW, c0, w, (T)st.pivot, coef[0],
-                 (T)st.rstd, coef[1], coef[2]);
+  dx_range<T, V, R>(gs, xs, dx + g * len, 0, len, HW, c0, w, b, st, coef[0], coef[1],
+                    coef[2]);
 }
 
 /* One block per (n, c): that channel's sums. */
-template <typename T, int V>
-__global__ void gn_bwd_sums(const T *dy, const T *x, const double *stats, int64_t D,
-                            int64_t HW, double *sums) {
+template <typename T, int V, bool R>
+__global__ void gn_bwd_sums(const T *dy, const T *x, const T *w, const T *b,
+                            const double *stats, int64_t C, int64_t D, int64_t HW,
+                            double *sums) {
   __shared__ double scratch[32];
   const int64_t nc = blockIdx.x, g = nc / D;
   const group_stats st = load_stats<T>(stats, g);
   double db, ds;
-  channel_sums<T, V>(dy + nc * HW, x + nc * HW, 0, HW, st, scratch, &db, &ds);
+  channel_sums<T, V, R>(dy + nc * HW, x + nc * HW, 0, HW, st, w, b, nc % C, scratch, &db,
+                        &ds);
   if (threadIdx.x == 0) {
     sums[2 * nc] = db;
     sums[2 * nc + 1] = ds;
@@ -357,9 +394,10 @@ __global__ void gn_bwd_sums(const T *dy, const T *x, const double *stats, int64_
 }
 
 /* One block per (n, c): dx of that channel from its group's sums. */
-template <typename T, int V>
-__global__ void gn_bwd_dx(const T *dy, const T *x, const T *w, const double *stats,
-                          const double *sums, int64_t G, int64_t D, int64_t HW, T *dx) {
+template <typename T, int V, bool R>
+__global__ void gn_bwd_dx(const T *dy, const T *x, const T *w, const T *b,
+                          const double *stats, const double *sums, int64_t G, int64_t D,
+                          int64_t HW, T *dx) {
   __shared__ T coef[3];
   const int64_t nc = blockIdx.x, g = nc / D, c0 = (g % G) * D, k = nc % D;
   const group_stats st = load_stats<T>(stats, g);
@@ -367,8 +405,8 @@ __global__ void gn_bwd_dx(const T *dy, const T *x, const T *w, const double *sta
     group_coefs<T>(sums + 2 * g * D, w, c0, D, st, D * HW, &coef[0], &coef[1], &coef[2]);
   __syncthreads();
   const int64_t off = g * D * HW + k * HW;
-  dx_range<T, V>(dy + off, x + off, dx + off, 0, HW, HW, c0 + k, w, (T)st.pivot, coef[0],
-                 (T)st.rstd, coef[1], coef[2]);
+  dx_range<T, V, R>(dy + off, x + off, dx + off, 0, HW, HW, c0 + k, w, b, st, coef[0],
+                    coef[1], coef[2]);
 }
 
 /* dweight_c = sum_n ds[n,c] * rstd[n,g(c)], dbias_c = sum_n db[n,c], n in order. */
@@ -410,17 +448,17 @@ template <typename K> int allow_smem(K kernel, size_t bytes) {
                                       (int)bytes));
 }
 
-template <typename T, int V>
+template <typename T, int V, bool R>
 int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
             int64_t HW, double eps, T *y, double *stats, int device, cudaStream_t st) {
   const int64_t groups = N * G, D = C / G, len = D * HW;
   const int sms = tg__cuda_sm_count(device);
   const size_t smem = (size_t)len * sizeof(T);
   if (groups >= sms && smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
-    if (allow_smem(gn_fwd_fused<T, V>, smem) < 0)
+    if (allow_smem(gn_fwd_fused<T, V, R>, smem) < 0)
       return -1;
-    TG_LAUNCH((gn_fwd_fused<T, V>), (unsigned)groups, threads_for(len / V, 512), smem, st,
-              x, w, b, G, D, HW, eps, y, stats);
+    TG_LAUNCH((gn_fwd_fused<T, V, R>), (unsigned)groups, threads_for(len / V, 512), smem,
+              st, x, w, b, G, D, HW, eps, y, stats);
     return TG_CUDA_LAUNCHED(gn_fwd_fused);
   }
   /* Enough blocks for two per multiprocessor, chunks of at least 2048 elements (and
@@ -442,17 +480,17 @@ int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
             (int)S, part);
   int rc = TG_CUDA_LAUNCHED(gn_fwd_partial);
   if (rc == 0) {
-    TG_LAUNCH((gn_fwd_apply<T, V>), (unsigned)(groups * S), threads, 0, st, x, w, b, G, D,
-              HW, chunk, (int)S, part, eps, y, stats);
+    TG_LAUNCH((gn_fwd_apply<T, V, R>), (unsigned)(groups * S), threads, 0, st, x, w, b, G,
+              D, HW, chunk, (int)S, part, eps, y, stats);
     rc = TG_CUDA_LAUNCHED(gn_fwd_apply);
   }
   tg__cuda_free(part, part_bytes, device); /* stream-ordered: reused after these */
   return rc;
 }
 
-template <typename T, int V>
-int backward(const T *dy, const T *x, const T *w, const double *stats, int64_t N,
-             int64_t C, int64_t G, int64_t HW, T *dx, T *dw, T *db, int device,
+template <typename T, int V, bool R>
+int backward(const T *dy, const T *x, const T *w, const T *b, const double *stats,
+             int64_t N, int64_t C, int64_t G, int64_t HW, T *dx, T *dw, T *db, int device,
              cudaStream_t st) {
   const int64_t groups = N * G, D = C / G, len = D * HW;
   const size_t sums_bytes = (size_t)(N * C * 2) * sizeof(double);
@@ -463,20 +501,20 @@ int backward(const T *dy, const T *x, const T *w, const double *stats, int64_t N
   int rc = 0;
   if (groups >= tg__cuda_sm_count(device) &&
       smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
-    rc = allow_smem(gn_bwd_fused<T, V>, smem);
+    rc = allow_smem(gn_bwd_fused<T, V, R>, smem);
     if (rc == 0) {
-      TG_LAUNCH((gn_bwd_fused<T, V>), (unsigned)groups, threads_for(len / V, 512), smem,
-                st, dy, x, w, stats, G, D, HW, dx, sums);
+      TG_LAUNCH((gn_bwd_fused<T, V, R>), (unsigned)groups, threads_for(len / V, 512),
+                smem, st, dy, x, w, b, stats, G, D, HW, dx, sums);
       rc = TG_CUDA_LAUNCHED(gn_bwd_fused);
     }
   } else {
     const int threads = threads_for(HW / V, 256);
-    TG_LAUNCH((gn_bwd_sums<T, V>), (unsigned)(N * C), threads, 0, st, dy, x, stats, D, HW,
-              sums);
+    TG_LAUNCH((gn_bwd_sums<T, V, R>), (unsigned)(N * C), threads, 0, st, dy, x, w, b,
+              stats, C, D, HW, sums);
     rc = TG_CUDA_LAUNCHED(gn_bwd_sums);
     if (rc == 0 && dx) {
-      TG_LAUNCH((gn_bwd_dx<T, V>), (unsigned)(N * C), threads, 0, st, dy, x, w, stats,
-                sums, G, D, HW, dx);
+      TG_LAUNCH((gn_bwd_dx<T, V, R>), (unsigned)(N * C), threads, 0, st, dy, x, w, b,
+                stats, sums, G, D, HW, dx);
       rc = TG_CUDA_LAUNCHED(gn_bwd_dx);
     }
   }
@@ -493,47 +531,53 @@ int backward(const T *dy, const T *x, const T *w, const double *stats, int64_t N
  * chunk and channel starts on a vector, device buffers being 256-byte aligned). */
 template <typename T> bool vectorisable(int64_t HW) { return HW % tg_vec<T>::n == 0; }
 
-template <typename T>
+template <typename T, bool R>
 int forward_t(const void *x, const void *w, const void *b, int64_t N, int64_t C,
               int64_t G, int64_t HW, double eps, void *y, double *stats, int device,
               cudaStream_t st) {
   const T *X = (const T *)x, *W = (const T *)w, *B = (const T *)b;
   if (vectorisable<T>(HW))
-    return forward<T, tg_vec<T>::n>(X, W, B, N, C, G, HW, eps, (T *)y, stats, device, st);
-  return forward<T, 1>(X, W, B, N, C, G, HW, eps, (T *)y, stats, device, st);
+    return forward<T, tg_vec<T>::n, R>(X, W, B, N, C, G, HW, eps, (T *)y, stats, device,
+                                       st);
+  return forward<T, 1, R>(X, W, B, N, C, G, HW, eps, (T *)y, stats, device, st);
 }
 
-template <typename T>
-int backward_t(const void *dy, const void *x, const void *w, const double *stats,
-               int64_t N, int64_t C, int64_t G, int64_t HW, void *dx, void *dw, void *db,
-               int device, cudaStream_t st) {
-  const T *DY = (const T *)dy, *X = (const T *)x, *W = (const T *)w;
+template <typename T, bool R>
+int backward_t(const void *dy, const void *x, const void *w, const void *b,
+               const double *stats, int64_t N, int64_t C, int64_t G, int64_t HW, void *dx,
+               void *dw, void *db, int device, cudaStream_t st) {
+  const T *DY = (const T *)dy, *X = (const T *)x, *W = (const T *)w, *B = (const T *)b;
   if (vectorisable<T>(HW))
-    return backward<T, tg_vec<T>::n>(DY, X, W, stats, N, C, G, HW, (T *)dx, (T *)dw,
-                                     (T *)db, device, st);
-  return backward<T, 1>(DY, X, W, stats, N, C, G, HW, (T *)dx, (T *)dw, (T *)db, device,
-                        st);
+    return backward<T, tg_vec<T>::n, R>(DY, X, W, B, stats, N, C, G, HW, (T *)dx, (T *)dw,
+                                        (T *)db, device, st);
+  return backward<T, 1, R>(DY, X, W, B, stats, N, C, G, HW, (T *)dx, (T *)dw, (T *)db,
+                           device, st);
 }
 
 } // namespace
 
 extern "C" int tg__gn_cuda_forward(int dtype, const void *x, const void *w, const void *b,
                                    int64_t N, int64_t C, int64_t G, int64_t HW,
-                                   double eps, void *y, double *stats, int device) {
+                                   double eps, bool relu, void *y, double *stats,
+                                   int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
   if (N * G == 0)
     return 0;
   if (dtype == TG_F32)
-    return forward_t<float>(x, w, b, N, C, G, HW, eps, y, stats, device, st);
-  return forward_t<double>(x, w, b, N, C, G, HW, eps, y, stats, device, st);
+    return (relu ? forward_t<float, true> : forward_t<float, false>)(x, w, b, N, C, G, HW,
+                                                                     eps, y, stats,
+                                                                     device, st);
+  return (relu ? forward_t<double, true> : forward_t<double, false>)(x, w, b, N, C, G, HW,
+                                                                     eps, y, stats,
+                                                                     device, st);
 }
 
 extern "C" int tg__gn_cuda_backward(int dtype, const void *dy, const void *x,
-                                    const void *w, const double *stats, int64_t N,
-                                    int64_t C, int64_t G, int64_t HW, void *dx, void *dw,
-                                    void *db, int device) {
+                                    const void *w, const void *b, const double *stats,
+                                    int64_t N, int64_t C, int64_t G, int64_t HW,
+                                    bool relu, void *dx, void *dw, void *db, int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
@@ -546,6 +590,10 @@ extern "C" int tg__gn_cuda_backward(int dtype, const void *dy, const void *x,
     return 0;
   }
   if (dtype == TG_F32)
-    return backward_t<float>(dy, x, w, stats, N, C, G, HW, dx, dw, db, device, st);
-  return backward_t<double>(dy, x, w, stats, N, C, G, HW, dx, dw, db, device, st);
+    return (relu ? backward_t<float, true>
+                 : backward_t<float, false>)(dy, x, w, b, stats, N, C, G, HW, dx, dw, db,
+                                             device, st);
+  return (relu ? backward_t<double, true>
+               : backward_t<double, false>)(dy, x, w, b, stats, N, C, G, HW, dx, dw, db,
+                                            device, st);
 }

@@ -5,6 +5,7 @@
 
 #include "runtime/cuda.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -34,14 +35,17 @@ static inline TG_HOST_DEVICE void tg__gn_dx_coefs(double dbg, double dsg, double
 
 /* CUDA launchers (group_norm.cu) on device `device`'s stream; dtype a tg_dtype
  * (float32 or float64). x is [N, C, HW] with C = G * D; w and b (C, may be NULL);
- * stats [N, G, 3] float64 (pivot, dmean, rstd), may be NULL in forward. In backward dx,
- * dw and db may each be NULL. Return 0 or -1 with the error. */
+ * stats [N, G, 3] float64 (pivot, dmean, rstd), may be NULL in forward. relu: the
+ * fused ReLU (forward writes max(y, 0), backward masks dy where y <= 0, y recomputed
+ * from x, stats, w and b). In backward dx, dw and db may each be NULL. Return 0 or -1
+ * with the error. */
 int tg__gn_cuda_forward(int dtype, const void *x, const void *w, const void *b, int64_t N,
-                        int64_t C, int64_t G, int64_t HW, double eps, void *y,
+                        int64_t C, int64_t G, int64_t HW, double eps, bool relu, void *y,
                         double *stats, int device);
 int tg__gn_cuda_backward(int dtype, const void *dy, const void *x, const void *w,
-                         const double *stats, int64_t N, int64_t C, int64_t G, int64_t HW,
-                         void *dx, void *dw, void *db, int device);
+                         const void *b, const double *stats, int64_t N, int64_t C,
+                         int64_t G, int64_t HW, bool relu, void *dx, void *dw, void *db,
+                         int device);
 
 #ifdef __cplusplus
 }
