@@ -4,7 +4,7 @@
  * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp): weighted nll is a
  * node of its own with a kernel per device (loss.cu on cuda), the rest compose
  * tapegrad's differentiable ops; the plain cases, and cross-entropy over class indices
- * on the CPU, go to loss.c's kernels. */
+ * (weights, smoothing) on every device, go to loss.c's kernels. */
 #include "graph/internal.h"
 #include "ops/loss/loss.h"
 #include "ops/loss/loss_cuda.h"
@@ -87,7 +87,7 @@ static class_dims dims_of(const tg_tensor *x) {
 
 /* keep [n, d...] of x's dtype: 1 where the target is not ignore_index, else 0; *wsum =
  * the sum of the weights (1 without weights) of those targets, the divisor of a mean.
- * Written on x's device. Targets are checked by tg_nll_loss first. */
+ * Written on x's device. Targets are checked by tg_nll_loss_ex first. */
 static tg_tensor *target_keep(const tg_tensor *x, const tg_tensor *target,
                               const tg_tensor *w, int64_t ignore, double *wsum) {
   tg_tensor *keep = tg__new(target->shape, target->ndim, x->dtype, x->device);
