@@ -203,6 +203,10 @@ static const class_ex_ctx cx_mean = {TG_REDUCTION_MEAN, 1, 0},
                           cx_none = {TG_REDUCTION_NONE, 2, 0},
                           cx_smooth = {TG_REDUCTION_MEAN, 1, 0.2},
                           cx_smooth_none = {TG_REDUCTION_NONE, 0, 0.1};
+/* label smoothing with a mean or a sum; weights alone, reduction none */
+static const class_ex_ctx cx_lsm = {TG_REDUCTION_MEAN, 0, 0.25},
+                          cx_lss = {TG_REDUCTION_SUM, 2, 0.3},
+                          cx_wn = {TG_REDUCTION_NONE, 0, 0};
 static const bce_ex_ctx bce_m = {TG_REDUCTION_MEAN, false},
                         bce_n = {TG_REDUCTION_NONE, false},
                         bce_ps = {TG_REDUCTION_SUM, true};
@@ -380,6 +384,18 @@ static const cuda_case cases[] = {
     {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(6, 4), SH(6)}, F32, 1e-12, "fi"},
     {"ce_ex", ce_x_fn, &cx_sum, {SH(2, 3, 0), SH(2, 0), SH(3)}, F32, 1e-12, "fiw"},
     {"ce_ex", ce_x_fn, &cx_sum, {SH(0, 3), SH(0), SH(3)}, F64, 1e-24, "fiw"},
+    /* loss.cu's fused kernels with weights and smoothing: every reduction, [N, C] and
+     * [N, C, H, W] with a class ignored, an empty [N, C, 0] */
+    {"ce_ex", ce_x_fn, &cx_mean, {SH(7, 3), SH(7), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_wn, {SH(2, 3, 3, 2), SH(2, 3, 2), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_lsm, {SH(2, 3, 4, 5), SH(2, 4, 5), SH(3)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_lss, {SH(2, 3, 2, 3), SH(2, 2, 3), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_lsm, {SH(2, 3, 3, 2), SH(2, 3, 2), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(2, 3, 2, 2), SH(2, 2, 2)}, F64, 1e-24, "fi"},
+    {"ce_ex", ce_x_fn, &cx_lss, {SH(9, 3), SH(9)}, F32, 1e-12, "fi"},
+    {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(5, 3), SH(5), SH(3)}, F32, 1e-12, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_lss, {SH(2, 3, 0), SH(2, 0), SH(3)}, F64, 1e-24, "fiw"},
+    {"ce_ex", ce_x_fn, &cx_smooth_none, {SH(2, 3, 0), SH(2, 0)}, F32, 1e-12, "fi"},
     /* probability targets */
     {"ce_ex", ce_x_fn, &cx_smooth, {SH(3, 4, 2), SH(3, 4, 2), SH(4)}, F64, 1e-24, "fuw"},
     {"ce_ex", ce_x_fn, &cx_none, {SH(5, 3), SH(5, 3)}, F32, 1e-12, "fu"},

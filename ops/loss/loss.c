@@ -157,6 +157,15 @@ static int class_plan(const char *op, const char *in_name, const tg_tensor *in,
   return 0;
 }
 
+int64_t tg__class_targets(const char *op, const char *in_name, const tg_tensor *input,
+                          const tg_tensor *target, tg_reduction reduction,
+                          int64_t ignore_index) {
+  class_ctx c;
+  if (class_plan(op, in_name, input, target, reduction, ignore_index, &c) < 0)
+    return -1;
+  return count_targets(op, target, c.s.r, ignore_index);
+}
+
 /* ------------------------------------------------------ cross-entropy -- */
 
 /* Cross-entropy over class indices, PyTorch's cross_entropy(x, t, weight=w,
@@ -369,11 +378,13 @@ static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor *
   if (!dx)
     return -1;
   gi[0] = dx;
-  if (tg__on_cuda(x)) /* plain cross-entropy only (tg__cross_entropy) */
-    return tg__loss_cuda_ce_backward(
-        x->dtype, tg__data(x), tg__data(target), tg__data(node->saved[0]), tg__data(g),
-        c->reduction == TG_REDUCTION_NONE, c->scale, c->s.outer, c->s.r, c->s.inner,
-        c->ignore_index, tg__data(dx), x->device.index);
+  if (tg__on_cuda(x)) /* saved: the statistics, then the weights when weighted */
+    return tg__loss_cuda_ce_backward(x->dtype, tg__data(x), tg__data(target),
+                                     c->weighted ? tg__data(node->saved[1]) : NULL,
+                                     c->smoothing, c->wsum, tg__data(node->saved[0]),
+                                     tg__data(g), c->reduction == TG_REDUCTION_NONE,
+                                     c->scale, c->s.outer, c->s.r, c->s.inner,
+                                     c->ignore_index, tg__data(dx), x->device.index);
   ce_backward_cpu(c, x, target, g, dx);
   return 0;
 }
@@ -391,21 +402,24 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
                      (long long)C),
            NULL;
   const bool on_cuda = tg__on_cuda(input);
-  if (on_cuda && (weight || smoothing > 0))
-    return tg__unsupported_device(op, input), NULL;
   const size_t ctx_bytes = sizeof(ce_ctx) + (weight ? (size_t)C * sizeof(double) : 0);
   ce_ctx *c = calloc(1, ctx_bytes);
   tg_tensor *out = c ? new_loss(reduction, target, input->dtype) : NULL;
-  tg_tensor *stats = NULL; /* CUDA's backward reads max and log-sum-exp */
+  tg_tensor *stats = NULL; /* CUDA's: max and log-sum-exp per position */
   if (!out)
     goto fail;
   *c = (ce_ctx){plan.s, reduction, ignore_index, 0, smoothing, (double)C, weight != NULL};
   if (c->s.inner > 1)
     c->s.lanes = ce_lanes(C);
-  if (weight) {
+  if (weight) { /* the CPU kernels' copy in double; CUDA's read the tensor, W only */
+    tg_tensor *hw = on_cuda ? tg_tensor_to(weight, TG_CPU) : (tg_tensor *)weight;
+    if (!hw)
+      goto fail;
     c->wsum = 0;
     for (int64_t k = 0; k < C; k++)
-      c->wsum += c->w[k] = tg__get(weight, k);
+      c->wsum += c->w[k] = tg__get(hw, k);
+    if (hw != weight)
+      tg_tensor_free(hw);
   }
   tg_tensor *none_out = reduction == TG_REDUCTION_NONE ? out : NULL;
   double total = 0, wsum = 0;
@@ -414,14 +428,16 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
       goto fail;
   } else {
     int64_t stats_shape[2] = {2, c->s.outer * c->s.inner};
-    int64_t count = count_targets(op, target, C, ignore_index);
+    const int64_t count = count_targets(op, target, C, ignore_index);
     if (count < 0 || !(stats = tg__new(stats_shape, 2, input->dtype, input->device)) ||
         tg__loss_cuda_ce_forward(input->dtype, tg__data(input), tg__data(target),
+                                 weight ? tg__data(weight) : NULL, smoothing, c->wsum,
                                  c->s.outer, C, c->s.inner, ignore_index, tg__data(stats),
                                  none_out ? tg__data(none_out) : NULL, &total,
-                                 input->device.index) < 0)
+                                 weight ? &wsum : NULL, input->device.index) < 0)
       goto fail;
-    wsum = (double)count;
+    if (!weight)
+      wsum = (double)count;
   }
   c->scale = finish_reduction(reduction, out, total, wsum);
   const tg_tensor *in[2] = {input, target};
@@ -434,8 +450,10 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
       goto fail;
     }
     memcpy(ctx, c, ctx_bytes);
-    if (stats)
+    if (stats) /* CUDA's backward reads these */
       tg__save(node, stats);
+    if (stats && weight)
+      tg__save(node, weight);
   }
   tg_tensor_free(stats);
   free(c);

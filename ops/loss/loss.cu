@@ -142,41 +142,63 @@ int sum_to_host(const double *v, int64_t n, cudaStream_t st, int device, double 
   return rc;
 }
 
+/* Cross-entropy with class weights w (NULL: all 1, W their sum) and label smoothing s,
+ * loss.c's formula: loss = (1 - s) w_t (lse - x_t) + s/C sum_c w_c (lse - x_c), 0
+ * where ignored; wp (may be NULL) gets w_t, 0 where ignored. */
 template <typename T>
-__global__ void ce_forward_kernel(const T *x, const int64_t *t, int64_t outer, int64_t C,
-                                  int64_t inner, int64_t ignore, T *M, T *LS, T *L,
-                                  double *lp) {
+__global__ void ce_forward_kernel(const T *x, const int64_t *t, const T *w, double s,
+                                  double W, int64_t outer, int64_t C, int64_t inner,
+                                  int64_t ignore, T *M, T *LS, T *L, double *lp,
+                                  double *wp) {
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const T *xp = x + pos / inner * C * inner + pos % inner;
     T m = -INFINITY;
     for (int64_t c = 0; c < C; c++)
       m = xp[c * inner] > m ? xp[c * inner] : m;
-    double sum = 0;
-    for (int64_t c = 0; c < C; c++)
-      sum += (T)exp(xp[c * inner] - m);
+    double sum = 0, wd = 0; /* wd = sum_c w_c (x_c - m), smoothing's */
+    for (int64_t c = 0; c < C; c++) {
+      const T d = xp[c * inner] - m;
+      sum += (T)exp(d);
+      if (s > 0)
+        wd += (w ? (double)w[c] : 1.0) * (double)d;
+    }
     const int64_t k = t[pos];
     const double log_sum = log(sum);
     M[pos] = m;
     LS[pos] = (T)log_sum;
-    const double l = k == ignore ? 0 : ((double)m - (double)xp[k * inner]) + log_sum;
+    const double wt = k == ignore ? 0 : w ? (double)w[k] : 1;
+    double l = 0;
+    if (k != ignore) {
+      l = (1 - s) * wt * (((double)m - (double)xp[k * inner]) + log_sum);
+      if (s > 0)
+        l += s / (double)C * (W * log_sum - wd);
+    }
     if (L)
       L[pos] = (T)l;
     lp[pos] = l;
+    if (wp)
+      wp[pos] = wt;
   }
 }
 
+/* dx = g scale [p ((1 - s) w_t + s/C W) - (1 - s) w_t [c == t] - s/C w_c], p the
+ * softmax from the forward's max and log-sum-exp. */
 template <typename T>
-__global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *M, const T *LS,
-                                   const T *g, bool per_elem, double scale, int64_t outer,
-                                   int64_t C, int64_t inner, int64_t ignore, T *dx) {
+__global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *w, double s,
+                                   double W, const T *M, const T *LS, const T *g,
+                                   bool per_elem, double scale, int64_t outer, int64_t C,
+                                   int64_t inner, int64_t ignore, T *dx) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < outer * C * inner;
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t o = i / (C * inner), c = i / inner % C, pos = o * inner + i % inner;
     const int64_t k = t[pos];
-    const T gs = k == ignore ? (T)0 : (T)((double)g[per_elem ? pos : 0] * scale);
+    const double gs = k == ignore ? 0 : (double)g[per_elem ? pos : 0] * scale;
+    const double wt = k == ignore ? 0 : w ? (double)w[k] : 1, sc = s / (double)C;
+    const T a = (T)(gs * ((1 - s) * wt + sc * W)), b = (T)(gs * (1 - s) * wt);
+    const T u = (T)(gs * sc * (w ? (double)w[c] : 1.0));
     const T p = exp((x[i] - M[pos]) - LS[pos]);
-    dx[i] = (p - (T)(c == k)) * gs;
+    dx[i] = p * a - u - (c == k ? b : (T)0);
   }
 }
 
@@ -321,22 +343,30 @@ static int sum_positions(int64_t n, int parts, int device, double *totals, F &&l
 }
 
 extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t,
+                                        const void *w, double smoothing, double W,
                                         int64_t outer, int64_t C, int64_t inner,
                                         int64_t ignore, void *stats, void *L,
-                                        double *total, int device) {
+                                        double *total, double *wsum, int device) {
   const int64_t npos = outer * inner;
-  return sum_positions(
-      npos, 1, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
-        tg_float_dispatch(dtype, [&](auto z) {
-          using T = decltype(z);
-          TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, outer, C,
-                    inner, ignore, (T *)stats, (T *)stats + npos, (T *)L, lp);
-        });
-        return TG_CUDA_LAUNCHED(ce_forward_kernel);
-      });
+  auto launch = [&](cudaStream_t st, double *lp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
+                smoothing, W, outer, C, inner, ignore, (T *)stats, (T *)stats + npos,
+                (T *)L, lp, wsum ? lp + npos : (double *)NULL);
+    });
+    return TG_CUDA_LAUNCHED(ce_forward_kernel);
+  };
+  double totals[2];
+  const int rc = sum_positions(npos, wsum ? 2 : 1, device, totals, launch);
+  *total = totals[0];
+  if (wsum)
+    *wsum = totals[1];
+  return rc;
 }
 
 extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
+                                         const void *w, double smoothing, double W,
                                          const void *stats, const void *gr, bool per_elem,
                                          double scale, int64_t outer, int64_t C,
                                          int64_t inner, int64_t ignore, void *dx,
@@ -350,9 +380,9 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
   const unsigned g = tg__cuda_blocks(n, TG_THREADS);
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
-    TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t,
-              (const T *)stats, (const T *)stats + npos, (const T *)gr, per_elem, scale,
-              outer, C, inner, ignore, (T *)dx);
+    TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
+              smoothing, W, (const T *)stats, (const T *)stats + npos, (const T *)gr,
+              per_elem, scale, outer, C, inner, ignore, (T *)dx);
   });
   return TG_CUDA_LAUNCHED(ce_backward_kernel);
 }

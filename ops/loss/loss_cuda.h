@@ -23,16 +23,22 @@ int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y, const void
  * [0, C) and not ignore, -1 when none. Waits for the result. */
 int tg__loss_cuda_count_targets(const int64_t *t, int64_t n, int64_t C, int64_t ignore,
                                 int64_t *count, int64_t *bad, int device);
-/* Cross-entropy: stats [2, outer*inner] (max, log of the sum of exp) for backward;
- * per-position losses into L (may be NULL); *total = their sum (waits). */
-int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t, int64_t outer,
-                             int64_t C, int64_t inner, int64_t ignore, void *stats,
-                             void *L, double *total, int device);
-/* dx = (softmax - onehot) * g * scale, g per position when per_elem, else g[0]. */
-int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
-                              const void *stats, const void *g, bool per_elem,
-                              double scale, int64_t outer, int64_t C, int64_t inner,
-                              int64_t ignore, void *dx, int device);
+/* Cross-entropy with class weights w [C] (NULL: all 1; W = their sum, C without) and
+ * label smoothing in [0, 1], loss.c's formula: stats [2, outer*inner] (max, log of the
+ * sum of exp) for backward; per-position losses into L (may be NULL); *total = their
+ * sum, *wsum (may be NULL) = that of the weights of the targets not ignored (waits).
+ * Targets must be valid. */
+int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t, const void *w,
+                             double smoothing, double W, int64_t outer, int64_t C,
+                             int64_t inner, int64_t ignore, void *stats, void *L,
+                             double *total, double *wsum, int device);
+/* dx = g scale [softmax ((1 - s) w_t + s/C W) - (1 - s) w_t onehot - s/C w], g per
+ * position when per_elem, else g[0]. */
+int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t, const void *w,
+                              double smoothing, double W, const void *stats,
+                              const void *g, bool per_elem, double scale, int64_t outer,
+                              int64_t C, int64_t inner, int64_t ignore, void *dx,
+                              int device);
 /* NLL: loss = -x[target]; backward writes -g * scale there (dx zeroed before). */
 int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t, int64_t outer,
                               int64_t C, int64_t inner, int64_t ignore, void *L,

@@ -4,7 +4,7 @@
  * PyTorch's own formula (aten/src/ATen/native/LossNLL.cpp, Loss.cpp): weighted nll is a
  * node of its own with a kernel per device (loss.cu on cuda), the rest compose
  * tapegrad's differentiable ops; the plain cases, and cross-entropy over class indices
- * on the CPU, go to loss.c's kernels. */
+ * (weights, smoothing) on every device, go to loss.c's kernels. */
 #include "graph/internal.h"
 #include "ops/loss/loss.h"
 #include "ops/loss/loss_cuda.h"
@@ -87,7 +87,7 @@ static class_dims dims_of(const tg_tensor *x) {
 
 /* keep [n, d...] of x's dtype: 1 where the target is not ignore_index, else 0; *wsum =
  * the sum of the weights (1 without weights) of those targets, the divisor of a mean.
- * Written on x's device. Targets are checked by tg_nll_loss first. */
+ * Written on x's device. Targets are checked by tg_nll_loss_ex first. */
 static tg_tensor *target_keep(const tg_tensor *x, const tg_tensor *target,
                               const tg_tensor *w, int64_t ignore, double *wsum) {
   tg_tensor *keep = tg__new(target->shape, target->ndim, x->dtype, x->device);
@@ -251,15 +251,11 @@ tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
     return tg__error("%s: argument 'options' is NULL", op), NULL;
   if (!o->weight)
     return tg_nll_loss(log_probs, target, o->reduction, o->ignore_index);
-  /* tg_nll_loss checks shapes, dtypes and targets (in no-grad mode, the cost of a
-   * gather) and the weight is checked here. */
-  tg_no_grad_begin();
-  tg_tensor *probe = tg_nll_loss(log_probs, target, TG_REDUCTION_SUM, o->ignore_index);
-  tg_no_grad_end();
-  if (!probe)
-    return NULL;
-  tg_tensor_free(probe);
-  if (check_weight(op, o->weight, log_probs) < 0)
+  /* loss.c's checks of shapes, dtypes and targets (their error messages, naming
+   * tg_nll_loss as the unweighted loss does), then the weight's */
+  if (tg__class_targets("tg_nll_loss", "log_probs", log_probs, target, o->reduction,
+                        o->ignore_index) < 0 ||
+      check_weight(op, o->weight, log_probs) < 0)
     return NULL;
   return nll_weighted(log_probs, target, o);
 }
@@ -356,10 +352,9 @@ tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
   if (o->reduction != TG_REDUCTION_NONE && o->reduction != TG_REDUCTION_MEAN &&
       o->reduction != TG_REDUCTION_SUM)
     return tg__error("%s: invalid reduction %d", op, (int)o->reduction), NULL;
-  /* Index targets on the CPU: loss.c's fused kernel, unless the weights want a
+  /* Index targets: loss.c's fused kernels (CPU and CUDA), unless the weights want a
    * gradient (the composition below gives them one; PyTorch has none). */
-  if (!probs && input->device.type == TG_DEVICE_CPU &&
-      !(o->weight && o->weight->requires_grad))
+  if (!probs && !(o->weight && o->weight->requires_grad))
     return tg__cross_entropy(op, input, target, o->reduction, o->ignore_index, o->weight,
                              o->label_smoothing);
   tg_tensor *logp = tg_log_softmax(input, class_dim(input));
