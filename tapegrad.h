@@ -343,7 +343,8 @@ typedef struct {
 } tg_nll_loss_options;
 tg_nll_loss_options tg_nll_loss_options_default(void); /* mean, -100, NULL */
 /* nll_loss(weight=): loss_i = -weight[t_i] * log_probs[i, t_i]; the mean divides by
- * the sum of the weights of the targets not ignored (NaN when that is 0). */
+ * the sum of the weights of the targets not ignored (NaN when that is 0). As PyTorch,
+ * the weight is not differentiated: one that requires grad is refused in grad mode. */
 tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
                           const tg_nll_loss_options *options);
 typedef struct {
@@ -357,7 +358,9 @@ tg_cross_entropy_options tg_cross_entropy_options_default(void); /* mean, -100, 
  * weighted mean divides by the sum of the targets' weights) or float class
  * probabilities of the input's shape (the mean divides by the number of positions
  * N * d1 * ..., and the target gets a gradient too); label_smoothing mixes in the
- * uniform distribution (1 - s) * target + s / C. */
+ * uniform distribution (1 - s) * target + s / C. With index targets a weight that
+ * requires grad is refused in grad mode (as PyTorch); probability targets
+ * differentiate it. */
 tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
                                const tg_cross_entropy_options *options);
 typedef struct {

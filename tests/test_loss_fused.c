@@ -1,7 +1,7 @@
 /* The fused cross-entropy kernel of ops/loss/loss.c with class weights, label
- * smoothing and ignore_index: against the composition of log_softmax and masked sums
- * that tg_cross_entropy_ex takes when the weights require grad (PyTorch's formulas,
- * replayed against PyTorch by test_opinfo), on shapes that cover the kernel's tiles
+ * smoothing and ignore_index: against PyTorch's formulas composed here of log_softmax,
+ * weighted nll and masked sums (the kernel is replayed against PyTorch itself by
+ * test_opinfo), on shapes that cover the kernel's tiles
  * (class dim last, [N, C, d] with several and partial tiles, many classes); float64
  * gradchecks; the same bits at every thread count; targets out of range; NaN and
  * huge logits. */
@@ -63,9 +63,41 @@ static const struct {
 };
 #define N_SHAPES (sizeof SHAPES / sizeof *SHAPES)
 
+/* PyTorch's label-smoothed cross-entropy over class indices, composed:
+ * (1 - s) nll + s / C * smooth, smooth_i = -sum_c w_c log_softmax(x)_ic where target i
+ * is kept (0 where ignored), a mean of both divided by the kept targets' weights. */
+static tg_tensor *composed(const tg_tensor *x, const ce_args *a, const tg_tensor *w) {
+  const int cd = tg_ndim(x) == 1 ? 0 : 1;
+  const int64_t C = tg_shape(x)[cd];
+  tg_tensor *logp = tg_log_softmax(x, cd);
+  tg_nll_loss_options no = {a->red, a->ignore, w};
+  tg_tensor *nll = tg_nll_loss_ex(logp, a->target, &no);
+  /* keep[i] = target i is kept; wsum = their weights' sum */
+  tg_tensor *keep64 = tg_zeros(tg_shape(a->target), tg_ndim(a->target), TG_F64, TG_CPU);
+  const int64_t *t = tg_data((tg_tensor *)a->target);
+  double *k = tg_data(keep64), wsum = 0;
+  for (int64_t i = 0; i < tg_numel(a->target); i++)
+    if (t[i] != a->ignore) {
+      k[i] = 1;
+      wsum += tg_item(tg_narrow(w, 0, t[i], 1));
+    }
+  tg_tensor *keep = tg_to_dtype(keep64, tg_dtype_of(x));
+  int64_t wshape[8];
+  for (int d = 0; d < tg_ndim(x); d++)
+    wshape[d] = d == cd ? C : 1;
+  tg_tensor *per =
+      tg_neg(tg_sum_dims(tg_mul(logp, tg_view(w, wshape, tg_ndim(x))), &cd, 1, false));
+  tg_tensor *l = tg_mul(per, keep);
+  if (a->red != TG_REDUCTION_NONE)
+    l = tg_sum(l);
+  if (a->red == TG_REDUCTION_MEAN)
+    l = tg_div_scalar(l, wsum);
+  return tg_add(tg_mul_scalar(nll, 1 - a->smoothing), tg_mul_scalar(l, a->smoothing / C));
+}
+
 /* Output and input gradient (for a random upstream gradient) of the fused loss and of
- * the composition, which tg_cross_entropy_ex takes for weights that require grad
- * (all-1 weights stand in for none: the same loss and the same mean). */
+ * the composition (all-1 weights stand in for none: the same loss and the same
+ * mean). */
 static void compare_one(const int64_t *shape, int nd, tg_dtype dtype, tg_reduction red,
                         bool weighted, double smoothing, int64_t ignore, int every) {
   tg_scope_begin();
@@ -73,22 +105,45 @@ static void compare_one(const int64_t *shape, int nd, tg_dtype dtype, tg_reducti
   const double tol = dtype == TG_F64 ? 1e-12 : 2e-5;
   tg_tensor *x = rand_leaf(shape, nd, dtype);
   tg_tensor *w = weighted ? weights(C, dtype, false) : NULL;
-  tg_tensor *wref = w ? tg_clone(w) : tg_ones(TG_SHAPE(C), dtype, TG_CPU);
-  assert_ok(tg_set_requires_grad(wref, true) == 0);
   ce_args a = {red, ignore, smoothing, w, targets(shape, nd, ignore, every)};
-  ce_args r = a;
-  r.weight = wref;
   tg_tensor *out = ce(&x, 1, &a);
   assert_ok(out);
   tg_tensor *gout = tg_randn(tg_shape(out), tg_ndim(out), dtype, TG_CPU);
   assert_ok(tg_backward_ex(out, gout, false) == 0);
   tg_tensor *gx = tg_clone(tg_grad(x));
   tg_zero_grad(x);
-  tg_tensor *ref = ce(&x, 1, &r);
+  tg_tensor *ref = composed(x, &a, w ? w : tg_ones(TG_SHAPE(C), dtype, TG_CPU));
   assert_ok(ref);
   assert_ok(tg_backward_ex(ref, gout, false) == 0);
   assert_close(out, ref, tol, tol);
   assert_close(gx, tg_grad(x), tol, tol);
+  assert_int_equal(tg_scope_end(), 0);
+}
+
+/* A weight that requires grad is refused for index targets while grad mode records,
+ * as PyTorch's nll_loss_forward; without grad mode, and for probability targets (a
+ * composition that differentiates it), it is taken. */
+static void test_weight_requiring_grad(void **state) {
+  (void)state;
+  tg_scope_begin();
+  const int64_t shape[2] = {5, 4};
+  tg_tensor *x = rand_leaf(shape, 2, TG_F64);
+  tg_tensor *w = weights(4, TG_F64, true);
+  tg_cross_entropy_options o = tg_cross_entropy_options_default();
+  o.weight = w;
+  tg_tensor *t = targets(shape, 2, -100, 0);
+  const char *why = "not differentiable with respect to argument 'weight'";
+  assert_error(!tg_cross_entropy_ex(x, t, &o), "tg_cross_entropy_ex", why);
+  o.label_smoothing = 0.2;
+  assert_error(!tg_cross_entropy_ex(x, t, &o), "tg_cross_entropy_ex", why);
+  tg_nll_loss_options no = {TG_REDUCTION_MEAN, -100, w};
+  assert_error(!tg_nll_loss_ex(tg_log_softmax(x, 1), t, &no), "tg_nll_loss_ex", why);
+  tg_no_grad_begin();
+  assert_ok(tg_cross_entropy_ex(x, t, &o) != NULL);
+  tg_no_grad_end();
+  tg_tensor *probs = tg_softmax(tg_randn(shape, 2, TG_F64, TG_CPU), 1);
+  tg_tensor *l = tg_cross_entropy_ex(x, probs, &o);
+  assert_ok(l && tg_backward(l) == 0 && tg_grad(w) != NULL);
   assert_int_equal(tg_scope_end(), 0);
 }
 
@@ -239,9 +294,13 @@ static void test_huge_logits(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_matches_composed),       cmocka_unit_test(test_gradcheck),
-      cmocka_unit_test(test_thread_count_invariant), cmocka_unit_test(test_bad_targets),
-      cmocka_unit_test(test_nan_and_inf_logits),     cmocka_unit_test(test_huge_logits),
+      cmocka_unit_test(test_matches_composed),
+      cmocka_unit_test(test_weight_requiring_grad),
+      cmocka_unit_test(test_gradcheck),
+      cmocka_unit_test(test_thread_count_invariant),
+      cmocka_unit_test(test_bad_targets),
+      cmocka_unit_test(test_nan_and_inf_logits),
+      cmocka_unit_test(test_huge_logits),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

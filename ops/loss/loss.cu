@@ -234,19 +234,6 @@ __global__ void nll_backward_kernel(const T *g, const int64_t *t, const T *w,
   }
 }
 
-/* loss_ex.c's kept targets: keep[pos] = target not ignored, wp[pos] = its weight
- * (1 without weights; 0 where ignored). Targets are valid (checked before). */
-template <typename T>
-__global__ void target_keep_kernel(const int64_t *t, const T *w, int64_t n,
-                                   int64_t ignore, T *keep, double *wp) {
-  for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < n;
-       pos += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t k = t[pos];
-    keep[pos] = (T)(k != ignore);
-    wp[pos] = k == ignore ? 0 : w ? (double)w[k] : 1;
-  }
-}
-
 template <typename T>
 __global__ void pointwise_forward_kernel(int kind, const T *x, const T *t, int64_t n,
                                          T *L, double *lp) {
@@ -445,20 +432,6 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
                                           void *dx, int device) {
   return tg__loss_cuda_nll_weighted_backward(dtype, gr, t, NULL, per_elem, scale, outer,
                                              C, inner, ignore, dx, device);
-}
-
-extern "C" int tg__loss_cuda_target_keep(int dtype, const int64_t *t, const void *w,
-                                         int64_t n, int64_t ignore, void *keep,
-                                         double *wsum, int device) {
-  auto launch = [&](cudaStream_t st, double *wp, unsigned g) {
-    tg_float_dispatch(dtype, [&](auto z) {
-      using T = decltype(z);
-      TG_LAUNCH(target_keep_kernel<T>, g, TG_THREADS, 0, st, t, (const T *)w, n, ignore,
-                (T *)keep, wp);
-    });
-    return TG_CUDA_LAUNCHED(target_keep_kernel);
-  };
-  return sum_positions(n, 1, device, wsum, launch);
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,

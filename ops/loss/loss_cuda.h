@@ -57,11 +57,6 @@ int tg__loss_cuda_nll_weighted_backward(int dtype, const void *g, const int64_t 
                                         const void *w, bool per_elem, double scale,
                                         int64_t outer, int64_t C, int64_t inner,
                                         int64_t ignore, void *dx, int device);
-/* loss_ex.c's label smoothing: keep [n] gets 1 where the target is not ignore, else
- * 0; *wsum = the sum of w[t] (1 when w is NULL) over those targets (waits). Targets
- * must be valid. */
-int tg__loss_cuda_target_keep(int dtype, const int64_t *t, const void *w, int64_t n,
-                              int64_t ignore, void *keep, double *wsum, int device);
 /* Pointwise losses (kind 0: mse, 1: BCE with logits) over n elements, as loss.c. */
 int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x, const void *t,
                                     int64_t n, void *L, double *total, int device);

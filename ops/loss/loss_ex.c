@@ -72,6 +72,18 @@ static int check_weight(const char *op, const tg_tensor *w, const tg_tensor *x) 
   return 0;
 }
 
+/* PyTorch's nll_loss_forward (behind nll_loss and cross_entropy with index targets)
+ * has no derivative in its weight: a weight that requires grad is refused while grad
+ * mode records, with PyTorch's message. Probability targets do differentiate it. */
+static int check_weight_grad(const char *op, const tg_tensor *w) {
+  if (w && w->requires_grad && tg_is_grad_enabled())
+    return tg__error("%s: the function 'nll_loss_forward' is not differentiable with "
+                     "respect to argument 'weight'. This input cannot have requires_grad "
+                     "True.",
+                     op);
+  return 0;
+}
+
 /* x [N, C, d...] or [C] as [outer, C, inner] around its class dim. */
 typedef struct {
   int64_t outer, C, inner;
@@ -83,36 +95,6 @@ static class_dims dims_of(const tg_tensor *x) {
   for (int i = cd + 1; i < x->ndim; i++)
     d.inner *= x->shape[i];
   return d;
-}
-
-/* keep [n, d...] of x's dtype: 1 where the target is not ignore_index, else 0; *wsum =
- * the sum of the weights (1 without weights) of those targets, the divisor of a mean.
- * Written on x's device. Targets are checked by tg_nll_loss_ex first. */
-static tg_tensor *target_keep(const tg_tensor *x, const tg_tensor *target,
-                              const tg_tensor *w, int64_t ignore, double *wsum) {
-  tg_tensor *keep = tg__new(target->shape, target->ndim, x->dtype, x->device);
-  if (!keep)
-    return NULL;
-#ifdef TG_HAVE_CUDA /* (without CUDA no tensor is on cuda, and no launcher links) */
-  if (tg__on_cuda(x)) {
-    if (tg__loss_cuda_target_keep(x->dtype, tg__data(target), w ? tg__data(w) : NULL,
-                                  target->numel, ignore, tg__data(keep), wsum,
-                                  x->device.index) < 0) {
-      tg_tensor_free(keep);
-      return NULL;
-    }
-    return keep;
-  }
-#endif
-  const int64_t *t = tg__data(target);
-  double sum = 0;
-  for (int64_t pos = 0; pos < target->numel; pos++) {
-    tg__set(keep, pos, t[pos] != ignore);
-    if (t[pos] != ignore)
-      sum += w ? tg__get(w, t[pos]) : 1.0;
-  }
-  *wsum = sum;
-  return keep;
 }
 
 /* Reduces per-element losses l as `r`; a mean divides by `divisor`. */
@@ -255,7 +237,7 @@ tg_tensor *tg_nll_loss_ex(const tg_tensor *log_probs, const tg_tensor *target,
    * tg_nll_loss as the unweighted loss does), then the weight's */
   if (tg__class_targets("tg_nll_loss", "log_probs", log_probs, target, o->reduction,
                         o->ignore_index) < 0 ||
-      check_weight(op, o->weight, log_probs) < 0)
+      check_weight(op, o->weight, log_probs) < 0 || check_weight_grad(op, o->weight) < 0)
     return NULL;
   return nll_weighted(log_probs, target, o);
 }
@@ -299,35 +281,6 @@ static tg_tensor *ce_probs(const char *op, const tg_tensor *x, const tg_tensor *
   return reduce(l, o->reduction, x->numel ? positions : NAN);
 }
 
-/* Index targets with label smoothing s: (1 - s) * nll + s / C * smooth, smooth_i =
- * -sum_c w_c log_softmax(x)_ic (zero where ignored), its mean divided like nll's. */
-static tg_tensor *ce_smoothed(const tg_tensor *x, const tg_tensor *target,
-                              const tg_cross_entropy_options *o, const tg_tensor *logp) {
-  const int cd = class_dim(x);
-  const int64_t C = x->ndim ? x->shape[cd] : 1;
-  const tg_nll_loss_options no = {o->reduction, o->ignore_index, o->weight};
-  tg_tensor *nll = tg_nll_loss_ex(logp, target, &no);
-  if (!nll)
-    return NULL;
-  /* keep[n, d...] = 1 where the target is not ignored; wsum as nll's divisor */
-  double wsum;
-  tg_tensor *w = NULL, *l = NULL;
-  tg_tensor *keep = target_keep(x, target, o->weight, o->ignore_index, &wsum);
-  if (keep) {
-    w = o->weight ? weight_view(o->weight, x) : tg_ones(TG_SHAPE(1), x->dtype, x->device);
-    tg_tensor *per = neg_class_sum(logp, w, cd);
-    l = reduce(tg_mul(per, keep), o->reduction, wsum);
-    tg_tensor_free(per);
-  }
-  tg_tensor *a = tg_mul_scalar(nll, 1 - o->label_smoothing);
-  tg_tensor *b = tg_mul_scalar(l, o->label_smoothing / (double)C);
-  tg_tensor *r = tg_add(a, b);
-  tg_tensor *all[] = {nll, keep, w, l, a, b};
-  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-    tg_tensor_free(all[i]);
-  return r;
-}
-
 tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
                                const tg_cross_entropy_options *o) {
   const char *op = "tg_cross_entropy_ex";
@@ -352,23 +305,14 @@ tg_tensor *tg_cross_entropy_ex(const tg_tensor *input, const tg_tensor *target,
   if (o->reduction != TG_REDUCTION_NONE && o->reduction != TG_REDUCTION_MEAN &&
       o->reduction != TG_REDUCTION_SUM)
     return tg__error("%s: invalid reduction %d", op, (int)o->reduction), NULL;
-  /* Index targets: loss.c's fused kernels (CPU and CUDA), unless the weights want a
-   * gradient (the composition below gives them one; PyTorch has none). */
-  if (!probs && !(o->weight && o->weight->requires_grad))
-    return tg__cross_entropy(op, input, target, o->reduction, o->ignore_index, o->weight,
-                             o->label_smoothing);
+  /* Index targets: loss.c's fused kernels (CPU and CUDA). */
+  if (!probs)
+    return check_weight_grad(op, o->weight) < 0
+               ? NULL
+               : tg__cross_entropy(op, input, target, o->reduction, o->ignore_index,
+                                   o->weight, o->label_smoothing);
   tg_tensor *logp = tg_log_softmax(input, class_dim(input));
-  if (!logp)
-    return NULL;
-  tg_tensor *r;
-  if (probs) {
-    r = ce_probs(op, input, target, o, logp);
-  } else if (o->label_smoothing > 0) {
-    r = ce_smoothed(input, target, o, logp);
-  } else {
-    const tg_nll_loss_options no = {o->reduction, o->ignore_index, o->weight};
-    r = tg_nll_loss_ex(logp, target, &no);
-  }
+  tg_tensor *r = logp ? ce_probs(op, input, target, o, logp) : NULL;
   tg_tensor_free(logp);
   return r;
 }
