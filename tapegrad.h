@@ -443,9 +443,9 @@ tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_te
                         const tg_conv2d_options *options);
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
-/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. Everything
- * here (pools, max_unpool2d, resampling) runs on the CPU only, as the plain pools
- * (another device: an error naming it). */
+/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. The pools
+ * run on the CPU and on CUDA, as the plain pools; max_unpool2d and resampling on the
+ * CPU only (another device: an error naming it). */
 typedef struct {
   int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */
   bool ceil_mode;

@@ -236,6 +236,80 @@ static const gn_ctx r3 = {3, true, true, true}, r1 = {1, true, true, true},
 static const tg_reduction r_mean = TG_REDUCTION_MEAN, r_sum = TG_REDUCTION_SUM,
                           r_none = TG_REDUCTION_NONE;
 
+/* Pools (pool.cu): kind 'm' tg_max_pool2d, 'a' tg_avg_pool2d, 'M' tg_max_pool2d_ex
+ * (with indices: y + indices, so both are compared), 'A' tg_avg_pool2d_ex, 'd'
+ * tg_adaptive_avg_pool2d to out. */
+typedef struct {
+  char kind;
+  bool indices;
+  int64_t k[2], s[2], p[2], d[2], out[2];
+  bool ceil_mode, include_pad;
+  int64_t divisor;
+} pool_ctx;
+
+static tg_tensor *pool_fn(tg_tensor *const *in, int n, void *vctx) {
+  const pool_ctx *c = vctx;
+  (void)n;
+  switch (c->kind) {
+  case 'm':
+    return tg_max_pool2d(in[0], c->k, c->s, c->p);
+  case 'a':
+    return tg_avg_pool2d(in[0], c->k, c->s, c->p);
+  case 'd':
+    return tg_adaptive_avg_pool2d(in[0], c->out);
+  case 'A': {
+    const tg_avg_pool2d_options o = {{c->k[0], c->k[1]}, {c->s[0], c->s[1]},
+                                     {c->p[0], c->p[1]}, c->ceil_mode,
+                                     c->include_pad,     c->divisor};
+    return tg_avg_pool2d_ex(in[0], &o);
+  }
+  default: {
+    const tg_max_pool2d_options o = {{c->k[0], c->k[1]},
+                                     {c->s[0], c->s[1]},
+                                     {c->p[0], c->p[1]},
+                                     {c->d[0] ? c->d[0] : 1, c->d[1] ? c->d[1] : 1},
+                                     c->ceil_mode};
+    tg_tensor *idx = NULL;
+    tg_tensor *y = tg_max_pool2d_ex(in[0], &o, c->indices ? &idx : NULL);
+    if (!idx)
+      return y;
+    tg_tensor *fi = tg_to_dtype(idx, tg_dtype_of(y)), *r = tg_add(y, fi);
+    tg_tensor_free(idx);
+    tg_tensor_free(fi);
+    tg_tensor_free(y);
+    return r;
+  }
+  }
+}
+
+/* overlapping windows (stride < kernel), padding; the CPU's 2x2 fast path */
+#define POOL(kd, ...)                                                                    \
+  { .kind = kd, __VA_ARGS__ }
+static const pool_ctx pm_3s2p1 = POOL('m', .k = {3, 3}, .s = {2, 2}, .p = {1, 1}),
+                      pm_2x2 = POOL('m', .k = {2, 2}, .s = {2, 2}),
+                      pm_32 = POOL('m', .k = {3, 2}, .s = {1, 2}, .p = {1, 0}),
+                      pa_3s2p1 = POOL('a', .k = {3, 3}, .s = {2, 2}, .p = {1, 1}),
+                      pa_23 = POOL('a', .k = {2, 3}, .s = {1, 2}, .p = {1, 1});
+/* dilation, ceil_mode, indices */
+static const pool_ctx pM_dil = POOL('M', .k = {3, 2}, .s = {2, 1}, .p = {1, 1},
+                                    .d = {2, 3}, .ceil_mode = true),
+                      pM_ceil = POOL('M', .k = {3, 3}, .s = {2, 2}, .p = {0, 1},
+                                     .ceil_mode = true),
+                      pM_idx = POOL('M', .indices = true, .k = {2, 3}, .s = {1, 2},
+                                    .p = {1, 1}, .d = {2, 1}, .ceil_mode = true),
+                      pM_idx_plain = POOL('M', .indices = true, .k = {2, 2}, .s = {2, 2});
+/* ceil_mode, count_include_pad = false, divisor_override */
+static const pool_ctx pA_ceil = POOL('A', .k = {3, 3}, .s = {2, 2}, .p = {1, 1},
+                                     .ceil_mode = true, .include_pad = true),
+                      pA_nopad = POOL('A', .k = {3, 2}, .s = {2, 1}, .p = {1, 1},
+                                      .ceil_mode = true),
+                      pA_div = POOL('A', .k = {2, 3}, .s = {2, 2}, .p = {1, 1},
+                                    .ceil_mode = true, .include_pad = true, .divisor = 5);
+/* adaptive: shrinking, growing (overlapping windows), to 1x1 */
+static const pool_ctx pd_34 = POOL('d', .out = {3, 4}), pd_47 = POOL('d', .out = {4, 7}),
+                      pd_11 = POOL('d', .out = {1, 1});
+#undef POOL
+
 #define F32 TG_F32
 #define F64 TG_F64
 static const cuda_case cases[] = {
@@ -402,6 +476,32 @@ static const cuda_case cases[] = {
     {"bce_ex", bce_x_fn, &bce_m, {SH(4, 3), SH(4, 3), SH(3), SH(3)}, F64, 1e-24, "fuww"},
     {"bce_ex", bce_x_fn, &bce_n, {SH(2, 5), SH(2, 5), SH(2, 1)}, F32, 1e-12, "fup"},
     {"bce_ex", bce_x_fn, &bce_ps, {SH(3, 4), SH(3, 4), SH(4)}, F64, 1e-24, "fuw"},
+    /* pools (pool.cu): float64 rows of at most 80 elements are gradchecked too */
+    {"max_pool2d", pool_fn, &pm_3s2p1, {SH(2, 3, 7, 9)}, F32, 1e-12, "f"},
+    {"max_pool2d", pool_fn, &pm_3s2p1, {SH(1, 2, 5, 6)}, F64, 1e-24, "f"},
+    {"max_pool2d", pool_fn, &pm_2x2, {SH(2, 3, 6, 8)}, F32, 1e-12, "f"},
+    {"max_pool2d", pool_fn, &pm_2x2, {SH(2, 2, 5, 7)}, F64, 1e-24, "f"},
+    {"max_pool2d", pool_fn, &pm_32, {SH(3, 7, 7)}, F64, 1e-24, "f"},
+    {"max_pool2d_ex", pool_fn, &pM_dil, {SH(2, 2, 9, 8)}, F32, 1e-12, "f"},
+    {"max_pool2d_ex", pool_fn, &pM_dil, {SH(1, 1, 7, 8)}, F64, 1e-24, "f"},
+    {"max_pool2d_ex", pool_fn, &pM_ceil, {SH(2, 3, 8, 7)}, F32, 1e-12, "f"},
+    {"max_pool2d_ex", pool_fn, &pM_ceil, {SH(2, 5, 6)}, F64, 1e-24, "f"},
+    {"max_pool2d_ex", pool_fn, &pM_ceil, {SH(0, 3, 5, 5)}, F32, 1e-12, "f"},
+    {"max_pool_idx", pool_fn, &pM_idx, {SH(2, 2, 6, 7)}, F32, 1e-12, "f"},
+    {"max_pool_idx", pool_fn, &pM_idx, {SH(1, 2, 5, 7)}, F64, 1e-24, "f"},
+    {"max_pool_idx", pool_fn, &pM_idx_plain, {SH(2, 6, 5)}, F64, 1e-24, "f"},
+    {"avg_pool2d", pool_fn, &pa_3s2p1, {SH(2, 3, 7, 9)}, F32, 1e-12, "f"},
+    {"avg_pool2d", pool_fn, &pa_3s2p1, {SH(1, 2, 5, 6)}, F64, 1e-24, "f"},
+    {"avg_pool2d", pool_fn, &pa_23, {SH(3, 5, 7)}, F64, 1e-24, "f"},
+    {"avg_pool2d_ex", pool_fn, &pA_ceil, {SH(2, 3, 8, 7)}, F32, 1e-12, "f"},
+    {"avg_pool2d_ex", pool_fn, &pA_ceil, {SH(1, 2, 6, 5)}, F64, 1e-24, "f"},
+    {"avg_pool2d_ex", pool_fn, &pA_nopad, {SH(2, 2, 7, 5)}, F32, 1e-12, "f"},
+    {"avg_pool2d_ex", pool_fn, &pA_nopad, {SH(2, 7, 5)}, F64, 1e-24, "f"},
+    {"avg_pool2d_ex", pool_fn, &pA_div, {SH(1, 2, 5, 7)}, F64, 1e-24, "f"},
+    {"adaptive_avg", pool_fn, &pd_34, {SH(2, 3, 7, 9)}, F32, 1e-12, "f"},
+    {"adaptive_avg", pool_fn, &pd_34, {SH(1, 2, 5, 7)}, F64, 1e-24, "f"},
+    {"adaptive_avg", pool_fn, &pd_47, {SH(1, 2, 3, 5)}, F64, 1e-24, "f"},
+    {"adaptive_avg", pool_fn, &pd_11, {SH(2, 4, 5)}, F64, 1e-24, "f"},
 };
 
 /* ---- running one row ---- */
@@ -737,6 +837,76 @@ static void test_group_norm_relu_nan(void **state) {
   assert_int_equal(tg_cuda_memory_allocated(0), base);
 }
 
+/* Max pools on NaN and -inf inputs as the CPU: the output NaN where a window holds
+ * one, the gradient to the same element (tg_max_pool2d: the last NaN, its 2x2 fast
+ * path and the general loop; tg_max_pool2d_ex: the first NaN, its indices too), an
+ * all -inf window to its first element; and every pool's backward over overlapping
+ * windows gives the same bits twice. */
+static void test_pool_nan_and_repeat(void **state) {
+  (void)state;
+  require_gpu();
+  const int64_t base = tg_cuda_memory_allocated(0);
+  tg_scope_begin();
+  tg_tensor *x = tg_randn(TG_SHAPE(2, 2, 6, 7), TG_F64, TG_CPU);
+  double *v = tg_data(x);
+  v[0] = v[1] = v[8] = NAN; /* two NaNs in one 2x2 window, a third in the next row */
+  v[22] = NAN;              /* plane 0, (3, 1) */
+  v[42 + 9] = v[42 + 10] = -INFINITY;
+  v[42 + 2] = v[42 + 3] = v[42 + 16] = v[42 + 17] = -INFINITY; /* a 2x2 window */
+  assert_ok(tg_set_requires_grad(x, true) == 0);
+  tg_tensor *xd = device_leaf(x), *dy = NULL;
+  const tg_max_pool2d_options ceil3 = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true},
+                              dil = {{2, 3}, {1, 2}, {1, 1}, {2, 1}, false};
+  for (int c = 0; c < 4; c++) {
+    tg_tensor *y[2], *g[2], *idx[2] = {NULL, NULL};
+    for (int dev = 0; dev < 2; dev++) {
+      tg_tensor *in = dev ? xd : x;
+      tg_tensor *out = c == 0   ? tg_max_pool2d(in, (int64_t[]){2, 2}, NULL, NULL)
+                       : c == 1 ? tg_max_pool2d(in, (int64_t[]){3, 3}, (int64_t[]){1, 1},
+                                                (int64_t[]){1, 1})
+                                : tg_max_pool2d_ex(in, c == 2 ? &ceil3 : &dil, &idx[dev]);
+      assert_ok(out);
+      if (!dev)
+        dy = tg_randn(tg_shape(out), 4, TG_F64, TG_CPU);
+      assert_ok(tg_backward_ex(out, dev ? tg_tensor_to(dy, CUDA0) : dy, false) == 0);
+      y[dev] = tg_tensor_to(out, TG_CPU);
+      g[dev] = tg_tensor_to(tg_grad(in), TG_CPU);
+      if (idx[dev])
+        idx[dev] = tg_to_dtype(tg_tensor_to(idx[dev], TG_CPU), TG_F64);
+      tg_zero_grad(in);
+    }
+    assert_true(isnan(((const double *)tg_data(y[1]))[0]));
+    assert_close(y[1], y[0], 0, 0);
+    assert_close(g[1], g[0], 0, 0);
+    if (c >= 2)
+      assert_close(idx[1], idx[0], 0, 0);
+  }
+  /* overlapping windows, float32: two backward passes on the device */
+  tg_tensor *xf = tg_randn(TG_SHAPE(3, 4, 17, 19), TG_F32, CUDA0);
+  tg_set_requires_grad(xf, true);
+  const tg_avg_pool2d_options avg = {{3, 3}, {1, 2}, {1, 1}, true, false, 0};
+  for (int c = 0; c < 3; c++) {
+    tg_tensor *first = NULL;
+    for (int run = 0; run < 2; run++) {
+      tg_tensor *out = c == 0   ? tg_max_pool2d_ex(xf, &dil, NULL)
+                       : c == 1 ? tg_avg_pool2d_ex(xf, &avg)
+                                : tg_adaptive_avg_pool2d(xf, (int64_t[]){7, 13});
+      assert_ok(out);
+      tg_manual_seed(77 + (uint64_t)c); /* the same dy both runs */
+      tg_tensor *dyf = tg_randn(tg_shape(out), 4, TG_F32, CUDA0);
+      assert_ok(tg_backward_ex(out, dyf, false) == 0);
+      tg_tensor *gr = tg_tensor_to(tg_grad(xf), TG_CPU);
+      if (run == 0)
+        first = gr;
+      else
+        assert_close(gr, first, 0, 0);
+      tg_zero_grad(xf);
+    }
+  }
+  assert_int_equal(tg_scope_end(), 0);
+  assert_int_equal(tg_cuda_memory_allocated(0), base);
+}
+
 /* ---------------------------------------------------------------- runtime -- */
 
 static void test_creation_and_copies(void **state) {
@@ -944,6 +1114,7 @@ int main(void) {
       cmocka_unit_test(test_group_norm_hard),
       cmocka_unit_test(test_group_norm_reproducible),
       cmocka_unit_test(test_group_norm_relu_nan),
+      cmocka_unit_test(test_pool_nan_and_repeat),
       cmocka_unit_test(test_transfer_gradients),
       cmocka_unit_test(test_anomaly_on_device),
   };

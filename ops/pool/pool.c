@@ -3,6 +3,7 @@
  * planes in parallel; each backward scatters the output gradient back along the same
  * windows or source indices, PyTorch's formulas throughout. */
 #include "graph/internal.h"
+#include "ops/pool/pool_cuda.h"
 #include "ops/unbatched.h"
 
 #include <math.h>
@@ -102,6 +103,21 @@ static int window_check(const char *op, const tg_tensor *x, const int64_t kernel
                      op, (long long)s[1], (long long)s[2], (long long)s[3],
                      (long long)s[1], (long long)*oh, (long long)*ow);
   return 0;
+}
+
+/* The description of a pooling with window w (dilation 1, no ceil_mode) of x into
+ * oh x ow, for the device kernels (pool_cuda.h). */
+static tg__pool_desc window_desc(int kind, const tg_tensor *x, const window *w,
+                                 int64_t oh, int64_t ow) {
+  return (tg__pool_desc){.kind = kind,
+                         .planes = x->shape[0] * x->shape[1],
+                         .in = {x->shape[2], x->shape[3]},
+                         .out = {oh, ow},
+                         .k = {w->kh, w->kw},
+                         .s = {w->sh, w->sw},
+                         .p = {w->ph, w->pw},
+                         .d = {1, 1},
+                         .include_pad = true};
 }
 
 /* One job over all planes (n, c): input planes [h, w], output planes [oh, ow]. In a
@@ -421,6 +437,10 @@ tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
   int64_t oh, ow;
   if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
     return NULL;
+  if (x->device.type != TG_DEVICE_CPU) {
+    const tg__pool_desc d = window_desc(TG__POOL_MAX, x, &w, oh, ow);
+    return tg__pool_device(op, x, &d, NULL);
+  }
   tg_tensor *out = new_output(op, x, oh, ow), *idx = NULL;
   if (!out)
     return NULL;
@@ -532,6 +552,10 @@ tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
   int64_t oh, ow;
   if (window_check(op, x, kernel, stride, padding, &w, &oh, &ow) < 0)
     return NULL;
+  if (x->device.type != TG_DEVICE_CPU) {
+    const tg__pool_desc d = window_desc(TG__POOL_AVG, x, &w, oh, ow);
+    return tg__pool_device(op, x, &d, NULL);
+  }
   tg_tensor *out = new_output(op, x, oh, ow);
   if (!out)
     return NULL;
@@ -587,6 +611,12 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
                        "dimensions, but input has sizes %s with dimension %d being empty",
                        op, tg_shape_str(x, s, sizeof s), d),
              NULL;
+  if (x->device.type != TG_DEVICE_CPU) {
+    const window none = {1, 1, 1, 1, 0, 0};
+    tg__pool_desc d =
+        window_desc(TG__POOL_ADAPTIVE, x, &none, output_size[0], output_size[1]);
+    return tg__pool_device(op, x, &d, NULL);
+  }
   tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
   if (!out)
     return NULL;

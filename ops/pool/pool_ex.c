@@ -4,6 +4,7 @@
  * spatial dims by size or scale_factor. The plain cases go to the kernels of pool.c;
  * these loops are PyTorch's general ones, plane by plane. */
 #include "graph/internal.h"
+#include "ops/pool/pool_cuda.h"
 #include "ops/unbatched.h"
 
 #include <math.h>
@@ -85,6 +86,93 @@ static int geom_check(const char *op, const tg_tensor *x, const int64_t kernel[2
 static tg_tensor *new_pooled(const tg_tensor *x, const pool_geom *g, tg_dtype dtype) {
   int64_t shape[4] = {x->shape[0], x->shape[1], g->out[0], g->out[1]};
   return tg__new(shape, 4, dtype, x->device);
+}
+
+/* ------------------------------------------------------- other devices -- */
+/* Every pool's device path: one kernel table per device (the CPU runs the loops of
+ * this file and pool.c, so its entry is absent here). */
+
+typedef struct {
+  int (*forward)(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                 tg_tensor *idx);
+  int (*backward)(const tg__pool_desc *d, const tg_tensor *g, const tg_tensor *idx,
+                  tg_tensor *dx);
+} pool_kernels;
+
+#ifdef TG_HAVE_CUDA
+static int pool_forward_cuda(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                             tg_tensor *idx) {
+  return tg__pool_cuda_forward(x->dtype, d, tg__data(x), tg__data(y),
+                               idx ? tg__data(idx) : NULL, x->device.index);
+}
+
+static int pool_backward_cuda(const tg__pool_desc *d, const tg_tensor *g,
+                              const tg_tensor *idx, tg_tensor *dx) {
+  return tg__pool_cuda_backward(g->dtype, d, tg__data(g), idx ? tg__data(idx) : NULL,
+                                tg__data(dx), g->device.index);
+}
+
+static const pool_kernels pool_cuda = {pool_forward_cuda, pool_backward_cuda};
+#endif
+
+static const pool_kernels *pool_pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, (const pool_kernels *)NULL, TG_IF_CUDA(&pool_cuda));
+}
+
+static int pool_device_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg__pool_desc *d = node->ctx;
+  const pool_kernels *k = pool_pick(node->op, node->inputs[0]);
+  tg_tensor *dx = k ? tg__new_like(node->inputs[0]) : NULL; /* every element written */
+  if (!dx)
+    return -1;
+  if (k->backward(d, g, d->kind == TG__POOL_MAX ? node->saved[0] : NULL, dx) < 0) {
+    tg_tensor_free(dx);
+    return -1;
+  }
+  gi[0] = dx;
+  return 0;
+}
+
+tg_tensor *tg__pool_device(const char *op, const tg_tensor *x, const tg__pool_desc *d,
+                           tg_tensor **indices) {
+  const pool_kernels *k = pool_pick(op, x);
+  if (!k)
+    return NULL;
+  int64_t shape[4] = {x->shape[0], x->shape[1], d->out[0], d->out[1]};
+  const bool max = d->kind == TG__POOL_MAX;
+  tg_tensor *y = tg__new(shape, 4, x->dtype, x->device);
+  tg_tensor *idx = max && y ? tg__new(shape, 4, TG_I64, x->device) : NULL;
+  if (!y || (max && !idx) || k->forward(d, x, y, idx) < 0) {
+    tg_tensor_free(y);
+    tg_tensor_free(idx);
+    return NULL;
+  }
+  tg_node *node;
+  y = tg__finish(op, y, 1, &x, pool_device_backward, &node);
+  if (node) {
+    *(tg__pool_desc *)tg__ctx(node, sizeof *d) = *d;
+    if (idx)
+      tg__save(node, idx);
+  }
+  if (indices && y)
+    *indices = idx;
+  else
+    tg_tensor_free(idx);
+  return y;
+}
+
+/* The description of a pooling of geometry g on x (planes N * C). */
+static tg__pool_desc pool_desc(int kind, const tg_tensor *x, const pool_geom *g) {
+  tg__pool_desc d = {.kind = kind, .planes = x->shape[0] * x->shape[1]};
+  for (int i = 0; i < 2; i++) {
+    d.in[i] = g->in[i];
+    d.out[i] = g->out[i];
+    d.k[i] = g->k[i];
+    d.s[i] = g->s[i];
+    d.p[i] = g->p[i];
+    d.d[i] = g->d[i];
+  }
+  return d;
 }
 
 /* ---------------------------------------------------------- max pool -- */
@@ -209,8 +297,11 @@ tg_tensor *tg_max_pool2d_ex(const tg_tensor *x, const tg_max_pool2d_options *o,
   }
   if (!indices && !o->ceil_mode && o->dilation[0] == 1 && o->dilation[1] == 1)
     return tg_max_pool2d(x, g.k, g.s, g.p); /* pool.c's kernels, 2x2 and all */
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
+  if (x->device.type != TG_DEVICE_CPU) {
+    tg__pool_desc d = pool_desc(TG__POOL_MAX, x, &g);
+    d.first_nan = true;
+    return tg__pool_device(op, x, &d, indices);
+  }
   tg_tensor *y = new_pooled(x, &g, x->dtype), *idx = new_pooled(x, &g, TG_I64);
   if (!y || !idx) {
     tg_tensor_free(y);
@@ -402,10 +493,14 @@ tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *o) 
   }
   if (!o->ceil_mode && o->count_include_pad && !o->divisor_override)
     return tg_avg_pool2d(x, a.g.k, a.g.s, a.g.p);
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   a.include_pad = o->count_include_pad;
   a.divisor = o->divisor_override;
+  if (x->device.type != TG_DEVICE_CPU) {
+    tg__pool_desc d = pool_desc(TG__POOL_AVG, x, &a.g);
+    d.include_pad = a.include_pad;
+    d.divisor = a.divisor;
+    return tg__pool_device(op, x, &d, NULL);
+  }
   tg_tensor *y = new_pooled(x, &a.g, x->dtype);
   if (!y)
     return NULL;

@@ -1,0 +1,189 @@
+/* The pools on CUDA (max, avg, adaptive avg; tg__pool_device in pool_ex.c calls these),
+ * the CPU kernels' formulas: forward one thread per output over its window; backward
+ * one thread per input element, gathering from the windows that can contain it, in
+ * output order (the order the CPU's scatter adds in): no atomics, so overlapping
+ * windows give the same bits on every run. Max pool's backward takes the gradient of
+ * a window whose saved argmax is this element. */
+#include "runtime/cuda_common.cuh"
+
+#include "ops/pool/pool_cuda.h"
+
+#include <math.h>
+
+namespace {
+
+/* Windows along one axis: output o covers input [lo, hi) (clipped to the image);
+ * `size` is avg's divisor factor with count_include_pad (clipped to the padded image
+ * as PyTorch), or the adaptive window's size. */
+struct span {
+  int64_t lo, hi, size;
+};
+
+__device__ inline span window_of(const tg__pool_desc &d, int a, int64_t o) {
+  if (d.kind == TG__POOL_ADAPTIVE) {
+    const int64_t in = d.in[a], out = d.out[a];
+    const int64_t lo = (o / out) * in + ((o % out) * in) / out;
+    const int64_t hi = 1 + ((o + 1) * in - 1) / out;
+    return {lo, hi, hi - lo};
+  }
+  const int64_t start = o * d.s[a] - d.p[a];
+  int64_t end = start + d.k[a];
+  end = end < d.in[a] + d.p[a] ? end : d.in[a] + d.p[a];
+  return {start > 0 ? start : 0, end < d.in[a] ? end : d.in[a], end - start};
+}
+
+/* The outputs [first, last] along axis a whose windows may contain input i. */
+__device__ inline void outputs_of(const tg__pool_desc &d, int a, int64_t i,
+                                  int64_t *first, int64_t *last) {
+  const int64_t in = d.in[a], out = d.out[a];
+  int64_t f, l;
+  if (d.kind == TG__POOL_ADAPTIVE) {
+    f = i * out / in;
+    l = ((i + 1) * out + in - 1) / in - 1;
+  } else {
+    const int64_t s = d.s[a], lo = i + d.p[a] - (d.k[a] - 1) * d.d[a];
+    f = lo > 0 ? (lo + s - 1) / s : 0;
+    l = (i + d.p[a]) / s;
+  }
+  *first = f > 0 ? f : 0;
+  *last = l < out - 1 ? l : out - 1;
+}
+
+template <typename T>
+__device__ inline T divisor_of(const tg__pool_desc &d, span y, span x) {
+  if (d.divisor)
+    return (T)d.divisor;
+  if (d.kind == TG__POOL_ADAPTIVE || d.include_pad)
+    return (T)(y.size * x.size);
+  return (T)((y.hi - y.lo) * (x.hi - x.lo));
+}
+
+template <typename T>
+__global__ void max_fwd(tg__pool_desc d, const T *x, T *y, int64_t *idx) {
+  const int64_t OH = d.out[0], OW = d.out[1], H = d.in[0], W = d.in[1];
+  const int64_t n = d.planes * OH * OW;
+  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
+       o += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t ox = o % OW, oy = o / OW % OH, p = o / (OW * OH);
+    const T *src = x + p * H * W;
+    const int64_t y0 = oy * d.s[0] - d.p[0], x0 = ox * d.s[1] - d.p[1];
+    T m = -INFINITY;
+    int64_t best = -1;
+    bool stop = false;
+    for (int64_t i = 0; i < d.k[0] && !stop; i++) {
+      const int64_t yy = y0 + i * d.d[0];
+      if (yy < 0 || yy >= H)
+        continue;
+      for (int64_t j = 0; j < d.k[1]; j++) {
+        const int64_t xx = x0 + j * d.d[1];
+        if (xx < 0 || xx >= W)
+          continue;
+        const T v = src[yy * W + xx];
+        if (best < 0 || v > m || v != v) {
+          m = v;
+          best = yy * W + xx;
+          if (v != v && d.first_nan) {
+            stop = true;
+            break;
+          }
+        }
+      }
+    }
+    y[o] = m;
+    idx[o] = best;
+  }
+}
+
+template <typename T> __global__ void avg_fwd(tg__pool_desc d, const T *x, T *y) {
+  const int64_t OH = d.out[0], OW = d.out[1], H = d.in[0], W = d.in[1];
+  const int64_t n = d.planes * OH * OW;
+  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
+       o += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t ox = o % OW, oy = o / OW % OH, p = o / (OW * OH);
+    const T *src = x + p * H * W;
+    const span ey = window_of(d, 0, oy), ex = window_of(d, 1, ox);
+    double acc = 0;
+    for (int64_t yy = ey.lo; yy < ey.hi; yy++)
+      for (int64_t xx = ex.lo; xx < ex.hi; xx++)
+        acc += src[yy * W + xx];
+    y[o] = (T)(acc / divisor_of<double>(d, ey, ex));
+  }
+}
+
+/* dx of every input element: the sum, in output order, of the gradients of the
+ * windows that contain it (max: whose argmax it is; avg: each share dy / divisor,
+ * rounded to T first as the CPU's scatter). */
+template <typename T>
+__global__ void pool_bwd(tg__pool_desc d, const T *dy, const int64_t *idx, T *dx) {
+  const int64_t OH = d.out[0], OW = d.out[1], H = d.in[0], W = d.in[1];
+  const int64_t n = d.planes * H * W;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t ix = e % W, iy = e / W % H, p = e / (W * H), at = iy * W + ix;
+    int64_t y0, y1, x0, x1;
+    outputs_of(d, 0, iy, &y0, &y1);
+    outputs_of(d, 1, ix, &x0, &x1);
+    const T *g = dy + p * OH * OW;
+    T acc = 0;
+    for (int64_t oy = y0; oy <= y1; oy++) {
+      const span ey = window_of(d, 0, oy);
+      if (d.kind != TG__POOL_MAX && (iy < ey.lo || iy >= ey.hi))
+        continue;
+      for (int64_t ox = x0; ox <= x1; ox++) {
+        const int64_t o = oy * OW + ox;
+        if (d.kind == TG__POOL_MAX) {
+          if (idx[p * OH * OW + o] == at)
+            acc += g[o];
+          continue;
+        }
+        const span ex = window_of(d, 1, ox);
+        if (ix >= ex.lo && ix < ex.hi)
+          acc += (T)(g[o] / divisor_of<double>(d, ey, ex));
+      }
+    }
+    dx[e] = acc;
+  }
+}
+
+} // namespace
+
+extern "C" int tg__pool_cuda_forward(int dtype, const tg__pool_desc *d, const void *x,
+                                     void *y, int64_t *idx, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  const int64_t n = d->planes * d->out[0] * d->out[1];
+  if (n == 0)
+    return 0;
+  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
+  int rc = 0;
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    if (d->kind == TG__POOL_MAX) {
+      TG_LAUNCH(max_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y, idx);
+      rc = TG_CUDA_LAUNCHED(max_fwd);
+    } else {
+      TG_LAUNCH(avg_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y);
+      rc = TG_CUDA_LAUNCHED(avg_fwd);
+    }
+  });
+  return rc;
+}
+
+extern "C" int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const void *dy,
+                                      const int64_t *idx, void *dx, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  const int64_t n = d->planes * d->in[0] * d->in[1];
+  if (n == 0)
+    return 0;
+  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
+  int rc = 0;
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(pool_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)dy, idx, (T *)dx);
+    rc = TG_CUDA_LAUNCHED(pool_bwd);
+  });
+  return rc;
+}
