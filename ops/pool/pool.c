@@ -439,7 +439,7 @@ tg_tensor *tg_max_pool2d(const tg_tensor *x, const int64_t kernel[2],
     return NULL;
   if (x->device.type != TG_DEVICE_CPU) {
     const tg__pool_desc d = window_desc(TG__POOL_MAX, x, &w, oh, ow);
-    return tg__pool_device(op, x, &d, NULL);
+    return tg__pool_run(op, x, &d, NULL);
   }
   tg_tensor *out = new_output(op, x, oh, ow), *idx = NULL;
   if (!out)
@@ -554,7 +554,7 @@ tg_tensor *tg_avg_pool2d(const tg_tensor *x, const int64_t kernel[2],
     return NULL;
   if (x->device.type != TG_DEVICE_CPU) {
     const tg__pool_desc d = window_desc(TG__POOL_AVG, x, &w, oh, ow);
-    return tg__pool_device(op, x, &d, NULL);
+    return tg__pool_run(op, x, &d, NULL);
   }
   tg_tensor *out = new_output(op, x, oh, ow);
   if (!out)
@@ -615,7 +615,7 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
     const window none = {1, 1, 1, 1, 0, 0};
     tg__pool_desc d =
         window_desc(TG__POOL_ADAPTIVE, x, &none, output_size[0], output_size[1]);
-    return tg__pool_device(op, x, &d, NULL);
+    return tg__pool_run(op, x, &d, NULL);
   }
   tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
   if (!out)

@@ -1,4 +1,4 @@
-/* The pools on CUDA (max, avg, adaptive avg; tg__pool_device in pool_ex.c calls these),
+/* The pools on CUDA (max, avg, adaptive avg; tg__pool_run in pool_ex.c calls these),
  * the CPU kernels' formulas: forward one thread per output over its window; backward
  * one thread per input element, gathering from the windows that can contain it, in
  * output order (the order the CPU's scatter adds in): no atomics, so overlapping
@@ -58,49 +58,49 @@ __device__ inline T divisor_of(const tg__pool_desc &d, span y, span x) {
   return (T)((y.hi - y.lo) * (x.hi - x.lo));
 }
 
+/* The maximum over a (dilated) window's taps inside the image and its flat index in
+ * the plane: the first maximum; a NaN wins, the first or the last as d.first_nan. */
 template <typename T>
-__global__ void max_fwd(tg__pool_desc d, const T *x, T *y, int64_t *idx) {
-  const int64_t OH = d.out[0], OW = d.out[1], H = d.in[0], W = d.in[1];
-  const int64_t n = d.planes * OH * OW;
-  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
-       o += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t ox = o % OW, oy = o / OW % OH, p = o / (OW * OH);
-    const T *src = x + p * H * W;
-    const int64_t y0 = oy * d.s[0] - d.p[0], x0 = ox * d.s[1] - d.p[1];
-    T m = -INFINITY;
-    int64_t best = -1;
-    bool stop = false;
-    for (int64_t i = 0; i < d.k[0] && !stop; i++) {
-      const int64_t yy = y0 + i * d.d[0];
-      if (yy < 0 || yy >= H)
+__device__ inline T window_max(const tg__pool_desc &d, const T *src, int64_t oy,
+                               int64_t ox, int64_t *best) {
+  const int64_t H = d.in[0], W = d.in[1];
+  const int64_t y0 = oy * d.s[0] - d.p[0], x0 = ox * d.s[1] - d.p[1];
+  T m = -INFINITY;
+  *best = -1;
+  for (int64_t i = 0; i < d.k[0]; i++) {
+    const int64_t yy = y0 + i * d.d[0];
+    if (yy < 0 || yy >= H)
+      continue;
+    for (int64_t j = 0; j < d.k[1]; j++) {
+      const int64_t xx = x0 + j * d.d[1];
+      if (xx < 0 || xx >= W)
         continue;
-      for (int64_t j = 0; j < d.k[1]; j++) {
-        const int64_t xx = x0 + j * d.d[1];
-        if (xx < 0 || xx >= W)
-          continue;
-        const T v = src[yy * W + xx];
-        if (best < 0 || v > m || v != v) {
-          m = v;
-          best = yy * W + xx;
-          if (v != v && d.first_nan) {
-            stop = true;
-            break;
-          }
-        }
+      const T v = src[yy * W + xx];
+      if (*best < 0 || v > m || v != v) {
+        m = v;
+        *best = yy * W + xx;
+        if (v != v && d.first_nan)
+          return m;
       }
     }
-    y[o] = m;
-    idx[o] = best;
   }
+  return m;
 }
 
-template <typename T> __global__ void avg_fwd(tg__pool_desc d, const T *x, T *y) {
+/* One thread per output: the window's maximum (and its index), or its mean (summed in
+ * double, as the CPU). */
+template <typename T>
+__global__ void pool_fwd(tg__pool_desc d, const T *x, T *y, int64_t *idx) {
   const int64_t OH = d.out[0], OW = d.out[1], H = d.in[0], W = d.in[1];
   const int64_t n = d.planes * OH * OW;
   for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
        o += (int64_t)gridDim.x * blockDim.x) {
     const int64_t ox = o % OW, oy = o / OW % OH, p = o / (OW * OH);
     const T *src = x + p * H * W;
+    if (d.kind == TG__POOL_MAX) {
+      y[o] = window_max(d, src, oy, ox, &idx[o]);
+      continue;
+    }
     const span ey = window_of(d, 0, oy), ex = window_of(d, 1, ox);
     double acc = 0;
     for (int64_t yy = ey.lo; yy < ey.hi; yy++)
@@ -145,45 +145,38 @@ __global__ void pool_bwd(tg__pool_desc d, const T *dy, const int64_t *idx, T *dx
   }
 }
 
+/* Runs launch(T(), blocks, stream) for n threads of work on device's stream (none
+ * when n is 0); returns its status. */
+template <typename F> int run(int dtype, int64_t n, int device, F &&launch) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  if (n == 0)
+    return 0;
+  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
+  int rc = 0;
+  tg_float_dispatch(dtype, [&](auto z) { rc = launch(z, b, st); });
+  return rc;
+}
+
 } // namespace
 
 extern "C" int tg__pool_cuda_forward(int dtype, const tg__pool_desc *d, const void *x,
                                      void *y, int64_t *idx, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
   const int64_t n = d->planes * d->out[0] * d->out[1];
-  if (n == 0)
-    return 0;
-  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
-  int rc = 0;
-  tg_float_dispatch(dtype, [&](auto z) {
+  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
-    if (d->kind == TG__POOL_MAX) {
-      TG_LAUNCH(max_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y, idx);
-      rc = TG_CUDA_LAUNCHED(max_fwd);
-    } else {
-      TG_LAUNCH(avg_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y);
-      rc = TG_CUDA_LAUNCHED(avg_fwd);
-    }
+    TG_LAUNCH(pool_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y, idx);
+    return TG_CUDA_LAUNCHED(pool_fwd);
   });
-  return rc;
 }
 
 extern "C" int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const void *dy,
                                       const int64_t *idx, void *dx, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
   const int64_t n = d->planes * d->in[0] * d->in[1];
-  if (n == 0)
-    return 0;
-  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
-  int rc = 0;
-  tg_float_dispatch(dtype, [&](auto z) {
+  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(pool_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)dy, idx, (T *)dx);
-    rc = TG_CUDA_LAUNCHED(pool_bwd);
+    return TG_CUDA_LAUNCHED(pool_bwd);
   });
-  return rc;
 }

@@ -40,11 +40,12 @@ int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const void *dy,
 #else
 #include "tapegrad.h"
 
-/* The pool on x's device (not the CPU), after the caller's checks: x is [N, C, H, W]
- * and d's sizes are x's (planes = N * C). indices (may be NULL; max only) gets a new
- * reference to the argmax indices. In pool_ex.c. */
-tg_tensor *tg__pool_device(const char *op, const tg_tensor *x, const tg__pool_desc *d,
-                           tg_tensor **indices);
+/* The pool d of x [N, C, H, W] (d's sizes x's, planes = N * C), after the caller's
+ * checks, on x's device through the table of pool_ex.c: on the CPU, its loops (max
+ * and avg; pool.c keeps its own), on CUDA pool.cu's. indices (may be NULL; max only)
+ * gets a new reference to the argmax indices. */
+tg_tensor *tg__pool_run(const char *op, const tg_tensor *x, const tg__pool_desc *d,
+                        tg_tensor **indices);
 #endif
 
 #endif

@@ -83,84 +83,6 @@ static int geom_check(const char *op, const tg_tensor *x, const int64_t kernel[2
   return 0;
 }
 
-static tg_tensor *new_pooled(const tg_tensor *x, const pool_geom *g, tg_dtype dtype) {
-  int64_t shape[4] = {x->shape[0], x->shape[1], g->out[0], g->out[1]};
-  return tg__new(shape, 4, dtype, x->device);
-}
-
-/* ------------------------------------------------------- other devices -- */
-/* Every pool's device path: one kernel table per device (the CPU runs the loops of
- * this file and pool.c, so its entry is absent here). */
-
-typedef struct {
-  int (*forward)(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
-                 tg_tensor *idx);
-  int (*backward)(const tg__pool_desc *d, const tg_tensor *g, const tg_tensor *idx,
-                  tg_tensor *dx);
-} pool_kernels;
-
-#ifdef TG_HAVE_CUDA
-static int pool_forward_cuda(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
-                             tg_tensor *idx) {
-  return tg__pool_cuda_forward(x->dtype, d, tg__data(x), tg__data(y),
-                               idx ? tg__data(idx) : NULL, x->device.index);
-}
-
-static int pool_backward_cuda(const tg__pool_desc *d, const tg_tensor *g,
-                              const tg_tensor *idx, tg_tensor *dx) {
-  return tg__pool_cuda_backward(g->dtype, d, tg__data(g), idx ? tg__data(idx) : NULL,
-                                tg__data(dx), g->device.index);
-}
-
-static const pool_kernels pool_cuda = {pool_forward_cuda, pool_backward_cuda};
-#endif
-
-static const pool_kernels *pool_pick(const char *op, const tg_tensor *x) {
-  return tg__pick(op, x, (const pool_kernels *)NULL, TG_IF_CUDA(&pool_cuda));
-}
-
-static int pool_device_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg__pool_desc *d = node->ctx;
-  const pool_kernels *k = pool_pick(node->op, node->inputs[0]);
-  tg_tensor *dx = k ? tg__new_like(node->inputs[0]) : NULL; /* every element written */
-  if (!dx)
-    return -1;
-  if (k->backward(d, g, d->kind == TG__POOL_MAX ? node->saved[0] : NULL, dx) < 0) {
-    tg_tensor_free(dx);
-    return -1;
-  }
-  gi[0] = dx;
-  return 0;
-}
-
-tg_tensor *tg__pool_device(const char *op, const tg_tensor *x, const tg__pool_desc *d,
-                           tg_tensor **indices) {
-  const pool_kernels *k = pool_pick(op, x);
-  if (!k)
-    return NULL;
-  int64_t shape[4] = {x->shape[0], x->shape[1], d->out[0], d->out[1]};
-  const bool max = d->kind == TG__POOL_MAX;
-  tg_tensor *y = tg__new(shape, 4, x->dtype, x->device);
-  tg_tensor *idx = max && y ? tg__new(shape, 4, TG_I64, x->device) : NULL;
-  if (!y || (max && !idx) || k->forward(d, x, y, idx) < 0) {
-    tg_tensor_free(y);
-    tg_tensor_free(idx);
-    return NULL;
-  }
-  tg_node *node;
-  y = tg__finish(op, y, 1, &x, pool_device_backward, &node);
-  if (node) {
-    *(tg__pool_desc *)tg__ctx(node, sizeof *d) = *d;
-    if (idx)
-      tg__save(node, idx);
-  }
-  if (indices && y)
-    *indices = idx;
-  else
-    tg_tensor_free(idx);
-  return y;
-}
-
 /* The description of a pooling of geometry g on x (planes N * C). */
 static tg__pool_desc pool_desc(int kind, const tg_tensor *x, const pool_geom *g) {
   tg__pool_desc d = {.kind = kind, .planes = x->shape[0] * x->shape[1]};
@@ -262,16 +184,6 @@ static void move_planes(const tg_tensor *src, const tg_tensor *idx, tg_tensor *d
     }
 }
 
-static int max_pool_ex_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg_zeros_like(x);
-  if (!dx)
-    return -1;
-  move_planes(g, node->saved[0], dx, x->shape[0] * x->shape[1], SCATTER_ADD);
-  gi[0] = dx;
-  return 0;
-}
-
 tg_max_pool2d_options tg_max_pool2d_options_default(int64_t kh, int64_t kw) {
   return (tg_max_pool2d_options){{kh, kw}, {kh, kw}, {0, 0}, {1, 1}, false};
 }
@@ -297,27 +209,9 @@ tg_tensor *tg_max_pool2d_ex(const tg_tensor *x, const tg_max_pool2d_options *o,
   }
   if (!indices && !o->ceil_mode && o->dilation[0] == 1 && o->dilation[1] == 1)
     return tg_max_pool2d(x, g.k, g.s, g.p); /* pool.c's kernels, 2x2 and all */
-  if (x->device.type != TG_DEVICE_CPU) {
-    tg__pool_desc d = pool_desc(TG__POOL_MAX, x, &g);
-    d.first_nan = true;
-    return tg__pool_device(op, x, &d, indices);
-  }
-  tg_tensor *y = new_pooled(x, &g, x->dtype), *idx = new_pooled(x, &g, TG_I64);
-  if (!y || !idx) {
-    tg_tensor_free(y);
-    tg_tensor_free(idx);
-    return NULL;
-  }
-  max_pool_ex_kernel(x, &g, y, idx);
-  tg_node *node;
-  y = tg__finish(op, y, 1, &x, max_pool_ex_backward, &node);
-  if (node)
-    tg__save(node, idx);
-  if (indices && y)
-    *indices = idx;
-  else
-    tg_tensor_free(idx);
-  return y;
+  tg__pool_desc d = pool_desc(TG__POOL_MAX, x, &g);
+  d.first_nan = true;
+  return tg__pool_run(op, x, &d, indices);
 }
 
 /* -------------------------------------------------------- max unpool -- */
@@ -464,14 +358,117 @@ static void avg_ex_kernel(const avg_plan *a, const tg_tensor *src, tg_tensor *ds
     }
 }
 
-static int avg_ex_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg_zeros_like(x);
+/* ---------------------------------------------------------- dispatch -- */
+/* Every pool of this file, and pool.c's on devices other than the CPU (whose CPU
+ * kernels are its own tuned loops), goes through one kernel table per device. */
+
+typedef struct {
+  int (*forward)(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                 tg_tensor *idx);
+  /* dx: uninitialised; every element is written */
+  int (*backward)(const tg__pool_desc *d, const tg_tensor *g, const tg_tensor *idx,
+                  tg_tensor *dx);
+} pool_kernels;
+
+/* The CPU loops' plan of d: max (whose loop stops at the first NaN, the d.first_nan
+ * this file asks for) or avg; adaptive pools stay in pool.c on the CPU. */
+static avg_plan plan_of(const tg__pool_desc *d) {
+  avg_plan a = {.include_pad = d->include_pad, .divisor = d->divisor};
+  for (int i = 0; i < 2; i++) {
+    a.g.k[i] = d->k[i];
+    a.g.s[i] = d->s[i];
+    a.g.p[i] = d->p[i];
+    a.g.d[i] = d->d[i];
+    a.g.in[i] = d->in[i];
+    a.g.out[i] = d->out[i];
+  }
+  return a;
+}
+
+static int pool_forward_cpu(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                            tg_tensor *idx) {
+  const avg_plan a = plan_of(d);
+  if (d->kind == TG__POOL_MAX)
+    max_pool_ex_kernel(x, &a.g, y, idx);
+  else
+    avg_ex_kernel(&a, x, y, d->planes, false);
+  return 0;
+}
+
+static int pool_backward_cpu(const tg__pool_desc *d, const tg_tensor *g,
+                             const tg_tensor *idx, tg_tensor *dx) {
+  const avg_plan a = plan_of(d);
+  if (dx->numel) /* the loops add into dx */
+    memset(tg__data(dx), 0, (size_t)dx->numel * tg_dtype_size(dx->dtype));
+  if (d->kind == TG__POOL_MAX)
+    move_planes(g, idx, dx, d->planes, SCATTER_ADD);
+  else
+    avg_ex_kernel(&a, g, dx, d->planes, true);
+  return 0;
+}
+
+static const pool_kernels pool_cpu = {pool_forward_cpu, pool_backward_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int pool_forward_cuda(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                             tg_tensor *idx) {
+  return tg__pool_cuda_forward(x->dtype, d, tg__data(x), tg__data(y),
+                               idx ? tg__data(idx) : NULL, x->device.index);
+}
+
+static int pool_backward_cuda(const tg__pool_desc *d, const tg_tensor *g,
+                              const tg_tensor *idx, tg_tensor *dx) {
+  return tg__pool_cuda_backward(g->dtype, d, tg__data(g), idx ? tg__data(idx) : NULL,
+                                tg__data(dx), g->device.index);
+}
+
+static const pool_kernels pool_cuda = {pool_forward_cuda, pool_backward_cuda};
+#endif
+
+static const pool_kernels *pool_pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &pool_cpu, TG_IF_CUDA(&pool_cuda));
+}
+
+static int pool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg__pool_desc *d = node->ctx;
+  const pool_kernels *k = pool_pick(node->op, node->inputs[0]);
+  tg_tensor *dx = k ? tg__new_like(node->inputs[0]) : NULL;
   if (!dx)
     return -1;
-  avg_ex_kernel(node->ctx, g, dx, x->shape[0] * x->shape[1], true);
+  if (k->backward(d, g, d->kind == TG__POOL_MAX ? node->saved[0] : NULL, dx) < 0) {
+    tg_tensor_free(dx);
+    return -1;
+  }
   gi[0] = dx;
   return 0;
+}
+
+tg_tensor *tg__pool_run(const char *op, const tg_tensor *x, const tg__pool_desc *d,
+                        tg_tensor **indices) {
+  const pool_kernels *k = pool_pick(op, x);
+  if (!k)
+    return NULL;
+  int64_t shape[4] = {x->shape[0], x->shape[1], d->out[0], d->out[1]};
+  const bool max = d->kind == TG__POOL_MAX;
+  tg_tensor *y = tg__new(shape, 4, x->dtype, x->device);
+  tg_tensor *idx = max && y ? tg__new(shape, 4, TG_I64, x->device) : NULL;
+  if (!y || (max && !idx) || k->forward(d, x, y, idx) < 0) {
+    tg_tensor_free(y);
+    tg_tensor_free(idx);
+    return NULL;
+  }
+  tg_node *node;
+  y = tg__finish(op, y, 1, &x, pool_backward, &node);
+  if (node) {
+    *(tg__pool_desc *)tg__ctx(node, sizeof *d) = *d;
+    if (idx)
+      tg__save(node, idx);
+  }
+  if (indices && y)
+    *indices = idx;
+  else
+    tg_tensor_free(idx);
+  return y;
 }
 
 tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw) {
@@ -480,10 +477,10 @@ tg_avg_pool2d_options tg_avg_pool2d_options_default(int64_t kh, int64_t kw) {
 
 tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *o) {
   const char *op = "tg_avg_pool2d_ex";
-  avg_plan a;
+  pool_geom g;
   if (!o)
     return tg__error("%s: argument 'options' is NULL", op), NULL;
-  if (geom_check(op, x, o->kernel, o->stride, o->padding, NULL, o->ceil_mode, &a.g) < 0)
+  if (geom_check(op, x, o->kernel, o->stride, o->padding, NULL, o->ceil_mode, &g) < 0)
     return NULL;
   if (x->ndim == 3) {
     tg_tensor *xb = tg__add_batch(x);
@@ -492,24 +489,11 @@ tg_tensor *tg_avg_pool2d_ex(const tg_tensor *x, const tg_avg_pool2d_options *o) 
     return y;
   }
   if (!o->ceil_mode && o->count_include_pad && !o->divisor_override)
-    return tg_avg_pool2d(x, a.g.k, a.g.s, a.g.p);
-  a.include_pad = o->count_include_pad;
-  a.divisor = o->divisor_override;
-  if (x->device.type != TG_DEVICE_CPU) {
-    tg__pool_desc d = pool_desc(TG__POOL_AVG, x, &a.g);
-    d.include_pad = a.include_pad;
-    d.divisor = a.divisor;
-    return tg__pool_device(op, x, &d, NULL);
-  }
-  tg_tensor *y = new_pooled(x, &a.g, x->dtype);
-  if (!y)
-    return NULL;
-  avg_ex_kernel(&a, x, y, x->shape[0] * x->shape[1], false);
-  tg_node *node;
-  y = tg__finish(op, y, 1, &x, avg_ex_backward, &node);
-  if (node)
-    *(avg_plan *)tg__ctx(node, sizeof a) = a;
-  return y;
+    return tg_avg_pool2d(x, g.k, g.s, g.p);
+  tg__pool_desc d = pool_desc(TG__POOL_AVG, x, &g);
+  d.include_pad = o->count_include_pad;
+  d.divisor = o->divisor_override;
+  return tg__pool_run(op, x, &d, NULL);
 }
 
 /* ----------------------------------------------------------- resampling -- */
