@@ -444,7 +444,7 @@ tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_te
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
 /* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. The pools
- * run on the CPU and on CUDA, as the plain pools; max_unpool2d and resampling on the
+ * and max_unpool2d run on the CPU and on CUDA, as the plain pools; resampling on the
  * CPU only (another device: an error naming it). */
 typedef struct {
   int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */

@@ -238,7 +238,8 @@ static const tg_reduction r_mean = TG_REDUCTION_MEAN, r_sum = TG_REDUCTION_SUM,
 
 /* Pools (pool.cu): kind 'm' tg_max_pool2d, 'a' tg_avg_pool2d, 'M' tg_max_pool2d_ex
  * (with indices: y + indices, so both are compared), 'A' tg_avg_pool2d_ex, 'd'
- * tg_adaptive_avg_pool2d to out. */
+ * tg_adaptive_avg_pool2d to out, 'u' tg_max_unpool2d of max_pool2d_ex's output and
+ * indices back to x's size (overlapping windows: duplicate indices). */
 typedef struct {
   char kind;
   bool indices;
@@ -257,6 +258,16 @@ static tg_tensor *pool_fn(tg_tensor *const *in, int n, void *vctx) {
     return tg_avg_pool2d(in[0], c->k, c->s, c->p);
   case 'd':
     return tg_adaptive_avg_pool2d(in[0], c->out);
+  case 'u': {
+    const tg_max_pool2d_options o = {
+        {c->k[0], c->k[1]}, {c->s[0], c->s[1]}, {c->p[0], c->p[1]}, {1, 1}, false};
+    tg_tensor *idx = NULL, *y = tg_max_pool2d_ex(in[0], &o, &idx);
+    const int64_t *sh = tg_shape(in[0]), nd = tg_ndim(in[0]);
+    tg_tensor *r = y ? tg_max_unpool2d(y, idx, c->k, c->s, c->p, sh + nd - 2) : NULL;
+    tg_tensor_free(y);
+    tg_tensor_free(idx);
+    return r;
+  }
   case 'A': {
     const tg_avg_pool2d_options o = {{c->k[0], c->k[1]}, {c->s[0], c->s[1]},
                                      {c->p[0], c->p[1]}, c->ceil_mode,
@@ -305,6 +316,10 @@ static const pool_ctx pA_ceil = POOL('A', .k = {3, 3}, .s = {2, 2}, .p = {1, 1},
                                       .ceil_mode = true),
                       pA_div = POOL('A', .k = {2, 3}, .s = {2, 2}, .p = {1, 1},
                                     .ceil_mode = true, .include_pad = true, .divisor = 5);
+/* unpool: overlapping windows (duplicate indices: its gradient, PyTorch's, counts
+ * each, so these rows are too large for the gradcheck), then disjoint ones */
+static const pool_ctx pu_3s1 = POOL('u', .k = {3, 3}, .s = {1, 1}, .p = {1, 1}),
+                      pu_23 = POOL('u', .k = {2, 3}, .s = {2, 3}, .p = {1, 1});
 /* adaptive: shrinking, growing (overlapping windows), to 1x1 */
 static const pool_ctx pd_34 = POOL('d', .out = {3, 4}), pd_47 = POOL('d', .out = {4, 7}),
                       pd_11 = POOL('d', .out = {1, 1});
@@ -502,6 +517,10 @@ static const cuda_case cases[] = {
     {"adaptive_avg", pool_fn, &pd_34, {SH(1, 2, 5, 7)}, F64, 1e-24, "f"},
     {"adaptive_avg", pool_fn, &pd_47, {SH(1, 2, 3, 5)}, F64, 1e-24, "f"},
     {"adaptive_avg", pool_fn, &pd_11, {SH(2, 4, 5)}, F64, 1e-24, "f"},
+    {"max_unpool2d", pool_fn, &pu_3s1, {SH(2, 3, 7, 6)}, F32, 1e-12, "f"},
+    {"max_unpool2d", pool_fn, &pu_3s1, {SH(2, 3, 5, 6)}, F64, 1e-24, "f"},
+    {"max_unpool2d", pool_fn, &pu_23, {SH(1, 2, 5, 6)}, F64, 1e-24, "f"},
+    {"max_unpool2d", pool_fn, &pu_23, {SH(3, 4, 6)}, F64, 1e-24, "f"},
 };
 
 /* ---- running one row ---- */
@@ -1094,6 +1113,16 @@ static void test_errors(void **state) {
   tg_tensor *target = tg_tensor_from_data(bad, TG_SHAPE(2), TG_I64, CUDA0);
   assert_error(tg_cross_entropy(logits, target, TG_REDUCTION_MEAN, -100) == NULL,
                "Target 7 is out of bounds", "element 1");
+  /* max_unpool2d's indices, checked on the host, and on x's device */
+  const int64_t ui[4] = {0, 3, 17, 2};
+  tg_tensor *ux = tg_randn(TG_SHAPE(1, 1, 2, 2), TG_F32, CUDA0);
+  tg_tensor *uid = tg_tensor_from_data(ui, TG_SHAPE(1, 1, 2, 2), TG_I64, CUDA0);
+  tg_tensor *uih = tg_tensor_from_data(ui, TG_SHAPE(1, 1, 2, 2), TG_I64, TG_CPU);
+  const int64_t k2[2] = {2, 2};
+  assert_error(tg_max_unpool2d(ux, uid, k2, NULL, NULL, NULL) == NULL, "tg_max_unpool2d",
+               "Found an invalid max index: 17", "4x4");
+  assert_error(tg_max_unpool2d(ux, uih, k2, NULL, NULL, NULL) == NULL, "tg_max_unpool2d",
+               "same device", "cuda:0 and cpu");
   /* still usable */
   tg_tensor *y = tg_group_norm(c, 3, NULL, NULL, 1e-5);
   assert_ok(y);

@@ -145,6 +145,26 @@ __global__ void pool_bwd(tg__pool_desc d, const T *dy, const int64_t *idx, T *dx
   }
 }
 
+/* max_unpool2d's store: one thread per plane, indices in order (the last of
+ * duplicates wins, as the CPU's loop). */
+template <typename T>
+__global__ void unpool_store(int64_t planes, int64_t n_idx, int64_t n_big, const T *src,
+                             const int64_t *idx, T *dst) {
+  for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < planes;
+       p += (int64_t)gridDim.x * blockDim.x)
+    for (int64_t k = p * n_idx; k < (p + 1) * n_idx; k++)
+      dst[p * n_big + idx[k]] = src[k];
+}
+
+/* Its backward: dst[k] = src[idx[k]] of its plane, one thread per element. */
+template <typename T>
+__global__ void unpool_gather(int64_t n, int64_t n_idx, int64_t n_big, const T *src,
+                              const int64_t *idx, T *dst) {
+  for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n;
+       k += (int64_t)gridDim.x * blockDim.x)
+    dst[k] = src[k / n_idx * n_big + idx[k]];
+}
+
 /* Runs launch(T(), blocks, stream) for n threads of work on device's stream (none
  * when n is 0); returns its status. */
 template <typename F> int run(int dtype, int64_t n, int device, F &&launch) {
@@ -178,5 +198,22 @@ extern "C" int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const v
     using T = decltype(z);
     TG_LAUNCH(pool_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)dy, idx, (T *)dx);
     return TG_CUDA_LAUNCHED(pool_bwd);
+  });
+}
+
+extern "C" int tg__unpool_cuda(int dtype, int64_t planes, int64_t n_idx, int64_t n_big,
+                               const void *src, const int64_t *idx, void *dst,
+                               bool backward, int device) {
+  const int64_t n = n_idx ? (backward ? planes * n_idx : planes) : 0;
+  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
+    using T = decltype(z);
+    if (backward) {
+      TG_LAUNCH(unpool_gather<T>, b, TG_THREADS, 0, st, n, n_idx, n_big, (const T *)src,
+                idx, (T *)dst);
+      return TG_CUDA_LAUNCHED(unpool_gather);
+    }
+    TG_LAUNCH(unpool_store<T>, b, TG_THREADS, 0, st, planes, n_idx, n_big, (const T *)src,
+              idx, (T *)dst);
+    return TG_CUDA_LAUNCHED(unpool_store);
   });
 }

@@ -35,6 +35,14 @@ int tg__pool_cuda_forward(int dtype, const tg__pool_desc *d, const void *x, void
 int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const void *dy,
                            const int64_t *idx, void *dx, int device);
 
+/* max_unpool2d over planes of n_idx indices into planes of n_big elements:
+ * backward false, dst[idx[k]] = src[k] in order of k (one thread per plane, so
+ * duplicate indices store the last, as the CPU; dst zeroed before); true,
+ * dst[k] = src[idx[k]]. Indices already checked in [0, n_big). */
+int tg__unpool_cuda(int dtype, int64_t planes, int64_t n_idx, int64_t n_big,
+                    const void *src, const int64_t *idx, void *dst, bool backward,
+                    int device);
+
 #ifdef __cplusplus
 }
 #else

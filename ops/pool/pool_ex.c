@@ -97,6 +97,20 @@ static tg__pool_desc pool_desc(int kind, const tg_tensor *x, const pool_geom *g)
   return d;
 }
 
+/* One kernel table per device (the dispatch section below). */
+typedef struct {
+  int (*forward)(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
+                 tg_tensor *idx);
+  /* dx: uninitialised; every element is written */
+  int (*backward)(const tg__pool_desc *d, const tg_tensor *g, const tg_tensor *idx,
+                  tg_tensor *dx);
+  /* max_unpool2d: backward false, dst[idx[k]] = src[k] in order of k (dst zeroed,
+   * the last of duplicate indices wins); true, dst[k] = src[idx[k]] */
+  int (*unpool)(const tg_tensor *src, const tg_tensor *idx, tg_tensor *dst,
+                bool backward);
+} pool_kernels;
+static const pool_kernels *pool_pick(const char *op, const tg_tensor *x);
+
 /* ---------------------------------------------------------- max pool -- */
 
 /* Element i of a float32 or float64 buffer, as double, and the store back. The
@@ -218,10 +232,14 @@ tg_tensor *tg_max_pool2d_ex(const tg_tensor *x, const tg_max_pool2d_options *o,
 
 static int max_unpool_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg__new_like(x);
+  const pool_kernels *k = pool_pick(node->op, x);
+  tg_tensor *dx = k ? tg__new_like(x) : NULL;
   if (!dx)
     return -1;
-  move_planes(g, node->saved[0], dx, x->shape[0] * x->shape[1], GATHER);
+  if (k->unpool(g, node->saved[0], dx, true) < 0) {
+    tg_tensor_free(dx);
+    return -1;
+  }
   gi[0] = dx;
   return 0;
 }
@@ -236,6 +254,15 @@ tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
     return NULL;
   if (!kernel)
     return tg__error("%s: argument 'kernel' is NULL", op), NULL;
+  if (x->device.type != indices->device.type ||
+      x->device.index != indices->device.index) {
+    char a[32], b[32];
+    return tg__error("%s: Expected all tensors to be on the same device, but found at "
+                     "least two devices, %s and %s!",
+                     op, tg__device_str(x->device, a, sizeof a),
+                     tg__device_str(indices->device, b, sizeof b)),
+           NULL;
+  }
   if (indices->dtype != TG_I64)
     return tg__error("%s: elements in indices should be type int64 but got: %s", op,
                      tg_dtype_name(indices->dtype)),
@@ -272,22 +299,31 @@ tg_tensor *tg_max_unpool2d(const tg_tensor *x, const tg_tensor *indices,
     return tg__error("%s: output size (%lld, %lld) must not be negative", op,
                      (long long)out[0], (long long)out[1]),
            NULL;
-  if (x->device.type != TG_DEVICE_CPU) /* before the indices are read on the host */
-    return tg__unsupported_device(op, x), NULL;
-  const int64_t *I = tg__data(indices), n = out[0] * out[1];
+  const pool_kernels *kern = pool_pick(op, x);
+  if (!kern)
+    return NULL;
+  /* the indices are checked on the host (a copy of device ones) */
+  tg_tensor *host = tg__on_cuda(indices) ? tg_tensor_to(indices, TG_CPU) : NULL;
+  if (tg__on_cuda(indices) && !host)
+    return NULL;
+  const int64_t *I = tg__data(host ? host : indices), n = out[0] * out[1];
   for (int64_t k = 0; k < indices->numel; k++)
-    if (I[k] < 0 || I[k] >= n)
-      return tg__error("%s: Found an invalid max index: %lld (output volumes are of size "
-                       "%lldx%lld)",
-                       op, (long long)I[k], (long long)out[0], (long long)out[1]),
-             NULL;
+    if (I[k] < 0 || I[k] >= n) {
+      tg__error("%s: Found an invalid max index: %lld (output volumes are of size "
+                "%lldx%lld)",
+                op, (long long)I[k], (long long)out[0], (long long)out[1]);
+      tg_tensor_free(host);
+      return NULL;
+    }
+  tg_tensor_free(host);
   tg_tensor *y =
       tg_zeros(TG_SHAPE(x->shape[0], x->shape[1], out[0], out[1]), x->dtype, x->device);
-  if (!y)
-    return NULL;
   /* Duplicate indices come from overlapping windows that chose one input element:
    * PyTorch stores each, the same value; adding them would count it twice. */
-  move_planes(x, indices, y, x->shape[0] * x->shape[1], SCATTER_STORE);
+  if (!y || kern->unpool(x, indices, y, false) < 0) {
+    tg_tensor_free(y);
+    return NULL;
+  }
   const tg_tensor *in[2] = {x, NULL};
   tg_node *node;
   y = tg__finish(op, y, 2, in, max_unpool_backward, &node);
@@ -362,14 +398,6 @@ static void avg_ex_kernel(const avg_plan *a, const tg_tensor *src, tg_tensor *ds
 /* Every pool of this file, and pool.c's on devices other than the CPU (whose CPU
  * kernels are its own tuned loops), goes through one kernel table per device. */
 
-typedef struct {
-  int (*forward)(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
-                 tg_tensor *idx);
-  /* dx: uninitialised; every element is written */
-  int (*backward)(const tg__pool_desc *d, const tg_tensor *g, const tg_tensor *idx,
-                  tg_tensor *dx);
-} pool_kernels;
-
 /* The CPU loops' plan of d: max (whose loop stops at the first NaN, the d.first_nan
  * this file asks for) or avg; adaptive pools stay in pool.c on the CPU. */
 static avg_plan plan_of(const tg__pool_desc *d) {
@@ -407,7 +435,14 @@ static int pool_backward_cpu(const tg__pool_desc *d, const tg_tensor *g,
   return 0;
 }
 
-static const pool_kernels pool_cpu = {pool_forward_cpu, pool_backward_cpu};
+static int unpool_cpu(const tg_tensor *src, const tg_tensor *idx, tg_tensor *dst,
+                      bool backward) {
+  move_planes(src, idx, dst, idx->shape[0] * idx->shape[1],
+              backward ? GATHER : SCATTER_STORE);
+  return 0;
+}
+
+static const pool_kernels pool_cpu = {pool_forward_cpu, pool_backward_cpu, unpool_cpu};
 
 #ifdef TG_HAVE_CUDA
 static int pool_forward_cuda(const tg__pool_desc *d, const tg_tensor *x, tg_tensor *y,
@@ -422,7 +457,17 @@ static int pool_backward_cuda(const tg__pool_desc *d, const tg_tensor *g,
                                 tg__data(dx), g->device.index);
 }
 
-static const pool_kernels pool_cuda = {pool_forward_cuda, pool_backward_cuda};
+static int unpool_cuda(const tg_tensor *src, const tg_tensor *idx, tg_tensor *dst,
+                       bool backward) {
+  const int64_t planes = idx->shape[0] * idx->shape[1];
+  const int64_t n_idx = planes ? idx->numel / planes : 0;
+  const int64_t n_big = planes ? (backward ? src : dst)->numel / planes : 0;
+  return tg__unpool_cuda(src->dtype, planes, n_idx, n_big, tg__data(src), tg__data(idx),
+                         tg__data(dst), backward, src->device.index);
+}
+
+static const pool_kernels pool_cuda = {pool_forward_cuda, pool_backward_cuda,
+                                       unpool_cuda};
 #endif
 
 static const pool_kernels *pool_pick(const char *op, const tg_tensor *x) {
