@@ -187,23 +187,21 @@ static int bn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_te
 static const bn_kernels tg__bn_cpu = {bn_forward_cpu_k, bn_backward_cpu_k};
 
 #ifdef TG_HAVE_CUDA
-static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
-
 static int bn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
                            tg_tensor *rm, tg_tensor *rv, bn_dims d, double momentum,
                            double eps, tg_tensor *y, tg_tensor *stats) {
-  return tg__bn_cuda_forward(x->dtype, tg__data(x), data_or_null(w), data_or_null(b),
-                             data_or_null(rm), data_or_null(rv), d.N, d.C, d.HW,
-                             d.training, momentum, eps, tg__data(y), tg__data(stats),
-                             x->device.index);
+  return tg__bn_cuda_forward(x->dtype, tg__data(x), norm_data_or_null(w),
+                             norm_data_or_null(b), norm_data_or_null(rm),
+                             norm_data_or_null(rv), d.N, d.C, d.HW, d.training, momentum,
+                             eps, tg__data(y), tg__data(stats), x->device.index);
 }
 
 static int bn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                             const tg_tensor *stats, bn_dims d, tg_tensor *grads[3]) {
-  return tg__bn_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
+  return tg__bn_cuda_backward(x->dtype, tg__data(g), tg__data(x), norm_data_or_null(w),
                               tg__data(stats), d.N, d.C, d.HW, d.training,
-                              data_or_null(grads[0]), data_or_null(grads[1]),
-                              data_or_null(grads[2]), x->device.index);
+                              norm_data_or_null(grads[0]), norm_data_or_null(grads[1]),
+                              norm_data_or_null(grads[2]), x->device.index);
 }
 
 static const bn_kernels tg__bn_cuda = {bn_forward_cuda, bn_backward_cuda};

@@ -48,11 +48,6 @@ split split_for(int64_t C, int64_t count, int device) {
   return {S, chunk};
 }
 
-int threads_for(int64_t n, int max) {
-  int64_t t = (n + 31) / 32 * 32;
-  return t < 32 ? 32 : t > max ? max : (int)t;
-}
-
 template <typename T>
 __global__ void bn_fwd_partial(const T *x, int64_t C, int64_t HW, int64_t count, split sp,
                                moments *part) {
@@ -219,7 +214,7 @@ extern "C" int tg__bn_cuda_forward(int dtype, const void *x, const void *w, cons
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
     if (training) {
-      TG_LAUNCH(bn_fwd_partial<T>, (unsigned)(C * sp.S), threads_for(sp.chunk, 512), 0,
+      TG_LAUNCH(bn_fwd_partial<T>, (unsigned)(C * sp.S), tg_threads_for(sp.chunk, 512), 0,
                 st, (const T *)x, C, HW, count, sp, part);
       rc = TG_CUDA_LAUNCHED(bn_fwd_partial);
     }
@@ -262,7 +257,7 @@ extern "C" int tg__bn_cuda_backward(int dtype, const void *dy, const void *x,
     using T = decltype(z);
     const T *DY = (const T *)dy, *X = (const T *)x;
     if (need_sums) {
-      TG_LAUNCH(bn_bwd_partial<T>, (unsigned)(C * sp.S), threads_for(sp.chunk, 512), 0,
+      TG_LAUNCH(bn_bwd_partial<T>, (unsigned)(C * sp.S), tg_threads_for(sp.chunk, 512), 0,
                 st, DY, X, stats, C, HW, count, sp, part);
       rc = TG_CUDA_LAUNCHED(bn_bwd_partial);
       if (rc == 0) {

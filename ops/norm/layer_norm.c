@@ -180,13 +180,11 @@ typedef struct {
                   const tg_tensor *stats, ln_dims d, tg_tensor *grads[3]);
 } ln_kernels;
 
-static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
-
 static int ln_forward_cpu_k(const tg_tensor *x, const tg_tensor *gamma,
                             const tg_tensor *beta, ln_dims d, double eps, tg_tensor *y,
                             tg_tensor *stats) {
-  ln_forward_cpu(x, data_or_null(gamma), data_or_null(beta), d, eps, y,
-                 data_or_null(stats));
+  ln_forward_cpu(x, norm_data_or_null(gamma), norm_data_or_null(beta), d, eps, y,
+                 norm_data_or_null(stats));
   return 0;
 }
 
@@ -194,7 +192,7 @@ static int ln_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_te
                              const tg_tensor *saved, ln_dims d, tg_tensor *grads[3]) {
   const norm_stats *stats = tg__data(saved);
   if (grads[0])
-    ln_dx_cpu(g, x, data_or_null(w), stats, d, grads[0]);
+    ln_dx_cpu(g, x, norm_data_or_null(w), stats, d, grads[0]);
   if (!grads[1] && !grads[2])
     return 0;
   const int nt = tg__reduce_threads(2 * x->numel); /* per-thread partial sums */
@@ -218,16 +216,16 @@ static const ln_kernels tg__ln_cpu = {ln_forward_cpu_k, ln_backward_cpu_k};
 static int ln_forward_cuda(const tg_tensor *x, const tg_tensor *gamma,
                            const tg_tensor *beta, ln_dims d, double eps, tg_tensor *y,
                            tg_tensor *stats) {
-  return tg__ln_cuda_forward(x->dtype, tg__data(x), data_or_null(gamma),
-                             data_or_null(beta), d.M, d.D, eps, tg__data(y),
-                             data_or_null(stats), x->device.index);
+  return tg__ln_cuda_forward(x->dtype, tg__data(x), norm_data_or_null(gamma),
+                             norm_data_or_null(beta), d.M, d.D, eps, tg__data(y),
+                             norm_data_or_null(stats), x->device.index);
 }
 
 static int ln_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                             const tg_tensor *stats, ln_dims d, tg_tensor *grads[3]) {
-  return tg__ln_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
-                              tg__data(stats), d.M, d.D, data_or_null(grads[0]),
-                              data_or_null(grads[1]), data_or_null(grads[2]),
+  return tg__ln_cuda_backward(x->dtype, tg__data(g), tg__data(x), norm_data_or_null(w),
+                              tg__data(stats), d.M, d.D, norm_data_or_null(grads[0]),
+                              norm_data_or_null(grads[1]), norm_data_or_null(grads[2]),
                               x->device.index);
 }
 

@@ -17,12 +17,6 @@
 
 namespace {
 
-/* Threads for a block sweeping n elements: a multiple of 32 up to max. */
-int threads_for(int64_t n, int max) {
-  int64_t t = (n + 31) / 32 * 32;
-  return t < 32 ? 32 : t > max ? max : (int)t;
-}
-
 template <typename T>
 __global__ void ln_fwd(const T *x, const T *w, const T *b, int64_t D, double eps, T *y,
                        double *stats) {
@@ -159,7 +153,7 @@ extern "C" int tg__ln_cuda_forward(int dtype, const void *x, const void *w, cons
   int rc = 0;
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
-    TG_LAUNCH(ln_fwd<T>, (unsigned)M, threads_for(D, 512), 0, st, (const T *)x,
+    TG_LAUNCH(ln_fwd<T>, (unsigned)M, tg_threads_for(D, 512), 0, st, (const T *)x,
               (const T *)w, (const T *)b, D, eps, (T *)y, stats);
     rc = TG_CUDA_LAUNCHED(ln_fwd);
   });
@@ -185,7 +179,7 @@ extern "C" int tg__ln_cuda_backward(int dtype, const void *dy, const void *x,
     using T = decltype(z);
     const T *DY = (const T *)dy, *X = (const T *)x;
     if (dx) {
-      TG_LAUNCH(ln_bwd_dx<T>, (unsigned)M, threads_for(D, 512), 0, st, DY, X,
+      TG_LAUNCH(ln_bwd_dx<T>, (unsigned)M, tg_threads_for(D, 512), 0, st, DY, X,
                 (const T *)w, stats, D, (T *)dx);
       rc = TG_CUDA_LAUNCHED(ln_bwd_dx);
     }
