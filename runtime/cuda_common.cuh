@@ -16,6 +16,12 @@ static inline cudaStream_t tg_stream(int device) {
 /* Elementwise grids: 256 threads, grid-stride loops over int64 indices. */
 enum { TG_THREADS = 256 };
 
+/* Threads for a block sweeping n elements: a multiple of 32 up to max. */
+static inline int tg_threads_for(int64_t n, int max) {
+  int64_t t = (n + 31) / 32 * 32;
+  return t < 32 ? 32 : t > max ? max : (int)t;
+}
+
 /* Sum over the warp of a value every lane holds (all 32 lanes active). */
 template <typename T> __device__ inline T tg_warp_sum(T v) {
   for (int o = 16; o > 0; o /= 2)

@@ -233,6 +233,91 @@ static const gn_ctx r3 = {3, true, true, true}, r1 = {1, true, true, true},
                     r2_noaffine = {2, false, false, true},
                     r2_bias = {2, false, true, true}, r32 = {32, true, true, true},
                     r8 = {8, true, true, true};
+typedef struct {
+  int n_norm;
+  int64_t ns[3];
+  bool weight, bias;
+  double eps;
+} ln_ctx;
+
+static tg_tensor *ln_fn(tg_tensor *const *in, int n, void *vctx) {
+  const ln_ctx *c = vctx;
+  (void)n;
+  const tg_tensor *w = c->weight ? in[1] : NULL;
+  const tg_tensor *b = c->bias ? in[c->weight ? 2 : 1] : NULL;
+  return tg_layer_norm(in[0], c->ns, c->n_norm, w, b, c->eps);
+}
+
+/* affine, none, weight or bias alone; two trailing dims; eps 0 and negative (var +
+ * eps stays positive for these inputs) */
+static const ln_ctx ln7 = {1, {7}, true, true, 1e-5},
+                    ln5_none = {1, {5}, false, false, 1e-5},
+                    ln6_w = {1, {6}, true, false, 1e-5},
+                    ln6_b = {1, {6}, false, true, 1e-5},
+                    ln3x5 = {2, {3, 5}, true, true, 0},
+                    ln9_neg = {1, {9}, true, true, -1e-3},
+                    ln1000 = {1, {1000}, true, true, 1e-5},
+                    ln4 = {1, {4}, true, true, 1e-5}, ln0 = {1, {0}, true, true, 1e-5};
+
+typedef struct {
+  bool weight, bias, training, running; /* running: with running stats */
+  double eps;
+} bn_ctx;
+
+/* Running stats made on x's device: mean c / 2 - 1, var 0.5 + c / 4 per channel c. */
+static tg_tensor *bn_fn(tg_tensor *const *in, int n, void *vctx) {
+  const bn_ctx *c = vctx;
+  (void)n;
+  const tg_tensor *w = c->weight ? in[1] : NULL;
+  const tg_tensor *b = c->bias ? in[c->weight ? 2 : 1] : NULL;
+  tg_tensor *rm = NULL, *rv = NULL;
+  const int64_t C = tg_size(in[0], 1);
+  if (c->running && C > 0) {
+    const tg_device dev = tg_device_of(in[0]);
+    rm = tg_arange(-1, C / 2.0 - 1 - 0.25, 0.5, tg_dtype_of(in[0]), dev);
+    rv = tg_arange(0.5, 0.5 + C / 4.0 - 0.125, 0.25, tg_dtype_of(in[0]), dev);
+  }
+  return tg_batch_norm(in[0], w, b, rm, rv, c->training, 0.1, c->eps);
+}
+
+/* The running stats a training step updates on the device (several blocks per channel
+ * for the large shape), against the CPU's, twice in a row; then evaluation with them. */
+static void test_batch_norm_running_stats(void **state) {
+  (void)state;
+  require_gpu();
+  const int64_t shapes[2][4] = {{4, 3, 5, 1}, {2, 3, 101, 53}};
+  for (int dt = 0; dt < 2; dt++)
+    for (int k = 0; k < 2; k++) {
+      const tg_dtype dtype = dt ? TG_F64 : TG_F32;
+      tg_scope_begin();
+      tg_tensor *xh = tg_randn(shapes[k], 4, dtype, TG_CPU),
+                *xd = tg_tensor_to(xh, CUDA0);
+      tg_tensor *rm[2], *rv[2], *y[2];
+      for (int d = 0; d < 2; d++) {
+        const tg_device dev = d ? CUDA0 : TG_CPU;
+        rm[d] = tg_arange(-1, 0.25, 0.5, dtype, dev);
+        rv[d] = tg_arange(0.5, 1.125, 0.25, dtype, dev);
+        for (int step = 0; step < 2; step++)
+          assert_non_null(
+              tg_batch_norm(d ? xd : xh, NULL, NULL, rm[d], rv[d], true, 0.3, 1e-5));
+        y[d] = tg_batch_norm(d ? xd : xh, NULL, NULL, rm[d], rv[d], false, 0.3, 1e-5);
+        assert_non_null(y[d]);
+      }
+      const double tol = dt ? 1e-12 : 1e-5;
+      assert_close(tg_tensor_to(rm[1], TG_CPU), rm[0], tol, tol);
+      assert_close(tg_tensor_to(rv[1], TG_CPU), rv[0], tol, tol);
+      assert_close(tg_tensor_to(y[1], TG_CPU), y[0], tol, tol);
+      tg_scope_end();
+    }
+}
+
+static const bn_ctx bn_train = {true, true, true, true, 1e-5},
+                    bn_train_none = {false, false, true, false, 1e-5},
+                    bn_train_w = {true, false, true, true, -1e-3},
+                    bn_train_b = {false, true, true, false, 0},
+                    bn_eval = {true, true, false, true, 1e-5},
+                    bn_eval_none = {false, false, false, true, 1e-5};
+
 static const tg_reduction r_mean = TG_REDUCTION_MEAN, r_sum = TG_REDUCTION_SUM,
                           r_none = TG_REDUCTION_NONE;
 
@@ -383,6 +468,52 @@ static const cuda_case cases[] = {
      F64,
      1e-24,
      "fff"},
+
+    /* layer_norm: rows of odd and large D, many rows (parameter-gradient chunks) */
+    {"layer_norm", ln_fn, &ln7, {SH(3, 7), SH(7), SH(7)}, F64, 1e-24, "fff"},
+    {"layer_norm", ln_fn, &ln7, {SH(5, 2, 7), SH(7), SH(7)}, F32, 1e-10, "fff"},
+    {"layer_norm", ln_fn, &ln5_none, {SH(4, 5)}, F64, 1e-24, "f"},
+    {"layer_norm", ln_fn, &ln5_none, {SH(3, 3, 5)}, F32, 1e-10, "f"},
+    {"layer_norm", ln_fn, &ln6_w, {SH(4, 6), SH(6)}, F64, 1e-24, "ff"},
+    {"layer_norm", ln_fn, &ln6_b, {SH(4, 6), SH(6)}, F64, 1e-24, "ff"},
+    {"layer_norm", ln_fn, &ln3x5, {SH(2, 3, 5), SH(3, 5), SH(3, 5)}, F64, 1e-24, "fff"},
+    {"layer_norm", ln_fn, &ln9_neg, {SH(2, 9), SH(9), SH(9)}, F64, 1e-24, "fff"},
+    {"layer_norm", ln_fn, &ln1000, {SH(3, 1000), SH(1000), SH(1000)}, F32, 1e-10, "fff"},
+    {"layer_norm", ln_fn, &ln4, {SH(3000, 4), SH(4), SH(4)}, F32, 1e-10, "fff"},
+    {"layer_norm", ln_fn, &ln4, {SH(1037, 4), SH(4), SH(4)}, F64, 1e-24, "fff"},
+    {"layer_norm", ln_fn, &ln4, {SH(0, 4), SH(4), SH(4)}, F32, 1e-10, "fff"},
+    {"layer_norm", ln_fn, &ln0, {SH(3, 0), SH(0), SH(0)}, F32, 1e-10, "fff"},
+
+    /* batch_norm: training (several blocks per channel for the large ones), evaluation,
+     * affine or not, empty batch / channels / trailing dims */
+    {"batch_norm", bn_fn, &bn_train, {SH(2, 3, 5), SH(3), SH(3)}, F64, 1e-24, "fff"},
+    {"batch_norm", bn_fn, &bn_train, {SH(5, 3, 7), SH(3), SH(3)}, F32, 1e-10, "fff"},
+    {"batch_norm", bn_fn, &bn_train, {SH(4, 6), SH(6), SH(6)}, F64, 1e-24, "fff"},
+    {"batch_norm", bn_fn, &bn_train_none, {SH(3, 2, 3, 5)}, F64, 1e-24, "f"},
+    {"batch_norm", bn_fn, &bn_train_w, {SH(3, 4, 3), SH(4)}, F64, 1e-24, "ff"},
+    {"batch_norm", bn_fn, &bn_train_b, {SH(3, 4, 3), SH(4)}, F64, 1e-24, "ff"},
+    {"batch_norm",
+     bn_fn,
+     &bn_train,
+     {SH(2, 3, 101, 53), SH(3), SH(3)},
+     F32,
+     1e-10,
+     "fff"},
+    {"batch_norm", bn_fn, &bn_train, {SH(3, 2, 61, 59), SH(2), SH(2)}, F64, 1e-24, "fff"},
+    {"batch_norm",
+     bn_fn,
+     &bn_train,
+     {SH(8, 64, 3, 3), SH(64), SH(64)},
+     F32,
+     1e-10,
+     "fff"},
+    {"batch_norm", bn_fn, &bn_eval, {SH(3, 4, 2), SH(4), SH(4)}, F64, 1e-24, "fff"},
+    {"batch_norm", bn_fn, &bn_eval, {SH(5, 3, 7, 3), SH(3), SH(3)}, F32, 1e-10, "fff"},
+    {"batch_norm", bn_fn, &bn_eval_none, {SH(4, 5)}, F64, 1e-24, "f"},
+    {"batch_norm", bn_fn, &bn_train, {SH(0, 3, 4), SH(3), SH(3)}, F32, 1e-10, "fff"},
+    {"batch_norm", bn_fn, &bn_train, {SH(3, 4, 0), SH(4), SH(4)}, F32, 1e-10, "fff"},
+    {"batch_norm", bn_fn, &bn_train, {SH(2, 0, 4), SH(0), SH(0)}, F32, 1e-10, "fff"},
+    {"batch_norm", bn_fn, &bn_eval, {SH(0, 3), SH(3), SH(3)}, F64, 1e-24, "fff"},
 
     {"add", add_fn, NULL, {SH(4, 1, 5), SH(3, 5)}, F64, 1e-24, "ff"},
     {"add", add_fn, NULL, {SH(3, 5), SH(4, 1, 5)}, F32, 1e-12, "ff"},
@@ -1140,6 +1271,7 @@ int main(void) {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_ops_vs_cpu),
       cmocka_unit_test(test_gradcheck_on_device),
+      cmocka_unit_test(test_batch_norm_running_stats),
       cmocka_unit_test(test_group_norm_hard),
       cmocka_unit_test(test_group_norm_reproducible),
       cmocka_unit_test(test_group_norm_relu_nan),

@@ -774,8 +774,9 @@ static outcome replay(sample *s, const op_row *row, tg_device dev, char *why,
   }
   if (!check(s, out, "out", why, len) ||
       (ref_has(s->f, s->name, "out1") && !check(s, s->out1, "out1", why, len)) ||
-      (ref_has(s->f, s->name, "rm") && !check(s, leaves[3], "rm", why, len)) ||
-      (ref_has(s->f, s->name, "rv") && !check(s, leaves[4], "rv", why, len))) {
+      /* the running stats the op updated in place: x's, on dev */
+      (ref_has(s->f, s->name, "rm") && !check(s, x[3], "rm", why, len)) ||
+      (ref_has(s->f, s->name, "rv") && !check(s, x[4], "rv", why, len))) {
     res = FAIL;
     goto done;
   }

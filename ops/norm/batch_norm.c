@@ -7,6 +7,8 @@
  * used (norm_stats, float64 [C, 3]) for the backward. */
 #include "norm.h"
 
+#include "batch_norm.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,14 +142,31 @@ static void bn_backward_cpu(const tg_tensor *g, const tg_tensor *x, const tg_ten
   });
 }
 
-static int bn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  bn_dims d = *(const bn_dims *)node->ctx;
-  tg_tensor *grads[3];
-  if (norm_new_grads(node, grads) < 0)
-    return -1;
+/* ------------------------------------------------------- kernel tables -- */
+
+/* One signature per kernel, one table per device; tg_batch_norm and bn_backward check
+ * and record once, then call the table of x's device. stats is [C, 3] float64 on x's
+ * device in the same layout on every device; in backward, grads[i] is NULL where input
+ * i needs no gradient. */
+typedef struct {
+  int (*forward)(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                 tg_tensor *rm, tg_tensor *rv, bn_dims d, double momentum, double eps,
+                 tg_tensor *y, tg_tensor *stats);
+  int (*backward)(const tg_tensor *dy, const tg_tensor *x, const tg_tensor *w,
+                  const tg_tensor *stats, bn_dims d, tg_tensor *grads[3]);
+} bn_kernels;
+
+static int bn_forward_cpu_k(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                            tg_tensor *rm, tg_tensor *rv, bn_dims d, double momentum,
+                            double eps, tg_tensor *y, tg_tensor *stats) {
+  bn_forward_cpu(x, w, b, rm, rv, d, momentum, eps, y, tg__data(stats));
+  return 0;
+}
+
+static int bn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *saved, bn_dims d, tg_tensor *grads[3]) {
   tg_tensor *dx = grads[0], *dw = grads[1], *db = grads[2];
-  const norm_stats *stats = tg__data(node->saved[0]);
+  const norm_stats *stats = tg__data(saved);
   double *sums = NULL;
   if (d.training || dw || db) {
     sums = malloc((size_t)(d.C ? d.C : 1) * 2 * sizeof *sums);
@@ -162,6 +181,44 @@ static int bn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
       tg__set(db, c, sums[2 * c]);
   }
   free(sums);
+  return 0;
+}
+
+static const bn_kernels tg__bn_cpu = {bn_forward_cpu_k, bn_backward_cpu_k};
+
+#ifdef TG_HAVE_CUDA
+static int bn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
+                           tg_tensor *rm, tg_tensor *rv, bn_dims d, double momentum,
+                           double eps, tg_tensor *y, tg_tensor *stats) {
+  return tg__bn_cuda_forward(x->dtype, tg__data(x), norm_data_or_null(w),
+                             norm_data_or_null(b), norm_data_or_null(rm),
+                             norm_data_or_null(rv), d.N, d.C, d.HW, d.training, momentum,
+                             eps, tg__data(y), tg__data(stats), x->device.index);
+}
+
+static int bn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                            const tg_tensor *stats, bn_dims d, tg_tensor *grads[3]) {
+  return tg__bn_cuda_backward(x->dtype, tg__data(g), tg__data(x), norm_data_or_null(w),
+                              tg__data(stats), d.N, d.C, d.HW, d.training,
+                              norm_data_or_null(grads[0]), norm_data_or_null(grads[1]),
+                              norm_data_or_null(grads[2]), x->device.index);
+}
+
+static const bn_kernels tg__bn_cuda = {bn_forward_cuda, bn_backward_cuda};
+#endif
+
+static const bn_kernels *pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &tg__bn_cpu, TG_IF_CUDA(&tg__bn_cuda));
+}
+
+static int bn_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  bn_dims d = *(const bn_dims *)node->ctx;
+  tg_tensor *grads[3];
+  const bn_kernels *k = pick(node->op, x);
+  if (!k || norm_new_grads(node, grads) < 0 ||
+      k->backward(g, x, w, node->saved[0], d, grads) < 0)
+    return -1;
   memcpy(gi, grads, sizeof grads);
   return 0;
 }
@@ -175,20 +232,20 @@ tg_tensor *tg_batch_norm(const tg_tensor *x, const tg_tensor *weight,
   bn_dims d;
   if (x->ndim == 1 && x->numel == 0) /* PyTorch: an empty vector stays empty */
     return tg_clone(x);
+  const bn_kernels *k;
   if (bn_check(x, weight, bias, running_mean, running_var, training, momentum, eps, &d) <
-      0)
+          0 ||
+      !(k = pick(OP, x)))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, x), NULL;
   tg_tensor *stats = tg__new(TG_SHAPE(d.C, 3), TG_F64, x->device);
   tg_tensor *y = tg__new_like(x);
-  if (!stats || !y) {
+  if (!stats || !y ||
+      k->forward(x, weight, bias, running_mean, running_var, d, momentum, eps, y, stats) <
+          0) {
     tg_tensor_free(stats);
     tg_tensor_free(y);
     return NULL;
   }
-  bn_forward_cpu(x, weight, bias, running_mean, running_var, d, momentum, eps, y,
-                 tg__data(stats));
   if (training && running_mean) {
     tg__bump_version(running_mean);
     tg__bump_version(running_var);

@@ -251,22 +251,20 @@ static int gn_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_te
 static const gn_kernels tg__gn_cpu = {gn_forward_cpu_k, gn_backward_cpu_k};
 
 #ifdef TG_HAVE_CUDA
-static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
-
 static int gn_forward_cuda(const tg_tensor *x, const tg_tensor *w, const tg_tensor *b,
                            gn_dims d, double eps, tg_tensor *y, tg_tensor *stats) {
-  return tg__gn_cuda_forward(x->dtype, tg__data(x), data_or_null(w), data_or_null(b), d.N,
-                             d.C, d.G, d.HW, eps, d.relu, tg__data(y),
-                             data_or_null(stats), x->device.index);
+  return tg__gn_cuda_forward(x->dtype, tg__data(x), norm_data_or_null(w),
+                             norm_data_or_null(b), d.N, d.C, d.G, d.HW, eps, d.relu,
+                             tg__data(y), norm_data_or_null(stats), x->device.index);
 }
 
 static int gn_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
                             const tg_tensor *b, const tg_tensor *stats, gn_dims d,
                             tg_tensor *grads[3]) {
-  return tg__gn_cuda_backward(x->dtype, tg__data(g), tg__data(x), data_or_null(w),
-                              data_or_null(b), tg__data(stats), d.N, d.C, d.G, d.HW,
-                              d.relu, data_or_null(grads[0]), data_or_null(grads[1]),
-                              data_or_null(grads[2]), x->device.index);
+  return tg__gn_cuda_backward(
+      x->dtype, tg__data(g), tg__data(x), norm_data_or_null(w), norm_data_or_null(b),
+      tg__data(stats), d.N, d.C, d.G, d.HW, d.relu, norm_data_or_null(grads[0]),
+      norm_data_or_null(grads[1]), norm_data_or_null(grads[2]), x->device.index);
 }
 
 static const gn_kernels tg__gn_cuda = {gn_forward_cuda, gn_backward_cuda};

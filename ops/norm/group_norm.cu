@@ -434,12 +434,6 @@ __global__ void gn_bwd_params(const double *sums, const double *stats, int64_t N
  * the same per-block limit as the dynamic part. */
 const size_t STATIC_SMEM = 1024;
 
-/* Threads for a block sweeping n elements: a multiple of 32 up to max. */
-int threads_for(int64_t n, int max) {
-  int64_t t = (n + 31) / 32 * 32;
-  return t < 32 ? 32 : t > max ? max : (int)t;
-}
-
 /* Raises a kernel's dynamic shared memory limit to what it asks, when over 48 KiB. */
 template <typename K> int allow_smem(K kernel, size_t bytes) {
   if (bytes <= (48 << 10))
@@ -457,8 +451,8 @@ int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
   if (groups >= sms && smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
     if (allow_smem(gn_fwd_fused<T, V, R>, smem) < 0)
       return -1;
-    TG_LAUNCH((gn_fwd_fused<T, V, R>), (unsigned)groups, threads_for(len / V, 512), smem,
-              st, x, w, b, G, D, HW, eps, y, stats);
+    TG_LAUNCH((gn_fwd_fused<T, V, R>), (unsigned)groups, tg_threads_for(len / V, 512),
+              smem, st, x, w, b, G, D, HW, eps, y, stats);
     return TG_CUDA_LAUNCHED(gn_fwd_fused);
   }
   /* Enough blocks for two per multiprocessor, chunks of at least 2048 elements (and
@@ -475,7 +469,7 @@ int forward(const T *x, const T *w, const T *b, int64_t N, int64_t C, int64_t G,
   moments *part = (moments *)tg__cuda_malloc(part_bytes, device);
   if (!part)
     return -1;
-  const int threads = threads_for(chunk / V, 512);
+  const int threads = tg_threads_for(chunk / V, 512);
   TG_LAUNCH((gn_fwd_partial<T, V>), (unsigned)(groups * S), threads, 0, st, x, len, chunk,
             (int)S, part);
   int rc = TG_CUDA_LAUNCHED(gn_fwd_partial);
@@ -503,12 +497,12 @@ int backward(const T *dy, const T *x, const T *w, const T *b, const double *stat
       smem + STATIC_SMEM <= tg__cuda_smem_optin(device)) {
     rc = allow_smem(gn_bwd_fused<T, V, R>, smem);
     if (rc == 0) {
-      TG_LAUNCH((gn_bwd_fused<T, V, R>), (unsigned)groups, threads_for(len / V, 512),
+      TG_LAUNCH((gn_bwd_fused<T, V, R>), (unsigned)groups, tg_threads_for(len / V, 512),
                 smem, st, dy, x, w, b, stats, G, D, HW, dx, sums);
       rc = TG_CUDA_LAUNCHED(gn_bwd_fused);
     }
   } else {
-    const int threads = threads_for(HW / V, 256);
+    const int threads = tg_threads_for(HW / V, 256);
     TG_LAUNCH((gn_bwd_sums<T, V, R>), (unsigned)(N * C), threads, 0, st, dy, x, w, b,
               stats, C, D, HW, sums);
     rc = TG_CUDA_LAUNCHED(gn_bwd_sums);

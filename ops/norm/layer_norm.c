@@ -5,6 +5,8 @@
  * backward. */
 #include "norm.h"
 
+#include "layer_norm.h"
+
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,22 +166,35 @@ static void ln_param_grads_cpu(const tg_tensor *g, const tg_tensor *x,
   }
 }
 
-static int ln_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  const ln_dims d = *(const ln_dims *)node->ctx;
-  const norm_stats *stats = tg__data(node->saved[0]);
-  if (tg__input_needs_grad(node, 0)) {
-    if (!(gi[0] = tg__new_like(x)))
-      return -1;
-    ln_dx_cpu(g, x, w ? tg__data(w) : NULL, stats, d, gi[0]);
-  }
-  bool need_w = tg__input_needs_grad(node, 1), need_b = tg__input_needs_grad(node, 2);
-  if (!need_w && !need_b)
+/* ------------------------------------------------------- kernel tables -- */
+
+/* One signature per kernel, one table per device; tg_layer_norm and ln_backward check
+ * and record once, then call the table of x's device. gamma and beta are both given or
+ * both NULL; stats (may be NULL in forward) is [M, 3] float64 on x's device in the
+ * same layout on every device; in backward, grads[i] is NULL where input i needs no
+ * gradient. */
+typedef struct {
+  int (*forward)(const tg_tensor *x, const tg_tensor *gamma, const tg_tensor *beta,
+                 ln_dims d, double eps, tg_tensor *y, tg_tensor *stats);
+  int (*backward)(const tg_tensor *dy, const tg_tensor *x, const tg_tensor *w,
+                  const tg_tensor *stats, ln_dims d, tg_tensor *grads[3]);
+} ln_kernels;
+
+static int ln_forward_cpu_k(const tg_tensor *x, const tg_tensor *gamma,
+                            const tg_tensor *beta, ln_dims d, double eps, tg_tensor *y,
+                            tg_tensor *stats) {
+  ln_forward_cpu(x, norm_data_or_null(gamma), norm_data_or_null(beta), d, eps, y,
+                 norm_data_or_null(stats));
+  return 0;
+}
+
+static int ln_backward_cpu_k(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *saved, ln_dims d, tg_tensor *grads[3]) {
+  const norm_stats *stats = tg__data(saved);
+  if (grads[0])
+    ln_dx_cpu(g, x, norm_data_or_null(w), stats, d, grads[0]);
+  if (!grads[1] && !grads[2])
     return 0;
-  tg_tensor *dw = need_w ? tg__new_like(w) : NULL;
-  tg_tensor *db = need_b ? tg__new_like(node->inputs[2]) : NULL;
-  if ((need_w && !dw) || (need_b && !db))
-    return -1;
   const int nt = tg__reduce_threads(2 * x->numel); /* per-thread partial sums */
   const size_t n = (size_t)nt * 2 * (size_t)(d.D ? d.D : 1);
   double *acc = calloc(n, sizeof *acc);
@@ -189,11 +204,47 @@ static int ln_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
     free(part);
     return tg__error("%s: out of memory in backward", OP);
   }
-  ln_param_grads_cpu(g, x, stats, d, nt, acc, part, dw, db);
+  ln_param_grads_cpu(g, x, stats, d, nt, acc, part, grads[1], grads[2]);
   free(acc);
   free(part);
-  gi[1] = dw;
-  gi[2] = db;
+  return 0;
+}
+
+static const ln_kernels tg__ln_cpu = {ln_forward_cpu_k, ln_backward_cpu_k};
+
+#ifdef TG_HAVE_CUDA
+static int ln_forward_cuda(const tg_tensor *x, const tg_tensor *gamma,
+                           const tg_tensor *beta, ln_dims d, double eps, tg_tensor *y,
+                           tg_tensor *stats) {
+  return tg__ln_cuda_forward(x->dtype, tg__data(x), norm_data_or_null(gamma),
+                             norm_data_or_null(beta), d.M, d.D, eps, tg__data(y),
+                             norm_data_or_null(stats), x->device.index);
+}
+
+static int ln_backward_cuda(const tg_tensor *g, const tg_tensor *x, const tg_tensor *w,
+                            const tg_tensor *stats, ln_dims d, tg_tensor *grads[3]) {
+  return tg__ln_cuda_backward(x->dtype, tg__data(g), tg__data(x), norm_data_or_null(w),
+                              tg__data(stats), d.M, d.D, norm_data_or_null(grads[0]),
+                              norm_data_or_null(grads[1]), norm_data_or_null(grads[2]),
+                              x->device.index);
+}
+
+static const ln_kernels tg__ln_cuda = {ln_forward_cuda, ln_backward_cuda};
+#endif
+
+static const ln_kernels *pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &tg__ln_cpu, TG_IF_CUDA(&tg__ln_cuda));
+}
+
+static int ln_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
+  const ln_dims d = *(const ln_dims *)node->ctx;
+  tg_tensor *grads[3];
+  const ln_kernels *k = pick(node->op, x);
+  if (!k || norm_new_grads(node, grads) < 0 ||
+      k->backward(g, x, w, node->saved[0], d, grads) < 0)
+    return -1;
+  memcpy(gi, grads, sizeof grads);
   return 0;
 }
 
@@ -202,10 +253,10 @@ tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape, in
   if (!tg__nonnull(x, OP, "input"))
     return NULL;
   ln_dims d;
-  if (ln_check(x, normalized_shape, n_norm, weight, bias, eps, &d) < 0)
+  const ln_kernels *k;
+  if (ln_check(x, normalized_shape, n_norm, weight, bias, eps, &d) < 0 ||
+      !(k = pick(OP, x)))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, x), NULL;
   const tg_tensor *in[3] = {x, weight, bias};
   /* The kernel takes gamma and beta together: ones or zeros stand in for a missing one */
   tg_tensor *ones = NULL, *zeros = NULL;
@@ -218,12 +269,10 @@ tg_tensor *tg_layer_norm(const tg_tensor *x, const int64_t *normalized_shape, in
   tg_tensor *y = tg__new_like(x);
   const tg_tensor *gamma = weight ? weight : ones, *beta = bias ? bias : zeros;
   if (!y || ((weight || bias) && (!gamma || !beta)) ||
-      (tg__should_record(3, in) && !stats)) {
+      (tg__should_record(3, in) && !stats) ||
+      k->forward(x, gamma, beta, d, eps, y, stats) < 0) {
     tg_tensor_free(y);
     y = NULL;
-  } else {
-    ln_forward_cpu(x, gamma ? tg__data(gamma) : NULL, beta ? tg__data(beta) : NULL, d,
-                   eps, y, stats ? tg__data(stats) : NULL);
   }
   tg_node *node;
   y = tg__finish(OP, y, 3, in, ln_backward, &node);

@@ -84,6 +84,11 @@ static inline void norm_stream_fence(void) {}
 #define norm_dx_act(dy, ...) NORM_PICK(dx_act, dy)(dy, __VA_ARGS__)
 #define norm_dx_vec(dy, ...) NORM_PICK(dx_vec, dy)(dy, __VA_ARGS__)
 
+/* t's data, or NULL for a missing optional tensor. */
+static inline void *norm_data_or_null(const tg_tensor *t) {
+  return t ? tg__data(t) : NULL;
+}
+
 /* New gradients for the inputs (x, weight, bias) of a normalisation node that need
  * one, NULL for the others. Returns 0, or -1 (the backward's scope frees any made). */
 static inline int norm_new_grads(const tg_node *node, tg_tensor *grads[3]) {
