@@ -68,6 +68,22 @@ template <typename F> inline void tg_float_dispatch(int dtype, F &&f) {
     f(double());
 }
 
+/* The frame of a grid-stride launch over n elements: device's stream, nothing when n
+ * is 0, else launch(T(), blocks, stream) through tg_float_dispatch; returns -1 without
+ * a stream, else launch's status (e.g. TG_CUDA_LAUNCHED). */
+template <typename F>
+inline int tg_launch_float(int dtype, int64_t n, int device, F &&launch) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  if (n == 0)
+    return 0;
+  const unsigned blocks = tg__cuda_blocks(n, TG_THREADS);
+  int rc = 0;
+  tg_float_dispatch(dtype, [&](auto z) { rc = launch(z, blocks, st); });
+  return rc;
+}
+
 /* 16-byte vectors of T: four floats or two doubles. */
 template <typename T> struct tg_vec;
 template <> struct tg_vec<float> {

@@ -151,11 +151,6 @@ __global__ void unary_grad_kernel(int kind, T p, const T *x, const T *y, const T
 extern "C" int tg__ew_cuda_binary(int kind, int dtype, const void *a, const int64_t *sa,
                                   const void *b, const int64_t *sb, const int64_t *shape,
                                   int nd, int64_t n, void *out, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (n == 0)
-    return 0;
   bcast s = {nd, {0}, {0}, {0}};
   bool same = true;
   int64_t stride = 1;
@@ -166,44 +161,31 @@ extern "C" int tg__ew_cuda_binary(int kind, int dtype, const void *a, const int6
     same = same && (shape[d] == 1 || (sa[d] == stride && sb[d] == stride));
     stride *= shape[d];
   }
-  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned g, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(binary_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)a, (const T *)b,
               (T *)out, n, s, same);
+    return TG_CUDA_LAUNCHED(binary_kernel);
   });
-  return TG_CUDA_LAUNCHED(binary_kernel);
 }
 
 extern "C" int tg__ew_cuda_unary(int kind, double param, int dtype, const void *x,
                                  int64_t n, void *y, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (n == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned g, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(unary_kernel<T>, g, TG_THREADS, 0, st, kind, (T)param, (const T *)x, (T *)y,
               n);
+    return TG_CUDA_LAUNCHED(unary_kernel);
   });
-  return TG_CUDA_LAUNCHED(unary_kernel);
 }
 
 extern "C" int tg__ew_cuda_unary_grad(int kind, double param, int dtype, const void *x,
                                       const void *y, const void *g, int64_t n, void *dx,
                                       int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (n == 0)
-    return 0;
-  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(unary_grad_kernel<T>, b, TG_THREADS, 0, st, kind, (T)param, (const T *)x,
               (const T *)y, (const T *)g, (T *)dx, n);
+    return TG_CUDA_LAUNCHED(unary_grad_kernel);
   });
-  return TG_CUDA_LAUNCHED(unary_grad_kernel);
 }

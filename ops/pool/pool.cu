@@ -165,26 +165,12 @@ __global__ void unpool_gather(int64_t n, int64_t n_idx, int64_t n_big, const T *
     dst[k] = src[k / n_idx * n_big + idx[k]];
 }
 
-/* Runs launch(T(), blocks, stream) for n threads of work on device's stream (none
- * when n is 0); returns its status. */
-template <typename F> int run(int dtype, int64_t n, int device, F &&launch) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (n == 0)
-    return 0;
-  const unsigned b = tg__cuda_blocks(n, TG_THREADS);
-  int rc = 0;
-  tg_float_dispatch(dtype, [&](auto z) { rc = launch(z, b, st); });
-  return rc;
-}
-
 } // namespace
 
 extern "C" int tg__pool_cuda_forward(int dtype, const tg__pool_desc *d, const void *x,
                                      void *y, int64_t *idx, int device) {
   const int64_t n = d->planes * d->out[0] * d->out[1];
-  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(pool_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)x, (T *)y, idx);
     return TG_CUDA_LAUNCHED(pool_fwd);
@@ -194,7 +180,7 @@ extern "C" int tg__pool_cuda_forward(int dtype, const tg__pool_desc *d, const vo
 extern "C" int tg__pool_cuda_backward(int dtype, const tg__pool_desc *d, const void *dy,
                                       const int64_t *idx, void *dx, int device) {
   const int64_t n = d->planes * d->in[0] * d->in[1];
-  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(pool_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)dy, idx, (T *)dx);
     return TG_CUDA_LAUNCHED(pool_bwd);
@@ -205,7 +191,7 @@ extern "C" int tg__unpool_cuda(int dtype, int64_t planes, int64_t n_idx, int64_t
                                const void *src, const int64_t *idx, void *dst,
                                bool backward, int device) {
   const int64_t n = n_idx ? (backward ? planes * n_idx : planes) : 0;
-  return run(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
     if (backward) {
       TG_LAUNCH(unpool_gather<T>, b, TG_THREADS, 0, st, n, n_idx, n_big, (const T *)src,
