@@ -95,6 +95,12 @@ extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
 
 namespace {
 
+/* Target k's class weight (1 without weights), 0 where k is ignore_index. */
+template <typename T>
+__device__ inline double picked_weight(const T *w, int64_t k, int64_t ignore) {
+  return k == ignore ? 0 : w ? (double)w[k] : 1;
+}
+
 __global__ void count_kernel(const int64_t *t, int64_t n, int64_t C, int64_t ignore,
                              unsigned long long *count, unsigned long long *bad) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -167,7 +173,7 @@ __global__ void ce_forward_kernel(const T *x, const int64_t *t, const T *w, doub
     const double log_sum = log(sum);
     M[pos] = m;
     LS[pos] = (T)log_sum;
-    const double wt = k == ignore ? 0 : w ? (double)w[k] : 1;
+    const double wt = picked_weight(w, k, ignore);
     double l = 0;
     if (k != ignore) {
       l = (1 - s) * wt * (((double)m - (double)xp[k * inner]) + log_sum);
@@ -194,7 +200,7 @@ __global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *w, dou
     const int64_t o = i / (C * inner), c = i / inner % C, pos = o * inner + i % inner;
     const int64_t k = t[pos];
     const double gs = k == ignore ? 0 : (double)g[per_elem ? pos : 0] * scale;
-    const double wt = k == ignore ? 0 : w ? (double)w[k] : 1, sc = s / (double)C;
+    const double wt = picked_weight(w, k, ignore), sc = s / (double)C;
     const T a = (T)(gs * ((1 - s) * wt + sc * W)), b = (T)(gs * (1 - s) * wt);
     const T u = (T)(gs * sc * (w ? (double)w[c] : 1.0));
     const T p = exp((x[i] - M[pos]) - LS[pos]);
@@ -210,7 +216,7 @@ __global__ void nll_forward_kernel(const T *x, const int64_t *t, const T *w,
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
-    const double wk = k == ignore ? 0 : w ? (double)w[k] : 1;
+    const double wk = picked_weight(w, k, ignore);
     const double l =
         k == ignore ? 0 : -wk * (double)x[(pos / inner * C + k) * inner + pos % inner];
     if (L)
