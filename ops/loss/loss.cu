@@ -324,7 +324,9 @@ int check_targets(const char *op, const int64_t *t, int64_t n, int64_t C, int64_
     return -1;
   TG_LAUNCH(check_targets_kernel, tg__cuda_blocks(n, TG_THREADS), TG_THREADS, 0, st, t, n,
             C, ignore, slot);
-  int rc = TG_CUDA_LAUNCHED(check_targets_kernel);
+  /* the launch's status only: a TG_CUDA_LAUNCH_BLOCKING wait here would report the
+   * slot before check_targets_value has filled in the target */
+  int rc = TG_CUDA(cudaGetLastError());
   if (rc == 0) {
     TG_LAUNCH(check_targets_value, 1, 1, 0, st, t, slot);
     rc = TG_CUDA_LAUNCHED(check_targets_value);
