@@ -24,7 +24,7 @@ void tg_tensor_dict_free(tg_tensor_dict *d) {
     return;
   for (int i = 0; i < d->n; i++) {
     free(d->items[i].name);
-    tg_tensor_free(d->items[i].t);
+    tg__release(d->items[i].t);
   }
   for (int i = 0; i < 2 * d->n_meta; i++)
     free(d->meta[i]);
@@ -55,7 +55,7 @@ tg__dict_entry *tg__dict_find(const tg_tensor_dict *d, const char *name) {
 int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char *op) {
   tg__dict_entry *e = tg__dict_find(d, name);
   if (e) {
-    tg_tensor_free(e->t);
+    tg__release(e->t);
     e->t = t;
     e->file_dtype = NULL;
     return 0;
@@ -75,7 +75,7 @@ int tg__dict_take(tg_tensor_dict *d, const char *name, tg_tensor *t, const char 
   tg__name_add(&d->index, d, d->n - 1);
   return 0;
 oom:
-  tg_tensor_free(t);
+  tg__release(t);
   return tg__error("%s: out of memory", op);
 }
 
@@ -85,7 +85,9 @@ int tg_tensor_dict_set(tg_tensor_dict *d, const char *name, tg_tensor *t) {
     return tg__error("%s: argument '%s' is NULL", op, d ? "name" : "d");
   if (!tg__nonnull(t, op, "t"))
     return -1;
-  return tg__dict_take(d, name, tg__unscope(tg_tensor_retain(t)), op);
+  /* A reference of the dict's own beside the caller's, which stays in its scope (the
+   * dict drops its reference with tg__release, never touching scopes). */
+  return tg__dict_take(d, name, tg_tensor_retain(t), op);
 }
 
 tg_tensor *tg_tensor_dict_get(const tg_tensor_dict *d, const char *name) {
