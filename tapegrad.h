@@ -922,7 +922,9 @@ typedef struct {
 } tg_batch_config;
 tg_batch_config tg_batch_config_default(void); /* false, 0, false, false, 0, 1 */
 typedef struct tg_batch_iter tg_batch_iter;
-/* Retains images and labels; owned by the caller (tg_batch_iter_free). */
+/* Retains images and labels; owned by the caller (tg_batch_iter_free). Both on the
+ * CPU: batches come on the CPU, and training on a GPU moves each one there with
+ * tg_tensor_to (x, and y once for the loss; examples/common.c's ex_to_device). */
 tg_batch_iter *tg_batch_iter_new(const tg_tensor *images, const tg_tensor *labels,
                                  int64_t batch, tg_batch_config config);
 /* The next batch of the epoch: returns 1 with new references in *x and *y (y may be

@@ -314,11 +314,20 @@ tg_batch_iter *tg_batch_iter_new(const tg_tensor *images, const tg_tensor *label
   const char *op = "tg_batch_iter_new";
   if (!tg__nonnull(images, op, "images"))
     return NULL;
-  if (images->device.type != TG_DEVICE_CPU ||
-      (labels && labels->device.type != TG_DEVICE_CPU))
-    return tg__unsupported_device(
-               op, labels && labels->device.type != TG_DEVICE_CPU ? labels : images),
+  /* Rows are gathered by memcpy on the host (on the prefetch thread too): a data set
+   * stays on the CPU and each batch moves once, as the examples do (ex_to_device). */
+  const tg_tensor *off = images->device.type != TG_DEVICE_CPU             ? images
+                         : labels && labels->device.type != TG_DEVICE_CPU ? labels
+                                                                          : NULL;
+  if (off) {
+    char dev[16];
+    return tg__error("%s: %s are on %s, but the batch iterator gathers batches on the "
+                     "CPU: keep the data set on the CPU and move each batch to the "
+                     "device with tg_tensor_to",
+                     op, off == images ? "images" : "labels",
+                     tg__device_str(off->device, dev, sizeof dev)),
            NULL;
+  }
   if (images->ndim < 1 || images->shape[0] < 1)
     return tg__error("%s: images must have a first (example) dimension of at least 1, "
                      "got %d dims",

@@ -73,11 +73,12 @@ static int check_param(const tg_module *m, const tg_tensor *x, const tg_tensor *
                      "or the var store with tg_varstore_set_dtype)",
                      who(m, w, sizeof w), tg_dtype_name(x->dtype), what,
                      tg_dtype_name(p->dtype));
+  char xd[16], pd[16];
   if (x->device.type != p->device.type || x->device.index != p->device.index)
-    return tg__error("%s: input is on %s:%d but %s is on %s:%d", who(m, w, sizeof w),
-                     x->device.type == TG_DEVICE_CPU ? "cpu" : "cuda", x->device.index,
-                     what, p->device.type == TG_DEVICE_CPU ? "cpu" : "cuda",
-                     p->device.index);
+    return tg__error("%s: input is on %s but %s is on %s (move the input with "
+                     "tg_tensor_to)",
+                     who(m, w, sizeof w), tg__device_str(x->device, xd, sizeof xd), what,
+                     tg__device_str(p->device, pd, sizeof pd));
   return 0;
 }
 

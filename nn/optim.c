@@ -9,10 +9,16 @@
  * state included, as PyTorch skips p.grad is None. Steps write the data directly,
  * outside the tape.
  *
+ * State lives on its parameter's device. A step picks its kernels by that device
+ * (optim_kernels below): one fused loop or CUDA kernel per parameter, with the
+ * per-element formulas of nn/optim_tmpl.h that both devices share; on CUDA it only
+ * queues kernels, never waiting for the device.
+ *
  * Parameter groups are torch.optim's param_groups: each parameter belongs to one
  * group, whose own config (lr, momentum or beta1, weight decay...) its update uses.
  * The state dict holds everything a step reads, so a run resumed from it continues
  * bit for bit. */
+#include "nn/optim.h"
 #include "nn/internal.h"
 
 #include <math.h>
@@ -284,63 +290,88 @@ double *tg__optimizer_initial_lr(tg_optimizer *opt, int g) {
 
 /* ------------------------------------------------------------------ step -- */
 
-/* torch.optim.SGD on one parameter:
- *   d = g + wd*p;  b = d (first step) or momentum*b + (1-dampening)*d;
- *   d = nesterov ? d + momentum*b : b (when momentum != 0);  p -= lr*d. */
-static void sgd_update(const tg_sgd_config *c, double lr, opt_param *s) {
-  tg_tensor *p = s->param;
+/* A step's kernels on one device: parameter p, its gradient g and its state buffers
+ * (b NULL without momentum), all on p's device, with the coefficients of the step. */
+typedef struct {
+  int (*sgd)(const tg__sgd_coefs *c, tg_tensor *p, const tg_tensor *g, tg_tensor *b);
+  int (*adam)(const tg__adam_coefs *c, tg_tensor *p, const tg_tensor *g, tg_tensor *m,
+              tg_tensor *v);
+} optim_kernels;
+
+static int sgd_cpu(const tg__sgd_coefs *c, tg_tensor *p, const tg_tensor *g,
+                   tg_tensor *buf) {
   int64_t n = p->numel;
-  bool fresh = s->fresh;
-  s->fresh = false;
   TG_DISPATCH_FLOAT(p->dtype, T, {
-    T *w = tg__data(p);
-    const T *g = tg__data(p->grad);
-    T *b = s->buf1 && c->momentum != 0 ? tg__data(s->buf1) : NULL;
-    const T wd = (T)c->weight_decay, mom = (T)c->momentum;
-    const T keep = (T)(1 - c->dampening), step = (T)lr;
-    const bool nesterov = c->nesterov;
+    T *w = tg__data(p), *b = buf ? tg__data(buf) : NULL;
+    const T *gr = tg__data(g);
     _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) {
-      T d = g[i];
-      if (wd != 0)
-        d += wd * w[i];
-      if (b) {
-        b[i] = fresh ? d : mom * b[i] + keep * d;
-        d = nesterov ? d + mom * b[i] : b[i];
-      }
-      w[i] -= step * d;
-    }
+                                                                      i < n; i++)
+        tg__sgd_elem(c, &w[i], gr[i], b ? &b[i] : NULL);
   });
+  return 0;
 }
 
-/* torch.optim.Adam / AdamW on one parameter, at step t:
- *   Adam: g += wd*p;  AdamW: p *= 1 - lr*wd;
- *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
- *   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). */
-static void adam_update(const tg_adam_config *c, double lr, opt_param *s) {
-  tg_tensor *p = s->param;
+static int adam_cpu(const tg__adam_coefs *c, tg_tensor *p, const tg_tensor *g,
+                    tg_tensor *m, tg_tensor *v) {
   int64_t n = p->numel;
+  TG_DISPATCH_FLOAT(p->dtype, T, {
+    T *w = tg__data(p), *mb = tg__data(m), *vb = tg__data(v);
+    const T *gr = tg__data(g);
+    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
+                                                                      i < n; i++)
+        tg__adam_elem(c, &w[i], gr[i], &mb[i], &vb[i]);
+  });
+  return 0;
+}
+
+static const optim_kernels optim_cpu = {sgd_cpu, adam_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int sgd_cuda(const tg__sgd_coefs *c, tg_tensor *p, const tg_tensor *g,
+                    tg_tensor *b) {
+  return tg__sgd_cuda(c, p->dtype, tg__data(p), tg__data(g), b ? tg__data(b) : NULL,
+                      p->numel, p->device.index);
+}
+
+static int adam_cuda(const tg__adam_coefs *c, tg_tensor *p, const tg_tensor *g,
+                     tg_tensor *m, tg_tensor *v) {
+  return tg__adam_cuda(c, p->dtype, tg__data(p), tg__data(g), tg__data(m), tg__data(v),
+                       p->numel, p->device.index);
+}
+
+static const optim_kernels optim_cuda = {sgd_cuda, adam_cuda};
+#endif
+
+static const optim_kernels *kernels_for(const tg_tensor *p) {
+  return tg__pick("tg_optimizer_step", p, &optim_cpu, TG_IF_CUDA(&optim_cuda));
+}
+
+/* torch.optim.SGD on one parameter (nn/optim_tmpl.h has the formula). */
+static int sgd_update(const tg_sgd_config *c, opt_param *s) {
+  tg_tensor *p = s->param;
+  tg__sgd_coefs k = {c->lr,           c->momentum, 1 - c->dampening,
+                     c->weight_decay, c->nesterov, s->fresh};
+  s->fresh = false;
+  return kernels_for(p)->sgd(&k, p, p->grad,
+                             s->buf1 && c->momentum != 0 ? s->buf1 : NULL);
+}
+
+/* torch.optim.Adam / AdamW on one parameter, at its step t (nn/optim_tmpl.h). */
+static int adam_update(const tg_adam_config *c, opt_param *s) {
+  tg_tensor *p = s->param;
   s->step++;
   double bc1 = 1 - pow(c->beta1, (double)s->step);
   double bc2 = 1 - pow(c->beta2, (double)s->step);
-  TG_DISPATCH_FLOAT(p->dtype, T, {
-    T *w = tg__data(p), *m = tg__data(s->buf1), *v = tg__data(s->buf2);
-    const T *g = tg__data(p->grad);
-    const T b1 = (T)c->beta1, b2 = (T)c->beta2, eps = (T)c->eps;
-    const T a1 = (T)(1 - c->beta1), a2 = (T)(1 - c->beta2);
-    const T l2 = c->decoupled ? 0 : (T)c->weight_decay;
-    const T decay = c->decoupled ? (T)(1 - lr * c->weight_decay) : 1;
-    const T step_size = (T)(lr / bc1), bc2_sqrt = (T)sqrt(bc2);
-    _Pragma("omp parallel for simd num_threads(tg__threads(n))") for (int64_t i = 0;
-                                                                      i < n; i++) {
-      T gi = g[i] + l2 * w[i];
-      w[i] *= decay;
-      m[i] = b1 * m[i] + a1 * gi;
-      v[i] = b2 * v[i] + a2 * gi * gi;
-      T denom = (T)sqrt(v[i]) / bc2_sqrt + eps;
-      w[i] -= step_size * m[i] / denom;
-    }
-  });
+  tg__adam_coefs k = {c->beta1,
+                      c->beta2,
+                      1 - c->beta1,
+                      1 - c->beta2,
+                      c->eps,
+                      c->decoupled ? 0 : c->weight_decay,
+                      c->decoupled ? 1 - c->lr * c->weight_decay : 1,
+                      c->lr / bc1,
+                      sqrt(bc2)};
+  return kernels_for(p)->adam(&k, p, p->grad, s->buf1, s->buf2);
 }
 
 static tg_tensor *new_state(const tg_tensor *p) {
@@ -355,8 +386,16 @@ static int prepare(tg_optimizer *opt) {
     tg_tensor *p = s->param, *g = p->grad;
     if (!g)
       continue;
-    if (p->device.type != TG_DEVICE_CPU)
-      return tg__unsupported_device("tg_optimizer_step", p);
+    if (!kernels_for(p))
+      return -1;
+    if (g->device.type != p->device.type || g->device.index != p->device.index) {
+      char a[16], b[16];
+      return tg__error("tg_optimizer_step: the gradient of '%s' has data located on %s, "
+                       "but its parameter is located on %s (a gradient must be on its "
+                       "parameter's device)",
+                       s->name, tg__device_str(g->device, a, sizeof a),
+                       tg__device_str(p->device, b, sizeof b));
+    }
     if (g->numel != p->numel || g->dtype != p->dtype || !tg__is_float(p->dtype)) {
       char a[TG_SHAPE_STR_LEN], b[TG_SHAPE_STR_LEN];
       return tg__error("tg_optimizer_step: gradient %s %s does not match its "
@@ -392,10 +431,8 @@ int tg_optimizer_step(tg_optimizer *opt) {
       continue;
     tg__bump_version(s->param);
     const opt_group *g = &opt->groups[s->group];
-    if (opt->kind == OPT_SGD)
-      sgd_update(&g->sgd, g->sgd.lr, s);
-    else
-      adam_update(&g->adam, g->adam.lr, s);
+    if ((opt->kind == OPT_SGD ? sgd_update(&g->sgd, s) : adam_update(&g->adam, s)) < 0)
+      return -1; /* a failed launch: the device's context is lost */
   }
   return 0;
 }
@@ -525,12 +562,13 @@ static int buffer_of(const tg_tensor *t, const opt_param *p, const char *what,
     return tg__error("%s: %s is %s %s but its parameter is %s %s", op, what,
                      tg_dtype_name(t->dtype), tg_shape_str(t, a, sizeof a),
                      tg_dtype_name(p->param->dtype), tg_shape_str(p->param, b, sizeof b));
-  /* A copy of its own on the parameter's device (tg_tensor_to would share a CPU
-   * tensor's storage with the dict). */
+  /* A copy of its own on the parameter's device, wherever the dict's tensor is (a
+   * file's on the CPU, another optimizer's state on its device): tg_tensor_to would
+   * share the storage of a tensor already there. */
+  bool here = t->device.type == p->param->device.type &&
+              t->device.index == p->param->device.index;
   tg_no_grad_begin();
-  tg_tensor *c = tg__unscope(p->param->device.type == TG_DEVICE_CPU
-                                 ? tg_clone(t)
-                                 : tg_tensor_to(t, p->param->device));
+  tg_tensor *c = tg__unscope(here ? tg_clone(t) : tg_tensor_to(t, p->param->device));
   tg_no_grad_end();
   *out = c;
   return c ? 0 : -1;

@@ -1128,7 +1128,7 @@ static int apply(tg_varstore *vs, const tg_tensor_dict *d, const tg_load_options
     if (t)
       tg__bump_version(v);
     if (t && bytes)
-      rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), TG_CPU, bytes);
+      rc = tg__cuda_memcpy(tg__data(v), v->device, tg__data(t), t->device, bytes);
   }
 done:
   for (int i = 0; conv && i < nv; i++)
