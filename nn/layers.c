@@ -4,6 +4,7 @@
  * layer knows (its channel count) and leave the rest to the op. */
 #include "nn/internal.h"
 #include "ops/norm/norm.h" /* norm_check_eps: the ops' own rule for eps */
+#include "runtime/cuda.h"  /* tg__cuda_add_i64 */
 
 #include <stdlib.h>
 #include <string.h>
@@ -322,14 +323,14 @@ typedef struct {
   double eps, momentum;
 } batch_norm_module;
 
-/* num_batches_tracked += 1, wherever the int64 scalar lives. */
+/* num_batches_tracked += 1 where the int64 scalar lives: on a device by a kernel, so a
+ * training forward never waits to read the count back. */
 static int count_batch(tg_tensor *count) {
-  int64_t n;
-  if (tg_tensor_copy_to_host(count, &n, sizeof n) < 0)
-    return -1;
-  n++;
   tg__bump_version(count);
-  return tg__cuda_memcpy(tg__data(count), count->device, &n, TG_CPU, sizeof n);
+  if (tg__on_cuda(count))
+    return tg__cuda_add_i64(tg__data(count), 1, 1, count->device.index);
+  ++*(int64_t *)tg__data(count);
+  return 0;
 }
 
 static tg_tensor *batch_norm_forward(tg_module *m, const tg_tensor *x, bool train) {

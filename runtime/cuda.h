@@ -79,6 +79,8 @@ int tg__cuda_cast(void *dst, int dst_dtype, const void *src, int src_dtype, int6
 /* dst = alpha * dst + beta * src, both of dtype. */
 int tg__cuda_axpby(void *dst, double alpha, const void *src, double beta, int dtype,
                    int64_t n, int device);
+/* p[0..n) += v for int64 p (BatchNorm's num_batches_tracked, counted without a wait). */
+int tg__cuda_add_i64(void *p, int64_t n, int64_t v, int device);
 /* *out = sum of squares (float64 accumulation); waits for the result. */
 int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device, double *out);
 /* *index = first element that is NaN or infinite, -1 when none; waits. */

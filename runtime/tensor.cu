@@ -45,6 +45,11 @@ __global__ void axpby_kernel(T *dst, T alpha, const T *src, T beta, int64_t n) {
     dst[i] = src ? alpha * dst[i] + beta * src[i] : alpha * dst[i];
 }
 
+__global__ void add_i64_kernel(int64_t *p, int64_t n, int64_t v) {
+  for (int64_t i = TG_GRID_START; i < n; i += TG_GRID_STRIDE)
+    p[i] += v;
+}
+
 /* One partial sum per block, in a fixed order: the result does not depend on timing. */
 template <typename T>
 __global__ void sumsq_kernel(const T *p, int64_t n, double *partial) {
@@ -155,6 +160,16 @@ extern "C" int tg__cuda_axpby(void *dst, double alpha, const void *src, double b
     TG_LAUNCH(axpby_kernel<double>, g, TG_THREADS, 0, s, (double *)dst, alpha,
               (const double *)src, beta, n);
   return TG_CUDA_LAUNCHED(axpby_kernel);
+}
+
+extern "C" int tg__cuda_add_i64(void *p, int64_t n, int64_t v, int device) {
+  cudaStream_t s = tg_stream(device);
+  if (!s)
+    return -1;
+  if (n == 0)
+    return 0;
+  TG_LAUNCH(add_i64_kernel, blocks_for(n), TG_THREADS, 0, s, (int64_t *)p, n, v);
+  return TG_CUDA_LAUNCHED(add_i64_kernel);
 }
 
 /* A small device buffer for results read back by the host. */

@@ -9,6 +9,7 @@
 #include "common.h"
 
 #include "nets.h"
+#include "runtime/cuda.h"     /* tg__cuda_waits */
 #include "runtime/internal.h" /* test_errors plants a CPU gradient on a CUDA parameter */
 
 #include <math.h>
@@ -817,6 +818,71 @@ static void test_memory_flat(void **state) {
   assert_int_equal(tg_cuda_memory_allocated(0), start);
 }
 
+/* A whole training step on cuda:0 (BatchNorm, linear, ReLU, LayerNorm, cross-entropy
+ * forward and backward, zero_grad, SGD with momentum and AdamW steps, a scheduler
+ * step) queues work without waiting for the device once: only reading a value back
+ * (tg_item) waits. */
+static void test_step_does_not_wait(void **state) {
+  (void)state;
+  require_gpu();
+  const int64_t base = tg_cuda_memory_allocated(0);
+  tg_varstore *vs = tg_varstore_new(CUDA0);
+  tg_path *root = tg_varstore_root(vs);
+  tg_module *bn =
+      tg_nn_batch_norm2d(tg_path_sub(root, "bn"), 2, tg_batch_norm_config_default());
+  tg_module *net = tg_nn_sequential(vs);
+  tg_linear_config lc = tg_linear_config_default();
+  assert_ok(
+      bn && net &&
+      tg_sequential_add(net, tg_nn_linear(tg_path_sub(root, "fc1"), 18, 8, lc)) == 0 &&
+      tg_sequential_add(net, tg_nn_relu(vs)) == 0 &&
+      tg_sequential_add(net, tg_nn_layer_norm(tg_path_sub(root, "ln"), TG_SHAPE(8),
+                                              tg_layer_norm_config_default())) == 0 &&
+      tg_sequential_add(net, tg_nn_linear(tg_path_sub(root, "fc2"), 8, 3, lc)) == 0);
+  tg_sgd_config sc = tg_sgd_config_default(0.05);
+  sc.momentum = 0.9;
+  tg_adam_config ac = tg_adam_config_default(0.01);
+  ac.decoupled = true;
+  ac.weight_decay = 0.01;
+  tg_optimizer *sgd = tg_sgd_new(vs, sc), *adam = tg_adam_new(vs, ac);
+  tg_scheduler *sched = tg_cosine_lr_new(sgd, 10, 0);
+  const int64_t labels[4] = {0, 2, 1, 2};
+  tg_tensor *x = tg_tensor_to(tg_randn(TG_SHAPE(4, 2, 3, 3), TG_F32, TG_CPU), CUDA0);
+  tg_tensor *y = tg_tensor_from_data(labels, TG_SHAPE(4), TG_I64, CUDA0);
+  assert_ok(sgd && adam && sched && x && y);
+  const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING"); /* which waits after launches */
+  const bool blocking = lb && !strcmp(lb, "1");
+  assert_ok(tg_cuda_synchronize() == 0);
+  tg_tensor *loss = NULL;
+  for (int s = 0; s < 3; s++) {
+    const int64_t waits = tg__cuda_waits();
+    tg_tensor_free(loss);
+    tg_scope_begin();
+    tg_optimizer_zero_grad(sgd);
+    tg_tensor *h = tg_flatten(tg_module_forward(bn, x, true), 1, -1);
+    loss = tg_cross_entropy(tg_module_forward(net, h, true), y, TG_REDUCTION_MEAN, -100);
+    assert_ok(loss && tg_backward(loss) == 0);
+    assert_ok(tg_optimizer_step(sgd) == 0 && tg_optimizer_step(adam) == 0 &&
+              tg_scheduler_step(sched) == 0);
+    tg_tensor_retain(loss);
+    assert_int_equal(tg_scope_end(), 0);
+    if (!blocking && tg__cuda_waits() != waits)
+      fail_msg("step %d waited for cuda:0 %lld times", s,
+               (long long)(tg__cuda_waits() - waits));
+  }
+  const int64_t waits = tg__cuda_waits();
+  assert_true(isfinite(tg_item(loss)));
+  assert_true(tg__cuda_waits() > waits); /* reading the loss back waits */
+  tg_tensor_free(loss);
+  tg_tensor_free(x);
+  tg_tensor_free(y);
+  tg_scheduler_free(sched);
+  tg_optimizer_free(sgd);
+  tg_optimizer_free(adam);
+  tg_varstore_free(vs);
+  assert_int_equal(tg_cuda_memory_allocated(0), base);
+}
+
 /* ------------------------------------------------------ example nets -- */
 
 typedef enum { CONVNET, UNET } net_kind;
@@ -1017,6 +1083,7 @@ int main(void) {
       cmocka_unit_test_setup(test_optimizer_state_across_devices, test_setup),
       cmocka_unit_test_setup(test_checkpoints, test_setup),
       cmocka_unit_test_setup(test_memory_flat, test_setup),
+      cmocka_unit_test_setup(test_step_does_not_wait, test_setup),
       cmocka_unit_test_setup(test_example_nets_trajectory, test_setup),
       cmocka_unit_test_setup(test_errors, test_setup),
   };
