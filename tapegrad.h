@@ -519,7 +519,9 @@ tg_init tg_init_uniform(double lo, double hi);
 tg_init tg_init_randn(double mean, double std);
 tg_init tg_init_kaiming_uniform(void);
 
-/* A var store owns its variables, paths and modules: tg_varstore_free releases all. */
+/* A var store owns its variables, paths and modules: tg_varstore_free releases all.
+ * On tg_cuda(i) every variable lives on that device; random inits draw on the host
+ * and copy, so a device store gets a CPU store's values for the same seed. */
 tg_varstore *tg_varstore_new(tg_device device);
 void tg_varstore_free(tg_varstore *vs);
 tg_device tg_varstore_device(const tg_varstore *vs);
@@ -662,6 +664,8 @@ tg_adam_config tg_adam_config_default(double lr); /* 0.9, 0.999, 1e-8, 0, false 
 tg_optimizer *tg_adam_new(tg_varstore *vs, tg_adam_config config);
 
 void tg_optimizer_zero_grad(tg_optimizer *opt);
+/* Updates every parameter that has a gradient, its state on the parameter's device
+ * (on CUDA one fused kernel per parameter, queued without waiting). Returns 0 or -1. */
 int tg_optimizer_step(tg_optimizer *opt);
 void tg_optimizer_set_lr(tg_optimizer *opt, double lr);
 double tg_optimizer_lr(const tg_optimizer *opt);
