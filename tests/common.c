@@ -270,6 +270,20 @@ tg_tensor *rand_leaf(const int64_t *shape, int ndim, tg_dtype dtype) {
   return t;
 }
 
+tg_tensor *rand_labels(const int64_t *shape, int ndim, int64_t classes) {
+  tg_tensor *u = tg_rand(shape, ndim, TG_F64, TG_CPU);
+  assert_non_null(u);
+  int64_t *labels = malloc((size_t)(tg_numel(u) > 0 ? tg_numel(u) : 1) * sizeof *labels);
+  assert_non_null(labels);
+  for (int64_t i = 0; i < tg_numel(u); i++)
+    labels[i] = (int64_t)(((const double *)tg_data(u))[i] * (double)classes);
+  tg_tensor *y = tg_tensor_from_data(labels, shape, ndim, TG_I64, TG_CPU);
+  free(labels);
+  tg_tensor_free(u);
+  assert_non_null(y);
+  return y;
+}
+
 void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n) {
   if (tg_gradcheck(fn, ctx, inputs, n, NULL) != 0)
     fail_msg("%s", tg_last_error());

@@ -52,6 +52,9 @@ void assert_error_impl(int failed, const char *file, int line, ...);
 /* ---- inputs ---- */
 /* Random normal tensor (float64 unless dtype says otherwise) that requires grad. */
 tg_tensor *rand_leaf(const int64_t *shape, int ndim, tg_dtype dtype);
+/* int64 class indices in [0, classes), uniform from the library's generator (a float64
+ * tg_rand scaled down); a new CPU tensor of shape. */
+tg_tensor *rand_labels(const int64_t *shape, int ndim, int64_t classes);
 /* Runs tg_gradcheck with default options and fails the test with its message. */
 void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n);
 

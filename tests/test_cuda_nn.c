@@ -924,14 +924,9 @@ static bool run_trajectory(net_kind kind, tg_dtype dtype, int steps, double tol,
   const int64_t xs_u[4] = {1, 3, 16, 16}, ys_u[3] = {1, 16, 16};
   const int64_t classes = kind == CONVNET ? EX_CONVNET_CLASSES : EX_UNET_CLASSES;
   tg_tensor *x = tg_randn(kind == CONVNET ? xs_c : xs_u, 4, dtype, TG_CPU);
-  tg_tensor *u = kind == CONVNET ? tg_rand(ys_c, 1, TG_F64, TG_CPU)
-                                 : tg_rand(ys_u, 3, TG_F64, TG_CPU);
-  assert_ok(x && u);
-  int64_t *labels = malloc((size_t)tg_numel(u) * sizeof *labels);
-  for (int64_t i = 0; i < tg_numel(u); i++)
-    labels[i] = (int64_t)(((const double *)tg_data(u))[i] * (double)classes);
-  tg_tensor *y = tg_tensor_from_data(labels, tg_shape(u), tg_ndim(u), TG_I64, TG_CPU);
-  free(labels);
+  tg_tensor *y =
+      kind == CONVNET ? rand_labels(ys_c, 1, classes) : rand_labels(ys_u, 3, classes);
+  assert_ok(x);
   tg_tensor *xd = tg_tensor_to(x, CUDA0), *yd = tg_tensor_to(y, CUDA0);
   tg_sgd_config cfg = tg_sgd_config_default(0.05);
   cfg.momentum = 0.9;
@@ -977,7 +972,6 @@ done:
     tg_varstore_free(n[k].vs);
   }
   tg_tensor_free(x);
-  tg_tensor_free(u);
   tg_tensor_free(y);
   tg_tensor_free(xd);
   tg_tensor_free(yd);

@@ -34,14 +34,9 @@ static float *train(net_kind kind, int threads, size_t *n_floats) {
   tg_tensor *x = kind == CONVNET ? tg_randn(xs_c, 4, TG_F32, TG_CPU)
                                  : tg_randn(xs_u, 4, TG_F32, TG_CPU);
   const int64_t classes = kind == CONVNET ? EX_CONVNET_CLASSES : EX_UNET_CLASSES;
-  tg_tensor *u = kind == CONVNET ? tg_rand(ys_c, 1, TG_F64, TG_CPU)
-                                 : tg_rand(ys_u, 3, TG_F64, TG_CPU);
-  assert_ok(x && u);
-  int64_t *labels = malloc((size_t)tg_numel(u) * sizeof *labels);
-  for (int64_t i = 0; i < tg_numel(u); i++)
-    labels[i] = (int64_t)(((const double *)tg_data(u))[i] * (double)classes);
-  tg_tensor *y = tg_tensor_from_data(labels, tg_shape(u), tg_ndim(u), TG_I64, TG_CPU);
-  free(labels);
+  tg_tensor *y =
+      kind == CONVNET ? rand_labels(ys_c, 1, classes) : rand_labels(ys_u, 3, classes);
+  assert_ok(x);
   tg_sgd_config cfg = tg_sgd_config_default(0.05);
   cfg.momentum = 0.9;
   tg_optimizer *opt = tg_sgd_new(vs, cfg);
@@ -67,7 +62,6 @@ static float *train(net_kind kind, int threads, size_t *n_floats) {
   *n_floats = total;
   tg_optimizer_free(opt);
   tg_tensor_free(x);
-  tg_tensor_free(u);
   tg_tensor_free(y);
   tg_varstore_free(vs);
   return all;
