@@ -37,6 +37,14 @@ static tg_tensor *host(const tg_tensor *t) {
   return h;
 }
 
+/* A new random normal tensor drawn on the host (the CPU's values), on cuda:0. */
+static tg_tensor *randn_cuda(const int64_t *shape, int ndim, tg_dtype dtype) {
+  tg_tensor *h = tg_randn(shape, ndim, dtype, TG_CPU);
+  tg_tensor *d = tg_tensor_to(h, CUDA0);
+  tg_tensor_free(h);
+  return d;
+}
+
 /* dev (any device) against cpu, elementwise within tol + tol*|cpu|. */
 static void check_close(const tg_tensor *dev, const tg_tensor *cpu, double tol,
                         const char *what) {
@@ -781,7 +789,7 @@ static void test_memory_flat(void **state) {
   tg_scheduler *sched = tg_cosine_lr_new(opt, STEPS, 0);
   assert_ok(opt && sched);
   const int64_t labels[16] = {0, 1, 2, 3, 3, 2, 1, 0, 0, 0, 1, 1, 2, 2, 3, 3};
-  tg_tensor *x = tg_tensor_to(tg_randn(TG_SHAPE(16, 8), TG_F32, TG_CPU), CUDA0);
+  tg_tensor *x = randn_cuda(TG_SHAPE(16, 8), TG_F32);
   tg_tensor *y = tg_tensor_from_data(labels, TG_SHAPE(16), TG_I64, CUDA0);
   int64_t base = 0, reserved = 0;
   double first = 0, last = 0;
@@ -843,7 +851,7 @@ static void test_step_does_not_wait(void **state) {
   tg_optimizer *sgd = tg_sgd_new(vs, sc), *adam = tg_adam_new(vs, ac);
   tg_scheduler *sched = tg_cosine_lr_new(sgd, 10, 0);
   const int64_t labels[4] = {0, 2, 1, 2};
-  tg_tensor *x = tg_tensor_to(tg_randn(TG_SHAPE(4, 2, 3, 3), TG_F32, TG_CPU), CUDA0);
+  tg_tensor *x = randn_cuda(TG_SHAPE(4, 2, 3, 3), TG_F32);
   tg_tensor *y = tg_tensor_from_data(labels, TG_SHAPE(4), TG_I64, CUDA0);
   assert_ok(sgd && adam && sched && x && y);
   const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING"); /* which waits after launches */
