@@ -64,12 +64,13 @@ step setup 120 meson setup "$build" $wipe --native-file "$native" -Dcuda=enabled
   -Dexamples=false -Dbench=true -Dbuildtype=release
 step build 240 ninja -C "$build"
 step ptxas-check 120 tests/gpu/ptxas-check.sh ops/norm/group_norm.cu \
-  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu
+  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu \
+  ops/conv/conv.cu
 
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim dist opinfo
+  group_norm matmul optim dist opinfo cuda_conv cuda_conv_chunked
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||
@@ -78,6 +79,11 @@ sanitizer=$(command -v compute-sanitizer ||
 step memcheck 200 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
   TG_TEST_FILTER='test_[go]*' "${sanitizer:-compute-sanitizer}" --tool memcheck \
   --error-exitcode 1 --leak-check full "$build/tests/test_cuda"
+# the convolutions' rows, reproducibility and errors (the gradchecks repeat the kernels)
+step memcheck-conv 150 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
+  TG_CONV_CUDA_CHUNK_BYTES=4096 TG_TEST_FILTER='test_conv_*' \
+  "${sanitizer:-compute-sanitizer}" --tool memcheck --error-exitcode 1 --leak-check full \
+  "$build/tests/test_cuda_conv"
 
 # ---- the benchmark ----
 step bench 120 "$build/bench/group_norm" --device cuda 20
