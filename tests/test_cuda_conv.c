@@ -8,6 +8,7 @@
  * TG_CUDA_FILL_NAN=1 (unwritten elements fail) and once more with
  * TG_CONV_CUDA_CHUNK_BYTES=4096, so batches run in several chunks of images. */
 #include "common.h"
+#include "runtime/cuda.h" /* tg__cuda_waits */
 
 #include <math.h>
 #include <stdio.h>
@@ -489,6 +490,35 @@ static void test_conv_mixed_devices(void **state) {
   assert_int_equal(tg_cuda_memory_allocated(0), base);
 }
 
+/* A training step's convolutions never wait for the device: conv2d (grouped, strided,
+ * in chunks) and conv_transpose2d forward and backward, every gradient, with no host
+ * wait between the inputs' upload and the gradients' download. */
+static void test_conv_does_not_wait(void **state) {
+  (void)state;
+  require_gpu();
+  tg_scope_begin();
+  const conv_row a = with_defaults(find_row("groups 3, batch 5"));
+  const conv_row b = with_defaults(find_row("T stride 2, output_padding 1"));
+  tg_tensor *ha[3], *hb[3], *da[3], *db[3];
+  const int na = make_inputs(&a, TG_F32, ha), nb = make_inputs(&b, TG_F32, hb);
+  for (int i = 0; i < 3; i++) {
+    da[i] = i < na ? device_leaf(ha[i]) : NULL;
+    db[i] = i < nb ? device_leaf(hb[i]) : NULL;
+  }
+  const int64_t waits = tg__cuda_waits();
+  tg_tensor *loss =
+      tg_add(tg_sum(conv_fn(da, na, (void *)&a)), tg_sum(conv_fn(db, nb, (void *)&b)));
+  assert_ok(loss && tg_backward(loss) == 0);
+  const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING");
+  if (!(lb && !strcmp(lb, "1"))) /* (which waits after every launch) */
+    assert_int_equal(tg__cuda_waits() - waits, 0);
+  for (int i = 0; i < 3; i++) {
+    assert_true(i >= na || tg_grad(da[i]));
+    assert_true(i >= nb || tg_grad(db[i]));
+  }
+  assert_int_equal(tg_scope_end(), 0);
+}
+
 /* The nn layers on the device: a conv2d and a conv_transpose2d module of a store on
  * cuda:0 run forward and backward there (the weights' gradients on the device). */
 static void test_layers_on_device(void **state) {
@@ -523,6 +553,7 @@ int main(void) {
       cmocka_unit_test(test_gradcheck_on_device),
       cmocka_unit_test(test_conv_reproducible),
       cmocka_unit_test(test_conv_mixed_devices),
+      cmocka_unit_test(test_conv_does_not_wait),
       cmocka_unit_test(test_layers_on_device),
   };
   /* TG_TEST_FILTER=pattern runs only the matching tests (as tests/test_cuda.c). */
