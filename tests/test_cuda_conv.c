@@ -254,45 +254,6 @@ static int make_inputs(const conv_row *r, tg_dtype dt, tg_tensor *h[3]) {
   return n;
 }
 
-/* A leaf copy of a CPU tensor on the device, requiring grad as the original. */
-static tg_tensor *device_leaf(const tg_tensor *h) {
-  tg_no_grad_begin();
-  tg_tensor *d = tg_tensor_to(h, CUDA0);
-  tg_no_grad_end();
-  assert_ok(d && tg_set_requires_grad(d, true) == 0);
-  return d;
-}
-
-/* ||dev - cpu|| / ||cpu|| (0 for empty tensors; the absolute norm when cpu is 0),
- * both copied to float64 on the host; NaN when an element is not finite or the
- * shapes differ. *worst gets the index of the largest difference. */
-static double rel_error(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst,
-                        double *got, double *want) {
-  *worst = -1;
-  if (tg_ndim(dev) != tg_ndim(cpu) || tg_numel(dev) != tg_numel(cpu))
-    return NAN;
-  for (int i = 0; i < tg_ndim(cpu); i++)
-    if (tg_shape(dev)[i] != tg_shape(cpu)[i])
-      return NAN;
-  tg_tensor *a = tg_to_dtype(tg_tensor_to(dev, TG_CPU), TG_F64);
-  tg_tensor *b = tg_to_dtype(cpu, TG_F64);
-  assert_ok(a && b);
-  const double *pa = tg_data(a), *pb = tg_data(b);
-  double num = 0, den = 0, big = -1;
-  for (int64_t i = 0; i < tg_numel(cpu); i++) {
-    const double d = pa[i] - pb[i];
-    if (!isfinite(pa[i]) || !isfinite(pb[i])) {
-      *worst = i, *got = pa[i], *want = pb[i];
-      return NAN;
-    }
-    num += d * d;
-    den += pb[i] * pb[i];
-    if (fabs(d) > big)
-      big = fabs(d), *worst = i, *got = pa[i], *want = pb[i];
-  }
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* Compares one output or gradient; prints and returns false on a mismatch. */
 static bool compare(const char *name, tg_dtype dt, const char *what, const tg_tensor *dev,
                     const tg_tensor *cpu) {
@@ -307,7 +268,7 @@ static bool compare(const char *name, tg_dtype dt, const char *what, const tg_te
   }
   int64_t worst;
   double got = 0, want = 0;
-  const double e = rel_error(dev, cpu, &worst, &got, &want);
+  const double e = sqrt(cuda_nmse(dev, cpu, &worst, &got, &want)); /* ||a-b|| / ||b|| */
   if (e < tol)
     return true;
   printf("  %s %s %s: relative error %.3g >= %.0e, worst element %lld: cuda %.17g, cpu "
@@ -324,7 +285,7 @@ static bool run_row(const conv_row *r, tg_dtype dt) {
   tg_tensor *h[3], *d[3] = {0};
   const int n = make_inputs(r, dt, h);
   for (int i = 0; i < n; i++)
-    d[i] = device_leaf(h[i]);
+    d[i] = cuda_leaf(h[i]);
   tg_tensor *yh = conv_fn(h, n, (void *)r);
   assert_ok(yh);
   tg_clear_error();
@@ -433,7 +394,7 @@ static void test_conv_reproducible(void **state) {
     tg_tensor *h[3], *d[3];
     const int n = make_inputs(r, TG_F32, h);
     for (int i = 0; i < n; i++)
-      d[i] = device_leaf(h[i]);
+      d[i] = cuda_leaf(h[i]);
     tg_tensor *first[3] = {0};
     for (int run = 0; run < 2; run++) {
       tg_tensor *y = conv_fn(d, n, (void *)r);
@@ -502,8 +463,8 @@ static void test_conv_does_not_wait(void **state) {
   tg_tensor *ha[3], *hb[3], *da[3], *db[3];
   const int na = make_inputs(&a, TG_F32, ha), nb = make_inputs(&b, TG_F32, hb);
   for (int i = 0; i < 3; i++) {
-    da[i] = i < na ? device_leaf(ha[i]) : NULL;
-    db[i] = i < nb ? device_leaf(hb[i]) : NULL;
+    da[i] = i < na ? cuda_leaf(ha[i]) : NULL;
+    db[i] = i < nb ? cuda_leaf(hb[i]) : NULL;
   }
   const int64_t waits = tg__cuda_waits();
   tg_tensor *loss =
