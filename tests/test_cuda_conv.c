@@ -28,6 +28,7 @@ static void require_gpu(void) {
 typedef struct {
   const char *what;            /* what the row exercises */
   bool transposed, bias, same; /* same: tg_conv2d_ex with padding="same" */
+  bool unbatched;              /* x [C, H, W] of x[1..3] (x[0] is 1) */
   int64_t x[4], w[4];
   int64_t stride[2], padding[2], dilation[2], output_padding[2], groups;
 } conv_row;
@@ -183,6 +184,20 @@ static const conv_row rows[] = {
      .w = {3, 2, 4, 4},
      .stride = {2, 2},
      .padding = {1, 1}},
+    {.what = "unbatched",
+     .unbatched = true,
+     .bias = true,
+     .x = {1, 3, 6, 5},
+     .w = {4, 3, 3, 2},
+     .stride = {2, 1},
+     .padding = {1, 1}},
+    {.what = "T unbatched",
+     .transposed = true,
+     .unbatched = true,
+     .x = {1, 4, 3, 4},
+     .w = {4, 2, 3, 3},
+     .stride = {2, 2},
+     .output_padding = {1, 0}},
     {.what = "T empty batch",
      .transposed = true,
      .bias = true,
@@ -220,8 +235,8 @@ static const char *row_name(const conv_row *r, char *buf, size_t len) {
     n += snprintf(buf + n, len - (size_t)n, " output_padding %lld,%lld",
                   (long long)r->output_padding[0], (long long)r->output_padding[1]);
   if (n > 0 && (size_t)n < len)
-    snprintf(buf + n, len - (size_t)n, "%s%s (%s)", r->bias ? "" : " no bias",
-             r->same ? " padding=same" : "", r->what);
+    snprintf(buf + n, len - (size_t)n, "%s%s%s (%s)", r->bias ? "" : " no bias",
+             r->same ? " padding=same" : "", r->unbatched ? " unbatched" : "", r->what);
   return buf;
 }
 
@@ -245,7 +260,7 @@ static tg_tensor *conv_fn(tg_tensor *const *in, int n, void *ctx) {
 /* Random leaves of the row's shapes on the CPU (x, w, and b of the output's channels). */
 static int make_inputs(const conv_row *r, tg_dtype dt, tg_tensor *h[3]) {
   const int64_t cout = r->transposed ? r->w[1] * r->groups : r->w[0];
-  h[0] = tg_randn(r->x, 4, dt, TG_CPU);
+  h[0] = tg_randn(r->x + r->unbatched, 4 - r->unbatched, dt, TG_CPU);
   h[1] = tg_randn(r->w, 4, dt, TG_CPU);
   h[2] = r->bias ? tg_randn(TG_SHAPE(cout), dt, TG_CPU) : NULL;
   const int n = r->bias ? 3 : 2;
@@ -292,7 +307,7 @@ static bool run_row(const conv_row *r, tg_dtype dt) {
   tg_tensor *yd = conv_fn(d, n, (void *)r);
   bool ok = compare(name, dt, "output", yd, yh);
   if (ok) {
-    tg_tensor *dy = tg_randn(tg_shape(yh), 4, dt, TG_CPU);
+    tg_tensor *dy = tg_randn(tg_shape(yh), tg_ndim(yh), dt, TG_CPU);
     assert_ok(tg_backward_ex(yh, dy, false) == 0);
     if (tg_backward_ex(yd, tg_tensor_to(dy, CUDA0), false) < 0) {
       printf("  %s %s: backward failed: %s\n", name, tg_dtype_name(dt), tg_last_error());
