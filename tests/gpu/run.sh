@@ -64,12 +64,13 @@ step setup 120 meson setup "$build" $wipe --native-file "$native" -Dcuda=enabled
   -Dexamples=false -Dbench=true -Dbuildtype=release
 step build 240 ninja -C "$build"
 step ptxas-check 120 tests/gpu/ptxas-check.sh ops/norm/group_norm.cu \
-  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu
+  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu \
+  ops/pool/resample.cu ops/shape/upsample_cat.cu ops/dropout/dropout.cu
 
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim dist opinfo
+  group_norm matmul optim dist opinfo cuda_resample
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||

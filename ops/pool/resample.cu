@@ -1,0 +1,142 @@
+/* Resampling on CUDA (pool_ex.c's table calls these; the taps are resample.h's, the
+ * CPU's): forward one thread per output over its taps; backward one thread per input
+ * element, gathering from the outputs whose taps reach it, in output order and tap
+ * order within an output (the order the CPU's scatter adds in), so no atomics and
+ * the same bits on every run. The outputs that can reach input i along an axis are
+ * an interval, found by binary search on the first tap's source index, which is
+ * nondecreasing in the output index (every formula of resample.h is monotone). */
+#include "runtime/cuda_common.cuh"
+
+#include "ops/pool/resample.h"
+
+namespace {
+
+/* f(a, b, c) for the taps of one output, in the CPU's order. The bounds are constants
+ * and the loops unrolled, so the taps' arrays stay in registers (a runtime index would
+ * put them in local memory); an axis of one tap skips its second. */
+template <typename F> __device__ inline void for_taps(const tg__resample_desc &d, F &&f) {
+#pragma unroll
+  for (int a = 0; a < 2; a++)
+#pragma unroll
+    for (int b = 0; b < 2; b++)
+#pragma unroll
+      for (int c = 0; c < 2; c++)
+        if (a < d.taps[0] && b < d.taps[1] && c < d.taps[2])
+          f(a, b, c);
+}
+
+/* The first output along axis a whose first source index is at least i (out when
+ * none). */
+template <typename T>
+__device__ inline int64_t first_reaching(const tg__resample_desc &d, int a, int64_t i) {
+  int64_t lo = 0, hi = d.out[a];
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (tg__resample_tap(&d, a, mid, sizeof(T) == 4).i[0] < i)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* The outputs [*first, *last) along axis a whose taps may reach input i: first
+ * source i (nearest), or i - 1 or i (linear: the second tap is the first's next). */
+template <typename T>
+__device__ inline void reaching(const tg__resample_desc &d, int a, int64_t i,
+                                int64_t *first, int64_t *last) {
+  *first = first_reaching<T>(d, a, d.taps[a] == 2 ? i - 1 : i);
+  *last = first_reaching<T>(d, a, i + 1);
+}
+
+/* One thread per output. in_dtype: pool.c's tg_upsample_{nearest,bilinear}2d, a copy
+ * or the blend in T; else pool_ex.c's sum over the taps in double. */
+template <typename T>
+__global__ void resample_fwd(tg__resample_desc d, const T *x, T *y) {
+  const int64_t OD = d.out[0], OH = d.out[1], OW = d.out[2];
+  const int64_t D = d.in[0], H = d.in[1], W = d.in[2];
+  const int64_t n = d.planes * OD * OH * OW;
+  const bool f32 = sizeof(T) == 4;
+  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
+       o += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t ox = o % OW, oy = o / OW % OH, od = o / (OW * OH) % OD;
+    const T *src = x + o / (OW * OH * OD) * D * H * W;
+    const tg__tap td = tg__resample_tap(&d, 0, od, f32),
+                  ty = tg__resample_tap(&d, 1, oy, f32),
+                  tx = tg__resample_tap(&d, 2, ox, f32);
+    if (d.in_dtype && d.taps[2] == 1) {
+      y[o] = src[ty.i[0] * W + tx.i[0]];
+      continue;
+    }
+    if (d.in_dtype) {
+      const T *r0 = src + ty.i[0] * W, *r1 = src + ty.i[1] * W;
+      const T ly0 = (T)ty.w[0], ly1 = (T)ty.w[1], lx0 = (T)tx.w[0], lx1 = (T)tx.w[1];
+      y[o] = ly0 * (lx0 * r0[tx.i[0]] + lx1 * r0[tx.i[1]]) +
+             ly1 * (lx0 * r1[tx.i[0]] + lx1 * r1[tx.i[1]]);
+      continue;
+    }
+    double acc = 0;
+    for_taps(d, [&](int a, int b, int c) {
+      acc += td.w[a] * ty.w[b] * tx.w[c] *
+             (double)src[(td.i[a] * H + ty.i[b]) * W + tx.i[c]];
+    });
+    y[o] = (T)acc;
+  }
+}
+
+/* One thread per input element: dx = the sum of weight * dy over every tap that
+ * reaches it, added as the CPU adds (in T, the weight product in T for in_dtype;
+ * else each step in double, rounded to T). */
+template <typename T>
+__global__ void resample_bwd(tg__resample_desc d, const T *dy, T *dx) {
+  const int64_t OD = d.out[0], OH = d.out[1], OW = d.out[2];
+  const int64_t D = d.in[0], H = d.in[1], W = d.in[2];
+  const int64_t n = d.planes * D * H * W;
+  const bool f32 = sizeof(T) == 4;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t ix = e % W, iy = e / W % H, id = e / (W * H) % D;
+    const T *g = dy + e / (W * H * D) * OD * OH * OW;
+    int64_t d0, d1, y0, y1, x0, x1;
+    reaching<T>(d, 0, id, &d0, &d1);
+    reaching<T>(d, 1, iy, &y0, &y1);
+    reaching<T>(d, 2, ix, &x0, &x1);
+    T acc = 0;
+    for (int64_t od = d0; od < d1; od++) {
+      const tg__tap td = tg__resample_tap(&d, 0, od, f32);
+      for (int64_t oy = y0; oy < y1; oy++) {
+        const tg__tap ty = tg__resample_tap(&d, 1, oy, f32);
+        for (int64_t ox = x0; ox < x1; ox++) {
+          const tg__tap tx = tg__resample_tap(&d, 2, ox, f32);
+          const T gv = g[(od * OH + oy) * OW + ox];
+          for_taps(d, [&](int a, int b, int c) {
+            if (td.i[a] != id || ty.i[b] != iy || tx.i[c] != ix)
+              return;
+            if (d.in_dtype)
+              acc += (T)ty.w[b] * (T)tx.w[c] * gv;
+            else
+              acc = (T)((double)acc + td.w[a] * ty.w[b] * tx.w[c] * (double)gv);
+          });
+        }
+      }
+    }
+    dx[e] = acc;
+  }
+}
+
+} // namespace
+
+extern "C" int tg__resample_cuda(int dtype, const tg__resample_desc *d, const void *src,
+                                 void *dst, bool backward, int device) {
+  const int64_t *sp = backward ? d->in : d->out;
+  const int64_t n = d->planes * sp[0] * sp[1] * sp[2];
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
+    using T = decltype(z);
+    if (backward) {
+      TG_LAUNCH(resample_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)src, (T *)dst);
+      return TG_CUDA_LAUNCHED(resample_bwd);
+    }
+    TG_LAUNCH(resample_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)src, (T *)dst);
+    return TG_CUDA_LAUNCHED(resample_fwd);
+  });
+}
