@@ -49,21 +49,29 @@ __device__ inline void reaching(const tg__resample_desc &d, int a, int64_t i,
   *last = first_reaching<T>(d, a, i + 1);
 }
 
+/* Element e of planes of s[0] x s[1] x s[2] elements: its plane and (z, y, x). */
+struct place {
+  int64_t p, z, y, x;
+};
+
+__device__ inline place place_of(int64_t e, const int64_t s[3]) {
+  return {e / (s[0] * s[1] * s[2]), e / (s[1] * s[2]) % s[0], e / s[2] % s[1], e % s[2]};
+}
+
 /* One thread per output. in_dtype: pool.c's tg_upsample_{nearest,bilinear}2d, a copy
  * or the blend in T; else pool_ex.c's sum over the taps in double. */
 template <typename T>
 __global__ void resample_fwd(tg__resample_desc d, const T *x, T *y) {
-  const int64_t OD = d.out[0], OH = d.out[1], OW = d.out[2];
-  const int64_t D = d.in[0], H = d.in[1], W = d.in[2];
-  const int64_t n = d.planes * OD * OH * OW;
+  const int64_t H = d.in[1], W = d.in[2];
+  const int64_t n = d.planes * d.out[0] * d.out[1] * d.out[2];
   const bool f32 = sizeof(T) == 4;
   for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < n;
        o += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t ox = o % OW, oy = o / OW % OH, od = o / (OW * OH) % OD;
-    const T *src = x + o / (OW * OH * OD) * D * H * W;
-    const tg__tap td = tg__resample_tap(&d, 0, od, f32),
-                  ty = tg__resample_tap(&d, 1, oy, f32),
-                  tx = tg__resample_tap(&d, 2, ox, f32);
+    const place at = place_of(o, d.out);
+    const T *src = x + at.p * d.in[0] * H * W;
+    const tg__tap td = tg__resample_tap(&d, 0, at.z, f32),
+                  ty = tg__resample_tap(&d, 1, at.y, f32),
+                  tx = tg__resample_tap(&d, 2, at.x, f32);
     if (d.in_dtype && d.taps[2] == 1) {
       y[o] = src[ty.i[0] * W + tx.i[0]];
       continue;
@@ -89,14 +97,14 @@ __global__ void resample_fwd(tg__resample_desc d, const T *x, T *y) {
  * else each step in double, rounded to T). */
 template <typename T>
 __global__ void resample_bwd(tg__resample_desc d, const T *dy, T *dx) {
-  const int64_t OD = d.out[0], OH = d.out[1], OW = d.out[2];
-  const int64_t D = d.in[0], H = d.in[1], W = d.in[2];
-  const int64_t n = d.planes * D * H * W;
+  const int64_t OH = d.out[1], OW = d.out[2];
+  const int64_t n = d.planes * d.in[0] * d.in[1] * d.in[2];
   const bool f32 = sizeof(T) == 4;
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
        e += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t ix = e % W, iy = e / W % H, id = e / (W * H) % D;
-    const T *g = dy + e / (W * H * D) * OD * OH * OW;
+    const place at = place_of(e, d.in);
+    const int64_t id = at.z, iy = at.y, ix = at.x;
+    const T *g = dy + at.p * d.out[0] * OH * OW;
     int64_t d0, d1, y0, y1, x0, x1;
     reaching<T>(d, 0, id, &d0, &d1);
     reaching<T>(d, 1, iy, &y0, &y1);

@@ -79,6 +79,8 @@ sanitizer=$(command -v compute-sanitizer ||
 step memcheck 200 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
   TG_TEST_FILTER='test_[go]*' "${sanitizer:-compute-sanitizer}" --tool memcheck \
   --error-exitcode 1 --leak-check full "$build/tests/test_cuda"
+step memcheck-resample 120 env TG_CUDA_LAUNCH_BLOCKING=1 "${sanitizer:-compute-sanitizer}" \
+  --tool memcheck --error-exitcode 1 --leak-check full "$build/tests/test_cuda_resample"
 
 # ---- the benchmark ----
 step bench 120 "$build/bench/group_norm" --device cuda 20
