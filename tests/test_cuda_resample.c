@@ -124,6 +124,10 @@ static const resample_case cases[] = {
     ROW("nearest2d_cat", 'c', X(1, 2, 5, 5), .skip = {1, 3, 5, 10}),
     ROW("nearest2d_cat", 'c', X(2, 4, 4, 4), .skip = {2, 4, 8, 8}),
     ROW("nearest2d_cat", 'c', X(0, 2, 2, 3), .skip = {0, 1, 4, 6}),
+    /* sizes of the example U-Net's decoder: many blocks per launch */
+    ROW("nearest2d_cat", 'c', X(4, 16, 8, 8), .skip = {4, 8, 16, 16}),
+    ROW("bilinear2d", 'b', X(4, 16, 8, 8), SIZE(16, 16)),
+    ROW("bilinear2d_ex", 'L', X(4, 8, 15, 17), SCALE(2, 2)),
 };
 #undef ROW
 #undef SCALE
