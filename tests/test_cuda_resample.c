@@ -7,9 +7,9 @@
  * gradients the same bits on a second run; float64 gradchecks through the device.
  * Dropout: the device's mask is the CPU's for the same seed (the same bits), p = 0 and
  * p = 1, eval mode, reproducibility, the keep rate, backward through the forward's
- * mask, NaN. Every test skips without a CUDA device; the host SIMT build runs them on
- * the CPU. New device buffers are NaN (TG_CUDA_FILL_NAN), so an element a kernel does
- * not write fails its comparison. */
+ * mask, NaN. Bad arguments fail with the CPU's messages. Every test skips without a
+ * CUDA device; the host SIMT build runs them on the CPU. New device buffers are NaN
+ * (TG_CUDA_FILL_NAN), so an element a kernel does not write fails its comparison. */
 #include "common.h"
 
 #include <math.h>
@@ -482,6 +482,32 @@ static void test_dropout_gradcheck(void **state) {
   assert_int_equal(tg_scope_end(), 0);
 }
 
+/* Bad arguments on the device fail with the CPU's messages, before any kernel runs. */
+static void test_errors_on_device(void **state) {
+  (void)state;
+  require_gpu();
+  const int64_t base = tg_cuda_memory_allocated(0);
+  tg_scope_begin();
+  tg_tensor *x = tg_randn(TG_SHAPE(1, 2, 3, 4), TG_F32, CUDA0);
+  tg_tensor *skip = tg_randn(TG_SHAPE(1, 2, 6, 8), TG_F32, TG_CPU);
+  tg_tensor *odd = tg_randn(TG_SHAPE(1, 2, 7, 8), TG_F32, CUDA0);
+  assert_ok(x && skip && odd);
+  assert_error(tg_upsample_nearest2d_cat(x, skip) == NULL, "tg_upsample_nearest2d_cat",
+               "Expected all tensors to be on the same device", "cuda:0", "cpu");
+  assert_error(tg_upsample_nearest2d_cat(x, odd) == NULL, "integer multiple");
+  assert_error(tg_upsample_nearest2d(x, (int64_t[]){0, 4}) == NULL,
+               "Input and output sizes should be greater than 0");
+  tg_upsample_options o = tg_upsample_options_default();
+  o.scale_factor[0] = -2;
+  o.scale_factor[1] = 2;
+  assert_error(tg_upsample_bilinear2d_ex(x, &o) == NULL,
+               "scale_factor must be positive and finite");
+  assert_error(tg_upsample_trilinear3d_ex(x, &o) == NULL, "expected a 5D tensor");
+  assert_error(tg_dropout(x, 1.5, true) == NULL, "dropout probability has to be between");
+  assert_int_equal(tg_scope_end(), 0);
+  assert_int_equal(tg_cuda_memory_allocated(0), base);
+}
+
 int main(void) {
   /* elements a kernel leaves unwritten are NaN and fail (unless the caller says) */
   setenv("TG_CUDA_FILL_NAN", "1", 0);
@@ -492,6 +518,7 @@ int main(void) {
       cmocka_unit_test(test_dropout_edges),
       cmocka_unit_test(test_dropout_keep_rate),
       cmocka_unit_test(test_dropout_gradcheck),
+      cmocka_unit_test(test_errors_on_device),
   };
   const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
   /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
