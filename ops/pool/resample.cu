@@ -4,7 +4,9 @@
  * order within an output (the order the CPU's scatter adds in), so no atomics and
  * the same bits on every run. The outputs that can reach input i along an axis are
  * an interval, found by binary search on the first tap's source index, which is
- * nondecreasing in the output index (every formula of resample.h is monotone). */
+ * nondecreasing in the output index (every formula of resample.h is monotone): once
+ * per input index and axis, by a small kernel into a table in scratch memory (the
+ * caching allocator's), which the backward's threads read. */
 #include "runtime/cuda_common.cuh"
 
 #include "ops/pool/resample.h"
@@ -40,13 +42,18 @@ __device__ inline int64_t first_reaching(const tg__resample_desc &d, int a, int6
   return lo;
 }
 
-/* The outputs [*first, *last) along axis a whose taps may reach input i: first
- * source i (nearest), or i - 1 or i (linear: the second tap is the first's next). */
-template <typename T>
-__device__ inline void reaching(const tg__resample_desc &d, int a, int64_t i,
-                                int64_t *first, int64_t *last) {
-  *first = first_reaching<T>(d, a, d.taps[a] == 2 ? i - 1 : i);
-  *last = first_reaching<T>(d, a, i + 1);
+/* Axis A's part of the table of the outputs [first, last) whose taps may reach input
+ * i: first source i (nearest), or i - 1 or i (linear: the second tap is the first's
+ * next). Entry 2 * (off + i) is first, the next last; off counts the inputs of the
+ * axes before A. One thread per input index; A is a constant so that the
+ * description's arrays are indexed by constants. */
+template <typename T, int A>
+__global__ void reaching_table(tg__resample_desc d, int64_t off, int64_t *table) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < d.in[A];
+       i += (int64_t)gridDim.x * blockDim.x) {
+    table[2 * (off + i)] = first_reaching<T>(d, A, d.taps[A] == 2 ? i - 1 : i);
+    table[2 * (off + i) + 1] = first_reaching<T>(d, A, i + 1);
+  }
 }
 
 /* Element e of planes of s[0] x s[1] x s[2] elements: its plane and (z, y, x). */
@@ -96,7 +103,8 @@ __global__ void resample_fwd(tg__resample_desc d, const T *x, T *y) {
  * reaches it, added as the CPU adds (in T, the weight product in T for in_dtype;
  * else each step in double, rounded to T). */
 template <typename T>
-__global__ void resample_bwd(tg__resample_desc d, const T *dy, T *dx) {
+__global__ void resample_bwd(tg__resample_desc d, const int64_t *table, const T *dy,
+                             T *dx) {
   const int64_t OH = d.out[1], OW = d.out[2];
   const int64_t n = d.planes * d.in[0] * d.in[1] * d.in[2];
   const bool f32 = sizeof(T) == 4;
@@ -105,10 +113,9 @@ __global__ void resample_bwd(tg__resample_desc d, const T *dy, T *dx) {
     const place at = place_of(e, d.in);
     const int64_t id = at.z, iy = at.y, ix = at.x;
     const T *g = dy + at.p * d.out[0] * OH * OW;
-    int64_t d0, d1, y0, y1, x0, x1;
-    reaching<T>(d, 0, id, &d0, &d1);
-    reaching<T>(d, 1, iy, &y0, &y1);
-    reaching<T>(d, 2, ix, &x0, &x1);
+    const int64_t *rd = table + 2 * id, *ry = table + 2 * (d.in[0] + iy),
+                  *rx = table + 2 * (d.in[0] + d.in[1] + ix);
+    const int64_t d0 = rd[0], d1 = rd[1], y0 = ry[0], y1 = ry[1], x0 = rx[0], x1 = rx[1];
     T acc = 0;
     for (int64_t od = d0; od < d1; od++) {
       const tg__tap td = tg__resample_tap(&d, 0, od, f32);
@@ -132,6 +139,31 @@ __global__ void resample_bwd(tg__resample_desc d, const T *dy, T *dx) {
   }
 }
 
+/* The backward: the reaching table of each axis, then the gather. */
+template <typename T>
+int resample_backward(const tg__resample_desc *d, const T *dy, T *dx, unsigned blocks,
+                      cudaStream_t st, int device) {
+  const size_t bytes = 2 * sizeof(int64_t) * (size_t)(d->in[0] + d->in[1] + d->in[2]);
+  int64_t *table = (int64_t *)tg__cuda_malloc(bytes, device);
+  if (!table)
+    return -1;
+  void (*const axis[3])(tg__resample_desc, int64_t, int64_t *) = {
+      &reaching_table<T, 0>, &reaching_table<T, 1>, &reaching_table<T, 2>};
+  int rc = 0;
+  int64_t off = 0;
+  for (int a = 0; a < 3 && rc == 0; off += d->in[a], a++) {
+    TG_LAUNCH(axis[a], tg__cuda_blocks(d->in[a], TG_THREADS), TG_THREADS, 0, st, *d, off,
+              table);
+    rc = TG_CUDA_LAUNCHED(reaching_table);
+  }
+  if (rc == 0) {
+    TG_LAUNCH(resample_bwd<T>, blocks, TG_THREADS, 0, st, *d, table, dy, dx);
+    rc = TG_CUDA_LAUNCHED(resample_bwd);
+  }
+  tg__cuda_free(table, bytes, device); /* stream-ordered: reused after these kernels */
+  return rc;
+}
+
 } // namespace
 
 extern "C" int tg__resample_cuda(int dtype, const tg__resample_desc *d, const void *src,
@@ -140,10 +172,8 @@ extern "C" int tg__resample_cuda(int dtype, const tg__resample_desc *d, const vo
   const int64_t n = d->planes * sp[0] * sp[1] * sp[2];
   return tg_launch_float(dtype, n, device, [&](auto z, unsigned b, cudaStream_t st) {
     using T = decltype(z);
-    if (backward) {
-      TG_LAUNCH(resample_bwd<T>, b, TG_THREADS, 0, st, *d, (const T *)src, (T *)dst);
-      return TG_CUDA_LAUNCHED(resample_bwd);
-    }
+    if (backward)
+      return resample_backward(d, (const T *)src, (T *)dst, b, st, device);
     TG_LAUNCH(resample_fwd<T>, b, TG_THREADS, 0, st, *d, (const T *)src, (T *)dst);
     return TG_CUDA_LAUNCHED(resample_fwd);
   });
