@@ -11,6 +11,8 @@
  *
  *   bench/train_step [--steps N] [--warmup N] [--rounds N] [--net convnet|unet]
  *                    [--threads 1|2] [--no-torch]
+ *   bench/train_step --device cuda [--steps N] [--small] [--no-torch]
+ *                                                    (bench/cuda/train_step.c)
  *
  * Every measurement runs in a process of its own (fork for ours, python3 for
  * PyTorch's, which gets OMP_NUM_THREADS = the thread count as well), so memory figures
@@ -24,6 +26,7 @@
  * the warm-up and timed steps, minus the resident set just before the first step —
  * activations, gradients, optimizer state, workspaces and allocator caches, but not
  * the code, the libraries or the (identical) parameters and batch. */
+#include "train_step.h"
 #include "nets.h"
 #include "tapegrad.h"
 
@@ -90,8 +93,10 @@ static void reset_peak(void) {
 
 /* ------------------------------------------------------------------ nets -- */
 
-typedef enum { CONVNET, UNET } net_kind;
+typedef enum { CONVNET = BENCH_CONVNET, UNET = BENCH_UNET } net_kind;
 static const char *const NET_NAMES[N_NETS] = {"convnet", "unet"};
+
+const char *bench_net_name(int kind) { return NET_NAMES[kind]; }
 static const int64_t BATCH[N_NETS] = {64, 8};
 
 typedef struct {
@@ -122,14 +127,12 @@ static double conv_flops(int64_t n, int64_t cin, int64_t cout, int64_t k, int64_
   return (input_grad ? 3.0 : 2.0) * 2.0 * (double)(n * cin * cout * k * k * hw);
 }
 
-/* Floating-point operations of one step: the convolutions and the linear layer
- * (everything else is a few operations per element). */
-static double step_flops(net_kind kind) {
+double bench_step_flops(int kind, int64_t n) {
   if (kind == CONVNET)
-    return conv_flops(64, 1, 32, 3, 28 * 28, false) +
-           conv_flops(64, 32, 64, 3, 14 * 14, true) +
-           conv_flops(64, 64 * 7 * 7, 10, 1, 1, true);
-  const int64_t n = 8, s = 64 * 64;
+    return conv_flops(n, 1, 32, 3, 28 * 28, false) +
+           conv_flops(n, 32, 64, 3, 14 * 14, true) +
+           conv_flops(n, 64 * 7 * 7, 10, 1, 1, true);
+  const int64_t s = 64 * 64;
   const int64_t layers[11][4] = {
       {3, 16, 3, s},       {16, 16, 3, s},      {16, 32, 3, s / 4}, {32, 32, 3, s / 4},
       {32, 64, 3, s / 16}, {64, 64, 3, s / 16}, {96, 32, 3, s / 4}, {32, 32, 3, s / 4},
@@ -139,6 +142,9 @@ static double step_flops(net_kind kind) {
     f += conv_flops(n, layers[i][0], layers[i][1], layers[i][2], layers[i][3], i > 0);
   return f;
 }
+
+/* The step of this benchmark's batch. */
+static double step_flops(net_kind kind) { return bench_step_flops(kind, BATCH[kind]); }
 
 /* ------------------------------------------------------------ measuring -- */
 
@@ -358,7 +364,11 @@ static void usage(void) {
           "[--no-torch]\n");
 }
 
+int tg_bench_train_step_cuda(int argc, char **argv);
+
 int main(int argc, char **argv) {
+  if (argc > 2 && !strcmp(argv[1], "--device") && !strncmp(argv[2], "cuda", 4))
+    return tg_bench_train_step_cuda(argc - 3, argv + 3);
   int steps = 30, warmup = 5, rounds = 2, only_threads = 0;
   const char *only_net = NULL;
   bool torch = true;

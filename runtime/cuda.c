@@ -5,6 +5,7 @@
 #include "runtime/internal.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,13 @@ typedef struct {
 
 /* A device's state. The cache is a list of free blocks, each of a size class; a
  * request takes a free block of exactly its class. */
+/* What a deferred check of class targets (tg__cuda_check_targets) reports. */
+enum { CHECK_SLOTS = 64 };
+typedef struct {
+  char op[64];
+  int64_t classes, ignore;
+} check_info;
+
 typedef struct {
   bool ready;
   cudaStream_t stream;
@@ -30,10 +38,16 @@ typedef struct {
   block *free;
   int n_free, cap_free;
   int64_t allocated, reserved;
+  unsigned long long *checks; /* 2 words a slot on the device, CHECK_SLOTS slots */
+  check_info info[CHECK_SLOTS];
+  int n_checks; /* slots handed out since the last wait */
 } device_state;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static device_state devices[MAX_DEVICES];
+static _Atomic int64_t waits; /* tg__cuda_waits */
+
+int64_t tg__cuda_waits(void) { return waits; }
 
 /* ------------------------------------------------------------- status -- */
 
@@ -88,6 +102,35 @@ static bool fill_nan(void) {
   return flag;
 }
 
+/* After a wait on device d's stream: the first failed deferred check since the last
+ * wait becomes this call's error (-1); all of them are cleared either way. */
+static int report_checks(int d) {
+  device_state *s = &devices[d];
+  pthread_mutex_lock(&lock);
+  const int n = s->n_checks;
+  check_info info[CHECK_SLOTS];
+  memcpy(info, s->info, (size_t)n * sizeof *info);
+  s->n_checks = 0;
+  pthread_mutex_unlock(&lock);
+  if (n == 0)
+    return 0;
+  unsigned long long h[2 * CHECK_SLOTS];
+  waits++;
+  if (TG_CUDA(cudaMemcpyAsync(h, s->checks, (size_t)(2 * n) * sizeof *h,
+                              cudaMemcpyDeviceToHost, s->stream)) < 0 ||
+      TG_CUDA(cudaStreamSynchronize(s->stream)) < 0)
+    return -1;
+  for (int k = 0; k < n; k++)
+    if (h[2 * k] != ~0ull)
+      return tg__error("%s: Target %lld is out of bounds: expected a class index in "
+                       "[0, %lld) or ignore_index (%lld), found at target element %lld "
+                       "(checked on cuda:%d without waiting; reported by the next call "
+                       "that waited for the device)",
+                       info[k].op, (long long)h[2 * k + 1], (long long)info[k].classes,
+                       (long long)info[k].ignore, (long long)h[2 * k], d);
+  return 0;
+}
+
 int tg__cuda_launched(const char *kernel, const char *file, int line) {
   if (tg__cuda_status(cudaGetLastError(), kernel, file, line) < 0)
     return -1;
@@ -96,7 +139,10 @@ int tg__cuda_launched(const char *kernel, const char *file, int line) {
   int d = current_device();
   if (d < 0 || d >= MAX_DEVICES || !devices[d].ready)
     return 0;
-  return tg__cuda_status(cudaStreamSynchronize(devices[d].stream), kernel, file, line);
+  waits++;
+  if (tg__cuda_status(cudaStreamSynchronize(devices[d].stream), kernel, file, line) < 0)
+    return -1;
+  return report_checks(d);
 }
 
 /* ------------------------------------------------------------ devices -- */
@@ -185,10 +231,50 @@ size_t tg__cuda_smem_optin(int d) {
 int tg_cuda_synchronize(void) {
   int n = tg_cuda_device_count();
   for (int d = 0; d < n; d++)
-    if (devices[d].ready && (TG_CUDA(cudaSetDevice(d)) < 0 ||
-                             TG_CUDA(cudaStreamSynchronize(devices[d].stream)) < 0))
+    if (devices[d].ready && tg__cuda_wait(d) < 0)
       return -1;
   return 0;
+}
+
+int tg__cuda_wait(int d) {
+  if (!get_device(d))
+    return -1;
+  waits++;
+  if (TG_CUDA(cudaStreamSynchronize(devices[d].stream)) < 0)
+    return -1;
+  return report_checks(d);
+}
+
+unsigned long long *tg__cuda_check_targets(int d, const char *op, int64_t classes,
+                                           int64_t ignore) {
+  device_state *s = get_device(d);
+  if (!s)
+    return NULL;
+  pthread_mutex_lock(&lock);
+  bool full = s->n_checks == CHECK_SLOTS;
+  pthread_mutex_unlock(&lock);
+  if (full && tg__cuda_wait(d) < 0) /* every slot taken since the last wait */
+    return NULL;
+  pthread_mutex_lock(&lock);
+  int rc = 0;
+  if (!s->checks) /* cudaMalloc, not the cache: not counted as the program's memory */
+    rc = TG_CUDA(cudaMalloc((void **)&s->checks, CHECK_SLOTS * 2 * sizeof *s->checks));
+  unsigned long long *slot = NULL;
+  if (rc == 0) {
+    const int k = s->n_checks++;
+    slot = s->checks + 2 * k;
+    check_info *in = &s->info[k];
+    snprintf(in->op, sizeof in->op, "%s", op);
+    in->classes = classes;
+    in->ignore = ignore;
+    /* all bits set: no failed position */
+    if (TG_CUDA(cudaMemsetAsync(slot, 0xff, 2 * sizeof *slot, s->stream)) < 0) {
+      s->n_checks--;
+      slot = NULL;
+    }
+  }
+  pthread_mutex_unlock(&lock);
+  return slot;
 }
 
 /* ------------------------------------------------------------- memory -- */
@@ -321,7 +407,7 @@ int tg__cuda_memcpy(void *dst, tg_device dd, const void *src, tg_device sd, size
   if (TG_CUDA(cudaMemcpyAsync(dst, src, n, kind, st)) < 0)
     return -1;
   /* The host side is the caller's memory: done before returning. */
-  if (kind != cudaMemcpyDeviceToDevice && TG_CUDA(cudaStreamSynchronize(st)) < 0)
+  if (kind != cudaMemcpyDeviceToDevice && tg__cuda_wait(d) < 0)
     return -1;
   return 0;
 }
@@ -346,6 +432,15 @@ void *tg__cuda_stream(int d) {
   return NULL;
 }
 void *tg__cuda_cublas(int d) { return tg__cuda_stream(d); }
+int tg__cuda_wait(int d) { return tg__cuda_stream(d) ? 0 : -1; }
+int64_t tg__cuda_waits(void) { return 0; }
+unsigned long long *tg__cuda_check_targets(int d, const char *op, int64_t classes,
+                                           int64_t ignore) {
+  (void)op;
+  (void)classes;
+  (void)ignore;
+  return tg__cuda_stream(d);
+}
 int tg__cuda_sm_count(int d) {
   (void)d;
   return 1;

@@ -33,6 +33,23 @@ int tg__cuda_launched(const char *kernel, const char *file, int line);
 /* Makes `device` current for this thread and returns its stream (a cudaStream_t), or
  * NULL with an error. */
 void *tg__cuda_stream(int device);
+/* Waits for the device's stream; then the first failed deferred check since the last
+ * wait (tg__cuda_check_targets) is this call's error (-1). Every call that waits for
+ * the device (copies to the host, tg_item, tg_cuda_synchronize, TG_CUDA_LAUNCH_BLOCKING)
+ * goes through here. */
+int tg__cuda_wait(int device);
+/* How many times the host has waited for a device so far (all devices): what the tests
+ * count to show that a training step does not wait. */
+int64_t tg__cuda_waits(void);
+/* A check of class targets that kernels make without the host waiting for them: a slot
+ * of two words on the device, reset here (in stream order): [0] the smallest failing
+ * position (kernels atomicMin into it; all bits set: none), [1] the target found there
+ * (written after, in stream order). The next tg__cuda_wait reports a failure as "op:
+ * Target v is out of bounds ..." naming the classes and ignore_index, as the CPU does
+ * at once. This is how a training step's losses avoid waiting for the device (PyTorch
+ * reports such targets with device-side asserts, later too). NULL with an error. */
+unsigned long long *tg__cuda_check_targets(int device, const char *op, int64_t classes,
+                                           int64_t ignore);
 /* The device's cuBLAS handle (a cublasHandle_t) bound to its stream, TF32 off. */
 void *tg__cuda_cublas(int device);
 /* Multiprocessors of the device, and the opt-in shared memory limit per block. */

@@ -187,7 +187,7 @@ extern "C" int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device,
     rc = TG_CUDA(
         cudaMemcpyAsync(out, partial + g, sizeof *out, cudaMemcpyDeviceToHost, s));
   if (rc == 0)
-    rc = TG_CUDA(cudaStreamSynchronize(s));
+    rc = tg__cuda_wait(device);
   tg__cuda_free(partial, (g + 1) * sizeof(double), device);
   return rc;
 }
@@ -218,7 +218,7 @@ extern "C" int tg__cuda_first_nonfinite(const void *p, int dtype, int64_t n, int
   if (rc == 0)
     rc = TG_CUDA(cudaMemcpyAsync(&found, first, sizeof found, cudaMemcpyDeviceToHost, s));
   if (rc == 0)
-    rc = TG_CUDA(cudaStreamSynchronize(s));
+    rc = tg__cuda_wait(device);
   tg__cuda_free(first, sizeof *first, device);
   *index = found;
   return rc;

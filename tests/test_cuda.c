@@ -5,6 +5,7 @@
  * all on the CPU. The suite runs with TG_CUDA_FILL_NAN=1: an element a kernel does not
  * write is NaN and fails its comparison. */
 #include "common.h"
+#include "runtime/cuda.h" /* tg__cuda_waits */
 
 #include <math.h>
 #include <stdio.h>
@@ -1181,6 +1182,61 @@ static void test_nan_fill(void **state) {
 }
 
 /* Anomaly mode reads device tensors: a NaN produced on the device is reported. */
+/* The losses' forward and backward on the device never wait for it (their sums,
+ * reductions and target checks stay there): a whole loss step's host waits are
+ * counted (tg__cuda_waits) and must be none, and the values then read back equal the
+ * CPU's. */
+static void test_losses_do_not_wait(void **state) {
+  (void)state;
+  require_gpu();
+  tg_scope_begin();
+  const int64_t tv[8] = {0, 2, 1, -100, 2, 0, 1, 1};
+  tg_tensor *xh = tg_randn(TG_SHAPE(2, 3, 4), TG_F64, TG_CPU);
+  tg_tensor *th = tg_tensor_from_data(tv, TG_SHAPE(2, 4), TG_I64, TG_CPU);
+  tg_tensor *wh = tg_uniform(TG_SHAPE(3), 0.5, 1.5, TG_F64, TG_CPU);
+  tg_tensor *ph = tg_randn(TG_SHAPE(2, 3, 4), TG_F64, TG_CPU);
+  tg_tensor *loss[2];
+  tg_tensor *grad[2];
+  int64_t waits = 0;
+  for (int d = 0; d < 2; d++) { /* d = 1: on cuda:0 */
+    const tg_device dev = d ? CUDA0 : TG_CPU;
+    tg_tensor *x = tg_tensor_to(xh, dev), *t = tg_tensor_to(th, dev);
+    tg_tensor *w = tg_tensor_to(wh, dev), *p = tg_tensor_to(ph, dev);
+    assert_ok(x && t && w && p && tg_set_requires_grad(x, true) == 0);
+    if (d)
+      waits = tg__cuda_waits();
+    tg_cross_entropy_options ce = tg_cross_entropy_options_default();
+    ce.weight = w;
+    ce.label_smoothing = 0.1;
+    tg_nll_loss_options nl = tg_nll_loss_options_default();
+    nl.weight = w;
+    nl.reduction = TG_REDUCTION_SUM;
+    tg_tensor *terms[6] = {
+        tg_cross_entropy(x, t, TG_REDUCTION_MEAN, -100),
+        tg_cross_entropy_ex(x, t, &ce),
+        tg_nll_loss(tg_log_softmax(x, 1), t, TG_REDUCTION_MEAN, -100),
+        tg_nll_loss_ex(tg_log_softmax(x, 1), t, &nl),
+        tg_mse_loss(x, p, TG_REDUCTION_MEAN),
+        tg_binary_cross_entropy_with_logits(x, p, TG_REDUCTION_SUM)};
+    tg_tensor *sum = terms[0];
+    for (int k = 1; k < 6; k++)
+      sum = tg_add(sum, terms[k]);
+    tg_tensor *none = tg_cross_entropy(x, t, TG_REDUCTION_NONE, -100);
+    sum = tg_add(sum, tg_sum(none));
+    assert_ok(sum && tg_backward(sum) == 0);
+    const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING");
+    if (d && !(lb && !strcmp(lb, "1"))) /* (which waits after every launch) */
+      assert_int_equal(tg__cuda_waits() - waits, 0);
+    loss[d] = tg_tensor_to(sum, TG_CPU);
+    grad[d] = tg_tensor_to(tg_grad(x), TG_CPU);
+    assert_ok(loss[d] && grad[d]);
+  }
+  assert_true(tg__cuda_waits() > waits); /* reading back waited */
+  assert_close(loss[1], loss[0], 1e-12, 1e-12);
+  assert_close(grad[1], grad[0], 1e-12, 1e-12);
+  assert_int_equal(tg_scope_end(), 0);
+}
+
 static void test_anomaly_on_device(void **state) {
   (void)state;
   require_gpu();
@@ -1238,12 +1294,29 @@ static void test_errors(void **state) {
   assert_error(tg_zeros(TG_SHAPE(2), TG_F32, tg_cuda(tg_cuda_device_count())) == NULL,
                "not available");
   assert_error(tg_tensor_to(h, tg_cuda(-1)) == NULL, "cuda:-1", "not available");
-  /* a class index out of range, found on the device */
+  /* a class index out of range, found on the device without waiting: the loss is NaN
+   * and the next call that waits for the device reports it, once */
   const int64_t bad[2] = {1, 7};
   tg_tensor *logits = tg_randn(TG_SHAPE(2, 4), TG_F32, CUDA0);
   tg_tensor *target = tg_tensor_from_data(bad, TG_SHAPE(2), TG_I64, CUDA0);
-  assert_error(tg_cross_entropy(logits, target, TG_REDUCTION_MEAN, -100) == NULL,
-               "Target 7 is out of bounds", "element 1");
+  const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING");
+  if (lb && !strcmp(lb, "1")) { /* every launch waits: the loss call itself fails */
+    assert_error(!tg_cross_entropy(logits, target, TG_REDUCTION_MEAN, -100),
+                 "tg_cross_entropy", "Target 7 is out of bounds", "element 1");
+    assert_error(!tg_nll_loss(logits, target, TG_REDUCTION_NONE, -100), "tg_nll_loss",
+                 "Target 7 is out of bounds");
+  } else {
+    tg_tensor *bad_loss = tg_cross_entropy(logits, target, TG_REDUCTION_MEAN, -100);
+    assert_ok(bad_loss);
+    float v = 0;
+    assert_error(tg_tensor_copy_to_host(bad_loss, &v, sizeof v) < 0, "tg_cross_entropy",
+                 "Target 7 is out of bounds", "[0, 4)", "element 1", "cuda:0");
+    assert_ok(tg_tensor_copy_to_host(bad_loss, &v, sizeof v) == 0);
+    assert_true(isnan(v));
+    assert_ok(tg_nll_loss(logits, target, TG_REDUCTION_NONE, -100));
+    assert_error(tg_cuda_synchronize() < 0, "tg_nll_loss", "Target 7 is out of bounds");
+    assert_ok(tg_cuda_synchronize() == 0);
+  }
   /* max_unpool2d's indices, checked on the host, and on x's device */
   const int64_t ui[4] = {0, 3, 17, 2};
   tg_tensor *ux = tg_randn(TG_SHAPE(1, 1, 2, 2), TG_F32, CUDA0);
@@ -1278,6 +1351,7 @@ int main(void) {
       cmocka_unit_test(test_pool_nan_and_repeat),
       cmocka_unit_test(test_transfer_gradients),
       cmocka_unit_test(test_anomaly_on_device),
+      cmocka_unit_test(test_losses_do_not_wait),
   };
   /* TG_TEST_FILTER=pattern runs only the matching tests (tests/gpu/run.sh runs the
    * GroupNorm and op tests under compute-sanitizer that way). */

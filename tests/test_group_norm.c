@@ -406,6 +406,64 @@ static void test_random_shapes_vs_naive(void **state) {
   tg_set_num_threads(nt);
 }
 
+/* The forward sums each group alongside writing the one before it (a thread's first
+ * group alone): every group's output and gradients must have the bits of that group
+ * normalised on its own (a [1, D, H, W] tensor with one group), on 1, 2 and 3 threads,
+ * in float32 and float64, with and without the fused ReLU, for groups shorter than a
+ * cursor step, with partial sum blocks and odd channel lengths, and with samples whose
+ * first elements sit far from the mean (the statistics then take a second pass). */
+static void test_groups_summed_alongside(void **state) {
+  (void)state;
+  const int64_t shapes[5][5] = {{5, 6, 37, 29, 3}, {4, 8, 16, 16, 2}, {2, 4, 70, 70, 1},
+                                {7, 2, 1, 5, 2},   {3, 6, 28, 28, 3}};
+  const tg_dtype dts[2] = {TG_F32, TG_F64};
+  const int nt = tg_get_num_threads();
+  for (int i = 0; i < 5; i++)
+    for (int d = 0; d < 2; d++)
+      for (int v = 0; v < 3; v++) { /* 0 plain, 1 relu, 2 far first elements */
+        tg_scope_begin();
+        const int64_t *sh = shapes[i], G = sh[4], D = sh[1] / G;
+        tg_tensor *x = tg_randn(sh, 4, dts[d], TG_CPU);
+        if (v == 2) /* the first 64 elements of every group 1000 off the rest */
+          for (int64_t n = 0; n < sh[0]; n++)
+            for (int64_t g = 0; g < G; g++) {
+              tg_tensor *head = tg_narrow(tg_narrow(tg_narrow(x, 0, n, 1), 1, g * D, 1),
+                                          2, 0, sh[2] < 2 ? sh[2] : 2);
+              assert_ok(head && tg_fill_(head, 1000.0) == 0);
+            }
+        assert_int_equal(tg_set_requires_grad(x, true), 0);
+        tg_tensor *dy = tg_randn(sh, 4, dts[d], TG_CPU);
+        tg_tensor *w = tg_uniform(TG_SHAPE(sh[1]), 0.5, 1.5, dts[d], TG_CPU);
+        tg_tensor *b = tg_randn(TG_SHAPE(sh[1]), dts[d], TG_CPU);
+        tg_tensor *(*fn)(const tg_tensor *, int64_t, const tg_tensor *,
+                         const tg_tensor *, double) =
+            v == 1 ? tg_group_norm_relu : tg_group_norm;
+        tg_tensor *y[3], *dx[3];
+        for (int t = 1; t <= 3; t++) {
+          tg_set_num_threads(t);
+          tg_zero_grad(x);
+          y[t - 1] = fn(x, G, w, b, 1e-5);
+          assert_ok(y[t - 1] && tg_backward_ex(y[t - 1], dy, false) == 0);
+          dx[t - 1] = tg_clone(tg_grad(x));
+        }
+        tg_set_num_threads(nt);
+        assert_close(y[1], y[0], 0, 0);
+        assert_close(y[2], y[0], 0, 0);
+        assert_close(dx[1], dx[0], 0, 0);
+        assert_close(dx[2], dx[0], 0, 0);
+        for (int64_t n = 0; n < sh[0]; n++)
+          for (int64_t g = 0; g < G; g++) {
+            tg_tensor *xs = tg_clone(tg_narrow(tg_narrow(x, 0, n, 1), 1, g * D, D));
+            tg_tensor *ws = tg_clone(tg_narrow(w, 0, g * D, D));
+            tg_tensor *bs = tg_clone(tg_narrow(b, 0, g * D, D));
+            tg_tensor *ys = fn(xs, 1, ws, bs, 1e-5);
+            assert_ok(ys);
+            assert_close(ys, tg_narrow(tg_narrow(y[0], 0, n, 1), 1, g * D, D), 0, 0);
+          }
+        assert_int_equal(tg_scope_end(), 0);
+      }
+}
+
 /* Same values with 1 and 2 threads, and in no-grad mode (nothing recorded). */
 static void test_threads_and_no_grad(void **state) {
   (void)state;
@@ -479,6 +537,7 @@ int main(void) {
       cmocka_unit_test(test_large_input_path),
       cmocka_unit_test(test_streaming_path),
       cmocka_unit_test(test_random_shapes_vs_naive),
+      cmocka_unit_test(test_groups_summed_alongside),
       cmocka_unit_test(test_threads_and_no_grad),
       cmocka_unit_test(test_errors),
   };

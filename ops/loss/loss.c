@@ -38,6 +38,13 @@ static double finish_reduction(tg_reduction r, tg_tensor *out, double total,
   return r == TG_REDUCTION_MEAN ? 1.0 / count : 1.0;
 }
 
+/* The 4 doubles a CUDA loss keeps on the device (loss_cuda.h: sums, scale, W), saved
+ * for its backward. */
+static tg_tensor *new_acc(const tg_tensor *like) {
+  static const int64_t four[1] = {4};
+  return tg__new(four, 1, TG_F64, like->device);
+}
+
 /* ------------------------------------------------------ class losses -- */
 
 typedef struct {
@@ -63,7 +70,6 @@ static int no_cuda(int unused, ...) {
   (void)unused;
   return tg__error("tapegrad was built without CUDA");
 }
-#define tg__loss_cuda_count_targets(...) no_cuda(0, __VA_ARGS__)
 #define tg__loss_cuda_ce_forward(...) no_cuda(0, __VA_ARGS__)
 #define tg__loss_cuda_ce_backward(...) no_cuda(0, __VA_ARGS__)
 #define tg__loss_cuda_nll_forward(...) no_cuda(0, __VA_ARGS__)
@@ -72,26 +78,15 @@ static int no_cuda(int unused, ...) {
 #define tg__loss_cuda_pointwise_backward(...) no_cuda(0, __VA_ARGS__)
 #endif
 
-/* Number of targets not ignored; -1 naming the first target outside [0, C). */
+/* Number of targets not ignored; -1 naming the first target outside [0, C). On CUDA,
+ * 0: the kernels check the targets there without waiting (loss_cuda.h). */
 static int64_t count_targets(const char *op, const tg_tensor *target, int64_t C,
                              int64_t ignore) {
   const int64_t *t = tg__data(target);
   const int64_t n = target->numel;
   int64_t count = 0, bad = 0;
-  if (tg__on_cuda(target)) {
-    int64_t first = -1;
-    if (tg__loss_cuda_count_targets(t, n, C, ignore, &count, &first,
-                                    target->device.index) < 0)
-      return -1;
-    if (first < 0)
-      return count;
-    int64_t v;
-    if (tg__cuda_memcpy(&v, TG_CPU, t + first, target->device, sizeof v) < 0)
-      return -1;
-    return tg__error("%s: Target %lld is out of bounds: expected a class index in "
-                     "[0, %lld) or ignore_index (%lld), found at target element %lld",
-                     op, (long long)v, (long long)C, (long long)ignore, (long long)first);
-  }
+  if (tg__on_cuda(target))
+    return 0;
 #pragma omp parallel for reduction(+ : count, bad) num_threads(tg__threads(n))
   for (int64_t i = 0; i < n; i++) {
     if (t[i] == ignore)
@@ -378,13 +373,14 @@ static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor *
   if (!dx)
     return -1;
   gi[0] = dx;
-  if (tg__on_cuda(x)) /* saved: the statistics, then the weights when weighted */
+  if (tg__on_cuda(x)) /* saved: the statistics, acc, then the weights when weighted */
     return tg__loss_cuda_ce_backward(x->dtype, tg__data(x), tg__data(target),
-                                     c->weighted ? tg__data(node->saved[1]) : NULL,
-                                     c->smoothing, c->wsum, tg__data(node->saved[0]),
-                                     tg__data(g), c->reduction == TG_REDUCTION_NONE,
-                                     c->scale, c->s.outer, c->s.r, c->s.inner,
-                                     c->ignore_index, tg__data(dx), x->device.index);
+                                     c->weighted ? tg__data(node->saved[2]) : NULL,
+                                     c->smoothing, tg__data(node->saved[1]),
+                                     tg__data(node->saved[0]), tg__data(g),
+                                     c->reduction == TG_REDUCTION_NONE, c->s.outer,
+                                     c->s.r, c->s.inner, c->ignore_index, tg__data(dx),
+                                     x->device.index);
   ce_backward_cpu(c, x, target, g, dx);
   return 0;
 }
@@ -405,41 +401,35 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
   const size_t ctx_bytes = sizeof(ce_ctx) + (weight ? (size_t)C * sizeof(double) : 0);
   ce_ctx *c = calloc(1, ctx_bytes);
   tg_tensor *out = c ? new_loss(reduction, target, input->dtype) : NULL;
-  tg_tensor *stats = NULL; /* CUDA's: max and log-sum-exp per position */
+  tg_tensor *stats = NULL, *acc = NULL; /* CUDA's: max and log-sum-exp; new_acc */
   if (!out)
     goto fail;
   *c = (ce_ctx){plan.s, reduction, ignore_index, 0, smoothing, (double)C, weight != NULL};
   if (c->s.inner > 1)
     c->s.lanes = ce_lanes(C);
-  if (weight) { /* the CPU kernels' copy in double; CUDA's read the tensor, W only */
-    tg_tensor *hw = on_cuda ? tg_tensor_to(weight, TG_CPU) : (tg_tensor *)weight;
-    if (!hw)
-      goto fail;
+  if (weight && !on_cuda) { /* the CPU kernels' copy in double (CUDA's read the tensor) */
     c->wsum = 0;
     for (int64_t k = 0; k < C; k++)
-      c->wsum += c->w[k] = tg__get(hw, k);
-    if (hw != weight)
-      tg_tensor_free(hw);
+      c->wsum += c->w[k] = tg__get(weight, k);
   }
   tg_tensor *none_out = reduction == TG_REDUCTION_NONE ? out : NULL;
-  double total = 0, wsum = 0;
   if (!on_cuda) {
+    double total = 0, wsum = 0;
     if (ce_forward_cpu(op, c, input, target, none_out, &total, &wsum) < 0)
       goto fail;
+    c->scale = finish_reduction(reduction, out, total, wsum);
   } else {
     int64_t stats_shape[2] = {2, c->s.outer * c->s.inner};
-    const int64_t count = count_targets(op, target, C, ignore_index);
-    if (count < 0 || !(stats = tg__new(stats_shape, 2, input->dtype, input->device)) ||
-        tg__loss_cuda_ce_forward(input->dtype, tg__data(input), tg__data(target),
-                                 weight ? tg__data(weight) : NULL, smoothing, c->wsum,
-                                 c->s.outer, C, c->s.inner, ignore_index, tg__data(stats),
-                                 none_out ? tg__data(none_out) : NULL, &total,
-                                 weight ? &wsum : NULL, input->device.index) < 0)
+    if (!(stats = tg__new(stats_shape, 2, input->dtype, input->device)) ||
+        !(acc = new_acc(input)) ||
+        tg__loss_cuda_ce_forward(input->dtype, op, tg__data(input), tg__data(target),
+                                 weight ? tg__data(weight) : NULL, smoothing, c->s.outer,
+                                 C, c->s.inner, ignore_index, reduction, tg__data(stats),
+                                 none_out ? tg__data(none_out) : NULL,
+                                 none_out ? NULL : tg__data(out), tg__data(acc),
+                                 input->device.index) < 0)
       goto fail;
-    if (!weight)
-      wsum = (double)count;
   }
-  c->scale = finish_reduction(reduction, out, total, wsum);
   const tg_tensor *in[2] = {input, target};
   tg_node *node;
   out = tg__finish(op, out, 2, in, cross_entropy_backward, &node);
@@ -450,16 +440,20 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
       goto fail;
     }
     memcpy(ctx, c, ctx_bytes);
-    if (stats) /* CUDA's backward reads these */
+    if (stats) { /* CUDA's backward reads these */
       tg__save(node, stats);
-    if (stats && weight)
-      tg__save(node, weight);
+      tg__save(node, acc);
+      if (weight)
+        tg__save(node, weight);
+    }
   }
   tg_tensor_free(stats);
+  tg_tensor_free(acc);
   free(c);
   return out;
 fail:
   tg_tensor_free(stats);
+  tg_tensor_free(acc);
   tg_tensor_free(out);
   free(c);
   return NULL;
@@ -485,11 +479,11 @@ static int nll_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   tg_tensor *dx = tg_zeros(x->shape, x->ndim, x->dtype, x->device);
   if (!dx)
     return -1;
-  if (tg__on_cuda(x)) {
+  if (tg__on_cuda(x)) { /* saved: acc */
     gi[0] = dx;
-    return tg__loss_cuda_nll_backward(x->dtype, tg__data(g), tgt, per_elem, scale,
-                                      c->s.outer, C, inner, ignore, tg__data(dx),
-                                      x->device.index);
+    return tg__loss_cuda_nll_backward(x->dtype, tg__data(g), tgt, NULL, per_elem,
+                                      tg__data(node->saved[0]), c->s.outer, C, inner,
+                                      ignore, tg__data(dx), x->device.index);
   }
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *G = tg__data(g);
@@ -521,35 +515,45 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
     return NULL;
   const int64_t inner = c.s.inner, C = c.s.r, npos = c.s.outer * inner;
   const int64_t *tgt = tg__data(target);
-  double total = 0;
-  if (tg__on_cuda(log_probs) &&
-      tg__loss_cuda_nll_forward(log_probs->dtype, tg__data(log_probs), tgt, c.s.outer, C,
-                                inner, ignore_index,
-                                reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL,
-                                &total, log_probs->device.index) < 0) {
-    tg_tensor_free(out);
-    return NULL;
-  }
-  const int64_t host_npos = tg__on_cuda(log_probs) ? 0 : npos;
-  TG_DISPATCH_FLOAT(log_probs->dtype, T, {
-    const T *X = tg__data(log_probs);
-    T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(host_npos))")
-    for (int64_t pos = 0; pos < host_npos; pos++) {
-      int64_t k = tgt[pos];
-      double l =
-          k == ignore_index ? 0 : -(double)X[(pos / inner * C + k) * inner + pos % inner];
-      if (L)
-        L[pos] = (T)l;
-      total += l;
+  const bool none = reduction == TG_REDUCTION_NONE;
+  tg_tensor *acc = NULL;
+  if (tg__on_cuda(log_probs)) {
+    if (!(acc = new_acc(log_probs)) ||
+        tg__loss_cuda_nll_forward(log_probs->dtype, op, tg__data(log_probs), tgt, NULL,
+                                  c.s.outer, C, inner, ignore_index, reduction,
+                                  none ? tg__data(out) : NULL, none ? NULL : tg__data(out),
+                                  tg__data(acc), log_probs->device.index) < 0) {
+      tg_tensor_free(acc);
+      tg_tensor_free(out);
+      return NULL;
     }
-  });
-  c.scale = finish_reduction(reduction, out, total, (double)count);
+  } else {
+    double total = 0;
+    TG_DISPATCH_FLOAT(log_probs->dtype, T, {
+      const T *X = tg__data(log_probs);
+      T *L = none ? tg__data(out) : NULL;
+  _Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(npos))")
+      for (int64_t pos = 0; pos < npos; pos++) {
+        int64_t k = tgt[pos];
+        double l = k == ignore_index
+                       ? 0
+                       : -(double)X[(pos / inner * C + k) * inner + pos % inner];
+        if (L)
+          L[pos] = (T)l;
+        total += l;
+      }
+    });
+    c.scale = finish_reduction(reduction, out, total, (double)count);
+  }
   const tg_tensor *in[2] = {log_probs, target};
   tg_node *node;
   out = tg__finish(op, out, 2, in, nll_backward, &node);
-  if (node)
+  if (node) {
     *(class_ctx *)tg__ctx(node, sizeof c) = c;
+    if (acc) /* CUDA's backward reads it */
+      tg__save(node, acc);
+  }
+  tg_tensor_free(acc);
   return out;
 }
 
@@ -579,10 +583,11 @@ static int pointwise_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi)
   const bool per_elem = c->reduction == TG_REDUCTION_NONE, mse = c->kind == P_MSE;
   gi[0] = dx;
   gi[1] = dt;
-  if (tg__on_cuda(x))
+  if (tg__on_cuda(x)) /* saved: acc */
     return tg__loss_cuda_pointwise_backward(
-        c->kind, x->dtype, tg__data(x), tg__data(t), tg__data(g), per_elem, c->scale, n,
-        dx ? tg__data(dx) : NULL, dt ? tg__data(dt) : NULL, x->device.index);
+        c->kind, x->dtype, tg__data(x), tg__data(t), tg__data(g), per_elem,
+        tg__data(node->saved[0]), n, dx ? tg__data(dx) : NULL, dt ? tg__data(dt) : NULL,
+        x->device.index);
   TG_DISPATCH_FLOAT(x->dtype, T, {
     const T *X = tg__data(x), *Y = tg__data(t), *G = tg__data(g);
     T *DX = dx ? tg__data(dx) : NULL, *DT = dt ? tg__data(dt) : NULL;
@@ -630,36 +635,46 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
   tg_tensor *out = new_loss(reduction, input, input->dtype);
   if (!out)
     return NULL;
-  const int64_t n = tg__on_cuda(input) ? 0 : input->numel; /* the CPU loop's */
-  const bool mse = kind == P_MSE;
-  double total = 0;
-  void *none_out = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-  if (tg__on_cuda(input) &&
-      tg__loss_cuda_pointwise_forward(kind, input->dtype, tg__data(input),
-                                      tg__data(target), input->numel, none_out, &total,
-                                      input->device.index) < 0) {
-    tg_tensor_free(out);
-    return NULL;
-  }
-  TG_DISPATCH_FLOAT(input->dtype, T, {
-    const T *X = tg__data(input), *Y = tg__data(target);
-    T *L = reduction == TG_REDUCTION_NONE ? tg__data(out) : NULL;
-_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n * 4))")
-    for (int64_t i = 0; i < n; i++) {
-      T xv = X[i], tv = Y[i];
-      T l = mse ? (xv - tv) * (xv - tv)
-                : (xv > 0 ? xv : (T)0) - xv * tv + log1p(exp(-fabs(xv)));
-      if (L)
-        L[i] = l;
-      total += l;
+  const int64_t n = input->numel;
+  const bool mse = kind == P_MSE, none = reduction == TG_REDUCTION_NONE;
+  pointwise_ctx c = {kind, reduction, 1.0};
+  tg_tensor *acc = NULL;
+  if (tg__on_cuda(input)) {
+    if (!(acc = new_acc(input)) ||
+        tg__loss_cuda_pointwise_forward(kind, input->dtype, tg__data(input),
+                                        tg__data(target), n, reduction,
+                                        none ? tg__data(out) : NULL,
+                                        none ? NULL : tg__data(out), tg__data(acc),
+                                        input->device.index) < 0) {
+      tg_tensor_free(acc);
+      tg_tensor_free(out);
+      return NULL;
     }
-  });
-  pointwise_ctx c = {kind, reduction,
-                     finish_reduction(reduction, out, total, (double)input->numel)};
+  } else {
+    double total = 0;
+    TG_DISPATCH_FLOAT(input->dtype, T, {
+      const T *X = tg__data(input), *Y = tg__data(target);
+      T *L = none ? tg__data(out) : NULL;
+  _Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n * 4))")
+      for (int64_t i = 0; i < n; i++) {
+        T xv = X[i], tv = Y[i];
+        T l = mse ? (xv - tv) * (xv - tv)
+                  : (xv > 0 ? xv : (T)0) - xv * tv + log1p(exp(-fabs(xv)));
+        if (L)
+          L[i] = l;
+        total += l;
+      }
+    });
+    c.scale = finish_reduction(reduction, out, total, (double)n);
+  }
   tg_node *node;
   out = tg__finish(op, out, 2, in, pointwise_backward, &node);
-  if (node)
+  if (node) {
     *(pointwise_ctx *)tg__ctx(node, sizeof c) = c;
+    if (acc) /* CUDA's backward reads it */
+      tg__save(node, acc);
+  }
+  tg_tensor_free(acc);
   return out;
 }
 

@@ -91,27 +91,34 @@ extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
 
 /* ------------------------------------------------------------------ losses -- */
 /* One thread per position (class losses) or element (pointwise), losses summed in
- * double through per-block partials in a fixed order, as the CPU sums in double. */
+ * double through per-block partials in a fixed order, as the CPU sums in double. No
+ * launcher waits for the device: the targets are checked by a kernel into a deferred
+ * check (tg__cuda_check_targets), the reduction is finished by a kernel into the
+ * result, and the scale the backward needs stays on the device in acc (loss_cuda.h). A
+ * target out of range gives NaN where it is used and is never read past. */
 
 namespace {
 
-/* Target k's class weight (1 without weights), 0 where k is ignore_index. */
+/* Target k's class weight (1 without weights), 0 where k is ignore_index, NaN for a
+ * target outside [0, C) (reported by the deferred check). */
 template <typename T>
-__device__ inline double picked_weight(const T *w, int64_t k, int64_t ignore) {
-  return k == ignore ? 0 : w ? (double)w[k] : 1;
+__device__ inline double picked_weight(const T *w, int64_t k, int64_t C, int64_t ignore) {
+  return k == ignore ? 0 : k < 0 || k >= C ? (double)NAN : w ? (double)w[k] : 1;
 }
 
-__global__ void count_kernel(const int64_t *t, int64_t n, int64_t C, int64_t ignore,
-                             unsigned long long *count, unsigned long long *bad) {
+/* slot[0] = the smallest position whose target is outside [0, C) and not ignore. */
+__global__ void check_targets_kernel(const int64_t *t, int64_t n, int64_t C,
+                                     int64_t ignore, unsigned long long *slot) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    if (t[i] == ignore)
-      continue;
-    if (t[i] < 0 || t[i] >= C)
-      atomicMin(bad, (unsigned long long)i);
-    else
-      atomicAdd(count, 1ull);
-  }
+       i += (int64_t)gridDim.x * blockDim.x)
+    if (t[i] != ignore && (t[i] < 0 || t[i] >= C))
+      atomicMin(slot, (unsigned long long)i);
+}
+
+/* slot[1] = the target at slot[0], once check_targets_kernel has run. */
+__global__ void check_targets_value(const int64_t *t, unsigned long long *slot) {
+  if (slot[0] != ~0ull)
+    slot[1] = (unsigned long long)t[slot[0]];
 }
 
 /* part[b] = sum of v over block b's grid-stride elements. */
@@ -126,36 +133,42 @@ __global__ void partial_sums(const double *v, int64_t n, double *part) {
     part[blockIdx.x] = acc;
 }
 
-/* *total = sum of v[0, n) on the host (waits). */
-int sum_to_host(const double *v, int64_t n, cudaStream_t st, int device, double *total) {
-  const unsigned b = tg__cuda_blocks(n, TG_THREADS), g = b < 1024 ? b : 1024;
-  double *part = (double *)tg__cuda_malloc((g + 1) * sizeof(double), device);
-  if (!part)
-    return -1;
-  TG_LAUNCH(partial_sums, g, TG_THREADS, 0, st, v, n, part);
-  int rc = TG_CUDA_LAUNCHED(partial_sums);
-  if (rc == 0) {
-    TG_LAUNCH(tg_sum_partials<>, 1, TG_THREADS, 0, st, (const double *)part, (int)g,
-              part + g);
-    rc = TG_CUDA_LAUNCHED(tg_sum_partials);
-  }
-  if (rc == 0)
-    rc = TG_CUDA(
-        cudaMemcpyAsync(total, part + g, sizeof *total, cudaMemcpyDeviceToHost, st));
-  if (rc == 0)
-    rc = TG_CUDA(cudaStreamSynchronize(st));
-  tg__cuda_free(part, (g + 1) * sizeof(double), device);
-  return rc;
+/* *W = sum of w[0, C) (C without weights), by one block in a fixed order. */
+template <typename T> __global__ void weight_sum_kernel(const T *w, int64_t C, double *W) {
+  __shared__ double scratch[32];
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
+    acc += w ? (double)w[i] : 1.0;
+  acc = tg_block_sum(acc, scratch);
+  if (threadIdx.x == 0)
+    *W = acc;
 }
 
-/* Cross-entropy with class weights w (NULL: all 1, W their sum) and label smoothing s,
- * loss.c's formula: loss = (1 - s) w_t (lse - x_t) + s/C sum_c w_c (lse - x_c), 0
- * where ignored; wp (may be NULL) gets w_t, 0 where ignored. */
+/* The reduction, from acc[0] (the losses' sum) and the divisor (acc[1], or count when
+ * count >= 0): out[0] (NULL for none) and acc[2] = dloss/dloss_i. A mean over nothing
+ * is 0/0 = NaN, as PyTorch (and loss.c's finish_reduction). */
+template <typename T>
+__global__ void finish_kernel(int reduction, double count, T *out, double *acc) {
+  const double w = count >= 0 ? count : acc[1];
+  if (reduction == TG_REDUCTION_MEAN) {
+    out[0] = (T)(acc[0] / w);
+    acc[2] = 1.0 / w;
+  } else {
+    if (out)
+      out[0] = (T)acc[0];
+    acc[2] = 1.0;
+  }
+}
+
+/* Cross-entropy with class weights w (NULL: all 1, W = *Wp their sum) and label
+ * smoothing s, loss.c's formula: loss = (1 - s) w_t (lse - x_t) + s/C sum_c w_c (lse -
+ * x_c), 0 where ignored; wp gets w_t, 0 where ignored. */
 template <typename T>
 __global__ void ce_forward_kernel(const T *x, const int64_t *t, const T *w, double s,
-                                  double W, int64_t outer, int64_t C, int64_t inner,
-                                  int64_t ignore, T *M, T *LS, T *L, double *lp,
-                                  double *wp) {
+                                  const double *Wp, int64_t outer, int64_t C,
+                                  int64_t inner, int64_t ignore, T *M, T *LS, T *L,
+                                  double *lp, double *wp) {
+  const double W = *Wp;
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const T *xp = x + pos / inner * C * inner + pos % inner;
@@ -173,34 +186,35 @@ __global__ void ce_forward_kernel(const T *x, const int64_t *t, const T *w, doub
     const double log_sum = log(sum);
     M[pos] = m;
     LS[pos] = (T)log_sum;
-    const double wt = picked_weight(w, k, ignore);
+    const double wt = picked_weight(w, k, C, ignore);
     double l = 0;
     if (k != ignore) {
-      l = (1 - s) * wt * (((double)m - (double)xp[k * inner]) + log_sum);
+      const bool valid = k >= 0 && k < C;
+      l = (1 - s) * wt * (((double)m - (valid ? (double)xp[k * inner] : 0)) + log_sum);
       if (s > 0)
         l += s / (double)C * (W * log_sum - wd);
     }
     if (L)
       L[pos] = (T)l;
     lp[pos] = l;
-    if (wp)
-      wp[pos] = wt;
+    wp[pos] = wt;
   }
 }
 
 /* dx = g scale [p ((1 - s) w_t + s/C W) - (1 - s) w_t [c == t] - s/C w_c], p the
- * softmax from the forward's max and log-sum-exp. */
+ * softmax from the forward's max and log-sum-exp; scale = acc[2], W = acc[3]. */
 template <typename T>
 __global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *w, double s,
-                                   double W, const T *M, const T *LS, const T *g,
-                                   bool per_elem, double scale, int64_t outer, int64_t C,
-                                   int64_t inner, int64_t ignore, T *dx) {
+                                   const double *acc, const T *M, const T *LS, const T *g,
+                                   bool per_elem, int64_t outer, int64_t C, int64_t inner,
+                                   int64_t ignore, T *dx) {
+  const double scale = acc[2], W = acc[3];
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < outer * C * inner;
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t o = i / (C * inner), c = i / inner % C, pos = o * inner + i % inner;
     const int64_t k = t[pos];
     const double gs = k == ignore ? 0 : (double)g[per_elem ? pos : 0] * scale;
-    const double wt = picked_weight(w, k, ignore), sc = s / (double)C;
+    const double wt = picked_weight(w, k, C, ignore), sc = s / (double)C;
     const T a = (T)(gs * ((1 - s) * wt + sc * W)), b = (T)(gs * (1 - s) * wt);
     const T u = (T)(gs * sc * (w ? (double)w[c] : 1.0));
     const T p = exp((x[i] - M[pos]) - LS[pos]);
@@ -208,7 +222,7 @@ __global__ void ce_backward_kernel(const T *x, const int64_t *t, const T *w, dou
   }
 }
 
-/* loss = -w[t] x[t] (w NULL: weight 1); wp (may be NULL) gets w[t], 0 where ignored. */
+/* loss = -w[t] x[t] (w NULL: weight 1); wp gets w[t], 0 where ignored. */
 template <typename T>
 __global__ void nll_forward_kernel(const T *x, const int64_t *t, const T *w,
                                    int64_t outer, int64_t C, int64_t inner,
@@ -216,25 +230,29 @@ __global__ void nll_forward_kernel(const T *x, const int64_t *t, const T *w,
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
-    const double wk = picked_weight(w, k, ignore);
-    const double l =
-        k == ignore ? 0 : -wk * (double)x[(pos / inner * C + k) * inner + pos % inner];
+    const double wk = picked_weight(w, k, C, ignore);
+    const double l = k == ignore              ? 0
+                     : k < 0 || k >= C        ? (double)NAN
+                                              : -wk * (double)x[(pos / inner * C + k) *
+                                                                      inner +
+                                                                  pos % inner];
     if (L)
       L[pos] = (T)l;
     lp[pos] = l;
-    if (wp)
-      wp[pos] = wk;
+    wp[pos] = wk;
   }
 }
 
+/* dx[t] = -g scale w[t], scale = acc[2]; a target out of range writes nothing. */
 template <typename T>
 __global__ void nll_backward_kernel(const T *g, const int64_t *t, const T *w,
-                                    bool per_elem, double scale, int64_t outer, int64_t C,
-                                    int64_t inner, int64_t ignore, T *dx) {
+                                    bool per_elem, const double *acc, int64_t outer,
+                                    int64_t C, int64_t inner, int64_t ignore, T *dx) {
+  const double scale = acc[2];
   for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < outer * inner;
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
-    if (k != ignore)
+    if (k != ignore && k >= 0 && k < C)
       dx[(pos / inner * C + k) * inner + pos % inner] =
           (T)(-(double)g[per_elem ? pos : 0] * scale * (w ? (double)w[k] : 1));
   }
@@ -256,8 +274,9 @@ __global__ void pointwise_forward_kernel(int kind, const T *x, const T *t, int64
 
 template <typename T>
 __global__ void pointwise_backward_kernel(int kind, const T *x, const T *t, const T *g,
-                                          bool per_elem, T scale, int64_t n, T *dx,
-                                          T *dt) {
+                                          bool per_elem, const double *acc, int64_t n,
+                                          T *dx, T *dt) {
+  const T scale = (T)acc[2];
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     const T gs = g[per_elem ? i : 0] * scale, xv = x[i], tv = t[i];
@@ -278,92 +297,114 @@ __global__ void pointwise_backward_kernel(int kind, const T *x, const T *t, cons
   }
 }
 
-} // namespace
-
-extern "C" int tg__loss_cuda_count_targets(const int64_t *t, int64_t n, int64_t C,
-                                           int64_t ignore, int64_t *count, int64_t *bad,
-                                           int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
+/* *dst = sum of v[0, n) on the device, in a fixed order (per-block partials, then
+ * one block over them). */
+int sum_on_device(const double *v, int64_t n, cudaStream_t st, int device, double *dst) {
+  const unsigned b = tg__cuda_blocks(n, TG_THREADS), g = b < 1024 ? b : 1024;
+  double *part = (double *)tg__cuda_malloc(g * sizeof(double), device);
+  if (!part)
     return -1;
-  *count = 0;
-  *bad = -1;
-  if (n == 0)
-    return 0;
-  unsigned long long *d = (unsigned long long *)tg__cuda_malloc(2 * sizeof *d, device);
-  if (!d)
-    return -1;
-  unsigned long long h[2] = {0, 0};
-  int rc = TG_CUDA(cudaMemsetAsync(d, 0, sizeof *d, st));
-  if (rc == 0) /* all bits set: no bad index */
-    rc = TG_CUDA(cudaMemsetAsync(d + 1, 0xff, sizeof *d, st));
+  TG_LAUNCH(partial_sums, g, TG_THREADS, 0, st, v, n, part);
+  int rc = TG_CUDA_LAUNCHED(partial_sums);
   if (rc == 0) {
-    TG_LAUNCH(count_kernel, tg__cuda_blocks(n, TG_THREADS), TG_THREADS, 0, st, t, n, C,
-              ignore, d, d + 1);
-    rc = TG_CUDA_LAUNCHED(count_kernel);
+    TG_LAUNCH(tg_sum_partials<>, 1, TG_THREADS, 0, st, (const double *)part, (int)g, dst);
+    rc = TG_CUDA_LAUNCHED(tg_sum_partials);
   }
-  if (rc == 0)
-    rc = TG_CUDA(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, st));
-  if (rc == 0)
-    rc = TG_CUDA(cudaStreamSynchronize(st));
-  tg__cuda_free(d, 2 * sizeof *d, device);
-  *count = (int64_t)h[0];
-  *bad = (int64_t)h[1];
+  tg__cuda_free(part, g * sizeof(double), device); /* stream-ordered reuse */
   return rc;
 }
 
-/* The frame of every forward that sums doubles per position on the host: totals[0,
- * parts) = 0, then for n > 0 launch(stream, lp, blocks) fills lp [parts, n] (returning
- * its launch's status) and totals[p] = the sum of lp[p] (waits). */
+/* The deferred check of n class targets t (op names it in the report). */
+int check_targets(const char *op, const int64_t *t, int64_t n, int64_t C, int64_t ignore,
+                  cudaStream_t st, int device) {
+  if (n == 0)
+    return 0;
+  unsigned long long *slot = tg__cuda_check_targets(device, op, C, ignore);
+  if (!slot)
+    return -1;
+  TG_LAUNCH(check_targets_kernel, tg__cuda_blocks(n, TG_THREADS), TG_THREADS, 0, st, t, n,
+            C, ignore, slot);
+  /* the launch's status only: a TG_CUDA_LAUNCH_BLOCKING wait here would report the
+   * slot before check_targets_value has filled in the target */
+  int rc = TG_CUDA(cudaGetLastError());
+  if (rc == 0) {
+    TG_LAUNCH(check_targets_value, 1, 1, 0, st, t, slot);
+    rc = TG_CUDA_LAUNCHED(check_targets_value);
+  }
+  return rc;
+}
+
+/* The frame of every forward: acc[0, 2) = 0 and, for n > 0, launch(stream, lp, wp,
+ * blocks) fills lp [n] (the losses) and, with weights, wp [n] (the divisor's terms);
+ * then acc[0] = sum lp, acc[1] = sum wp (unless count >= 0 divides instead) and the
+ * reduction's result into out (T of dtype; NULL for none) and acc[2]. */
 template <typename F>
-static int sum_positions(int64_t n, int parts, int device, double *totals, F &&launch) {
+static int reduce_positions(int dtype, int64_t n, bool weights, int reduction,
+                            double count, void *out, double *acc, int device,
+                            F &&launch) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
-  for (int p = 0; p < parts; p++)
-    totals[p] = 0;
-  if (n == 0)
-    return 0;
-  const size_t bytes = (size_t)(n * parts) * sizeof(double);
-  double *lp = (double *)tg__cuda_malloc(bytes, device);
-  if (!lp)
+  int rc = TG_CUDA(cudaMemsetAsync(acc, 0, 2 * sizeof *acc, st));
+  const size_t bytes = (size_t)(n * (weights ? 2 : 1)) * sizeof(double);
+  double *lp = n > 0 && rc == 0 ? (double *)tg__cuda_malloc(bytes, device) : NULL;
+  if (n > 0 && !lp)
     return -1;
-  int rc = launch(st, lp, tg__cuda_blocks(n, TG_THREADS));
-  for (int p = 0; p < parts && rc == 0; p++)
-    rc = sum_to_host(lp + p * n, n, st, device, totals + p);
-  tg__cuda_free(lp, bytes, device);
-  return rc;
-}
-
-extern "C" int tg__loss_cuda_ce_forward(int dtype, const void *x, const int64_t *t,
-                                        const void *w, double smoothing, double W,
-                                        int64_t outer, int64_t C, int64_t inner,
-                                        int64_t ignore, void *stats, void *L,
-                                        double *total, double *wsum, int device) {
-  const int64_t npos = outer * inner;
-  auto launch = [&](cudaStream_t st, double *lp, unsigned g) {
+  if (n > 0) {
+    rc = launch(st, lp, weights ? lp + n : (double *)NULL, tg__cuda_blocks(n, TG_THREADS));
+    if (rc == 0 && reduction != TG_REDUCTION_NONE)
+      rc = sum_on_device(lp, n, st, device, acc);
+    if (rc == 0 && reduction != TG_REDUCTION_NONE && weights)
+      rc = sum_on_device(lp + n, n, st, device, acc + 1);
+    tg__cuda_free(lp, bytes, device);
+  }
+  if (rc == 0) {
     tg_float_dispatch(dtype, [&](auto z) {
       using T = decltype(z);
-      TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
-                smoothing, W, outer, C, inner, ignore, (T *)stats, (T *)stats + npos,
-                (T *)L, lp, wsum ? lp + npos : (double *)NULL);
+      TG_LAUNCH(finish_kernel<T>, 1, 1, 0, st, reduction, count, (T *)out, acc);
+    });
+    rc = TG_CUDA_LAUNCHED(finish_kernel);
+  }
+  return rc;
+}
+
+} // namespace
+
+extern "C" int tg__loss_cuda_ce_forward(int dtype, const char *op, const void *x,
+                                        const int64_t *t, const void *w, double smoothing,
+                                        int64_t outer, int64_t C, int64_t inner,
+                                        int64_t ignore, int reduction, void *stats,
+                                        void *L, void *out, double *acc, int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
+  const int64_t npos = outer * inner;
+  if (check_targets(op, t, npos, C, ignore, st, device) < 0)
+    return -1;
+  tg_float_dispatch(dtype, [&](auto z) {
+    using T = decltype(z);
+    TG_LAUNCH(weight_sum_kernel<T>, 1, TG_THREADS, 0, st, (const T *)w, C, acc + 3);
+  });
+  if (TG_CUDA_LAUNCHED(weight_sum_kernel) < 0)
+    return -1;
+  auto launch = [&](cudaStream_t s, double *lp, double *wp, unsigned g) {
+    tg_float_dispatch(dtype, [&](auto z) {
+      using T = decltype(z);
+      TG_LAUNCH(ce_forward_kernel<T>, g, TG_THREADS, 0, s, (const T *)x, t, (const T *)w,
+                smoothing, (const double *)(acc + 3), outer, C, inner, ignore, (T *)stats,
+                (T *)stats + npos, (T *)L, lp, wp);
     });
     return TG_CUDA_LAUNCHED(ce_forward_kernel);
   };
-  double totals[2];
-  const int rc = sum_positions(npos, wsum ? 2 : 1, device, totals, launch);
-  *total = totals[0];
-  if (wsum)
-    *wsum = totals[1];
-  return rc;
+  return reduce_positions(dtype, npos, true, reduction, -1, out, acc, device, launch);
 }
 
 extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
-                                         const void *w, double smoothing, double W,
-                                         const void *stats, const void *gr, bool per_elem,
-                                         double scale, int64_t outer, int64_t C,
-                                         int64_t inner, int64_t ignore, void *dx,
-                                         int device) {
+                                         const void *w, double smoothing,
+                                         const double *acc, const void *stats,
+                                         const void *gr, bool per_elem, int64_t outer,
+                                         int64_t C, int64_t inner, int64_t ignore,
+                                         void *dx, int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
@@ -374,41 +415,38 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
     TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
-              smoothing, W, (const T *)stats, (const T *)stats + npos, (const T *)gr,
-              per_elem, scale, outer, C, inner, ignore, (T *)dx);
+              smoothing, acc, (const T *)stats, (const T *)stats + npos, (const T *)gr,
+              per_elem, outer, C, inner, ignore, (T *)dx);
   });
   return TG_CUDA_LAUNCHED(ce_backward_kernel);
 }
 
-extern "C" int tg__loss_cuda_nll_weighted_forward(int dtype, const void *x,
-                                                  const int64_t *t, const void *w,
-                                                  int64_t outer, int64_t C, int64_t inner,
-                                                  int64_t ignore, void *L, double *total,
-                                                  double *wsum, int device) {
+extern "C" int tg__loss_cuda_nll_forward(int dtype, const char *op, const void *x,
+                                         const int64_t *t, const void *w, int64_t outer,
+                                         int64_t C, int64_t inner, int64_t ignore,
+                                         int reduction, void *L, void *out, double *acc,
+                                         int device) {
+  cudaStream_t st = tg_stream(device);
+  if (!st)
+    return -1;
   const int64_t npos = outer * inner;
-  auto launch = [&](cudaStream_t st, double *lp, unsigned g) {
+  if (check_targets(op, t, npos, C, ignore, st, device) < 0)
+    return -1;
+  auto launch = [&](cudaStream_t s, double *lp, double *wp, unsigned g) {
     tg_float_dispatch(dtype, [&](auto z) {
       using T = decltype(z);
-      TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t,
-                (const T *)w, outer, C, inner, ignore, (T *)L, lp,
-                wsum ? lp + npos : (double *)NULL);
+      TG_LAUNCH(nll_forward_kernel<T>, g, TG_THREADS, 0, s, (const T *)x, t, (const T *)w,
+                outer, C, inner, ignore, (T *)L, lp, wp);
     });
     return TG_CUDA_LAUNCHED(nll_forward_kernel);
   };
-  double totals[2];
-  const int rc = sum_positions(npos, wsum ? 2 : 1, device, totals, launch);
-  *total = totals[0];
-  if (wsum)
-    *wsum = totals[1];
-  return rc;
+  return reduce_positions(dtype, npos, true, reduction, -1, out, acc, device, launch);
 }
 
-extern "C" int tg__loss_cuda_nll_weighted_backward(int dtype, const void *gr,
-                                                   const int64_t *t, const void *w,
-                                                   bool per_elem, double scale,
-                                                   int64_t outer, int64_t C,
-                                                   int64_t inner, int64_t ignore,
-                                                   void *dx, int device) {
+extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
+                                          const void *w, bool per_elem, const double *acc,
+                                          int64_t outer, int64_t C, int64_t inner,
+                                          int64_t ignore, void *dx, int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
@@ -418,45 +456,33 @@ extern "C" int tg__loss_cuda_nll_weighted_backward(int dtype, const void *gr,
   const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
-    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t,
-              (const T *)w, per_elem, scale, outer, C, inner, ignore, (T *)dx);
+    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t, (const T *)w,
+              per_elem, acc, outer, C, inner, ignore, (T *)dx);
   });
   return TG_CUDA_LAUNCHED(nll_backward_kernel);
 }
 
-extern "C" int tg__loss_cuda_nll_forward(int dtype, const void *x, const int64_t *t,
-                                         int64_t outer, int64_t C, int64_t inner,
-                                         int64_t ignore, void *L, double *total,
-                                         int device) {
-  return tg__loss_cuda_nll_weighted_forward(dtype, x, t, NULL, outer, C, inner, ignore, L,
-                                            total, NULL, device);
-}
-
-extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
-                                          bool per_elem, double scale, int64_t outer,
-                                          int64_t C, int64_t inner, int64_t ignore,
-                                          void *dx, int device) {
-  return tg__loss_cuda_nll_weighted_backward(dtype, gr, t, NULL, per_elem, scale, outer,
-                                             C, inner, ignore, dx, device);
-}
-
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,
-                                               const void *t, int64_t n, void *L,
-                                               double *total, int device) {
-  return sum_positions(n, 1, device, total, [&](cudaStream_t st, double *lp, unsigned g) {
+                                               const void *t, int64_t n, int reduction,
+                                               void *L, void *out, double *acc,
+                                               int device) {
+  auto launch = [&](cudaStream_t st, double *lp, double *, unsigned g) {
     tg_float_dispatch(dtype, [&](auto z) {
       using T = decltype(z);
       TG_LAUNCH(pointwise_forward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
                 (const T *)t, n, (T *)L, lp);
     });
     return TG_CUDA_LAUNCHED(pointwise_forward_kernel);
-  });
+  };
+  return reduce_positions(dtype, n, false, reduction, (double)n, out, acc, device,
+                          launch);
 }
 
 extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void *x,
                                                 const void *t, const void *gr,
-                                                bool per_elem, double scale, int64_t n,
-                                                void *dx, void *dt, int device) {
+                                                bool per_elem, const double *acc,
+                                                int64_t n, void *dx, void *dt,
+                                                int device) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
@@ -466,7 +492,7 @@ extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void 
   tg_float_dispatch(dtype, [&](auto z) {
     using T = decltype(z);
     TG_LAUNCH(pointwise_backward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
-              (const T *)t, (const T *)gr, per_elem, (T)scale, n, (T *)dx, (T *)dt);
+              (const T *)t, (const T *)gr, per_elem, acc, n, (T *)dx, (T *)dt);
   });
   return TG_CUDA_LAUNCHED(pointwise_backward_kernel);
 }

@@ -132,17 +132,11 @@ typedef struct {
 } wnll_ctx;
 
 /* The per-position losses into L (NULL: not kept); *total = their sum, *wsum = the
- * picked weights' sum, in double. */
+ * picked weights' sum, in double (the CPU's; loss.cu's forward reduces on the device). */
 static int nll_weighted_forward(const wnll_ctx *c, const tg_tensor *x,
                                 const tg_tensor *target, const tg_tensor *w, tg_tensor *L,
                                 double *total, double *wsum) {
   const int64_t outer = c->d.outer, C = c->d.C, inner = c->d.inner, ignore = c->ignore;
-#ifdef TG_HAVE_CUDA
-  if (tg__on_cuda(x))
-    return tg__loss_cuda_nll_weighted_forward(
-        x->dtype, tg__data(x), tg__data(target), tg__data(w), outer, C, inner, ignore,
-        L ? tg__data(L) : NULL, total, wsum, x->device.index);
-#endif
   const int64_t npos = outer * inner, *t = tg__data(target);
   double tot = 0, ws = 0;
   TG_DISPATCH_FLOAT(x->dtype, T, {
@@ -180,10 +174,11 @@ static int nll_weighted_backward(tg_node *node, const tg_tensor *g, tg_tensor **
   if (!(gi[0] = dx))
     return -1;
 #ifdef TG_HAVE_CUDA
-  if (tg__on_cuda(x))
-    return tg__loss_cuda_nll_weighted_backward(
-        x->dtype, tg__data(g), tg__data(target), tg__data(w), per_elem, scale, outer, C,
-        inner, ignore, tg__data(dx), x->device.index);
+  if (tg__on_cuda(x)) /* saved: the forward's acc */
+    return tg__loss_cuda_nll_backward(x->dtype, tg__data(g), tg__data(target),
+                                      tg__data(w), per_elem, tg__data(node->saved[0]),
+                                      outer, C, inner, ignore, tg__data(dx),
+                                      x->device.index);
 #endif
   const int64_t npos = outer * inner, *t = tg__data(target);
   TG_DISPATCH_FLOAT(x->dtype, T, {
@@ -208,21 +203,44 @@ static tg_tensor *nll_weighted(const tg_tensor *x, const tg_tensor *target,
   const bool none = o->reduction == TG_REDUCTION_NONE;
   tg_tensor *out = none ? tg__new(target->shape, target->ndim, x->dtype, x->device)
                         : tg__new(scalar, 0, x->dtype, x->device);
-  double total, wsum;
-  if (!out || nll_weighted_forward(&c, x, target, o->weight, none ? out : NULL, &total,
-                                   &wsum) < 0) {
-    tg_tensor_free(out);
+  tg_tensor *acc = NULL; /* CUDA's sums and scale, on the device (loss_cuda.h) */
+  if (!out)
     return NULL;
+  if (tg__on_cuda(x)) {
+#ifdef TG_HAVE_CUDA
+    static const int64_t four[1] = {4};
+    if (!(acc = tg__new(four, 1, TG_F64, x->device)) ||
+        tg__loss_cuda_nll_forward(x->dtype, "tg_nll_loss", tg__data(x), tg__data(target),
+                                  tg__data(o->weight), c.d.outer, c.d.C, c.d.inner,
+                                  c.ignore, o->reduction, none ? tg__data(out) : NULL,
+                                  none ? NULL : tg__data(out), tg__data(acc),
+                                  x->device.index) < 0) {
+      tg_tensor_free(acc);
+      tg_tensor_free(out);
+      return NULL;
+    }
+#endif
+  } else {
+    double total, wsum;
+    if (nll_weighted_forward(&c, x, target, o->weight, none ? out : NULL, &total, &wsum) <
+        0) {
+      tg_tensor_free(out);
+      return NULL;
+    }
+    if (!none)
+      tg_fill_(out, o->reduction == TG_REDUCTION_MEAN ? total / wsum : total);
+    if (o->reduction == TG_REDUCTION_MEAN)
+      c.scale = 1.0 / wsum;
   }
-  if (!none) /* on out's device */
-    tg_fill_(out, o->reduction == TG_REDUCTION_MEAN ? total / wsum : total);
-  if (o->reduction == TG_REDUCTION_MEAN)
-    c.scale = 1.0 / wsum;
   const tg_tensor *in[3] = {x, target, o->weight};
   tg_node *node;
   out = tg__finish("tg_nll_loss_ex", out, 3, in, nll_weighted_backward, &node);
-  if (node)
+  if (node) {
     *(wnll_ctx *)tg__ctx(node, sizeof c) = c;
+    if (acc)
+      tg__save(node, acc);
+  }
+  tg_tensor_free(acc);
   return out;
 }
 

@@ -63,9 +63,8 @@ wipe=
 step setup 120 meson setup "$build" $wipe --native-file "$native" -Dcuda=enabled \
   -Dexamples=false -Dbench=true -Dbuildtype=release
 step build 240 ninja -C "$build"
-step ptxas-check 120 tests/gpu/ptxas-check.sh ops/norm/group_norm.cu \
-  ops/elementwise/elementwise.cu ops/loss/loss.cu ops/reduce/reduce.cu \
-  ops/pool/resample.cu ops/shape/upsample_cat.cu ops/dropout/dropout.cu
+# every kernel file of the library (ops, runtime, nn)
+step ptxas-check 240 tests/gpu/ptxas-check.sh $(ls ops/*/*.cu runtime/*.cu nn/*.cu 2>/dev/null)
 
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
@@ -82,12 +81,16 @@ step memcheck 200 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
 step memcheck-resample 120 env TG_CUDA_LAUNCH_BLOCKING=1 "${sanitizer:-compute-sanitizer}" \
   --tool memcheck --error-exitcode 1 --leak-check full "$build/tests/test_cuda_resample"
 
-# ---- the benchmark ----
+# ---- the benchmarks ----
 step bench 120 "$build/bench/group_norm" --device cuda 20
+step train-bench 150 "$build/bench/train_step" --device cuda
 
 echo
 echo "== bench/group_norm --device cuda"
 grep -vE "^$" "$logs/bench.log" | tail -n 12
+echo
+echo "== bench/train_step --device cuda"
+grep -vE "^$" "$logs/train-bench.log" | tail -n 8
 echo
 echo "== CUDA rows without a kernel / failing"
 cat "$logs/cuda-rows.log" 2>/dev/null
