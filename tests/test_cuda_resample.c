@@ -11,6 +11,7 @@
  * CUDA device; the host SIMT build runs them on the CPU. New device buffers are NaN
  * (TG_CUDA_FILL_NAN), so an element a kernel does not write fails its comparison. */
 #include "common.h"
+#include "runtime/cuda.h" /* tg__cuda_waits */
 
 #include <math.h>
 #include <stdio.h>
@@ -508,6 +509,46 @@ static void test_errors_on_device(void **state) {
   assert_int_equal(tg_cuda_memory_allocated(0), base);
 }
 
+/* Forward and backward of every op of this suite on cuda:0 never wait for the device
+ * (counted by tg__cuda_waits), so a training step's resampling and dropout keep the
+ * host ahead of the GPU; the values read back afterwards are the CPU's. */
+static void test_ops_do_not_wait(void **state) {
+  (void)state;
+  require_gpu();
+  tg_scope_begin();
+  tg_tensor *h[2] = {rand_leaf(TG_SHAPE(2, 3, 4, 5), TG_F32),
+                     rand_leaf(TG_SHAPE(2, 2, 8, 10), TG_F32)};
+  tg_tensor *d[2] = {device_leaf(h[0]), device_leaf(h[1])};
+  tg_tensor *sum[2];
+  int64_t waits = 0;
+  for (int k = 0; k < 2; k++) { /* k = 1: on cuda:0 */
+    tg_tensor *const *x = k ? d : h;
+    if (k)
+      waits = tg__cuda_waits();
+    tg_upsample_options o = tg_upsample_options_default();
+    o.scale_factor[0] = 1.5;
+    o.scale_factor[1] = 2.5;
+    o.align_corners = true;
+    tg_manual_seed(9);
+    tg_tensor *terms[5] = {tg_upsample_nearest2d(x[0], (int64_t[]){7, 9}),
+                           tg_upsample_bilinear2d(x[0], (int64_t[]){5, 11}),
+                           tg_upsample_bilinear2d_ex(x[0], &o),
+                           tg_upsample_nearest2d_cat(x[0], x[1]),
+                           tg_dropout(x[0], 0.3, true)};
+    sum[k] = tg_sum(terms[0]);
+    for (int t = 1; t < 5; t++)
+      sum[k] = tg_add(sum[k], tg_sum(terms[t]));
+    assert_ok(sum[k] && tg_backward(sum[k]) == 0);
+    const char *lb = getenv("TG_CUDA_LAUNCH_BLOCKING");
+    if (k && !(lb && !strcmp(lb, "1"))) /* (which waits after every launch) */
+      assert_int_equal(tg__cuda_waits() - waits, 0);
+  }
+  for (int i = 0; i < 2; i++)
+    assert_close(tg_tensor_to(tg_grad(d[i]), TG_CPU), tg_grad(h[i]), 1e-5, 1e-5);
+  assert_close(tg_tensor_to(sum[1], TG_CPU), sum[0], 1e-4, 1e-5);
+  assert_int_equal(tg_scope_end(), 0);
+}
+
 int main(void) {
   /* elements a kernel leaves unwritten are NaN and fail (unless the caller says) */
   setenv("TG_CUDA_FILL_NAN", "1", 0);
@@ -519,6 +560,7 @@ int main(void) {
       cmocka_unit_test(test_dropout_keep_rate),
       cmocka_unit_test(test_dropout_gradcheck),
       cmocka_unit_test(test_errors_on_device),
+      cmocka_unit_test(test_ops_do_not_wait),
   };
   const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
   /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
