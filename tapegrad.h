@@ -443,9 +443,8 @@ tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight, const tg_te
                         const tg_conv2d_options *options);
 
 /* ------------------------------------ pooling: PyTorch's further arguments -- */
-/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. The pools
- * and max_unpool2d run on the CPU and on CUDA, as the plain pools; resampling on the
- * CPU only (another device: an error naming it). */
+/* The pools above also take unbatched [C, H, W] inputs, as PyTorch's do. The pools,
+ * max_unpool2d and the resamplings run on the CPU and on CUDA, as the plain pools. */
 typedef struct {
   int64_t kernel[2], stride[2], padding[2], dilation[2]; /* {height, width} */
   bool ceil_mode;
@@ -496,7 +495,8 @@ tg_tensor *tg_upsample_trilinear3d_ex(const tg_tensor *x,
                                       const tg_upsample_options *options);
 
 /* Zeroes elements with probability p and scales the rest by 1/(1-p) when train;
- * !train or p == 0 returns an alias of x. The mask comes from the global generator. */
+ * !train or p == 0 returns an alias of x. The mask comes from the global generator:
+ * the same seed drops the same elements on the CPU and on CUDA. */
 tg_tensor *tg_dropout(const tg_tensor *x, double p, bool train);
 
 /* -------------------------------------------------------------------- nn -- */

@@ -4,6 +4,7 @@
  * windows or source indices, PyTorch's formulas throughout. */
 #include "graph/internal.h"
 #include "ops/pool/pool_cuda.h"
+#include "ops/pool/resample.h"
 #include "ops/unbatched.h"
 
 #include <math.h>
@@ -37,7 +38,8 @@ static int check_input(const char *op, const tg_tensor *x) {
   return 0;
 }
 
-/* The output [N, C, oh, ow]; an impossible size fails naming op and x's shape. */
+/* The output [N, C, oh, ow] of a CPU kernel (the ops send other devices to the tables
+ * of pool_ex.c first); an impossible size fails naming op and x's shape. */
 static tg_tensor *new_output(const char *op, const tg_tensor *x, int64_t oh, int64_t ow) {
   int64_t shape[4] = {x->shape[0], x->shape[1], oh, ow};
   if (tg__check_shape(shape, 4, x->dtype, op) < 0) {
@@ -45,8 +47,6 @@ static tg_tensor *new_output(const char *op, const tg_tensor *x, int64_t oh, int
     snprintf(msg, sizeof msg, "%s", tg_last_error());
     return tg__error("%s (input of size %s)", msg, tg_shape_str(x, s, sizeof s)), NULL;
   }
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   return tg__new(shape, 4, x->dtype, x->device);
 }
 
@@ -129,8 +129,8 @@ typedef struct {
   const void *src;
   void *dst;
   int64_t *idx;
-  const struct linear_tap *xtaps; /* bilinear: the taps of every output column */
-  const void *aux, *aux_out;      /* 2x2 max pool backward: the forward's x and y */
+  const tg__tap *xtaps;      /* bilinear: the taps of every output column */
+  const void *aux, *aux_out; /* 2x2 max pool backward: the forward's x and y */
 } plane_job;
 
 typedef void (*plane_fn)(const plane_job *job, int64_t p);
@@ -627,31 +627,37 @@ tg_tensor *tg_adaptive_avg_pool2d(const tg_tensor *x, const int64_t output_size[
 
 /* ------------------------------------------------------------ upsample -- */
 
-/* The output [N, C, size[0], size[1]] of an upsampling, after PyTorch's checks. */
-static tg_tensor *upsample_output(const char *op, const tg_tensor *x,
-                                  const int64_t size[2]) {
+/* PyTorch's checks of an upsampling of x to size. */
+static int upsample_check(const char *op, const tg_tensor *x, const int64_t size[2]) {
   if (check_input(op, x) < 0)
-    return NULL;
+    return -1;
   if (!size)
-    return tg__error("%s: argument 'output_size' is NULL", op), NULL;
+    return tg__error("%s: argument 'output_size' is NULL", op);
   if (x->shape[2] <= 0 || x->shape[3] <= 0 || size[0] <= 0 || size[1] <= 0)
     return tg__error("%s: Input and output sizes should be greater than 0, but got input "
                      "(H: %lld, W: %lld) output (H: %lld, W: %lld)",
                      op, (long long)x->shape[2], (long long)x->shape[3],
-                     (long long)size[0], (long long)size[1]),
-           NULL;
-  return new_output(op, x, size[0], size[1]);
+                     (long long)size[0], (long long)size[1]);
+  return 0;
 }
 
-/* PyTorch's nearest source index: floor(dst * (float)in/out), in float arithmetic. */
-static int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
-  if (out == in)
-    return dst;
-  if (out == 2 * in)
-    return dst >> 1;
-  float scale = (float)in / (float)out;
-  int64_t s = (int64_t)floorf((float)dst * scale);
-  return s < in - 1 ? s : in - 1;
+/* The float scale of PyTorch's nearest and float32 linear formulas: in / out in float. */
+static float float_scale(int64_t in, int64_t out) { return (float)in / (float)out; }
+
+/* The upsampling of x [N, C, H, W] to size as the loops below compute it (weights and
+ * sums in x's dtype), for the device tables of pool_ex.c. */
+static tg_tensor *upsample_on_device(const char *op, const tg_tensor *x,
+                                     const int64_t size[2], bool linear) {
+  const int64_t H = x->shape[2], W = x->shape[3];
+  const tg__resample_desc d = {
+      .planes = x->shape[0] * x->shape[1],
+      .in = {1, H, W},
+      .out = {1, size[0], size[1]},
+      .taps = {1, linear ? 2 : 1, linear ? 2 : 1},
+      .in_dtype = true,
+      .scale = {1, (double)H / (double)size[0], (double)W / (double)size[1]},
+      .scale_f = {1, float_scale(H, size[0]), float_scale(W, size[1])}};
+  return tg__resample_run(op, x, &d);
 }
 
 /* backward = false: out[dst] = x[src]; true: dx[src] += g[dst]. */
@@ -659,10 +665,11 @@ static void nearest_plane(const plane_job *j, int64_t p, bool backward) {
   TG_DISPATCH_FLOAT(j->dtype, T, {
     const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
     T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
+    const float sy = float_scale(j->h, j->oh), sx = float_scale(j->w, j->ow);
     for (int64_t oy = 0; oy < j->oh; oy++) {
-      const int64_t row = nearest_src(oy, j->h, j->oh) * j->w;
+      const int64_t row = tg__nearest_src(oy, j->h, j->oh, sy) * j->w;
       for (int64_t ox = 0; ox < j->ow; ox++) {
-        int64_t s = row + nearest_src(ox, j->w, j->ow), d = oy * j->ow + ox;
+        int64_t s = row + tg__nearest_src(ox, j->w, j->ow, sx), d = oy * j->ow + ox;
         if (backward)
           dst[s] += src[d];
         else
@@ -727,7 +734,11 @@ static int nearest_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
 
 tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2]) {
   const char *op = "tg_upsample_nearest2d";
-  tg_tensor *out = upsample_output(op, x, output_size);
+  if (upsample_check(op, x, output_size) < 0)
+    return NULL;
+  if (x->device.type != TG_DEVICE_CPU)
+    return upsample_on_device(op, x, output_size, false);
+  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
   if (!out)
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));
@@ -737,28 +748,11 @@ tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2
 }
 
 /* Bilinear, align_corners = false: output o maps to src = (o + 0.5) * in/out - 0.5,
- * clamped at 0, between pixels i0 = floor(src) and i1 = min(i0 + 1, in - 1) with
- * weights l0 = 1 - l1, l1 = src - i0. In the tensor's dtype, as PyTorch. */
-typedef struct linear_tap {
-  int64_t i0, i1;
-  double l0, l1;
-} linear_tap;
-
-static linear_tap linear_tap_at(tg_dtype dtype, int64_t o, int64_t in, int64_t out) {
-  linear_tap t = {o, o, 1, 0};
-  if (in == out)
-    return t;
-  TG_DISPATCH_FLOAT(dtype, T, {
-    T src = (T)in / (T)out * ((T)o + (T)0.5) - (T)0.5;
-    src = src < 0 ? (T)0 : src;
-    t.i0 = (int64_t)src;
-    t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
-    T l1 = src - (T)t.i0;
-    l1 = l1 < 0 ? (T)0 : l1 > 1 ? (T)1 : l1;
-    t.l1 = l1;
-    t.l0 = (T)1 - l1;
-  });
-  return t;
+ * clamped at 0, between pixels i[0] = floor(src) and i[1] = min(i[0] + 1, in - 1) with
+ * weights w[0] = 1 - w[1], w[1] = src - i[0]. In the tensor's dtype, as PyTorch. */
+static tg__tap linear_tap_at(tg_dtype dtype, int64_t o, int64_t in, int64_t out) {
+  return tg__linear_tap(o, in, out, (double)in / (double)out, float_scale(in, out), false,
+                        dtype == TG_F32, true);
 }
 
 /* backward = false: out = the bilinear blend of x; true: dx gets g times each weight. */
@@ -767,22 +761,22 @@ static void bilinear_plane(const plane_job *j, int64_t p, bool backward) {
     const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
     T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
     for (int64_t oy = 0; oy < j->oh; oy++) {
-      linear_tap ty = linear_tap_at(j->dtype, oy, j->h, j->oh);
-      const int64_t r0 = ty.i0 * j->w, r1 = ty.i1 * j->w;
-      const T ly0 = (T)ty.l0, ly1 = (T)ty.l1;
+      const tg__tap ty = linear_tap_at(j->dtype, oy, j->h, j->oh);
+      const int64_t r0 = ty.i[0] * j->w, r1 = ty.i[1] * j->w;
+      const T ly0 = (T)ty.w[0], ly1 = (T)ty.w[1];
       for (int64_t ox = 0; ox < j->ow; ox++) {
-        const linear_tap tx = j->xtaps[ox];
-        const T lx0 = (T)tx.l0, lx1 = (T)tx.l1;
+        const tg__tap tx = j->xtaps[ox];
+        const T lx0 = (T)tx.w[0], lx1 = (T)tx.w[1];
         const int64_t d = oy * j->ow + ox;
         if (backward) {
           T g = src[d];
-          dst[r0 + tx.i0] += ly0 * lx0 * g;
-          dst[r0 + tx.i1] += ly0 * lx1 * g;
-          dst[r1 + tx.i0] += ly1 * lx0 * g;
-          dst[r1 + tx.i1] += ly1 * lx1 * g;
+          dst[r0 + tx.i[0]] += ly0 * lx0 * g;
+          dst[r0 + tx.i[1]] += ly0 * lx1 * g;
+          dst[r1 + tx.i[0]] += ly1 * lx0 * g;
+          dst[r1 + tx.i[1]] += ly1 * lx1 * g;
         } else {
-          dst[d] = ly0 * (lx0 * src[r0 + tx.i0] + lx1 * src[r0 + tx.i1]) +
-                   ly1 * (lx0 * src[r1 + tx.i0] + lx1 * src[r1 + tx.i1]);
+          dst[d] = ly0 * (lx0 * src[r0 + tx.i[0]] + lx1 * src[r0 + tx.i[1]]) +
+                   ly1 * (lx0 * src[r1 + tx.i[0]] + lx1 * src[r1 + tx.i[1]]);
         }
       }
     }
@@ -798,7 +792,7 @@ static void bilinear_bwd_plane(const plane_job *j, int64_t p) {
 
 /* Runs one bilinear pass with the column taps computed once. */
 static int bilinear_run(plane_job *job, int64_t planes, bool backward) {
-  linear_tap *taps = malloc((size_t)job->ow * sizeof *taps);
+  tg__tap *taps = malloc((size_t)job->ow * sizeof *taps);
   if (!taps)
     return tg__error("tg_upsample_bilinear2d: out of memory");
   for (int64_t ox = 0; ox < job->ow; ox++)
@@ -823,7 +817,11 @@ static int bilinear_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) 
 
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]) {
   const char *op = "tg_upsample_bilinear2d";
-  tg_tensor *out = upsample_output(op, x, output_size);
+  if (upsample_check(op, x, output_size) < 0)
+    return NULL;
+  if (x->device.type != TG_DEVICE_CPU)
+    return upsample_on_device(op, x, output_size, true);
+  tg_tensor *out = new_output(op, x, output_size[0], output_size[1]);
   if (!out)
     return NULL;
   plane_job job = job_of(x, out, tg__data(x), tg__data(out));

@@ -5,6 +5,7 @@
  * these loops are PyTorch's general ones, plane by plane. */
 #include "graph/internal.h"
 #include "ops/pool/pool_cuda.h"
+#include "ops/pool/resample.h"
 #include "ops/unbatched.h"
 
 #include <math.h>
@@ -600,68 +601,16 @@ static int resample_plan(const char *op, const tg_tensor *x, const tg_upsample_o
                      "(%s) output (%s)",
                      op, in_s, out_s);
   }
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x);
   return 0;
 }
 
-/* Nearest source of output o (PyTorch's nearest_idx, in float as it computes). */
-static int64_t nearest_index(int64_t o, int64_t in, int64_t out, double scale) {
-  if (out == in)
-    return o;
-  if (out == 2 * in)
-    return o >> 1;
-  const int64_t s = (int64_t)floorf((float)o * (float)scale);
-  return s < in - 1 ? s : in - 1;
-}
-
-/* The taps of one output along one axis: sources i[0], i[1] = i[0] + (i[0] < in - 1)
- * with weights w[0] = 1 - l, w[1] = l (linear: PyTorch's
- * area_pixel_compute_source_index, in the dtype's precision), or the one nearest
- * source with weight 1. */
-typedef struct {
-  int64_t i[2];
-  double w[2];
-} tap;
-
-static tap linear_tap(int64_t o, int64_t in, int64_t out, double scale, bool align,
-                      bool f32) {
-  double src;
-  if (align) {
-    const double sc = out > 1 ? (double)(in - 1) / (double)(out - 1) : 0;
-    src = f32 ? (double)((float)sc * (float)o) : sc * (double)o;
-  } else if (f32) {
-    const float v = (float)scale * ((float)o + 0.5f) - 0.5f;
-    src = v < 0 ? 0 : v;
-  } else {
-    const double v = scale * ((double)o + 0.5) - 0.5;
-    src = v < 0 ? 0 : v;
-  }
-  const int64_t i0 = (int64_t)src;
-  const double l = f32 ? (double)((float)src - (float)i0) : src - (double)i0;
-  return (tap){{i0, i0 + (i0 < in - 1)}, {1 - l, l}};
-}
-
-typedef struct {
-  bool linear, align;
-  int taps[3]; /* per axis: 2 for a linear spatial axis, 1 otherwise */
-  double scale[3];
-  int64_t in[3], out[3]; /* axes (D, H, W); the missing leading ones of size 1 */
-} resample_plan_t;
-
-static tap tap_at(const resample_plan_t *r, int a, int64_t o, bool f32) {
-  if (r->taps[a] == 2)
-    return linear_tap(o, r->in[a], r->out[a], r->scale[a], r->align, f32);
-  /* nearest, or an axis the input lacks (in = out = 1: source 0) */
-  return (tap){{nearest_index(o, r->in[a], r->out[a], r->scale[a]), 0}, {1, 0}};
-}
-
-/* backward false: y from x; true: dx += from dy, along the same taps. An axis of one
- * tap contributes no factor, so 1-D and 2-D inputs compute what PyTorch's 1-D and 2-D
- * kernels do (no 0 * x terms that would turn an Inf into NaN). */
-static void resample_kernel(const resample_plan_t *r, const tg_tensor *src,
-                            tg_tensor *dst, int64_t planes, bool backward) {
-  const int64_t D = r->in[0], H = r->in[1], W = r->in[2];
+/* backward false: y from x; true: dx += from dy, along the same taps (in double, as
+ * PyTorch's CPU kernels; r is never in_dtype here). An axis of one tap contributes no
+ * factor, so 1-D and 2-D inputs compute what PyTorch's 1-D and 2-D kernels do (no
+ * 0 * x terms that would turn an Inf into NaN). */
+static void resample_kernel(const tg__resample_desc *r, const tg_tensor *src,
+                            tg_tensor *dst, bool backward) {
+  const int64_t D = r->in[0], H = r->in[1], W = r->in[2], planes = r->planes;
   const int64_t OD = r->out[0], OH = r->out[1], OW = r->out[2];
   const bool f32 = src->dtype == TG_F32;
   const void *S = tg__data(src);
@@ -669,11 +618,11 @@ static void resample_kernel(const resample_plan_t *r, const tg_tensor *src,
 #pragma omp parallel for num_threads(tg__threads(planes *OD *OH *OW * 4))
   for (int64_t p = 0; p < planes; p++)
     for (int64_t od = 0; od < OD; od++) {
-      const tap td = tap_at(r, 0, od, f32);
+      const tg__tap td = tg__resample_tap(r, 0, od, f32);
       for (int64_t oy = 0; oy < OH; oy++) {
-        const tap ty = tap_at(r, 1, oy, f32);
+        const tg__tap ty = tg__resample_tap(r, 1, oy, f32);
         for (int64_t ox = 0; ox < OW; ox++) {
-          const tap tx = tap_at(r, 2, ox, f32);
+          const tg__tap tx = tg__resample_tap(r, 2, ox, f32);
           const int64_t o = ((p * OD + od) * OH + oy) * OW + ox, base = p * D * H * W;
           double acc = 0, g = backward ? ld(S, o, f32) : 0;
           for (int a = 0; a < r->taps[0]; a++)
@@ -693,14 +642,70 @@ static void resample_kernel(const resample_plan_t *r, const tg_tensor *src,
     }
 }
 
+/* One kernel table per device, as the pools': backward's dst is uninitialised and
+ * every element is written. */
+typedef struct {
+  int (*run)(const tg__resample_desc *d, const tg_tensor *src, tg_tensor *dst,
+             bool backward);
+} resample_kernels;
+
+static int resample_cpu(const tg__resample_desc *d, const tg_tensor *src, tg_tensor *dst,
+                        bool backward) {
+  if (backward && dst->numel) /* the loop adds into dx */
+    memset(tg__data(dst), 0, (size_t)dst->numel * tg_dtype_size(dst->dtype));
+  resample_kernel(d, src, dst, backward);
+  return 0;
+}
+
+static const resample_kernels resample_on_cpu = {resample_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int resample_cuda(const tg__resample_desc *d, const tg_tensor *src, tg_tensor *dst,
+                         bool backward) {
+  return tg__resample_cuda(src->dtype, d, tg__data(src), tg__data(dst), backward,
+                           src->device.index);
+}
+
+static const resample_kernels resample_on_cuda = {resample_cuda};
+#endif
+
+static const resample_kernels *resample_pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &resample_on_cpu, TG_IF_CUDA(&resample_on_cuda));
+}
+
 static int resample_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
   const tg_tensor *x = node->inputs[0];
-  tg_tensor *dx = tg_zeros_like(x);
+  const resample_kernels *k = resample_pick(node->op, x);
+  tg_tensor *dx = k ? tg__new_like(x) : NULL;
   if (!dx)
     return -1;
-  resample_kernel(node->ctx, g, dx, x->shape[0] * x->shape[1], true);
+  if (k->run(node->ctx, g, dx, true) < 0) {
+    tg_tensor_free(dx);
+    return -1;
+  }
   gi[0] = dx;
   return 0;
+}
+
+tg_tensor *tg__resample_run(const char *op, const tg_tensor *x,
+                            const tg__resample_desc *d) {
+  const resample_kernels *k = resample_pick(op, x);
+  if (!k)
+    return NULL;
+  const int nsp = x->ndim - 2;
+  int64_t shape[5] = {x->shape[0], x->shape[1]};
+  for (int i = 0; i < nsp; i++)
+    shape[2 + i] = d->out[3 - nsp + i]; /* the spatial dims are the trailing axes */
+  tg_tensor *y = tg__new(shape, x->ndim, x->dtype, x->device);
+  if (!y || k->run(d, x, y, false) < 0) {
+    tg_tensor_free(y);
+    return NULL;
+  }
+  tg_node *node;
+  y = tg__finish(op, y, 1, &x, resample_backward, &node);
+  if (node)
+    *(tg__resample_desc *)tg__ctx(node, sizeof *d) = *d;
+  return y;
 }
 
 /* Resampling of nsp spatial dims, nearest or linear (bi-, trilinear). */
@@ -709,25 +714,22 @@ static tg_tensor *resample(const char *op, const tg_tensor *x,
   int64_t out[3] = {0};
   if (resample_plan(op, x, o, nsp, out) < 0)
     return NULL;
-  resample_plan_t r = {
-      linear, linear && o->align_corners, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}};
-  int64_t shape[5] = {x->shape[0], x->shape[1]};
+  tg__resample_desc r = {.planes = x->shape[0] * x->shape[1],
+                         .in = {1, 1, 1},
+                         .out = {1, 1, 1},
+                         .taps = {1, 1, 1},
+                         .align = linear && o->align_corners,
+                         .scale = {1, 1, 1},
+                         .scale_f = {1, 1, 1}};
   for (int i = 0; i < nsp; i++) {
     const int a = 3 - nsp + i; /* the spatial dims are the trailing axes */
     r.in[a] = x->shape[2 + i];
-    r.out[a] = shape[2 + i] = out[i];
+    r.out[a] = out[i];
     r.scale[a] = src_scale(o, i, r.in[a], out[i]);
+    r.scale_f[a] = (float)r.scale[a];
     r.taps[a] = linear ? 2 : 1;
   }
-  tg_tensor *y = tg__new(shape, nsp + 2, x->dtype, x->device);
-  if (!y)
-    return NULL;
-  resample_kernel(&r, x, y, x->shape[0] * x->shape[1], false);
-  tg_node *node;
-  y = tg__finish(op, y, 1, &x, resample_backward, &node);
-  if (node)
-    *(resample_plan_t *)tg__ctx(node, sizeof r) = r;
-  return y;
+  return tg__resample_run(op, x, &r);
 }
 
 tg_tensor *tg_upsample_nearest1d_ex(const tg_tensor *x, const tg_upsample_options *o) {

@@ -5,15 +5,14 @@
  * ever made (in a training step they were a tensor of the output's first channels,
  * written and read twice each way). Integer scale factors only: for them nearest
  * sampling is source pixel (oy / sh, ox / sw) exactly. */
+#include "ops/shape/upsample_cat.h"
 #include "graph/internal.h"
 
 #include <string.h>
 
 static const char *const OP = "tg_upsample_nearest2d_cat";
 
-typedef struct {
-  int64_t n, ca, cs, h, w, sh, sw; /* a [n, ca, h, w], skip [n, cs, h*sh, w*sw] */
-} ucat_dims;
+typedef tg__ucat_dims ucat_dims;
 
 /* Output plane p = (image b, channel c): the upsampled a for c < ca, skip after. */
 static void ucat_forward_plane(const ucat_dims *d, const tg_tensor *a,
@@ -73,18 +72,62 @@ static void ucat_backward_plane(const ucat_dims *d, const tg_tensor *g, tg_tenso
   });
 }
 
-static int ucat_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
-  const ucat_dims *d = node->ctx;
-  const bool need_a = tg__input_needs_grad(node, 0),
-             need_s = tg__input_needs_grad(node, 1);
-  if ((need_a && !(gi[0] = tg__new_like(node->inputs[0]))) ||
-      (need_s && !(gi[1] = tg__new_like(node->inputs[1]))))
-    return -1;
+/* One kernel table per device. backward: da and ds may be NULL (inputs that need no
+ * gradient); every element of the others is written. */
+typedef struct {
+  int (*forward)(const ucat_dims *d, const tg_tensor *a, const tg_tensor *skip,
+                 tg_tensor *out);
+  int (*backward)(const ucat_dims *d, const tg_tensor *g, tg_tensor *da, tg_tensor *ds);
+} ucat_kernels;
+
+static int ucat_forward_cpu(const ucat_dims *d, const tg_tensor *a, const tg_tensor *skip,
+                            tg_tensor *out) {
+#pragma omp parallel for num_threads(tg__threads(out->numel))
+  for (int64_t p = 0; p < d->n * (d->ca + d->cs); p++)
+    ucat_forward_plane(d, a, skip, out, p);
+  return 0;
+}
+
+static int ucat_backward_cpu(const ucat_dims *d, const tg_tensor *g, tg_tensor *da,
+                             tg_tensor *ds) {
   const int64_t planes = d->n * (d->ca + d->cs);
 #pragma omp parallel for num_threads(tg__threads(g->numel))
   for (int64_t p = 0; p < planes; p++)
-    ucat_backward_plane(d, g, gi[0], gi[1], p);
+    ucat_backward_plane(d, g, da, ds, p);
   return 0;
+}
+
+static const ucat_kernels ucat_cpu = {ucat_forward_cpu, ucat_backward_cpu};
+
+#ifdef TG_HAVE_CUDA
+static int ucat_forward_cuda(const ucat_dims *d, const tg_tensor *a,
+                             const tg_tensor *skip, tg_tensor *out) {
+  return tg__ucat_cuda_forward(a->dtype, d, tg__data(a), tg__data(skip), tg__data(out),
+                               a->device.index);
+}
+
+static int ucat_backward_cuda(const ucat_dims *d, const tg_tensor *g, tg_tensor *da,
+                              tg_tensor *ds) {
+  return tg__ucat_cuda_backward(g->dtype, d, tg__data(g), da ? tg__data(da) : NULL,
+                                ds ? tg__data(ds) : NULL, g->device.index);
+}
+
+static const ucat_kernels ucat_cuda = {ucat_forward_cuda, ucat_backward_cuda};
+#endif
+
+static const ucat_kernels *ucat_pick(const tg_tensor *x) {
+  return tg__pick(OP, x, &ucat_cpu, TG_IF_CUDA(&ucat_cuda));
+}
+
+static int ucat_backward(tg_node *node, const tg_tensor *g, tg_tensor **gi) {
+  const ucat_dims *d = node->ctx;
+  const ucat_kernels *k = ucat_pick(g);
+  const bool need_a = tg__input_needs_grad(node, 0),
+             need_s = tg__input_needs_grad(node, 1);
+  if (!k || (need_a && !(gi[0] = tg__new_like(node->inputs[0]))) ||
+      (need_s && !(gi[1] = tg__new_like(node->inputs[1]))))
+    return -1;
+  return k->backward(d, g, gi[0], gi[1]);
 }
 
 tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip) {
@@ -113,18 +156,18 @@ tg_tensor *tg_upsample_nearest2d_cat(const tg_tensor *a, const tg_tensor *skip) 
                      "skip %s",
                      OP, sa, ss),
            NULL;
-  if (a->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(OP, a), NULL;
+  const ucat_kernels *k = ucat_pick(a);
+  if (!k)
+    return NULL;
   ucat_dims d = {a->shape[0], a->shape[1], skip->shape[1], h, w, H / h, W / w};
   int64_t shape[4] = {d.n, d.ca + d.cs, H, W};
   if (tg__check_shape(shape, 4, a->dtype, OP) < 0)
     return NULL;
   tg_tensor *out = tg__new(shape, 4, a->dtype, a->device);
-  if (!out)
+  if (!out || k->forward(&d, a, skip, out) < 0) {
+    tg_tensor_free(out);
     return NULL;
-#pragma omp parallel for num_threads(tg__threads(out->numel))
-  for (int64_t p = 0; p < d.n * (d.ca + d.cs); p++)
-    ucat_forward_plane(&d, a, skip, out, p);
+  }
   tg_node *node;
   out = tg__finish(OP, out, 2, in, ucat_backward, &node);
   if (node)

@@ -69,7 +69,7 @@ step ptxas-check 240 tests/gpu/ptxas-check.sh $(ls ops/*/*.cu runtime/*.cu nn/*.
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim dist opinfo cuda_nn cuda_conv cuda_conv_chunked
+  group_norm matmul optim dist opinfo cuda_nn cuda_conv cuda_conv_chunked cuda_resample
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||
@@ -83,6 +83,8 @@ step memcheck-conv 150 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
   TG_CONV_CUDA_CHUNK_BYTES=4096 TG_TEST_FILTER='test_conv_*' \
   "${sanitizer:-compute-sanitizer}" --tool memcheck --error-exitcode 1 --leak-check full \
   "$build/tests/test_cuda_conv"
+step memcheck-resample 120 env TG_CUDA_LAUNCH_BLOCKING=1 "${sanitizer:-compute-sanitizer}" \
+  --tool memcheck --error-exitcode 1 --leak-check full "$build/tests/test_cuda_resample"
 
 # ---- the benchmarks ----
 step bench 120 "$build/bench/group_norm" --device cuda 20
