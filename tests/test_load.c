@@ -307,6 +307,14 @@ static void test_save_load_tensors(void **state) {
                    tg_save_tensors(d, path) < 0,
                "metadata string", "not valid UTF-8");
   assert_error(!tg_load_tensors(tmp_path("absent"), NULL), "cannot open");
+  /* A tensor set from a scope: the dict holds a reference of its own, alive after the
+   * scope and freed with the dict (it once took the scope's: LSan saw a leak). */
+  tg_tensor_dict *sd = tg_tensor_dict_new();
+  tg_scope_begin();
+  assert_ok(tg_tensor_dict_set(sd, "s", tg_ones(TG_SHAPE(3), TG_F32, TG_CPU)) == 0);
+  assert_int_equal(tg_scope_end(), 0);
+  assert_true(((const float *)tg_data(tg_tensor_dict_get(sd, "s")))[2] == 1);
+  tg_tensor_dict_free(sd);
   tg_tensor_dict_free(d);
   tg_tensor_free(a);
   tg_tensor_free(b);
