@@ -675,6 +675,31 @@ int tg_optimizer_load_state_dict(tg_optimizer *opt, const tg_tensor_dict *d,
   return rc;
 }
 
+/* *sumsq = the squared gradients of a device store's trainable variables, added in
+ * creation order into one device double (the order the CPU loop adds them in), so
+ * the norm costs one wait for the device instead of one per gradient. */
+static int device_sumsq(const tg_varstore *vs, double *sumsq) {
+  const char *op = "tg_clip_grad_norm";
+  const int dev = vs->device.index;
+  double *acc = tg__cuda_malloc(sizeof *acc, dev);
+  int rc = acc ? tg__cuda_fill(acc, TG_F64, 1, 0, dev) : -1;
+  for (int i = 0; i < vs->n_vars && rc == 0; i++) {
+    const tg_tensor *g = vs->vars[i].trainable ? vs->vars[i].t->grad : NULL;
+    char a[16], b[16];
+    if (g && (g->device.type != vs->device.type || g->device.index != dev))
+      rc = tg__error("%s: the gradient of '%s' is on %s but the var store is on %s", op,
+                     vs->vars[i].name, tg__device_str(g->device, a, sizeof a),
+                     tg__device_str(vs->device, b, sizeof b));
+    else if (g)
+      rc = tg__cuda_sumsq_add(tg__data(g), g->dtype, g->numel, dev, acc);
+  }
+  if (rc == 0)
+    rc = tg__cuda_memcpy(sumsq, TG_CPU, acc, vs->device, sizeof *sumsq);
+  if (acc)
+    tg__cuda_free(acc, sizeof *acc, dev);
+  return rc;
+}
+
 /* torch.nn.utils.clip_grad_norm_: total L2 norm over all gradients, each scaled by
  * max_norm / (norm + 1e-6) when that is below 1. */
 double tg_clip_grad_norm(tg_varstore *vs, double max_norm) {
@@ -687,11 +712,15 @@ double tg_clip_grad_norm(tg_varstore *vs, double max_norm) {
     return -1;
   }
   double sumsq = 0;
-  for (int i = 0; i < vs->n_vars; i++) {
-    tg_tensor *g = vs->vars[i].trainable ? vs->vars[i].t->grad : NULL;
-    if (!g)
-      continue;
-    sumsq += tg__sumsq(g); /* on the gradient's device */
+  if (vs->device.type == TG_DEVICE_CUDA) {
+    if (device_sumsq(vs, &sumsq) < 0)
+      return -1;
+  } else {
+    for (int i = 0; i < vs->n_vars; i++) {
+      tg_tensor *g = vs->vars[i].trainable ? vs->vars[i].t->grad : NULL;
+      if (g)
+        sumsq += tg__sumsq(g);
+    }
   }
   double norm = sqrt(sumsq);
   double coef = max_norm / (norm + 1e-6);

@@ -535,6 +535,10 @@ int tg__cuda_add_i64(void *p, int64_t n, int64_t v, int device) {
   (void)p, (void)n, (void)v;
   return !tg__cuda_stream(device) ? -1 : 0;
 }
+int tg__cuda_sumsq_add(const void *p, int dtype, int64_t n, int device, double *acc) {
+  (void)p, (void)dtype, (void)n, (void)acc;
+  return !tg__cuda_stream(device) ? -1 : 0;
+}
 int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device, double *out) {
   (void)p, (void)dtype, (void)n, (void)out;
   return !tg__cuda_stream(device) ? -1 : 0;

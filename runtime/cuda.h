@@ -91,6 +91,9 @@ int tg__cuda_axpby(void *dst, double alpha, const void *src, double beta, int dt
                    int64_t n, int device);
 /* p[0..n) += v for int64 p (BatchNorm's num_batches_tracked, counted without a wait). */
 int tg__cuda_add_i64(void *p, int64_t n, int64_t v, int device);
+/* *acc (one device double) += sum of squares of p (float64 accumulation), queued on
+ * the device's stream without waiting: one read back serves many tensors. */
+int tg__cuda_sumsq_add(const void *p, int dtype, int64_t n, int device, double *acc);
 /* *out = sum of squares (float64 accumulation); waits for the result. */
 int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device, double *out);
 /* *index = first element that is NaN or infinite, -1 when none; waits. */

@@ -44,8 +44,9 @@ template <typename T> __device__ inline T tg_block_sum(T v, T *scratch) {
 }
 
 /* *out = sum of part[0, n), by one block: the second phase of the two-kernel sums
- * (per-block partials, then this). A template so every .cu may include it unused. */
-template <typename T = double>
+ * (per-block partials, then this); with add, *out += that sum (a running total over
+ * launches, in stream order). A template so every .cu may include it unused. */
+template <typename T = double, bool add = false>
 __global__ void tg_sum_partials(const T *part, int n, T *out) {
   __shared__ T scratch[32];
   T acc = 0;
@@ -53,7 +54,7 @@ __global__ void tg_sum_partials(const T *part, int n, T *out) {
     acc += part[i];
   acc = tg_block_sum(acc, scratch);
   if (threadIdx.x == 0)
-    *out = acc;
+    *out = add ? *out + acc : acc;
 }
 
 /* Calls f(T()) with T float for a TG_F32 dtype, double otherwise: one launch site in

@@ -175,17 +175,16 @@ extern "C" int tg__cuda_add_i64(void *p, int64_t n, int64_t v, int device) {
 /* A small device buffer for results read back by the host. */
 static void *scratch(size_t bytes, int device) { return tg__cuda_malloc(bytes, device); }
 
-extern "C" int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device,
-                              double *out) {
+extern "C" int tg__cuda_sumsq_add(const void *p, int dtype, int64_t n, int device,
+                                  double *acc) {
   cudaStream_t s = tg_stream(device);
   if (!s)
     return -1;
-  *out = 0;
   if (n == 0)
     return 0;
   const unsigned max_partials = 1024, b = tg__cuda_blocks(n, TG_THREADS);
   const unsigned g = b < max_partials ? b : max_partials;
-  double *partial = (double *)scratch((g + 1) * sizeof(double), device);
+  double *partial = (double *)scratch(g * sizeof(double), device);
   if (!partial)
     return -1;
   if (dtype == TG_F32)
@@ -194,16 +193,30 @@ extern "C" int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device,
     TG_LAUNCH(sumsq_kernel<double>, g, TG_THREADS, 0, s, (const double *)p, n, partial);
   int rc = TG_CUDA_LAUNCHED(sumsq_kernel);
   if (rc == 0) {
-    TG_LAUNCH(tg_sum_partials<>, 1, TG_THREADS, 0, s, (const double *)partial, (int)g,
-              partial + g);
+    auto *k = &tg_sum_partials<double, true>;
+    TG_LAUNCH(k, 1, TG_THREADS, 0, s, (const double *)partial, (int)g, acc);
     rc = TG_CUDA_LAUNCHED(tg_sum_partials);
   }
+  /* stream-ordered: the next launch that takes this block runs after the sum */
+  tg__cuda_free(partial, g * sizeof(double), device);
+  return rc;
+}
+
+extern "C" int tg__cuda_sumsq(const void *p, int dtype, int64_t n, int device,
+                              double *out) {
+  *out = 0;
+  double *acc = (double *)scratch(sizeof(double), device);
+  if (!acc)
+    return -1;
+  int rc = tg__cuda_fill(acc, TG_F64, 1, 0, device);
   if (rc == 0)
-    rc = TG_CUDA(
-        cudaMemcpyAsync(out, partial + g, sizeof *out, cudaMemcpyDeviceToHost, s));
+    rc = tg__cuda_sumsq_add(p, dtype, n, device, acc);
+  if (rc == 0)
+    rc = TG_CUDA(cudaMemcpyAsync(out, acc, sizeof *out, cudaMemcpyDeviceToHost,
+                                 tg_stream(device)));
   if (rc == 0)
     rc = tg__cuda_wait(device);
-  tg__cuda_free(partial, (g + 1) * sizeof(double), device);
+  tg__cuda_free(acc, sizeof(double), device);
   return rc;
 }
 

@@ -810,8 +810,8 @@ static void test_memory_flat(void **state) {
 
 /* A whole training step on cuda:0 (BatchNorm, linear, ReLU, LayerNorm, cross-entropy
  * forward and backward, zero_grad, SGD with momentum and AdamW steps, a scheduler
- * step) queues work without waiting for the device once: only reading a value back
- * (tg_item) waits. */
+ * step) queues work without waiting for the device; only reading a value back waits:
+ * tg_clip_grad_norm's norm once for all gradients, tg_item. */
 static void test_step_does_not_wait(void **state) {
   (void)state;
   require_gpu();
@@ -852,13 +852,20 @@ static void test_step_does_not_wait(void **state) {
     tg_tensor *h = tg_flatten(tg_module_forward(bn, x, true), 1, -1);
     loss = tg_cross_entropy(tg_module_forward(net, h, true), y, TG_REDUCTION_MEAN, -100);
     assert_ok(loss && tg_backward(loss) == 0);
+    /* the norm is read back: one wait for all the gradients (counted twice: that wait
+     * also reads back the loss's deferred target check) */
+    const int64_t before_clip = tg__cuda_waits();
+    assert_true(tg_clip_grad_norm(vs, 1.0) >= 0);
+    const int64_t clip_waits = tg__cuda_waits() - before_clip;
+    if (!blocking)
+      assert_int_equal(clip_waits, 2);
     assert_ok(tg_optimizer_step(sgd) == 0 && tg_optimizer_step(adam) == 0 &&
               tg_scheduler_step(sched) == 0);
     tg_tensor_retain(loss);
     assert_int_equal(tg_scope_end(), 0);
-    if (!blocking && tg__cuda_waits() != waits)
-      fail_msg("step %d waited for cuda:0 %lld times", s,
-               (long long)(tg__cuda_waits() - waits));
+    if (!blocking && tg__cuda_waits() - waits != clip_waits)
+      fail_msg("step %d waited for cuda:0 %lld times besides the gradient norm", s,
+               (long long)(tg__cuda_waits() - waits - clip_waits));
   }
   const int64_t waits = tg__cuda_waits();
   assert_true(isfinite(tg_item(loss)));
