@@ -424,8 +424,8 @@ tg_tensor *tg_upsample_nearest2d(const tg_tensor *x, const int64_t output_size[2
 tg_tensor *tg_upsample_bilinear2d(const tg_tensor *x, const int64_t output_size[2]);
 
 /* ------------------------------ convolution: PyTorch's further arguments -- */
-/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. CPU only, as
- * the plain convolutions (another device: an error). */
+/* tg_conv2d and tg_conv_transpose2d also take unbatched [C, H, W] inputs. On the CPU
+ * and on CUDA, as the plain convolutions. */
 typedef enum {
   TG_PADDING_EXPLICIT = 0, /* the padding field, as tg_conv2d */
   TG_PADDING_VALID,        /* padding="valid": none */

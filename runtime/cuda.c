@@ -218,6 +218,40 @@ void *tg__cuda_cublas(int d) {
   return rc < 0 ? NULL : (void *)s->blas;
 }
 
+/* Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: the same buffers with
+ * the operands swapped. */
+int tg__cuda_gemm(int dtype, int device, bool ta, bool tb, int64_t M, int64_t N,
+                  int64_t K, const void *A, int64_t lda, int64_t sa, const void *B,
+                  int64_t ldb, int64_t sb, double beta, void *C, int64_t sc,
+                  int64_t batch) {
+  cublasHandle_t h = tg__cuda_cublas(device);
+  if (!h)
+    return -1;
+  if (M == 0 || N == 0 || batch == 0)
+    return 0;
+  if (K == 0) /* no products: C = beta * C */
+    return beta != 0 ? 0 : tg__cuda_fill(C, dtype, sc * (batch - 1) + M * N, 0, device);
+  const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t ob = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = (int)N, n = (int)M, k = (int)K;
+  if (dtype == TG_F32) {
+    const float one = 1, bf = (float)beta;
+    if (batch == 1)
+      return TG_CUBLAS(cublasSgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
+                                   &bf, C, (int)N));
+    return TG_CUBLAS(cublasSgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb,
+                                               A, (int)lda, sa, &bf, C, (int)N, sc,
+                                               (int)batch));
+  }
+  const double one = 1;
+  if (batch == 1)
+    return TG_CUBLAS(cublasDgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
+                                 &beta, C, (int)N));
+  return TG_CUBLAS(cublasDgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb, A,
+                                             (int)lda, sa, &beta, C, (int)N, sc,
+                                             (int)batch));
+}
+
 int tg__cuda_sm_count(int d) {
   device_state *s = get_device(d);
   return s ? s->sms : 1;
@@ -432,6 +466,14 @@ void *tg__cuda_stream(int d) {
   return NULL;
 }
 void *tg__cuda_cublas(int d) { return tg__cuda_stream(d); }
+int tg__cuda_gemm(int dtype, int device, bool ta, bool tb, int64_t M, int64_t N,
+                  int64_t K, const void *A, int64_t lda, int64_t sa, const void *B,
+                  int64_t ldb, int64_t sb, double beta, void *C, int64_t sc,
+                  int64_t batch) {
+  (void)dtype, (void)ta, (void)tb, (void)M, (void)N, (void)K, (void)A, (void)lda;
+  (void)sa, (void)B, (void)ldb, (void)sb, (void)beta, (void)C, (void)sc, (void)batch;
+  return !tg__cuda_stream(device) ? -1 : 0;
+}
 int tg__cuda_wait(int d) { return tg__cuda_stream(d) ? 0 : -1; }
 int64_t tg__cuda_waits(void) { return 0; }
 unsigned long long *tg__cuda_check_targets(int d, const char *op, int64_t classes,

@@ -8,6 +8,7 @@
 #ifndef TG_RUNTIME_CUDA_H
 #define TG_RUNTIME_CUDA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,6 +71,15 @@ void tg__cuda_empty_cache(void);
  * memory_allocated / memory_reserved. */
 int64_t tg__cuda_allocated(int device);
 int64_t tg__cuda_reserved(int device);
+
+/* Row-major C = op(A)·op(B) + beta·C (op(X) = Xᵀ when tX, ldc = N, beta 0 or 1) for
+ * `batch` products, matrix i at A + i*sa, B + i*sb, C + i*sc (elements), through the
+ * device's cuBLAS handle (strided-batched when batch > 1); dtype a tg_dtype. K == 0
+ * leaves beta·C (C contiguous over the batch). Matmul's and the convolutions' GEMMs. */
+int tg__cuda_gemm(int dtype, int device, bool ta, bool tb, int64_t M, int64_t N,
+                  int64_t K, const void *A, int64_t lda, int64_t sa, const void *B,
+                  int64_t ldb, int64_t sb, double beta, void *C, int64_t sc,
+                  int64_t batch);
 
 /* Kernels of the runtime (runtime/tensor.cu) behind the device-independent helpers
  * of runtime/tensor.c and broadcast.c; dtype is a tg_dtype. Each returns 0 or -1. */

@@ -295,6 +295,49 @@ void ref_check_one_input(ref_file *f, const char *name, tg_dtype dtype, double t
   assert_int_equal(tg_scope_end(), 0);
 }
 
+tg_tensor *cuda_leaf(const tg_tensor *h) {
+  tg_no_grad_begin();
+  tg_tensor *d = tg_tensor_to(h, tg_cuda(0));
+  tg_no_grad_end();
+  if (d && tg_requires_grad(h))
+    tg_set_requires_grad(d, true);
+  return d;
+}
+
+double cuda_nmse(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst, double *got,
+                 double *want) {
+  *worst = -1;
+  if (tg_ndim(dev) != tg_ndim(cpu) || tg_numel(dev) != tg_numel(cpu))
+    return NAN;
+  for (int i = 0; i < tg_ndim(cpu); i++)
+    if (tg_shape(dev)[i] != tg_shape(cpu)[i])
+      return NAN;
+  const int64_t n = tg_numel(cpu);
+  tg_tensor *a = tg_to_dtype(tg_tensor_to(dev, TG_CPU), TG_F64);
+  tg_tensor *b = tg_to_dtype(cpu, TG_F64);
+  assert_ok(a && b);
+  const double *pa = tg_data(a), *pb = tg_data(b);
+  double num = 0, den = 0, big = -1;
+  for (int64_t i = 0; i < n; i++) {
+    const double d = pa[i] - pb[i];
+    if (!isfinite(pa[i]) || !isfinite(pb[i])) {
+      *worst = i;
+      *got = pa[i];
+      *want = pb[i];
+      return NAN;
+    }
+    num += d * d;
+    den += pb[i] * pb[i];
+    if (fabs(d) > big) {
+      big = fabs(d);
+      *worst = i;
+      *got = pa[i];
+      *want = pb[i];
+    }
+  }
+  return n == 0 ? 0 : den > 0 ? num / den : num;
+}
+
 int test_setup(void **state) {
   (void)state;
   tg_manual_seed(1234);

@@ -63,6 +63,17 @@ void gradcheck_ok(tg_gradcheck_fn fn, void *ctx, tg_tensor *const *inputs, int n
 void ref_check_one_input(ref_file *f, const char *name, tg_dtype dtype, double tol,
                          tg_gradcheck_fn fn, void *ctx);
 
+/* ---- CUDA against the CPU ---- */
+/* A leaf copy of a CPU tensor on cuda:0, requiring grad as the original. */
+tg_tensor *cuda_leaf(const tg_tensor *h);
+/* Normalised squared error sum((a-b)^2) / sum(b^2) of a device result against the CPU
+ * one (both copied to float64 on the host; sum((a-b)^2) where b is all zero, 0 when
+ * empty); NaN when either has a non-finite element or the shapes differ. *worst gets
+ * the index of the largest difference (or of the non-finite element), *got and *want
+ * its values. */
+double cuda_nmse(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst, double *got,
+                 double *want);
+
 /* Group setup that seeds the generator and checks for leaked scopes/errors. */
 int test_setup(void **state);
 

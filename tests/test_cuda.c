@@ -678,53 +678,6 @@ static tg_tensor *make_input(const shape_spec *s, char kind, tg_dtype dt) {
   return t;
 }
 
-/* A leaf copy of a CPU tensor on the device, requiring grad as the original. */
-static tg_tensor *device_leaf(const tg_tensor *h) {
-  tg_no_grad_begin();
-  tg_tensor *d = tg_tensor_to(h, CUDA0);
-  tg_no_grad_end();
-  if (d && tg_requires_grad(h))
-    tg_set_requires_grad(d, true);
-  return d;
-}
-
-/* Normalised squared error sum((a-b)^2) / sum(b^2) of a device result against the CPU
- * one (both copied to float64 on the host); NaN when either has a non-finite
- * element or the shapes differ. *worst gets the index of the largest difference. */
-static double nmse(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst,
-                   double *got, double *want) {
-  *worst = -1;
-  if (tg_ndim(dev) != tg_ndim(cpu) || tg_numel(dev) != tg_numel(cpu))
-    return NAN;
-  for (int i = 0; i < tg_ndim(cpu); i++)
-    if (tg_shape(dev)[i] != tg_shape(cpu)[i])
-      return NAN;
-  const int64_t n = tg_numel(cpu);
-  tg_tensor *a = tg_to_dtype(tg_tensor_to(dev, TG_CPU), TG_F64);
-  tg_tensor *b = tg_to_dtype(cpu, TG_F64);
-  assert_ok(a && b);
-  const double *pa = tg_data(a), *pb = tg_data(b);
-  double num = 0, den = 0, big = -1;
-  for (int64_t i = 0; i < n; i++) {
-    const double d = pa[i] - pb[i];
-    if (!isfinite(pa[i]) || !isfinite(pb[i])) {
-      *worst = i;
-      *got = pa[i];
-      *want = pb[i];
-      return NAN;
-    }
-    num += d * d;
-    den += pb[i] * pb[i];
-    if (fabs(d) > big) {
-      big = fabs(d);
-      *worst = i;
-      *got = pa[i];
-      *want = pb[i];
-    }
-  }
-  return n == 0 ? 0 : den > 0 ? num / den : num;
-}
-
 /* Compares one output or gradient; returns false (after printing) on a mismatch. */
 static bool compare(const cuda_case *c, const char *what, const tg_tensor *dev,
                     const tg_tensor *cpu) {
@@ -735,7 +688,7 @@ static bool compare(const cuda_case *c, const char *what, const tg_tensor *dev,
   }
   int64_t worst;
   double got = 0, want = 0;
-  const double e = nmse(dev, cpu, &worst, &got, &want);
+  const double e = cuda_nmse(dev, cpu, &worst, &got, &want);
   if (e <= c->tol)
     return true;
   printf("  %-14s %s %s: nmse %.3g > %.3g, worst element %lld: cuda %.17g, cpu %.17g\n",
@@ -751,7 +704,7 @@ static row_result run_case(const cuda_case *c) {
   int n = 0;
   while (n < MAX_IN && c->in[n].nd1 > 0) {
     h[n] = make_input(&c->in[n], c->kinds[n], c->dtype);
-    d[n] = device_leaf(h[n]);
+    d[n] = cuda_leaf(h[n]);
     assert_ok(h[n] && d[n]);
     n++;
   }
@@ -970,7 +923,7 @@ static void test_group_norm_relu_nan(void **state) {
     tg_tensor *h[3] = {x, w, b}, *d[3], *got[4], *want[4];
     for (int i = 0; i < 3; i++) {
       assert_ok(tg_set_requires_grad(h[i], true) == 0);
-      d[i] = device_leaf(h[i]);
+      d[i] = cuda_leaf(h[i]);
     }
     for (int dev = 0; dev < 2; dev++) {
       tg_tensor **in = dev ? d : h, **out = dev ? got : want;
@@ -1005,7 +958,7 @@ static void test_pool_nan_and_repeat(void **state) {
   v[42 + 9] = v[42 + 10] = -INFINITY;
   v[42 + 2] = v[42 + 3] = v[42 + 16] = v[42 + 17] = -INFINITY; /* a 2x2 window */
   assert_ok(tg_set_requires_grad(x, true) == 0);
-  tg_tensor *xd = device_leaf(x), *dy = NULL;
+  tg_tensor *xd = cuda_leaf(x), *dy = NULL;
   const tg_max_pool2d_options ceil3 = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true},
                               dil = {{2, 3}, {1, 2}, {1, 1}, {2, 1}, false};
   for (int c = 0; c < 4; c++) {

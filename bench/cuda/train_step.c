@@ -12,6 +12,7 @@
  * eager's time and <= its CUDA-graph time. */
 #include "../common.h"
 #include "../train_step.h"
+#include "graph/internal.h"
 #include "nets.h"
 #include "runtime/cuda.h"
 
@@ -127,8 +128,9 @@ static double sgemm_rate(int s) {
     float f = 0;
     rc = TG_CUDA(cudaEventRecord(e0, st));
     if (rc == 0)
-      rc = TG_CUBLAS(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, tg_data(a), s,
-                                 tg_data(a), s, &zero, tg_data(c), s));
+      rc = TG_CUBLAS(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one,
+                                 (const float *)tg__data(a), s, (const float *)tg__data(a),
+                                 s, &zero, (float *)tg__data(c), s));
     if (rc == 0)
       rc = TG_CUDA(cudaEventRecord(e1, st)) | TG_CUDA(cudaEventSynchronize(e1)) |
            TG_CUDA(cudaEventElapsedTime(&f, e0, e1));

@@ -4,7 +4,8 @@
  * direct kernels of direct.c where the CPU has AVX2 and FMA: forward, input gradient
  * and weight gradient; the 3x3 ones among them through Winograd (winograd.c) where the
  * CPU has AVX-512 and the layer gains by it. Everything else, and every CPU without
- * AVX2 and FMA, runs on im2col + GEMM, below.
+ * AVX2 and FMA, runs on im2col + GEMM, below. On CUDA, conv.cu runs the same two
+ * products as kernels around cuBLAS GEMMs (the kernel table near the end picks).
  *
  * Both ops share one geometry: an image [C, H, W] and a grid of oh x ow kernel
  * positions; position (oy, ox) and kernel tap (i, j) meet at image pixel
@@ -22,8 +23,10 @@
  * calling single-threaded OpenBLAS (runtime/threads.c keeps it so). A thread's
  * columns stay in its own cache. */
 #include "graph/internal.h"
+#include "ops/conv/conv_cuda.h"
 #include "ops/conv/direct.h"
 #include "ops/conv/winograd.h"
+#include "ops/reduce/reduce.h"
 #include "ops/unbatched.h"
 
 #include <cblas.h>
@@ -35,11 +38,7 @@
 
 /* ------------------------------------------------------------ geometry -- */
 
-typedef struct {
-  int64_t c, h, w; /* image channels (all groups) and size */
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-  int64_t oh, ow; /* grid of kernel positions */
-} geom;
+typedef tg__conv_geom geom; /* ops/conv/conv_cuda.h, shared with the CUDA kernels */
 
 /* 1x1 kernel, stride 1, no padding, same size: the columns are the image itself. */
 static bool geom_is_identity(const geom *g) {
@@ -210,13 +209,8 @@ void conv_workspace_put(void *p) {
 
 /* ------------------------------------------------------------- drivers -- */
 
-/* One conv-like product over a batch: image side [n, g.c, h, w] with geometry g,
- * flat side [n, cf, oh*ow], weight [cf, g.c/groups * kh*kw] row-major per group. */
-typedef struct {
-  tg_dtype dtype;
-  int64_t n, groups, cf;
-  geom g;
-} conv_plan;
+/* One conv-like product over a batch (image side, flat side, weight per group). */
+typedef tg__conv_plan conv_plan;
 
 static void *at(const void *base, int64_t elems, size_t es) {
   return (char *)base + (size_t)elems * es;
@@ -643,67 +637,147 @@ static bool direct_dgrad_plan(const conv_plan *p, direct_conv *d) {
   return true;
 }
 
-static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
-  const conv_plan *p = node->ctx;
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  bool need_b = tg__input_needs_grad(node, 2);
+/* ------------------------------------------------------------ kernels -- */
+
+/* The ops check, plan and record once, then run through the kernel table of their
+ * input's device. forward writes y, the op's output (conv2d, or conv_transpose2d when
+ * transposed); backward writes each grads[i] that is not NULL (input i needs it: x,
+ * w, bias). All tensors on one device; p is the forward product's plan. */
+typedef struct {
+  int (*forward)(const conv_plan *p, bool transposed, const tg_tensor *x,
+                 const tg_tensor *w, const tg_tensor *bias, tg_tensor *y);
+  int (*backward)(const conv_plan *p, bool transposed, const tg_tensor *gy,
+                  const tg_tensor *x, const tg_tensor *w, tg_tensor *grads[3]);
+} conv_kernels;
+
+static void *data_or_null(const tg_tensor *t) { return t ? tg__data(t) : NULL; }
+
+static int forward_cpu(const conv_plan *p, bool transposed, const tg_tensor *x,
+                       const tg_tensor *w, const tg_tensor *bias, tg_tensor *y) {
+  const void *b = data_or_null(bias);
   direct_conv d;
-  if (tg__input_needs_grad(node, 1)) {
-    if (!(gi[1] = tg__new_like(w)) ||
-        (need_b && !(gi[2] = tg__new_like(node->inputs[2]))))
+  if (transposed)
+    return col2im_drive(p, tg__data(x), tg__data(w), b, tg__data(y));
+  if (direct_forward_plan(p, &d))
+    return conv_fast_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(y));
+  return im2col_drive(p, tg__data(x), tg__data(w), b, tg__data(y), NULL, NULL);
+}
+
+/* conv2d's input gradient dx = col2im(Wᵀ · dy), or as a convolution of dy where that
+ * is cheaper (direct kernels, dgrad_as_conv). */
+static int conv2d_dgrad_cpu(const conv_plan *p, const tg_tensor *gy, const tg_tensor *w,
+                            tg_tensor *dx) {
+  conv_plan q;
+  direct_conv d;
+  if (direct_dgrad_plan(p, &d))
+    return conv_fast_forward(&d, tg__data(gy), tg__data(w), true, NULL, tg__data(dx));
+  if (dgrad_as_conv(p, &q)) {
+    tg_tensor *wf = flip_weight(w, p->groups); /* freed with the backward's scope */
+    return wf ? im2col_drive(&q, tg__data(gy), tg__data(wf), NULL, tg__data(dx), NULL,
+                             NULL)
+              : -1;
+  }
+  return col2im_drive(p, tg__data(gy), tg__data(w), NULL, tg__data(dx));
+}
+
+static int backward_cpu(const conv_plan *p, bool transposed, const tg_tensor *gy,
+                        const tg_tensor *x, const tg_tensor *w, tg_tensor *grads[3]) {
+  void *dx = data_or_null(grads[0]), *dw = data_or_null(grads[1]);
+  tg_tensor *db = grads[2];
+  direct_conv d;
+  if (transposed) {
+    /* dx = W · im2col(dy) and dw = Σ x · im2col(dy)ᵀ share the columns of dy */
+    if ((dx || dw) &&
+        im2col_drive(p, tg__data(gy), tg__data(w), NULL, dx, tg__data(x), dw) < 0)
       return -1;
-    if (direct_forward_plan(p, &d)) {
-      if (conv_fast_weight_grad(&d, tg__data(x), tg__data(gy), tg__data(gi[1]),
-                                need_b ? tg__data(gi[2]) : NULL) < 0)
+  } else {
+    if (dw && direct_forward_plan(p, &d)) {
+      if (conv_fast_weight_grad(&d, tg__data(x), tg__data(gy), dw, data_or_null(db)) < 0)
         return -1;
-      need_b = false;
-    } else if (im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy),
-                            tg__data(gi[1])) < 0) {
+      db = NULL; /* summed with dw */
+    } else if (dw &&
+               im2col_drive(p, tg__data(x), NULL, NULL, NULL, tg__data(gy), dw) < 0) {
       return -1;
     }
-  }
-  if (tg__input_needs_grad(node, 0)) {
-    conv_plan q;
-    tg_tensor *wf;
-    if (!(gi[0] = tg__new_like(x)))
+    if (dx && conv2d_dgrad_cpu(p, gy, w, grads[0]) < 0)
       return -1;
-    if (direct_dgrad_plan(p, &d)) {
-      if (conv_fast_forward(&d, tg__data(gy), tg__data(w), true, NULL, tg__data(gi[0])) <
-          0)
-        return -1;
-    } else if (dgrad_as_conv(p, &q)) {
-      if (!(wf = flip_weight(w, p->groups)) ||
-          im2col_drive(&q, tg__data(gy), tg__data(wf), NULL, tg__data(gi[0]), NULL,
-                       NULL) < 0)
-        return -1;
-    } else if (col2im_drive(p, tg__data(gy), tg__data(w), NULL, tg__data(gi[0])) < 0) {
-      return -1;
-    }
   }
-  if (need_b) {
-    if (!gi[2] && !(gi[2] = tg__new_like(node->inputs[2])))
-      return -1;
-    bias_grad(gy, gi[2]);
-  }
+  if (db)
+    bias_grad(gy, db);
   return 0;
 }
 
-static int conv_transpose2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
-  const conv_plan *p = node->ctx;
-  const tg_tensor *x = node->inputs[0], *w = node->inputs[1];
-  bool need_x = tg__input_needs_grad(node, 0), need_w = tg__input_needs_grad(node, 1);
-  if ((need_x && !(gi[0] = tg__new_like(x))) || (need_w && !(gi[1] = tg__new_like(w))))
-    return -1;
-  if ((need_x || need_w) &&
-      im2col_drive(p, tg__data(gy), tg__data(w), NULL, need_x ? tg__data(gi[0]) : NULL,
-                   tg__data(x), need_w ? tg__data(gi[1]) : NULL) < 0)
-    return -1;
-  if (tg__input_needs_grad(node, 2)) {
-    if (!(gi[2] = tg__new_like(node->inputs[2])))
+static const conv_kernels conv_cpu = {forward_cpu, backward_cpu};
+
+#ifdef TG_HAVE_CUDA
+/* Column scratch of one chunk of images: enough for large GEMMs, little next to a
+ * GPU's memory (the caching allocator keeps it for the next step).
+ * TG_CONV_CUDA_CHUNK_BYTES overrides it; the tests run a tiny one (several chunks). */
+static size_t chunk_bytes(void) {
+  static _Atomic bool warned;
+  return (size_t)tg__env_int("TG_CONV_CUDA_CHUNK_BYTES", 1, INT64_MAX, (int64_t)64 << 20,
+                             &warned);
+}
+
+/* conv.cu's two products, as the CPU's drivers; db a sum over images and pixels
+ * (reduce.cu: in double, in a fixed order). */
+static int forward_cuda(const conv_plan *p, bool transposed, const tg_tensor *x,
+                        const tg_tensor *w, const tg_tensor *bias, tg_tensor *y) {
+  const void *b = data_or_null(bias);
+  const int dev = x->device.index;
+  if (transposed)
+    return tg__conv_cuda_col2im(p, tg__data(x), tg__data(w), b, tg__data(y),
+                                chunk_bytes(), dev);
+  return tg__conv_cuda_im2col(p, tg__data(x), tg__data(w), b, tg__data(y), NULL, NULL,
+                              chunk_bytes(), dev);
+}
+
+static int backward_cuda(const conv_plan *p, bool transposed, const tg_tensor *gy,
+                         const tg_tensor *x, const tg_tensor *w, tg_tensor *grads[3]) {
+  void *dx = data_or_null(grads[0]), *dw = data_or_null(grads[1]);
+  const int dev = x->device.index;
+  if (transposed) {
+    if ((dx || dw) && tg__conv_cuda_im2col(p, tg__data(gy), tg__data(w), NULL, dx,
+                                           tg__data(x), dw, chunk_bytes(), dev) < 0)
       return -1;
-    bias_grad(gy, gi[2]);
+  } else if ((dw && tg__conv_cuda_im2col(p, tg__data(x), NULL, NULL, NULL, tg__data(gy),
+                                         dw, chunk_bytes(), dev) < 0) ||
+             (dx && tg__conv_cuda_col2im(p, tg__data(gy), tg__data(w), NULL, dx,
+                                         chunk_bytes(), dev) < 0)) {
+    return -1;
   }
-  return 0;
+  if (!grads[2])
+    return 0;
+  const int64_t n = gy->shape[0], c = gy->shape[1], hw = gy->shape[2] * gy->shape[3];
+  return tg__reduce_cuda_sum(gy->dtype, tg__data(gy), 1, (int64_t[]){c}, (int64_t[]){hw},
+                             2, (int64_t[]){n, hw}, (int64_t[]){c * hw, 1}, c, n * hw,
+                             tg__data(grads[2]), dev);
+}
+
+static const conv_kernels conv_cuda = {forward_cuda, backward_cuda};
+#endif
+
+static const conv_kernels *pick(const char *op, const tg_tensor *x) {
+  return tg__pick(op, x, &conv_cpu, TG_IF_CUDA(&conv_cuda));
+}
+
+static int conv_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi,
+                         bool transposed) {
+  const conv_kernels *k = pick(node->op, node->inputs[0]);
+  if (!k)
+    return -1;
+  for (int i = 0; i < 3; i++)
+    if (tg__input_needs_grad(node, i) && !(gi[i] = tg__new_like(node->inputs[i])))
+      return -1;
+  return k->backward(node->ctx, transposed, gy, node->inputs[0], node->inputs[1], gi);
+}
+
+static int conv2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
+  return conv_backward(node, gy, gi, false);
+}
+
+static int conv_transpose2d_backward(tg_node *node, const tg_tensor *gy, tg_tensor **gi) {
+  return conv_backward(node, gy, gi, true);
 }
 
 static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor *w,
@@ -715,23 +789,11 @@ static tg_tensor *conv_impl(const char *op, const tg_tensor *x, const tg_tensor 
     return NULL;
   conv_plan plan;
   int64_t out_shape[4];
-  if (conv_check(op, x, w, bias, cp, &plan, out_shape) < 0)
+  const conv_kernels *k;
+  if (conv_check(op, x, w, bias, cp, &plan, out_shape) < 0 || !(k = pick(op, x)))
     return NULL;
-  if (x->device.type != TG_DEVICE_CPU)
-    return tg__unsupported_device(op, x), NULL;
   tg_tensor *out = tg__new(out_shape, 4, x->dtype, x->device);
-  if (!out)
-    return NULL;
-  const void *b = bias ? tg__data(bias) : NULL;
-  direct_conv d;
-  int rc;
-  if (cp->transposed)
-    rc = col2im_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out));
-  else if (direct_forward_plan(&plan, &d))
-    rc = conv_fast_forward(&d, tg__data(x), tg__data(w), false, b, tg__data(out));
-  else
-    rc = im2col_drive(&plan, tg__data(x), tg__data(w), b, tg__data(out), NULL, NULL);
-  if (rc < 0) {
+  if (!out || k->forward(&plan, cp->transposed, x, w, bias, out) < 0) {
     tg_tensor_free(out);
     return NULL;
   }

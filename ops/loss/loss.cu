@@ -58,35 +58,26 @@ __global__ void softmax_backward_kernel(bool log_out, const T *y, const T *g,
 extern "C" int tg__softmax_cuda_forward(int dtype, bool log_out, const void *x,
                                         int64_t outer, int64_t r, int64_t inner, void *y,
                                         int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (outer * r * inner == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(softmax_kernel<T>, g, TG_THREADS, 0, st, log_out, (const T *)x, outer, r,
-              inner, (T *)y);
-  });
-  return TG_CUDA_LAUNCHED(softmax_kernel);
+  return tg_launch_float(dtype, r ? outer * inner : 0, device,
+                         [&](auto z, unsigned g, cudaStream_t st) {
+                           using T = decltype(z);
+                           TG_LAUNCH(softmax_kernel<T>, g, TG_THREADS, 0, st, log_out,
+                                     (const T *)x, outer, r, inner, (T *)y);
+                           return TG_CUDA_LAUNCHED(softmax_kernel);
+                         });
 }
 
 extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
                                          const void *gr, int64_t outer, int64_t r,
                                          int64_t inner, void *dx, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (outer * r * inner == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(outer * inner, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(softmax_backward_kernel<T>, g, TG_THREADS, 0, st, log_out, (const T *)y,
-              (const T *)gr, outer, r, inner, (T *)dx);
-  });
-  return TG_CUDA_LAUNCHED(softmax_backward_kernel);
+  return tg_launch_float(dtype, r ? outer * inner : 0, device,
+                         [&](auto z, unsigned g, cudaStream_t st) {
+                           using T = decltype(z);
+                           TG_LAUNCH(softmax_backward_kernel<T>, g, TG_THREADS, 0, st,
+                                     log_out, (const T *)y, (const T *)gr, outer, r,
+                                     inner, (T *)dx);
+                           return TG_CUDA_LAUNCHED(softmax_backward_kernel);
+                         });
 }
 
 /* ------------------------------------------------------------------ losses -- */
@@ -405,20 +396,14 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
                                          const void *gr, bool per_elem, int64_t outer,
                                          int64_t C, int64_t inner, int64_t ignore,
                                          void *dx, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  const int64_t n = outer * C * inner, npos = outer * inner;
-  if (n == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
+  const int64_t npos = outer * inner;
+  return tg_launch_float(dtype, npos * C, device, [&](auto z, unsigned g, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
               smoothing, acc, (const T *)stats, (const T *)stats + npos, (const T *)gr,
               per_elem, outer, C, inner, ignore, (T *)dx);
+    return TG_CUDA_LAUNCHED(ce_backward_kernel);
   });
-  return TG_CUDA_LAUNCHED(ce_backward_kernel);
 }
 
 extern "C" int tg__loss_cuda_nll_forward(int dtype, const char *op, const void *x,
@@ -447,19 +432,14 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
                                           const void *w, bool per_elem, const double *acc,
                                           int64_t outer, int64_t C, int64_t inner,
                                           int64_t ignore, void *dx, int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  const int64_t npos = outer * inner;
-  if (npos == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(npos, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
-    using T = decltype(z);
-    TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t, (const T *)w,
-              per_elem, acc, outer, C, inner, ignore, (T *)dx);
-  });
-  return TG_CUDA_LAUNCHED(nll_backward_kernel);
+  return tg_launch_float(dtype, outer * inner, device,
+                         [&](auto z, unsigned g, cudaStream_t st) {
+                           using T = decltype(z);
+                           TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st,
+                                     (const T *)gr, t, (const T *)w, per_elem, acc, outer,
+                                     C, inner, ignore, (T *)dx);
+                           return TG_CUDA_LAUNCHED(nll_backward_kernel);
+                         });
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,
@@ -483,16 +463,10 @@ extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void 
                                                 bool per_elem, const double *acc,
                                                 int64_t n, void *dx, void *dt,
                                                 int device) {
-  cudaStream_t st = tg_stream(device);
-  if (!st)
-    return -1;
-  if (n == 0)
-    return 0;
-  const unsigned g = tg__cuda_blocks(n, TG_THREADS);
-  tg_float_dispatch(dtype, [&](auto z) {
+  return tg_launch_float(dtype, n, device, [&](auto z, unsigned g, cudaStream_t st) {
     using T = decltype(z);
     TG_LAUNCH(pointwise_backward_kernel<T>, g, TG_THREADS, 0, st, kind, (const T *)x,
               (const T *)t, (const T *)gr, per_elem, acc, n, (T *)dx, (T *)dt);
+    return TG_CUDA_LAUNCHED(pointwise_backward_kernel);
   });
-  return TG_CUDA_LAUNCHED(pointwise_backward_kernel);
 }

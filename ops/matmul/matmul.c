@@ -336,40 +336,12 @@ static const mm_kernels tg__mm_cpu = {gemm_cpu, gemm_batched_cpu, column_sums_cp
                                       bias_rows_cpu};
 
 #ifdef TG_HAVE_CUDA
-#include <cublas_v2.h>
-
-/* Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: the same buffers with
- * the operands swapped. */
 static int gemm_batched_cuda(tg_dtype dt, int device, bool ta, bool tb, int64_t M,
                              int64_t N, int64_t K, const void *A, int64_t lda, int64_t sa,
                              const void *B, int64_t ldb, int64_t sb, double beta, void *C,
                              int64_t sc, int64_t batch) {
-  cublasHandle_t h = tg__cuda_cublas(device);
-  if (!h)
-    return -1;
-  if (M == 0 || N == 0 || batch == 0)
-    return 0;
-  if (K == 0) /* no products: C = beta * C */
-    return beta != 0 ? 0 : tg__cuda_fill(C, dt, sc * (batch - 1) + M * N, 0, device);
-  const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t ob = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const int m = (int)N, n = (int)M, k = (int)K;
-  if (dt == TG_F32) {
-    const float one = 1, bf = (float)beta;
-    if (batch == 1)
-      return TG_CUBLAS(cublasSgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
-                                   &bf, C, (int)N));
-    return TG_CUBLAS(cublasSgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb,
-                                               A, (int)lda, sa, &bf, C, (int)N, sc,
-                                               (int)batch));
-  }
-  const double one = 1;
-  if (batch == 1)
-    return TG_CUBLAS(cublasDgemm(h, ob, oa, m, n, k, &one, B, (int)ldb, A, (int)lda,
-                                 &beta, C, (int)N));
-  return TG_CUBLAS(cublasDgemmStridedBatched(h, ob, oa, m, n, k, &one, B, (int)ldb, sb, A,
-                                             (int)lda, sa, &beta, C, (int)N, sc,
-                                             (int)batch));
+  return tg__cuda_gemm(dt, device, ta, tb, M, N, K, A, lda, sa, B, ldb, sb, beta, C, sc,
+                       batch);
 }
 
 static int gemm_cuda(tg_dtype dt, int device, bool ta, bool tb, int64_t M, int64_t N,

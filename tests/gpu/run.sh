@@ -69,17 +69,31 @@ step ptxas-check 240 tests/gpu/ptxas-check.sh $(ls ops/*/*.cu runtime/*.cu nn/*.
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim dist opinfo cuda_resample
+  group_norm matmul optim dist opinfo cuda_conv cuda_conv_chunked \
+  cuda_resample
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||
   ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
     2>/dev/null | head -n 1)
-step memcheck 200 env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
-  TG_TEST_FILTER='test_[go]*' "${sanitizer:-compute-sanitizer}" --tool memcheck \
-  --error-exitcode 1 --leak-check full "$build/tests/test_cuda"
-step memcheck-resample 120 env TG_CUDA_LAUNCH_BLOCKING=1 "${sanitizer:-compute-sanitizer}" \
-  --tool memcheck --error-exitcode 1 --leak-check full "$build/tests/test_cuda_resample"
+# memcheck NAME SECONDS FILTER TEST [VAR=VALUE ...]: the cmocka tests of TEST matching
+# FILTER (cmocka knows only * and ?) under memcheck; a filter that runs no test fails.
+memcheck() {
+  local name=$1 limit=$2 filter=$3 test=$4
+  shift 4
+  step "$name" "$limit" env TG_CUDA_FILL_NAN=1 TG_CUDA_LAUNCH_BLOCKING=1 \
+    TG_TEST_FILTER="$filter" "$@" "${sanitizer:-compute-sanitizer}" --tool memcheck \
+    --error-exitcode 1 --leak-check full "$build/tests/$test"
+  if grep -q "Running 0 test" "$logs/$name.log"; then
+    results[${#results[@]} - 1]="FAIL (no test matched $filter)"
+  fi
+}
+memcheck memcheck-gn 120 'test_group_norm*' test_cuda
+memcheck memcheck-ops 200 'test_ops_vs_cpu' test_cuda
+# the convolutions' rows, reproducibility and errors (the gradchecks repeat the kernels)
+memcheck memcheck-conv 150 'test_conv_*' test_cuda_conv TG_CONV_CUDA_CHUNK_BYTES=4096
+# the resamplings' and dropout's rows, gradchecks and errors
+memcheck memcheck-resample 150 '*' test_cuda_resample
 
 # ---- the benchmarks ----
 step bench 120 "$build/bench/group_norm" --device cuda 20
