@@ -165,44 +165,21 @@ static const char *shape_of(const resample_case *c, char *buf, size_t len) {
 static bool close_in_norm(const resample_case *c, const char *what, const tg_tensor *dev,
                           const tg_tensor *cpu) {
   char sh[128];
-  if (!dev || !cpu) {
-    printf("  %-15s %s %s %s: missing (%s)\n", c->op, shape_of(c, sh, sizeof sh),
-           tg_dtype_name(c->dtype), what, tg_last_error());
+  if (!dev || !cpu || tg_device_of(dev).type != TG_DEVICE_CUDA) {
+    printf("  %-15s %s %s %s: missing or not on the device (%s)\n", c->op,
+           shape_of(c, sh, sizeof sh), tg_dtype_name(c->dtype), what, tg_last_error());
     return false;
   }
-  bool same = tg_ndim(dev) == tg_ndim(cpu);
-  for (int i = 0; same && i < tg_ndim(cpu); i++)
-    same = tg_shape(dev)[i] == tg_shape(cpu)[i];
-  if (!same || tg_device_of(dev).type != TG_DEVICE_CUDA) {
-    printf("  %-15s %s %s %s: other shape or not on the device\n", c->op,
-           shape_of(c, sh, sizeof sh), tg_dtype_name(c->dtype), what);
-    return false;
-  }
-  tg_tensor *a = tg_to_dtype(tg_tensor_to(dev, TG_CPU), TG_F64);
-  tg_tensor *b = tg_to_dtype(cpu, TG_F64);
-  assert_ok(a && b);
-  const double *pa = tg_data(a), *pb = tg_data(b);
-  double num = 0, den = 0, big = -1;
-  int64_t worst = 0;
-  bool finite = true;
-  for (int64_t i = 0; i < tg_numel(b); i++) {
-    const double d = fabs(pa[i] - pb[i]);
-    finite &= isfinite(pa[i]) && isfinite(pb[i]);
-    num += d * d;
-    den += pb[i] * pb[i];
-    if (!(d <= big)) { /* NaN differences count as the worst */
-      big = d;
-      worst = i;
-    }
-  }
+  int64_t worst;
+  double got = 0, want = 0;
   const double tol = c->dtype == TG_F32 ? 1e-5 : 1e-12;
-  const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-  if (finite && rel <= tol)
+  const double rel = sqrt(cuda_nmse(dev, cpu, &worst, &got, &want));
+  if (rel <= tol)
     return true;
-  printf("  %-15s %s %s %s: relative error %.3g > %.3g, worst element %lld: cuda %.17g, "
-         "cpu %.17g\n",
+  printf("  %-15s %s %s %s: relative error %.3g > %.3g (NaN: a non-finite element or "
+         "another shape), worst element %lld: cuda %.17g, cpu %.17g\n",
          c->op, shape_of(c, sh, sizeof sh), tg_dtype_name(c->dtype), what, rel, tol,
-         (long long)worst, pa[worst], pb[worst]);
+         (long long)worst, got, want);
   return false;
 }
 
@@ -223,10 +200,8 @@ static bool same_bits(const tg_tensor *a, const tg_tensor *b) {
 
 /* A leaf copy of a CPU leaf on the device. */
 static tg_tensor *device_leaf(const tg_tensor *h) {
-  tg_no_grad_begin();
-  tg_tensor *d = tg_tensor_to(h, CUDA0);
-  tg_no_grad_end();
-  assert_ok(d && tg_set_requires_grad(d, true) == 0);
+  tg_tensor *d = cuda_leaf(h);
+  assert_ok(d && tg_requires_grad(d));
   return d;
 }
 
@@ -562,6 +537,10 @@ int main(void) {
       cmocka_unit_test(test_errors_on_device),
       cmocka_unit_test(test_ops_do_not_wait),
   };
+  /* TG_TEST_FILTER=pattern runs only the matching tests (tests/gpu/run.sh's memcheck) */
+  const char *filter = getenv("TG_TEST_FILTER");
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
   const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
   /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
   return rc == 0 && !tg_cuda_is_available() ? 77 : rc;

@@ -69,7 +69,8 @@ step ptxas-check 240 tests/gpu/ptxas-check.sh $(ls ops/*/*.cu runtime/*.cu nn/*.
 # ---- the GPU suites, then memcheck on GroupNorm and the ops ----
 export TG_NUM_THREADS=8
 step suites 200 meson test -C "$build" --print-errorlogs cuda tensor errors autograd \
-  group_norm matmul optim dist opinfo cuda_nn cuda_conv cuda_conv_chunked cuda_resample
+  group_norm matmul optim dist opinfo cuda_conv cuda_conv_chunked \
+  cuda_resample cuda_nn
 grep -E "^ +[a-z_]+ +(float32|float64) +(no kernel|[^o])|ops vs cpu" \
   "$build/meson-logs/testlog.txt" >"$logs/cuda-rows.log" 2>/dev/null || true
 sanitizer=$(command -v compute-sanitizer ||
@@ -91,7 +92,8 @@ memcheck memcheck-gn 120 'test_group_norm*' test_cuda
 memcheck memcheck-ops 200 'test_ops_vs_cpu' test_cuda
 # the convolutions' rows, reproducibility and errors (the gradchecks repeat the kernels)
 memcheck memcheck-conv 150 'test_conv_*' test_cuda_conv TG_CONV_CUDA_CHUNK_BYTES=4096
-memcheck memcheck-resample 120 '*' test_cuda_resample
+# the resamplings' and dropout's rows, gradchecks and errors
+memcheck memcheck-resample 150 '*' test_cuda_resample
 # the optimizers' kernels, steps and state across devices
 memcheck memcheck-nn 120 'test_o*' test_cuda_nn
 
