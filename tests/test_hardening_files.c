@@ -249,8 +249,9 @@ static void test_concurrent_saves_are_atomic(void **state) {
     reader_arg r = {path, &stop, 0, 0, ""};
     pthread_t rt, wt[WRITERS];
     writer_arg w[WRITERS];
-    assert_int_equal(pthread_create(&rt, NULL, reader, &r), 0);
-    /* Processes too: each child saves its own value. */
+    /* Processes too: each child saves its own value. They are forked before any thread
+     * of this test starts: a child forked while another thread holds the allocator's
+     * lock (ASan's, or malloc's) waits for it forever when it allocates. */
     pid_t kids[2];
     for (int k = 0; k < 2; k++) {
       kids[k] = fork();
@@ -261,6 +262,7 @@ static void test_concurrent_saves_are_atomic(void **state) {
         _exit(a.failures ? 1 : 0);
       }
     }
+    assert_int_equal(pthread_create(&rt, NULL, reader, &r), 0);
     for (int i = 0; i < WRITERS; i++) {
       w[i] = (writer_arg){path, i + 1, 0, ""};
       assert_int_equal(pthread_create(&wt[i], NULL, writer, &w[i]), 0);
