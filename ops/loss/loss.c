@@ -38,13 +38,6 @@ static double finish_reduction(tg_reduction r, tg_tensor *out, double total,
   return r == TG_REDUCTION_MEAN ? 1.0 / count : 1.0;
 }
 
-/* The 4 doubles a CUDA loss keeps on the device (loss_cuda.h: sums, scale, W), saved
- * for its backward. */
-static tg_tensor *new_acc(const tg_tensor *like) {
-  static const int64_t four[1] = {4};
-  return tg__new(four, 1, TG_F64, like->device);
-}
-
 /* ------------------------------------------------------ class losses -- */
 
 typedef struct {
@@ -401,7 +394,7 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
   const size_t ctx_bytes = sizeof(ce_ctx) + (weight ? (size_t)C * sizeof(double) : 0);
   ce_ctx *c = calloc(1, ctx_bytes);
   tg_tensor *out = c ? new_loss(reduction, target, input->dtype) : NULL;
-  tg_tensor *stats = NULL, *acc = NULL; /* CUDA's: max and log-sum-exp; new_acc */
+  tg_tensor *stats = NULL, *acc = NULL; /* CUDA's: max and log-sum-exp; the acc */
   if (!out)
     goto fail;
   *c = (ce_ctx){plan.s, reduction, ignore_index, 0, smoothing, (double)C, weight != NULL};
@@ -421,7 +414,7 @@ tg_tensor *tg__cross_entropy(const char *op, const tg_tensor *input,
   } else {
     int64_t stats_shape[2] = {2, c->s.outer * c->s.inner};
     if (!(stats = tg__new(stats_shape, 2, input->dtype, input->device)) ||
-        !(acc = new_acc(input)) ||
+        !(acc = tg__loss_new_acc(input)) ||
         tg__loss_cuda_ce_forward(input->dtype, op, tg__data(input), tg__data(target),
                                  weight ? tg__data(weight) : NULL, smoothing, c->s.outer,
                                  C, c->s.inner, ignore_index, reduction, tg__data(stats),
@@ -518,7 +511,7 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
   const bool none = reduction == TG_REDUCTION_NONE;
   tg_tensor *acc = NULL;
   if (tg__on_cuda(log_probs)) {
-    if (!(acc = new_acc(log_probs)) ||
+    if (!(acc = tg__loss_new_acc(log_probs)) ||
         tg__loss_cuda_nll_forward(log_probs->dtype, op, tg__data(log_probs), tgt, NULL,
                                   c.s.outer, C, inner, ignore_index, reduction,
                                   none ? tg__data(out) : NULL, none ? NULL : tg__data(out),
@@ -640,7 +633,7 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
   pointwise_ctx c = {kind, reduction, 1.0};
   tg_tensor *acc = NULL;
   if (tg__on_cuda(input)) {
-    if (!(acc = new_acc(input)) ||
+    if (!(acc = tg__loss_new_acc(input)) ||
         tg__loss_cuda_pointwise_forward(kind, input->dtype, tg__data(input),
                                         tg__data(target), n, reduction,
                                         none ? tg__data(out) : NULL,

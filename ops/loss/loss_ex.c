@@ -208,8 +208,7 @@ static tg_tensor *nll_weighted(const tg_tensor *x, const tg_tensor *target,
     return NULL;
   if (tg__on_cuda(x)) {
 #ifdef TG_HAVE_CUDA
-    static const int64_t four[1] = {4};
-    if (!(acc = tg__new(four, 1, TG_F64, x->device)) ||
+    if (!(acc = tg__loss_new_acc(x)) ||
         tg__loss_cuda_nll_forward(x->dtype, "tg_nll_loss", tg__data(x), tg__data(target),
                                   tg__data(o->weight), c.d.outer, c.d.C, c.d.inner,
                                   c.ignore, o->reduction, none ? tg__data(out) : NULL,
