@@ -309,6 +309,17 @@ void ref_check_one_input(ref_file *f, const char *name, tg_dtype dtype, double t
   assert_int_equal(tg_scope_end(), 0);
 }
 
+void cuda_suite_filter(void) {
+  const char *filter = getenv("TG_TEST_FILTER");
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
+}
+
+int cuda_suite_exit(int rc) {
+  tg_empty_cache();
+  return rc == 0 && !tg_cuda_is_available() ? 77 : rc;
+}
+
 tg_tensor *cuda_leaf(const tg_tensor *h) {
   tg_no_grad_begin();
   tg_tensor *d = tg_tensor_to(h, tg_cuda(0));

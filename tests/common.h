@@ -76,6 +76,13 @@ tg_tensor *cuda_leaf(const tg_tensor *h);
  * its values. */
 double cuda_nmse(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst, double *got,
                  double *want);
+/* The frame of a CUDA suite's main: cuda_suite_filter() before cmocka runs the group
+ * (TG_TEST_FILTER=pattern selects tests: tests/gpu/run.sh's memcheck steps), then
+ * return cuda_suite_exit(rc): the cached device blocks back to the driver, so
+ * memcheck's leak check reports real leaks, and exit 77 (meson's SKIP) when there is
+ * no device and every test skipped. */
+void cuda_suite_filter(void);
+int cuda_suite_exit(int rc);
 
 /* Group setup that seeds the generator and checks for leaked scopes/errors. */
 int test_setup(void **state);

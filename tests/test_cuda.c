@@ -1306,12 +1306,6 @@ int main(void) {
       cmocka_unit_test(test_anomaly_on_device),
       cmocka_unit_test(test_losses_do_not_wait),
   };
-  /* TG_TEST_FILTER=pattern runs only the matching tests (tests/gpu/run.sh runs the
-   * GroupNorm and op tests under compute-sanitizer that way). */
-  const char *filter = getenv("TG_TEST_FILTER");
-  if (filter && *filter)
-    cmocka_set_test_filter(filter);
-  const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
-  /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
-  return rc == 0 && !tg_cuda_is_available() ? 77 : rc;
+  cuda_suite_filter();
+  return cuda_suite_exit(cmocka_run_group_tests(tests, test_setup, NULL));
 }

@@ -1067,12 +1067,6 @@ int main(void) {
       cmocka_unit_test_setup(test_example_nets_trajectory, test_setup),
       cmocka_unit_test_setup(test_errors, test_setup),
   };
-  const char *filter = getenv("TG_TEST_FILTER");
-  if (filter && *filter)
-    cmocka_set_test_filter(filter);
-  const int rc = cmocka_run_group_tests(tests, setup_dir, remove_dir);
-  tg_empty_cache(); /* cached device blocks back to the driver: memcheck sees real leaks
-                     */
-  /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
-  return rc == 0 && !tg_cuda_is_available() ? 77 : rc;
+  cuda_suite_filter();
+  return cuda_suite_exit(cmocka_run_group_tests(tests, setup_dir, remove_dir));
 }

@@ -537,13 +537,6 @@ int main(void) {
       cmocka_unit_test(test_errors_on_device),
       cmocka_unit_test(test_ops_do_not_wait),
   };
-  /* TG_TEST_FILTER=pattern runs only the matching tests (tests/gpu/run.sh's memcheck) */
-  const char *filter = getenv("TG_TEST_FILTER");
-  if (filter && *filter)
-    cmocka_set_test_filter(filter);
-  const int rc = cmocka_run_group_tests(tests, test_setup, NULL);
-  /* Cached blocks back to the driver, so memcheck's leak check reports real leaks. */
-  tg_empty_cache();
-  /* Without a device every test skipped: tell meson (exit 77 shows as SKIP). */
-  return rc == 0 && !tg_cuda_is_available() ? 77 : rc;
+  cuda_suite_filter();
+  return cuda_suite_exit(cmocka_run_group_tests(tests, test_setup, NULL));
 }
