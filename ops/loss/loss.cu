@@ -326,16 +326,17 @@ int check_targets(const char *op, const int64_t *t, int64_t n, int64_t C, int64_
 }
 
 /* The frame of every forward: acc[0, 2) = 0 and, for n > 0, launch(stream, lp, wp,
- * blocks) fills lp [n] (the losses) and, with weights, wp [n] (the divisor's terms);
- * then acc[0] = sum lp, acc[1] = sum wp (unless count >= 0 divides instead) and the
- * reduction's result into out (T of dtype; NULL for none) and acc[2]. */
+ * blocks) fills lp [n] (the losses) and, when count < 0, wp [n] (the divisor's terms:
+ * the picked weights; NULL when count >= 0 divides instead); then acc[0] = sum lp,
+ * acc[1] = sum wp and the reduction's result into out (T of dtype; NULL for none) and
+ * acc[2]. */
 template <typename F>
-static int reduce_positions(int dtype, int64_t n, bool weights, int reduction,
-                            double count, void *out, double *acc, int device,
-                            F &&launch) {
+static int reduce_positions(int dtype, int64_t n, int reduction, double count, void *out,
+                            double *acc, int device, F &&launch) {
   cudaStream_t st = tg_stream(device);
   if (!st)
     return -1;
+  const bool weights = count < 0;
   int rc = TG_CUDA(cudaMemsetAsync(acc, 0, 2 * sizeof *acc, st));
   const size_t bytes = (size_t)(n * (weights ? 2 : 1)) * sizeof(double);
   double *lp = n > 0 && rc == 0 ? (double *)tg__cuda_malloc(bytes, device) : NULL;
@@ -387,7 +388,7 @@ extern "C" int tg__loss_cuda_ce_forward(int dtype, const char *op, const void *x
     });
     return TG_CUDA_LAUNCHED(ce_forward_kernel);
   };
-  return reduce_positions(dtype, npos, true, reduction, -1, out, acc, device, launch);
+  return reduce_positions(dtype, npos, reduction, -1, out, acc, device, launch);
 }
 
 extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t *t,
@@ -425,7 +426,7 @@ extern "C" int tg__loss_cuda_nll_forward(int dtype, const char *op, const void *
     });
     return TG_CUDA_LAUNCHED(nll_forward_kernel);
   };
-  return reduce_positions(dtype, npos, true, reduction, -1, out, acc, device, launch);
+  return reduce_positions(dtype, npos, reduction, -1, out, acc, device, launch);
 }
 
 extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64_t *t,
@@ -454,8 +455,7 @@ extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *
     });
     return TG_CUDA_LAUNCHED(pointwise_forward_kernel);
   };
-  return reduce_positions(dtype, n, false, reduction, (double)n, out, acc, device,
-                          launch);
+  return reduce_positions(dtype, n, reduction, (double)n, out, acc, device, launch);
 }
 
 extern "C" int tg__loss_cuda_pointwise_backward(int kind, int dtype, const void *x,
