@@ -1164,13 +1164,12 @@ static void test_losses_do_not_wait(void **state) {
     tg_nll_loss_options nl = tg_nll_loss_options_default();
     nl.weight = w;
     nl.reduction = TG_REDUCTION_SUM;
-    tg_tensor *terms[6] = {
-        tg_cross_entropy(x, t, TG_REDUCTION_MEAN, -100),
-        tg_cross_entropy_ex(x, t, &ce),
-        tg_nll_loss(tg_log_softmax(x, 1), t, TG_REDUCTION_MEAN, -100),
-        tg_nll_loss_ex(tg_log_softmax(x, 1), t, &nl),
-        tg_mse_loss(x, p, TG_REDUCTION_MEAN),
-        tg_binary_cross_entropy_with_logits(x, p, TG_REDUCTION_SUM)};
+    tg_tensor *terms[6] = {tg_cross_entropy(x, t, TG_REDUCTION_MEAN, -100),
+                           tg_cross_entropy_ex(x, t, &ce),
+                           tg_nll_loss(tg_log_softmax(x, 1), t, TG_REDUCTION_MEAN, -100),
+                           tg_nll_loss_ex(tg_log_softmax(x, 1), t, &nl),
+                           tg_mse_loss(x, p, TG_REDUCTION_MEAN),
+                           tg_binary_cross_entropy_with_logits(x, p, TG_REDUCTION_SUM)};
     tg_tensor *sum = terms[0];
     for (int k = 1; k < 6; k++)
       sum = tg_add(sum, terms[k]);

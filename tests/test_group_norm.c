@@ -414,8 +414,11 @@ static void test_random_shapes_vs_naive(void **state) {
  * first elements sit far from the mean (the statistics then take a second pass). */
 static void test_groups_summed_alongside(void **state) {
   (void)state;
-  const int64_t shapes[5][5] = {{5, 6, 37, 29, 3}, {4, 8, 16, 16, 2}, {2, 4, 70, 70, 1},
-                                {7, 2, 1, 5, 2},   {3, 6, 28, 28, 3}};
+  const int64_t shapes[5][5] = {{5, 6, 37, 29, 3},
+                                {4, 8, 16, 16, 2},
+                                {2, 4, 70, 70, 1},
+                                {7, 2, 1, 5, 2},
+                                {3, 6, 28, 28, 3}};
   const tg_dtype dts[2] = {TG_F32, TG_F64};
   const int nt = tg_get_num_threads();
   for (int i = 0; i < 5; i++)
@@ -435,9 +438,8 @@ static void test_groups_summed_alongside(void **state) {
         tg_tensor *dy = tg_randn(sh, 4, dts[d], TG_CPU);
         tg_tensor *w = tg_uniform(TG_SHAPE(sh[1]), 0.5, 1.5, dts[d], TG_CPU);
         tg_tensor *b = tg_randn(TG_SHAPE(sh[1]), dts[d], TG_CPU);
-        tg_tensor *(*fn)(const tg_tensor *, int64_t, const tg_tensor *,
-                         const tg_tensor *, double) =
-            v == 1 ? tg_group_norm_relu : tg_group_norm;
+        tg_tensor *(*fn)(const tg_tensor *, int64_t, const tg_tensor *, const tg_tensor *,
+                         double) = v == 1 ? tg_group_norm_relu : tg_group_norm;
         tg_tensor *y[3], *dx[3];
         for (int t = 1; t <= 3; t++) {
           tg_set_num_threads(t);

@@ -10,8 +10,8 @@
  * replaying the whole step as a CUDA graph (torch.cuda.graph), when TG_BENCH_PYTHON
  * (default python3) has torch with CUDA. Targets (#13): each step <= 0.5x PyTorch
  * eager's time and <= its CUDA-graph time. */
-#include "../common.h"
 #include "../train_step.h"
+#include "../common.h"
 #include "graph/internal.h"
 #include "nets.h"
 #include "runtime/cuda.h"
@@ -57,7 +57,8 @@ static int time_ours(const row *r, int warmup, int steps, timing *out) {
   int64_t *labels = malloc((size_t)ny * sizeof *labels);
   tg_optimizer *opt = NULL;
   tg_tensor *x = NULL, *y = NULL;
-  if (rc == 0 && labels && (conv ? ex_convnet_build(&cn, dev) : ex_unet_build(&un, dev)) == 0) {
+  if (rc == 0 && labels &&
+      (conv ? ex_convnet_build(&cn, dev) : ex_unet_build(&un, dev)) == 0) {
     for (int64_t i = 0; i < ny; i++)
       labels[i] = (int64_t)(rand() % classes);
     tg_tensor *yh = conv ? tg_tensor_from_data(labels, TG_SHAPE(r->batch), TG_I64, TG_CPU)
@@ -77,7 +78,8 @@ static int time_ours(const row *r, int warmup, int steps, timing *out) {
       rc = TG_CUDA(cudaEventRecord(ev[k], st));
     const double t0 = bench_now();
     tg_scope_begin();
-    tg_tensor *logits = conv ? ex_convnet_forward(&cn, x, true) : ex_unet_forward(&un, x, true);
+    tg_tensor *logits =
+        conv ? ex_convnet_forward(&cn, x, true) : ex_unet_forward(&un, x, true);
     tg_tensor *loss = tg_cross_entropy(logits, y, TG_REDUCTION_MEAN, -100);
     tg_optimizer_zero_grad(opt);
     if (rc == 0 && !(loss && tg_backward(loss) == 0 && tg_optimizer_step(opt) == 0))
@@ -128,9 +130,9 @@ static double sgemm_rate(int s) {
     float f = 0;
     rc = TG_CUDA(cudaEventRecord(e0, st));
     if (rc == 0)
-      rc = TG_CUBLAS(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one,
-                                 (const float *)tg__data(a), s, (const float *)tg__data(a),
-                                 s, &zero, (float *)tg__data(c), s));
+      rc = TG_CUBLAS(cublasSgemm(
+          h, CUBLAS_OP_N, CUBLAS_OP_N, s, s, s, &one, (const float *)tg__data(a), s,
+          (const float *)tg__data(a), s, &zero, (float *)tg__data(c), s));
     if (rc == 0)
       rc = TG_CUDA(cudaEventRecord(e1, st)) | TG_CUDA(cudaEventSynchronize(e1)) |
            TG_CUDA(cudaEventElapsedTime(&f, e0, e1));
@@ -158,9 +160,11 @@ static const char *TORCH_SCRIPT =
     "def setup(kind, n):\n"
     "    torch.manual_seed(0)\n"
     "    if kind == 0:\n"
-    "        m, x, y = MnistNet(), torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))\n"
+    "        m, x, y = MnistNet(), torch.randn(n, 1, 28, 28), torch.randint(0, 10, "
+    "(n,))\n"
     "    else:\n"
-    "        m, x, y = UNet(), torch.randn(n, 3, 64, 64), torch.randint(0, 4, (n, 64, 64))\n"
+    "        m, x, y = UNet(), torch.randn(n, 3, 64, 64), torch.randint(0, 4, (n, 64, "
+    "64))\n"
     "    m = m.cuda()\n"
     "    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)\n"
     "    return m, x.cuda(), y.cuda(), opt\n"
@@ -203,8 +207,10 @@ int tg_bench_train_step_cuda(int argc, char **argv) {
     else if (!strcmp(argv[i], "--no-torch"))
       torch = false;
     else {
-      fprintf(stderr, "usage: train_step --device cuda [--steps N (2-%d)] [--small] "
-                      "[--no-torch]\n", MAX_STEPS);
+      fprintf(stderr,
+              "usage: train_step --device cuda [--steps N (2-%d)] [--small] "
+              "[--no-torch]\n",
+              MAX_STEPS);
       return 2;
     }
   }
@@ -246,20 +252,22 @@ int tg_bench_train_step_cuda(int argc, char **argv) {
       have = fscanf(p, "%lf %lf", &theirs[i][0], &theirs[i][1]) == 2;
     bench_python_close(&py);
   }
-  printf("training step on cuda:0, float32, SGD momentum 0.9: median of %d steps after %d "
-         "warm-up steps, CUDA events on the library's stream%s\n",
-         steps, warmup, small ? " (--small: tiny batches)" : "");
+  printf(
+      "training step on cuda:0, float32, SGD momentum 0.9: median of %d steps after %d "
+      "warm-up steps, CUDA events on the library's stream%s\n",
+      steps, warmup, small ? " (--small: tiny batches)" : "");
   printf("%-7s %5s | %8s %8s %8s %8s %6s | %8s %8s | %6s %6s\n", "net", "batch",
          "ms/step", "host ms", "img/s", "GFLOP/s", "%gemm", "torch", "graph", "/eager",
          "/graph");
   for (int i = 0; i < N_ROWS; i++) {
-    const double ms = ours[i].ms, gf = bench_step_flops(rows[i].kind, rows[i].batch) / ms * 1e-6;
+    const double ms = ours[i].ms,
+                 gf = bench_step_flops(rows[i].kind, rows[i].batch) / ms * 1e-6;
     printf("%-7s %5lld | %8.3f %8.3f %8.0f %8.1f %5.0f%% |", bench_net_name(rows[i].kind),
-           (long long)rows[i].batch, ms, ours[i].host_ms, (double)rows[i].batch / ms * 1e3,
-           gf, sgemm > 0 ? 100 * gf / sgemm : 0.0);
+           (long long)rows[i].batch, ms, ours[i].host_ms,
+           (double)rows[i].batch / ms * 1e3, gf, sgemm > 0 ? 100 * gf / sgemm : 0.0);
     if (have && theirs[i][1] > 0)
-      printf(" %8.3f %8.3f | %6.2f %6.2f\n", theirs[i][0], theirs[i][1], ms / theirs[i][0],
-             ms / theirs[i][1]);
+      printf(" %8.3f %8.3f | %6.2f %6.2f\n", theirs[i][0], theirs[i][1],
+             ms / theirs[i][0], ms / theirs[i][1]);
     else if (have)
       printf(" %8.3f %8s | %6.2f %6s\n", theirs[i][0], "-", ms / theirs[i][0], "-");
     else
@@ -268,7 +276,8 @@ int tg_bench_train_step_cuda(int argc, char **argv) {
   printf("cuBLAS sgemm %d^3 in this run: %.0f GFLOP/s. host ms: the host's time to issue "
          "a step (the device runs behind it); torch / graph: PyTorch CUDA eager and its "
          "whole step replayed as a CUDA graph%s. Targets: /eager <= 0.5, /graph <= 1.\n",
-         small ? 256 : 4096, sgemm, have ? "" : " (not run: no torch with CUDA, or --no-torch)");
+         small ? 256 : 4096, sgemm,
+         have ? "" : " (not run: no torch with CUDA, or --no-torch)");
   return 0;
 }
 

@@ -367,13 +367,12 @@ static int cross_entropy_backward(tg_node *node, const tg_tensor *g, tg_tensor *
     return -1;
   gi[0] = dx;
   if (tg__on_cuda(x)) /* saved: the statistics, acc, then the weights when weighted */
-    return tg__loss_cuda_ce_backward(x->dtype, tg__data(x), tg__data(target),
-                                     c->weighted ? tg__data(node->saved[2]) : NULL,
-                                     c->smoothing, tg__data(node->saved[1]),
-                                     tg__data(node->saved[0]), tg__data(g),
-                                     c->reduction == TG_REDUCTION_NONE, c->s.outer,
-                                     c->s.r, c->s.inner, c->ignore_index, tg__data(dx),
-                                     x->device.index);
+    return tg__loss_cuda_ce_backward(
+        x->dtype, tg__data(x), tg__data(target),
+        c->weighted ? tg__data(node->saved[2]) : NULL, c->smoothing,
+        tg__data(node->saved[1]), tg__data(node->saved[0]), tg__data(g),
+        c->reduction == TG_REDUCTION_NONE, c->s.outer, c->s.r, c->s.inner,
+        c->ignore_index, tg__data(dx), x->device.index);
   ce_backward_cpu(c, x, target, g, dx);
   return 0;
 }
@@ -512,10 +511,10 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
   tg_tensor *acc = NULL;
   if (tg__on_cuda(log_probs)) {
     if (!(acc = tg__loss_new_acc(log_probs)) ||
-        tg__loss_cuda_nll_forward(log_probs->dtype, op, tg__data(log_probs), tgt, NULL,
-                                  c.s.outer, C, inner, ignore_index, reduction,
-                                  none ? tg__data(out) : NULL, none ? NULL : tg__data(out),
-                                  tg__data(acc), log_probs->device.index) < 0) {
+        tg__loss_cuda_nll_forward(
+            log_probs->dtype, op, tg__data(log_probs), tgt, NULL, c.s.outer, C, inner,
+            ignore_index, reduction, none ? tg__data(out) : NULL,
+            none ? NULL : tg__data(out), tg__data(acc), log_probs->device.index) < 0) {
       tg_tensor_free(acc);
       tg_tensor_free(out);
       return NULL;
@@ -525,7 +524,7 @@ tg_tensor *tg_nll_loss(const tg_tensor *log_probs, const tg_tensor *target,
     TG_DISPATCH_FLOAT(log_probs->dtype, T, {
       const T *X = tg__data(log_probs);
       T *L = none ? tg__data(out) : NULL;
-  _Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(npos))")
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(npos))")
       for (int64_t pos = 0; pos < npos; pos++) {
         int64_t k = tgt[pos];
         double l = k == ignore_index
@@ -634,11 +633,10 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
   tg_tensor *acc = NULL;
   if (tg__on_cuda(input)) {
     if (!(acc = tg__loss_new_acc(input)) ||
-        tg__loss_cuda_pointwise_forward(kind, input->dtype, tg__data(input),
-                                        tg__data(target), n, reduction,
-                                        none ? tg__data(out) : NULL,
-                                        none ? NULL : tg__data(out), tg__data(acc),
-                                        input->device.index) < 0) {
+        tg__loss_cuda_pointwise_forward(
+            kind, input->dtype, tg__data(input), tg__data(target), n, reduction,
+            none ? tg__data(out) : NULL, none ? NULL : tg__data(out), tg__data(acc),
+            input->device.index) < 0) {
       tg_tensor_free(acc);
       tg_tensor_free(out);
       return NULL;
@@ -648,7 +646,7 @@ static tg_tensor *pointwise_loss(pointwise_kind kind, const tg_tensor *input,
     TG_DISPATCH_FLOAT(input->dtype, T, {
       const T *X = tg__data(input), *Y = tg__data(target);
       T *L = none ? tg__data(out) : NULL;
-  _Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n * 4))")
+_Pragma("omp parallel for reduction(+ : total) num_threads(tg__reduce_threads(n * 4))")
       for (int64_t i = 0; i < n; i++) {
         T xv = X[i], tv = Y[i];
         T l = mse ? (xv - tv) * (xv - tv)

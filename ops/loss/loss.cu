@@ -70,14 +70,13 @@ extern "C" int tg__softmax_cuda_forward(int dtype, bool log_out, const void *x,
 extern "C" int tg__softmax_cuda_backward(int dtype, bool log_out, const void *y,
                                          const void *gr, int64_t outer, int64_t r,
                                          int64_t inner, void *dx, int device) {
-  return tg_launch_float(dtype, r ? outer * inner : 0, device,
-                         [&](auto z, unsigned g, cudaStream_t st) {
-                           using T = decltype(z);
-                           TG_LAUNCH(softmax_backward_kernel<T>, g, TG_THREADS, 0, st,
-                                     log_out, (const T *)y, (const T *)gr, outer, r,
-                                     inner, (T *)dx);
-                           return TG_CUDA_LAUNCHED(softmax_backward_kernel);
-                         });
+  return tg_launch_float(
+      dtype, r ? outer * inner : 0, device, [&](auto z, unsigned g, cudaStream_t st) {
+        using T = decltype(z);
+        TG_LAUNCH(softmax_backward_kernel<T>, g, TG_THREADS, 0, st, log_out, (const T *)y,
+                  (const T *)gr, outer, r, inner, (T *)dx);
+        return TG_CUDA_LAUNCHED(softmax_backward_kernel);
+      });
 }
 
 /* ------------------------------------------------------------------ losses -- */
@@ -125,7 +124,8 @@ __global__ void partial_sums(const double *v, int64_t n, double *part) {
 }
 
 /* *W = sum of w[0, C) (C without weights), by one block in a fixed order. */
-template <typename T> __global__ void weight_sum_kernel(const T *w, int64_t C, double *W) {
+template <typename T>
+__global__ void weight_sum_kernel(const T *w, int64_t C, double *W) {
   __shared__ double scratch[32];
   double acc = 0;
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
@@ -222,11 +222,10 @@ __global__ void nll_forward_kernel(const T *x, const int64_t *t, const T *w,
        pos += (int64_t)gridDim.x * blockDim.x) {
     const int64_t k = t[pos];
     const double wk = picked_weight(w, k, C, ignore);
-    const double l = k == ignore              ? 0
-                     : k < 0 || k >= C        ? (double)NAN
-                                              : -wk * (double)x[(pos / inner * C + k) *
-                                                                      inner +
-                                                                  pos % inner];
+    const double l = k == ignore ? 0
+                     : k < 0 || k >= C
+                         ? (double)NAN
+                         : -wk * (double)x[(pos / inner * C + k) * inner + pos % inner];
     if (L)
       L[pos] = (T)l;
     lp[pos] = l;
@@ -343,7 +342,8 @@ static int reduce_positions(int dtype, int64_t n, int reduction, double count, v
   if (n > 0 && !lp)
     return -1;
   if (n > 0) {
-    rc = launch(st, lp, weights ? lp + n : (double *)NULL, tg__cuda_blocks(n, TG_THREADS));
+    rc =
+        launch(st, lp, weights ? lp + n : (double *)NULL, tg__cuda_blocks(n, TG_THREADS));
     if (rc == 0 && reduction != TG_REDUCTION_NONE)
       rc = sum_on_device(lp, n, st, device, acc);
     if (rc == 0 && reduction != TG_REDUCTION_NONE && weights)
@@ -398,13 +398,14 @@ extern "C" int tg__loss_cuda_ce_backward(int dtype, const void *x, const int64_t
                                          int64_t C, int64_t inner, int64_t ignore,
                                          void *dx, int device) {
   const int64_t npos = outer * inner;
-  return tg_launch_float(dtype, npos * C, device, [&](auto z, unsigned g, cudaStream_t st) {
-    using T = decltype(z);
-    TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t, (const T *)w,
-              smoothing, acc, (const T *)stats, (const T *)stats + npos, (const T *)gr,
-              per_elem, outer, C, inner, ignore, (T *)dx);
-    return TG_CUDA_LAUNCHED(ce_backward_kernel);
-  });
+  return tg_launch_float(
+      dtype, npos * C, device, [&](auto z, unsigned g, cudaStream_t st) {
+        using T = decltype(z);
+        TG_LAUNCH(ce_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)x, t,
+                  (const T *)w, smoothing, acc, (const T *)stats, (const T *)stats + npos,
+                  (const T *)gr, per_elem, outer, C, inner, ignore, (T *)dx);
+        return TG_CUDA_LAUNCHED(ce_backward_kernel);
+      });
 }
 
 extern "C" int tg__loss_cuda_nll_forward(int dtype, const char *op, const void *x,
@@ -433,14 +434,13 @@ extern "C" int tg__loss_cuda_nll_backward(int dtype, const void *gr, const int64
                                           const void *w, bool per_elem, const double *acc,
                                           int64_t outer, int64_t C, int64_t inner,
                                           int64_t ignore, void *dx, int device) {
-  return tg_launch_float(dtype, outer * inner, device,
-                         [&](auto z, unsigned g, cudaStream_t st) {
-                           using T = decltype(z);
-                           TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st,
-                                     (const T *)gr, t, (const T *)w, per_elem, acc, outer,
-                                     C, inner, ignore, (T *)dx);
-                           return TG_CUDA_LAUNCHED(nll_backward_kernel);
-                         });
+  return tg_launch_float(
+      dtype, outer * inner, device, [&](auto z, unsigned g, cudaStream_t st) {
+        using T = decltype(z);
+        TG_LAUNCH(nll_backward_kernel<T>, g, TG_THREADS, 0, st, (const T *)gr, t,
+                  (const T *)w, per_elem, acc, outer, C, inner, ignore, (T *)dx);
+        return TG_CUDA_LAUNCHED(nll_backward_kernel);
+      });
 }
 
 extern "C" int tg__loss_cuda_pointwise_forward(int kind, int dtype, const void *x,

@@ -175,10 +175,9 @@ static int nll_weighted_backward(tg_node *node, const tg_tensor *g, tg_tensor **
     return -1;
 #ifdef TG_HAVE_CUDA
   if (tg__on_cuda(x)) /* saved: the forward's acc */
-    return tg__loss_cuda_nll_backward(x->dtype, tg__data(g), tg__data(target),
-                                      tg__data(w), per_elem, tg__data(node->saved[0]),
-                                      outer, C, inner, ignore, tg__data(dx),
-                                      x->device.index);
+    return tg__loss_cuda_nll_backward(
+        x->dtype, tg__data(g), tg__data(target), tg__data(w), per_elem,
+        tg__data(node->saved[0]), outer, C, inner, ignore, tg__data(dx), x->device.index);
 #endif
   const int64_t npos = outer * inner, *t = tg__data(target);
   TG_DISPATCH_FLOAT(x->dtype, T, {
