@@ -27,18 +27,40 @@ static inline void NK(merge)(T *restrict a1, T *restrict a2, double *s1, double 
   *s2 += a2[0];
 }
 
-/* s1 += sum(d), s2 += sum(d^2) with d = x - p. */
+/* s1 += sum(d), s2 += sum(d^2) with d = x - p. With AVX-512 (the float instance,
+ * NORM_SUMS_AVX512) the vector part of each block is written in intrinsics: lanes 0-15
+ * of a1/a2 in one register, 16-31 in another, so the same additions in the same order
+ * (the same bits), but a += d is issued as fma(d, 1, a), which rounds the same sum once:
+ * the additions alone filled Zen 4's FP add pipes (bench/NOTES.md, "GroupNorm store
+ * paths"). */
 static inline void NK(sum_dev2)(const T *x, int64_t n, T p, double *s1, double *s2) {
   for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
     const T *b = x + i0;
     int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK, i = 0;
-    T a1[LANES] = {0}, a2[LANES] = {0};
+    _Alignas(64) T a1[LANES] = {0}, a2[LANES] = {0};
+#if defined(NORM_SUMS_AVX512)
+    const __m512 P = _mm512_set1_ps(p), one = _mm512_set1_ps(1.0f);
+    __m512 u0 = _mm512_setzero_ps(), u1 = u0, v0 = u0, v1 = u0;
+    for (; i + LANES <= m; i += LANES) {
+      const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(b + i), P);
+      const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(b + i + 16), P);
+      u0 = _mm512_fmadd_ps(d0, one, u0);
+      u1 = _mm512_fmadd_ps(d1, one, u1);
+      v0 = _mm512_add_ps(v0, _mm512_mul_ps(d0, d0));
+      v1 = _mm512_add_ps(v1, _mm512_mul_ps(d1, d1));
+    }
+    _mm512_store_ps(a1, u0);
+    _mm512_store_ps(a1 + 16, u1);
+    _mm512_store_ps(a2, v0);
+    _mm512_store_ps(a2 + 16, v1);
+#else
     for (; i + LANES <= m; i += LANES)
       for (int l = 0; l < LANES; l++) {
         T d = b[i + l] - p;
         a1[l] += d;
         a2[l] += d * d;
       }
+#endif
     for (; i < m; i++) {
       T d = b[i] - p;
       a1[0] += d;
