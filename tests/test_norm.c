@@ -1,6 +1,7 @@
 /* BatchNorm and LayerNorm: gradcheck in float64, PyTorch reference values in float64
  * and float32 (outputs, gradients, running stats), errors. */
 #include "common.h"
+#include "ops/norm/norm.h" /* norm_sum_dev2_f: the statistics sums */
 
 #include <math.h>
 #include <string.h>
@@ -303,10 +304,66 @@ static void test_layer_norm_errors(void **state) {
   assert_int_equal(tg_scope_end(), 0);
 }
 
+/* The statistics sums, as norm_tmpl.h's portable loop defines them: blocks of
+ * NORM_BLOCK elements, 32 float lanes, a block's tail into lane 0, lanes folded
+ * pairwise, each block's fold added in double. The AVX-512 intrinsics must give these
+ * bits (their comment says so), on lengths with and without tails and blocks. */
+static void reference_sums(const float *x, int64_t n, float p, double *s1, double *s2) {
+  for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+    const int64_t m = n - i0 < NORM_BLOCK ? n - i0 : NORM_BLOCK;
+    float a1[32] = {0}, a2[32] = {0};
+    int64_t i = 0;
+    for (; i + 32 <= m; i += 32)
+      for (int l = 0; l < 32; l++) {
+        float d = x[i0 + i + l] - p;
+        a1[l] += d;
+        a2[l] += d * d;
+      }
+    for (; i < m; i++) {
+      float d = x[i0 + i] - p;
+      a1[0] += d;
+      a2[0] += d * d;
+    }
+    for (int w = 16; w > 0; w /= 2)
+      for (int l = 0; l < w; l++) {
+        a1[l] += a1[l + w];
+        a2[l] += a2[l + w];
+      }
+    *s1 += a1[0];
+    *s2 += a2[0];
+  }
+}
+
+static void test_sums_bits(void **state) {
+  (void)state;
+  const int64_t lens[] = {0, 1, 31, 32, 33, 2047, 2048, 2049, 4096 + 37, 12544};
+  enum { MAXN = 12544 + 1 };
+  float *x = malloc(MAXN * sizeof *x);
+  assert_non_null(x);
+  uint64_t r = 12345;
+  for (int i = 0; i < MAXN; i++) { /* values of many magnitudes about 3 */
+    r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+    x[i] = 3.0f + (float)((double)(r >> 11) / 9007199254740992.0 - 0.5) *
+                      (float)(1 << (i % 7));
+  }
+  for (size_t k = 0; k < sizeof lens / sizeof *lens; k++)
+    for (int off = 0; off < 2; off++) { /* aligned and not */
+      double s1 = 0.25, s2 = 0.5, r1 = 0.25, r2 = 0.5;
+      norm_sum_dev2_f(x + off, lens[k], 2.9f, &s1, &s2);
+      reference_sums(x + off, lens[k], 2.9f, &r1, &r2);
+      if (memcmp(&s1, &r1, sizeof s1) || memcmp(&s2, &r2, sizeof s2))
+        fail_msg("sums of %lld elements (offset %d): got (%.17g, %.17g), the portable "
+                 "loop gives (%.17g, %.17g)",
+                 (long long)lens[k], off, s1, s2, r1, r2);
+    }
+  free(x);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_batch_norm_gradcheck),
       cmocka_unit_test(test_layer_norm_gradcheck),
+      cmocka_unit_test(test_sums_bits),
       cmocka_unit_test(test_reference),
       cmocka_unit_test(test_running_stats),
       cmocka_unit_test(test_float32_vs_float64),
