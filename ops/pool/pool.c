@@ -487,6 +487,8 @@ static extent adaptive_extent(int64_t o, int64_t out, int64_t in) {
 static inline void mean_plane(const plane_job *j, int64_t p, bool adaptive,
                               bool backward) {
   const window *w = &j->win;
+  if (j->oh == 0 || j->ow == 0) /* nothing to write (the backward's dx is zeros): no */
+    return;                     /* walk over 2^31 rows of an [2^31, 0] output either */
   TG_DISPATCH_FLOAT(j->dtype, T, {
     const T *src = (const T *)j->src + p * (backward ? j->oh * j->ow : j->h * j->w);
     T *dst = (T *)j->dst + p * (backward ? j->h * j->w : j->oh * j->ow);
