@@ -1,7 +1,10 @@
-/* Replays the fuzzer's seed corpus and every input it ever crashed on
- * (tests/fuzz/regressions) through the safetensors loader: each must load or fail
- * with a message, leaving the store untouched on failure. */
+/* Replays the fuzzers' seed corpora and every input they ever crashed on: through the
+ * safetensors loader (tests/fuzz/corpus, tests/fuzz/regressions), each must load or
+ * fail with a message, leaving the store untouched on failure; through the ops harness
+ * (tests/fuzz/ops_corpus, tests/fuzz/ops_regressions; fuzz_ops.c is compiled in, its
+ * checks abort on a failure without a message), each must run to the end. */
 #include "common.h"
+#include "fuzz/fuzz_ops.c" /* LLVMFuzzerTestOneInput: the ops harness, replayed here */
 
 #include <dirent.h>
 #include <stdio.h>
@@ -61,10 +64,42 @@ static void test_regressions(void **state) {
   replay_dir(TG_SOURCE_ROOT "/tests/fuzz/regressions");
 }
 
+/* Runs every file of dir through the ops harness; returns how many. */
+static int replay_ops_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    fail_msg("cannot open %s", dir);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+      fail_msg("cannot open %s", path);
+    static uint8_t buf[1 << 16];
+    const size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    LLVMFuzzerTestOneInput(buf, len);
+    n++;
+  }
+  closedir(d);
+  return n;
+}
+
+static void test_ops_corpus(void **state) {
+  (void)state;
+  assert_true(replay_ops_dir(TG_SOURCE_ROOT "/tests/fuzz/ops_corpus") >= 16);
+  assert_true(replay_ops_dir(TG_SOURCE_ROOT "/tests/fuzz/ops_regressions") >= 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_seed_corpus),
       cmocka_unit_test(test_regressions),
+      cmocka_unit_test(test_ops_corpus),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
 }

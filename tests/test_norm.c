@@ -343,8 +343,8 @@ static void test_sums_bits(void **state) {
   uint64_t r = 12345;
   for (int i = 0; i < MAXN; i++) { /* values of many magnitudes about 3 */
     r = r * 6364136223846793005ULL + 1442695040888963407ULL;
-    x[i] = 3.0f + (float)((double)(r >> 11) / 9007199254740992.0 - 0.5) *
-                      (float)(1 << (i % 7));
+    x[i] = 3.0f +
+           (float)((double)(r >> 11) / 9007199254740992.0 - 0.5) * (float)(1 << (i % 7));
   }
   for (size_t k = 0; k < sizeof lens / sizeof *lens; k++)
     for (int off = 0; off < 2; off++) { /* aligned and not */

@@ -251,9 +251,12 @@ static void test_adaptive_to_an_empty_plane(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_reference_f64), cmocka_unit_test(test_reference_f32),
-      cmocka_unit_test(test_max_rules),     cmocka_unit_test(test_threads_agree),
-      cmocka_unit_test(test_errors),        cmocka_unit_test(test_max_2x2_rules),
+      cmocka_unit_test(test_reference_f64),
+      cmocka_unit_test(test_reference_f32),
+      cmocka_unit_test(test_max_rules),
+      cmocka_unit_test(test_threads_agree),
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_max_2x2_rules),
       cmocka_unit_test(test_adaptive_to_an_empty_plane),
   };
   return cmocka_run_group_tests(tests, test_setup, NULL);
