@@ -20,7 +20,8 @@ static tg_varstore *make_store(void) {
   return vs;
 }
 
-static int replay_dir(const char *dir) {
+/* Calls fn on the path of every file of dir (dot files aside); returns how many. */
+static int for_each_file(const char *dir, void (*fn)(const char *path)) {
   DIR *d = opendir(dir);
   if (!d)
     fail_msg("cannot open %s", dir);
@@ -31,23 +32,30 @@ static int replay_dir(const char *dir) {
       continue;
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    tg_varstore *vs = make_store();
-    float before[6];
-    memcpy(before, tg_data(tg_varstore_get(vs, "enc.weight")), sizeof before);
-    tg_clear_error();
-    if (tg_varstore_load(vs, path) != 0) {
-      if (!tg_last_error()[0])
-        fail_msg("%s: load failed without a message", path);
-      assert_memory_equal(before, tg_data(tg_varstore_get(vs, "enc.weight")),
-                          sizeof before);
-    }
-    tg_clear_error();
-    tg_varstore_free(vs);
+    fn(path);
     n++;
   }
   closedir(d);
   return n;
 }
+
+/* The safetensors loader: loads, or fails with a message and the store untouched. */
+static void load_one(const char *path) {
+  tg_varstore *vs = make_store();
+  float before[6];
+  memcpy(before, tg_data(tg_varstore_get(vs, "enc.weight")), sizeof before);
+  tg_clear_error();
+  if (tg_varstore_load(vs, path) != 0) {
+    if (!tg_last_error()[0])
+      fail_msg("%s: load failed without a message", path);
+    assert_memory_equal(before, tg_data(tg_varstore_get(vs, "enc.weight")),
+                        sizeof before);
+  }
+  tg_clear_error();
+  tg_varstore_free(vs);
+}
+
+static int replay_dir(const char *dir) { return for_each_file(dir, load_one); }
 
 static void test_seed_corpus(void **state) {
   (void)state;
@@ -64,35 +72,21 @@ static void test_regressions(void **state) {
   replay_dir(TG_SOURCE_ROOT "/tests/fuzz/regressions");
 }
 
-/* Runs every file of dir through the ops harness; returns how many. */
-static int replay_ops_dir(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d)
-    fail_msg("cannot open %s", dir);
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.')
-      continue;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-      fail_msg("cannot open %s", path);
-    static uint8_t buf[1 << 16];
-    const size_t len = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, len);
-    n++;
-  }
-  closedir(d);
-  return n;
+/* The ops harness on one program (its checks abort on a failure without a message). */
+static void run_ops(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    fail_msg("cannot open %s", path);
+  static uint8_t buf[1 << 16];
+  const size_t len = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  LLVMFuzzerTestOneInput(buf, len);
 }
 
 static void test_ops_corpus(void **state) {
   (void)state;
-  assert_true(replay_ops_dir(TG_SOURCE_ROOT "/tests/fuzz/ops_corpus") >= 16);
-  assert_true(replay_ops_dir(TG_SOURCE_ROOT "/tests/fuzz/ops_regressions") >= 1);
+  assert_true(for_each_file(TG_SOURCE_ROOT "/tests/fuzz/ops_corpus", run_ops) >= 16);
+  assert_true(for_each_file(TG_SOURCE_ROOT "/tests/fuzz/ops_regressions", run_ops) >= 1);
 }
 
 int main(void) {
