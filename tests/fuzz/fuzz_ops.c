@@ -319,9 +319,47 @@ static void call(bytes *b) {
     if (x)
       status(tg_set_requires_grad(x, u8(b) & 1));
     break;
-  default: {
-    int dims[3] = {dim_arg(b), dim_arg(b), dim_arg(b)};
-    keep(b, tg_squeeze_dims(x, dims, (int)(u8(b) % 4)));
+  default: { /* 39: the rest, one more byte picks which */
+    const unsigned k = u8(b) % 12;
+    if (k == 0) {
+      int dims[3] = {dim_arg(b), dim_arg(b), dim_arg(b)};
+      keep(b, tg_squeeze_dims(x, dims, (int)(u8(b) % 4)));
+    } else if (k == 1) { /* creation with any sizes, negative and huge too */
+      int64_t shape[3] = {arg(b), arg(b), arg(b)};
+      keep(b, tg_zeros(shape, (int)(u8(b) % 4), (tg_dtype)(u8(b) % 4), TG_CPU));
+    } else if (k == 2) {
+      keep(b, tg_arange(real(b), real(b), real(b), (tg_dtype)(u8(b) % 4), TG_CPU));
+    } else if (k == 3) {
+      keep(b, tg_softmax_ex(x, dim_arg(b), (tg_dtype)(u8(b) % 4)));
+    } else if (k == 4) {
+      tg_tensor *idx = NULL;
+      keep(b, tg_min_dim(x, dim_arg(b), u8(b) & 1, u8(b) & 1 ? &idx : NULL));
+      if (idx)
+        keep(b, idx);
+    } else if (k == 5) {
+      keep(b, tg_argmin(x, dim_arg(b), u8(b) & 1));
+    } else if (k == 6) {
+      keep(b, tg_pow_tensor(x, y));
+    } else if (k == 7) {
+      keep(b, tg_add_alpha(x, y, real(b)));
+    } else if (k == 8) {
+      keep(b, tg_gelu_ex(x, (tg_gelu_approximate)(u8(b) % 3)));
+    } else if (k == 9) {
+      tg_bce_with_logits_options o = tg_bce_with_logits_options_default();
+      o.reduction = (tg_reduction)(u8(b) % 4);
+      o.weight = u8(b) & 1 ? z : NULL;
+      o.pos_weight = u8(b) & 1 ? slot(b) : NULL;
+      keep(b, tg_binary_cross_entropy_with_logits_ex(x, y, &o));
+    } else if (k == 10) {
+      const unsigned m = u8(b) % 3;
+      keep(b, m == 0 ? tg_max_all(x) : m == 1 ? tg_min_all(x) : tg_argmax_all(x));
+    } else {
+      const unsigned m = u8(b) % 3;
+      const double v = real(b);
+      keep(b, m == 0   ? tg_rsub_scalar(x, v)
+              : m == 1 ? tg_rdiv_scalar(x, v)
+                       : tg_rpow_scalar(x, v));
+    }
     break;
   }
   }
