@@ -316,6 +316,17 @@ static void test_errors(void **state) {
   assert_error(tg_log_softmax(x, -3) == NULL, "tg_log_softmax", "but got -3");
   assert_error(tg_softmax(NULL, 0) == NULL, "tg_softmax", "is NULL");
   assert_error(tg_softmax(t3, 0) == NULL, "floating point");
+  /* the _ex forms name themselves and say why for a NULL input too (found by
+   * tests/fuzz/fuzz_ops.c: they returned NULL without a message) */
+  assert_error(tg_softmax_ex(NULL, 0, TG_F32) == NULL, "tg_softmax_ex",
+               "'input' is NULL");
+  assert_error(tg_log_softmax_ex(NULL, 0, TG_F64) == NULL, "tg_log_softmax_ex",
+               "'input' is NULL");
+  assert_error(tg_softmax_ex(x, 1, TG_I64) == NULL,
+               "tg_softmax_ex: expected a float32 or float64 dtype, got int64");
+  assert_error(tg_log_softmax_ex(x, 1, (tg_dtype)9) == NULL, "tg_log_softmax_ex",
+               "expected a float32 or float64 dtype");
+  assert_ok(tg_log_softmax_ex(t3, 0, TG_F64)); /* int64 input cast first, as PyTorch */
 
   tg_tensor *col = tg_randn(TG_SHAPE(3, 1), TG_F32, TG_CPU);
   assert_error(

@@ -13,24 +13,26 @@
 #include <string.h>
 
 /* PyTorch casts the input to the requested dtype before the op. */
-static tg_tensor *softmax_as(tg_tensor *(*fn)(const tg_tensor *, int), const tg_tensor *t,
-                             int dim, tg_dtype dtype) {
-  if (t && !tg__is_float(dtype))
-    return tg__error("softmax: expected a float32 or float64 dtype, got %s",
+static tg_tensor *softmax_as(const char *op, tg_tensor *(*fn)(const tg_tensor *, int),
+                             const tg_tensor *t, int dim, tg_dtype dtype) {
+  if (!tg__nonnull(t, op, "input"))
+    return NULL;
+  if (!tg__is_float(dtype))
+    return tg__error("%s: expected a float32 or float64 dtype, got %s", op,
                      tg_dtype_name(dtype)),
            NULL;
-  tg_tensor *c = t ? tg_to_dtype(t, dtype) : NULL;
+  tg_tensor *c = tg_to_dtype(t, dtype);
   tg_tensor *r = c ? fn(c, dim) : NULL;
   tg_tensor_free(c);
   return r;
 }
 
 tg_tensor *tg_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype) {
-  return softmax_as(tg_softmax, t, dim, dtype);
+  return softmax_as("tg_softmax_ex", tg_softmax, t, dim, dtype);
 }
 
 tg_tensor *tg_log_softmax_ex(const tg_tensor *t, int dim, tg_dtype dtype) {
-  return softmax_as(tg_log_softmax, t, dim, dtype);
+  return softmax_as("tg_log_softmax_ex", tg_log_softmax, t, dim, dtype);
 }
 
 tg_nll_loss_options tg_nll_loss_options_default(void) {
