@@ -592,12 +592,15 @@ static tg_tensor *to_device_in(tg_tensor *host, tg_device device, const char *op
   return t;
 }
 
-/* int64 arange exactly (doubles hold integers up to 2^53 only): start + i*step in
- * int64, which cannot overflow since every element lies between start and end. */
+/* int64 arange exactly (doubles hold integers up to 2^53 only): start + i*step, each
+ * element between start and end, so in range; the products are taken modulo 2^64
+ * (unsigned), where i*step alone may pass 2^63 when end - start does. step must be an
+ * integer of magnitude below 2^63 (the caller's test). */
 static void arange_i64(tg_tensor *t, double start, double step) {
-  int64_t *p = tg__data(t), s = (int64_t)start, d = (int64_t)step;
+  int64_t *p = tg__data(t);
+  const uint64_t s = (uint64_t)(int64_t)start, d = (uint64_t)(int64_t)step;
   for (int64_t i = 0; i < t->numel; i++)
-    p[i] = s + i * d;
+    p[i] = (int64_t)(s + (uint64_t)i * d);
 }
 
 tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
@@ -620,7 +623,8 @@ tg_tensor *tg_arange(double start, double end, double step, tg_dtype dtype,
     return tg__error("%s: %g elements are too many", op, count), NULL;
   int64_t n = (int64_t)count;
   tg_tensor *host = tg__new_in(op, NULL, &n, 1, dtype, TG_CPU);
-  if (host && dtype == TG_I64 && start == trunc(start) && step == trunc(step))
+  if (host && dtype == TG_I64 && start == trunc(start) && step == trunc(step) &&
+      fabs(step) < 0x1p63) /* a larger step makes at most two elements: the loop below */
     arange_i64(host, start, step);
   else
     for (int64_t i = 0; host && i < n; i++)

@@ -344,6 +344,21 @@ static void test_int64_arange_fails_instead_of_saturating(void **state) {
   assert_ok(t != NULL);
   assert_true(((int64_t *)tg_data(t))[1] == INT64_MAX - 2047 + 512);
   tg_tensor_free(t);
+  /* steps beyond int64 and offsets i * step beyond it (found by tests/fuzz/fuzz_ops.c:
+   * a step of 1e30 was converted to int64, and i * step overflowed before start was
+   * added; UBSan in the sanitizer builds) */
+  t = tg_arange(0, 1, 1e30, TG_I64, TG_CPU);
+  assert_ok(t != NULL);
+  assert_int_equal(tg_numel(t), 1);
+  assert_true(((int64_t *)tg_data(t))[0] == 0);
+  tg_tensor_free(t);
+  t = tg_arange(-9e18, 9e18, 6e18, TG_I64, TG_CPU);
+  assert_ok(t != NULL);
+  assert_int_equal(tg_numel(t), 3);
+  const int64_t want[3] = {-INT64_C(9000000000000000000), -INT64_C(3000000000000000000),
+                           INT64_C(3000000000000000000)};
+  assert_memory_equal(tg_data(t), want, sizeof want);
+  tg_tensor_free(t);
 }
 
 static void test_uniform_range_wider_than_the_dtype(void **state) {

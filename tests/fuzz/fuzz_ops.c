@@ -5,7 +5,10 @@
  * (0, -1, huge, INT64_MIN, NaN, ...), so that most calls are invalid in some way, some
  * are valid, and results feed later calls, backward passes included. Every call must
  * return a result or fail with a message (tg_last_error), never crash, leak or trip
- * the sanitizers. Build: CC=clang meson setup build-fuzz -Dfuzz=true. */
+ * the sanitizers. Build: CC=clang meson setup build-fuzz -Dfuzz=true; run as .ci/run
+ * does (ASAN_OPTIONS=allocator_may_return_null=1:max_allocation_size_mb=2048, so that
+ * requests past 2 GiB fail as on a small machine, and UBSAN_OPTIONS=halt_on_error=1).
+ * TG_FUZZ_TRACE=1 prints each call and its CPU time, for replaying a failure. */
 #include "tapegrad.h"
 
 #include <math.h>
