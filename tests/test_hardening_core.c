@@ -451,6 +451,21 @@ static void test_out_of_memory_names_the_op(void **state) {
   tg_tensor_free(a);
   tg_tensor_free(b);
   tg_tensor_free(x);
+  /* a convolution's workspace (here: padding="same" with dilation 2^40 pads by 2^40):
+   * named by the op, as every allocation (it said "conv: out of memory for ...") */
+  tg_tensor *cx = tg_randn(TG_SHAPE(1, 2, 5, 5), TG_F32, TG_CPU);
+  tg_tensor *cw = tg_randn(TG_SHAPE(3, 2, 3, 3), TG_F32, TG_CPU);
+  tg_conv2d_options o = tg_conv2d_options_default();
+  o.padding_mode = TG_PADDING_SAME;
+  o.dilation[0] = INT64_C(1) << 40;
+  assert_error(tg_conv2d_ex(cx, cw, NULL, &o) == NULL,
+               "tg_conv2d: out of memory: failed to allocate");
+  o.dilation[0] = INT64_MAX; /* the padding itself overflows */
+  assert_error(tg_conv2d_ex(cx, cw, NULL, &o) == NULL,
+               "tg_conv2d_ex: padding='same' needs dilation * (kernel size - 1) padding, "
+               "which overflows int64 (dilation 9223372036854775807, kernel size 3)");
+  tg_tensor_free(cx);
+  tg_tensor_free(cw);
 }
 
 /* ------------------------------------------- 2. releasing long graphs -- */

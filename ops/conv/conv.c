@@ -264,11 +264,10 @@ static int im2col_drive(const conv_plan *p, const void *image, const void *w,
   const int nth = tg__threads(work) < nt ? tg__threads(work) : nt;
   size_t col_bytes = direct ? 0 : round_up((size_t)(rows * blk) * es);
   size_t dw_bytes = dw ? round_up((size_t)dw_n * es) : 0;
-  char *buf =
-      conv_workspace_get((size_t)nth * col_bytes + (size_t)(nt - 1) * dw_bytes + 1);
-  if (!buf)
-    return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
-                     (long long)rows, (long long)blk);
+  const size_t bytes = (size_t)nth * col_bytes + (size_t)(nt - 1) * dw_bytes + 1;
+  char *buf = conv_workspace_get(bytes);
+  if (!buf) /* the column buffers: named by the op running */
+    return tg__oom(bytes, "cpu", NULL);
   if (dw)
     memset(dw, 0, dw_bytes);
 #pragma omp parallel num_threads(nth)
@@ -328,10 +327,10 @@ static int col2im_drive(const conv_plan *p, const void *flat_in, const void *w,
   if (items < nt)
     nt = items > 0 ? (int)items : 1;
   size_t col_bytes = direct ? 0 : round_up((size_t)(cblk * kk * L) * es);
-  char *buf = conv_workspace_get((size_t)nt * col_bytes + 1);
-  if (!buf)
-    return tg__error("conv: out of memory for %d column buffers of %lld x %lld", nt,
-                     (long long)(cblk * kk), (long long)L);
+  const size_t bytes = (size_t)nt * col_bytes + 1;
+  char *buf = conv_workspace_get(bytes);
+  if (!buf) /* the column buffers: named by the op running */
+    return tg__oom(bytes, "cpu", NULL);
 #pragma omp parallel num_threads(nt)
   {
     void *cols = buf + (size_t)omp_get_thread_num() * col_bytes;

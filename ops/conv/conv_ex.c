@@ -45,7 +45,14 @@ tg_tensor *tg_conv2d_ex(const tg_tensor *x, const tg_tensor *weight,
     return tg_conv2d(x, weight, bias, o->stride, NULL, o->dilation, o->groups);
   int64_t left[2], extra[2];
   for (int i = 0; i < 2; i++) {
-    const int64_t total = o->dilation[i] * (weight->shape[2 + i] - 1);
+    if (o->dilation[i] <= 0 || weight->shape[2 + i] <= 0) /* tg_conv2d words these */
+      return tg_conv2d(x, weight, bias, o->stride, NULL, o->dilation, o->groups);
+    int64_t total;
+    if (__builtin_mul_overflow(o->dilation[i], weight->shape[2 + i] - 1, &total))
+      return tg__error("%s: padding='same' needs dilation * (kernel size - 1) padding, "
+                       "which overflows int64 (dilation %lld, kernel size %lld)",
+                       op, (long long)o->dilation[i], (long long)weight->shape[2 + i]),
+             NULL;
     left[i] = total / 2;
     extra[i] = total - 2 * left[i];
   }

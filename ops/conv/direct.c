@@ -276,9 +276,10 @@ int conv_direct_forward(const direct_conv *d, const float *x, const float *w, bo
   const size_t wp_bytes = round_up((size_t)(ceil_div(d->cout, MR) * MR * K) * 4);
   const size_t off_bytes = round_up((size_t)K * sizeof(int64_t));
   const size_t slab_bytes = l.copy ? round_up((size_t)(d->cin * l.cs) * 4) : 0;
-  char *buf = conv_workspace_get(wp_bytes + off_bytes + (size_t)l.nt * slab_bytes);
-  if (!buf)
-    return tg__error("conv: out of memory for the packed weight and %d slabs", l.nt);
+  const size_t bytes = wp_bytes + off_bytes + (size_t)l.nt * slab_bytes;
+  char *buf = conv_workspace_get(bytes);
+  if (!buf) /* named by the op running (tg_conv2d, tg_conv_transpose2d, a backward) */
+    return tg__oom(bytes, "cpu", NULL);
   float *wp = (float *)buf;
   int64_t *off = (int64_t *)(buf + wp_bytes);
   pack_weights(d, w, flip, wp);
@@ -449,10 +450,10 @@ int conv_direct_weight_grad(const direct_conv *d, const float *x, const float *d
   const size_t off_bytes = round_up((size_t)K * sizeof(int64_t));
   const size_t slab_bytes = l.copy ? round_up((size_t)(l.group * l.simg) * 4) : 0;
   const size_t part_bytes = round_up((size_t)nw * 4);
-  char *buf = conv_workspace_get(off_bytes + (size_t)nth * slab_bytes +
-                                 (size_t)l.nt * part_bytes);
-  if (!buf)
-    return tg__error("conv: out of memory for %d slabs and partial sums", l.nt);
+  const size_t bytes = off_bytes + (size_t)nth * slab_bytes + (size_t)l.nt * part_bytes;
+  char *buf = conv_workspace_get(bytes);
+  if (!buf) /* slabs and partial sums: named by the op running */
+    return tg__oom(bytes, "cpu", NULL);
   int64_t *off = (int64_t *)buf;
   tap_offsets(d, &l, off);
   const int64_t img = d->cin * d->h * d->w, plane = d->oh * d->ow;

@@ -448,9 +448,10 @@ static int forward(const direct_conv *d, const float *x, const float *w, bool fl
   const int nth = tg__threads(work_of(d)) < p.nt ? tg__threads(work_of(d)) : p.nt;
   const size_t u_floats = (size_t)(36 * d->cout * d->cin + 15) / 16 * 16;
   const size_t per = thread_floats(d, &p);
-  float *buf = conv_workspace_get((u_floats + (size_t)nth * per) * sizeof(float));
-  if (!buf)
-    return tg__error("conv: out of memory for the Winograd buffers of %d threads", nth);
+  const size_t bytes = (u_floats + (size_t)nth * per) * sizeof(float);
+  float *buf = conv_workspace_get(bytes);
+  if (!buf) /* the Winograd buffers: named by the op running */
+    return tg__oom(bytes, "cpu", NULL);
   float *U = buf;
 #pragma omp parallel num_threads(nth)
   {
@@ -486,10 +487,10 @@ static int weight_grad(const direct_conv *d, const float *x, const float *dy, fl
   const int nth = tg__threads(work_of(d)) < p.nt ? tg__threads(work_of(d)) : p.nt;
   const size_t u_floats = (size_t)(36 * d->cout * d->cin + d->cout + 15) / 16 * 16;
   const size_t per = thread_floats(d, &p);
-  float *buf =
-      conv_workspace_get(((size_t)p.nt * u_floats + (size_t)nth * per) * sizeof(float));
-  if (!buf)
-    return tg__error("conv: out of memory for the Winograd buffers of %d threads", nth);
+  const size_t bytes = ((size_t)p.nt * u_floats + (size_t)nth * per) * sizeof(float);
+  float *buf = conv_workspace_get(bytes);
+  if (!buf) /* the Winograd buffers: named by the op running */
+    return tg__oom(bytes, "cpu", NULL);
   const int64_t nu = 36 * d->cout * d->cin;
 #pragma omp parallel num_threads(nth)
   {
