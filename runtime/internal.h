@@ -24,6 +24,8 @@ struct tg_tensor {
   tg_dtype dtype;
   tg_device device;
   int ndim;
+  /* The sizes other than 0 multiply within int64 (an empty tensor's too:
+   * tg__check_shape), so every partial product of sizes a kernel forms fits. */
   int64_t shape[TG_MAX_DIMS];
   int64_t numel;
   tg_storage *storage;

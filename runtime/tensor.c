@@ -203,17 +203,22 @@ int tg__check_shape(const int64_t *shape, int ndim, tg_dtype dtype, const char *
     return tg__error("%s: shape is NULL for a %d-dimensional tensor", op, ndim);
   if (!valid_dtype(dtype))
     return tg__error("%s: unknown dtype %d", op, (int)dtype);
-  int64_t numel = 1;
+  /* The sizes other than 0 must multiply within int64, whatever their order: then every
+   * partial product of sizes the kernels form (strides, [outer, r, inner] views) fits,
+   * empty tensors' too (PyTorch refuses only some of these: [0, 2^40, 2^40] but not
+   * [2^40, 0, 2^40]). */
+  int64_t numel = 1, span = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) {
       char buf[TG_SHAPE_STR_LEN];
       return tg__error("%s: negative dimension %lld in shape %s", op, (long long)shape[i],
                        tg__shape_fmt(shape, ndim, buf, sizeof buf));
     }
-    if (shape[i] > 0 && numel > INT64_MAX / shape[i]) {
+    if (shape[i] > 0 && __builtin_mul_overflow(span, shape[i], &span)) {
       char buf[TG_SHAPE_STR_LEN];
-      return tg__error("%s: shape %s has more elements than int64 can count", op,
-                       tg__shape_fmt(shape, ndim, buf, sizeof buf));
+      return tg__error("%s: shape %s has more elements than int64 can count%s", op,
+                       tg__shape_fmt(shape, ndim, buf, sizeof buf),
+                       numel ? "" : " (its sizes other than 0 multiply past int64)");
     }
     numel *= shape[i];
   }

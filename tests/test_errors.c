@@ -167,10 +167,20 @@ static void test_creation(void **state) {
                "too large to allocate", "[2305843009213693952]", "float64");
   assert_error(tg_rand(TG_SHAPE(INT64_C(1) << 60, 4), TG_F32, TG_CPU) == NULL,
                "too large to allocate", "[1152921504606846976, 4]");
-  /* A zero dimension anywhere makes an empty tensor, whatever the other sizes. */
-  tg_tensor *e = tg_zeros(TG_SHAPE(INT64_MAX, 0, INT64_MAX), TG_F32, TG_CPU);
-  expect_shape(e, INT64_MAX, 0, INT64_MAX);
+  /* A zero dimension makes an empty tensor, but its other sizes must still multiply
+   * within int64, in any order (PyTorch takes [2^62, 0, 4] and refuses [2^62, 4, 0];
+   * the kernels' partial products of sizes overflowed on such shapes: UBSan, under
+   * tests/fuzz/fuzz_ops.c). */
+  tg_tensor *e = tg_zeros(TG_SHAPE(INT64_MAX, 0, 1), TG_F32, TG_CPU);
+  expect_shape(e, INT64_MAX, 0, 1);
   assert_int_equal(tg_numel(e), 0);
+  assert_error(tg_zeros(TG_SHAPE(INT64_MAX, 0, INT64_MAX), TG_F32, TG_CPU) == NULL,
+               "tg_zeros: shape [9223372036854775807, 0, 9223372036854775807] has more "
+               "elements than int64 can count (its sizes other than 0 multiply past "
+               "int64)");
+  assert_error(tg_reshape(e, TG_SHAPE(0, INT64_C(1) << 40, INT64_C(1) << 40)) == NULL,
+               "tg_reshape", "is invalid for input of size 0");
+  assert_ok(tg_reshape(e, TG_SHAPE(0, INT64_C(1) << 40, 4)));
   /* Sizes that pass the checks but cannot be allocated fail cleanly too. */
   tg_tensor *huge = tg_empty(TG_SHAPE(INT64_C(1) << 44), TG_F64, TG_CPU);
   if (!huge)
