@@ -33,28 +33,38 @@ struct ref_file {
   int last; /* case of the last lookup: tests read one case's labels in a row */
 };
 
-static char *slurp(const char *path) {
+void *read_file_or_null(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f)
     return NULL;
   fseek(f, 0, SEEK_END);
-  long len = ftell(f);
+  long n = ftell(f);
   fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)len + 1);
-  if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
+  char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
     free(buf);
     buf = NULL;
   }
-  if (buf)
-    buf[len] = '\0';
+  if (buf) {
+    buf[n] = '\0';
+    if (len)
+      *len = (size_t)n;
+  }
   fclose(f);
+  return buf;
+}
+
+void *read_file(const char *path, size_t *len) {
+  void *buf = read_file_or_null(path, len);
+  if (!buf)
+    fail_msg("cannot read %s", path);
   return buf;
 }
 
 ref_file *ref_open(const char *family) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s.txt", TG_TEST_DATA, family);
-  char *text = slurp(path);
+  char *text = read_file_or_null(path, NULL);
   if (!text)
     fail_msg("reference data %s is missing (run tests/ref/gen_%s.py)", path, family);
   ref_file *f = calloc(1, sizeof *f);

@@ -84,6 +84,12 @@ double cuda_nmse(const tg_tensor *dev, const tg_tensor *cpu, int64_t *worst, dou
 void cuda_suite_filter(void);
 int cuda_suite_exit(int rc);
 
+/* The whole file at path, malloc'ed and NUL-terminated (*len, when not NULL, gets its
+ * length without the NUL); read_file fails the test when it cannot be read,
+ * read_file_or_null returns NULL. */
+void *read_file_or_null(const char *path, size_t *len);
+void *read_file(const char *path, size_t *len);
+
 /* Group setup that seeds the generator and checks for leaked scopes/errors. */
 int test_setup(void **state);
 

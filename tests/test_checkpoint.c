@@ -43,18 +43,6 @@ static const char *tmp_path(const char *name) {
   return path;
 }
 
-static unsigned char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  *len = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *buf = malloc(*len ? *len : 1);
-  assert_int_equal(fread(buf, 1, *len, f), *len);
-  fclose(f);
-  return buf;
-}
-
 static void write_file(const char *path, const void *data, size_t len) {
   FILE *f = fopen(path, "wb");
   assert_non_null(f);

@@ -467,24 +467,9 @@ static const char *tmp_path(const char *name) {
   return p;
 }
 
-/* The whole file at path, malloc'ed, its length in *n. */
-static char *slurp(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = malloc((size_t)len + 1);
-  assert_non_null(s);
-  assert_int_equal(fread(s, 1, (size_t)len, f), (size_t)len);
-  fclose(f);
-  *n = (size_t)len;
-  return s;
-}
-
 static void check_same_file(const char *a, const char *b) {
   size_t na, nb;
-  char *x = slurp(a, &na), *y = slurp(b, &nb);
+  char *x = read_file(a, &na), *y = read_file(b, &nb);
   assert_int_equal(na, nb);
   if (memcmp(x, y, na))
     fail_msg("%s and %s differ", a, b);

@@ -281,18 +281,6 @@ static const char *write_tiny_mnist(const tmpdir *t) {
   return data;
 }
 
-static uint8_t *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  *len = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc(*len + 1);
-  assert_int_equal(fread(b, 1, *len, f), *len);
-  fclose(f);
-  return b;
-}
-
 /* The number after `key` in text (e.g. "test accuracy: "), as printed. */
 static void number_after(const char *text, const char *key, char *buf, size_t len) {
   const char *p = strstr(text, key);

@@ -74,13 +74,10 @@ static void test_regressions(void **state) {
 
 /* The ops harness on one program (its checks abort on a failure without a message). */
 static void run_ops(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    fail_msg("cannot open %s", path);
-  static uint8_t buf[1 << 16];
-  const size_t len = fread(buf, 1, sizeof buf, f);
-  fclose(f);
+  size_t len;
+  uint8_t *buf = read_file(path, &len);
   LLVMFuzzerTestOneInput(buf, len);
+  free(buf);
 }
 
 static void test_ops_corpus(void **state) {

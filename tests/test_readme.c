@@ -94,23 +94,10 @@ int train(tg_varstore *vs, tg_module *net, tg_tensor *images, tg_tensor *labels,
 }
 /* README end */
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = malloc((size_t)n + 1);
-  assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-  s[n] = '\0';
-  fclose(f);
-  return s;
-}
-
 static void test_readme_has_the_code(void **state) {
   (void)state;
-  char *self = read_text(TG_SOURCE_ROOT "/tests/test_readme.c");
-  char *readme = read_text(TG_SOURCE_ROOT "/README.md");
+  char *self = read_file(TG_SOURCE_ROOT "/tests/test_readme.c", NULL);
+  char *readme = read_file(TG_SOURCE_ROOT "/README.md", NULL);
   char *begin = strstr(self, "/* README begin */\n"),
        *end = strstr(self, "/* README end */");
   assert_non_null(begin);
