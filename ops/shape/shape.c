@@ -22,8 +22,8 @@ static tg_tensor *reshape_impl(const tg_tensor *t, const int64_t *shape, int ndi
     return tg__error("%s: expected 0..%d dims and a non-NULL shape, got ndim %d", op,
                      TG_MAX_DIMS, ndim),
            NULL;
-  int64_t s[TG_MAX_DIMS], known = 1, span = 1;
-  bool overflow = false;
+  int64_t s[TG_MAX_DIMS], span = 1;
+  bool overflow = false, zero = false;
   int infer = -1;
   for (int i = 0; i < ndim; i++) {
     s[i] = shape[i];
@@ -34,13 +34,12 @@ static tg_tensor *reshape_impl(const tg_tensor *t, const int64_t *shape, int ndi
     } else if (s[i] < 0) {
       return tg__error("%s: invalid shape dimension %lld", op, (long long)s[i]), NULL;
     } else if (s[i] == 0) {
-      known = 0;
+      zero = true;
     } else { /* the sizes other than 0 multiply within int64, as tg__check_shape asks */
       overflow |= __builtin_mul_overflow(span, s[i], &span);
     }
   }
-  if (known)
-    known = span;
+  const int64_t known = zero ? 0 : span;
   bool valid = !overflow;
   if (valid && infer >= 0) {
     valid = known > 0 && t->numel % known == 0;
